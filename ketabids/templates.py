@@ -1,0 +1,255 @@
+"""Template lookup, in one place: the embedded default and cached TemplateFlow templates.
+
+The default, ``MNI152NLin2009aSym``, is the MNI ICBM 2009a symmetric template that nilearn ships
+inside its wheel (brain-extracted T1w plus GM and WM probability maps), so ketabids runs with no
+download. The files nilearn does not ship (brain mask, CSF prior, 2 mm versions) are derived from
+those deterministically and cached as NIfTI files:
+
+* brain mask = voxels where the (already brain-extracted) T1w is non-zero, holes filled;
+* CSF prior = ``clip(mask - GM - WM, 0, 1)``: what is inside the brain mask and is neither GM nor WM;
+* ``resolution=2``: every map resampled onto a 2 mm grid with the same origin (linear
+  interpolation for probabilities and the T1w, nearest neighbour for the mask).
+
+Any other name is looked up in TemplateFlow's cache (``$TEMPLATEFLOW_HOME``); nothing is fetched.
+A template that is not cached fails with :class:`~ketabids.errors.MissingInputError` giving the
+exact command that fetches it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ketabids.errors import MissingInputError, UsageError
+
+DEFAULT_TEMPLATE = "MNI152NLin2009aSym"
+_NILEARN_FILES = {
+    "t1w": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+
+
+@dataclass(frozen=True)
+class Template:
+    """Paths to one template at one resolution.
+
+    ``brain`` is always a brain-extracted T1w (registration target); ``t1w`` is the template's
+    own T1w, which for TemplateFlow templates still has the skull (``skull_stripped`` says which).
+    Probability maps are floats in [0, 1].
+    """
+
+    name: str
+    resolution: int
+    t1w: Path
+    brain: Path
+    mask: Path
+    gm: Path
+    wm: Path
+    csf: Path
+    skull_stripped: bool
+    source: str  # "embedded (nilearn <version>)" or "TemplateFlow"
+
+    @property
+    def space(self) -> str:
+        """The BIDS ``space-`` entity value."""
+        return self.name
+
+
+def cache_dir() -> Path:
+    """A writable folder for derived files: ``$KETABIDS_CACHE``, else ``~/.cache/ketabids``,
+    else the system temporary folder (read-only HOME in containers)."""
+    candidates = []
+    if os.environ.get("KETABIDS_CACHE"):
+        candidates.append(Path(os.environ["KETABIDS_CACHE"]))
+    candidates.append(Path.home() / ".cache" / "ketabids")
+    candidates.append(Path(tempfile.gettempdir()) / f"ketabids-cache-{os.getuid()}")
+    for folder in candidates:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+            return folder
+        except OSError:
+            continue
+    raise MissingInputError(  # pragma: no cover - no writable folder at all
+        "no writable cache folder for derived template files; set KETABIDS_CACHE to one"
+    )
+
+
+def _atomic_save(img, path: Path) -> None:
+    """Write a NIfTI under a temporary name in the same folder, then rename (parallel-safe)."""
+    import nibabel as nib
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".nii.gz")
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _embedded(resolution: int) -> Template:
+    import nibabel as nib
+    import nilearn
+    from scipy import ndimage
+
+    data_dir = Path(nilearn.__file__).parent / "datasets" / "data"
+    src = {k: data_dir / v for k, v in _NILEARN_FILES.items()}
+    for path in src.values():
+        if not path.is_file():  # pragma: no cover - broken nilearn install
+            raise MissingInputError(
+                f"{path}: the embedded MNI ICBM 2009a template is missing from nilearn; "
+                "reinstall nilearn (pip install --force-reinstall nilearn)"
+            )
+    tag = hashlib.sha256(f"{nilearn.__version__}-{resolution}".encode()).hexdigest()[:8]
+    out = cache_dir() / "templates" / f"tpl-{DEFAULT_TEMPLATE}_{tag}"
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = f"tpl-{DEFAULT_TEMPLATE}_res-{resolution}"
+    paths = {
+        "t1w": out / f"{prefix}_desc-brain_T1w.nii.gz",
+        "mask": out / f"{prefix}_desc-brain_mask.nii.gz",
+        "gm": out / f"{prefix}_label-GM_probseg.nii.gz",
+        "wm": out / f"{prefix}_label-WM_probseg.nii.gz",
+        "csf": out / f"{prefix}_label-CSF_probseg.nii.gz",
+    }
+    if not all(p.is_file() for p in paths.values()):
+        t1 = nib.load(src["t1w"])
+        affine = t1.affine
+        t1w = np.asarray(t1.dataobj, dtype=np.float32)
+        gm = np.asarray(nib.load(src["gm"]).dataobj, dtype=np.float32) / 255.0
+        wm = np.asarray(nib.load(src["wm"]).dataobj, dtype=np.float32) / 255.0
+        mask = ndimage.binary_fill_holes(t1w > 0)
+        csf = np.clip(mask.astype(np.float32) - gm - wm, 0.0, 1.0) * mask
+        maps = {"t1w": t1w, "mask": mask.astype(np.uint8), "gm": gm, "wm": wm, "csf": csf}
+        if resolution != 1:
+            maps, affine = _downsample(maps, affine, resolution)
+        for key, arr in maps.items():
+            img = nib.Nifti1Image(arr, affine)
+            img.header.set_xyzt_units("mm")
+            img.header.set_qform(affine, code=4)
+            img.header.set_sform(affine, code=4)
+            _atomic_save(img, paths[key])
+    return Template(
+        name=DEFAULT_TEMPLATE,
+        resolution=resolution,
+        t1w=paths["t1w"],
+        brain=paths["t1w"],
+        mask=paths["mask"],
+        gm=paths["gm"],
+        wm=paths["wm"],
+        csf=paths["csf"],
+        skull_stripped=True,
+        source=f"embedded (nilearn {nilearn.__version__})",
+    )
+
+
+def _downsample(maps, affine, resolution):
+    """Resample every map onto a grid of ``resolution`` mm with the same corner voxel centre."""
+    from scipy import ndimage
+
+    shape = maps["t1w"].shape
+    new_shape = tuple(int(np.floor((s - 1) / resolution)) + 1 for s in shape)
+    coords = np.indices(new_shape, dtype=np.float32) * resolution
+    out = {}
+    for key, arr in maps.items():
+        order = 0 if key == "mask" else 1
+        out[key] = ndimage.map_coordinates(arr, coords, order=order, mode="nearest").astype(
+            arr.dtype
+        )
+    new_affine = affine.copy()
+    new_affine[:3, :3] = affine[:3, :3] * resolution
+    return out, new_affine
+
+
+def _fetch_command(name: str, resolution: int) -> str:
+    return (
+        "python -c \"from templateflow.api import get; "
+        f"get('{name}', resolution={resolution}, desc=None, suffix='T1w'); "
+        f"get('{name}', resolution={resolution}, desc='brain', suffix='mask'); "
+        f"get('{name}', resolution={resolution}, suffix='probseg')\""
+    )
+
+
+def _templateflow(name: str, resolution: int) -> Template:
+    try:
+        from templateflow import api as tf
+    except Exception as exc:  # pragma: no cover - broken install
+        raise MissingInputError(f"templateflow cannot be imported ({exc}); pip install templateflow")
+
+    if name not in tf.templates():
+        raise UsageError(
+            f"--template {name}: unknown template; use {DEFAULT_TEMPLATE} (embedded) or one of "
+            f"TemplateFlow's: {', '.join(sorted(tf.templates()))}"
+        )
+
+    def cached(**query):
+        found = [
+            Path(p)
+            for p in tf.ls(name, resolution=resolution, **query)
+            if Path(p).is_file() and Path(p).stat().st_size > 0  # 0 bytes = not fetched
+        ]
+        return found[0] if found else None
+
+    files = {
+        "t1w": cached(desc=None, suffix="T1w"),
+        "mask": cached(desc="brain", suffix="mask"),
+        "gm": cached(label="GM", suffix="probseg"),
+        "wm": cached(label="WM", suffix="probseg"),
+        "csf": cached(label="CSF", suffix="probseg"),
+    }
+    missing = [k for k, v in files.items() if v is None]
+    if missing:
+        home = os.environ.get("TEMPLATEFLOW_HOME", str(Path.home() / ".cache" / "templateflow"))
+        raise MissingInputError(
+            f"template {name} at {resolution} mm is not in the TemplateFlow cache {home} "
+            f"(missing: {', '.join(missing)}); fetch it with: {_fetch_command(name, resolution)}"
+        )
+    brain = cached(desc="brain", suffix="T1w") or _masked_t1w(name, resolution, files)
+    return Template(
+        name=name,
+        resolution=resolution,
+        t1w=files["t1w"],
+        brain=brain,
+        mask=files["mask"],
+        gm=files["gm"],
+        wm=files["wm"],
+        csf=files["csf"],
+        skull_stripped=False,
+        source="TemplateFlow",
+    )
+
+
+def _masked_t1w(name: str, resolution: int, files: dict) -> Path:
+    """Brain-extracted T1w = T1w x brain mask, cached, for templates that do not ship one."""
+    import nibabel as nib
+
+    out = cache_dir() / "templates" / f"tpl-{name}_res-{resolution}_desc-brain_T1w.nii.gz"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        t1 = nib.load(files["t1w"])
+        mask = np.asarray(nib.load(files["mask"]).dataobj) > 0
+        data = np.asarray(t1.dataobj, dtype=np.float32) * mask
+        _atomic_save(nib.Nifti1Image(data, t1.affine, t1.header), out)
+    return out
+
+
+def get_template(name: str = DEFAULT_TEMPLATE, resolution: int = 1) -> Template:
+    """Return the :class:`Template` ``name`` at ``resolution`` mm (1 or 2), without downloading.
+
+    >>> tpl = get_template()
+    >>> tpl.name, tpl.resolution, tpl.skull_stripped
+    ('MNI152NLin2009aSym', 1, True)
+    """
+    if resolution not in (1, 2):
+        raise UsageError(f"template resolution {resolution}: use 1 or 2 (mm)")
+    if name == DEFAULT_TEMPLATE:
+        return _embedded(resolution)
+    return _templateflow(name, resolution)
