@@ -166,7 +166,7 @@ def select_subjects(layout, *, labels=None, sessions=None, filters=None) -> list
                 f"{layout.root}: no participant(s) {', '.join('sub-' + m for m in missing)}; "
                 f"available: {', '.join(available[:20]) or 'none'}"
             )
-    candidates = labels or available
+    candidates = sorted(labels) if labels else available
     query = t1w_query(filters)
     if sessions:
         query["session"] = sessions

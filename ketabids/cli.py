@@ -324,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
             _check_options(opts)
             summary = _run_bids_app(opts)
     except KetabidsError as exc:
+        details = getattr(exc, "summary", None)  # the validator's grouped issues
+        if details is not None and hasattr(details, "format"):
+            LOGGER.error("BIDS validator report:\n%s", details.format())
         print(f"ketabids: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     except SystemExit as exc:  # --help / --version

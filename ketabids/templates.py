@@ -60,15 +60,29 @@ class Template:
         return self.name
 
 
-def cache_dir() -> Path:
-    """A writable folder for derived files: ``$KETABIDS_CACHE``, else ``~/.cache/ketabids``,
-    else the system temporary folder (read-only HOME in containers)."""
+def _cache_candidates() -> list[Path]:
+    """``$KETABIDS_CACHE``, ``~/.cache/ketabids``, the system temporary folder, in this order."""
     candidates = []
     if os.environ.get("KETABIDS_CACHE"):
         candidates.append(Path(os.environ["KETABIDS_CACHE"]))
     candidates.append(Path.home() / ".cache" / "ketabids")
     candidates.append(Path(tempfile.gettempdir()) / f"ketabids-cache-{os.getuid()}")
-    for folder in candidates:
+    return candidates
+
+
+def _cached(relative: list[str]) -> Path | None:
+    """The first cache folder that already holds every file in ``relative``, writable or not
+    (a container image ships them pre-generated in a read-only ``$KETABIDS_CACHE``)."""
+    for folder in _cache_candidates():
+        if all((folder / rel).is_file() for rel in relative):
+            return folder
+    return None
+
+
+def cache_dir() -> Path:
+    """A writable folder for derived files: ``$KETABIDS_CACHE``, else ``~/.cache/ketabids``,
+    else the system temporary folder (read-only HOME in containers)."""
+    for folder in _cache_candidates():
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".probe-{os.getpid()}"
@@ -90,6 +104,7 @@ def _atomic_save(img, path: Path) -> None:
     os.close(fd)
     try:
         nib.save(img, tmp)
+        os.chmod(tmp, 0o644)  # a shared KETABIDS_CACHE must be readable by every user
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -110,17 +125,20 @@ def _embedded(resolution: int) -> Template:
                 "reinstall nilearn (pip install --force-reinstall nilearn)"
             )
     tag = hashlib.sha256(f"{nilearn.__version__}-{resolution}".encode()).hexdigest()[:8]
-    out = cache_dir() / "templates" / f"tpl-{DEFAULT_TEMPLATE}_{tag}"
-    out.mkdir(parents=True, exist_ok=True)
     prefix = f"tpl-{DEFAULT_TEMPLATE}_res-{resolution}"
-    paths = {
-        "t1w": out / f"{prefix}_desc-brain_T1w.nii.gz",
-        "mask": out / f"{prefix}_desc-brain_mask.nii.gz",
-        "gm": out / f"{prefix}_label-GM_probseg.nii.gz",
-        "wm": out / f"{prefix}_label-WM_probseg.nii.gz",
-        "csf": out / f"{prefix}_label-CSF_probseg.nii.gz",
+    names = {
+        "t1w": f"{prefix}_desc-brain_T1w.nii.gz",
+        "mask": f"{prefix}_desc-brain_mask.nii.gz",
+        "gm": f"{prefix}_label-GM_probseg.nii.gz",
+        "wm": f"{prefix}_label-WM_probseg.nii.gz",
+        "csf": f"{prefix}_label-CSF_probseg.nii.gz",
     }
-    if not all(p.is_file() for p in paths.values()):
+    sub = f"templates/tpl-{DEFAULT_TEMPLATE}_{tag}"
+    root = _cached([f"{sub}/{name}" for name in names.values()])
+    out = (root or cache_dir()) / sub
+    paths = {key: out / name for key, name in names.items()}
+    if root is None:
+        out.mkdir(parents=True, exist_ok=True)
         t1 = nib.load(src["t1w"])
         affine = t1.affine
         t1w = np.asarray(t1.dataobj, dtype=np.float32)
@@ -231,8 +249,10 @@ def _masked_t1w(name: str, resolution: int, files: dict) -> Path:
     """Brain-extracted T1w = T1w x brain mask, cached, for templates that do not ship one."""
     import nibabel as nib
 
-    out = cache_dir() / "templates" / f"tpl-{name}_res-{resolution}_desc-brain_T1w.nii.gz"
-    if not out.is_file():
+    rel = f"templates/tpl-{name}_res-{resolution}_desc-brain_T1w.nii.gz"
+    root = _cached([rel])
+    out = (root or cache_dir()) / rel
+    if root is None:
         out.parent.mkdir(parents=True, exist_ok=True)
         t1 = nib.load(files["t1w"])
         mask = np.asarray(nib.load(files["mask"]).dataobj) > 0
