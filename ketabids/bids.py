@@ -28,6 +28,19 @@ CODE_URL = "https://github.com/ketabids/ketabids"
 DEFAULT_T1W_QUERY = {"datatype": "anat", "suffix": "T1w", "extension": [".nii", ".nii.gz"]}
 
 
+DERIVATIVE_README = """\
+ketabids {version} derivatives
+==============================
+
+Participant level (sub-*/): conformed and bias-corrected T1w, brain mask, GM/WM/CSF probability
+maps and hard labels, template-space T1w and GM/WM maps (unmodulated and Jacobian-modulated VBM
+maps), transforms, tissue volumes (desc-volumes_morph.tsv) and one HTML QC report per subject.
+Group level (group/): nested cross-validation results, saved models and predictions, with HTML
+reports. Crash logs of failed subjects are under logs/.
+See https://doi.org/10.1038/s41398-026-04085-4 for the study ketabids implements.
+"""
+
+
 def check_bids_dir(bids_dir: str | os.PathLike) -> Path:
     """Resolve BIDS_DIR and check it is a dataset root (has ``dataset_description.json``)."""
     path = Path(bids_dir).expanduser().resolve()
@@ -238,4 +251,5 @@ def write_derivative_description(output_dir: str | os.PathLike, bids_dir: str | 
         except (OSError, json.JSONDecodeError, IndexError, AttributeError):
             pass
     atomic_write_text(path, json.dumps(content, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(output_dir / "README", DERIVATIVE_README.format(version=__version__))
     return path

@@ -141,6 +141,9 @@ def get_parser() -> argparse.ArgumentParser:
     grp = parser.add_argument_group("Group level: labels and covariates")
     grp.add_argument("--model", type=Path, metavar="FILE",
                      help="apply this frozen model (.skops from a training run) instead of training")
+    grp.add_argument("--prediction-name", metavar="NAME",
+                     help="name of the prediction run folder group/predict-NAME (default: from "
+                     "the dataset name and --include filters)")
     grp.add_argument("--target", metavar="COLUMN",
                      help="binary participants.tsv column to predict (1/yes/true/responder = 1)")
     grp.add_argument("--response-from", nargs=2, metavar=("BEFORE", "AFTER"),
@@ -230,9 +233,11 @@ def _check_options(opts) -> None:
         raise UsageError("--target and --response-from both define the label; give one")
     if opts.atlas_labels and not opts.atlas:
         raise UsageError("--atlas-labels needs --atlas")
+    if opts.prediction_name and not opts.model:
+        raise UsageError("--prediction-name names a prediction run: it needs --model")
     for option in ("atlas", "atlas_labels", "nipype_plugin_file", "model"):
         value = getattr(opts, option)
-        if value is not None and not Path(value).is_file():
+        if value is not None and not Path(value).exists():
             from ketabids.errors import MissingInputError
 
             raise MissingInputError(f"{value}: --{option.replace('_', '-')} file does not exist")
@@ -288,7 +293,7 @@ def _run_bids_app(opts) -> dict:
     if opts.model:
         from ketabids.group.run import run_group_predict
 
-        return run_group_predict(model=opts.model, **common)
+        return run_group_predict(model=opts.model, name=opts.prediction_name, **common)
     from ketabids.group.run import run_group_train
 
     return run_group_train(

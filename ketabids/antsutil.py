@@ -1,0 +1,103 @@
+"""Small glue between nibabel and antspyx: image conversion, threads and seeding.
+
+nibabel affines are RAS+ (world = A @ [i, j, k, 1]); ITK/ANTs images carry an LPS origin,
+spacing and a direction matrix. For an affine ``A`` the ANTs geometry is
+``L = diag(-1, -1, 1) @ A[:3, :3]``: ``spacing = |columns of L|``, ``direction = L / spacing``
+and ``origin = diag(-1, -1, 1) @ A[:3, 3]``. The conversion is exact (no resampling, no
+temporary files) and round-trips.
+
+:func:`ants_env` sets the ITK thread count and the ANTs random seed for the duration of a
+``with`` block and restores the previous values afterwards (no leaked ``os.environ`` changes).
+ANTs ignores ``random_seed=`` in :func:`ants.registration`; what counts is
+``ants.config._random_seed`` (passed as ``--random-seed``) and ``ANTS_RANDOM_SEED`` (read by
+Atropos and the ITK samplers). Bit-identical output needs 1 thread.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import nibabel as nib
+import numpy as np
+
+_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def to_ants(img: nib.Nifti1Image, dtype=np.float32):
+    """nibabel 3D image -> ANTsImage with the same voxels and world geometry."""
+    import ants
+
+    data = np.asarray(img.dataobj, dtype=dtype)
+    if data.ndim != 3:
+        raise ValueError(f"to_ants needs a 3D image, got shape {data.shape}")
+    lin = _LPS @ img.affine[:3, :3]
+    spacing = np.linalg.norm(lin, axis=0)
+    direction = lin / spacing
+    origin = _LPS @ img.affine[:3, 3]
+    return ants.from_numpy(
+        np.ascontiguousarray(data),
+        origin=[float(x) for x in origin],
+        spacing=[float(x) for x in spacing],
+        direction=direction,
+    )
+
+
+def affine_of(ants_img) -> np.ndarray:
+    """The RAS+ voxel-to-world affine of an ANTsImage."""
+    direction = np.asarray(ants_img.direction, dtype=float)
+    spacing = np.asarray(ants_img.spacing, dtype=float)
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS @ (direction * spacing)
+    affine[:3, 3] = _LPS @ np.asarray(ants_img.origin, dtype=float)
+    return affine
+
+
+def to_nib(ants_img, dtype=np.float32, like: nib.Nifti1Image | None = None) -> nib.Nifti1Image:
+    """ANTsImage -> nibabel image (float32 by default; qform = sform = the affine, mm units).
+
+    ``like``: if given and on the same grid, its exact affine is reused (avoids float drift).
+    """
+    data = ants_img.numpy().astype(dtype, copy=False)
+    affine = affine_of(ants_img)
+    if like is not None and like.shape[:3] == data.shape and np.allclose(
+        like.affine, affine, atol=1e-4
+    ):
+        affine = like.affine
+    return make_image(data, affine)
+
+
+def make_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """A clean NIfTI-1 image: given data and affine, qform = sform (code 1, scanner), mm."""
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return img
+
+
+@contextlib.contextmanager
+def ants_env(seed: int | None = None, omp_nthreads: int = 1):
+    """Run ANTs with ``omp_nthreads`` ITK threads and (if ``seed`` is not None) a fixed seed.
+
+    Sets ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, ``ANTS_RANDOM_SEED`` and
+    ``ants.config._random_seed`` inside the block only and restores the old values on exit,
+    even on error.
+    """
+    import ants
+
+    keys = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "ANTS_RANDOM_SEED")
+    saved = {k: os.environ.get(k) for k in keys}
+    saved_seed = ants.config._random_seed
+    try:
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(omp_nthreads)))
+        if seed is not None:
+            os.environ["ANTS_RANDOM_SEED"] = str(int(seed))
+            ants.config._random_seed = int(seed)
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        ants.config._random_seed = saved_seed

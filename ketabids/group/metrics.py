@@ -1,0 +1,227 @@
+"""Classification metrics with 95% intervals, for CV results and external validation.
+
+Intervals (be explicit about what they cover):
+
+* one prediction per subject (``decision`` 1-D, aggregation ``single``/``consensus``):
+  Wilson score intervals for the proportions (sensitivity, specificity, PPV, NPV, accuracy);
+  DeLong's variance for the AUC (normal interval, clipped to [0, 1]); stratified bootstrap over
+  subjects (percentile, ``n_bootstrap`` resamples, class sizes fixed) for BAC and Brier score.
+* several CV repeats (``decision`` 2-D, aggregation ``pooled``): point estimates from all
+  out-of-fold predictions of all repeats; because a subject contributes one prediction per
+  repeat, predictions are not independent, so every interval is a stratified SUBJECT-CLUSTER
+  bootstrap (a resampled subject brings all its repeats).
+* ``mean_over_repeats``: mean of the per-repeat metrics; its interval is the 2.5-97.5 percentile
+  range across repeats, i.e. the variability due to the random CV partition only - not a
+  sampling interval (see Varoquaux 2018, NeuroImage 180:68 on CV error bars).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["classification_metrics", "repeat_metrics", "per_fold_table", "roc_auc",
+           "balanced_accuracy", "wilson_interval", "delong_interval"]
+
+METRICS = ("bac", "sensitivity", "specificity", "auc", "ppv", "npv", "accuracy", "brier")
+
+
+def wilson_interval(k, n, confidence=0.95):
+    """Wilson score interval for k successes out of n (nan, nan when n == 0)."""
+    if n == 0:
+        return np.nan, np.nan
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def roc_auc(y_true, score):
+    """Area under the ROC curve (Mann-Whitney, ties count 1/2)."""
+    y_true = np.asarray(y_true)
+    r = stats.rankdata(score)
+    n1 = int((y_true == 1).sum())
+    n0 = y_true.size - n1
+    if n1 == 0 or n0 == 0:
+        return np.nan
+    return float((r[y_true == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def delong_interval(y_true, score, confidence=0.95):
+    """AUC and DeLong (1988) normal interval, clipped to [0, 1]."""
+    y_true = np.asarray(y_true)
+    pos = np.asarray(score)[y_true == 1]
+    neg = np.asarray(score)[y_true == 0]
+    m, n = pos.size, neg.size
+    if m < 2 or n < 2:
+        return roc_auc(y_true, score), np.nan, np.nan
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    auc = psi.mean()
+    v10 = psi.mean(1)
+    v01 = psi.mean(0)
+    se = np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n)
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    return float(auc), max(0.0, auc - z * se), min(1.0, auc + z * se)
+
+
+def balanced_accuracy(y_true, pred):
+    """Mean recall over the classes present (as scikit-learn)."""
+    y_true = np.asarray(y_true)
+    pred = np.asarray(pred)
+    rec = [np.mean(pred[y_true == c] == c) for c in (0, 1) if np.any(y_true == c)]
+    return float(np.mean(rec))
+
+
+def _point(y, dec2, proba2, threshold):
+    """Point metrics over all (repeat, subject) predictions; dec2 (R, n)."""
+    R = dec2.shape[0]
+    pred = dec2 > threshold
+    yy = np.broadcast_to(y, dec2.shape)
+    tp = np.sum(pred & (yy == 1))
+    fn = np.sum(~pred & (yy == 1))
+    tn = np.sum(~pred & (yy == 0))
+    fp = np.sum(pred & (yy == 0))
+    sens = tp / (tp + fn)
+    spec = tn / (tn + fp)
+    out = {"bac": (sens + spec) / 2, "sensitivity": sens, "specificity": spec,
+           "auc": roc_auc(yy.ravel(), dec2.ravel()),
+           "ppv": tp / (tp + fp) if tp + fp else np.nan,
+           "npv": tn / (tn + fn) if tn + fn else np.nan,
+           "accuracy": (tp + tn) / (R * y.size),
+           "brier": float(np.mean((proba2 - yy) ** 2)) if proba2 is not None else np.nan}
+    counts = {"tp": tp, "fn": fn, "tn": tn, "fp": fp}
+    return out, counts
+
+
+def _cluster_bootstrap(y, dec2, proba2, threshold, n_boot, rng):
+    """(n_boot, metric) array of stratified subject-cluster bootstrap replicates."""
+    R, n = dec2.shape
+    pos = np.flatnonzero(y == 1)
+    neg = np.flatnonzero(y == 0)
+    c = np.zeros((n_boot, n))
+    for grp in (pos, neg):
+        draws = rng.integers(0, grp.size, (n_boot, grp.size))
+        np.add.at(c, (np.arange(n_boot)[:, None], grp[draws]), 1.0)
+    pred = dec2 > threshold
+    npred = pred.sum(0).astype(float)                 # positive predictions per subject
+    is1 = (y == 1).astype(float)
+    tp = c @ (npred * is1)
+    fn = c @ ((R - npred) * is1)
+    fp = c @ (npred * (1 - is1))
+    tn = c @ ((R - npred) * (1 - is1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = tp / (tp + fn)
+        spec = tn / (tn + fp)
+        res = {"bac": (sens + spec) / 2, "sensitivity": sens, "specificity": spec,
+               "ppv": tp / (tp + fp), "npv": tn / (tn + fn),
+               "accuracy": (tp + tn) / (R * n)}
+    if proba2 is not None:
+        res["brier"] = c @ ((proba2 - y) ** 2).sum(0) / (R * n)
+    else:
+        res["brier"] = np.full(n_boot, np.nan)
+    # weighted Mann-Whitney AUC over all R*n points, ties = 1/2
+    vals = dec2.ravel()
+    subj = np.tile(np.arange(n), R)
+    order = np.argsort(vals, kind="stable")
+    sv = vals[order]
+    starts = np.flatnonzero(np.r_[True, sv[1:] != sv[:-1]])
+    wts = c[:, subj[order]]
+    lab = y[subj[order]]
+    wpos = np.add.reduceat(wts * (lab == 1), starts, axis=1)
+    wneg = np.add.reduceat(wts * (lab == 0), starts, axis=1)
+    below = np.cumsum(wneg, axis=1) - wneg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res["auc"] = (wpos * (below + 0.5 * wneg)).sum(1) / (wpos.sum(1) * wneg.sum(1))
+    return res
+
+
+def classification_metrics(y_true, decision, proba=None, *, threshold=0.0, confidence=0.95,
+                           n_bootstrap=2000, random_state=0):
+    """Metrics with intervals; one row per metric.
+
+    ``decision`` (n,) -> aggregation "single"; (n_repeats, n) -> "pooled" over repeats.
+    Columns: metric, aggregation, estimate, ci_low, ci_high, method.
+    """
+    y = np.asarray(y_true).astype(np.int64)
+    dec = np.asarray(decision, float)
+    single = dec.ndim == 1
+    dec2 = dec[None] if single else dec
+    pr2 = None if proba is None else np.asarray(proba, float).reshape(dec2.shape)
+    point, cnt = _point(y, dec2, pr2, threshold)
+    rng = np.random.default_rng(random_state)
+    boot = _cluster_bootstrap(y, dec2, pr2, threshold, n_bootstrap, rng)
+    a = (1 - confidence) / 2
+    rows = []
+    for name in METRICS:
+        est = point[name]
+        lo, hi = np.nanpercentile(boot[name], [100 * a, 100 * (1 - a)]) if np.isfinite(
+            boot[name]).any() else (np.nan, np.nan)
+        method = "stratified subject-cluster bootstrap" if not single else \
+            "stratified bootstrap over subjects"
+        if single:
+            prop = {"sensitivity": (cnt["tp"], cnt["tp"] + cnt["fn"]),
+                    "specificity": (cnt["tn"], cnt["tn"] + cnt["fp"]),
+                    "ppv": (cnt["tp"], cnt["tp"] + cnt["fp"]),
+                    "npv": (cnt["tn"], cnt["tn"] + cnt["fn"]),
+                    "accuracy": (cnt["tp"] + cnt["tn"], y.size)}
+            if name in prop:
+                lo, hi = wilson_interval(*prop[name], confidence)
+                method = "Wilson score"
+            elif name == "auc":
+                _, lo, hi = delong_interval(y, dec, confidence)
+                method = "DeLong"
+        if name == "brier" and pr2 is None:
+            est, lo, hi, method = np.nan, np.nan, np.nan, "no probabilities"
+        rows.append({"metric": name, "aggregation": "single" if single else "pooled",
+                     "estimate": float(est), "ci_low": float(lo), "ci_high": float(hi),
+                     "method": method})
+    return pd.DataFrame(rows)
+
+
+def _per_repeat(y, dec, proba):
+    out = []
+    for r in range(dec.shape[0]):
+        p, _ = _point(y, dec[r:r + 1], None if proba is None else proba[r:r + 1], 0.0)
+        out.append(p)
+    return pd.DataFrame(out)
+
+
+def repeat_metrics(y_true, decision, proba=None):
+    """Mean of per-repeat metrics with the across-repeat 2.5-97.5 percentile range."""
+    y = np.asarray(y_true).astype(np.int64)
+    per = _per_repeat(y, np.asarray(decision, float), proba)
+    rows = []
+    for name in METRICS:
+        v = per[name].to_numpy(float)
+        ok = np.isfinite(v)
+        lo, hi = (np.percentile(v[ok], [2.5, 97.5]) if ok.any() else (np.nan, np.nan))
+        rows.append({"metric": name, "aggregation": "mean_over_repeats",
+                     "estimate": float(v[ok].mean()) if ok.any() else np.nan,
+                     "ci_low": float(lo), "ci_high": float(hi),
+                     "method": "across-repeat percentile (CV-partition variability only)"})
+    return pd.DataFrame(rows)
+
+
+def per_fold_table(y, decision, proba, fold_of, chosen_C, inner_bac):
+    """Tidy table: one row per (repeat, outer fold)."""
+    rows = []
+    R, n = decision.shape
+    for r in range(R):
+        for o in range(chosen_C.shape[1]):
+            test = fold_of[r] == o
+            yt = y[test]
+            d = decision[r, test]
+            pred = d > 0
+            with np.errstate(invalid="ignore"):
+                sens = np.mean(pred[yt == 1]) if (yt == 1).any() else np.nan
+                spec = np.mean(~pred[yt == 0]) if (yt == 0).any() else np.nan
+            rows.append({
+                "repeat": r, "fold": o, "n_train": int((~test).sum()), "n_test": int(test.sum()),
+                "n_train_pos": int((y[~test] == 1).sum()), "n_test_pos": int((yt == 1).sum()),
+                "C": float(chosen_C[r, o]), "inner_bac": float(inner_bac[r, o]),
+                "bac": balanced_accuracy(yt, pred.astype(int)), "sensitivity": sens,
+                "specificity": spec, "auc": roc_auc(yt, d),
+                "brier": float(np.mean((proba[r, test] - yt) ** 2))})
+    return pd.DataFrame(rows)

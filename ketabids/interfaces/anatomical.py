@@ -1,0 +1,445 @@
+"""Thin Nipype interfaces over the participant-level pure functions.
+
+Each interface calls one function of :mod:`ketabids.conform`, :mod:`ketabids.brain`,
+:mod:`ketabids.segmentation`, :mod:`ketabids.registration` or :mod:`ketabids.vbm` and writes its
+results into the node's working folder (``fname_presuffix(..., newpath=runtime.cwd)``). No maths
+here: see the modules named above. Templates travel between nodes as (name, resolution) and are
+resolved with :func:`ketabids.templates.get_template` (cached files, no download).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    OutputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+from nipype.utils.filemanip import fname_presuffix
+
+TISSUES = ("GM", "WM", "CSF")
+
+
+def _save(img, like: str, suffix: str, cwd: str, dtype=None) -> str:
+    """Save ``img`` as ``<like stem><suffix>.nii.gz`` in ``cwd`` (mm units, optional cast)."""
+    out = fname_presuffix(like, suffix=suffix, newpath=cwd, use_ext=False)
+    out = out.removesuffix(".nii") + ".nii.gz"
+    if dtype is not None:
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj).astype(dtype), img.affine, img.header)
+        img.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, out)
+    return out
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _write_json(obj, cwd: str, name: str) -> str:
+    out = str(Path(cwd) / name)
+    Path(out).write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True))
+    return out
+
+
+def _template(name, resolution):
+    from ketabids.templates import get_template
+
+    return get_template(name, int(resolution))
+
+
+class _TemplateInputSpec(BaseInterfaceInputSpec):
+    template = traits.Str("MNI152NLin2009aSym", usedefault=True, desc="template name")
+    template_resolution = traits.Enum(1, 2, usedefault=True, desc="template grid (mm)")
+    seed = traits.Either(None, traits.Int, default=None, usedefault=True, desc="random seed")
+    omp_nthreads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
+    mode = traits.Enum("default", "fast", usedefault=True, desc="speed/accuracy trade-off")
+
+
+# --------------------------------------------------------------------------- conform
+class _ConformInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="raw T1w image")
+
+
+class _ConformOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="conformed T1w (float32, RAS+)")
+    out_info = File(exists=True, desc="JSON: original orientation, zooms, notes")
+    notes = traits.List(traits.Str, desc="what conforming changed")
+
+
+class Conform(SimpleInterface):
+    """Conform a T1w image (:func:`ketabids.conform.conform_t1w`)."""
+
+    input_spec = _ConformInputSpec
+    output_spec = _ConformOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketabids.conform import conform_t1w
+
+        img, info = conform_t1w(self.inputs.in_file)
+        self._results["out_file"] = _save(img, self.inputs.in_file, "_conformed", runtime.cwd,
+                                          dtype="float32")
+        self._results["out_info"] = _write_json(info, runtime.cwd, "conform_info.json")
+        self._results["notes"] = [str(n) for n in info.get("notes", [])]
+        return runtime
+
+
+# --------------------------------------------------------------------------- N4
+class _N4InputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="T1w image")
+    in_mask = File(exists=True, desc="optional mask")
+    shrink = traits.Either(None, traits.Int, default=None, usedefault=True,
+                           desc="shrink factor (default: automatic, ~6 mm fitting grid)")
+    omp_nthreads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
+
+
+class _N4OutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="bias-corrected image")
+    bias_field = File(exists=True, desc="estimated bias field")
+
+
+class N4BiasCorrect(SimpleInterface):
+    """N4 bias-field correction (:func:`ketabids.brain.n4_bias_correct`)."""
+
+    input_spec = _N4InputSpec
+    output_spec = _N4OutputSpec
+
+    def _run_interface(self, runtime):
+        from ketabids.brain import n4_bias_correct
+
+        img = nib.load(self.inputs.in_file)
+        mask = nib.load(self.inputs.in_mask) if isdefined(self.inputs.in_mask) else None
+        corrected, bias = n4_bias_correct(img, mask, shrink=self.inputs.shrink,
+                                          omp_nthreads=self.inputs.omp_nthreads)
+        self._results["out_file"] = _save(corrected, self.inputs.in_file, "_n4", runtime.cwd,
+                                          dtype="float32")
+        self._results["bias_field"] = _save(bias, self.inputs.in_file, "_bias", runtime.cwd,
+                                            dtype="float32")
+        return runtime
+
+
+# --------------------------------------------------------------------------- brain extraction
+class _ExtractBrainInputSpec(_TemplateInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
+
+
+class _RegistrationOutputSpec(TraitedSpec):
+    forward_transforms = OutputMultiObject(File(exists=True), desc="T1w -> template, ANTs order")
+    inverse_transforms = OutputMultiObject(File(exists=True), desc="template -> T1w, ANTs order")
+    warped_file = File(exists=True, desc="the T1w on the registration grid of the template")
+    composite_transform = File(exists=True, desc="T1w -> template composite (.h5)")
+    inverse_composite_transform = File(exists=True, desc="template -> T1w composite (.h5)")
+
+
+class _ExtractBrainOutputSpec(_RegistrationOutputSpec):
+    out_mask = File(exists=True, desc="brain mask (uint8)")
+    out_brain = File(exists=True, desc="T1w x mask")
+    skull_stripped = traits.Bool(desc="the input was already skull-stripped")
+    out_info = File(exists=True, desc="JSON info")
+
+
+def _registration_outputs(results, reg, like, cwd):
+    fwd = [str(p) for p in reg.forward_transforms]
+    inv = [str(p) for p in reg.inverse_transforms]
+    results["forward_transforms"] = fwd
+    results["inverse_transforms"] = inv
+    results["warped_file"] = _save(reg.warped, like, "_warped", cwd, dtype="float32")
+    # the first transform of each list is the ANTs composite (.h5) holding them all
+    results["composite_transform"] = fwd[0]
+    results["inverse_composite_transform"] = inv[0]
+
+
+class ExtractBrain(SimpleInterface):
+    """Brain extraction by affine + SyN registration to the template
+    (:func:`ketabids.brain.extract_brain`); the registration is kept as the normalisation."""
+
+    input_spec = _ExtractBrainInputSpec
+    output_spec = _ExtractBrainOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketabids.brain import extract_brain
+
+        img = nib.load(self.inputs.in_file)
+        tpl = _template(self.inputs.template, self.inputs.template_resolution)
+        mask, info, reg = extract_brain(img, tpl, mode=self.inputs.mode, seed=self.inputs.seed,
+                                        omp_nthreads=self.inputs.omp_nthreads,
+                                        out_dir=runtime.cwd)
+        mask_data = np.asanyarray(mask.dataobj) > 0
+        mask_img = nib.Nifti1Image(mask_data.astype("uint8"), mask.affine, mask.header)
+        self._results["out_mask"] = _save(mask_img, self.inputs.in_file, "_mask", runtime.cwd,
+                                          dtype="uint8")
+        brain = np.asanyarray(img.dataobj, dtype="float32") * mask_data
+        self._results["out_brain"] = _save(nib.Nifti1Image(brain, img.affine, img.header),
+                                           self.inputs.in_file, "_brain", runtime.cwd,
+                                           dtype="float32")
+        self._results["skull_stripped"] = bool(info.get("skull_stripped_input", False))
+        self._results["out_info"] = _write_json(info, runtime.cwd, "brain_info.json")
+        _registration_outputs(self._results, reg, self.inputs.in_file, runtime.cwd)
+        return runtime
+
+
+# --------------------------------------------------------------------------- transforms
+def _registration_result(forward, inverse, warped=None):
+    """Rebuild a :class:`ketabids.registration.RegistrationResult` from stored paths."""
+    from ketabids.registration import RegistrationResult
+
+    warped_img = nib.load(warped) if warped else None
+    return RegistrationResult([Path(p) for p in forward], [Path(p) for p in inverse],
+                              warped_img, {})
+
+
+class _TransformInputSpec(_TemplateInputSpec):
+    forward_transforms = InputMultiObject(File(exists=True), mandatory=True)
+    inverse_transforms = InputMultiObject(File(exists=True), mandatory=True)
+    composite_transform = File(exists=True)
+    inverse_composite_transform = File(exists=True)
+    warped_file = File(exists=True)
+
+
+def _result_from_inputs(inputs):
+    def opt(name):
+        value = getattr(inputs, name)
+        return value if isdefined(value) else None
+
+    return _registration_result(inputs.forward_transforms, inputs.inverse_transforms,
+                                opt("warped_file"))
+
+
+# --------------------------------------------------------------------------- warps
+class _ApplyToTemplateInputSpec(_TransformInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="native-space image")
+    interpolation = traits.Str("linear", usedefault=True)
+
+
+class _ApplyOutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+
+
+class ApplyToTemplate(SimpleInterface):
+    """Resample a native image onto the template grid
+    (:func:`ketabids.registration.apply_to_template`)."""
+
+    input_spec = _ApplyToTemplateInputSpec
+    output_spec = _ApplyOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketabids.registration import apply_to_template
+
+        tpl = _template(self.inputs.template, self.inputs.template_resolution)
+        img = nib.load(self.inputs.in_file)
+        out = apply_to_template(img, _result_from_inputs(self.inputs), tpl.brain,
+                                interpolation=self.inputs.interpolation,
+                                omp_nthreads=self.inputs.omp_nthreads)
+        self._results["out_file"] = _save(out, self.inputs.in_file, "_std", runtime.cwd,
+                                          dtype="float32")
+        return runtime
+
+
+class _WarpPriorsInputSpec(_TransformInputSpec):
+    reference = File(exists=True, mandatory=True, desc="native T1w (target grid)")
+
+
+class _WarpPriorsOutputSpec(TraitedSpec):
+    gm = File(exists=True)
+    wm = File(exists=True)
+    csf = File(exists=True)
+
+
+class WarpPriors(SimpleInterface):
+    """Template GM/WM/CSF priors into T1w space (:func:`ketabids.registration.apply_to_native`)."""
+
+    input_spec = _WarpPriorsInputSpec
+    output_spec = _WarpPriorsOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketabids.registration import apply_to_native
+
+        tpl = _template(self.inputs.template, self.inputs.template_resolution)
+        ref = nib.load(self.inputs.reference)
+        result = _result_from_inputs(self.inputs)
+        for tissue in TISSUES:
+            prior = nib.load(getattr(tpl, tissue.lower()))
+            out = apply_to_native(prior, result, ref, interpolation="linear",
+                                  omp_nthreads=self.inputs.omp_nthreads)
+            data = np.clip(np.asanyarray(out.dataobj, dtype="float32"), 0, 1)
+            self._results[tissue.lower()] = _save(
+                nib.Nifti1Image(data, out.affine, out.header), self.inputs.reference,
+                f"_prior{tissue}", runtime.cwd, dtype="float32")
+        return runtime
+
+
+# --------------------------------------------------------------------------- segmentation
+class _SegmentInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
+    in_mask = File(exists=True, mandatory=True, desc="brain mask")
+    priors = InputMultiObject(File(exists=True), mandatory=True, desc="GM, WM, CSF priors")
+    seed = traits.Either(None, traits.Int, default=None, usedefault=True)
+    omp_nthreads = traits.Int(1, usedefault=True, nohash=True)
+
+
+class _SegmentOutputSpec(TraitedSpec):
+    gm = File(exists=True)
+    wm = File(exists=True)
+    csf = File(exists=True)
+    probsegs = OutputMultiObject(File(exists=True), desc="GM, WM, CSF")
+    dseg = File(exists=True, desc="labels 1=CSF 2=GM 3=WM")
+
+
+class SegmentTissues(SimpleInterface):
+    """Prior-guided tissue segmentation (:func:`ketabids.segmentation.segment_tissues`)."""
+
+    input_spec = _SegmentInputSpec
+    output_spec = _SegmentOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketabids.segmentation import segment_tissues
+
+        img = nib.load(self.inputs.in_file)
+        mask = nib.load(self.inputs.in_mask)
+        priors = {t: nib.load(p) for t, p in zip(TISSUES, self.inputs.priors)}
+        probs, dseg = segment_tissues(img, mask, priors, seed=self.inputs.seed,
+                                      omp_nthreads=self.inputs.omp_nthreads)
+        outs = []
+        for tissue in TISSUES:
+            out = _save(probs[tissue], self.inputs.in_file, f"_{tissue}", runtime.cwd,
+                        dtype="float32")
+            self._results[tissue.lower()] = out
+            outs.append(out)
+        self._results["probsegs"] = outs
+        self._results["dseg"] = _save(dseg, self.inputs.in_file, "_dseg", runtime.cwd,
+                                      dtype="uint8")
+        return runtime
+
+
+# --------------------------------------------------------------------------- VBM
+class _ModulateInputSpec(_TransformInputSpec):
+    in_files = InputMultiObject(File(exists=True), mandatory=True,
+                                desc="native probability maps (e.g. GM, WM)")
+
+
+class _ModulateOutputSpec(TraitedSpec):
+    unmodulated = OutputMultiObject(File(exists=True), desc="warped maps, same order")
+    modulated = OutputMultiObject(File(exists=True), desc="Jacobian-modulated maps")
+    jacobian = File(exists=True, desc="Jacobian determinant on the output grid")
+
+
+class Modulate(SimpleInterface):
+    """Warp tissue maps to the template with Jacobian modulation (:func:`ketabids.vbm.modulate`;
+    the Jacobian determinant is computed once for all maps)."""
+
+    input_spec = _ModulateInputSpec
+    output_spec = _ModulateOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketabids.registration import jacobian_determinant
+        from ketabids.vbm import modulate
+
+        tpl = _template(self.inputs.template, self.inputs.template_resolution)
+        result = _result_from_inputs(self.inputs)
+        grid = nib.load(tpl.gm)
+        jac = jacobian_determinant(result, grid, omp_nthreads=self.inputs.omp_nthreads)
+        self._results["jacobian"] = _save(jac, self.inputs.in_files[0], "_jacobian",
+                                          runtime.cwd, dtype="float32")
+        unmods, mods = [], []
+        for in_file in self.inputs.in_files:
+            unmod, mod = modulate(nib.load(in_file), result, grid, jacobian=jac,
+                                  omp_nthreads=self.inputs.omp_nthreads)
+            unmods.append(_save(unmod, in_file, "_std", runtime.cwd, dtype="float32"))
+            mods.append(_save(mod, in_file, "_stdmod", runtime.cwd, dtype="float32"))
+        self._results["unmodulated"] = unmods
+        self._results["modulated"] = mods
+        return runtime
+
+
+class _VolumesInputSpec(BaseInterfaceInputSpec):
+    gm = File(exists=True, mandatory=True)
+    wm = File(exists=True, mandatory=True)
+    csf = File(exists=True, mandatory=True)
+    in_mask = File(exists=True, desc="brain mask")
+
+
+class _TableOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="TSV table")
+
+
+class TissueVolumes(SimpleInterface):
+    """Total intracranial, GM, WM and CSF volumes in mL (:func:`ketabids.vbm.tissue_volumes`)."""
+
+    input_spec = _VolumesInputSpec
+    output_spec = _TableOutputSpec
+
+    def _run_interface(self, runtime):
+        import pandas as pd
+
+        from ketabids.vbm import tissue_volumes
+
+        probs = {t: nib.load(getattr(self.inputs, t.lower())) for t in TISSUES}
+        mask = nib.load(self.inputs.in_mask) if isdefined(self.inputs.in_mask) else None
+        vols = tissue_volumes(probs, mask)
+        row = {k: round(float(vols[k]), 3) for k in ("tiv_ml", "gm_ml", "wm_ml", "csf_ml")}
+        out = str(Path(runtime.cwd) / "volumes.tsv")
+        pd.DataFrame([row]).to_csv(out, sep="\t", index=False, lineterminator="\n")
+        self._results["out_file"] = out
+        return runtime
+
+
+class _RegionalInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="modulated GM map (template space)")
+    atlas = File(exists=True, mandatory=True, desc="atlas labels image (template space)")
+    atlas_labels = File(exists=True, mandatory=True, desc="TSV with index and name columns")
+
+
+class RegionalVolumes(SimpleInterface):
+    """GM volume per atlas region in mL (:func:`ketabids.vbm.regional_volumes`)."""
+
+    input_spec = _RegionalInputSpec
+    output_spec = _TableOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketabids.vbm import regional_volumes
+
+        labels = read_atlas_labels(self.inputs.atlas_labels)
+        table = regional_volumes(nib.load(self.inputs.in_file), nib.load(self.inputs.atlas),
+                                 labels)
+        out = str(Path(runtime.cwd) / "regional_volumes.tsv")
+        table.to_csv(out, sep="\t", index=False, lineterminator="\n", float_format="%.4f")
+        self._results["out_file"] = out
+        return runtime
+
+
+def read_atlas_labels(path):
+    """Read an atlas label table (BIDS ``dseg.tsv``: columns ``index`` and ``name``)."""
+    import pandas as pd
+
+    from ketabids.errors import BadDataError
+
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except Exception as exc:
+        raise BadDataError(f"{path}: cannot read the atlas label table ({exc}); "
+                           "give a TSV with columns index and name") from exc
+    missing = {"index", "name"} - set(table.columns)
+    if missing:
+        raise BadDataError(f"{path}: atlas label table lacks column(s) {sorted(missing)}; "
+                           "give a TSV with columns index and name (BIDS dseg.tsv)")
+    return table

@@ -1,0 +1,1 @@
+"""HTML reports (participant QC report)."""

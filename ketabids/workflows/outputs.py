@@ -1,0 +1,215 @@
+"""Every write into OUTPUT_DIR happens here, through :class:`DerivativesDataSink` nodes.
+
+One ``init_ds_*_wf`` per group of outputs (sMRIPrep's ``workflows/outputs.py`` layout). Names
+follow /work/coord/CONTRACTS.md; ``Sources`` point inside the derivative dataset (``bids::``
+URIs), ``RawSources`` at the input T1w (``bids:raw:`` URI, ``raw`` being the input dataset).
+"""
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ketabids import __version__
+from ketabids.interfaces.bids import DerivativesDataSink, derivative_relpath
+from ketabids.workflows import LiterateWorkflow as Workflow
+
+TPM_LABELS = ["GM", "WM", "CSF"]
+STD_LABELS = ["GM", "WM"]
+
+#: Data dictionary of ``desc-volumes_morph.tsv`` (its JSON sidecar).
+VOLUMES_DICTIONARY = {
+    "tiv_ml": {"LongName": "Total intracranial volume",
+               "Description": "Sum of the GM, WM and CSF probabilities inside the brain mask "
+                              "times the voxel volume", "Units": "mL"},
+    "gm_ml": {"LongName": "Grey-matter volume",
+              "Description": "Sum of the native-space GM probability map times the voxel volume",
+              "Units": "mL"},
+    "wm_ml": {"LongName": "White-matter volume",
+              "Description": "Sum of the native-space WM probability map times the voxel volume",
+              "Units": "mL"},
+    "csf_ml": {"LongName": "Cerebrospinal-fluid volume",
+               "Description": "Sum of the native-space CSF probability map times the voxel "
+                              "volume", "Units": "mL"},
+}
+
+REGIONAL_DICTIONARY = {
+    "index": {"Description": "Atlas label value"},
+    "name": {"Description": "Atlas region name"},
+    "gm_ml": {"Description": "Grey-matter volume of the region from the Jacobian-modulated GM "
+                             "map in template space", "Units": "mL"},
+}
+
+
+def _template_reference(template: str) -> str:
+    """A URI describing the template (TemplateFlow's page for it)."""
+    return f"https://www.templateflow.org/browse/#tpl-{template}"
+
+
+def _uri(source_file, **kwargs) -> str:
+    return "bids::" + derivative_relpath(source_file, **kwargs)
+
+
+def raw_uri(source_file, bids_dir) -> str:
+    """``bids:raw:<path relative to the input dataset>`` for the input T1w."""
+    from pathlib import Path
+
+    try:
+        rel = Path(source_file).resolve().relative_to(Path(bids_dir).resolve()).as_posix()
+    except ValueError:
+        rel = Path(source_file).name
+    return f"bids:raw:{rel}"
+
+
+def _sink(name, *, output_dir, source_file, raw_sources, mapnode_fields=None, **kwargs):
+    iface = DerivativesDataSink(base_directory=str(output_dir), source_file=[str(source_file)],
+                                raw_sources=list(raw_sources), **kwargs)
+    # overwrite=True: sinks always run (cheap: unchanged files are not rewritten), so outputs
+    # deleted from OUTPUT_DIR come back on a rerun even when Nipype's cache says "done"
+    if mapnode_fields:
+        return pe.MapNode(iface, iterfield=mapnode_fields, name=name, run_without_submitting=True,
+                          overwrite=True)
+    return pe.Node(iface, name=name, run_without_submitting=True, overwrite=True)
+
+
+def init_ds_anat_wf(*, output_dir, source_file, raw_sources, name="ds_anat_wf"):
+    """Native-space outputs: preprocessed T1w, brain mask, dseg and tissue probability maps."""
+    workflow = Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=[
+        "t1w_preproc", "t1w_mask", "t1w_dseg", "t1w_tpms", "skull_stripped"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["t1w_preproc", "t1w_mask", "t1w_dseg",
+                                                       "t1w_tpms"]), name="outputnode")
+    common = dict(output_dir=output_dir, source_file=source_file, raw_sources=raw_sources)
+    preproc_uri = _uri(source_file, suffix="T1w", extension=".nii.gz", desc="preproc")
+
+    native = {"SpatialReference": preproc_uri}
+    ds_t1w_preproc = _sink("ds_t1w_preproc", desc="preproc", suffix="T1w", meta_dict={
+        "Description": "T1w conformed to RAS+ float32 and corrected for intensity "
+                       "non-uniformity (N4)"}, **common)
+    ds_t1w_mask = _sink("ds_t1w_mask", desc="brain", suffix="mask", data_dtype="uint8",
+                        sources=[preproc_uri], meta_dict=dict(
+                            native, Type="Brain", Description="Brain mask"), **common)
+    ds_t1w_dseg = _sink("ds_t1w_dseg", suffix="dseg", data_dtype="uint8", sources=[preproc_uri],
+                        meta_dict=dict(native, Description="Tissue labels (Atropos, "
+                                       "template priors): 1=CSF 2=GM 3=WM"), **common)
+    ds_t1w_tpms = _sink("ds_t1w_tpms", suffix="probseg", sources=[preproc_uri],
+                        mapnode_fields=["in_file", "label"], meta_dict=dict(
+                            native, Description="Tissue probability map (Atropos)"), **common)
+    ds_t1w_tpms.inputs.label = TPM_LABELS
+
+    workflow.connect([
+        (inputnode, ds_t1w_preproc, [("t1w_preproc", "in_file"),
+                                     ("skull_stripped", "skull_stripped")]),
+        (inputnode, ds_t1w_mask, [("t1w_mask", "in_file")]),
+        (inputnode, ds_t1w_dseg, [("t1w_dseg", "in_file")]),
+        (inputnode, ds_t1w_tpms, [("t1w_tpms", "in_file")]),
+        (ds_t1w_preproc, outputnode, [("out_file", "t1w_preproc")]),
+        (ds_t1w_mask, outputnode, [("out_file", "t1w_mask")]),
+        (ds_t1w_dseg, outputnode, [("out_file", "t1w_dseg")]),
+        (ds_t1w_tpms, outputnode, [("out_file", "t1w_tpms")]),
+    ])
+    return workflow
+
+
+def init_ds_template_wf(*, output_dir, source_file, raw_sources, template, resolution,
+                        name="ds_template_wf"):
+    """Template-space outputs: T1w, GM/WM maps (plain and modulated) and both transforms."""
+    workflow = Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=[
+        "std_t1w", "std_tpms", "std_mod", "anat2std_xfm", "std2anat_xfm", "skull_stripped"]),
+        name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["std_t1w", "std_tpms", "std_mod",
+                                                       "anat2std_xfm", "std2anat_xfm"]),
+                         name="outputnode")
+    common = dict(output_dir=output_dir, source_file=source_file, raw_sources=raw_sources)
+    xfm_uri = _uri(source_file, suffix="xfm", extension=".h5", from_="T1w", to=template,
+                   mode="image")
+    preproc_uri = _uri(source_file, suffix="T1w", extension=".nii.gz", desc="preproc")
+    tpl_meta = {"Template": template, "Resolution": float(resolution),
+                "SpatialReference": _template_reference(template)}
+
+    ds_std_t1w = _sink("ds_std_t1w", space=template, desc="preproc", suffix="T1w",
+                       sources=[preproc_uri, xfm_uri], meta_dict=dict(
+                           tpl_meta, Description="Preprocessed T1w resampled to the template"),
+                       **common)
+    ds_std_tpms = _sink("ds_std_tpms", space=template, suffix="probseg",
+                        mapnode_fields=["in_file", "label", "sources"], meta_dict=dict(
+                            tpl_meta, Description="Tissue probability resampled to the "
+                                                  "template (not modulated)"), **common)
+    ds_std_tpms.inputs.label = STD_LABELS
+    ds_std_tpms.inputs.sources = [
+        [_uri(source_file, suffix="probseg", extension=".nii.gz", label=lab), xfm_uri]
+        for lab in STD_LABELS
+    ]
+    mod_meta = dict(tpl_meta, Modulation="jacobian", SoftwareVersion=__version__,
+                    Description="Tissue probability warped to the template and multiplied by the "
+                                "Jacobian determinant of the warp: sum x voxel volume = native "
+                                "tissue volume (mL / 1000 per mm3)")
+    ds_std_mod = _sink("ds_std_mod", space=template, desc="modulated", suffix="probseg",
+                       mapnode_fields=["in_file", "label", "sources"], meta_dict=mod_meta,
+                       **common)
+    ds_std_mod.inputs.label = STD_LABELS
+    ds_std_mod.inputs.sources = ds_std_tpms.inputs.sources
+    ds_anat2std_xfm = _sink("ds_anat2std_xfm", from_="T1w", to=template, mode="image",
+                            suffix="xfm", sidecar=False, **common)
+    ds_std2anat_xfm = _sink("ds_std2anat_xfm", from_=template, to="T1w", mode="image",
+                            suffix="xfm", sidecar=False, **common)
+
+    workflow.connect([
+        (inputnode, ds_std_t1w, [("std_t1w", "in_file"), ("skull_stripped", "skull_stripped")]),
+        (inputnode, ds_std_tpms, [("std_tpms", "in_file")]),
+        (inputnode, ds_std_mod, [("std_mod", "in_file")]),
+        (inputnode, ds_anat2std_xfm, [("anat2std_xfm", "in_file")]),
+        (inputnode, ds_std2anat_xfm, [("std2anat_xfm", "in_file")]),
+        (ds_std_t1w, outputnode, [("out_file", "std_t1w")]),
+        (ds_std_tpms, outputnode, [("out_file", "std_tpms")]),
+        (ds_std_mod, outputnode, [("out_file", "std_mod")]),
+        (ds_anat2std_xfm, outputnode, [("out_file", "anat2std_xfm")]),
+        (ds_std2anat_xfm, outputnode, [("out_file", "std2anat_xfm")]),
+    ])
+    return workflow
+
+
+def init_ds_volumes_wf(*, output_dir, source_file, raw_sources, template, atlas_name=None,
+                       name="ds_volumes_wf"):
+    """Volume tables: ``desc-volumes_morph.tsv`` and, with an atlas, regional GM volumes."""
+    workflow = Workflow(name=name)
+    fields = ["volumes"] + (["regional"] if atlas_name else [])
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=fields), name="outputnode")
+    common = dict(output_dir=output_dir, source_file=source_file, raw_sources=raw_sources)
+    sources = [_uri(source_file, suffix="probseg", extension=".nii.gz", label=lab)
+               for lab in TPM_LABELS]
+    sources.append(_uri(source_file, suffix="mask", extension=".nii.gz", desc="brain"))
+    ds_volumes = _sink("ds_volumes", desc="volumes", suffix="morph", extension=".tsv",
+                       sources=sources, meta_dict=VOLUMES_DICTIONARY, **common)
+    workflow.connect([
+        (inputnode, ds_volumes, [("volumes", "in_file")]),
+        (ds_volumes, outputnode, [("out_file", "volumes")]),
+    ])
+    if atlas_name:
+        mod_uri = _uri(source_file, suffix="probseg", extension=".nii.gz", space=template,
+                       label="GM", desc="modulated")
+        ds_regional = _sink("ds_regional", space=template, seg=atlas_name, desc="regional",
+                            suffix="morph", extension=".tsv", sources=[mod_uri],
+                            meta_dict=REGIONAL_DICTIONARY, **common)
+        workflow.connect([
+            (inputnode, ds_regional, [("regional", "in_file")]),
+            (ds_regional, outputnode, [("out_file", "regional")]),
+        ])
+    return workflow
+
+
+def init_ds_report_wf(*, output_dir, subject, name="ds_report_wf"):
+    """The subject's HTML report, ``sub-<label>.html`` at the dataset root."""
+    workflow = Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["report"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["report"]), name="outputnode")
+    ds_report = pe.Node(
+        DerivativesDataSink(base_directory=str(output_dir), source_file=[f"sub-{subject}_T1w"],
+                            suffix="report", root_name=f"sub-{subject}.html"),
+        name="ds_report", run_without_submitting=True, overwrite=True)
+    workflow.connect([
+        (inputnode, ds_report, [("report", "in_file")]),
+        (ds_report, outputnode, [("out_file", "report")]),
+    ])
+    return workflow

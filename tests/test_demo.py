@@ -1,0 +1,321 @@
+"""Tests of the T1w phantoms (ketabids.phantom.simulate_subject) and the demo BIDS writer."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from ketabids import demo as dm
+from ketabids import phantom as ph
+from ketabids.templates import get_template
+
+
+@pytest.fixture(scope="module")
+def tpl2():
+    return get_template(resolution=2)
+
+
+@pytest.fixture(scope="module")
+def subject(tpl2):
+    return ph.simulate_subject(tpl2, seed=7, responder=True, age=50, sex="M", orientation="LIA")
+
+
+def _data(img):
+    return np.asarray(img.dataobj)
+
+
+def _validator():
+    exe = shutil.which("bids-validator-deno") or str(Path(sys.executable).parent / "bids-validator-deno")
+    return exe if Path(exe).is_file() else None
+
+
+def _validate(path):
+    exe = _validator()
+    if exe is None:
+        pytest.skip("bids-validator-deno not installed")
+    out = subprocess.run(
+        [exe, str(path), "--format", "json"], capture_output=True, text=True, timeout=300
+    )
+    issues = json.loads(out.stdout)["issues"]["issues"]
+    return [i for i in issues if i["severity"] == "error"], issues
+
+
+# ------------------------------------------------------------------------ simulate_subject
+def test_subject_images_share_one_grid(subject):
+    assert nib.aff2axcodes(subject.t1w.affine) == ("L", "I", "A")
+    assert subject.t1w.get_data_dtype() == np.int16
+    assert subject.t1w.header.get_xyzt_units() == ("mm", "sec")
+    assert subject.t1w.header["qform_code"] > 0 and subject.t1w.header["sform_code"] > 0
+    for img in (subject.gm, subject.wm, subject.csf, subject.brain_mask):
+        assert img.shape == subject.t1w.shape
+        assert np.allclose(img.affine, subject.t1w.affine)
+    assert np.allclose(subject.t1w.header.get_zooms(), 2.0)
+
+
+def test_volume_bookkeeping(subject, tpl2):
+    """sum(template-space modulated GM) == native GM volume; TIV = GM + WM + CSF."""
+    vol = subject.volumes
+    gm = _data(subject.gm).astype(np.float64)
+    assert vol["gm_ml"] == pytest.approx(gm.sum() * 8 / 1000, rel=1e-6)
+    assert vol["tiv_ml"] == pytest.approx(vol["gm_ml"] + vol["wm_ml"] + vol["csf_ml"], rel=1e-4)
+    tpl = subject.template_gm
+    maps, affine = ph.template_maps(tpl2)
+    assert tpl.shape == maps["gm"].shape and np.allclose(tpl.affine, affine)
+    tpl_ml = _data(tpl).astype(np.float64).sum() * 8 / 1000
+    assert tpl_ml == pytest.approx(vol["gm_ml"], rel=0.01)
+    for key in ("gm", "wm", "csf"):
+        arr = _data(getattr(subject, key))
+        assert arr.min() >= 0 and arr.max() <= 1
+    # brain mask volume ~ TIV
+    mask_ml = _data(subject.brain_mask).sum() * 8 / 1000
+    assert mask_ml == pytest.approx(vol["tiv_ml"], rel=0.03)
+    # head size drives TIV: a 1.1 x head has 1.1**3 the volume
+    # (no non-linear warp, whose local volume changes depend on the field of view)
+    small = ph.simulate_subject(tpl2, seed=1, head_scale=1.0, skull=False, warp_mm=0.0)
+    big = ph.simulate_subject(tpl2, seed=1, head_scale=1.1, skull=False, warp_mm=0.0)
+    ratio = big.volumes["tiv_ml"] / small.volumes["tiv_ml"]
+    assert ratio == pytest.approx(1.1**3, rel=0.01)
+
+
+def test_tissue_contrast_skull_and_neck(subject):
+    canon = nib.as_closest_canonical(subject.t1w)
+    t1 = np.asarray(canon.dataobj, dtype=np.float64)
+    maps = {k: np.asarray(nib.as_closest_canonical(getattr(subject, k)).dataobj) for k in ("gm", "wm", "csf")}
+    mask = np.asarray(nib.as_closest_canonical(subject.brain_mask).dataobj) > 0
+    med = {k: np.median(t1[maps[k] > 0.95]) for k in maps}
+    assert med["csf"] < med["gm"] < med["wm"]
+    assert med["gm"] / med["wm"] == pytest.approx(0.6 / 0.85, abs=0.08)
+    assert med["csf"] / med["wm"] == pytest.approx(0.2 / 0.85, abs=0.12)
+    # a head around the brain: bright fat and dark skull inside a few cm of the brain
+    from scipy import ndimage
+
+    shell = ndimage.binary_dilation(mask, iterations=7) & ~mask
+    vals = t1[shell]
+    assert np.percentile(vals, 90) > 0.9 * med["wm"]  # scalp fat
+    assert np.percentile(vals, 10) < 0.3 * med["wm"]  # skull / CSF
+    # a neck: signal below the lowest brain voxel, down to the edge of the field of view
+    lowest = np.nonzero(mask.any(axis=(0, 1)))[0].min()
+    assert lowest > 5
+    assert (t1[:, :, 1] > 0.3 * med["wm"]).sum() > 200
+    # air is dark, noise is Rician (non-negative, not zero)
+    corner = t1[:4, :4, -4:]
+    assert 0 < corner.mean() < 0.1 * med["wm"]
+
+
+def test_subject_is_deterministic(tpl2, subject):
+    a = subject
+    b = ph.simulate_subject(tpl2, seed=7, responder=True, age=50, sex="M", orientation="LIA")
+    c = ph.simulate_subject(tpl2, seed=8, responder=True, age=50, sex="M", orientation="LIA")
+    assert a.t1w.to_bytes() == b.t1w.to_bytes()
+    assert a.template_gm.to_bytes() == b.template_gm.to_bytes()
+    assert a.params == b.params and a.volumes == b.volumes
+    assert a.t1w.to_bytes() != c.t1w.to_bytes()
+    assert a.params["rotation_deg"] != c.params["rotation_deg"]
+
+
+@pytest.fixture(scope="module")
+def ras_subject(tpl2):
+    return ph.simulate_subject(tpl2, seed=2, orientation="RAS", skull=False, noise=0.0)
+
+
+@pytest.mark.parametrize("codes", ["LPS", "PIL", "ASL"])
+def test_orientation_is_consistent(tpl2, ras_subject, codes):
+    """Another header orientation stores the same image: canonical data and affine agree."""
+    ref = ras_subject
+    other = ph.simulate_subject(tpl2, seed=2, orientation=codes, skull=False, noise=0.0)
+    assert "".join(nib.aff2axcodes(other.t1w.affine)) == codes
+    canon = nib.as_closest_canonical(other.t1w)
+    assert np.allclose(canon.affine, ref.t1w.affine)
+    assert np.array_equal(np.asarray(canon.dataobj), np.asarray(ref.t1w.dataobj))
+
+
+def test_planted_effect_survives_imaging(tpl2):
+    """In the phantoms' template-space truth, responders have more frontal, less cerebellar GM."""
+    regions = ph.effect_regions(tpl2)
+    ratio = {True: [], False: []}
+    for i in range(8):
+        label = bool(i % 2)
+        s = ph.simulate_subject(
+            tpl2, seed=300 + i, responder=label, effect_size=0.15, skull=False, warp_mm=0.5
+        )
+        gm = _data(s.template_gm)
+        ratio[label].append(np.log(gm[regions["frontal"]].mean() / gm[regions["cerebellar"]].mean()))
+    t, p = stats.ttest_ind(ratio[True], ratio[False])
+    assert t > 0 and p < 0.01
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_effect_as_probability_or_volume_change(tpl2, share):
+    """Whether planted as GM probability (share 0) or local expansion (share 1), the true
+    regional GM volume changes by ~effect_size/2 each way; the rest of the brain barely moves."""
+    regions = ph.effect_regions(tpl2)
+    kw = dict(warp_mm=0.0, variation=0.0, skull=False, noise=0.0, effect_size=0.12)
+    base = _data(ph.simulate_subject(tpl2, seed=5, responder=None, **kw).template_gm)
+    resp = _data(
+        ph.simulate_subject(
+            tpl2, seed=5, responder=True, effect_volume_share=share, **kw
+        ).template_gm
+    )
+    rest = ~(regions["frontal"] | regions["cerebellar"])
+    frac = {k: resp[m].sum() / base[m].sum() for k, m in {**regions, "rest": rest}.items()}
+    assert frac["frontal"] == pytest.approx(1.06, abs=0.015)
+    assert frac["cerebellar"] == pytest.approx(0.94, abs=0.015)
+    assert frac["rest"] == pytest.approx(1.0, abs=0.005)
+
+
+def test_subject_speed(tpl2):
+    ph.simulate_subject(tpl2, seed=0)  # warm the caches (template, head model)
+    start = time.perf_counter()
+    ph.simulate_subject(tpl2, seed=1)
+    assert time.perf_counter() - start < 10.0  # ~1 s on an idle core; loose for a busy CI
+
+
+@pytest.mark.slow
+def test_one_mm_subject(tmp_path):
+    tpl1 = get_template(resolution=1)
+    ph.simulate_subject(tpl1, seed=0, resolution=1.0, skull=False)  # warm caches
+    start = time.perf_counter()
+    s = ph.simulate_subject(tpl1, seed=1, resolution=1.0, orientation="PIL")
+    elapsed = time.perf_counter() - start
+    assert elapsed < 40.0  # ~10 s on an idle core
+    assert np.allclose(s.t1w.header.get_zooms(), 1.0)
+    tpl_ml = _data(s.template_gm).astype(np.float64).sum() / 1000
+    assert tpl_ml == pytest.approx(s.volumes["gm_ml"], rel=0.01)
+
+
+# ------------------------------------------------------------------------ generate_demo
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    kw = dict(n_discovery=4, n_external=1, seed=4)
+    a = dm.generate_demo(root / "a", **kw)
+    dm.generate_demo(root / "b", **kw)
+    dm.generate_demo(root / "c", n_discovery=1, n_external=0, seed=5)
+    return root, a
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+
+
+def test_demo_is_deterministic(tiny_demo):
+    root, _ = tiny_demo
+    files = _files(root / "a")
+    assert files == _files(root / "b")
+    for rel in files:
+        assert (root / "a" / rel).read_bytes() == (root / "b" / rel).read_bytes(), rel
+    t1 = "bids/discovery/sub-001/anat/sub-001_T1w.nii.gz"
+    assert (root / "a" / t1).read_bytes() != (root / "c" / t1).read_bytes()
+    assert not [p for p in (root / "a").rglob(".*") if p.is_file()], "temporary files left"
+
+
+def test_demo_layout_and_metadata(tiny_demo):
+    root, demo = tiny_demo
+    base = root / "a"
+    assert demo.bids == {"discovery": base / "bids/discovery", "external": base / "bids/external"}
+    for cohort, bids in demo.bids.items():
+        desc = json.loads((bids / "dataset_description.json").read_text())
+        assert desc["BIDSVersion"] == "1.10.0" and desc["DatasetType"] == "raw"
+        assert desc["Name"] and desc["Authors"] and desc["License"]
+        assert (bids / "README.md").is_file()
+        table = pd.read_csv(bids / "participants.tsv", sep="\t")
+        assert list(table.columns) == ph.PARTICIPANT_COLUMNS
+        pjson = json.loads((bids / "participants.json").read_text())
+        assert set(pjson) == set(table.columns)
+        for col in ("sex", "site", "arm"):
+            assert set(table[col]) <= set(pjson[col]["Levels"]), col
+        assert pjson["age"]["Units"] == "year"
+        for sub in table["participant_id"]:
+            img = nib.load(bids / sub / "anat" / f"{sub}_T1w.nii.gz")
+            assert img.header.get_xyzt_units() == ("mm", "sec")
+            side = json.loads((bids / sub / "anat" / f"{sub}_T1w.json").read_text())
+            for key in ("MagneticFieldStrength", "Manufacturer", "RepetitionTime", "EchoTime"):
+                assert key in side
+        # ground truth lives outside the BIDS tree
+        truth = pd.read_csv(demo.truth[cohort] / "truth.tsv", sep="\t")
+        assert truth["participant_id"].tolist() == table["participant_id"].tolist()
+        assert not any("truth" in str(p) for p in _files(bids))
+        merged = table.merge(truth, on=["participant_id", "arm", "site"])
+        resp = ph.is_responder(merged.madrs_pre, merged.madrs_24h)
+        assert (resp == merged.responder).all()
+        ket = merged.arm == "ketamine"
+        assert (merged.planted[~ket] == "none").all()
+        assert (merged.planted[ket] == np.where(resp[ket], "responder", "nonresponder")).all()
+        assert ((truth.template_gm_ml - truth.gm_ml).abs() < 0.01 * truth.gm_ml).all()
+    ext = demo.participants["external"]
+    assert set(ext.site) == {"C"} and set(ext.arm) == {"ketamine"}
+    assert set(demo.participants["discovery"].arm) == {"ketamine", "saline"}
+
+
+def test_demo_passes_bids_validator(tiny_demo):
+    _, demo = tiny_demo
+    for bids in demo.bids.values():
+        errors, _ = _validate(bids)
+        assert errors == [], errors[:5]
+
+
+def test_demo_rejects_bad_options(tmp_path):
+    from ketabids.errors import UsageError
+
+    with pytest.raises(UsageError, match="site"):
+        dm.generate_demo(tmp_path, n_discovery=2, n_external=0, discovery_sites=("Z",))
+    with pytest.raises(UsageError, match="saline_fraction"):
+        dm.generate_demo(tmp_path, n_discovery=2, saline_fraction=1.5)
+    with pytest.raises(UsageError, match="n_discovery"):
+        dm.generate_demo(tmp_path, n_discovery=0)
+
+
+def test_demo_refuses_to_mix_demos(tmp_path, tiny_demo):
+    from ketabids.errors import OutputError
+
+    root, _ = tiny_demo
+    with pytest.raises(OutputError, match="other options"):
+        dm.generate_demo(root / "a", n_discovery=3, n_external=1, seed=4)
+    (tmp_path / "bids").mkdir()
+    with pytest.raises(OutputError, match="not written by generate_demo"):
+        dm.generate_demo(tmp_path, n_discovery=2, n_external=0)
+
+
+@pytest.mark.slow
+def test_default_demo_truth_is_learnable(tmp_path):
+    """The default demo: header orientations vary; on the truth maps a LinearSVC reaches
+    discovery CV BAC >= 0.8 (ketamine arm) and external BAC >= 0.7."""
+    demo = dm.generate_demo(tmp_path)
+    tpl = get_template(resolution=2)
+    maps, _ = ph.template_maps(tpl)
+    mask = maps["gm"] > 0.1
+
+    def features(cohort):
+        truth = demo.truth_tables[cohort]
+        X = []
+        for sub in truth.participant_id:
+            img = nib.load(
+                demo.truth[cohort] / sub
+                / f"{sub}_space-MNI152NLin2009aSym_label-GM_desc-modulated_probseg.nii.gz"
+            )
+            X.append(np.asarray(img.dataobj)[mask])
+        return np.asarray(X), truth
+
+    Xd, td = features("discovery")
+    Xe, te = features("external")
+    codes = {
+        "".join(nib.aff2axcodes(nib.load(demo.bids["discovery"] / s / "anat" / f"{s}_T1w.nii.gz").affine))
+        for s in td.participant_id
+    }
+    assert len(codes) >= 4
+    ket = (td.arm == "ketamine").to_numpy()
+    yd, ye = td.responder.to_numpy(), te.responder.to_numpy()
+    bac_cv, bac_ext, _ = ph.quick_linear_svc(Xd[ket], yd[ket], Xe, ye)
+    print(f"default demo truth: discovery CV BAC {bac_cv:.3f}, external BAC {bac_ext:.3f}")
+    assert bac_cv >= 0.8 and bac_ext >= 0.7
+    errors, _ = _validate(demo.bids["discovery"])
+    assert errors == []

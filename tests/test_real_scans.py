@@ -1,0 +1,153 @@
+"""End-to-end runs of every participant step (ketabids.vbm.run_t1w), fast mode.
+
+1. A 2 mm phantom with skull, neck, rotation, bias and noise (ketabids.phantom) against its
+   ground truth, with thresholds appropriate to fast mode.
+2. The real scans in ../shared/data/real-t1w (skipped when absent), downsampled to 2 mm to keep
+   CI short: plausible volumes, skull-stripped input detected, and consistency of the volumes
+   when the scan is rotated 10 degrees, resampled and re-biased.
+The full-resolution default-mode figures are in benchmarks/participant.py.
+"""
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ketabids.antsutil import make_image
+from ketabids.templates import get_template
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-t1w"
+SCANS = {
+    "aomic-piop2_sub-0001_T1w.nii.gz": False,
+    "seg3d_T1w.nii.gz": False,
+    "cstar-stroke_desc-brain_T1w.nii.gz": True,  # already skull-stripped
+}
+
+
+def _dice(a, b):
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def template2():
+    return get_template(resolution=2)
+
+
+@pytest.mark.slow
+def test_fast_mode_on_a_2mm_phantom(template2, tmp_path):
+    from ketabids import phantom
+    from ketabids.conform import conform_t1w
+    from ketabids.vbm import run_t1w
+
+    subject = phantom.simulate_subject(template2, seed=3, resolution=2.0, skull=True,
+                                       orientation="LPS", max_rotation=8.0)
+    out = run_t1w(subject.t1w, template2, mode="fast", seed=3, out_dir=tmp_path)
+
+    def conf(img):
+        return np.asarray(conform_t1w(img)[0].dataobj)
+
+    gm, wm, csf = conf(subject.gm), conf(subject.wm), conf(subject.csf)
+    stack = np.stack([csf, gm, wm])
+    truth = np.where(stack.sum(0) >= 0.5, np.argmax(stack, 0) + 1, 0)
+    dseg = np.asarray(out["dseg"].dataobj)
+    assert not out["brain_info"]["skull_stripped_input"]
+    assert _dice(np.asarray(out["mask"].dataobj), conf(subject.brain_mask)) > 0.95
+    assert _dice(dseg == 2, truth == 2) > 0.80
+    assert _dice(dseg == 3, truth == 3) > 0.80
+    true_gm = subject.volumes["gm_ml"]
+    assert out["volumes"]["gm_ml"] == pytest.approx(true_gm, rel=0.12)
+    vox = abs(np.linalg.det(out["gm_mod"].affine[:3, :3])) / 1000
+    mod_total = float(np.asarray(out["gm_mod"].dataobj, np.float64).sum() * vox)
+    # modulation conserves the estimated native GM volume (registration-independent identity)
+    assert mod_total == pytest.approx(out["volumes"]["gm_ml"], rel=0.02)
+    assert out["gm_mod"].shape == nib.load(template2.gm).shape
+
+
+def _downsample(path, zoom=2.0):
+    """The scan resampled to ``zoom`` mm (linear), as a float32 image with its own header."""
+    from nilearn.image import resample_img
+
+    from ketabids.conform import conform_t1w
+
+    img, _ = conform_t1w(path)
+    aff = img.affine.copy()
+    scale = zoom / np.sqrt((aff[:3, :3] ** 2).sum(0))
+    aff[:3, :3] = aff[:3, :3] * scale
+    shape = np.ceil(np.array(img.shape) / scale).astype(int)
+    out = resample_img(img, target_affine=aff, target_shape=shape, interpolation="linear",
+                       force_resample=True, copy_header=True)
+    return make_image(np.asarray(out.dataobj, np.float32), aff)
+
+
+def _rotated_rebiased(img, degrees=10.0):
+    """``img`` rotated about its centre by ``degrees`` around x, resampled on its grid and
+    multiplied by a smooth linear bias (+-15 %)."""
+    from nilearn.image import resample_img
+
+    t = np.deg2rad(degrees)
+    rot = np.eye(4)
+    rot[1:3, 1:3] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    centre = img.affine @ np.r_[(np.array(img.shape) - 1) / 2, 1]
+    move = np.eye(4)
+    move[:3, 3] = centre[:3]
+    world = move @ rot @ np.linalg.inv(move)
+    # data rotated in world space: new image on a rotated grid, resampled back to a plain grid
+    rotated = nib.Nifti1Image(np.asarray(img.dataobj), world @ img.affine)
+    pad = 8
+    aff = img.affine.copy()
+    aff[:3, 3] -= aff[:3, :3] @ np.full(3, pad)
+    shape = np.array(img.shape) + 2 * pad
+    out = resample_img(rotated, target_affine=aff, target_shape=shape, interpolation="linear",
+                       force_resample=True, copy_header=True)
+    data = np.clip(np.asarray(out.dataobj, np.float32), 0, None)
+    x = np.linspace(-0.15, 0.15, shape[0])[:, None, None]
+    return make_image((data * (1 + x)).astype(np.float32), aff)
+
+
+needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real scans not found in {REAL}")
+
+
+@pytest.fixture(scope="module")
+def real_runs(template2, tmp_path_factory):
+    from ketabids.vbm import run_t1w
+
+    results = {}
+    for name in SCANS:
+        img = _downsample(REAL / name)
+        results[name] = run_t1w(img, template2, mode="fast", seed=1,
+                                out_dir=tmp_path_factory.mktemp(name[:5]))
+    return results
+
+
+@needs_real
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SCANS))
+def test_real_scan_volumes_are_plausible(real_runs, name):
+    out = real_runs[name]
+    vols = out["volumes"]
+    assert out["brain_info"]["skull_stripped_input"] is SCANS[name]
+    share = vols["gm_ml"] / (vols["gm_ml"] + vols["wm_ml"])
+    assert 0.35 <= share <= 0.55, vols
+    if name.startswith("cstar"):  # cropped FOV brain: TIV is only what the crop holds
+        assert 700 <= vols["tiv_ml"] <= 2000, vols
+    else:
+        assert 1100 <= vols["tiv_ml"] <= 2000, vols
+    # the brain mask lies inside the head foreground
+    from ketabids.brain import head_foreground
+
+    mask = np.asarray(out["mask"].dataobj) > 0
+    assert (mask & ~head_foreground(out["preproc"])).sum() < 0.02 * mask.sum()
+
+
+@needs_real
+@pytest.mark.slow
+def test_real_scan_rotated_resampled_rebiased_gives_same_volumes(real_runs, template2, tmp_path):
+    from ketabids.vbm import run_t1w
+
+    name = "aomic-piop2_sub-0001_T1w.nii.gz"
+    moved = _rotated_rebiased(_downsample(REAL / name))
+    out = run_t1w(moved, template2, mode="fast", seed=1, out_dir=tmp_path)
+    ref = real_runs[name]["volumes"]
+    for key in ("tiv_ml", "gm_ml"):
+        assert out["volumes"][key] == pytest.approx(ref[key], rel=0.03), (key, out["volumes"], ref)

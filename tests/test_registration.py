@@ -1,0 +1,143 @@
+"""register_to_template / apply_* / Jacobian on a small synthetic template (2 mm grid)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ketabids.antsutil import ants_env, make_image
+from ketabids.registration import (
+    apply_to_native,
+    apply_to_template,
+    jacobian_determinant,
+    register_to_template,
+)
+from ketabids.templates import Template
+
+SHAPE = (34, 40, 36)  # 2 mm grid: 6.8 x 8 x 7.2 cm
+
+
+def _phantom(affine, shape=SHAPE):
+    """A 'brain': ellipsoid with a bright core, a darker shell and an off-centre blob."""
+    ijk = np.indices(shape).reshape(3, -1)
+    xyz = (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape(3, *shape)
+    r = np.sqrt((xyz[0] / 26) ** 2 + (xyz[1] / 31) ** 2 + (xyz[2] / 27) ** 2)
+    blob = np.sqrt(((xyz[0] - 8) / 7) ** 2 + ((xyz[1] + 10) / 6) ** 2 + ((xyz[2] - 5) / 6) ** 2)
+    img = np.where(r < 1, 600.0, 0.0) + np.where(r < 0.6, 250.0, 0.0) - np.where(blob < 1, 300.0, 0.0)
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(np.clip(img, 0, None), 0.7).astype(np.float32), r < 1
+
+
+def _affine(spacing, origin):
+    a = np.diag([*spacing, 1.0])
+    a[:3, 3] = origin
+    return a
+
+
+@pytest.fixture(scope="module")
+def small_template(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tpl")
+    aff = _affine((2, 2, 2), (-33, -39, -35))
+    brain, mask = _phantom(aff)
+    paths = {}
+    for key, arr in {"brain": brain, "mask": mask.astype(np.uint8)}.items():
+        paths[key] = folder / f"{key}.nii.gz"
+        nib.save(make_image(arr, aff), paths[key])
+    return Template(name="Toy", resolution=2, t1w=paths["brain"], brain=paths["brain"],
+                    mask=paths["mask"], gm=paths["mask"], wm=paths["mask"], csf=paths["mask"],
+                    skull_stripped=True, source="test")
+
+
+def _subject(scale=1.08, shift=(3.0, -2.0, 1.5)):
+    """The template anatomy scaled by ``scale`` and shifted, on a 1.5 mm (32, 37, 35) grid."""
+    aff = _affine((1.5, 1.5, 1.5), (-25, -28, -26))
+    shape = (38, 44, 40)
+    inv = np.eye(4)
+    inv[:3, :3] /= scale
+    inv[:3, 3] = -np.asarray(shift) / scale
+    # sample the analytic phantom at template-space points of each subject voxel
+    img, _ = _phantom(inv @ aff, shape)
+    return make_image(img, aff)
+
+
+@pytest.mark.slow
+def test_registration_recovers_scaling_and_maps_both_ways(small_template, tmp_path):
+    subject = _subject()
+    result = register_to_template(subject, small_template, mode="default", seed=1, out_dir=tmp_path)
+    assert [p.name for p in result.forward_transforms] == ["from-T1w_to-template_xfm.h5"]
+    assert all(p.is_file() for p in result.forward_transforms + result.inverse_transforms)
+    tpl = nib.load(small_template.brain)
+    tmask = np.asarray(nib.load(small_template.mask).dataobj) > 0
+    warped = apply_to_template(subject, result, tpl)
+    from nilearn.image import resample_to_img
+
+    unregistered = resample_to_img(subject, tpl, force_resample=True, copy_header=True)
+    b = np.asarray(tpl.dataobj)[tmask]
+    r_reg = np.corrcoef(np.asarray(warped.dataobj)[tmask], b)[0, 1]
+    r_identity = np.corrcoef(np.asarray(unregistered.dataobj)[tmask], b)[0, 1]
+    assert r_reg > 0.8 and r_reg > r_identity + 0.05, (r_reg, r_identity)
+    # Jacobian inside the brain ~ the planted volume scaling
+    jac = np.asarray(jacobian_determinant(result, tpl).dataobj)
+    assert np.median(jac[tmask]) == pytest.approx(1.08**3, rel=0.05)
+    # template mask carried back to the subject covers the subject's scaled ellipsoid
+    back = np.asarray(apply_to_native(small_template.mask, result, subject).dataobj) >= 0.5
+    subj_vol = back.sum() * 1.5**3
+    assert subj_vol == pytest.approx(tmask.sum() * 8 * 1.08**3, rel=0.05)
+
+
+_DETERMINISM = textwrap.dedent(
+    """
+    import hashlib, json, sys
+    import nibabel as nib
+    sys.path.insert(0, sys.argv[1])
+    from test_registration import _subject
+    from ketabids.templates import Template
+    from ketabids.registration import register_to_template
+    tpl = Template(**json.loads(sys.argv[2]))
+    res = register_to_template(_subject(), tpl, mode="fast", seed=7, out_dir=sys.argv[3])
+    print(hashlib.sha256(res.warped.get_fdata().tobytes()).hexdigest())
+    """
+)
+
+
+@pytest.mark.slow
+def test_seeded_single_thread_runs_are_bit_identical(small_template, tmp_path):
+    """Threads are fixed per process, so each run is a fresh process with 1 ITK thread."""
+    fields = {k: str(v) if hasattr(v, "is_file") else v for k, v in small_template.__dict__.items()}
+    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
+    here = os.path.dirname(__file__)
+    hashes = []
+    for run in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", _DETERMINISM, here, json.dumps(fields), str(tmp_path / str(run))],
+            env=env, capture_output=True, text=True, check=True,
+        )
+        hashes.append(out.stdout.strip().splitlines()[-1])
+    assert hashes[0] == hashes[1]
+
+
+def test_ants_env_restores_environment():
+    import ants
+
+    before = {k: os.environ.get(k) for k in ("ANTS_RANDOM_SEED", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")}
+    seed_before = ants.config._random_seed
+    with pytest.raises(RuntimeError):
+        with ants_env(seed=5, omp_nthreads=3):
+            assert os.environ["ANTS_RANDOM_SEED"] == "5"
+            assert os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] == "3"
+            assert ants.config._random_seed == 5
+            raise RuntimeError("boom")
+    assert {k: os.environ.get(k) for k in before} == before
+    assert ants.config._random_seed == seed_before
+
+
+def test_unknown_mode_is_a_usage_error(small_template):
+    from ketabids.errors import UsageError
+
+    with pytest.raises(UsageError, match="mode 'slow'"):
+        register_to_template(_subject(), small_template, mode="slow")

@@ -1,0 +1,174 @@
+"""Build-only tests of the participant workflow graph, input selection and run settings."""
+from __future__ import annotations
+
+import logging
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ketabids.errors import BadDataError, MissingInputError, UsageError
+from ketabids.workflows.participant import (
+    Atlas,
+    T1wInput,
+    collect_t1w,
+    configure_workflow,
+    init_anat_wf,
+    init_participant_wf,
+    plugin_settings,
+    resolve_atlas,
+)
+
+ANAT_NODES = {
+    "inputnode", "outputnode", "conform", "n4", "brain_extraction", "warp_priors",
+    "merge_priors", "segmentation", "std_t1w", "merge_tpms", "merge_gm_wm", "modulate",
+    "volumes",
+}
+SINK_NODES = {
+    "ds_anat_wf": {"ds_t1w_preproc", "ds_t1w_mask", "ds_t1w_dseg", "ds_t1w_tpms"},
+    "ds_template_wf": {"ds_std_t1w", "ds_std_tpms", "ds_std_mod", "ds_anat2std_xfm",
+                       "ds_std2anat_xfm"},
+}
+
+
+def _inputs(sessions: bool):
+    if sessions:
+        return [T1wInput("01", "A", "/bids/sub-01/ses-A/anat/sub-01_ses-A_T1w.nii.gz"),
+                T1wInput("01", "B", "/bids/sub-01/ses-B/anat/sub-01_ses-B_T1w.nii.gz"),
+                T1wInput("02", "A", "/bids/sub-02/ses-A/anat/sub-02_ses-A_T1w.nii.gz")]
+    return [T1wInput("01", None, "/bids/sub-01/anat/sub-01_T1w.nii.gz",
+                     skipped=("/bids/sub-01/anat/sub-01_run-2_T1w.nii.gz",)),
+            T1wInput("02", None, "/bids/sub-02/anat/sub-02_T1w.nii.gz")]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("atlas", [None, "Toy"])
+@pytest.mark.parametrize("sessions", [False, True])
+@pytest.mark.parametrize("template", ["MNI152NLin2009aSym", "MNI152NLin6Asym"])
+def test_participant_wf_builds(tmp_path, fast, atlas, sessions, template):
+    inputs = _inputs(sessions)
+    if atlas:
+        image, labels = tmp_path / "atlas.nii.gz", tmp_path / "atlas.tsv"
+        nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), "int16"), np.eye(4)), image)
+        labels.write_text("index\tname\n1\ta\n")
+        atlas = Atlas(atlas, str(image), str(labels))
+    wf = init_participant_wf(inputs=inputs, output_dir=tmp_path / "out", bids_dir="/bids",
+                             template=template, fast=fast, atlas=atlas, omp_nthreads=2, seed=3)
+    names = wf.list_node_names()
+    keys = sorted({i.key.replace("-", "") for i in inputs})
+    tops = sorted({n.split(".")[0] for n in names if n.startswith("single_subject_")})
+    assert tops == [f"single_subject_{k}_wf" for k in keys]
+    for key in keys:
+        prefix = f"single_subject_{key}_wf."
+        anat = {n[len(prefix + "anat_wf."):] for n in names if n.startswith(prefix + "anat_wf.")}
+        assert anat == ANAT_NODES | ({"regional_volumes"} if atlas else set())
+        for sub_wf, sinks in SINK_NODES.items():
+            assert sinks <= {n.rsplit(".", 1)[1] for n in names
+                             if n.startswith(prefix + sub_wf + ".")}
+        has_regional = prefix + "ds_volumes_wf.ds_regional" in names
+        assert has_regional is bool(atlas)
+    for subject in sorted({i.subject for i in inputs}):
+        assert {f"merge_{subject}", f"report_{subject}", f"ds_report_{subject}_wf.ds_report"} \
+            <= set(names)
+
+    single = wf.get_node(tops[0])
+    anat_wf = single.get_node("anat_wf")
+    brain = anat_wf.get_node("brain_extraction")
+    assert brain.inputs.mode == ("fast" if fast else "default")
+    assert brain.inputs.template == template
+    assert brain.inputs.template_resolution == (2 if fast else 1)
+    assert brain.inputs.seed == 3 and brain.n_procs == 2
+    mod_sink = single.get_node("ds_template_wf").get_node("ds_std_mod")
+    assert mod_sink.inputs.meta_dict["Template"] == template
+    assert mod_sink.inputs.meta_dict["Resolution"] == (2.0 if fast else 1.0)
+    assert mod_sink.inputs.meta_dict["Modulation"] == "jacobian"
+    assert mod_sink.inputs.space == template and mod_sink.inputs.desc == "modulated"
+    methods = single.visit_desc()
+    assert template in methods and "Jacobian" in methods
+    assert ("atlas" in methods) is bool(atlas)
+    report = wf.get_node(f"report_{inputs[0].subject}")
+    assert report.inputs.methods.startswith("Results included in this report")
+
+
+def test_anat_wf_outputs_connected():
+    wf = init_anat_wf(fast=True)
+    outputnode = wf.get_node("outputnode")
+    connected = {c[1] for _, _, d in wf._graph.in_edges(outputnode, data=True)
+                 for c in d["connect"]}
+    assert connected == set(outputnode.inputs.copyable_trait_names()) - {"regional"}
+
+
+def test_collect_t1w_runs_sessions_and_filters(tmp_path, caplog):
+    from bids import BIDSLayout
+
+    from ketabids.testing import make_bids_tree
+
+    root = make_bids_tree(tmp_path / "bids", {
+        "01": {"anat": ["run-1_T1w", "run-2_T1w"]},
+        "02": {"ses-B": {"anat": ["T1w"]}, "ses-A": {"anat": ["T1w"]}},
+    })
+    layout = BIDSLayout(root, validate=False)
+    with caplog.at_level(logging.WARNING, logger="ketabids"):
+        found = collect_t1w(layout, ["01", "sub-02"])
+    assert [(f.subject, f.session) for f in found] == [("01", None), ("02", "A"), ("02", "B")]
+    assert found[0].t1w.endswith("sub-01_run-1_T1w.nii.gz")
+    assert [p.rsplit("/", 1)[1] for p in found[0].skipped] == ["sub-01_run-2_T1w.nii.gz"]
+    assert "sub-01_run-2_T1w.nii.gz" in caplog.text and "first in BIDS order" in caplog.text
+    # a filter selects the other run; the flat form is accepted too
+    for filters in ({"t1w": {"run": 2}}, {"run": 2}):
+        chosen = collect_t1w(layout, ["01"], bids_filters=filters)
+        assert [f.t1w.rsplit("/", 1)[1] for f in chosen] == ["sub-01_run-2_T1w.nii.gz"]
+    only_b = collect_t1w(layout, ["02"], sessions=["ses-B"])
+    assert [(f.session, f.key) for f in only_b] == [("B", "02_ses-B")]
+
+
+def test_plugin_settings(tmp_path):
+    assert plugin_settings(nprocs=1) == ("Linear", {})
+    assert plugin_settings(nprocs=3, mem_gb=6) == (
+        "MultiProc", {"n_procs": 3, "raise_insufficient": False, "memory_gb": 6.0})
+    good = tmp_path / "plugin.yml"
+    good.write_text("plugin: MultiProc\nplugin_args:\n  n_procs: 2\n  memory_gb: 4\n")
+    assert plugin_settings(nprocs=8, plugin_file=good) == ("MultiProc",
+                                                           {"n_procs": 2, "memory_gb": 4})
+    bad = tmp_path / "bad.yml"
+    bad.write_text("plugin: NoSuchThing\n")
+    with pytest.raises(UsageError, match="unknown Nipype plugin"):
+        plugin_settings(plugin_file=bad)
+    bad.write_text("plugin_args: {n_procs: 2}\n")
+    with pytest.raises(BadDataError, match="plugin:"):
+        plugin_settings(plugin_file=bad)
+    with pytest.raises(MissingInputError):
+        plugin_settings(plugin_file=tmp_path / "missing.yml")
+
+
+def test_resolve_atlas(tmp_path):
+    assert resolve_atlas(None, None, template="MNI152NLin2009aSym", resolution=2) is None
+    image = tmp_path / "tpl-MNI152NLin2009aSym_atlas-Toy_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), "int16"), np.eye(4)), image)
+    with pytest.raises(MissingInputError, match="--atlas-labels"):
+        resolve_atlas(str(image), None, template="MNI152NLin2009aSym", resolution=2)
+    (tmp_path / "tpl-MNI152NLin2009aSym_atlas-Toy_dseg.tsv").write_text("index\tname\n1\ta\n")
+    atlas = resolve_atlas(str(image), None, template="MNI152NLin2009aSym", resolution=2)
+    assert atlas.name == "Toy" and atlas.labels.endswith("_dseg.tsv")
+    with pytest.raises(MissingInputError, match="does not exist"):
+        resolve_atlas(str(tmp_path / "nope.nii.gz"), None, template="X", resolution=1)
+    with pytest.raises(MissingInputError, match="not a cached TemplateFlow atlas"):
+        resolve_atlas("NoSuchAtlas", None, template="MNI152NLin2009aSym", resolution=1)
+
+
+def test_configure_workflow_is_local(tmp_path):
+    from nipype import config as nipype_config
+
+    before = {s: dict(nipype_config._sections[s]) for s in nipype_config._sections}
+    wf = init_participant_wf(inputs=_inputs(False), output_dir=tmp_path, bids_dir="/bids")
+    logs = tmp_path / "logs"
+    configure_workflow(wf, crashdump_dirs={"single_subject_01_wf": logs / "sub-01",
+                                           "single_subject_02_wf": logs / "sub-02"},
+                       default_crashdump=logs)
+    node = wf.get_node("single_subject_02_wf").get_node("anat_wf").get_node("conform")
+    assert node.config["execution"]["crashdump_dir"] == str(logs / "sub-02")
+    assert node.config["execution"]["hash_method"] == "content"
+    assert node.config["execution"]["remove_unnecessary_outputs"] is False
+    assert wf.get_node("report_01").config["execution"]["crashdump_dir"] == str(logs)
+    after = {s: dict(nipype_config._sections[s]) for s in nipype_config._sections}
+    assert after == before  # Nipype's global configuration untouched
