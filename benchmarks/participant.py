@@ -146,8 +146,10 @@ def one_run(kind: str, mode: str, seed: int, threads: int) -> dict:
                 source = rotated_rebiased(conform_t1w(source)[0])
             out = run_t1w(source, template, mode=mode, seed=seed, omp_nthreads=threads,
                           out_dir=tmp, timings=timings)
-            acc = {"tiv_ml": out["volumes"]["tiv_ml"],
-                   "gm_share": out["volumes"]["gm_ml"] / (out["volumes"]["gm_ml"] + out["volumes"]["wm_ml"]),
+            v = out["volumes"]
+            acc = {"tiv_ml": v["tiv_ml"],
+                   "gm_per_tiv": v["gm_ml"] / v["tiv_ml"],
+                   "gm_per_gm+wm": v["gm_ml"] / (v["gm_ml"] + v["wm_ml"]),
                    "gm_ml": out["volumes"]["gm_ml"],
                    "stripped": out["brain_info"]["skull_stripped_input"]}
     timings["total"] = round(sum(timings.values()), 2)

@@ -10,7 +10,7 @@
   component kept. The same registration is returned so it can be reused for normalisation.
 * Already skull-stripped input is detected *before* registration: the foreground (voxels above
   1 % of the 99th intensity percentile, largest component, holes filled) is smaller than
-  ``STRIPPED_MAX_ML`` and >= 95 % of the voxels outside it hold exactly the minimum value. Then
+  ``STRIPPED_MAX_ML`` and >= 95 % of the voxels outside it hold one single value (zero fill). Then
   the mask is that foreground (the input's own extraction is respected) and the registration
   uses no metric mask. ``info["skull_stripped_input"]`` reports it.
 """
@@ -20,8 +20,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ketabids.antsutil import ants_env, make_image, to_ants, to_nib
-from ketabids.registration import RegistrationResult, apply_to_native, check_mode, register_to_template
+from ketabids.antsutil import ants_env, make_image, to_ants
+from ketabids.registration import apply_to_native, check_mode, register_to_template
 
 DILATE_MM = 8.0
 STRIPPED_MAX_ML = 2300.0
@@ -90,7 +90,11 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
         )
     b = bias.numpy().astype(np.float32)
     b = np.where(m & (b > 0), b, 1.0).astype(np.float32)
-    corrected = np.where(m, (data + shift) / b - shift, data).astype(np.float32)
+    # voxels at the image minimum (zero-filled background of a skull-stripped scan) stay as they
+    # are, and no voxel is pushed below the original minimum
+    lo = float(data.min())
+    corrected = np.where(m & (data > lo), np.maximum((data + shift) / b - shift, lo), data)
+    corrected = corrected.astype(np.float32)
     return make_image(corrected, img.affine), make_image(b, img.affine)
 
 
@@ -99,8 +103,11 @@ def detect_skull_stripped(img: nib.Nifti1Image) -> tuple[bool, dict]:
     data = np.asarray(img.dataobj, dtype=np.float32)
     fg = head_foreground(img)
     fg_ml = float(fg.sum()) * voxel_ml(img)
-    outside = ~fg
-    at_min = float(np.mean(data[outside] == data.min())) if outside.any() else 0.0
+    outside = data[~fg]
+    at_min = 0.0
+    if outside.size:  # share of the background holding one single value (zero fill)
+        _, counts = np.unique(outside, return_counts=True)
+        at_min = float(counts.max() / outside.size)
     stripped = bool(fg_ml < STRIPPED_MAX_ML and at_min >= 0.95)
     return stripped, {"foreground_ml": round(fg_ml, 1), "background_at_min_fraction": round(at_min, 4)}
 

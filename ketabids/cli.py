@@ -194,6 +194,10 @@ def get_demo_parser() -> argparse.ArgumentParser:
                         help="discovery cohort size (both arms)")
     parser.add_argument("--n-external", type=_positive_int, default=20,
                         help="external cohort size (ketamine arm, another scanner)")
+    parser.add_argument("--saline-fraction", type=float, default=0.25,
+                        help="share of the discovery cohort in the saline (control) arm")
+    parser.add_argument("--null", action="store_true",
+                        help="negative control: labels independent of the images")
     parser.add_argument("--effect-size", type=float, default=None,
                         help="planted frontal/cerebellar GM effect (fraction; default: the "
                         "generator's)")

@@ -21,7 +21,6 @@ The returned image has qform = sform = the chosen affine (code 1) and no scaling
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np

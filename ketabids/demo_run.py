@@ -76,6 +76,7 @@ def run_demo(opts) -> dict:
     out = Path(opts.output_dir).expanduser().resolve()
     started = time.monotonic()
     kwargs = dict(n_discovery=opts.n_discovery, n_external=opts.n_external,
+                  saline_fraction=opts.saline_fraction, null=opts.null,
                   resolution=opts.resolution, seed=opts.seed)
     if opts.effect_size is not None:
         kwargs["effect_size"] = opts.effect_size
@@ -93,13 +94,14 @@ def run_demo(opts) -> dict:
 
     label = ["--response-from", "madrs_pre", "madrs_24h"]
     perms = ["--n-permutations", str(opts.n_permutations)]
+    protocol = ["--n-outer", str(_n_outer(cohort.participants["discovery"]))]
     from ketabids.group.run import run_group_predict, run_group_train  # noqa: F401 (import check)
 
     disc_bids, disc_out = out / "bids" / "discovery", out / "derivatives" / "discovery"
     summaries = {}
     summaries["train"] = _run_group([str(disc_bids), str(disc_out), "group", *label,
                                      "--include", "arm=ketamine", "--site-column", "site",
-                                     *perms, *common])
+                                     *protocol, *perms, *common])
     model = summaries["train"]["model"]
     summaries["external"] = _run_group([str(out / "bids" / "external"),
                                         str(out / "derivatives" / "external"), "group",
@@ -119,6 +121,17 @@ def run_demo(opts) -> dict:
         print(f"{name} report: {row['report']}")
     print(f"demo finished in {time.monotonic() - started:.0f} s")
     return {"failed": [], "results": rows}
+
+
+def _n_outer(participants) -> int:
+    """The study's 10 outer folds, or fewer when the smaller class of a small demo's ketamine
+    arm has fewer members (stratified folds need one per fold)."""
+    from ketabids.phantom import is_responder
+
+    ketamine = participants[participants["arm"] == "ketamine"]
+    responders = is_responder(ketamine["madrs_pre"].to_numpy(), ketamine["madrs_24h"].to_numpy())
+    smallest = int(min(responders.sum(), (~responders).sum()))
+    return max(2, min(10, smallest))
 
 
 def _run_group(argv: list[str]) -> dict:

@@ -174,9 +174,10 @@ def smooth_field(axes, rng: np.random.Generator, fwhm: float) -> np.ndarray:
         n_c.append(n)
         mats.append(_gauss_basis(coords, spacing, sigma, n))
     coef = rng.standard_normal(tuple(n_c)).astype(np.float32)
-    field = np.einsum("ia,abc->ibc", mats[0], coef, optimize=True)
-    field = np.einsum("jb,ibc->ijc", mats[1], field, optimize=True)
-    field = np.einsum("kc,ijc->ijk", mats[2], field, optimize=True)
+    # numpy's own einsum loops (optimize=False), not BLAS: bit-identical for any thread count
+    field = np.einsum("ia,abc->ibc", mats[0], coef, optimize=False)
+    field = np.einsum("jb,ibc->ijc", mats[1], field, optimize=False)
+    field = np.einsum("kc,ijc->ijk", mats[2], field, optimize=False)
     field -= field.mean()
     field /= max(float(field.std()), 1e-12)
     return field.astype(np.float32)
@@ -675,6 +676,15 @@ def _rotation(angles_deg) -> np.ndarray:
     return rz @ ry @ rx
 
 
+def _apply_matrix(mat, vectors) -> np.ndarray:
+    """``mat @ vectors`` for a 3x3 matrix and (3, ...) vectors, with element-wise numpy (not
+    BLAS, whose threading can change the last bits): deterministic for any thread count."""
+    out = np.empty(vectors.shape, dtype=np.result_type(mat, vectors))
+    for i in range(3):
+        out[i] = mat[i, 0] * vectors[0] + mat[i, 1] * vectors[1] + mat[i, 2] * vectors[2]
+    return out
+
+
 def _sample(arr, affine, points, *, order=1) -> np.ndarray:
     """Trilinear sample of ``arr`` (axis-aligned grid ``affine``) at world ``points`` (3, ...)."""
     from scipy import ndimage
@@ -883,7 +893,7 @@ def simulate_subject(
     grid = np.stack(np.meshgrid(*axes, indexing="ij"))
     grid += disp
     grid -= shift.astype(np.float32)[:, None, None, None]
-    pts = np.tensordot((rot.T / s).astype(np.float32), grid, axes=1)
+    pts = _apply_matrix((rot.T / s).astype(np.float32), grid)
     del grid
 
     native = {k: np.clip(_sample(tissues[k], t_aff, pts), 0.0, 1.0) for k in ("gm", "wm", "csf")}
@@ -916,7 +926,7 @@ def simulate_subject(
     # template-space truth: GM(y) * s^3 / det(I + dw/dx)(x*(y)), x* solving x + w(x) = R s y + t
     inside = tissues["gm"] > 0
     ys = np.stack(np.meshgrid(*_world_axes(maps["gm"].shape, t_aff), indexing="ij"))[:, inside]
-    target = (rot @ (s * ys)) + shift[:, None]
+    target = _apply_matrix(rot * s, ys) + shift[:, None]
     xs = target.copy()
     for _ in range(3):
         w_at = np.stack([_sample(disp[i], n_aff, xs) for i in range(3)])

@@ -14,9 +14,10 @@ Transforms live in world coordinates, so they apply to the full-resolution image
 
 Modes (see :data:`SETTINGS`):
 
-* ``default``: Affine (Mattes MI, 4 levels) + SyN (Mattes MI, 100x70x50x20 at 16/8/4/2 mm).
-* ``fast``: lower resolution for demos/CI: Affine + SyN (Mattes MI, 40x20x10 at 16/8/4 mm),
-  reduced-accuracy by design (labelled ``fast`` in every info dict).
+* ``default``: Affine (Mattes MI, levels 16/8/4 mm) + SyN (Mattes MI, 100x70x50x20
+  iterations at 16/8/4/2 mm).
+* ``fast``: for demos/CI, reduced accuracy by design (``mode`` is recorded in every info dict):
+  Affine (1000x500x250 at 16/8/4 mm) + SyN (40x20 iterations at 8/4 mm only).
 
 ``mask`` (a template-space mask, e.g. the dilated template brain mask) restricts the metric to
 the brain and its surroundings in every stage, so a head with skull and neck registers to a

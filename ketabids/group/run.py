@@ -598,7 +598,8 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
                 groups=cohort.sites)
         calib = calibration_table(y, proba)
 
-    final_dir = output_dir / "group" / (name or prediction_name(bids_dir, include))
+    folder = f"predict-{_slug(name)}" if name else prediction_name(bids_dir, include)
+    final_dir = output_dir / "group" / folder
     stage = _new_stage(final_dir)
     try:
         pred = pd.DataFrame({"participant_id": ids, "decision": decision, "proba": proba,
