@@ -97,9 +97,36 @@ def test_combat_removes_site_effects_and_unseen_site_rule():
     params = fit_combat(X[train], sites[train])
     out = apply_combat(X, sites, params)
     ma, mb = out[sites == "a"].mean(0), out[sites == "b"].mean(0)
-    assert np.abs(ma - mb).mean() < 0.1                       # location harmonised
+    assert abs((ma - mb).mean()) < 0.05                       # location harmonised (was 2)
+    assert np.abs(ma - mb).mean() < 0.3                        # ~ sampling noise, n=40
     ratio = np.log(out[sites == "a"].std(0) / out[sites == "b"].std(0))
     assert abs(ratio.mean()) < 0.05                            # scale harmonised (was log 2)
     assert np.abs(ratio).mean() < 0.2                          # ~ sampling noise of SDs, n=40
     # unseen site "c": rows pass through unchanged (site effect treated as the grand mean)
     np.testing.assert_array_equal(out[sites == "c"], X[sites == "c"])
+
+
+@pytest.mark.slow
+def test_planted_effect_on_phantom_template_maps():
+    """Same check on the phantom engineer's template-space VBM maps (ketabids.phantom)."""
+    ph = pytest.importorskip("ketabids.phantom")
+    regions = ph.effect_regions()
+    mask = np.zeros(regions["frontal"].shape, bool)
+    gm0 = ph.simulate_template_gm(seed=0, responder=None)
+    mask[::2, ::2, ::2] = gm0[::2, ::2, ::2] > 0.2              # every 8th GM voxel
+    atlas = np.where(regions["frontal"], 1, np.where(regions["cerebellar"], 2, 3))[mask]
+    rng = np.random.default_rng(3)
+    n = 60
+    y = rng.permutation(np.r_[np.ones(27), np.zeros(33)]).astype(int)
+    age = rng.normal(45, 10, n)
+    X = np.stack([ph.simulate_template_gm(seed=100 + i, responder=bool(y[i]), age=age[i])[mask]
+                  for i in range(n)])
+    s = NestedCVSettings(n_repeats=2, n_outer=5, n_inner=3, random_state=0)
+    res = nested_cv(X, y, covariates=age[:, None], settings=s)
+    assert res.bac_pooled >= 0.8
+    model = fit_final_model(X, y, covariates=age[:, None], settings=s)
+    table = region_table(atlas, haufe_pattern(model, X, covariates=age[:, None]),
+                         names={1: "frontal", 2: "cerebellar", 3: "rest"})
+    top = table.head(2).set_index("name")
+    assert set(top.index) == {"frontal", "cerebellar"}
+    assert top.loc["frontal", "sign"] == "+" and top.loc["cerebellar", "sign"] == "-"

@@ -98,7 +98,7 @@ def _rotated_rebiased(img, degrees=10.0):
     aff = img.affine.copy()
     aff[:3, 3] -= aff[:3, :3] @ np.full(3, pad)
     shape = np.array(img.shape) + 2 * pad
-    out = resample_img(rotated, target_affine=aff, target_shape=shape, interpolation="linear",
+    out = resample_img(rotated, target_affine=aff, target_shape=shape, interpolation="continuous",
                        force_resample=True, copy_header=True)
     data = np.clip(np.asarray(out.dataobj, np.float32), 0, None)
     x = np.linspace(-0.15, 0.15, shape[0])[:, None, None]

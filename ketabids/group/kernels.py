@@ -162,11 +162,17 @@ def _libsvm_fit(K, y_pm, upper, tol):
         from sklearn.svm import _libsvm
 
         _libsvm.set_verbosity_wrap(0)
-        support, _, _, dual, intercept, *_ = _libsvm.fit(
-            Kv, (yv > 0).astype(np.float64), svm_type=0, sample_weight=np.empty(0),
-            class_weight=np.array([cneg, cpos]), kernel="precomputed", C=1.0, nu=0.5,
-            probability=False, degree=3, shrinking=True, tol=tol, cache_size=200.0, coef0=0.0,
-            gamma=1.0, epsilon=0.1, max_iter=-1, random_seed=0)
+        # libsvm caches kernel rows in float32: below ~1e-8 its stopping rule may never be
+        # met; then retry at 1e-7 instead of spinning to its 10^7-iteration limit
+        for t_, it_ in ((tol, 200_000), (max(tol, 1e-7), -1)):
+            out = _libsvm.fit(
+                Kv, (yv > 0).astype(np.float64), svm_type=0, sample_weight=np.empty(0),
+                class_weight=np.array([cneg, cpos]), kernel="precomputed", C=1.0, nu=0.5,
+                probability=False, degree=3, shrinking=True, tol=t_, cache_size=200.0,
+                coef0=0.0, gamma=1.0, epsilon=0.1, max_iter=it_, random_seed=0)
+            if np.max(out[-1]) < 200_000:
+                break
+        support, dual, intercept = out[0], out[3], out[4]
         # scikit-learn flips the sign for binary problems (decision > 0 <=> classes_[1])
         beta[idx[support]] = -dual[0]
         return beta, float(-intercept[0])
@@ -258,7 +264,7 @@ def solve_c_path(K, yy, weights, C_grid, *, chunk=256, **kw):
     return beta, b, n_fb
 
 
-def residual_kernels(K, Z, train_masks, rows=None):
+def residual_kernels(K, Z, train_masks):
     """Kernels of in-fold covariate residuals, exactly, from the full linear kernel.
 
     For a training set T, residualising every voxel on ``Z = [1, covariates]`` with coefficients

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ketabids.errors import BadDataError, UsageError
@@ -223,7 +223,7 @@ class _Kernels:
             Xt = _apply_chain(self.X, self.Z, self.cov, self.sites, params)
             Ks[t] = Xt @ Xt.T
             if keep is not None and keep[t]:
-                kept[t] = Xt
+                kept[t] = params              # small; features are re-derived for weights
         return Ks, ("per_fold", kept)
 
     def weights(self, aux, t, beta_full):
@@ -233,7 +233,8 @@ class _Kernels:
             G = data[t]
             v = beta_full - G.T @ (self.Z.T @ beta_full)
             return v, None
-        return None, data[t].T @ beta_full
+        Xt = _apply_chain(self.X, self.Z, self.cov, self.sites, data[t])
+        return None, Xt.T @ beta_full
 
 
 def linear_kernel(X, chunk=16384):
@@ -446,9 +447,13 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, covariates=None, sites=None):
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
+        y_type = type_of_target(y, input_name="y", raise_unknown=True)
+        if y_type != "binary":
+            raise ValueError("Only binary classification is supported. The type of the target "
+                             f"is {y_type}.")
         self.classes_ = np.unique(y)
         if self.classes_.size != 2:
-            raise ValueError(f"KetaSVC is a binary classifier; got {self.classes_.size} class")
+            raise ValueError("KetaSVC needs samples of 2 classes; got 1 class")
         if self.C <= 0:
             raise ValueError("C must be positive")
         y01 = (y == self.classes_[1]).astype(np.int64)

@@ -52,7 +52,7 @@ def apply_covariates(X, Z, coef):
 
 
 def fit_scaler(X):
-    """Per-feature SD (ddof=0) of already centred training rows; zero SD -> 1 (as StandardScaler)."""
+    """Per-feature SD (ddof=0) of centred training rows; zero SD -> 1 (as StandardScaler)."""
     sd = X.std(0)
     return np.where(sd > 0, sd, 1.0)
 

@@ -272,7 +272,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
         perm = engine.permutation_test(
             X, y, covariates=cohort.covariates, sites=cohort.sites, settings=settings,
             n_permutations=int(n_permutations), random_state=int(seed), observed=result,
-            progress=Progress("permutations", progress))
+            n_jobs=int(nprocs), progress=Progress("permutations", progress))
     final = engine.fit_final_model(X, y, covariates=cohort.covariates, sites=cohort.sites,
                                    settings=settings)
     final_decision = final.decision_function(X, covariates=cohort.covariates, sites=cohort.sites)

@@ -146,24 +146,21 @@ class _ExtractBrainInputSpec(_TemplateInputSpec):
 class _RegistrationOutputSpec(TraitedSpec):
     forward_transforms = OutputMultiObject(File(exists=True), desc="T1w -> template, ANTs order")
     inverse_transforms = OutputMultiObject(File(exists=True), desc="template -> T1w, ANTs order")
-    warped_file = File(exists=True, desc="the T1w on the registration grid of the template")
     composite_transform = File(exists=True, desc="T1w -> template composite (.h5)")
     inverse_composite_transform = File(exists=True, desc="template -> T1w composite (.h5)")
 
 
 class _ExtractBrainOutputSpec(_RegistrationOutputSpec):
     out_mask = File(exists=True, desc="brain mask (uint8)")
-    out_brain = File(exists=True, desc="T1w x mask")
     skull_stripped = traits.Bool(desc="the input was already skull-stripped")
     out_info = File(exists=True, desc="JSON info")
 
 
-def _registration_outputs(results, reg, like, cwd):
+def _registration_outputs(results, reg):
     fwd = [str(p) for p in reg.forward_transforms]
     inv = [str(p) for p in reg.inverse_transforms]
     results["forward_transforms"] = fwd
     results["inverse_transforms"] = inv
-    results["warped_file"] = _save(reg.warped, like, "_warped", cwd, dtype="float32")
     # the first transform of each list is the ANTs composite (.h5) holding them all
     results["composite_transform"] = fwd[0]
     results["inverse_composite_transform"] = inv[0]
@@ -184,45 +181,30 @@ class ExtractBrain(SimpleInterface):
         mask, info, reg = extract_brain(img, tpl, mode=self.inputs.mode, seed=self.inputs.seed,
                                         omp_nthreads=self.inputs.omp_nthreads,
                                         out_dir=runtime.cwd)
-        mask_data = np.asanyarray(mask.dataobj) > 0
-        mask_img = nib.Nifti1Image(mask_data.astype("uint8"), mask.affine, mask.header)
-        self._results["out_mask"] = _save(mask_img, self.inputs.in_file, "_mask", runtime.cwd,
+        self._results["out_mask"] = _save(mask, self.inputs.in_file, "_mask", runtime.cwd,
                                           dtype="uint8")
-        brain = np.asanyarray(img.dataobj, dtype="float32") * mask_data
-        self._results["out_brain"] = _save(nib.Nifti1Image(brain, img.affine, img.header),
-                                           self.inputs.in_file, "_brain", runtime.cwd,
-                                           dtype="float32")
         self._results["skull_stripped"] = bool(info.get("skull_stripped_input", False))
         self._results["out_info"] = _write_json(info, runtime.cwd, "brain_info.json")
-        _registration_outputs(self._results, reg, self.inputs.in_file, runtime.cwd)
+        _registration_outputs(self._results, reg)
         return runtime
 
 
 # --------------------------------------------------------------------------- transforms
-def _registration_result(forward, inverse, warped=None):
-    """Rebuild a :class:`ketabids.registration.RegistrationResult` from stored paths."""
+def _registration_result(forward, inverse):
+    """Rebuild a :class:`ketabids.registration.RegistrationResult` from stored paths (the
+    transforms are all that the warps need)."""
     from ketabids.registration import RegistrationResult
 
-    warped_img = nib.load(warped) if warped else None
-    return RegistrationResult([Path(p) for p in forward], [Path(p) for p in inverse],
-                              warped_img, {})
+    return RegistrationResult([Path(p) for p in forward], [Path(p) for p in inverse], None, {})
 
 
 class _TransformInputSpec(_TemplateInputSpec):
     forward_transforms = InputMultiObject(File(exists=True), mandatory=True)
     inverse_transforms = InputMultiObject(File(exists=True), mandatory=True)
-    composite_transform = File(exists=True)
-    inverse_composite_transform = File(exists=True)
-    warped_file = File(exists=True)
 
 
 def _result_from_inputs(inputs):
-    def opt(name):
-        value = getattr(inputs, name)
-        return value if isdefined(value) else None
-
-    return _registration_result(inputs.forward_transforms, inputs.inverse_transforms,
-                                opt("warped_file"))
+    return _registration_result(inputs.forward_transforms, inputs.inverse_transforms)
 
 
 # --------------------------------------------------------------------------- warps
@@ -263,6 +245,7 @@ class _WarpPriorsOutputSpec(TraitedSpec):
     gm = File(exists=True)
     wm = File(exists=True)
     csf = File(exists=True)
+    priors = OutputMultiObject(File(exists=True), desc="GM, WM, CSF (SegmentTissues order)")
 
 
 class WarpPriors(SimpleInterface):
@@ -277,14 +260,14 @@ class WarpPriors(SimpleInterface):
         tpl = _template(self.inputs.template, self.inputs.template_resolution)
         ref = nib.load(self.inputs.reference)
         result = _result_from_inputs(self.inputs)
+        # exactly ketabids.vbm.run_t1w: apply_to_native(template map, result, T1w); the
+        # segmentation clips the priors to [0, 1] itself
         for tissue in TISSUES:
-            prior = nib.load(getattr(tpl, tissue.lower()))
-            out = apply_to_native(prior, result, ref, interpolation="linear",
+            out = apply_to_native(getattr(tpl, tissue.lower()), result, ref,
                                   omp_nthreads=self.inputs.omp_nthreads)
-            data = np.clip(np.asanyarray(out.dataobj, dtype="float32"), 0, 1)
-            self._results[tissue.lower()] = _save(
-                nib.Nifti1Image(data, out.affine, out.header), self.inputs.reference,
-                f"_prior{tissue}", runtime.cwd, dtype="float32")
+            self._results[tissue.lower()] = _save(out, self.inputs.reference, f"_prior{tissue}",
+                                                  runtime.cwd, dtype="float32")
+        self._results["priors"] = [self._results[t.lower()] for t in TISSUES]
         return runtime
 
 
