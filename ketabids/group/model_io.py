@@ -272,15 +272,6 @@ def load_model(path, *, expected_class: type | None = None) -> LoadedModel:
 
 def software_versions() -> dict:
     """Versions recorded in manifests and reports."""
-    import platform
+    from ketabids.versions import software_versions as _versions
 
-    versions = {"python": platform.python_version()}
-    for name in ("ketabids", "scikit-learn", "numpy", "scipy", "nibabel", "nilearn", "skops",
-                 "pandas"):
-        try:
-            from importlib.metadata import version
-
-            versions[name] = version(name)
-        except Exception:  # pragma: no cover
-            versions[name] = "unknown"
-    return versions
+    return _versions("scikit-learn", "skops", "pandas")
