@@ -121,8 +121,8 @@ def get_parser() -> argparse.ArgumentParser:
     res.add_argument("--mem-gb", type=_positive_float, metavar="GB",
                      help="memory limit handed to Nipype's scheduler")
     res.add_argument("--seed", type=_nonneg_int, default=0,
-                     help="random seed: with --omp-nthreads 1 participant outputs are "
-                     "bit-identical across runs; group CV splits and permutations follow it")
+                     help="random seed for ANTs (use with --omp-nthreads 1), group CV splits "
+                     "and permutations")
 
     anat = parser.add_argument_group("Participant level")
     anat.add_argument("--template", default="MNI152NLin2009aSym",
@@ -190,9 +190,9 @@ def get_demo_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path)
-    parser.add_argument("--n-discovery", type=_positive_int, default=40,
+    parser.add_argument("--n-discovery", type=_positive_int, default=32,
                         help="discovery cohort size (both arms)")
-    parser.add_argument("--n-external", type=_positive_int, default=20,
+    parser.add_argument("--n-external", type=_positive_int, default=12,
                         help="external cohort size (ketamine arm, another scanner)")
     parser.add_argument("--saline-fraction", type=float, default=0.25,
                         help="share of the discovery cohort in the saline (control) arm")

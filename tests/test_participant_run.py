@@ -263,16 +263,79 @@ def twin_runs(run, tmp_path_factory):
     return hashes
 
 
-def test_seed_gives_identical_registration(twin_runs):
+def test_seed_gives_identical_bias_correction(twin_runs):
     first, second = twin_runs
     assert set(first) == set(second) and len(first) == 11
-    registration_only = [n for n in first if "desc-preproc_T1w" in n or "desc-brain_mask" in n]
-    assert len(registration_only) == 3
-    assert {n: first[n] for n in registration_only} == {n: second[n] for n in registration_only}
+    assert first["sub-01_desc-preproc_T1w.nii.gz"] == second["sub-01_desc-preproc_T1w.nii.gz"]
 
 
-@pytest.mark.xfail(reason="ketabids.segmentation (Atropos) is not bit-reproducible yet even with "
-                          "ANTS_RANDOM_SEED and 1 thread: GM differs by up to 0.025", strict=False)
+@pytest.mark.xfail(reason="the fast-mode registration of ketabids.registration is not "
+                          "bit-reproducible across processes even with --seed and 1 ITK thread "
+                          "(measured 02:35 on ketabids.vbm.run_t1w itself, no Nipype: 2 mm demo "
+                          "phantom, brain masks differ in 857 of 156564 voxels, modulated GM by "
+                          "up to 0.32); everything downstream of the registration inherits it",
+                   strict=False)
 def test_seed_gives_identical_segmentation_and_vbm_maps(twin_runs):
     first, second = twin_runs
     assert first == second
+
+
+def _dice(a, b):
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_workflow_matches_run_t1w(run, tmp_path):
+    """The Nipype graph computes what the reference pipeline (ketabids.vbm.run_t1w) computes
+    on the same input and settings: the head N4 output is bit-identical; the steps after the
+    registration agree within the registration's run-to-run variability (the registration is
+    not bit-reproducible, see the xfail above)."""
+    from ketabids.templates import get_template
+    from ketabids.vbm import run_t1w
+
+    t1w = run["bids"] / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    ref = run_t1w(t1w, get_template(TEMPLATE, 2), mode="fast", seed=7, omp_nthreads=1,
+                  out_dir=tmp_path)
+    anat = run["out"] / "sub-01" / "anat"
+
+    def load(name):
+        return np.asanyarray(nib.load(anat / f"sub-01_{name}.nii.gz").dataobj)
+
+    np.testing.assert_array_equal(load("desc-preproc_T1w"), np.asarray(ref["preproc"].dataobj))
+    assert _dice(load("desc-brain_mask"), ref["mask"].dataobj) > 0.97
+    volumes = pd.read_csv(anat / "sub-01_desc-volumes_morph.tsv", sep="\t").iloc[0]
+    for key in ("tiv_ml", "gm_ml", "wm_ml"):
+        assert volumes[key] == pytest.approx(ref["volumes"][key], rel=0.05), key
+    gm_mod = load(f"space-{TEMPLATE}_label-GM_desc-modulated_probseg").ravel()
+    ref_mod = np.asarray(ref["gm_mod"].dataobj).ravel()
+    assert np.corrcoef(gm_mod, ref_mod)[0, 1] > 0.9
+    assert gm_mod.sum() == pytest.approx(ref_mod.sum(), rel=0.05)
+
+
+def test_skull_stripped_input_is_reported(real_t1w_dir, tmp_path):
+    """The stroke scan is a skull-stripped (and cropped) brain: the report says so and the
+    T1w sidecars carry SkullStripped: true."""
+    from ketabids.workflows.participant import run_participant
+
+    scan = real_t1w_dir / "cstar-stroke_desc-brain_T1w.nii.gz"
+    if not scan.is_file():
+        pytest.skip(f"{scan} is absent")
+    bids = tmp_path / "bids"
+    anat = bids / "sub-stroke" / "anat"
+    anat.mkdir(parents=True)
+    shutil.copy(scan, anat / "sub-stroke_T1w.nii.gz")
+    (bids / "dataset_description.json").write_text(json.dumps(
+        {"Name": "stroke", "BIDSVersion": "1.10.0", "DatasetType": "raw"}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NIPYPE_NO_ET", "1")
+        summary = run_participant(bids_dir=bids, output_dir=tmp_path / "out",
+                                  work_dir=tmp_path / "work", subjects=["stroke"],
+                                  sessions=None, bids_filters=None, fast=True, seed=1,
+                                  omp_nthreads=1)
+    assert summary["ok"] == ["stroke"], summary
+    out = tmp_path / "out"
+    assert "The input was already skull-stripped" in (out / "sub-stroke.html").read_text()
+    for name in ("sub-stroke_desc-preproc_T1w.json",
+                 f"sub-stroke_space-{TEMPLATE}_desc-preproc_T1w.json"):
+        assert json.loads((out / "sub-stroke" / "anat" / name).read_text())["SkullStripped"] \
+            is True

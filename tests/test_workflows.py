@@ -20,9 +20,8 @@ from ketabids.workflows.participant import (
 )
 
 ANAT_NODES = {
-    "inputnode", "outputnode", "conform", "n4", "brain_extraction", "warp_priors",
-    "merge_priors", "segmentation", "std_t1w", "merge_tpms", "merge_gm_wm", "modulate",
-    "volumes",
+    "inputnode", "outputnode", "conform", "n4", "brain_extraction", "warp_priors", "brain_n4",
+    "segmentation", "std_t1w", "modulate", "volumes",
 }
 SINK_NODES = {
     "ds_anat_wf": {"ds_t1w_preproc", "ds_t1w_mask", "ds_t1w_dseg", "ds_t1w_tpms"},
@@ -88,6 +87,31 @@ def test_participant_wf_builds(tmp_path, fast, atlas, sessions, template):
     assert ("atlas" in methods) is bool(atlas)
     report = wf.get_node(f"report_{inputs[0].subject}")
     assert report.inputs.methods.startswith("Results included in this report")
+
+
+def test_anat_wf_follows_run_t1w_order():
+    """The graph is ketabids.vbm.run_t1w's order: head N4 -> brain extraction (whose
+    registration is reused by every warp) -> priors -> N4 inside the mask -> Atropos."""
+    wf = init_anat_wf(fast=True, seed=5, omp_nthreads=1)
+
+    def sources(node_name, field):
+        node = wf.get_node(node_name)
+        return {(u.name, c[0] if isinstance(c[0], str) else c[0][0])
+                for u, _, d in wf._graph.in_edges(node, data=True)
+                for c in d["connect"] if c[1] == field}
+
+    assert sources("brain_extraction", "in_file") == {("n4", "out_file")}
+    assert sources("brain_n4", "in_file") == {("n4", "out_file")}
+    assert sources("brain_n4", "in_mask") == {("brain_extraction", "out_mask")}
+    assert sources("segmentation", "in_file") == {("brain_n4", "out_file")}
+    assert sources("segmentation", "priors") == {("warp_priors", "priors")}
+    assert sources("warp_priors", "reference") == {("conform", "out_file")}
+    for warp in ("warp_priors", "std_t1w", "modulate"):  # no second registration
+        assert sources(warp, "forward_transforms") == {("brain_extraction",
+                                                        "forward_transforms")}
+    assert sources("std_t1w", "in_file") == {("n4", "out_file")}  # desc-preproc = head N4
+    assert wf.get_node("segmentation").inputs.seed == 5
+    assert wf.get_node("brain_extraction").inputs.seed == 5
 
 
 def test_anat_wf_outputs_connected():
@@ -170,5 +194,7 @@ def test_configure_workflow_is_local(tmp_path):
     assert node.config["execution"]["hash_method"] == "content"
     assert node.config["execution"]["remove_unnecessary_outputs"] is False
     assert wf.get_node("report_01").config["execution"]["crashdump_dir"] == str(logs)
+    # the scheduler polls often enough for 1-3 s nodes (Nipype's default is 2 s)
+    assert float(wf.config["execution"]["poll_sleep_duration"]) <= 0.2
     after = {s: dict(nipype_config._sections[s]) for s in nipype_config._sections}
     assert after == before  # Nipype's global configuration untouched
