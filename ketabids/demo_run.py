@@ -95,7 +95,6 @@ def run_demo(opts) -> dict:
     label = ["--response-from", "madrs_pre", "madrs_24h"]
     perms = ["--n-permutations", str(opts.n_permutations)]
     protocol = ["--n-outer", str(_n_outer(cohort.participants["discovery"]))]
-    from ketabids.group.run import run_group_predict, run_group_train  # noqa: F401 (import check)
 
     disc_bids, disc_out = out / "bids" / "discovery", out / "derivatives" / "discovery"
     summaries = {}

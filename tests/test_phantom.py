@@ -294,7 +294,7 @@ def _cohort_features(tpl2, n, *, seed, site, site_effect, effect_size, prefix, s
     )
     maps, _ = ph.template_maps(tpl2)
     mask = maps["gm"] > 0.1
-    X, arm = [], []
+    X = []
     for _, row in table.iterrows():
         rng = ph._subject_rng(seed, row.participant_id)
         scale = ph.draw_head_scale(row.sex, rng, tpl2)

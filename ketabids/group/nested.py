@@ -312,7 +312,7 @@ def _run(X, y, covariates, sites, settings, *, kern=None, details=True, progress
     intercepts = []
     n_fb = 0
     for r in range(R):
-        masks, groups, owner = [], [], []
+        masks, groups = [], []
         for o in range(O):
             for i in range(I):
                 masks.append((inner[r, o] >= 0) & (inner[r, o] != i))

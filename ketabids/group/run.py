@@ -27,6 +27,7 @@ the previous results untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -93,9 +94,22 @@ def _write_json(obj, path: Path) -> None:
     atomic_write_text(path, json.dumps(model_io._jsonable(obj), indent=2) + "\n")
 
 
-def _new_stage(final: Path) -> Path:
+@contextlib.contextmanager
+def _staged(final: Path):
+    """Yield a temporary folder next to ``final``; swap it in on success, delete it on failure,
+    so a run leaves either its complete results or the previous ones, never a mixture."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        yield stage
+        _publish(stage, final)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _listing(folder: Path) -> dict:
+    return {name: str(folder / name) for name in sorted(p.name for p in folder.iterdir())}
 
 
 def _publish(stage: Path, final: Path) -> None:
@@ -284,10 +298,8 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
         regions = _region_table(engine, atlas, atlas_labels, features, pattern, wmaps)
 
     final_dir = output_dir / "group" / "train"
-    stage = _new_stage(final_dir)
-    try:
+    with _staged(final_dir) as stage:
         ids = cohort.participant_ids
-        tables = {}
         cohort_tsv = cohort.table_tsv(site_column)
         _write_tsv(cohort_tsv, stage / "cohort.tsv")
         subj = result.subjects.copy()
@@ -363,11 +375,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
                                                 for k, v in map_values.items()},
             regions=regions, manifest=manifest, final_decision=final_decision,
             site_column=site_column, elapsed=time.monotonic() - t0)
-        tables = {name: str(final_dir / name) for name in sorted(p.name for p in stage.iterdir())}
-        _publish(stage, final_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    tables = _listing(final_dir)
     return {
         "output_dir": str(final_dir),
         "report": str(final_dir / "report.html"),
@@ -600,8 +608,7 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
 
     folder = f"predict-{_slug(name)}" if name else prediction_name(bids_dir, include)
     final_dir = output_dir / "group" / folder
-    stage = _new_stage(final_dir)
-    try:
+    with _staged(final_dir) as stage:
         pred = pd.DataFrame({"participant_id": ids, "decision": decision, "proba": proba,
                              "predicted": predicted})
         if labelled:
@@ -634,11 +641,7 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
             stage / "report.html", cohort=cohort, rule=rule, manifest=manifest,
             model_path=loaded.path, predictions=pred, metrics=metrics, perm=perm,
             calibration=calib, notes=notes, elapsed=time.monotonic() - t0)
-        tables = {n: str(final_dir / n) for n in sorted(p.name for p in stage.iterdir())}
-        _publish(stage, final_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    tables = _listing(final_dir)
     return {
         "output_dir": str(final_dir),
         "report": str(final_dir / "report.html"),

@@ -543,8 +543,6 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
     whose processing crashes is listed in ``failed`` (exit code 1 for the CLI) and does not stop
     the others.
     """
-    from ketabids.templates import get_template
-
     started = time.time()
     bids_dir = Path(bids_dir).expanduser().resolve()
     output_dir = Path(output_dir).expanduser().resolve()
