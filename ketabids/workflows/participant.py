@@ -490,6 +490,13 @@ def configure_workflow(workflow, *, crashdump_dirs: dict[str, Path], default_cra
     workflow.config["execution"].update(settings)
     workflow.config["execution"]["crashdump_dir"] = str(default_crashdump)
     workflow.config.setdefault("monitoring", {})["enabled"] = False
+    # Nipype resets its loggers from the workflow config when it runs: keep the levels the
+    # caller chose (the CLI shows Nipype's INFO messages only with -vv)
+    workflow.config.setdefault("logging", {}).update({
+        f"{kind}_level": logging.getLevelName(
+            max(logging.INFO, logging.getLogger(f"nipype.{kind}").getEffectiveLevel()))
+        for kind in ("workflow", "interface", "utils")
+    })
     for node_path in workflow.list_node_names():
         node = workflow.get_node(node_path)
         node.config = node.config or {}
