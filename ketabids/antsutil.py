@@ -75,6 +75,14 @@ def make_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     return img
 
 
+def ants_seed(seed: int) -> int:
+    """The seed handed to ANTs for a user ``seed``: ANTs treats a random seed of 0 as "no
+    seed" (time-seeded; measured: seed=0 runs differ, seed=7 runs are bit-identical), so 0 is
+    mapped to a fixed non-zero value; every other seed is passed unchanged."""
+    seed = int(seed)
+    return seed if seed != 0 else 19650218
+
+
 @contextlib.contextmanager
 def ants_env(seed: int | None = None, omp_nthreads: int = 1):
     """Run ANTs with ``omp_nthreads`` ITK threads and (if ``seed`` is not None) a fixed seed.
@@ -82,6 +90,10 @@ def ants_env(seed: int | None = None, omp_nthreads: int = 1):
     Sets ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, ``ANTS_RANDOM_SEED`` and
     ``ants.config._random_seed`` inside the block only and restores the old values on exit,
     even on error.
+
+    ITK reads the thread count ONCE per process, at its first call (``ants.from_numpy`` in
+    :func:`to_ants` counts): put every ANTs call of a step, conversions included, inside the
+    block, or set ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` before the process starts.
     """
     import ants
 
@@ -91,8 +103,8 @@ def ants_env(seed: int | None = None, omp_nthreads: int = 1):
     try:
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(omp_nthreads)))
         if seed is not None:
-            os.environ["ANTS_RANDOM_SEED"] = str(int(seed))
-            ants.config._random_seed = int(seed)
+            os.environ["ANTS_RANDOM_SEED"] = str(ants_seed(seed))
+            ants.config._random_seed = ants_seed(seed)
         yield
     finally:
         for key, value in saved.items():

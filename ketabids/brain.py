@@ -82,8 +82,8 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
     offset = float(data[m].min()) if m.any() else 0.0
     shift = 1.0 - offset if offset < 1.0 else 0.0
     work = make_image(np.where(m, data + shift, 0).astype(np.float32), img.affine)
-    a_img, a_mask = to_ants(work), to_ants(make_image(m.astype(np.float32), img.affine))
-    with ants_env(None, omp_nthreads):
+    with ants_env(None, omp_nthreads):  # to_ants is an ITK call: inside, so threads are set
+        a_img, a_mask = to_ants(work), to_ants(make_image(m.astype(np.float32), img.affine))
         bias = ants.n4_bias_field_correction(
             a_img, mask=a_mask, shrink_factor=int(shrink),
             convergence={"iters": list(iterations), "tol": 1e-7}, return_bias_field=True,

@@ -141,36 +141,38 @@ def register_to_template(
     check_mode(mode)
     cfg = SETTINGS[mode]
     res = cfg["resolution"]
-    fixed = template_on_grid(template.brain, res)
-    moving = _as_ants(moving_img)
-    if min(moving.spacing) < 0.8 * res:
-        # same grid spacing as the fixed image: ANTs shrink factors and smoothing sigmas are in
-        # voxels of each image, so a 1 mm subject against a 2 mm template would be smoothed half
-        # as much as the template at every level (measured: brain-mask Dice 0.885 vs 0.99).
-        moving = ants.resample_image(moving, (res,) * 3, use_voxels=False, interp_type=0)
-    fixed_mask = None
-    if mask is not None:
-        fixed_mask = ants.resample_image_to_target(_as_ants(mask), fixed, interp_type="nearestNeighbor")
-    mmask = None
-    if moving_mask is not None:
-        mmask = ants.resample_image_to_target(_as_ants(moving_mask), moving,
-                                              interp_type="nearestNeighbor")
-    out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ketabids-reg-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = str(out_dir / "reg_")
-    kind = type_of_transform or "SyN"
-    kwargs = dict(
-        aff_iterations=cfg["aff_iterations"],
-        aff_shrink_factors=cfg["aff_shrink_factors"],
-        aff_smoothing_sigmas=cfg["aff_smoothing_sigmas"],
-        reg_iterations=cfg["reg_iterations"],
-        syn_metric=cfg["syn_metric"],
-        syn_sampling=cfg["syn_sampling"],
-    )
-    init = None
-    if initial_transform is not None:
-        init = [str(p) for p in (initial_transform if isinstance(initial_transform, (list, tuple)) else [initial_transform])]
+    # every ITK call (resampling and conversions too) inside the block: ITK fixes its thread
+    # count at the first ITK call of the process
     with ants_env(seed, omp_nthreads):
+        fixed = template_on_grid(template.brain, res)
+        moving = _as_ants(moving_img)
+        if min(moving.spacing) < 0.8 * res:
+            # same grid spacing as the fixed image: ANTs shrink factors and smoothing sigmas are in
+            # voxels of each image, so a 1 mm subject against a 2 mm template would be smoothed half
+            # as much as the template at every level (measured: brain-mask Dice 0.885 vs 0.99).
+            moving = ants.resample_image(moving, (res,) * 3, use_voxels=False, interp_type=0)
+        fixed_mask = None
+        if mask is not None:
+            fixed_mask = ants.resample_image_to_target(_as_ants(mask), fixed, interp_type="nearestNeighbor")
+        mmask = None
+        if moving_mask is not None:
+            mmask = ants.resample_image_to_target(_as_ants(moving_mask), moving,
+                                                  interp_type="nearestNeighbor")
+        out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ketabids-reg-"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        prefix = str(out_dir / "reg_")
+        kind = type_of_transform or "SyN"
+        kwargs = dict(
+            aff_iterations=cfg["aff_iterations"],
+            aff_shrink_factors=cfg["aff_shrink_factors"],
+            aff_smoothing_sigmas=cfg["aff_smoothing_sigmas"],
+            reg_iterations=cfg["reg_iterations"],
+            syn_metric=cfg["syn_metric"],
+            syn_sampling=cfg["syn_sampling"],
+        )
+        init = None
+        if initial_transform is not None:
+            init = [str(p) for p in (initial_transform if isinstance(initial_transform, (list, tuple)) else [initial_transform])]
         reg = ants.registration(
             fixed,
             moving,

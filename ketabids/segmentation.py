@@ -55,9 +55,12 @@ def segment_tissues(img: nib.Nifti1Image, mask: nib.Nifti1Image, priors: dict, *
     # voxels of the mask with no prior at all get a flat prior (otherwise Atropos drops them)
     flat = mb & (total < 1e-3)
     pri = [to_ants(make_image(np.where(flat, 1 / 3, p).astype(np.float32), sub_aff)) for p in pri]
+    # Atropos seeds its sampler from the clock unless told "--use-random-seed 0" (then from
+    # ANTS_RANDOM_SEED / a constant); measured: seeded 1-thread runs differed without it
+    seeding = {"r": 0} if seed is not None else {}
     with ants_env(seed, omp_nthreads):
         seg = ants.atropos(a=a_img, x=a_mask, i=pri, m=f"[{mrf},1x1x1]",
-                           c=f"[{int(iterations)},0]", priorweight=prior_weight)
+                           c=f"[{int(iterations)},0]", priorweight=prior_weight, **seeding)
     probs_box = np.stack([p.numpy() for p in seg["probabilityimages"]], 0).astype(np.float32)
     probs_box *= mb
     s = probs_box.sum(0)

@@ -110,6 +110,7 @@ def run_t1w(t1w, template, *, output_template=None, mode: str = "default", seed:
     """
     import time
 
+    from ketabids.antsutil import ants_env
     from ketabids.brain import extract_brain, n4_bias_correct
     from ketabids.conform import conform_t1w
     from ketabids.registration import apply_to_native, check_mode
@@ -126,30 +127,33 @@ def run_t1w(t1w, template, *, output_template=None, mode: str = "default", seed:
         timings[name] = round(now - t, 2)
         t = now
 
-    out = {}
-    img, out["conform_info"] = conform_t1w(t1w)
-    out["t1w"] = img
-    tick("conform")
-    out["preproc"], out["bias"] = n4_bias_correct(img, omp_nthreads=omp_nthreads)
-    tick("n4")
-    out["mask"], out["brain_info"], reg = extract_brain(
-        out["preproc"], template, mode=mode, seed=seed, omp_nthreads=omp_nthreads, out_dir=out_dir)
-    out["registration"] = reg
-    tick("brain+registration")
-    priors = {k: apply_to_native(getattr(template, k.lower()), reg, img, omp_nthreads=omp_nthreads)
-              for k in ("GM", "WM", "CSF")}
-    tick("priors")
-    # second N4 restricted to the brain (as antsCorticalThickness does): the head-wide fit is
-    # pulled by scalp/skull; measured on the 1 mm phantom GM/WM Dice .893/.894 -> .914/.930
-    out["brain_n4"], _ = n4_bias_correct(out["preproc"], out["mask"], omp_nthreads=omp_nthreads)
-    tick("brain_n4")
-    out["probs"], out["dseg"] = segment_tissues(out["brain_n4"], out["mask"], priors, seed=seed,
-                                                omp_nthreads=omp_nthreads)
-    out["volumes"] = tissue_volumes(out["probs"])
-    tick("atropos")
-    out["jacobian"] = jacobian_determinant(reg, _load(out_tpl.gm), omp_nthreads=omp_nthreads)
-    for k in ("GM", "WM"):
-        out[f"{k.lower()}_unmod"], out[f"{k.lower()}_mod"] = modulate(
-            out["probs"][k], reg, out_tpl.gm, jacobian=out["jacobian"], omp_nthreads=omp_nthreads)
-    tick("modulation")
+    # ITK fixes its thread count at the process's first ITK call (here: to_ants in the first
+    # N4, before that step's own ants_env block): set threads and seed for the whole run.
+    with ants_env(seed, omp_nthreads):
+        out = {}
+        img, out["conform_info"] = conform_t1w(t1w)
+        out["t1w"] = img
+        tick("conform")
+        out["preproc"], out["bias"] = n4_bias_correct(img, omp_nthreads=omp_nthreads)
+        tick("n4")
+        out["mask"], out["brain_info"], reg = extract_brain(
+            out["preproc"], template, mode=mode, seed=seed, omp_nthreads=omp_nthreads, out_dir=out_dir)
+        out["registration"] = reg
+        tick("brain+registration")
+        priors = {k: apply_to_native(getattr(template, k.lower()), reg, img, omp_nthreads=omp_nthreads)
+                  for k in ("GM", "WM", "CSF")}
+        tick("priors")
+        # second N4 restricted to the brain (as antsCorticalThickness does): the head-wide fit is
+        # pulled by scalp/skull; measured on the 1 mm phantom GM/WM Dice .893/.894 -> .914/.930
+        out["brain_n4"], _ = n4_bias_correct(out["preproc"], out["mask"], omp_nthreads=omp_nthreads)
+        tick("brain_n4")
+        out["probs"], out["dseg"] = segment_tissues(out["brain_n4"], out["mask"], priors, seed=seed,
+                                                    omp_nthreads=omp_nthreads)
+        out["volumes"] = tissue_volumes(out["probs"])
+        tick("atropos")
+        out["jacobian"] = jacobian_determinant(reg, _load(out_tpl.gm), omp_nthreads=omp_nthreads)
+        for k in ("GM", "WM"):
+            out[f"{k.lower()}_unmod"], out[f"{k.lower()}_mod"] = modulate(
+                out["probs"][k], reg, out_tpl.gm, jacobian=out["jacobian"], omp_nthreads=omp_nthreads)
+        tick("modulation")
     return out

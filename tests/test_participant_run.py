@@ -269,12 +269,6 @@ def test_seed_gives_identical_bias_correction(twin_runs):
     assert first["sub-01_desc-preproc_T1w.nii.gz"] == second["sub-01_desc-preproc_T1w.nii.gz"]
 
 
-@pytest.mark.xfail(reason="the fast-mode registration of ketabids.registration is not "
-                          "bit-reproducible across processes even with --seed and 1 ITK thread "
-                          "(measured 02:35 on ketabids.vbm.run_t1w itself, no Nipype: 2 mm demo "
-                          "phantom, brain masks differ in 857 of 156564 voxels, modulated GM by "
-                          "up to 0.32); everything downstream of the registration inherits it",
-                   strict=False)
 def test_seed_gives_identical_segmentation_and_vbm_maps(twin_runs):
     first, second = twin_runs
     assert first == second
@@ -288,8 +282,7 @@ def _dice(a, b):
 def test_workflow_matches_run_t1w(run, tmp_path):
     """The Nipype graph computes what the reference pipeline (ketabids.vbm.run_t1w) computes
     on the same input and settings: the head N4 output is bit-identical; the steps after the
-    registration agree within the registration's run-to-run variability (the registration is
-    not bit-reproducible, see the xfail above)."""
+    registration agree within tolerances (the two runs use different thread settings)."""
     from ketabids.templates import get_template
     from ketabids.vbm import run_t1w
 

@@ -141,3 +141,14 @@ def test_unknown_mode_is_a_usage_error(small_template):
 
     with pytest.raises(UsageError, match="mode 'slow'"):
         register_to_template(_subject(), small_template, mode="slow")
+
+
+def test_seed_zero_reaches_ants_as_a_real_seed():
+    """ANTs treats --random-seed 0 / ANTS_RANDOM_SEED=0 as "unseeded" (clock): 0 is remapped."""
+    import ants
+
+    from ketabids.antsutil import ants_env, ants_seed
+
+    assert ants_seed(0) != 0 and ants_seed(7) == 7
+    with ants_env(seed=0):
+        assert os.environ["ANTS_RANDOM_SEED"] != "0" and ants.config._random_seed != 0

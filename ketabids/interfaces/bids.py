@@ -17,15 +17,13 @@ Guarantees (what makes a participant run resumable and parallel-safe):
 * NIfTI files get a JSON sidecar with ``Sources``/``RawSources`` (and ``SkullStripped`` when
   given) merged with ``meta_dict``.
 
-Transforms (``.h5``) are compared byte for byte, on purpose. A rerun with the same work
-directory reuses the cached registration, so its ``.h5`` bytes are identical and nothing is
-rewritten. A rerun from a fresh work directory registers again; ITK's HDF5 writer stores
-object timestamps (~128 bytes differ for the same parameters), but the parameters themselves
-also differ, because the fast/default ANTs registration is not bit-reproducible even with
-``--seed`` and one thread (measured 25 Nov on ``ketabids.vbm.run_t1w``, without Nipype), and
-everything downstream changes with them, so rewriting is right. A semantic comparison would need
-h5py (not a dependency), and ``ants.read_transform`` on an ANTs composite ``.h5`` did not
-return within 20 s (measured, antspyx 0.6.3).
+Transforms (``.h5``) are compared byte for byte. A rerun with the same work directory reuses
+the cached registration, so its ``.h5`` bytes are identical and nothing is rewritten. A rerun
+from a fresh work directory registers again and ITK's HDF5 writer stores object timestamps
+(~128 bytes differ for the same parameters), so the transforms are rewritten with equivalent
+content. A semantic comparison would need h5py (not a dependency), and
+``ants.read_transform`` on an ANTs composite ``.h5`` did not return within 20 s (measured,
+antspyx 0.6.3).
 """
 from __future__ import annotations
 
