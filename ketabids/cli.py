@@ -190,9 +190,9 @@ def get_demo_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path)
-    parser.add_argument("--n-discovery", type=_positive_int, default=32,
+    parser.add_argument("--n-discovery", type=_positive_int, default=40,
                         help="discovery cohort size (both arms)")
-    parser.add_argument("--n-external", type=_positive_int, default=12,
+    parser.add_argument("--n-external", type=_positive_int, default=20,
                         help="external cohort size (ketamine arm, another scanner)")
     parser.add_argument("--saline-fraction", type=float, default=0.25,
                         help="share of the discovery cohort in the saline (control) arm")
