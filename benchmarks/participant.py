@@ -91,35 +91,6 @@ def accuracy(out, subject, template) -> dict:
     }
 
 
-def rotated_rebiased(img, degrees=10.0, bias=0.15, interpolation="continuous"):
-    """``img`` rotated ``degrees`` about x around its centre, resampled onto a padded copy of its
-    grid (``interpolation``: nilearn's "continuous" = 3rd-order spline, or "linear", which
-    blurs by ~half a voxel and moves ~3 % of GM) and multiplied by a linear bias of
-    +-``bias`` (consistency check)."""
-    import nibabel as nib
-    from nilearn.image import resample_img
-
-    from ketabids.antsutil import make_image
-
-    t = np.deg2rad(degrees)
-    rot = np.eye(4)
-    rot[1:3, 1:3] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
-    centre = img.affine @ np.r_[(np.array(img.shape) - 1) / 2, 1]
-    move = np.eye(4)
-    move[:3, 3] = centre[:3]
-    rotated = nib.Nifti1Image(np.asarray(img.dataobj, np.float32),
-                              move @ rot @ np.linalg.inv(move) @ img.affine)
-    pad = 10
-    aff = img.affine.copy()
-    aff[:3, 3] -= aff[:3, :3] @ np.full(3, pad)
-    shape = np.array(img.shape) + 2 * pad
-    out = resample_img(rotated, target_affine=aff, target_shape=shape,
-                       interpolation=interpolation, force_resample=True, copy_header=True)
-    data = np.clip(np.asarray(out.dataobj, np.float32), 0, None)
-    x = np.linspace(-bias, bias, shape[0])[:, None, None]
-    return make_image((data * (1 + x)).astype(np.float32), aff)
-
-
 def one_run(kind: str, mode: str, seed: int, threads: int) -> dict:
     """One subject end to end in this process; returns timings, peak memory, accuracy."""
     import resource
@@ -144,6 +115,7 @@ def one_run(kind: str, mode: str, seed: int, threads: int) -> dict:
             source = REAL / kind.removeprefix("rotated:")
             if kind.startswith("rotated:"):
                 from ketabids.conform import conform_t1w
+                from ketabids.testing import rotated_rebiased
 
                 source = rotated_rebiased(conform_t1w(source)[0])
             out = run_t1w(source, template, mode=mode, seed=seed, omp_nthreads=threads,

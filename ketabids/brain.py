@@ -25,7 +25,9 @@ from ketabids.registration import apply_to_native, check_mode, register_to_templ
 
 DILATE_MM = 8.0
 STRIPPED_MAX_ML = 2300.0
-N4_GRID_MM = 8.0
+#: spacing (mm) of the grid N4 fits the bias field on, per mode (see :func:`n4_bias_correct`);
+#: fast: 12 mm, 2.6x quicker on a 2 mm head (2.2 -> 0.8 s), GM volume ~1 % lower on the phantoms
+N4_GRID_MM = {"default": 8.0, "fast": 12.0}
 
 
 def voxel_ml(img: nib.Nifti1Image) -> float:
@@ -61,13 +63,14 @@ def head_foreground(img: nib.Nifti1Image, fraction: float = 0.1) -> np.ndarray:
 
 
 def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *,
-                    shrink: int | None = None, iterations=(50, 50, 30), omp_nthreads: int = 1):
+                    shrink: int | None = None, grid_mm: float = N4_GRID_MM["default"],
+                    iterations=(50, 50, 30), omp_nthreads: int = 1):
     """N4 bias-field correction. Returns ``(corrected, bias_field)`` with ``corrected = img /
     bias`` inside ``mask`` (default: the head foreground) and ``img`` outside it.
 
     ``shrink`` (None = automatic): N4 fits on a grid shrunk by this factor; automatic picks
-    ``round(N4_GRID_MM / smallest voxel size)`` so the fit runs on a ~8 mm grid whatever the
-    input resolution (the cost is set by the number of shrunk voxels; the bias field is
+    ``round(grid_mm / smallest voxel size)`` so the fit runs on a ~``grid_mm`` grid whatever
+    the input resolution (the cost is set by the number of shrunk voxels; the bias field is
     smooth on a scale of ~10 cm).
 
     Intensities are shifted to be positive first (N4 works on log intensities) and shifted back.
@@ -76,7 +79,7 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
 
     if shrink is None:
         zoom = float(min(np.sqrt((img.affine[:3, :3] ** 2).sum(0))))
-        shrink = max(1, int(round(N4_GRID_MM / zoom)))
+        shrink = max(1, int(round(grid_mm / zoom)))
     data = np.asarray(img.dataobj, dtype=np.float32)
     m = (np.asarray(mask.dataobj) > 0) if mask is not None else head_foreground(img)
     offset = float(data[m].min()) if m.any() else 0.0

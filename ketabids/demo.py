@@ -217,6 +217,7 @@ def _write_cohort(
     null: bool,
     orientations,
     template,
+    nprocs: int = 1,
 ):
     import pandas as pd
 
@@ -257,60 +258,79 @@ def _write_cohort(
     _write_json(bids_dir / "participants.json", pjson)
 
     null_rng = np.random.default_rng([seed, cohort_key, 7919])
-    rows = []
-    for _, row in table.iterrows():
-        sub = row["participant_id"]
-        sub_seed = [int(seed), int(cohort_key), zlib.crc32(sub.encode())]
-        rng = np.random.default_rng(sub_seed)
-        orientation = str(orientations[int(rng.integers(len(orientations)))])
-        label = ph.planted_label(row, null=null, rng=null_rng)
-        scanner = SCANNERS[row["site"]]
-        subj = ph.simulate_subject(
-            template,
-            seed=rng,
-            responder=label,
-            effect_size=effect_size,
-            age=float(row["age"]),
-            sex=row["sex"],
-            resolution=resolution,
-            orientation=orientation,
-            **scanner["simulation"],
-        )
-        anat = bids_dir / sub / "anat"
-        _save(subj.t1w, anat / f"{sub}_T1w.nii.gz")
-        _write_json(anat / f"{sub}_T1w.json", {**_COMMON_SIDECAR, **scanner["sidecar"]})
-        tdir = truth_dir / sub
-        _save(subj.gm, tdir / f"{sub}_label-GM_probseg.nii.gz")
-        _save(subj.wm, tdir / f"{sub}_label-WM_probseg.nii.gz")
-        _save(subj.csf, tdir / f"{sub}_label-CSF_probseg.nii.gz")
-        _save(subj.brain_mask, tdir / f"{sub}_desc-brain_mask.nii.gz")
-        tpl_name = subj.params["template"]
-        _save(
-            subj.template_gm,
-            tdir / f"{sub}_space-{tpl_name}_label-GM_desc-modulated_probseg.nii.gz",
-        )
-        params = {**subj.params, "seed": sub_seed, "planted": label}
-        _write_json(tdir / f"{sub}_params.json", params)
-        tpl = np.asarray(subj.template_gm.dataobj, dtype=np.float64)
-        tpl_ml = float(tpl.sum() * np.prod(subj.template_gm.header.get_zooms()[:3]) / 1000.0)
-        rows.append(
-            {
-                "participant_id": sub,
-                "arm": row["arm"],
-                "site": row["site"],
-                "responder": bool(ph.is_responder(row["madrs_pre"], row["madrs_24h"])),
-                "planted": "none"
-                if label is None
-                else ("responder" if label else "nonresponder"),
-                "head_scale": round(subj.params["head_scale"], 6),
-                **{k: round(v, 4) for k, v in subj.volumes.items()},
-                "template_gm_ml": round(tpl_ml, 4),
-                "orientation": orientation,
-            }
-        )
+    # labels drawn in table order (the null coin flips share one generator); every subject
+    # then has its own seed, so subjects can be written in any order, in parallel
+    jobs = [
+        dict(row=row.to_dict(), label=ph.planted_label(row, null=null, rng=null_rng),
+             bids_dir=bids_dir, truth_dir=truth_dir, seed=seed, cohort_key=cohort_key,
+             effect_size=effect_size, resolution=resolution, orientations=orientations,
+             template=template)
+        for _, row in table.iterrows()
+    ]
+    if nprocs > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(nprocs, len(jobs))) as pool:
+            rows = list(pool.map(_write_subject_job, jobs))
+    else:
+        rows = [_write_subject_job(job) for job in jobs]
     truth = pd.DataFrame(rows)
     _write_tsv(truth, truth_dir / "truth.tsv")
     return truth
+
+
+def _write_subject_job(job: dict) -> dict:
+    """Simulate one participant, write its T1w and ground truth; return its truth row."""
+    return _write_subject(**job)
+
+
+def _write_subject(*, row: dict, label, bids_dir: Path, truth_dir: Path, seed: int,
+                   cohort_key: int, effect_size: float, resolution: float, orientations,
+                   template) -> dict:
+    sub = row["participant_id"]
+    sub_seed = [int(seed), int(cohort_key), zlib.crc32(sub.encode())]
+    rng = np.random.default_rng(sub_seed)
+    orientation = str(orientations[int(rng.integers(len(orientations)))])
+    scanner = SCANNERS[row["site"]]
+    subj = ph.simulate_subject(
+        template,
+        seed=rng,
+        responder=label,
+        effect_size=effect_size,
+        age=float(row["age"]),
+        sex=row["sex"],
+        resolution=resolution,
+        orientation=orientation,
+        **scanner["simulation"],
+    )
+    anat = bids_dir / sub / "anat"
+    _save(subj.t1w, anat / f"{sub}_T1w.nii.gz")
+    _write_json(anat / f"{sub}_T1w.json", {**_COMMON_SIDECAR, **scanner["sidecar"]})
+    tdir = truth_dir / sub
+    _save(subj.gm, tdir / f"{sub}_label-GM_probseg.nii.gz")
+    _save(subj.wm, tdir / f"{sub}_label-WM_probseg.nii.gz")
+    _save(subj.csf, tdir / f"{sub}_label-CSF_probseg.nii.gz")
+    _save(subj.brain_mask, tdir / f"{sub}_desc-brain_mask.nii.gz")
+    tpl_name = subj.params["template"]
+    _save(
+        subj.template_gm,
+        tdir / f"{sub}_space-{tpl_name}_label-GM_desc-modulated_probseg.nii.gz",
+    )
+    params = {**subj.params, "seed": sub_seed, "planted": label}
+    _write_json(tdir / f"{sub}_params.json", params)
+    tpl = np.asarray(subj.template_gm.dataobj, dtype=np.float64)
+    tpl_ml = float(tpl.sum() * np.prod(subj.template_gm.header.get_zooms()[:3]) / 1000.0)
+    return {
+        "participant_id": sub,
+        "arm": row["arm"],
+        "site": row["site"],
+        "responder": bool(ph.is_responder(row["madrs_pre"], row["madrs_24h"])),
+        "planted": "none" if label is None else ("responder" if label else "nonresponder"),
+        "head_scale": round(subj.params["head_scale"], 6),
+        **{k: round(v, 4) for k, v in subj.volumes.items()},
+        "template_gm_ml": round(tpl_ml, 4),
+        "orientation": orientation,
+    }
 
 
 def generate_demo(
@@ -327,6 +347,7 @@ def generate_demo(
     resolution: float = 2.0,
     null: bool = False,
     seed: int = 0,
+    nprocs: int = 1,
 ) -> DemoCohort:
     """Write the demo: two raw BIDS datasets of T1w phantoms plus their ground truth.
 
@@ -355,6 +376,8 @@ def generate_demo(
         plant the image effect by an independent coin flip: labels unrelated to the images.
     ``seed`` (0)
         everything is a deterministic function of it (same bytes for the same options).
+    ``nprocs`` (1)
+        participants simulated in parallel processes; the output does not depend on it.
 
     Every file is written atomically; re-running with the same options into the same folder
     rewrites identical bytes (``truth/demo_options.json`` records the options; a folder holding
@@ -456,6 +479,7 @@ def generate_demo(
             null=null,
             orientations=ph.ORIENTATIONS,
             template=template,
+            nprocs=nprocs,
         )
         demo.bids[cohort] = bids_dir
         demo.truth[cohort] = truth_dir

@@ -77,7 +77,7 @@ def run_demo(opts) -> dict:
     started = time.monotonic()
     kwargs = dict(n_discovery=opts.n_discovery, n_external=opts.n_external,
                   saline_fraction=opts.saline_fraction, null=opts.null,
-                  resolution=opts.resolution, seed=opts.seed)
+                  resolution=opts.resolution, seed=opts.seed, nprocs=opts.nprocs)
     if opts.effect_size is not None:
         kwargs["effect_size"] = opts.effect_size
     cohort = generate_demo(out, **kwargs)

@@ -69,3 +69,40 @@ def make_bids_tree(root, spec: dict, *, participants: dict | None = None, image_
                                     "FlipAngle": 8, "MagneticFieldStrength": 3}))
                     seed += 1
     return root
+
+
+def rotated_rebiased(img, degrees: float = 10.0, bias: float = 0.15, pad: int = 10,
+                     interpolation: str = "continuous"):
+    """``img`` rotated by ``degrees`` about the x axis through its centre, resampled onto a copy
+    of its grid padded by ``pad`` voxels, then multiplied by a linear bias of ``+-bias`` along x
+    (a consistency check: the volumes measured on the result should match the original's).
+
+    ``interpolation``: nilearn's ``"continuous"`` (3rd-order spline) or ``"linear"``, which
+    blurs by about half a voxel and moves ~3 % of GM on the phantoms.
+
+    >>> out = rotated_rebiased(tiny_t1w(shape=(10, 10, 10)), pad=2)
+    >>> out.shape, bool((out.get_fdata() >= 0).all())
+    ((14, 14, 14), True)
+    """
+    import nibabel as nib
+    from nilearn.image import resample_img
+
+    from ketabids.antsutil import make_image
+
+    t = np.deg2rad(degrees)
+    rot = np.eye(4)
+    rot[1:3, 1:3] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    centre = img.affine @ np.r_[(np.array(img.shape[:3]) - 1) / 2, 1]
+    move = np.eye(4)
+    move[:3, 3] = centre[:3]
+    # the data rotated in world space (same voxels, rotated affine), resampled to a plain grid
+    rotated = nib.Nifti1Image(np.asarray(img.dataobj, np.float32),
+                              move @ rot @ np.linalg.inv(move) @ img.affine)
+    aff = img.affine.copy()
+    aff[:3, 3] -= aff[:3, :3] @ np.full(3, pad)
+    shape = np.array(img.shape[:3]) + 2 * pad
+    out = resample_img(rotated, target_affine=aff, target_shape=shape,
+                       interpolation=interpolation, force_resample=True, copy_header=True)
+    data = np.clip(np.asarray(out.dataobj, np.float32), 0, None)
+    x = np.linspace(-bias, bias, shape[0])[:, None, None]
+    return make_image((data * (1 + x)).astype(np.float32), aff)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -191,3 +194,13 @@ def test_validation_failure_exit_16(bids_tree, tmp_path, capsys):
     (root / "sub-01" / "anat" / "sub-01_T1w.nii.gz").write_bytes(b"not a nifti")
     assert main([str(root), str(tmp_path / "out"), "participant"]) == ExitCode.VALIDATION_FAILED
     assert "--skip-bids-validation" in capsys.readouterr().err
+
+
+def test_cli_logging_silences_nipype_info_even_when_nipype_is_imported_later():
+    # a fresh process: Nipype resets its loggers to INFO when first imported
+    code = ("import logging; from ketabids.cli import _setup_logging; _setup_logging(0); "
+            "import nipype.pipeline.engine; "
+            "print(logging.getLogger('nipype.workflow').getEffectiveLevel())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert int(out.stdout.split()[-1]) == logging.WARNING

@@ -199,7 +199,7 @@ def tiny_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     kw = dict(n_discovery=4, n_external=1, seed=4)
     a = dm.generate_demo(root / "a", **kw)
-    dm.generate_demo(root / "b", **kw)
+    dm.generate_demo(root / "b", nprocs=2, **kw)  # in parallel: must give the same bytes
     dm.generate_demo(root / "c", n_discovery=1, n_external=0, seed=5)
     return root, a
 

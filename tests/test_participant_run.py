@@ -146,6 +146,19 @@ def test_failing_subject_does_not_stop_the_others(run):
     assert summary["inputs"]["01"][0].endswith("sub-01_T1w.nii.gz")  # first in BIDS order
 
 
+def test_summary_names_each_failed_subject_and_its_crash_file(run, caplog):
+    import logging
+
+    from ketabids.workflows.participant import _log_summary
+
+    with caplog.at_level(logging.INFO, logger="ketabids"):
+        _log_summary(run["summary"], run["out"])
+    failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failed) == 1 and failed[0].startswith("sub-02 failed: ") and "4D" in failed[0]
+    assert run["summary"]["crash_files"]["02"][0] in failed[0]
+    assert "2 of 3 subject(s) done" in caplog.records[-1].getMessage()
+
+
 def test_bids_validator_accepts_the_outputs(run):
     exe = shutil.which("bids-validator-deno") or str(Path(sys.executable).parent /
                                                      "bids-validator-deno")

@@ -15,6 +15,7 @@ import pytest
 
 from ketabids.antsutil import make_image
 from ketabids.templates import get_template
+from ketabids.testing import rotated_rebiased
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-t1w"
 SCANS = {
@@ -80,31 +81,6 @@ def _downsample(path, zoom=2.0):
     return make_image(np.asarray(out.dataobj, np.float32), aff)
 
 
-def _rotated_rebiased(img, degrees=10.0):
-    """``img`` rotated about its centre by ``degrees`` around x, resampled on its grid and
-    multiplied by a smooth linear bias (+-15 %)."""
-    from nilearn.image import resample_img
-
-    t = np.deg2rad(degrees)
-    rot = np.eye(4)
-    rot[1:3, 1:3] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
-    centre = img.affine @ np.r_[(np.array(img.shape) - 1) / 2, 1]
-    move = np.eye(4)
-    move[:3, 3] = centre[:3]
-    world = move @ rot @ np.linalg.inv(move)
-    # data rotated in world space: new image on a rotated grid, resampled back to a plain grid
-    rotated = nib.Nifti1Image(np.asarray(img.dataobj), world @ img.affine)
-    pad = 8
-    aff = img.affine.copy()
-    aff[:3, 3] -= aff[:3, :3] @ np.full(3, pad)
-    shape = np.array(img.shape) + 2 * pad
-    out = resample_img(rotated, target_affine=aff, target_shape=shape, interpolation="continuous",
-                       force_resample=True, copy_header=True)
-    data = np.clip(np.asarray(out.dataobj, np.float32), 0, None)
-    x = np.linspace(-0.15, 0.15, shape[0])[:, None, None]
-    return make_image((data * (1 + x)).astype(np.float32), aff)
-
-
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real scans not found in {REAL}")
 
 
@@ -148,7 +124,7 @@ def test_real_scan_rotated_resampled_rebiased_gives_same_volumes(real_runs, temp
     from ketabids.vbm import run_t1w
 
     name = "aomic-piop2_sub-0001_T1w.nii.gz"
-    moved = _rotated_rebiased(_downsample(REAL / name))
+    moved = rotated_rebiased(_downsample(REAL / name))
     out = run_t1w(moved, template2, mode="fast", seed=1, out_dir=tmp_path)
     ref = real_runs[name]["volumes"]
     for key in ("tiv_ml", "gm_ml"):

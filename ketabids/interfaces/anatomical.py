@@ -25,6 +25,8 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
+from ketabids.brain import N4_GRID_MM
+
 TISSUES = ("GM", "WM", "CSF")
 
 
@@ -109,7 +111,9 @@ class _N4InputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="T1w image")
     in_mask = File(exists=True, desc="optional mask")
     shrink = traits.Either(None, traits.Int, default=None, usedefault=True,
-                           desc="shrink factor (default: automatic, ~6 mm fitting grid)")
+                           desc="shrink factor (default: automatic, from grid_mm)")
+    grid_mm = traits.Float(N4_GRID_MM["default"], usedefault=True,
+                           desc="spacing of the fitting grid (mm)")
     omp_nthreads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
 
 
@@ -130,6 +134,7 @@ class N4BiasCorrect(SimpleInterface):
         img = nib.load(self.inputs.in_file)
         mask = nib.load(self.inputs.in_mask) if isdefined(self.inputs.in_mask) else None
         corrected, bias = n4_bias_correct(img, mask, shrink=self.inputs.shrink,
+                                          grid_mm=self.inputs.grid_mm,
                                           omp_nthreads=self.inputs.omp_nthreads)
         self._results["out_file"] = _save(corrected, self.inputs.in_file, "_n4", runtime.cwd,
                                           dtype="float32")

@@ -29,6 +29,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketabids import __version__
+from ketabids.brain import N4_GRID_MM
 from ketabids.errors import (
     BadDataError,
     MissingInputError,
@@ -48,6 +49,7 @@ from ketabids.interfaces.anatomical import (
     WarpPriors,
 )
 from ketabids.interfaces.reports import AssembleReport, ReportSection
+from ketabids.registration import SETTINGS
 from ketabids.workflows import LiterateWorkflow as Workflow
 from ketabids.workflows.outputs import (
     init_ds_anat_wf,
@@ -63,7 +65,7 @@ LOGGER = logging.getLogger("ketabids")
 BIDSIGNORE = ["*_xfm.h5", "*_morph.tsv", "*_morph.json", "*.html", "logs/"]
 
 #: Seconds between two polls of Nipype's scheduler (its default, 2 s, idles short nodes).
-POLL_SLEEP_S = 0.1
+POLL_SLEEP_S = 0.02
 
 #: Peak memory (GB) of the heavy steps, for Nipype's MultiProc scheduler (measured, 1 mm).
 _MEM_GB = {"n4": 1.0, "brain_extraction": 2.0, "warp_priors": 1.7,
@@ -315,7 +317,7 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
         "2010). The image was then registered to the "
         f"{template} template (Fonov et al., 2009) with an affine followed by a symmetric image "
         "normalisation (SyN, Avants et al., 2008) registration of ANTs on a "
-        f"{'4' if fast else '2'} mm template grid (Mattes mutual information"
+        f"{SETTINGS[mode]['resolution']:g} mm template grid (Mattes mutual information"
         f"{', fast reduced-iteration settings' if fast else ''}), the similarity metric being "
         "restricted to the dilated template brain mask; the template brain mask was carried "
         "back through the inverse transform to extract the brain (an input that was already "
@@ -343,7 +345,7 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
 
     conform = pe.Node(Conform(), name="conform")
     # the order of every step is that of ketabids.vbm.run_t1w (the reference pipeline)
-    n4 = pe.Node(N4BiasCorrect(omp_nthreads=omp_nthreads), name="n4",
+    n4 = pe.Node(N4BiasCorrect(grid_mm=N4_GRID_MM[mode], omp_nthreads=omp_nthreads), name="n4",
                  n_procs=omp_nthreads, mem_gb=_MEM_GB["n4"])
     # brain extraction registers the head to the template (affine + SyN, metric restricted to
     # the dilated template brain mask): that registration is also the normalisation
@@ -353,7 +355,8 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
                           n_procs=omp_nthreads, mem_gb=_MEM_GB["warp_priors"])
     # N4 again, inside the brain mask only: the input of Atropos (GM/WM Dice .893/.894 ->
     # .914/.930 on the 1 mm phantom); desc-preproc_T1w stays the head-wide N4 output
-    brain_n4 = pe.Node(N4BiasCorrect(omp_nthreads=omp_nthreads), name="brain_n4",
+    brain_n4 = pe.Node(N4BiasCorrect(grid_mm=N4_GRID_MM[mode], omp_nthreads=omp_nthreads),
+                       name="brain_n4",
                        n_procs=omp_nthreads, mem_gb=_MEM_GB["n4"])
     segmentation = pe.Node(SegmentTissues(seed=seed, omp_nthreads=omp_nthreads),
                            name="segmentation", n_procs=omp_nthreads,
@@ -621,11 +624,29 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
                 len(inputs), len({i.subject for i in inputs}), plugin, plugin_args)
     error = None
     try:
-        workflow.run(plugin=plugin, plugin_args=plugin_args)
+        if plugin == "MultiProc":  # the same scheduler, minus its O(n^2) garbage collections
+            from ketabids.workflows.multiproc import MultiProcPlugin
+
+            workflow.run(plugin=MultiProcPlugin(plugin_args=plugin_args))
+        else:
+            workflow.run(plugin=plugin, plugin_args=plugin_args)
     except Exception as exc:  # node failures: attributed to subjects below
         error = exc
         LOGGER.error("some nodes failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
-    return _summary(inputs, missing, output_dir, work_dir, started, plugin, error)
+    summary = _summary(inputs, missing, output_dir, work_dir, started, plugin, error)
+    _log_summary(summary, output_dir)
+    return summary
+
+
+def _log_summary(summary: dict, output_dir: Path) -> None:
+    """One line per failed subject (error and crash file), then one line for the run."""
+    for subject in summary["failed"]:
+        crash = summary["crash_files"].get(subject)
+        LOGGER.error("sub-%s failed: %s%s", subject, summary["errors"][subject],
+                     f" (details: {crash[0]})" if crash else "")
+    n_ok, n_all = len(summary["ok"]), len(summary["ok"]) + len(summary["failed"])
+    LOGGER.info("participant level: %d of %d subject(s) done in %.0f s; reports: %s",
+                n_ok, n_all, summary["elapsed_s"], output_dir / "sub-<label>.html")
 
 
 @contextlib.contextmanager
