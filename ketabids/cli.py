@@ -204,9 +204,14 @@ def get_demo_parser() -> argparse.ArgumentParser:
                         "generator's)")
     parser.add_argument("--resolution", type=_positive_float, default=2.0, metavar="MM",
                         help="voxel size of the synthetic T1w images")
-    parser.add_argument("--n-permutations", type=_nonneg_int, default=200)
-    parser.add_argument("--nprocs", type=_positive_int, default=2)
-    parser.add_argument("--seed", type=_nonneg_int, default=0)
+    parser.add_argument("--n-permutations", type=_nonneg_int, default=200,
+                        help="permutations for each p-value (training and both predictions)")
+    parser.add_argument("--nprocs", type=_positive_int, default=2,
+                        help="processes for generating the cohort, the participant level and "
+                        "the permutations (the defaults take about 8 minutes with 2)")
+    parser.add_argument("--seed", type=_nonneg_int, default=0,
+                        help="seeds the cohort, ANTs and the CV splits and permutations: the "
+                        "same seed gives the same images and results")
     parser.add_argument("--generate-only", action="store_true",
                         help="only write the synthetic BIDS datasets and their ground truth")
     parser.add_argument("-v", "--verbose", action="count", default=0)
