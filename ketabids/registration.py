@@ -203,7 +203,8 @@ def register_to_template(
         "type_of_transform": kind,
         "resolution_mm": res,
         "settings": {k: v for k, v in cfg.items()},
-        "affine_stage": AFFINE_STAGE if kind == "SyN" else "antspyx defaults",
+        # SyNOnly has no affine stage (its initial transform stands for it)
+        "affine_stage": {"SyN": AFFINE_STAGE, "SyNOnly": None}.get(kind, "antspyx defaults"),
         "masked_metric": fixed_mask is not None,
     }
     return RegistrationResult([fwd], [inv], to_nib(warped), info)
