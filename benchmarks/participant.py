@@ -1,7 +1,7 @@
 """Participant-level benchmark: per-step wall time, peak memory and accuracy on phantoms.
 
-Runs :func:`ketabids.vbm.run_t1w` (every participant step) on synthetic subjects from
-:func:`ketabids.phantom.simulate_subject` (1 mm with skull for ``default``, 2 mm for ``fast``)
+Runs :func:`ketabids.anat.vbm.run_t1w` (every participant step) on synthetic subjects from
+:func:`ketabids.demo.phantom.simulate_subject` (1 mm with skull for ``default``, 2 mm for ``fast``)
 and optionally a real scan, ``--repeats`` times each in a fresh process (the ITK thread count
 is fixed per process), and prints the median of every figure. Not a pass/fail test.
 
@@ -54,7 +54,7 @@ def accuracy(out, subject, template) -> dict:
     """Accuracy figures of one :func:`run_t1w` output against a phantom's truth."""
     import nibabel as nib
 
-    from ketabids.conform import conform_t1w
+    from ketabids.anat.conform import conform_t1w
 
     def conf(img):
         return np.asarray(conform_t1w(img)[0].dataobj)
@@ -95,9 +95,9 @@ def one_run(kind: str, mode: str, seed: int, threads: int) -> dict:
     """One subject end to end in this process; returns timings, peak memory, accuracy."""
     import resource
 
-    from ketabids import phantom
+    from ketabids.demo import phantom
     from ketabids.templates import get_template
-    from ketabids.vbm import run_t1w
+    from ketabids.anat.vbm import run_t1w
 
     timings: dict = {}
     cpu0 = time.process_time()
@@ -114,7 +114,7 @@ def one_run(kind: str, mode: str, seed: int, threads: int) -> dict:
             template = get_template(resolution=1 if mode == "default" else 2)
             source = REAL / kind.removeprefix("rotated:")
             if kind.startswith("rotated:"):
-                from ketabids.conform import conform_t1w
+                from ketabids.anat.conform import conform_t1w
                 from ketabids.testing import rotated_rebiased
 
                 source = rotated_rebiased(conform_t1w(source)[0])

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -65,3 +68,44 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def jsonable(obj):
+    """``obj`` with numpy scalars/arrays, paths and tuples turned into plain JSON types.
+
+    >>> jsonable({"a": np.float32(0.5), "b": (1, np.int64(2)), "c": Path("x")})
+    {'a': 0.5, 'b': [1, 2], 'c': 'x'}
+    """
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def write_json(path: str | os.PathLike, obj, *, sort_keys: bool = False) -> Path:
+    """The one JSON writer: ``obj`` (made :func:`jsonable`) with indent 2 and a final newline,
+    written atomically. Returns the path."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=sort_keys) + "\n")
+    return path
+
+
+def write_tsv(frame, path: str | os.PathLike, *, float_format: str | None = None) -> Path:
+    """The one TSV writer: a pandas DataFrame without index, missing values as ``n/a`` (BIDS),
+    ``\n`` line ends, written atomically. Returns the path."""
+    path = Path(path)
+    text = frame.to_csv(sep="\t", index=False, na_rep="n/a", float_format=float_format,
+                        lineterminator="\n")
+    atomic_write_text(path, text)
+    return path

@@ -87,7 +87,7 @@ def rotated_rebiased(img, degrees: float = 10.0, bias: float = 0.15, pad: int = 
     import nibabel as nib
     from nilearn.image import resample_img
 
-    from ketabids.antsutil import make_image
+    from ketabids.anat.antsutil import make_image
 
     t = np.deg2rad(degrees)
     rot = np.eye(4)

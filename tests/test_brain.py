@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ketabids.antsutil import make_image
-from ketabids.brain import detect_skull_stripped, head_foreground, n4_bias_correct
+from ketabids.anat.antsutil import make_image
+from ketabids.anat.brain import detect_skull_stripped, head_foreground, n4_bias_correct
 
 SHAPE = (40, 44, 48)
 AFF = np.diag([4.0, 4.0, 4.0, 1.0])  # 4 mm voxels: a 16 x 18 x 19 cm field of view

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from ketabids import __version__
-from ketabids.cli import get_demo_parser, get_parser, main
+from ketabids.cli import main
+from ketabids.cli.app import get_parser
+from ketabids.cli.demo import get_demo_parser
 from ketabids.errors import ExitCode
 
 HAS_VALIDATOR = shutil.which("bids-validator-deno") is not None or (
@@ -35,7 +37,7 @@ def captured(monkeypatch):
         return _run
 
     import ketabids.group.run as group_run
-    import ketabids.workflows.participant as participant
+    import ketabids.workflows.base as participant
 
     monkeypatch.setattr(participant, "run_participant", recorder("participant"))
     monkeypatch.setattr(group_run, "run_group_train", recorder("train"))
@@ -144,14 +146,12 @@ def test_participant_dispatch(dataset, tmp_path, captured):
     assert kwargs["subjects"] == ["01", "02"]  # sorted, sub- stripped, comments ignored
     assert kwargs["fast"] is True and kwargs["seed"] == 7
     assert kwargs["work_dir"] == (tmp_path / "work").resolve()
-    desc = json.loads((out / "dataset_description.json").read_text())
-    assert desc["DatasetType"] == "derivative"
-    assert desc["GeneratedBy"][0]["Version"] == __version__
-    assert desc["SourceDatasets"][0]["URL"] == dataset.resolve().as_uri()
+    # the runner writes dataset_description.json, once: not the command line
+    assert not (out / "dataset_description.json").exists()
 
 
 def test_failed_subjects_give_exit_1(dataset, tmp_path, monkeypatch):
-    import ketabids.workflows.participant as participant
+    import ketabids.workflows.base as participant
 
     monkeypatch.setattr(participant, "run_participant",
                         lambda **kw: {"succeeded": ["01"], "failed": ["02"]})
@@ -198,7 +198,7 @@ def test_validation_failure_exit_16(bids_tree, tmp_path, capsys):
 
 def test_cli_logging_silences_nipype_info_even_when_nipype_is_imported_later():
     # a fresh process: Nipype resets its loggers to INFO when first imported
-    code = ("import logging; from ketabids.cli import _setup_logging; _setup_logging(0); "
+    code = ("import logging; from ketabids.cli.app import _setup_logging; _setup_logging(0); "
             "import nipype.pipeline.engine; "
             "print(logging.getLogger('nipype.workflow').getEffectiveLevel())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -3,7 +3,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ketabids.conform import conform_t1w
+from ketabids.anat.conform import conform_t1w
 from ketabids.errors import BadDataError
 
 SHAPE = (7, 8, 9)

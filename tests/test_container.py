@@ -275,7 +275,7 @@ def descriptor():
 
 @pytest.fixture(scope="module")
 def parser():
-    cli = pytest.importorskip("ketabids.cli", reason="ketabids/cli.py not there yet")
+    cli = pytest.importorskip("ketabids.cli.app", reason="ketabids/cli.py not there yet")
     return cli.get_parser()
 
 
@@ -326,7 +326,7 @@ def test_descriptor_options_match_cli(descriptor, parser):
     positional = [a for a in parser._actions if not a.option_strings]
     assert [a.dest for a in positional] == ["bids_dir", "output_dir", "analysis_level"]
     level = next(i for i in descriptor["inputs"] if i["id"] == "analysis_level")
-    from ketabids.cli import LEVELS
+    from ketabids.cli.app import LEVELS
 
     assert level["value-choices"] == list(LEVELS)
 

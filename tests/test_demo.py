@@ -1,4 +1,4 @@
-"""Tests of the T1w phantoms (ketabids.phantom.simulate_subject) and the demo BIDS writer."""
+"""Tests of the T1w phantoms (ketabids.demo.phantom.simulate_subject) and the demo BIDS writer."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ketabids import demo as dm
-from ketabids import phantom as ph
+from ketabids.demo import cohort as dm
+from ketabids.demo import phantom as ph
 from ketabids.templates import get_template
 
 

@@ -127,7 +127,7 @@ def test_sample_mean_mask_and_predict_grid_check(tmp_path):
 
 def test_template_mask_on_phantom_maps(tmp_path):
     """Template-grid maps: mask = template GM prior > 0.2 on the 2 mm grid."""
-    from ketabids.phantom import make_participants_table, write_synthetic_derivatives
+    from ketabids.demo.phantom import make_participants_table, write_synthetic_derivatives
     from ketabids.templates import get_template
 
     table = make_participants_table(3, seed=3)
@@ -155,7 +155,7 @@ def test_unreadable_and_nonfinite_maps(tmp_path):
 
 def test_find_maps_with_raw_layout(tmp_path):
     """The CLI hands over BIDS_DIR's layout (no derivatives): OUTPUT_DIR is indexed instead."""
-    from ketabids.bids import load_layout
+    from ketabids.bids.layout import load_layout
     from ketabids.testing import make_bids_tree
 
     bids = make_bids_tree(tmp_path / "bids", {"01": {"anat": ["T1w"]}, "02": {"anat": ["T1w"]}})

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ketabids.group import report
+from ketabids.reports import group as report
 from ketabids.group.run import Progress, calibration_table
 
 

@@ -220,7 +220,7 @@ def test_regional_volumes_interface(tmp_path):
 
 
 def test_atlas_labels_need_index_and_name(tmp_path):
-    from ketabids.interfaces.anatomical import read_atlas_labels
+    from ketabids.anat.atlas import read_atlas_labels
 
     bad = tmp_path / "labels.tsv"
     bad.write_text("id\tlabel\n1\tx\n")

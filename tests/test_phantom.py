@@ -1,4 +1,4 @@
-"""Tests of ketabids.phantom: the planted effect, bookkeeping, determinism, the writers."""
+"""Tests of ketabids.demo.phantom: the planted effect, bookkeeping, determinism, the writers."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ketabids import phantom as ph
+from ketabids.demo import phantom as ph
 from ketabids.templates import get_template
 
 

@@ -1,6 +1,6 @@
-"""End-to-end runs of every participant step (ketabids.vbm.run_t1w), fast mode.
+"""End-to-end runs of every participant step (ketabids.anat.vbm.run_t1w), fast mode.
 
-1. A 2 mm phantom with skull, neck, rotation, bias and noise (ketabids.phantom) against its
+1. A 2 mm phantom with skull, neck, rotation, bias and noise (ketabids.demo.phantom) against its
    ground truth, with thresholds appropriate to fast mode.
 2. The real scans in ../shared/data/real-t1w (skipped when absent), downsampled to 2 mm to keep
    CI short: plausible volumes, skull-stripped input detected, and consistency of the volumes
@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ketabids.antsutil import make_image
+from ketabids.anat.antsutil import make_image
 from ketabids.templates import get_template
 from ketabids.testing import rotated_rebiased
 
@@ -37,9 +37,9 @@ def template2():
 
 @pytest.mark.slow
 def test_fast_mode_on_a_2mm_phantom(template2, tmp_path):
-    from ketabids import phantom
-    from ketabids.conform import conform_t1w
-    from ketabids.vbm import run_t1w
+    from ketabids.demo import phantom
+    from ketabids.anat.conform import conform_t1w
+    from ketabids.anat.vbm import run_t1w
 
     subject = phantom.simulate_subject(template2, seed=3, resolution=2.0, skull=True,
                                        orientation="LPS", max_rotation=8.0)
@@ -69,7 +69,7 @@ def _downsample(path, zoom=2.0):
     """The scan resampled to ``zoom`` mm (linear), as a float32 image with its own header."""
     from nilearn.image import resample_img
 
-    from ketabids.conform import conform_t1w
+    from ketabids.anat.conform import conform_t1w
 
     img, _ = conform_t1w(path)
     aff = img.affine.copy()
@@ -86,7 +86,7 @@ needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real scans not found
 
 @pytest.fixture(scope="module")
 def real_runs(template2, tmp_path_factory):
-    from ketabids.vbm import run_t1w
+    from ketabids.anat.vbm import run_t1w
 
     results = {}
     for name in SCANS:
@@ -112,7 +112,7 @@ def test_real_scan_volumes_are_plausible(real_runs, name):
     else:
         assert 1100 <= vols["tiv_ml"] <= 2000, vols
     # the brain mask lies inside the head foreground
-    from ketabids.brain import head_foreground
+    from ketabids.anat.brain import head_foreground
 
     mask = np.asarray(out["mask"].dataobj) > 0
     assert (mask & ~head_foreground(out["preproc"])).sum() < 0.02 * mask.sum()
@@ -121,7 +121,7 @@ def test_real_scan_volumes_are_plausible(real_runs, name):
 @needs_real
 @pytest.mark.slow
 def test_real_scan_rotated_resampled_rebiased_gives_same_volumes(real_runs, template2, tmp_path):
-    from ketabids.vbm import run_t1w
+    from ketabids.anat.vbm import run_t1w
 
     name = "aomic-piop2_sub-0001_T1w.nii.gz"
     moved = rotated_rebiased(_downsample(REAL / name))

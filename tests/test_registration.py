@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ketabids.antsutil import ants_env, make_image
-from ketabids.registration import (
+from ketabids.anat.antsutil import ants_env, make_image
+from ketabids.anat.registration import (
     apply_to_native,
     apply_to_template,
     jacobian_determinant,
@@ -97,7 +97,7 @@ _DETERMINISM = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     from test_registration import _subject
     from ketabids.templates import Template
-    from ketabids.registration import register_to_template
+    from ketabids.anat.registration import register_to_template
     tpl = Template(**json.loads(sys.argv[2]))
     res = register_to_template(_subject(), tpl, mode="fast", seed=7, out_dir=sys.argv[3])
     print(hashlib.sha256(res.warped.get_fdata().tobytes()).hexdigest())
@@ -147,7 +147,7 @@ def test_seed_zero_reaches_ants_as_a_real_seed():
     """ANTs treats --random-seed 0 / ANTS_RANDOM_SEED=0 as "unseeded" (clock): 0 is remapped."""
     import ants
 
-    from ketabids.antsutil import ants_env, ants_seed
+    from ketabids.anat.antsutil import ants_env, ants_seed
 
     assert ants_seed(0) != 0 and ants_seed(7) == 7
     with ants_env(seed=0):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ketabids.antsutil import make_image
-from ketabids.segmentation import CLASSES, segment_tissues
+from ketabids.anat.antsutil import make_image
+from ketabids.anat.segmentation import CLASSES, segment_tissues
 
 SHAPE = (20, 22, 24)
 
@@ -60,7 +60,7 @@ import sys, hashlib, numpy as np
 sys.path.insert(0, sys.argv[1])
 import test_segmentation as T
 img, mask, priors, _ = T.three_tissues.__wrapped__()
-from ketabids.segmentation import segment_tissues
+from ketabids.anat.segmentation import segment_tissues
 for _ in range(2):
     probs, dseg = segment_tissues(img, mask, priors, seed=4)
     print(hashlib.sha256(np.asarray(probs["GM"].dataobj).tobytes()).hexdigest())

@@ -1,4 +1,4 @@
-"""ketabids.validation: the official BIDS validator, run offline, summarised, errors raised."""
+"""ketabids.bids.validation: the official BIDS validator, run offline, summarised, errors raised."""
 import json
 import os
 import stat
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ketabids.errors import BIDSValidationError, ExitCode, KetabidsError, MissingInputError
-from ketabids.validation import find_validator, parse_report, validate_bids
+from ketabids.bids.validation import find_validator, parse_report, validate_bids
 
 
 def _nifti(path: Path) -> None:

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ketabids.antsutil import make_image
-from ketabids.registration import RegistrationResult, jacobian_determinant
-from ketabids.vbm import modulate, regional_volumes, tissue_volumes
+from ketabids.anat.antsutil import make_image
+from ketabids.anat.registration import RegistrationResult, jacobian_determinant
+from ketabids.anat.vbm import modulate, regional_volumes, tissue_volumes
 
 SCALE = np.diag([1.2, 1.1, 0.9])  # template point -> subject point (ANTs forward direction)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ketabids.errors import BadDataError, MissingInputError, UsageError
-from ketabids.workflows.participant import (
+from ketabids.workflows.base import (
     Atlas,
     T1wInput,
     collect_t1w,
@@ -90,7 +90,7 @@ def test_participant_wf_builds(tmp_path, fast, atlas, sessions, template):
 
 
 def test_anat_wf_follows_run_t1w_order():
-    """The graph is ketabids.vbm.run_t1w's order: head N4 -> brain extraction (whose
+    """The graph is ketabids.anat.vbm.run_t1w's order: head N4 -> brain extraction (whose
     registration is reused by every warp) -> priors -> N4 inside the mask -> Atropos."""
     wf = init_anat_wf(fast=True, seed=5, omp_nthreads=1)
 

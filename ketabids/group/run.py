@@ -367,7 +367,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
                      "excluded": [e.__dict__ for e in cohort.excluded],
                      "filtered_out_by_include": cohort.filtered_out},
                     stage / "metrics.json")
-        from ketabids.group import report
+        from ketabids.reports import group as report
 
         report.write_train_report(
             stage / "report.html", cohort=cohort, rule=rule, features=features, result=result,
@@ -635,7 +635,7 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
                      "notes": notes, "excluded": [e.__dict__ for e in cohort.excluded],
                      "filtered_out_by_include": cohort.filtered_out},
                     stage / "metrics.json")
-        from ketabids.group import report
+        from ketabids.reports import group as report
 
         report.write_predict_report(
             stage / "report.html", cohort=cohort, rule=rule, manifest=manifest,

@@ -1,7 +1,7 @@
 """Thin Nipype interfaces over the participant-level pure functions.
 
-Each interface calls one function of :mod:`ketabids.conform`, :mod:`ketabids.brain`,
-:mod:`ketabids.segmentation`, :mod:`ketabids.registration` or :mod:`ketabids.vbm` and writes its
+Each interface calls one function of :mod:`ketabids.anat.conform`, :mod:`ketabids.anat.brain`,
+:mod:`ketabids.anat.segmentation`, :mod:`ketabids.anat.registration` or :mod:`ketabids.anat.vbm` and writes its
 results into the node's working folder (``fname_presuffix(..., newpath=runtime.cwd)``). No maths
 here: see the modules named above. Templates travel between nodes as (name, resolution) and are
 resolved with :func:`ketabids.templates.get_template` (cached files, no download).
@@ -25,7 +25,7 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
-from ketabids.brain import N4_GRID_MM
+from ketabids.anat.brain import N4_GRID_MM
 
 TISSUES = ("GM", "WM", "CSF")
 
@@ -90,13 +90,13 @@ class _ConformOutputSpec(TraitedSpec):
 
 
 class Conform(SimpleInterface):
-    """Conform a T1w image (:func:`ketabids.conform.conform_t1w`)."""
+    """Conform a T1w image (:func:`ketabids.anat.conform.conform_t1w`)."""
 
     input_spec = _ConformInputSpec
     output_spec = _ConformOutputSpec
 
     def _run_interface(self, runtime):
-        from ketabids.conform import conform_t1w
+        from ketabids.anat.conform import conform_t1w
 
         img, info = conform_t1w(self.inputs.in_file)
         self._results["out_file"] = _save(img, self.inputs.in_file, "_conformed", runtime.cwd,
@@ -123,13 +123,13 @@ class _N4OutputSpec(TraitedSpec):
 
 
 class N4BiasCorrect(SimpleInterface):
-    """N4 bias-field correction (:func:`ketabids.brain.n4_bias_correct`)."""
+    """N4 bias-field correction (:func:`ketabids.anat.brain.n4_bias_correct`)."""
 
     input_spec = _N4InputSpec
     output_spec = _N4OutputSpec
 
     def _run_interface(self, runtime):
-        from ketabids.brain import n4_bias_correct
+        from ketabids.anat.brain import n4_bias_correct
 
         img = nib.load(self.inputs.in_file)
         mask = nib.load(self.inputs.in_mask) if isdefined(self.inputs.in_mask) else None
@@ -173,13 +173,13 @@ def _registration_outputs(results, reg):
 
 class ExtractBrain(SimpleInterface):
     """Brain extraction by affine + SyN registration to the template
-    (:func:`ketabids.brain.extract_brain`); the registration is kept as the normalisation."""
+    (:func:`ketabids.anat.brain.extract_brain`); the registration is kept as the normalisation."""
 
     input_spec = _ExtractBrainInputSpec
     output_spec = _ExtractBrainOutputSpec
 
     def _run_interface(self, runtime):
-        from ketabids.brain import extract_brain
+        from ketabids.anat.brain import extract_brain
 
         img = nib.load(self.inputs.in_file)
         tpl = _template(self.inputs.template, self.inputs.template_resolution)
@@ -196,9 +196,9 @@ class ExtractBrain(SimpleInterface):
 
 # --------------------------------------------------------------------------- transforms
 def _registration_result(forward, inverse):
-    """Rebuild a :class:`ketabids.registration.RegistrationResult` from stored paths (the
+    """Rebuild a :class:`ketabids.anat.registration.RegistrationResult` from stored paths (the
     transforms are all that the warps need)."""
-    from ketabids.registration import RegistrationResult
+    from ketabids.anat.registration import RegistrationResult
 
     return RegistrationResult([Path(p) for p in forward], [Path(p) for p in inverse], None, {})
 
@@ -224,13 +224,13 @@ class _ApplyOutputSpec(TraitedSpec):
 
 class ApplyToTemplate(SimpleInterface):
     """Resample a native image onto the template grid
-    (:func:`ketabids.registration.apply_to_template`)."""
+    (:func:`ketabids.anat.registration.apply_to_template`)."""
 
     input_spec = _ApplyToTemplateInputSpec
     output_spec = _ApplyOutputSpec
 
     def _run_interface(self, runtime):
-        from ketabids.registration import apply_to_template
+        from ketabids.anat.registration import apply_to_template
 
         tpl = _template(self.inputs.template, self.inputs.template_resolution)
         img = nib.load(self.inputs.in_file)
@@ -254,18 +254,18 @@ class _WarpPriorsOutputSpec(TraitedSpec):
 
 
 class WarpPriors(SimpleInterface):
-    """Template GM/WM/CSF priors into T1w space (:func:`ketabids.registration.apply_to_native`)."""
+    """Template GM/WM/CSF priors into T1w space (:func:`ketabids.anat.registration.apply_to_native`)."""
 
     input_spec = _WarpPriorsInputSpec
     output_spec = _WarpPriorsOutputSpec
 
     def _run_interface(self, runtime):
-        from ketabids.registration import apply_to_native
+        from ketabids.anat.registration import apply_to_native
 
         tpl = _template(self.inputs.template, self.inputs.template_resolution)
         ref = nib.load(self.inputs.reference)
         result = _result_from_inputs(self.inputs)
-        # exactly ketabids.vbm.run_t1w: apply_to_native(template map, result, T1w); the
+        # exactly ketabids.anat.vbm.run_t1w: apply_to_native(template map, result, T1w); the
         # segmentation clips the priors to [0, 1] itself
         for tissue in TISSUES:
             out = apply_to_native(getattr(tpl, tissue.lower()), result, ref,
@@ -294,13 +294,13 @@ class _SegmentOutputSpec(TraitedSpec):
 
 
 class SegmentTissues(SimpleInterface):
-    """Prior-guided tissue segmentation (:func:`ketabids.segmentation.segment_tissues`)."""
+    """Prior-guided tissue segmentation (:func:`ketabids.anat.segmentation.segment_tissues`)."""
 
     input_spec = _SegmentInputSpec
     output_spec = _SegmentOutputSpec
 
     def _run_interface(self, runtime):
-        from ketabids.segmentation import segment_tissues
+        from ketabids.anat.segmentation import segment_tissues
 
         img = nib.load(self.inputs.in_file)
         mask = nib.load(self.inputs.in_mask)
@@ -332,15 +332,15 @@ class _ModulateOutputSpec(TraitedSpec):
 
 
 class Modulate(SimpleInterface):
-    """Warp tissue maps to the template with Jacobian modulation (:func:`ketabids.vbm.modulate`;
+    """Warp tissue maps to the template with Jacobian modulation (:func:`ketabids.anat.vbm.modulate`;
     the Jacobian determinant is computed once for all maps)."""
 
     input_spec = _ModulateInputSpec
     output_spec = _ModulateOutputSpec
 
     def _run_interface(self, runtime):
-        from ketabids.registration import jacobian_determinant
-        from ketabids.vbm import modulate
+        from ketabids.anat.registration import jacobian_determinant
+        from ketabids.anat.vbm import modulate
 
         tpl = _template(self.inputs.template, self.inputs.template_resolution)
         result = _result_from_inputs(self.inputs)
@@ -371,7 +371,7 @@ class _TableOutputSpec(TraitedSpec):
 
 
 class TissueVolumes(SimpleInterface):
-    """Total intracranial, GM, WM and CSF volumes in mL (:func:`ketabids.vbm.tissue_volumes`)."""
+    """Total intracranial, GM, WM and CSF volumes in mL (:func:`ketabids.anat.vbm.tissue_volumes`)."""
 
     input_spec = _VolumesInputSpec
     output_spec = _TableOutputSpec
@@ -379,7 +379,7 @@ class TissueVolumes(SimpleInterface):
     def _run_interface(self, runtime):
         import pandas as pd
 
-        from ketabids.vbm import tissue_volumes
+        from ketabids.anat.vbm import tissue_volumes
 
         probs = {t: nib.load(getattr(self.inputs, t.lower())) for t in TISSUES}
         mask = nib.load(self.inputs.in_mask) if isdefined(self.inputs.in_mask) else None
@@ -398,13 +398,14 @@ class _RegionalInputSpec(BaseInterfaceInputSpec):
 
 
 class RegionalVolumes(SimpleInterface):
-    """GM volume per atlas region in mL (:func:`ketabids.vbm.regional_volumes`)."""
+    """GM volume per atlas region in mL (:func:`ketabids.anat.vbm.regional_volumes`)."""
 
     input_spec = _RegionalInputSpec
     output_spec = _TableOutputSpec
 
     def _run_interface(self, runtime):
-        from ketabids.vbm import regional_volumes
+        from ketabids.anat.atlas import read_atlas_labels
+        from ketabids.anat.vbm import regional_volumes
 
         labels = read_atlas_labels(self.inputs.atlas_labels)
         table = regional_volumes(nib.load(self.inputs.in_file), nib.load(self.inputs.atlas),
@@ -413,21 +414,3 @@ class RegionalVolumes(SimpleInterface):
         table.to_csv(out, sep="\t", index=False, lineterminator="\n", float_format="%.4f")
         self._results["out_file"] = out
         return runtime
-
-
-def read_atlas_labels(path):
-    """Read an atlas label table (BIDS ``dseg.tsv``: columns ``index`` and ``name``)."""
-    import pandas as pd
-
-    from ketabids.errors import BadDataError
-
-    try:
-        table = pd.read_csv(path, sep="\t")
-    except Exception as exc:
-        raise BadDataError(f"{path}: cannot read the atlas label table ({exc}); "
-                           "give a TSV with columns index and name") from exc
-    missing = {"index", "name"} - set(table.columns)
-    if missing:
-        raise BadDataError(f"{path}: atlas label table lacks column(s) {sorted(missing)}; "
-                           "give a TSV with columns index and name (BIDS dseg.tsv)")
-    return table

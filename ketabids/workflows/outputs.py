@@ -10,35 +10,12 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketabids import __version__
+from ketabids.bids.derivatives import REGIONAL_DICTIONARY, VOLUMES_DICTIONARY
 from ketabids.interfaces.bids import DerivativesDataSink, derivative_relpath
 from ketabids.workflows import LiterateWorkflow as Workflow
 
 TPM_LABELS = ["GM", "WM", "CSF"]
 STD_LABELS = ["GM", "WM"]
-
-#: Data dictionary of ``desc-volumes_morph.tsv`` (its JSON sidecar).
-VOLUMES_DICTIONARY = {
-    "tiv_ml": {"LongName": "Total intracranial volume",
-               "Description": "Sum of the GM, WM and CSF probabilities inside the brain mask "
-                              "times the voxel volume", "Units": "mL"},
-    "gm_ml": {"LongName": "Grey-matter volume",
-              "Description": "Sum of the native-space GM probability map times the voxel volume",
-              "Units": "mL"},
-    "wm_ml": {"LongName": "White-matter volume",
-              "Description": "Sum of the native-space WM probability map times the voxel volume",
-              "Units": "mL"},
-    "csf_ml": {"LongName": "Cerebrospinal-fluid volume",
-               "Description": "Sum of the native-space CSF probability map times the voxel "
-                              "volume", "Units": "mL"},
-}
-
-REGIONAL_DICTIONARY = {
-    "index": {"Description": "Atlas label value"},
-    "name": {"Description": "Atlas region name"},
-    "gm_ml": {"Description": "Grey-matter volume of the region from the Jacobian-modulated GM "
-                             "map in template space", "Units": "mL"},
-}
-
 
 def _template_reference(template: str) -> str:
     """A URI describing the template (TemplateFlow's page for it)."""

@@ -1,7 +1,7 @@
 """Command line: ``ketabids BIDS_DIR OUTPUT_DIR {participant,group} [options]`` and ``ketabids demo``.
 
 Arguments only: :func:`get_parser` builds the parser, :func:`main` parses, checks the inputs,
-and hands keyword arguments to ``ketabids.workflows.participant.run_participant`` or
+and hands keyword arguments to ``ketabids.workflows.base.run_participant`` or
 ``ketabids.group.run.run_group_train`` / ``run_group_predict``. Errors become one line on stderr
 and a BIDS-App exit code (see :class:`ketabids.errors.ExitCode`).
 """
@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ketabids import __version__
@@ -180,44 +181,6 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def get_demo_parser() -> argparse.ArgumentParser:
-    """Parser of ``ketabids demo OUTPUT_DIR``."""
-    parser = _Parser(
-        prog="ketabids demo",
-        description="Generate a synthetic ketamine study (discovery cohort with ketamine and "
-        "saline arms, external cohort from another scanner) and run the whole protocol on it: "
-        "participant level, training on the discovery ketamine arm, prediction on the external "
-        "cohort and on the saline arm.",
-        formatter_class=_HelpFormatter,
-    )
-    parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path)
-    parser.add_argument("--n-discovery", type=_positive_int, default=40,
-                        help="discovery cohort size (both arms)")
-    parser.add_argument("--n-external", type=_positive_int, default=20,
-                        help="external cohort size (ketamine arm, another scanner)")
-    parser.add_argument("--saline-fraction", type=float, default=0.25,
-                        help="share of the discovery cohort in the saline (control) arm")
-    parser.add_argument("--null", action="store_true",
-                        help="negative control: labels independent of the images")
-    parser.add_argument("--effect-size", type=float, default=None,
-                        help="planted frontal/cerebellar GM effect (fraction; default: the "
-                        "generator's)")
-    parser.add_argument("--resolution", type=_positive_float, default=2.0, metavar="MM",
-                        help="voxel size of the synthetic T1w images")
-    parser.add_argument("--n-permutations", type=_nonneg_int, default=200,
-                        help="permutations for each p-value (training and both predictions)")
-    parser.add_argument("--nprocs", type=_positive_int, default=2,
-                        help="processes for generating the cohort, the participant level and "
-                        "the permutations (the defaults take about 8 minutes with 2)")
-    parser.add_argument("--seed", type=_nonneg_int, default=0,
-                        help="seeds the cohort, ANTs and the CV splits and permutations: the "
-                        "same seed gives the same images and results")
-    parser.add_argument("--generate-only", action="store_true",
-                        help="only write the synthetic BIDS datasets and their ground truth")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    return parser
-
-
 def _setup_logging(verbose: int) -> None:
     level = logging.INFO if verbose == 0 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
@@ -263,7 +226,7 @@ def _check_options(opts) -> None:
 
 
 def _run_bids_app(opts) -> dict:
-    from ketabids import bids
+    from ketabids.bids import layout as bids
 
     bids_dir = bids.check_bids_dir(opts.bids_dir)
     output_dir = bids.check_output_dir(opts.output_dir, bids_dir)
@@ -272,7 +235,7 @@ def _run_bids_app(opts) -> dict:
     filters = bids.load_bids_filters(opts.bids_filter_file)
 
     if not opts.skip_bids_validation:
-        from ketabids.validation import validate_bids
+        from ketabids.bids.validation import validate_bids
 
         summary = validate_bids(bids_dir)
         LOGGER.info("BIDS validation: %s", summary)
@@ -281,10 +244,9 @@ def _run_bids_app(opts) -> dict:
     subjects = bids.select_subjects(layout, labels=labels, sessions=sessions, filters=filters)
     LOGGER.info("%d participant(s) selected: %s", len(subjects), " ".join(subjects[:20])
                 + (" ..." if len(subjects) > 20 else ""))
-    bids.write_derivative_description(output_dir, bids_dir)
 
     if opts.analysis_level == "participant":
-        from ketabids.workflows.participant import run_participant
+        from ketabids.workflows.base import run_participant
 
         work_dir = (opts.work_dir or Path(tempfile.gettempdir()) / "ketabids_work").resolve()
         return run_participant(
@@ -319,6 +281,16 @@ def _run_bids_app(opts) -> dict:
     )
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """What one command did: its exit code, the run's summary (None after an error) and the
+    one-line error message printed (None on success)."""
+
+    exit_code: int
+    summary: dict | None = None
+    error: str | None = None
+
+
 def _exit_code_of(summary) -> int:
     """Participant runs report failed subjects instead of raising: exit 1 when any failed."""
     if isinstance(summary, dict) and summary.get("failed"):
@@ -326,31 +298,34 @@ def _exit_code_of(summary) -> int:
     return int(ExitCode.SUCCESS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ketabids``, ``run.py`` and ``python -m ketabids``; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("NIPYPE_NO_ET", "1")  # no update check (no network on clusters)
+def guarded(command, *args, **kwargs) -> RunResult:
+    """Call ``command`` and turn its outcome into a :class:`RunResult`: user errors become one
+    line on stderr and their BIDS-App exit code (the one error path of the command line)."""
     try:
-        if argv[:1] == ["demo"]:
-            opts = get_demo_parser().parse_args(argv[1:])
-            _setup_logging(opts.verbose)
-            from ketabids.demo_run import run_demo
-
-            summary = run_demo(opts)
-        else:
-            opts = get_parser().parse_args(argv)
-            _setup_logging(opts.verbose)
-            _check_options(opts)
-            summary = _run_bids_app(opts)
+        summary = command(*args, **kwargs)
     except KetabidsError as exc:
         details = getattr(exc, "summary", None)  # the validator's grouped issues
         if details is not None and hasattr(details, "format"):
             LOGGER.error("BIDS validator report:\n%s", details.format())
         print(f"ketabids: error: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
+        return RunResult(int(exc.exit_code), error=str(exc))
     except SystemExit as exc:  # --help / --version
-        return int(exc.code or 0)
+        return RunResult(int(exc.code or 0))
     except KeyboardInterrupt:
         print("ketabids: interrupted", file=sys.stderr)
-        return 130
-    return _exit_code_of(summary)
+        return RunResult(130, error="interrupted")
+    return RunResult(_exit_code_of(summary), summary=summary)
+
+
+def _parse_and_run(argv: list[str]) -> dict:
+    opts = get_parser().parse_args(argv)
+    _setup_logging(opts.verbose)
+    _check_options(opts)
+    return _run_bids_app(opts)
+
+
+def run(argv: list[str]) -> RunResult:
+    """``ketabids BIDS_DIR OUTPUT_DIR {participant,group} [options]`` in this process; the
+    result carries the exit code and the run's summary (public API: the demo uses it)."""
+    os.environ.setdefault("NIPYPE_NO_ET", "1")  # no update check (no network on clusters)
+    return guarded(_parse_and_run, list(argv))

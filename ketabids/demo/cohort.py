@@ -13,7 +13,7 @@
         sub-X/sub-X_params.json          every drawn simulation parameter
 
 Response (``madrs_24h <= madrs_pre / 2``) is planted in the images of the ketamine arm only
-(see :mod:`ketabids.phantom`): responders have more frontal and less cerebellar grey matter.
+(see :mod:`ketabids.demo.phantom`): responders have more frontal and less cerebellar grey matter.
 Saline participants respond at a lower rate and their images carry no effect, so a model trained
 on the ketamine arm should be at chance on them. Everything is deterministic for ``seed``.
 """
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ketabids import phantom as ph
+from ketabids.demo import phantom as ph
 
 BIDS_VERSION = "1.10.0"
 #: Default planted effect of the demo. Larger than the template-space default
-#: (:data:`ketabids.phantom.DEFAULT_EFFECT_SIZE`): the phantoms' smooth deformation adds ~8 %
+#: (:data:`ketabids.demo.phantom.DEFAULT_EFFECT_SIZE`): the phantoms' smooth deformation adds ~8 %
 #: local volume variation on top of the anatomy model, and the participant level (fast mode,
 #: 2 mm) recovers about half of the planted regional difference (measured on 6 phantoms:
 #: frontal/cerebellar log-ratio difference 0.14 estimated vs 0.29 true at 0.15).
@@ -367,7 +367,7 @@ def generate_demo(
     ``effect_size`` (0.2)
         relative GM difference planted between ketamine responders and non-responders
         (frontal +, cerebellar -; half as GM probability, half as local volume change, see
-        :func:`ketabids.phantom.simulate_subject`); 0 plants nothing.
+        :func:`ketabids.demo.phantom.simulate_subject`); 0 plants nothing.
     ``ketamine_response_rate`` (0.45) / ``saline_response_rate`` (0.2)
         exact shares of responders (MADRS drop >= 50 % at 24 h) per arm.
     ``resolution`` (2.0)

@@ -5,7 +5,7 @@
 * :func:`extract_brain`: the subject (head with skull, scalp and neck, or an already
   skull-stripped brain) is registered to the brain-only template with the metric restricted to
   the template brain mask dilated by ``DILATE_MM`` (so skull and neck do not pull), affine + SyN
-  (:func:`ketabids.registration.register_to_template`); the template brain mask is carried back
+  (:func:`ketabids.anat.registration.register_to_template`); the template brain mask is carried back
   through the inverse transform (linear, threshold 0.5), then holes filled and the largest
   component kept. The same registration is returned so it can be reused for normalisation.
 * Already skull-stripped input is detected *before* registration: the foreground (voxels above
@@ -20,8 +20,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ketabids.antsutil import ants_env, make_image, to_ants
-from ketabids.registration import apply_to_native, check_mode, register_to_template
+from ketabids.anat.antsutil import ants_env, make_image, to_ants
+from ketabids.anat.registration import apply_to_native, check_mode, register_to_template
 
 DILATE_MM = 8.0
 STRIPPED_MAX_ML = 2300.0
@@ -118,7 +118,7 @@ def detect_skull_stripped(img: nib.Nifti1Image) -> tuple[bool, dict]:
 def _dilated_template_mask(template, resolution: float):
     import ants
 
-    from ketabids.registration import template_on_grid
+    from ketabids.anat.registration import template_on_grid
 
     m = template_on_grid(template.mask, resolution, interp="nearest")
     radius = max(1, int(round(DILATE_MM / resolution)))
@@ -131,12 +131,12 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
 
     Returns ``(mask, info, registration)``: uint8 mask on ``img``'s grid; ``info`` with
     ``skull_stripped_input`` (bool), the detection evidence, ``brain_ml`` and ``mode``;
-    ``registration``: the :class:`~ketabids.registration.RegistrationResult` of the
+    ``registration``: the :class:`~ketabids.anat.registration.RegistrationResult` of the
     affine + SyN registration used (reuse it for normalisation and prior warping).
     """
     check_mode(mode)
     stripped, evidence = detect_skull_stripped(img)
-    from ketabids.registration import SETTINGS
+    from ketabids.anat.registration import SETTINGS
 
     res = SETTINGS[mode]["resolution"]
     if stripped:

@@ -38,7 +38,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ketabids.antsutil import ants_env, to_ants, to_nib
+from ketabids.anat.antsutil import ants_env, to_ants, to_nib
 from ketabids.errors import UsageError
 
 MODES = ("default", "fast")

@@ -460,7 +460,7 @@ def _derivative_description(name: str) -> dict:
             {
                 "Name": "ketabids",
                 "Version": __version__,
-                "Description": "ketabids.phantom.write_synthetic_derivatives: synthetic "
+                "Description": "ketabids.demo.phantom.write_synthetic_derivatives: synthetic "
                 "template-space VBM maps with a planted effect (no imaging was run)",
             }
         ],
@@ -556,7 +556,7 @@ def write_synthetic_derivatives(
                 "Modulation": "jacobian",
                 "SoftwareVersion": __version__,
                 "Sources": [f"bids:raw:{sub}/anat/{sub}_T1w.nii.gz"],
-                "Description": "Synthetic Jacobian-modulated GM map (ketabids.phantom)",
+                "Description": "Synthetic Jacobian-modulated GM map (ketabids.demo.phantom)",
             },
         )
         vols = template_volumes(gm, template, head_scale=scale, age=age)

@@ -19,8 +19,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ketabids.antsutil import make_image
-from ketabids.registration import RegistrationResult, apply_to_template, jacobian_determinant
+from ketabids.anat.antsutil import make_image
+from ketabids.anat.registration import RegistrationResult, apply_to_template, jacobian_determinant
 
 
 def _vox_ml(img):
@@ -36,7 +36,7 @@ def modulate(native_probseg, result: RegistrationResult, template_img, *, jacobi
     """Warp a native probability map to ``template_img``'s grid and modulate it.
 
     ``template_img``: any template map on the output grid (e.g. ``template.gm`` of the chosen
-    resolution). ``jacobian``: a precomputed :func:`~ketabids.registration.jacobian_determinant`
+    resolution). ``jacobian``: a precomputed :func:`~ketabids.anat.registration.jacobian_determinant`
     on that grid (computed here if None; pass it to share it between GM and WM).
     Returns ``(unmodulated, modulated)`` float32 images; negative determinants (folding) are
     clipped to 0.
@@ -76,16 +76,12 @@ def regional_volumes(modulated_gm, atlas_img, labels: pd.DataFrame) -> pd.DataFr
     map's grid if needed). ``labels``: DataFrame with columns ``index`` and ``name`` (BIDS
     ``dseg.tsv``). Returns columns ``index, name, gm_ml`` (one row per label, 0 if absent).
     """
-    gm = _load(modulated_gm)
-    atlas = _load(atlas_img)
-    if atlas.shape[:3] != gm.shape[:3] or not np.allclose(atlas.affine, gm.affine, atol=1e-3):
-        from nilearn.image import resample_to_img
+    from ketabids.anat.atlas import labels_on_grid
 
-        atlas = resample_to_img(atlas, gm, interpolation="nearest", force_resample=True,
-                                copy_header=True)
+    gm = _load(modulated_gm)
+    a = labels_on_grid(_load(atlas_img), gm.shape[:3], gm.affine)
     if not {"index", "name"} <= set(labels.columns):
         raise ValueError("labels table needs columns 'index' and 'name'")
-    a = np.rint(np.asarray(atlas.dataobj)).astype(np.int64)
     g = np.asarray(gm.dataobj, dtype=np.float64)
     vox = _vox_ml(gm)
     idx = labels["index"].astype(int).to_numpy()
@@ -110,11 +106,11 @@ def run_t1w(t1w, template, *, output_template=None, mode: str = "default", seed:
     """
     import time
 
-    from ketabids.antsutil import ants_env
-    from ketabids.brain import N4_GRID_MM, extract_brain, n4_bias_correct
-    from ketabids.conform import conform_t1w
-    from ketabids.registration import apply_to_native, check_mode
-    from ketabids.segmentation import segment_tissues
+    from ketabids.anat.antsutil import ants_env
+    from ketabids.anat.brain import N4_GRID_MM, extract_brain, n4_bias_correct
+    from ketabids.anat.conform import conform_t1w
+    from ketabids.anat.registration import apply_to_native, check_mode
+    from ketabids.anat.segmentation import segment_tissues
 
     check_mode(mode)
     timings = {} if timings is None else timings

@@ -12,7 +12,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from ketabids.antsutil import ants_env, make_image, to_ants
+from ketabids.anat.antsutil import ants_env, make_image, to_ants
 
 CLASSES = ("CSF", "GM", "WM")  # label values 1, 2, 3
 

@@ -1,4 +1,4 @@
-"""BIDS dataset queries and the derivative dataset's description.
+"""BIDS dataset queries (the input side; derivative names and descriptions: ``derivatives``).
 
 Everything that touches the input dataset goes through pybids here (no globbing ``sub-*``), and
 nothing in this module writes into BIDS_DIR.
@@ -10,7 +10,6 @@ import logging
 import os
 from pathlib import Path
 
-from ketabids import __version__
 from ketabids.errors import (
     BadDataError,
     MissingInputError,
@@ -21,24 +20,11 @@ from ketabids.errors import (
 from ketabids.io import atomic_write_text
 
 LOGGER = logging.getLogger("ketabids")
-BIDS_VERSION = "1.10.0"
-CODE_URL = "https://github.com/ketabids/ketabids"
 
 #: Default pybids query for the T1w image of one subject (sMRIPrep's convention).
 DEFAULT_T1W_QUERY = {"datatype": "anat", "suffix": "T1w", "extension": [".nii", ".nii.gz"]}
 
 
-DERIVATIVE_README = """\
-ketabids {version} derivatives
-==============================
-
-Participant level (sub-*/): conformed and bias-corrected T1w, brain mask, GM/WM/CSF probability
-maps and hard labels, template-space T1w and GM/WM maps (unmodulated and Jacobian-modulated VBM
-maps), transforms, tissue volumes (desc-volumes_morph.tsv) and one HTML QC report per subject.
-Group level (group/): nested cross-validation results, saved models and predictions, with HTML
-reports. Crash logs of failed subjects are under logs/.
-See https://doi.org/10.1038/s41398-026-04085-4 for the study ketabids implements.
-"""
 
 
 def check_bids_dir(bids_dir: str | os.PathLike) -> Path:
@@ -191,65 +177,3 @@ def select_subjects(layout, *, labels=None, sessions=None, filters=None) -> list
             f"(query {query}); check --participant-label, --session-label and --bids-filter-file"
         )
     return selected
-
-
-def container_info() -> dict | None:
-    """The container the app runs in, for GeneratedBy (Docker, Apptainer/Singularity or None)."""
-    if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
-        return {"Type": "apptainer", "URI": os.environ.get("APPTAINER_CONTAINER")
-                or os.environ.get("SINGULARITY_CONTAINER")}
-    if os.environ.get("KETABIDS_DOCKER_TAG") or Path("/.dockerenv").exists():
-        return {"Type": "docker", "Tag": os.environ.get("KETABIDS_DOCKER_TAG",
-                                                         f"ketabids/ketabids:{__version__}")}
-    return None
-
-
-def derivative_description(bids_dir: Path) -> dict:
-    """The ``dataset_description.json`` content of the ketabids derivative dataset."""
-    generated_by = {"Name": "ketabids", "Version": __version__, "CodeURL": CODE_URL}
-    container = container_info()
-    if container:
-        generated_by["Container"] = container
-    source = {"URL": bids_dir.as_uri()}
-    try:
-        raw = json.loads((bids_dir / "dataset_description.json").read_text())
-        if raw.get("DatasetDOI"):
-            source = {"DOI": raw["DatasetDOI"], "URL": bids_dir.as_uri()}
-        if raw.get("BIDSVersion"):
-            source["Version"] = str(raw["BIDSVersion"])
-    except (OSError, json.JSONDecodeError):
-        pass
-    return {
-        "Name": "ketabids: VBM derivatives and ketamine-response predictions",
-        "BIDSVersion": BIDS_VERSION,
-        "DatasetType": "derivative",
-        "GeneratedBy": [generated_by],
-        "SourceDatasets": [source],
-        "HowToAcknowledge": "Cite the ketabids paper (doi:10.1038/s41398-026-04085-4) and the "
-        "software it uses (ANTs, Nipype, nilearn, scikit-learn).",
-    }
-
-
-def write_derivative_description(output_dir: str | os.PathLike, bids_dir: str | os.PathLike) -> Path:
-    """Write OUTPUT_DIR/dataset_description.json atomically (safe for parallel jobs).
-
-    Identical content is left untouched; a description written by another ketabids version is
-    replaced, with a warning, since outputs of mixed versions should not be mixed.
-    """
-    output_dir, bids_dir = Path(output_dir), Path(bids_dir)
-    path = output_dir / "dataset_description.json"
-    content = derivative_description(bids_dir)
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-            old_version = old.get("GeneratedBy", [{}])[0].get("Version")
-            if old_version and old_version != __version__:
-                LOGGER.warning(
-                    "%s was written by ketabids %s; this is %s: do not mix outputs of "
-                    "different versions in one folder", path, old_version, __version__,
-                )
-        except (OSError, json.JSONDecodeError, IndexError, AttributeError):
-            pass
-    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=False) + "\n")
-    atomic_write_text(output_dir / "README", DERIVATIVE_README.format(version=__version__))
-    return path

@@ -25,7 +25,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from ketabids.antsutil import make_image
+from ketabids.anat.antsutil import make_image
 from ketabids.errors import BadDataError
 
 

@@ -16,6 +16,17 @@ import logging
 import time
 from pathlib import Path
 
+from ketabids.cli.app import (
+    RunResult,
+    _HelpFormatter,
+    _nonneg_int,
+    _Parser,
+    _positive_float,
+    _positive_int,
+    _setup_logging,
+    guarded,
+)
+from ketabids.cli.app import run as run_app
 from ketabids.errors import KetabidsError
 
 LOGGER = logging.getLogger("ketabids")
@@ -28,14 +39,14 @@ PUBLISHED = {
 }
 
 
-def _cli(argv: list[str]) -> None:
-    from ketabids.cli import main
-
+def _cli(argv: list[str]) -> dict:
+    """One ``ketabids`` command through the public :func:`ketabids.cli.app.run`; its summary."""
     LOGGER.info("ketabids %s", " ".join(argv))
-    code = main(argv)
-    if code != 0:
-        raise KetabidsError(f"demo step failed with exit code {code}: ketabids {' '.join(argv)}",
-                            exit_code=code)
+    result = run_app(argv)
+    if result.exit_code != 0:
+        raise KetabidsError(f"demo step failed with exit code {result.exit_code}: ketabids "
+                            f"{' '.join(argv)}", exit_code=result.exit_code)
+    return result.summary
 
 
 def _fmt(value, pct=True):
@@ -71,7 +82,7 @@ def _headline(summary: dict) -> dict:
 
 def run_demo(opts) -> dict:
     """Run the demo described in the module docstring; ``opts`` is the demo parser's namespace."""
-    from ketabids.demo import generate_demo
+    from ketabids.demo.cohort import generate_demo
 
     out = Path(opts.output_dir).expanduser().resolve()
     started = time.monotonic()
@@ -98,14 +109,14 @@ def run_demo(opts) -> dict:
 
     disc_bids, disc_out = out / "bids" / "discovery", out / "derivatives" / "discovery"
     summaries = {}
-    summaries["train"] = _run_group([str(disc_bids), str(disc_out), "group", *label,
+    summaries["train"] = _cli([str(disc_bids), str(disc_out), "group", *label,
                                      "--include", "arm=ketamine", "--site-column", "site",
                                      *protocol, *perms, *common])
     model = summaries["train"]["model"]
-    summaries["external"] = _run_group([str(out / "bids" / "external"),
+    summaries["external"] = _cli([str(out / "bids" / "external"),
                                         str(out / "derivatives" / "external"), "group",
                                         "--model", str(model), *label, *perms, *common])
-    summaries["saline"] = _run_group([str(disc_bids), str(disc_out), "group", "--model",
+    summaries["saline"] = _cli([str(disc_bids), str(disc_out), "group", "--model",
                                       str(model), *label, "--include", "arm=saline", *perms,
                                       *common])
     rows = {
@@ -125,7 +136,7 @@ def run_demo(opts) -> dict:
 def _n_outer(participants) -> int:
     """The study's 10 outer folds, or fewer when the smaller class of a small demo's ketamine
     arm has fewer members (stratified folds need one per fold)."""
-    from ketabids.phantom import is_responder
+    from ketabids.demo.phantom import is_responder
 
     ketamine = participants[participants["arm"] == "ketamine"]
     responders = is_responder(ketamine["madrs_pre"].to_numpy(), ketamine["madrs_24h"].to_numpy())
@@ -133,11 +144,49 @@ def _n_outer(participants) -> int:
     return max(2, min(10, smallest))
 
 
-def _run_group(argv: list[str]) -> dict:
-    """Run a group-level command through the CLI parser and return its summary."""
-    from ketabids.cli import _check_options, _run_bids_app, get_parser
+def get_demo_parser() -> argparse.ArgumentParser:
+    """Parser of ``ketabids demo OUTPUT_DIR``."""
+    parser = _Parser(
+        prog="ketabids demo",
+        description="Generate a synthetic ketamine study (discovery cohort with ketamine and "
+        "saline arms, external cohort from another scanner) and run the whole protocol on it: "
+        "participant level, training on the discovery ketamine arm, prediction on the external "
+        "cohort and on the saline arm.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path)
+    parser.add_argument("--n-discovery", type=_positive_int, default=40,
+                        help="discovery cohort size (both arms)")
+    parser.add_argument("--n-external", type=_positive_int, default=20,
+                        help="external cohort size (ketamine arm, another scanner)")
+    parser.add_argument("--saline-fraction", type=float, default=0.25,
+                        help="share of the discovery cohort in the saline (control) arm")
+    parser.add_argument("--null", action="store_true",
+                        help="negative control: labels independent of the images")
+    parser.add_argument("--effect-size", type=float, default=None,
+                        help="planted frontal/cerebellar GM effect (fraction; default: the "
+                        "generator's)")
+    parser.add_argument("--resolution", type=_positive_float, default=2.0, metavar="MM",
+                        help="voxel size of the synthetic T1w images")
+    parser.add_argument("--n-permutations", type=_nonneg_int, default=200,
+                        help="permutations for each p-value (training and both predictions)")
+    parser.add_argument("--nprocs", type=_positive_int, default=2,
+                        help="processes for generating the cohort, the participant level and "
+                        "the permutations (the defaults take about 8 minutes with 2)")
+    parser.add_argument("--seed", type=_nonneg_int, default=0,
+                        help="seeds the cohort, ANTs and the CV splits and permutations: the "
+                        "same seed gives the same images and results")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="only write the synthetic BIDS datasets and their ground truth")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    return parser
 
-    LOGGER.info("ketabids %s", " ".join(argv))
-    opts = get_parser().parse_args(argv)
-    _check_options(opts)
-    return _run_bids_app(opts)
+
+def run(argv: list[str]) -> RunResult:
+    """``ketabids demo OUTPUT_DIR [options]`` in this process."""
+    def _demo(argv):
+        opts = get_demo_parser().parse_args(argv)
+        _setup_logging(opts.verbose)
+        return run_demo(opts)
+
+    return guarded(_demo, list(argv))

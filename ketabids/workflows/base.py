@@ -29,7 +29,8 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketabids import __version__
-from ketabids.brain import N4_GRID_MM
+from ketabids.bids.derivatives import write_bidsignore, write_derivative_description
+from ketabids.anat.brain import N4_GRID_MM
 from ketabids.errors import (
     BadDataError,
     MissingInputError,
@@ -49,7 +50,7 @@ from ketabids.interfaces.anatomical import (
     WarpPriors,
 )
 from ketabids.interfaces.reports import AssembleReport, ReportSection
-from ketabids.registration import SETTINGS
+from ketabids.anat.registration import SETTINGS
 from ketabids.workflows import LiterateWorkflow as Workflow
 from ketabids.workflows.outputs import (
     init_ds_anat_wf,
@@ -60,9 +61,6 @@ from ketabids.workflows.outputs import (
 )
 
 LOGGER = logging.getLogger("ketabids")
-
-#: What ``.bidsignore`` at the output root hides from the BIDS validator (not in the spec yet).
-BIDSIGNORE = ["*_xfm.h5", "*_morph.tsv", "*_morph.json", "*.html", "logs/"]
 
 #: Seconds between two polls of Nipype's scheduler (its default, 2 s, idles short nodes).
 POLL_SLEEP_S = 0.02
@@ -107,7 +105,7 @@ def collect_t1w(layout, subjects, *, sessions=None, bids_filters=None) -> list[T
     order) is used and a warning names the others; ``bids_filters`` (``{"t1w": {...}}``, the
     ``--bids-filter-file`` format; a flat entity dict is accepted too) selects another.
     """
-    from ketabids.bids import t1w_query
+    from ketabids.bids.layout import t1w_query
 
     filters = bids_filters or {}
     if filters and "t1w" not in filters:
@@ -344,7 +342,7 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
     xfm_fields = ["forward_transforms", "inverse_transforms"]
 
     conform = pe.Node(Conform(), name="conform")
-    # the order of every step is that of ketabids.vbm.run_t1w (the reference pipeline)
+    # the order of every step is that of ketabids.anat.vbm.run_t1w (the reference pipeline)
     n4 = pe.Node(N4BiasCorrect(grid_mm=N4_GRID_MM[mode], omp_nthreads=omp_nthreads), name="n4",
                  n_procs=omp_nthreads, mem_gb=_MEM_GB["n4"])
     # brain extraction registers the head to the template (affine + SyN, metric restricted to
@@ -510,34 +508,6 @@ def configure_workflow(workflow, *, crashdump_dirs: dict[str, Path], default_cra
     return workflow
 
 
-def write_bidsignore(output_dir: Path) -> Path:
-    """``.bidsignore`` at the output root (kept lines of an existing one are preserved)."""
-    from ketabids.io import atomic_write_text
-
-    path = Path(output_dir) / ".bidsignore"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    for entry in BIDSIGNORE:
-        if entry not in lines:
-            lines.append(entry)
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
-
-
-def _write_description(output_dir: Path, bids_dir: Path) -> None:
-    try:
-        from ketabids.bids import write_derivative_description
-    except ImportError:  # pragma: no cover - the lead's module is always there
-        import json
-
-        from ketabids.io import atomic_write_text
-
-        atomic_write_text(output_dir / "dataset_description.json", json.dumps({
-            "Name": "ketabids", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
-            "GeneratedBy": [{"Name": "ketabids", "Version": __version__}]}, indent=2) + "\n")
-        return
-    write_derivative_description(output_dir, bids_dir)
-
-
 def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
                     sessions: list[str] | None, bids_filters: dict | None,
                     template: str = "MNI152NLin2009aSym", fast: bool = False,
@@ -587,7 +557,7 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
     plugin, plugin_args = plugin_settings(nprocs=nprocs, mem_gb=mem_gb, plugin_file=plugin_file)
 
     if layout is None:
-        from ketabids.bids import load_layout
+        from ketabids.bids.layout import load_layout
 
         layout = load_layout(bids_dir)
     subjects = [str(s).removeprefix("sub-") for s in (subjects or layout.get_subjects())]
@@ -597,7 +567,7 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
                           "(check --participant-label, --session-label, --bids-filter-file)")
     missing = sorted(set(subjects) - {i.subject for i in inputs})
 
-    _write_description(output_dir, bids_dir)
+    write_derivative_description(output_dir, bids_dir)
     write_bidsignore(output_dir)
 
     settings = {

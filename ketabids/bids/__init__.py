@@ -1,0 +1,1 @@
+"""BIDS: dataset queries, derivative names and descriptions, validation."""
