@@ -159,8 +159,8 @@ for _ref in REFERENCES.values():
 _FORM_RE = re.compile("|".join(sorted((re.escape(f) for f in _CITE_FORMS), key=len,
                                       reverse=True)))
 _PAREN_RE = re.compile(r"\(([^()]*)\)")
-_AUTHOR_YEAR_RE = re.compile(r"\b[A-Z][A-Za-zÀ-ÿ\-]+(?: et al\.| (?:&|and) [A-Z][A-Za-zÀ-ÿ\-]+)?,"
-                             r" (?:19|20)\d\d[a-z]?\b")
+_NAME = r"[A-Z][A-Za-zÀ-ÿ\-]+"
+_AUTHOR_YEAR_RE = re.compile(rf"\b{_NAME}(?: et al\.| (?:&|and) {_NAME})?, (?:19|20)\d\d[a-z]?\b")
 
 
 @dataclass(frozen=True)
@@ -301,8 +301,9 @@ def to_bibtex(keys) -> str:
             fields.append(("doi", ref.doi))
         if ref.url:
             fields.append(("url", ref.url))
-        body = ",\n".join(f"    {name} = {{{_bib_escape(value) if name not in ('doi', 'url') else value}}}"
-                          for name, value in fields)
+        body = ",\n".join(
+            f"    {name} = {{{value if name in ('doi', 'url') else _bib_escape(value)}}}"
+            for name, value in fields)
         blocks.append(f"@{ref.kind}{{{key},\n{body}\n}}")
     return "\n\n".join(blocks) + "\n"
 
@@ -313,8 +314,8 @@ def to_html(text: str, keys) -> str:
     for key in keys:
         ref = REFERENCES[key]
         link = ref.link()
-        anchor = (f' <a href="{html.escape(link)}">{html.escape("doi:" + ref.doi if ref.doi else link)}'
-                  "</a>") if link else ""
+        label = f"doi:{ref.doi}" if ref.doi else link
+        anchor = f' <a href="{html.escape(link)}">{html.escape(label)}</a>' if link else ""
         items.append(f"<li>{html.escape(_entry_text(ref))}{anchor}</li>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<title>ketabids: methods and references</title></head><body>\n"
@@ -385,8 +386,11 @@ def group_methods(settings: dict) -> str:
     if s["combat"]:
         steps.append("ComBat site harmonisation (Johnson et al., 2007; Fortin et al., 2018)")
     covs = list(s["covariates"] or [])
-    steps.append("regression on " + (" and ".join([", ".join(covs[:-1]), covs[-1]] if len(covs) > 1
-                                                   else covs) if covs else "the intercept (centring)"))
+    if len(covs) > 1:
+        steps.append(f"regression on {', '.join(covs[:-1])} and {covs[-1]}")
+    else:
+        steps.append(f"regression on {covs[0]}" if covs else
+                     "regression on the intercept (centring)")
     if s["standardize"]:
         steps.append("z-scoring of each voxel")
     text += ("Within every training fold, " + ", then ".join(steps) + " were fitted on the "
