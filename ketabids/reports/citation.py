@@ -63,8 +63,8 @@ class Reference:
 
 
 def _vancouver(author: str) -> str:
-    if "," not in author:
-        return author
+    if "," not in author:  # an organisation ("{...}" in BibTeX) or a single name
+        return author.strip("{}")
     family, given = (part.strip() for part in author.split(",", 1))
     initials = "".join(p[0] for p in re.split(r"[\s.\-]+", given) if p)
     return f"{family} {initials}"
@@ -96,7 +96,8 @@ REFERENCES: dict[str, Reference] = {r.key: r for r in (
        2009, "NeuroImage", "47 (Suppl. 1)", "S102", doi="10.1016/S1053-8119(09)70884-5",
        cite_as=("Fonov et al., 2009",)),
     _R("mni2011", ("Fonov, Vladimir", "Evans, Alan C.", "Botteron, Kelly", "Almli, C. Robert",
-                   "McKinstry, Robert C.", "Collins, D. Louis", "others"),
+                   "McKinstry, Robert C.", "Collins, D. Louis",
+                   "{Brain Development Cooperative Group}"),
        "Unbiased average age-appropriate atlases for pediatric studies", 2011, "NeuroImage",
        "54", "313-327", doi="10.1016/j.neuroimage.2010.07.033",
        cite_as=("Fonov et al., 2011", "Fonov et al., 2009")),
@@ -117,7 +118,10 @@ REFERENCES: dict[str, Reference] = {r.key: r for r in (
        "Frontiers in Neuroinformatics", "8", "14", doi="10.3389/fninf.2014.00014",
        cite_as=("Abraham et al., 2014",), mentions=("nilearn",)),
     _R("sklearn", ("Pedregosa, Fabian", "Varoquaux, Gael", "Gramfort, Alexandre",
-                   "Michel, Vincent", "Thirion, Bertrand", "Grisel, Olivier", "others"),
+                   "Michel, Vincent", "Thirion, Bertrand", "Grisel, Olivier",
+                   "Blondel, Mathieu", "Prettenhofer, Peter", "Weiss, Ron", "Dubourg, Vincent",
+                   "Vanderplas, Jake", "Passos, Alexandre", "Cournapeau, David",
+                   "Brucher, Matthieu", "Perrot, Matthieu", "Duchesnay, Edouard"),
        "Scikit-learn: machine learning in Python", 2011, "Journal of Machine Learning Research",
        "12", "2825-2830", url="https://jmlr.org/papers/v12/pedregosa11a.html",
        cite_as=("Pedregosa et al., 2011",), mentions=("scikit-learn",)),
