@@ -19,6 +19,8 @@ class ExitCode(IntEnum):
     BAD_DATA = 65
     NO_INPUT = 66
     CANT_CREATE = 73
+    INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
+    TERMINATED = 143  # 128 + SIGTERM (scheduler time limit, kill PID)
 
 
 class KetabidsError(Exception):
@@ -72,3 +74,30 @@ class OutputError(KetabidsError):
     """The output (or work) directory cannot be created or written."""
 
     exit_code = ExitCode.CANT_CREATE
+
+
+class OutputExistsError(OutputError):
+    """The destination (e.g. ``group/train``) exists and replacing it was not asked for."""
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGHUP arrived (raised by the handler :func:`ketabids.io.run_temp_dir` installs).
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so ``except Exception`` in the pipeline does
+    not swallow it and every ``finally`` on the way out runs; the command line prints one line
+    and exits with ``128 + signal`` (143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int = 15):
+        import signal
+
+        self.signum = int(signum)
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        super().__init__(f"terminated by {name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
