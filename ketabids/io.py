@@ -78,7 +78,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_TAG = re.compile(r"\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-")
+_TAG = re.compile(r"[.-](?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-")
 
 
 def _is_stale(path: Path, now: float | None = None) -> bool:
