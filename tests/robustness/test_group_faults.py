@@ -21,6 +21,7 @@ from .conftest import (
     FAST_GROUP,
     LABEL,
     assert_one_line_error,
+    files_under,
     fill,
     start_process,
     stray_files,
@@ -119,6 +120,7 @@ def test_retraining_does_not_replace_model(cli, trained, tmp_path):
     assert sha256_file(model) == before
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="issue 11: no --overwrite option to replace a model on "
                    "purpose")
 def test_retraining_with_overwrite_replaces_model(cli, trained, tmp_path):
@@ -169,7 +171,7 @@ def test_group_outputs_follow_umask(cli, trained, tmp_path):
 
 
 # --------------------------------------------------------------------------- finding 12
-def test_group_level_keeps_dataset_description(cli, study_copy, tmp_path):
+def test_group_level_keeps_dataset_description(cli, study_copy, tmp_path, tmpdir_env):
     bids, out = study_copy
     other_bids = tmp_path / "elsewhere" / "bids"  # the same data under another path
     shutil.copytree(bids, other_bids)
@@ -177,6 +179,7 @@ def test_group_level_keeps_dataset_description(cli, study_copy, tmp_path):
     res = cli(other_bids, out, "group", *LABEL, *FAST_GROUP)
     assert res.code == 0, res.err[-2000:]
     assert (out / "dataset_description.json").read_bytes() == before
+    assert files_under(tmpdir_env) == []  # a training leaves nothing in $TMPDIR
 
 
 # --------------------------------------------------------------------------- finding 14
@@ -230,7 +233,7 @@ def test_tampered_model_refused(cli, trained, tmp_path):
     assert not (trained["out"] / "group" / "predict-tampered").exists()
 
 
-def test_predictions_record_model_hash(cli, trained):
+def test_predictions_record_model_hash(cli, trained, tmpdir_env):
     res = cli(trained["bids"], trained["out"], "group", "--model", trained["model"],
               "--prediction-name", "hash", "--skip-bids-validation", "--n-permutations", "0")
     assert res.code == 0, res.err[-2000:]
@@ -238,6 +241,7 @@ def test_predictions_record_model_hash(cli, trained):
     meta = json.loads((folder / "metrics.json").read_text())
     assert meta["model_sha256"] == sha256_file(trained["model"])
     assert stray_files(trained["out"]) == []
+    assert files_under(tmpdir_env) == []
 
 
 def test_duplicate_participant_ids(cli, study_copy, tmp_path):
