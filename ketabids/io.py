@@ -2,7 +2,8 @@
 
 Files: write under a temporary name in the same folder, then ``os.replace`` (:func:`atomic_path`).
 Readers never see a half-written file, parallel jobs writing the same path never interleave, and
-a crash leaves at most a hidden ``.<name>.<host>-<pid>-*.tmp`` file, never a truncated output;
+a crash leaves at most a hidden ``.<name>.<host>-<pid>-*.tmp[.ext]`` file, never a truncated
+output;
 :func:`clean_stale` removes such leftovers of dead processes on the next run.
 
 Folders: :func:`staged_dir` builds a whole folder (a subject's derivatives, a group analysis)
@@ -139,14 +140,12 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ""):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # ".<name>.<host>-<pid>-<random>.tmp<suffix>": hidden, marked as temporary, its writer
+    # known (for clean_stale), and the extension last for writers that infer the format
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}-",
-                               suffix=suffix + ".tmp")
+                               suffix=".tmp" + suffix)
     os.close(fd)
     tmp = Path(tmp)
-    if suffix:  # let writers that check the extension see it last
-        final_tmp = tmp.with_name(tmp.name[: -len(".tmp")])
-        tmp.rename(final_tmp)
-        tmp = final_tmp
     try:
         yield tmp
         os.chmod(tmp, file_mode())

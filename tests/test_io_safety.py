@@ -123,8 +123,8 @@ def test_atomic_files_honour_umask(tmp_path, umask002):
 
 
 def test_clean_stale_removes_dead_writers_tmp_files(tmp_path):
-    dead = tmp_path / f".x.nii.gz.{_host()}-{_dead_pid()}-abcd.nii.gz.tmp"
-    mine = tmp_path / f".x.nii.gz.{io._owner_tag()}-efgh.nii.gz.tmp"
+    dead = tmp_path / f".x.nii.gz.{_host()}-{_dead_pid()}-abcd.tmp.nii.gz"
+    mine = tmp_path / f".x.nii.gz.{io._owner_tag()}-efgh.tmp.nii.gz"
     foreign_old = tmp_path / f".y.tsv.otherhost-12-ijkl.tmp"
     foreign_new = tmp_path / f".z.tsv.otherhost-13-mnop.tmp"
     keep = tmp_path / ".bidsignore"
@@ -139,9 +139,22 @@ def test_clean_stale_removes_dead_writers_tmp_files(tmp_path):
 
 def test_atomic_path_names_its_writer(tmp_path):
     with io.atomic_path(tmp_path / "a.nii.gz", suffix=".nii.gz") as tmp:
-        assert io._owner_tag() in tmp.name and tmp.name.endswith(".nii.gz")
+        assert io._owner_tag() in tmp.name and tmp.name.endswith(".tmp.nii.gz")
         tmp.write_bytes(b"x")
     assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]
+
+
+def test_leftover_of_a_killed_writer_is_cleaned(tmp_path):
+    """kill -9 while ``atomic_path`` is open: the hidden file stays; the next run removes it."""
+    code = ("import os, signal, sys\n"
+            "from ketabids import io\n"
+            f"with io.atomic_path({str(tmp_path / 'x.nii.gz')!r}, suffix='.nii.gz') as tmp:\n"
+            "    tmp.write_bytes(b'half')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", code])
+    left = list(tmp_path.iterdir())
+    assert len(left) == 1 and left[0].name.startswith(".x.nii.gz.")
+    assert io.clean_stale(tmp_path) == left and list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- locks
