@@ -19,8 +19,6 @@ class ExitCode(IntEnum):
     BAD_DATA = 65
     NO_INPUT = 66
     CANT_CREATE = 73
-    INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
-    TERMINATED = 143  # 128 + SIGTERM (scheduler time limit, kill PID)
 
 
 class KetabidsError(Exception):
@@ -85,7 +83,8 @@ class Terminated(BaseException):
 
     A ``BaseException`` like ``KeyboardInterrupt``, so ``except Exception`` in the pipeline does
     not swallow it and every ``finally`` on the way out runs; the command line prints one line
-    and exits with ``128 + signal`` (143 for SIGTERM).
+    and exits with ``128 + signal`` (143 for SIGTERM; the shell convention, so it is not an
+    :class:`ExitCode` member, which lists the codes of the Boutiques descriptor).
     """
 
     def __init__(self, signum: int = 15):
