@@ -72,3 +72,31 @@ class OutputError(KetabidsError):
     """The output (or work) directory cannot be created or written."""
 
     exit_code = ExitCode.CANT_CREATE
+
+
+class OutputExistsError(OutputError):
+    """The destination (e.g. ``group/train``) exists and replacing it was not asked for."""
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGHUP arrived (raised by the handler :func:`ketabids.io.run_temp_dir` installs).
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so ``except Exception`` in the pipeline does
+    not swallow it and every ``finally`` on the way out runs; the command line prints one line
+    and exits with ``128 + signal`` (143 for SIGTERM; the shell convention, so it is not an
+    :class:`ExitCode` member, which lists the codes of the Boutiques descriptor).
+    """
+
+    def __init__(self, signum: int = 15):
+        import signal
+
+        self.signum = int(signum)
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        super().__init__(f"terminated by {name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
