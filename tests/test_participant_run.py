@@ -113,7 +113,7 @@ def _toy_atlas(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from ketabids.workflows.base import run_participant
+    from ketabids.runner import run_participant
 
     base = tmp_path_factory.mktemp("participant")
     bids = make_phantom_bids(base / "bids", {"01": ["T1w", "run-2_T1w"], "02": ["T1w"],
@@ -149,7 +149,7 @@ def test_failing_subject_does_not_stop_the_others(run):
 def test_summary_names_each_failed_subject_and_its_crash_file(run, caplog):
     import logging
 
-    from ketabids.workflows.base import _log_summary
+    from ketabids.runner.participant import _log_summary
 
     with caplog.at_level(logging.INFO, logger="ketabids"):
         _log_summary(run["summary"], run["out"])
@@ -221,7 +221,7 @@ def test_report(run):
 
 
 def test_rerun_rewrites_nothing(run):
-    from ketabids.workflows.base import run_participant
+    from ketabids.runner import run_participant
 
     before = _mtimes(run["out"])
     with pytest.MonkeyPatch.context() as mp:
@@ -232,7 +232,7 @@ def test_rerun_rewrites_nothing(run):
 
 
 def test_deleted_outputs_come_back_on_rerun(run):
-    from ketabids.workflows.base import run_participant
+    from ketabids.runner import run_participant
 
     lost = run["out"] / "sub-01" / "anat" / f"sub-01_space-{TEMPLATE}_label-GM_probseg.nii.gz"
     report = run["out"] / "sub-03.html"
@@ -248,7 +248,7 @@ def test_deleted_outputs_come_back_on_rerun(run):
 
 _RUN_ONE = """
 import sys
-from ketabids.workflows.base import run_participant
+from ketabids.runner import run_participant
 s = run_participant(bids_dir=sys.argv[1], output_dir=sys.argv[2], work_dir=sys.argv[3],
                     subjects=["01"], sessions=None, bids_filters=None, fast=True, seed=11,
                     omp_nthreads=1)
@@ -321,7 +321,7 @@ def test_workflow_matches_run_t1w(run, tmp_path):
 def test_skull_stripped_input_is_reported(real_t1w_dir, tmp_path):
     """The stroke scan is a skull-stripped (and cropped) brain: the report says so and the
     T1w sidecars carry SkullStripped: true."""
-    from ketabids.workflows.base import run_participant
+    from ketabids.runner import run_participant
 
     scan = real_t1w_dir / "cstar-stroke_desc-brain_T1w.nii.gz"
     if not scan.is_file():

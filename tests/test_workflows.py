@@ -1,4 +1,5 @@
-"""Build-only tests of the participant workflow graph, input selection and run settings."""
+"""Build-only tests of the participant workflow graph, input selection, atlas resolution and
+run settings."""
 from __future__ import annotations
 
 import logging
@@ -8,16 +9,11 @@ import numpy as np
 import pytest
 
 from ketabids.errors import BadDataError, MissingInputError, UsageError
-from ketabids.workflows.base import (
-    Atlas,
-    T1wInput,
-    collect_t1w,
-    configure_workflow,
-    init_anat_wf,
-    init_participant_wf,
-    plugin_settings,
-    resolve_atlas,
-)
+from ketabids.anat.atlas import Atlas, resolve_atlas
+from ketabids.bids.layout import T1wInput, collect_t1w
+from ketabids.runner.config import configure_workflow, plugin_settings
+from ketabids.workflows.anatomical import init_anat_wf
+from ketabids.workflows.base import init_participant_wf
 
 ANAT_NODES = {
     "inputnode", "outputnode", "conform", "n4", "brain_extraction", "warp_priors", "brain_n4",
@@ -89,9 +85,9 @@ def test_participant_wf_builds(tmp_path, fast, atlas, sessions, template):
     assert report.inputs.methods.startswith("Results included in this report")
 
 
-def test_anat_wf_follows_run_t1w_order():
-    """The graph is ketabids.anat.vbm.run_t1w's order: head N4 -> brain extraction (whose
-    registration is reused by every warp) -> priors -> N4 inside the mask -> Atropos."""
+def test_anat_wf_step_order():
+    """The one step order: head N4 -> brain extraction (whose registration is reused by every
+    warp) -> priors -> N4 inside the mask -> Atropos."""
     wf = init_anat_wf(fast=True, seed=5, omp_nthreads=1)
 
     def sources(node_name, field):
@@ -112,6 +108,11 @@ def test_anat_wf_follows_run_t1w_order():
     assert sources("std_t1w", "in_file") == {("n4", "out_file")}  # desc-preproc = head N4
     assert wf.get_node("segmentation").inputs.seed == 5
     assert wf.get_node("brain_extraction").inputs.seed == 5
+    # the mode's numbers reach the steps that use them (ketabids.anat.settings), and only those
+    assert wf.get_node("n4").inputs.grid_mm == 12.0
+    assert wf.get_node("brain_n4").inputs.grid_mm == 12.0
+    for name in ("warp_priors", "std_t1w", "modulate"):
+        assert not {"mode", "seed"} & set(wf.get_node(name).inputs.copyable_trait_names())
 
 
 def test_anat_wf_outputs_connected():
@@ -161,23 +162,21 @@ def test_plugin_settings(tmp_path):
     bad.write_text("plugin_args: {n_procs: 2}\n")
     with pytest.raises(BadDataError, match="plugin:"):
         plugin_settings(plugin_file=bad)
-    with pytest.raises(MissingInputError):
-        plugin_settings(plugin_file=tmp_path / "missing.yml")
 
 
 def test_resolve_atlas(tmp_path):
-    assert resolve_atlas(None, None, template="MNI152NLin2009aSym", resolution=2) is None
+    assert resolve_atlas(None, None) is None
     image = tmp_path / "tpl-MNI152NLin2009aSym_atlas-Toy_dseg.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), "int16"), np.eye(4)), image)
     with pytest.raises(MissingInputError, match="--atlas-labels"):
-        resolve_atlas(str(image), None, template="MNI152NLin2009aSym", resolution=2)
+        resolve_atlas(str(image), None)
     (tmp_path / "tpl-MNI152NLin2009aSym_atlas-Toy_dseg.tsv").write_text("index\tname\n1\ta\n")
-    atlas = resolve_atlas(str(image), None, template="MNI152NLin2009aSym", resolution=2)
+    atlas = resolve_atlas(str(image), None)
     assert atlas.name == "Toy" and atlas.labels.endswith("_dseg.tsv")
-    with pytest.raises(MissingInputError, match="does not exist"):
-        resolve_atlas(str(tmp_path / "nope.nii.gz"), None, template="X", resolution=1)
-    with pytest.raises(MissingInputError, match="not a cached TemplateFlow atlas"):
-        resolve_atlas("NoSuchAtlas", None, template="MNI152NLin2009aSym", resolution=1)
+    other = tmp_path / "regions.tsv"
+    other.write_text("index\tname\n1\ta\n")
+    named = resolve_atlas(str(tmp_path / "my_toy-atlas.nii.gz"), str(other))
+    assert named.name == "mytoyatlas" and named.labels == str(other)
 
 
 def test_configure_workflow_is_local(tmp_path):
