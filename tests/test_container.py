@@ -275,8 +275,9 @@ def descriptor():
 
 @pytest.fixture(scope="module")
 def parser():
-    cli = pytest.importorskip("ketabids.cli.app", reason="ketabids/cli.py not there yet")
-    return cli.get_parser()
+    from ketabids.cli.parser import get_parser
+
+    return get_parser()
 
 
 def test_descriptor_is_package_data():
