@@ -18,7 +18,6 @@ from ketabids.errors import (
     OutputError,
     UsageError,
 )
-from ketabids.io import atomic_write_text
 
 LOGGER = logging.getLogger("ketabids")
 

@@ -1,7 +1,8 @@
 """A small BIDS-Derivatives data sink (niworkflows' ``DerivativesDataSink``, reduced).
 
-The output name is built from the BIDS *source file* (its ``sub-`` and ``ses-`` entities) plus
-the entities given as inputs, in the order of the BIDS schema::
+The output name (:func:`ketabids.bids.derivatives.derivative_relpath`) is built from the BIDS
+*source file* (its ``sub-`` and ``ses-`` entities) plus the entities given as inputs, in the order
+of the BIDS schema::
 
     sub-<label>[_ses-<label>][_from-<x>_to-<y>_mode-<m>][_space-<tpl>][_seg-<atlas>]
         [_label-<tissue>][_desc-<desc>]_<suffix><extension>
