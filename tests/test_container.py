@@ -129,6 +129,7 @@ def test_templateflow_prefetch_covers_what_templates_py_reads(monkeypatch):
             assert ("MNI152NLin2009cAsym", res, *item) in fetched, (res, item)
 
 
+@pytest.mark.slow
 def test_template_pregeneration_line_runs(tmp_path, monkeypatch):
     """The Dockerfile's get_template line (embedded default part) works and fills KETABIDS_CACHE."""
     steps = _instructions(DOCKERFILE.read_text())
