@@ -28,6 +28,7 @@ from ketabids.anat.settings import ProcessingSettings
 from ketabids.bids.derivatives import raw_uri
 from ketabids.bids.layout import T1wInput
 from ketabids.interfaces.reports import AssembleReport, ReportSection
+from ketabids.versions import software_versions
 from ketabids.workflows import LiterateWorkflow as Workflow
 from ketabids.workflows.anatomical import init_anat_wf
 from ketabids.workflows.outputs import (
@@ -36,6 +37,9 @@ from ketabids.workflows.outputs import (
     init_ds_template_wf,
     init_ds_volumes_wf,
 )
+
+#: Packages whose versions the report and methods text record (besides ketabids.versions.CORE).
+IMAGING_STACK = ("nipype", "antspyx", "pybids", "templateflow")
 
 
 def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
@@ -61,7 +65,8 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
         merge = pe.Node(niu.Merge(len(sections)), name=f"merge_{subject}",
                         run_without_submitting=True)
         report = pe.Node(AssembleReport(subject=subject, methods=methods,
-                                        settings=settings or {}, versions=software_versions()),
+                                        settings=settings or {},
+                                        versions=software_versions(*IMAGING_STACK)),
                          name=f"report_{subject}")
         ds_report_wf = init_ds_report_wf(output_dir=output_dir, subject=subject,
                                          name=f"ds_report_{subject}_wf")
@@ -138,10 +143,3 @@ def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
             (ds_volumes_wf, report_section, [("outputnode.regional", "regional")]),
         ])
     return workflow
-
-
-def software_versions() -> dict:
-    """Versions of the imaging stack, for the report and the methods text."""
-    from ketabids.versions import software_versions as _versions
-
-    return _versions("nipype", "antspyx", "pybids", "templateflow")
