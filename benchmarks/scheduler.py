@@ -70,7 +70,7 @@ def main(argv=None):
     import nipype  # noqa: F401  (sets Nipype's loggers; silenced below)
     from nipype.pipeline.plugins import MultiProcPlugin as NipypeMultiProc
 
-    from ketabids.workflows.multiproc import MultiProcPlugin as KetabidsMultiProc
+    from ketabids.runner.multiproc import MultiProcPlugin as KetabidsMultiProc
 
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)

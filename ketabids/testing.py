@@ -106,3 +106,46 @@ def rotated_rebiased(img, degrees: float = 10.0, bias: float = 0.15, pad: int = 
     data = np.clip(np.asarray(out.dataobj, np.float32), 0, None)
     x = np.linspace(-bias, bias, shape[0])[:, None, None]
     return make_image((data * (1 + x)).astype(np.float32), aff)
+
+
+def run_anat_wf(t1w, *, template: str = "MNI152NLin2009aSym", fast: bool = True,
+                seed: int | None = None, omp_nthreads: int = 1, base_dir, atlas=None) -> dict:
+    """Run THE anatomical workflow (:func:`ketabids.workflows.anatomical.init_anat_wf`) on one
+    T1w in this process (Nipype's Linear plugin) and return its outputs.
+
+    ``t1w``: a path or a nibabel image (saved to ``base_dir`` first). Returns the values of the
+    workflow's ``outputnode`` (file paths: ``t1w_preproc``, ``t1w_mask``, ``t1w_dseg``,
+    ``t1w_tpms``, ``std_mod``, ``volumes``, ...; ``regional`` with an atlas), plus ``runtime_s``: wall seconds of each node
+    (Nipype's runtime record of the node, keyed by node name).
+    """
+    import nibabel as nib
+
+    from ketabids.runner.config import itk_threads
+    from ketabids.workflows.anatomical import init_anat_wf
+
+    base_dir = Path(base_dir)
+    base_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(t1w, nib.spatialimages.SpatialImage):
+        path = base_dir / "sub-input_T1w.nii.gz"
+        nib.save(t1w, path)
+        t1w = path
+    workflow = init_anat_wf(template=template, fast=fast, atlas=atlas,
+                            omp_nthreads=omp_nthreads, seed=seed)
+    workflow.base_dir = str(base_dir)
+    workflow.inputs.inputnode.t1w = str(Path(t1w).resolve())
+    workflow.config["execution"].update({"crashdump_dir": str(base_dir),
+                                         "remove_unnecessary_outputs": False})
+    with itk_threads(omp_nthreads):
+        graph = workflow.run(plugin="Linear")
+    # Nipype drops identity nodes from the executed graph: read what feeds the outputnode
+    nodes = {node.name: node for node in graph.nodes()}
+    outputnode = workflow.get_node("outputnode")
+    outputs = {}
+    for source, _, data in workflow._graph.in_edges(outputnode, data=True):
+        values = nodes[source.name].result.outputs.get()
+        for source_field, field in data["connect"]:
+            outputs[field] = values[source_field]
+    outputs["runtime_s"] = {name: float(getattr(node.result.runtime, "duration", 0.0) or 0.0)
+                            for name, node in nodes.items()
+                            if name not in ("inputnode", "outputnode")}
+    return outputs

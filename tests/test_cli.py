@@ -37,7 +37,7 @@ def captured(monkeypatch):
         return _run
 
     import ketabids.group.run as group_run
-    import ketabids.workflows.base as participant
+    import ketabids.runner as participant
 
     monkeypatch.setattr(participant, "run_participant", recorder("participant"))
     monkeypatch.setattr(group_run, "run_group_train", recorder("train"))
@@ -65,6 +65,9 @@ def test_help_lists_every_option_once():
     (["a", "b"], ExitCode.USAGE),  # missing analysis level
     (["a", "b", "subject"], ExitCode.UNKNOWN_LEVEL),
     (["a", "b", "participant", "--nprocs", "0"], ExitCode.USAGE),
+    (["a", "b", "participant", "--omp-nthreads", "0"], ExitCode.USAGE),
+    (["a", "b", "participant", "--nipype-plugin-file", "/no/such.yml"], ExitCode.NO_INPUT),
+    (["a", "b", "participant", "--atlas", "/no/such_atlas.nii.gz"], ExitCode.NO_INPUT),
     (["a", "b", "participant", "--no-such-option"], ExitCode.USAGE),
     (["a", "b", "group", "--combat", "--target", "r"], ExitCode.USAGE),
     (["a", "b", "group", "--target", "r", "--response-from", "x", "y"], ExitCode.USAGE),
@@ -151,7 +154,7 @@ def test_participant_dispatch(dataset, tmp_path, captured):
 
 
 def test_failed_subjects_give_exit_1(dataset, tmp_path, monkeypatch):
-    import ketabids.workflows.base as participant
+    import ketabids.runner as participant
 
     monkeypatch.setattr(participant, "run_participant",
                         lambda **kw: {"succeeded": ["01"], "failed": ["02"]})

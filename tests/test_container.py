@@ -129,6 +129,7 @@ def test_templateflow_prefetch_covers_what_templates_py_reads(monkeypatch):
             assert ("MNI152NLin2009cAsym", res, *item) in fetched, (res, item)
 
 
+@pytest.mark.slow
 def test_template_pregeneration_line_runs(tmp_path, monkeypatch):
     """The Dockerfile's get_template line (embedded default part) works and fills KETABIDS_CACHE."""
     steps = _instructions(DOCKERFILE.read_text())
@@ -275,8 +276,9 @@ def descriptor():
 
 @pytest.fixture(scope="module")
 def parser():
-    cli = pytest.importorskip("ketabids.cli.app", reason="ketabids/cli.py not there yet")
-    return cli.get_parser()
+    from ketabids.cli.parser import get_parser
+
+    return get_parser()
 
 
 def test_descriptor_is_package_data():

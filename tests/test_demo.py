@@ -139,6 +139,7 @@ def test_orientation_is_consistent(tpl2, ras_subject, codes):
     assert np.array_equal(np.asarray(canon.dataobj), np.asarray(ref.t1w.dataobj))
 
 
+@pytest.mark.slow
 def test_planted_effect_survives_imaging(tpl2):
     """In the phantoms' template-space truth, responders have more frontal, less cerebellar GM."""
     regions = ph.effect_regions(tpl2)
@@ -208,6 +209,7 @@ def _files(folder):
     return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_demo_is_deterministic(tiny_demo):
     root, _ = tiny_demo
     files = _files(root / "a")
@@ -219,6 +221,7 @@ def test_demo_is_deterministic(tiny_demo):
     assert not [p for p in (root / "a").rglob(".*") if p.is_file()], "temporary files left"
 
 
+@pytest.mark.slow
 def test_demo_layout_and_metadata(tiny_demo):
     root, demo = tiny_demo
     base = root / "a"
@@ -257,6 +260,7 @@ def test_demo_layout_and_metadata(tiny_demo):
     assert set(demo.participants["discovery"].arm) == {"ketamine", "saline"}
 
 
+@pytest.mark.slow
 def test_demo_passes_bids_validator(tiny_demo):
     _, demo = tiny_demo
     for bids in demo.bids.values():
@@ -275,6 +279,7 @@ def test_demo_rejects_bad_options(tmp_path):
         dm.generate_demo(tmp_path, n_discovery=0)
 
 
+@pytest.mark.slow
 def test_demo_refuses_to_mix_demos(tmp_path, tiny_demo):
     from ketabids.errors import OutputError
 

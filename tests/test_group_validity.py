@@ -36,6 +36,7 @@ def make_cohort(seed, n=100, p=2400, effect=0.35, null=False, n_sites=0):
     return (10 * X).astype(np.float32), y, age[:, None], sites, labels
 
 
+@pytest.mark.slow
 def test_planted_effect_found():
     X, y, cov, _, labels = make_cohort(1)
     s = NestedCVSettings(n_repeats=3, random_state=1)
@@ -58,6 +59,7 @@ def test_planted_effect_found():
     assert acc >= 0.8
 
 
+@pytest.mark.slow
 def test_null_cohorts_chance_level_and_calibrated():
     s = NestedCVSettings(n_repeats=1, n_outer=5, n_inner=3,
                          C_grid=(2.0 ** -8, 2.0 ** -4, 1.0, 16.0), random_state=0)
@@ -73,6 +75,7 @@ def test_null_cohorts_chance_level_and_calibrated():
     assert (ps < 0.05).sum() <= 3, ps
 
 
+@pytest.mark.slow
 def test_within_site_permutation_and_combat():
     X, y, cov, sites, _ = make_cohort(5, n=90, p=600, n_sites=3)
     s = NestedCVSettings(n_repeats=1, n_outer=5, n_inner=3, C_grid=(2.0 ** -6, 1.0),

@@ -57,6 +57,7 @@ def test_simulate_template_gm_is_deterministic(tpl2):
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 def test_planted_effect_direction_and_size(tpl2):
     """Responders: more frontal, less cerebellar GM (t-test); ratio ~ (1+es/2)/(1-es/2)."""
     regions = ph.effect_regions(tpl2)
@@ -150,6 +151,7 @@ def synthetic(tmp_path_factory):
     return root, table, truth
 
 
+@pytest.mark.slow
 def test_write_synthetic_derivatives_layout(synthetic, tpl2):
     root, table, truth = synthetic
     deriv = root / "deriv"
@@ -178,6 +180,7 @@ def test_write_synthetic_derivatives_layout(synthetic, tpl2):
     assert on_disk["participant_id"].tolist() == truth["participant_id"].tolist()
 
 
+@pytest.mark.slow
 def test_synthetic_truth_follows_arm_and_madrs(synthetic):
     _, table, truth = synthetic
     merged = table.merge(truth, on=["participant_id", "arm"])
@@ -189,6 +192,7 @@ def test_synthetic_truth_follows_arm_and_madrs(synthetic):
     assert (resp == merged["responder"]).all()
 
 
+@pytest.mark.slow
 def test_synthetic_maps_carry_effect_in_ketamine_arm_only(synthetic, tpl2):
     root, table, truth = synthetic
     regions = ph.effect_regions(tpl2)
@@ -213,6 +217,7 @@ def test_synthetic_maps_carry_effect_in_ketamine_arm_only(synthetic, tpl2):
     assert abs(d_sal) < 0.5 * d_ket
 
 
+@pytest.mark.slow
 def test_null_option_gives_no_association(tmp_path, tpl2):
     table = ph.make_participants_table(50, seed=5)
     truth = ph.write_synthetic_derivatives(
@@ -271,6 +276,7 @@ def test_missing_participants_tsv_is_a_clear_error(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_synthetic_derivatives_pass_bids_validator(synthetic):
     exe = shutil.which("bids-validator-deno") or str(
         Path(__import__("sys").executable).parent / "bids-validator-deno"
@@ -307,6 +313,7 @@ def _cohort_features(tpl2, n, *, seed, site, site_effect, effect_size, prefix, s
     return np.asarray(X), np.asarray(y), table.arm.to_numpy()
 
 
+@pytest.mark.slow
 def test_default_effect_is_learnable_on_truth_maps(tpl2):
     """LinearSVC on template-space truth: discovery CV BAC >= 0.8, external (site C) >= 0.7,
     and a ketamine-trained model is at chance on the saline arm."""

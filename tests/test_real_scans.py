@@ -1,4 +1,4 @@
-"""End-to-end runs of every participant step (ketabids.anat.vbm.run_t1w), fast mode.
+"""End-to-end runs of the anatomical workflow (ketabids.testing.run_anat_wf), fast mode.
 
 1. A 2 mm phantom with skull, neck, rotation, bias and noise (ketabids.demo.phantom) against its
    ground truth, with thresholds appropriate to fast mode.
@@ -11,11 +11,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from ketabids.anat.antsutil import make_image
 from ketabids.templates import get_template
-from ketabids.testing import rotated_rebiased
+from ketabids.testing import rotated_rebiased, run_anat_wf
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-t1w"
 SCANS = {
@@ -23,6 +24,16 @@ SCANS = {
     "seg3d_T1w.nii.gz": False,
     "cstar-stroke_desc-brain_T1w.nii.gz": True,  # already skull-stripped
 }
+
+
+def _run(t1w, seed, base_dir) -> dict:
+    """The workflow's outputs: images loaded, volumes as a dict."""
+    out = run_anat_wf(t1w, fast=True, seed=seed, base_dir=base_dir)
+    loaded = {key: nib.load(out[key]) for key in ("t1w_preproc", "t1w_mask", "t1w_dseg")}
+    loaded["gm_mod"] = nib.load(out["std_mod"][0])
+    loaded["volumes"] = pd.read_csv(out["volumes"], sep="\t").iloc[0].to_dict()
+    loaded["skull_stripped"] = out["skull_stripped"]
+    return loaded
 
 
 def _dice(a, b):
@@ -39,11 +50,10 @@ def template2():
 def test_fast_mode_on_a_2mm_phantom(template2, tmp_path):
     from ketabids.demo import phantom
     from ketabids.anat.conform import conform_t1w
-    from ketabids.anat.vbm import run_t1w
 
     subject = phantom.simulate_subject(template2, seed=3, resolution=2.0, skull=True,
                                        orientation="LPS", max_rotation=8.0)
-    out = run_t1w(subject.t1w, template2, mode="fast", seed=3, out_dir=tmp_path)
+    out = _run(subject.t1w, 3, tmp_path)
 
     def conf(img):
         return np.asarray(conform_t1w(img)[0].dataobj)
@@ -51,9 +61,9 @@ def test_fast_mode_on_a_2mm_phantom(template2, tmp_path):
     gm, wm, csf = conf(subject.gm), conf(subject.wm), conf(subject.csf)
     stack = np.stack([csf, gm, wm])
     truth = np.where(stack.sum(0) >= 0.5, np.argmax(stack, 0) + 1, 0)
-    dseg = np.asarray(out["dseg"].dataobj)
-    assert not out["brain_info"]["skull_stripped_input"]
-    assert _dice(np.asarray(out["mask"].dataobj), conf(subject.brain_mask)) > 0.95
+    dseg = np.asarray(out["t1w_dseg"].dataobj)
+    assert not out["skull_stripped"]
+    assert _dice(np.asarray(out["t1w_mask"].dataobj), conf(subject.brain_mask)) > 0.95
     assert _dice(dseg == 2, truth == 2) > 0.80
     assert _dice(dseg == 3, truth == 3) > 0.80
     true_gm = subject.volumes["gm_ml"]
@@ -85,14 +95,11 @@ needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real scans not found
 
 
 @pytest.fixture(scope="module")
-def real_runs(template2, tmp_path_factory):
-    from ketabids.anat.vbm import run_t1w
-
+def real_runs(tmp_path_factory):
     results = {}
     for name in SCANS:
         img = _downsample(REAL / name)
-        results[name] = run_t1w(img, template2, mode="fast", seed=1,
-                                out_dir=tmp_path_factory.mktemp(name[:5]))
+        results[name] = _run(img, 1, tmp_path_factory.mktemp(name[:5]))
     return results
 
 
@@ -102,7 +109,7 @@ def real_runs(template2, tmp_path_factory):
 def test_real_scan_volumes_are_plausible(real_runs, name):
     out = real_runs[name]
     vols = out["volumes"]
-    assert out["brain_info"]["skull_stripped_input"] is SCANS[name]
+    assert out["skull_stripped"] is SCANS[name]
     # GM share of the intracranial volume; GM/(GM+WM) of these young-adult scans measures
     # ~0.61-0.63 here (ICBM priors, Atropos), so only a wide plausibility band for it
     assert 0.35 <= vols["gm_ml"] / vols["tiv_ml"] <= 0.55, vols
@@ -114,18 +121,16 @@ def test_real_scan_volumes_are_plausible(real_runs, name):
     # the brain mask lies inside the head foreground
     from ketabids.anat.brain import head_foreground
 
-    mask = np.asarray(out["mask"].dataobj) > 0
-    assert (mask & ~head_foreground(out["preproc"])).sum() < 0.02 * mask.sum()
+    mask = np.asarray(out["t1w_mask"].dataobj) > 0
+    assert (mask & ~head_foreground(out["t1w_preproc"])).sum() < 0.02 * mask.sum()
 
 
 @needs_real
 @pytest.mark.slow
-def test_real_scan_rotated_resampled_rebiased_gives_same_volumes(real_runs, template2, tmp_path):
-    from ketabids.anat.vbm import run_t1w
-
+def test_real_scan_rotated_resampled_rebiased_gives_same_volumes(real_runs, tmp_path):
     name = "aomic-piop2_sub-0001_T1w.nii.gz"
     moved = rotated_rebiased(_downsample(REAL / name))
-    out = run_t1w(moved, template2, mode="fast", seed=1, out_dir=tmp_path)
+    out = _run(moved, 1, tmp_path)
     ref = real_runs[name]["volumes"]
     for key in ("tiv_ml", "gm_ml"):
         assert out["volumes"][key] == pytest.approx(ref[key], rel=0.03), (key, out["volumes"], ref)

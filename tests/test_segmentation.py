@@ -67,6 +67,7 @@ for _ in range(2):
 """
 
 
+@pytest.mark.slow
 def test_seeded_single_thread_segmentation_is_bit_identical():
     """ITK threads are fixed per process: run in a fresh process with 1 thread."""
     import os

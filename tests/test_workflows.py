@@ -1,4 +1,4 @@
-"""Build-only tests of the participant workflow graph, input selection and run settings."""
+"""Build-only tests of the participant workflow graph, input selection and atlas resolution."""
 from __future__ import annotations
 
 import logging
@@ -7,17 +7,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ketabids.errors import BadDataError, MissingInputError, UsageError
-from ketabids.workflows.base import (
-    Atlas,
-    T1wInput,
-    collect_t1w,
-    configure_workflow,
-    init_anat_wf,
-    init_participant_wf,
-    plugin_settings,
-    resolve_atlas,
-)
+from ketabids.errors import MissingInputError
+from ketabids.anat.atlas import Atlas, resolve_atlas
+from ketabids.bids.layout import T1wInput, collect_t1w
+from ketabids.workflows.anatomical import init_anat_wf
+from ketabids.workflows.base import init_participant_wf
 
 ANAT_NODES = {
     "inputnode", "outputnode", "conform", "n4", "brain_extraction", "warp_priors", "brain_n4",
@@ -89,9 +83,9 @@ def test_participant_wf_builds(tmp_path, fast, atlas, sessions, template):
     assert report.inputs.methods.startswith("Results included in this report")
 
 
-def test_anat_wf_follows_run_t1w_order():
-    """The graph is ketabids.anat.vbm.run_t1w's order: head N4 -> brain extraction (whose
-    registration is reused by every warp) -> priors -> N4 inside the mask -> Atropos."""
+def test_anat_wf_step_order():
+    """The one step order: head N4 -> brain extraction (whose registration is reused by every
+    warp) -> priors -> N4 inside the mask -> Atropos."""
     wf = init_anat_wf(fast=True, seed=5, omp_nthreads=1)
 
     def sources(node_name, field):
@@ -112,6 +106,11 @@ def test_anat_wf_follows_run_t1w_order():
     assert sources("std_t1w", "in_file") == {("n4", "out_file")}  # desc-preproc = head N4
     assert wf.get_node("segmentation").inputs.seed == 5
     assert wf.get_node("brain_extraction").inputs.seed == 5
+    # the mode's numbers reach the steps that use them (ketabids.anat.settings), and only those
+    assert wf.get_node("n4").inputs.grid_mm == 12.0
+    assert wf.get_node("brain_n4").inputs.grid_mm == 12.0
+    for name in ("warp_priors", "std_t1w", "modulate"):
+        assert not {"mode", "seed"} & set(wf.get_node(name).inputs.copyable_trait_names())
 
 
 def test_anat_wf_outputs_connected():
@@ -146,55 +145,16 @@ def test_collect_t1w_runs_sessions_and_filters(tmp_path, caplog):
     assert [(f.session, f.key) for f in only_b] == [("B", "02_ses-B")]
 
 
-def test_plugin_settings(tmp_path):
-    assert plugin_settings(nprocs=1) == ("Linear", {})
-    assert plugin_settings(nprocs=3, mem_gb=6) == (
-        "MultiProc", {"n_procs": 3, "raise_insufficient": False, "memory_gb": 6.0})
-    good = tmp_path / "plugin.yml"
-    good.write_text("plugin: MultiProc\nplugin_args:\n  n_procs: 2\n  memory_gb: 4\n")
-    assert plugin_settings(nprocs=8, plugin_file=good) == ("MultiProc",
-                                                           {"n_procs": 2, "memory_gb": 4})
-    bad = tmp_path / "bad.yml"
-    bad.write_text("plugin: NoSuchThing\n")
-    with pytest.raises(UsageError, match="unknown Nipype plugin"):
-        plugin_settings(plugin_file=bad)
-    bad.write_text("plugin_args: {n_procs: 2}\n")
-    with pytest.raises(BadDataError, match="plugin:"):
-        plugin_settings(plugin_file=bad)
-    with pytest.raises(MissingInputError):
-        plugin_settings(plugin_file=tmp_path / "missing.yml")
-
-
 def test_resolve_atlas(tmp_path):
-    assert resolve_atlas(None, None, template="MNI152NLin2009aSym", resolution=2) is None
+    assert resolve_atlas(None, None) is None
     image = tmp_path / "tpl-MNI152NLin2009aSym_atlas-Toy_dseg.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), "int16"), np.eye(4)), image)
     with pytest.raises(MissingInputError, match="--atlas-labels"):
-        resolve_atlas(str(image), None, template="MNI152NLin2009aSym", resolution=2)
+        resolve_atlas(str(image), None)
     (tmp_path / "tpl-MNI152NLin2009aSym_atlas-Toy_dseg.tsv").write_text("index\tname\n1\ta\n")
-    atlas = resolve_atlas(str(image), None, template="MNI152NLin2009aSym", resolution=2)
+    atlas = resolve_atlas(str(image), None)
     assert atlas.name == "Toy" and atlas.labels.endswith("_dseg.tsv")
-    with pytest.raises(MissingInputError, match="does not exist"):
-        resolve_atlas(str(tmp_path / "nope.nii.gz"), None, template="X", resolution=1)
-    with pytest.raises(MissingInputError, match="not a cached TemplateFlow atlas"):
-        resolve_atlas("NoSuchAtlas", None, template="MNI152NLin2009aSym", resolution=1)
-
-
-def test_configure_workflow_is_local(tmp_path):
-    from nipype import config as nipype_config
-
-    before = {s: dict(nipype_config._sections[s]) for s in nipype_config._sections}
-    wf = init_participant_wf(inputs=_inputs(False), output_dir=tmp_path, bids_dir="/bids")
-    logs = tmp_path / "logs"
-    configure_workflow(wf, crashdump_dirs={"single_subject_01_wf": logs / "sub-01",
-                                           "single_subject_02_wf": logs / "sub-02"},
-                       default_crashdump=logs)
-    node = wf.get_node("single_subject_02_wf").get_node("anat_wf").get_node("conform")
-    assert node.config["execution"]["crashdump_dir"] == str(logs / "sub-02")
-    assert node.config["execution"]["hash_method"] == "content"
-    assert node.config["execution"]["remove_unnecessary_outputs"] is False
-    assert wf.get_node("report_01").config["execution"]["crashdump_dir"] == str(logs)
-    # the scheduler polls often enough for 1-3 s nodes (Nipype's default is 2 s)
-    assert float(wf.config["execution"]["poll_sleep_duration"]) <= 0.2
-    after = {s: dict(nipype_config._sections[s]) for s in nipype_config._sections}
-    assert after == before  # Nipype's global configuration untouched
+    other = tmp_path / "regions.tsv"
+    other.write_text("index\tname\n1\ta\n")
+    named = resolve_atlas(str(tmp_path / "my_toy-atlas.nii.gz"), str(other))
+    assert named.name == "mytoyatlas" and named.labels == str(other)

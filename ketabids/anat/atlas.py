@@ -1,13 +1,48 @@
-"""Atlases in template space: the one reader of label tables and label images, and the one
-resampler of labels onto another grid (used by regional volumes and the group region table)."""
+"""Atlases in template space: ``--atlas`` resolution (:func:`resolve_atlas`), the one reader of
+label tables and label images, and the one resampler of labels onto another grid (used by
+regional volumes and the group region table)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from ketabids.errors import BadDataError
+from ketabids.errors import BadDataError, MissingInputError
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """An atlas in template space: labels image, label table and the ``seg-`` name."""
+
+    name: str
+    image: str
+    labels: str
+
+
+def resolve_atlas(atlas, atlas_labels=None) -> Atlas | None:
+    """``--atlas`` (a NIfTI label image in template space) and its label table: ``--atlas-labels``
+    or the TSV next to the image with the same stem. The ``seg-`` name is the ``atlas-`` entity
+    of the file name, else its stem's letters and digits.
+
+    >>> resolve_atlas(None) is None
+    True
+    """
+    if not atlas:
+        return None
+    path = Path(atlas)
+    stem = path.name.split(".")[0]
+    labels = Path(atlas_labels) if atlas_labels else path.with_name(stem + ".tsv")
+    if not labels.is_file():
+        raise MissingInputError(
+            f"{labels}: atlas label table not found; give --atlas-labels TSV with columns "
+            "index and name")
+    name = next((p.split("-", 1)[1] for p in stem.split("_") if p.startswith("atlas-")),
+                None) or "".join(ch for ch in stem if ch.isalnum()) or "atlas"
+    return Atlas(name=name, image=str(path.resolve()), labels=str(labels.resolve()))
 
 
 def read_atlas_labels(path) -> pd.DataFrame:

@@ -33,7 +33,7 @@ def _bad(path, problem, fix):
     return BadDataError(f"{path}: {problem}; {fix}")
 
 
-def _choose_affine(img, path, notes):
+def _choose_affine(img, notes):
     header = img.header
     qform, qcode = img.get_qform(coded=True)
     sform, scode = img.get_sform(coded=True)
@@ -88,7 +88,7 @@ def conform_t1w(in_file) -> tuple[nib.Nifti1Image, dict]:
         raise _bad(name, f"is not a 3D volume (shape {shape})",
                    "give a 3D T1w volume, not a 2D slice")
 
-    affine, source = _choose_affine(img, name, notes)
+    affine, source = _choose_affine(img, notes)
     try:
         data = np.asanyarray(img.dataobj)  # applies scl_slope / scl_inter
     except Exception as exc:

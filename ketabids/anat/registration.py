@@ -8,11 +8,12 @@ the subject grid (``apply_to_native``). Both are written as ANTs composite HDF5 
 ``from-<TPL>_to-T1w_mode-image_xfm.h5`` (inverse), each holding the affine and the SyN field
 (and any initial transform), readable by ``antsApplyTransforms`` and ``ants.apply_transforms``.
 
-The registration always runs on grids of ``SETTINGS[mode]["resolution"]`` mm: the template and
+The registration always runs on grids of ``registration_mm`` mm
+(:class:`~ketabids.anat.settings.ProcessingSettings` of the mode): the template and
 (when finer) the subject are resampled to it, so both get the same shrink/smoothing per level.
 Transforms live in world coordinates, so they apply to the full-resolution images unchanged.
 
-Modes (see :data:`SETTINGS`); the affine stage is the one antspyx runs before SyN
+Modes (numbers in :class:`~ketabids.anat.settings.ProcessingSettings`); the affine stage is the one antspyx runs before SyN
 (:data:`AFFINE_STAGE`: Mattes MI, up to 2100x1200x1200x0 iterations at shrink factors
 4x2x2x1 of the registration grid; antspyx ignores its ``aff_*`` arguments for ``"SyN"``):
 
@@ -39,26 +40,7 @@ import nibabel as nib
 import numpy as np
 
 from ketabids.anat.antsutil import ants_env, to_ants, to_nib
-from ketabids.errors import UsageError
-
-MODES = ("default", "fast")
-
-#: registration settings per mode (passed to :func:`ants.registration`): registration grid
-#: (mm), SyN iterations per level (shrink factors 2^(n-1)..1 of that grid) and SyN metric
-SETTINGS = {
-    "default": {
-        "resolution": 2.0,
-        "reg_iterations": (100, 70, 50, 20),
-        "syn_metric": "mattes",
-        "syn_sampling": 32,
-    },
-    "fast": {
-        "resolution": 2.5,
-        "reg_iterations": (40, 20, 0),
-        "syn_metric": "mattes",
-        "syn_sampling": 32,
-    },
-}
+from ketabids.anat.settings import ProcessingSettings
 
 #: the affine stage antspyx (0.6) runs before SyN, whatever its ``aff_*`` arguments say
 #: (recorded in every registration's info)
@@ -69,12 +51,6 @@ AFFINE_STAGE = {
     "shrink_factors": (4, 2, 2, 1),
     "smoothing_sigmas_vox": (3, 2, 1, 0),
 }
-
-
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise UsageError(f"mode {mode!r}: use one of {', '.join(MODES)}")
-    return mode
 
 
 @dataclass
@@ -91,14 +67,6 @@ class RegistrationResult:
     inverse_transforms: list[Path]
     warped: nib.Nifti1Image
     info: dict = field(default_factory=dict)
-
-    @property
-    def forward_composite(self) -> Path:
-        return self.forward_transforms[0]
-
-    @property
-    def inverse_composite(self) -> Path:
-        return self.inverse_transforms[0]
 
 
 def template_on_grid(template_img, resolution: float, interp: str = "linear"):
@@ -149,9 +117,8 @@ def register_to_template(
     """
     import ants
 
-    check_mode(mode)
-    cfg = SETTINGS[mode]
-    res = cfg["resolution"]
+    settings = ProcessingSettings.for_mode(mode)
+    res = settings.registration_mm
     # every ITK call (resampling and conversions too) inside the block: ITK fixes its thread
     # count at the first ITK call of the process
     with ants_env(seed, omp_nthreads):
@@ -174,9 +141,9 @@ def register_to_template(
         prefix = str(out_dir / "reg_")
         kind = type_of_transform or "SyN"
         kwargs = dict(
-            reg_iterations=cfg["reg_iterations"],
-            syn_metric=cfg["syn_metric"],
-            syn_sampling=cfg["syn_sampling"],
+            reg_iterations=settings.reg_iterations,
+            syn_metric=settings.syn_metric,
+            syn_sampling=settings.syn_sampling,
         )
         init = None
         if initial_transform is not None:
@@ -202,7 +169,7 @@ def register_to_template(
         "mode": mode,
         "type_of_transform": kind,
         "resolution_mm": res,
-        "settings": {k: v for k, v in cfg.items()},
+        "settings": settings.registration_info(),
         # SyNOnly has no affine stage (its initial transform stands for it)
         "affine_stage": {"SyN": AFFINE_STAGE, "SyNOnly": None}.get(kind, "antspyx defaults"),
         "masked_metric": fixed_mask is not None,

@@ -40,9 +40,6 @@ def segment_tissues(img: nib.Nifti1Image, mask: nib.Nifti1Image, priors: dict, *
     box = _bbox(m)
     sub_aff = img.slicer[box].affine
 
-    def crop(x):
-        return make_image(np.asarray(x.dataobj, dtype=np.float32)[box], sub_aff)
-
     data = np.asarray(img.dataobj, dtype=np.float32)[box]
     mb = m[box]
     a_img = to_ants(make_image(np.where(mb, data, 0).astype(np.float32), sub_aff))

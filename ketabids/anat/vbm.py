@@ -1,4 +1,5 @@
-"""Voxel-based morphometry maps and volumes.
+"""Voxel-based morphometry maps and volumes (the step order is the workflow's:
+:func:`ketabids.workflows.anatomical.init_anat_wf`).
 
 Modulation (Ashburner & Friston 2000): with ``phi`` the forward mapping template point ->
 subject point and ``p`` the native tissue probability,
@@ -88,71 +89,3 @@ def regional_volumes(modulated_gm, atlas_img, labels: pd.DataFrame) -> pd.DataFr
     sums = np.bincount(a[a > 0].ravel(), weights=g[a > 0].ravel(), minlength=int(max(idx.max(), a.max()) + 1))
     return pd.DataFrame({"index": idx, "name": labels["name"].to_numpy(),
                          "gm_ml": sums[idx] * vox})
-
-
-def run_t1w(t1w, template, *, output_template=None, mode: str = "default", seed: int | None = None,
-            omp_nthreads: int = 1, out_dir=None, timings: dict | None = None) -> dict:
-    """Every participant-level step on one T1w, in the canonical order (reference pipeline for
-    the Nipype workflow, the benchmark and the end-to-end tests):
-
-    conform -> N4 (head) -> brain extraction (affine+SyN to ``template``, reused as the
-    normalisation) -> priors to native -> N4 again inside the brain mask -> Atropos on that ->
-    volumes -> Jacobian -> modulated GM/WM on ``output_template``'s grid (default: ``template``).
-
-    Returns a dict of images and infos: ``t1w`` (conformed), ``preproc`` (bias-corrected),
-    ``bias``, ``mask``, ``brain_info``, ``brain_n4`` (brain-masked N4, input of Atropos), ``registration``, ``probs`` {GM,WM,CSF}, ``dseg``,
-    ``volumes``, ``jacobian``, ``gm_unmod``, ``gm_mod``, ``wm_unmod``, ``wm_mod``,
-    ``conform_info``. ``timings`` (optional dict) is filled with wall seconds per step.
-    """
-    import time
-
-    from ketabids.anat.antsutil import ants_env
-    from ketabids.anat.brain import N4_GRID_MM, extract_brain, n4_bias_correct
-    from ketabids.anat.conform import conform_t1w
-    from ketabids.anat.registration import apply_to_native, check_mode
-    from ketabids.anat.segmentation import segment_tissues
-
-    check_mode(mode)
-    timings = {} if timings is None else timings
-    out_tpl = output_template or template
-    t = time.perf_counter()
-
-    def tick(name):
-        nonlocal t
-        now = time.perf_counter()
-        timings[name] = round(now - t, 2)
-        t = now
-
-    # ITK fixes its thread count at the process's first ITK call (here: to_ants in the first
-    # N4, before that step's own ants_env block): set threads and seed for the whole run.
-    with ants_env(seed, omp_nthreads):
-        out = {}
-        img, out["conform_info"] = conform_t1w(t1w)
-        out["t1w"] = img
-        tick("conform")
-        grid_mm = N4_GRID_MM[mode]
-        out["preproc"], out["bias"] = n4_bias_correct(img, grid_mm=grid_mm,
-                                                      omp_nthreads=omp_nthreads)
-        tick("n4")
-        out["mask"], out["brain_info"], reg = extract_brain(
-            out["preproc"], template, mode=mode, seed=seed, omp_nthreads=omp_nthreads, out_dir=out_dir)
-        out["registration"] = reg
-        tick("brain+registration")
-        priors = {k: apply_to_native(getattr(template, k.lower()), reg, img, omp_nthreads=omp_nthreads)
-                  for k in ("GM", "WM", "CSF")}
-        tick("priors")
-        # second N4 restricted to the brain (as antsCorticalThickness does): the head-wide fit is
-        # pulled by scalp/skull; measured on the 1 mm phantom GM/WM Dice .893/.894 -> .914/.930
-        out["brain_n4"], _ = n4_bias_correct(out["preproc"], out["mask"], grid_mm=grid_mm,
-                                             omp_nthreads=omp_nthreads)
-        tick("brain_n4")
-        out["probs"], out["dseg"] = segment_tissues(out["brain_n4"], out["mask"], priors, seed=seed,
-                                                    omp_nthreads=omp_nthreads)
-        out["volumes"] = tissue_volumes(out["probs"])
-        tick("atropos")
-        out["jacobian"] = jacobian_determinant(reg, _load(out_tpl.gm), omp_nthreads=omp_nthreads)
-        for k in ("GM", "WM"):
-            out[f"{k.lower()}_unmod"], out[f"{k.lower()}_mod"] = modulate(
-                out["probs"][k], reg, out_tpl.gm, jacobian=out["jacobian"], omp_nthreads=omp_nthreads)
-        tick("modulation")
-    return out

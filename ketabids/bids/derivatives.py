@@ -1,6 +1,7 @@
-"""The derivative dataset: its description, README, ``.bidsignore`` and data dictionaries.
+"""The derivative dataset: file names, description, README, ``.bidsignore``, data dictionaries.
 
-One place writes ``dataset_description.json`` (:func:`write_derivative_description`).
+One place names derivatives (:func:`derivative_relpath`) and one place writes
+``dataset_description.json`` (:func:`write_derivative_description`).
 """
 from __future__ import annotations
 
@@ -127,3 +128,67 @@ def write_bidsignore(output_dir: Path) -> Path:
             lines.append(entry)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+#: Entities in BIDS schema order (``from``/``to``/``mode`` as sMRIPrep writes transforms).
+ENTITY_ORDER = ("sub", "ses", "from", "to", "mode", "space", "res", "seg", "label", "desc")
+_KEPT_FROM_SOURCE = ("sub", "ses")
+
+
+def source_entities(source_file: str | os.PathLike) -> dict[str, str]:
+    """The ``sub``/``ses`` entities of a BIDS file name.
+
+    >>> source_entities("/data/sub-01/ses-A/anat/sub-01_ses-A_run-2_T1w.nii.gz")
+    {'sub': '01', 'ses': 'A'}
+    >>> source_entities("sub-02_acq-mp2rage_T1w.nii")
+    {'sub': '02'}
+    """
+    name = Path(source_file).name.split(".")[0]
+    found = {}
+    for part in name.split("_")[:-1]:
+        key, _, value = part.partition("-")
+        if key in _KEPT_FROM_SOURCE and value:
+            found[key] = value
+    if "sub" not in found:
+        raise ValueError(f"{source_file}: not a BIDS file name (no sub- entity)")
+    return found
+
+
+def derivative_relpath(
+    source_file: str | os.PathLike, *, suffix: str, extension: str, datatype: str = "anat",
+    **entities: str | None,
+) -> str:
+    """The path of a derivative relative to the dataset root (POSIX separators).
+
+    ``entities`` use the BIDS keys; ``from_`` stands for ``from`` (a Python keyword).
+
+    >>> derivative_relpath("sub-01_ses-A_T1w.nii.gz", suffix="probseg", extension=".nii.gz",
+    ...                    space="MNI152NLin2009aSym", label="GM", desc="modulated")
+    'sub-01/ses-A/anat/sub-01_ses-A_space-MNI152NLin2009aSym_label-GM_desc-modulated_probseg.nii.gz'
+    >>> derivative_relpath("sub-01_T1w.nii", suffix="xfm", extension=".h5", from_="T1w",
+    ...                    to="MNI152NLin2009aSym", mode="image")
+    'sub-01/anat/sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.h5'
+    """
+    ents = source_entities(source_file)
+    for key, value in entities.items():
+        key = key.rstrip("_")
+        if key not in ENTITY_ORDER:
+            raise ValueError(f"unknown entity {key!r}; known: {', '.join(ENTITY_ORDER)}")
+        if value:
+            if not str(value).isalnum():
+                raise ValueError(f"entity {key}-{value}: BIDS labels are letters and digits only")
+            ents[key] = str(value)
+    stem = "_".join(f"{k}-{ents[k]}" for k in ENTITY_ORDER if k in ents)
+    folder = [f"sub-{ents['sub']}"] + ([f"ses-{ents['ses']}"] if "ses" in ents else [])
+    if datatype:
+        folder.append(datatype)
+    return "/".join(folder + [f"{stem}_{suffix}{extension}"])
+
+
+def raw_uri(source_file, bids_dir) -> str:
+    """``bids:raw:<path relative to the input dataset>`` for the input T1w."""
+    try:
+        rel = Path(source_file).resolve().relative_to(Path(bids_dir).resolve()).as_posix()
+    except ValueError:
+        rel = Path(source_file).name
+    return f"bids:raw:{rel}"

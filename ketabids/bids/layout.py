@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ketabids.errors import (
@@ -17,14 +18,11 @@ from ketabids.errors import (
     OutputError,
     UsageError,
 )
-from ketabids.io import atomic_write_text
 
 LOGGER = logging.getLogger("ketabids")
 
 #: Default pybids query for the T1w image of one subject (sMRIPrep's convention).
 DEFAULT_T1W_QUERY = {"datatype": "anat", "suffix": "T1w", "extension": [".nii", ".nii.gz"]}
-
-
 
 
 def check_bids_dir(bids_dir: str | os.PathLike) -> Path:
@@ -177,3 +175,53 @@ def select_subjects(layout, *, labels=None, sessions=None, filters=None) -> list
             f"(query {query}); check --participant-label, --session-label and --bids-filter-file"
         )
     return selected
+
+
+@dataclass(frozen=True)
+class T1wInput:
+    """One T1w to process: subject, session (or None), the chosen file and the ones skipped."""
+
+    subject: str
+    session: str | None
+    t1w: str
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """``<sub>`` or ``<sub>_ses-<ses>``: used in node names."""
+        return self.subject + (f"_ses-{self.session}" if self.session else "")
+
+
+def collect_t1w(layout, subjects, *, sessions=None, bids_filters=None) -> list[T1wInput]:
+    """The T1w to process for each subject and session, in BIDS order.
+
+    With several T1w runs for one subject/session the first (sorted by file name, i.e. BIDS
+    order) is used and a warning names the others; ``bids_filters`` (``{"t1w": {...}}``, the
+    ``--bids-filter-file`` format; a flat entity dict is accepted too) selects another.
+    """
+    filters = bids_filters or {}
+    if filters and "t1w" not in filters:
+        filters = {"t1w": filters}
+    query = t1w_query(filters)
+    wanted = {s.removeprefix("ses-") for s in sessions} if sessions else None
+    found: list[T1wInput] = []
+    for subject in subjects:
+        subject = str(subject).removeprefix("sub-")
+        files = sorted(layout.get(subject=subject, return_type="file", **query))
+        by_session: dict[str | None, list[str]] = {}
+        for path in files:
+            session = layout.parse_file_entities(path).get("session")
+            if wanted is not None and session not in wanted:
+                continue
+            by_session.setdefault(session, []).append(path)
+        for session in sorted(by_session, key=lambda s: (s is not None, s or "")):
+            paths = by_session[session]
+            if len(paths) > 1:
+                LOGGER.warning(
+                    "sub-%s%s: %d T1w images match; using %s (first in BIDS order) and skipping "
+                    "%s. Select another with --bids-filter-file, e.g. "
+                    '{"t1w": {"run": 2}}', subject, f" ses-{session}" if session else "",
+                    len(paths), Path(paths[0]).name,
+                    ", ".join(Path(p).name for p in paths[1:]))
+            found.append(T1wInput(subject, session, paths[0], tuple(paths[1:])))
+    return found

@@ -8,7 +8,6 @@ resolved with :func:`ketabids.templates.get_template` (cached files, no download
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -25,7 +24,8 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
-from ketabids.anat.brain import N4_GRID_MM
+from ketabids.anat.settings import MODES, ProcessingSettings
+from ketabids.io import write_json, write_tsv
 
 TISSUES = ("GM", "WM", "CSF")
 
@@ -42,26 +42,8 @@ def _save(img, like: str, suffix: str, cwd: str, dtype=None) -> str:
     return out
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
 def _write_json(obj, cwd: str, name: str) -> str:
-    out = str(Path(cwd) / name)
-    Path(out).write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True))
-    return out
+    return str(write_json(Path(cwd) / name, obj, sort_keys=True))
 
 
 def _template(name, resolution):
@@ -73,9 +55,7 @@ def _template(name, resolution):
 class _TemplateInputSpec(BaseInterfaceInputSpec):
     template = traits.Str("MNI152NLin2009aSym", usedefault=True, desc="template name")
     template_resolution = traits.Enum(1, 2, usedefault=True, desc="template grid (mm)")
-    seed = traits.Either(None, traits.Int, default=None, usedefault=True, desc="random seed")
     omp_nthreads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
-    mode = traits.Enum("default", "fast", usedefault=True, desc="speed/accuracy trade-off")
 
 
 # --------------------------------------------------------------------------- conform
@@ -112,7 +92,7 @@ class _N4InputSpec(BaseInterfaceInputSpec):
     in_mask = File(exists=True, desc="optional mask")
     shrink = traits.Either(None, traits.Int, default=None, usedefault=True,
                            desc="shrink factor (default: automatic, from grid_mm)")
-    grid_mm = traits.Float(N4_GRID_MM["default"], usedefault=True,
+    grid_mm = traits.Float(ProcessingSettings.for_mode("default").n4_grid_mm, usedefault=True,
                            desc="spacing of the fitting grid (mm)")
     omp_nthreads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
 
@@ -146,6 +126,9 @@ class N4BiasCorrect(SimpleInterface):
 # --------------------------------------------------------------------------- brain extraction
 class _ExtractBrainInputSpec(_TemplateInputSpec):
     in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
+    mode = traits.Enum(*MODES, usedefault=True,
+                       desc="processing mode (ketabids.anat.settings.ProcessingSettings)")
+    seed = traits.Either(None, traits.Int, default=None, usedefault=True, desc="random seed")
 
 
 class _RegistrationOutputSpec(TraitedSpec):
@@ -265,8 +248,7 @@ class WarpPriors(SimpleInterface):
         tpl = _template(self.inputs.template, self.inputs.template_resolution)
         ref = nib.load(self.inputs.reference)
         result = _result_from_inputs(self.inputs)
-        # exactly ketabids.anat.vbm.run_t1w: apply_to_native(template map, result, T1w); the
-        # segmentation clips the priors to [0, 1] itself
+        # the segmentation clips the priors to [0, 1] itself
         for tissue in TISSUES:
             out = apply_to_native(getattr(tpl, tissue.lower()), result, ref,
                                   omp_nthreads=self.inputs.omp_nthreads)
@@ -363,7 +345,6 @@ class _VolumesInputSpec(BaseInterfaceInputSpec):
     gm = File(exists=True, mandatory=True)
     wm = File(exists=True, mandatory=True)
     csf = File(exists=True, mandatory=True)
-    in_mask = File(exists=True, desc="brain mask")
 
 
 class _TableOutputSpec(TraitedSpec):
@@ -382,12 +363,10 @@ class TissueVolumes(SimpleInterface):
         from ketabids.anat.vbm import tissue_volumes
 
         probs = {t: nib.load(getattr(self.inputs, t.lower())) for t in TISSUES}
-        mask = nib.load(self.inputs.in_mask) if isdefined(self.inputs.in_mask) else None
-        vols = tissue_volumes(probs, mask)
+        vols = tissue_volumes(probs)
         row = {k: round(float(vols[k]), 3) for k in ("tiv_ml", "gm_ml", "wm_ml", "csf_ml")}
-        out = str(Path(runtime.cwd) / "volumes.tsv")
-        pd.DataFrame([row]).to_csv(out, sep="\t", index=False, lineterminator="\n")
-        self._results["out_file"] = out
+        out = write_tsv(pd.DataFrame([row]), Path(runtime.cwd) / "volumes.tsv")
+        self._results["out_file"] = str(out)
         return runtime
 
 
@@ -410,7 +389,6 @@ class RegionalVolumes(SimpleInterface):
         labels = read_atlas_labels(self.inputs.atlas_labels)
         table = regional_volumes(nib.load(self.inputs.in_file), nib.load(self.inputs.atlas),
                                  labels)
-        out = str(Path(runtime.cwd) / "regional_volumes.tsv")
-        table.to_csv(out, sep="\t", index=False, lineterminator="\n", float_format="%.4f")
-        self._results["out_file"] = out
+        out = write_tsv(table, Path(runtime.cwd) / "regional_volumes.tsv", float_format="%.4f")
+        self._results["out_file"] = str(out)
         return runtime

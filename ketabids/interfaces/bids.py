@@ -1,7 +1,8 @@
 """A small BIDS-Derivatives data sink (niworkflows' ``DerivativesDataSink``, reduced).
 
-The output name is built from the BIDS *source file* (its ``sub-`` and ``ses-`` entities) plus
-the entities given as inputs, in the order of the BIDS schema::
+The output name (:func:`ketabids.bids.derivatives.derivative_relpath`) is built from the BIDS
+*source file* (its ``sub-`` and ``ses-`` entities) plus the entities given as inputs, in the order
+of the BIDS schema::
 
     sub-<label>[_ses-<label>][_from-<x>_to-<y>_mode-<m>][_space-<tpl>][_seg-<atlas>]
         [_label-<tissue>][_desc-<desc>]_<suffix><extension>
@@ -43,62 +44,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ketabids.bids.derivatives import derivative_relpath
 from ketabids.io import atomic_write_bytes
-
-#: Entities in BIDS schema order (``from``/``to``/``mode`` as sMRIPrep writes transforms).
-ENTITY_ORDER = ("sub", "ses", "from", "to", "mode", "space", "res", "seg", "label", "desc")
-_KEPT_FROM_SOURCE = ("sub", "ses")
-
-
-def source_entities(source_file: str | os.PathLike) -> dict[str, str]:
-    """The ``sub``/``ses`` entities of a BIDS file name.
-
-    >>> source_entities("/data/sub-01/ses-A/anat/sub-01_ses-A_run-2_T1w.nii.gz")
-    {'sub': '01', 'ses': 'A'}
-    >>> source_entities("sub-02_acq-mp2rage_T1w.nii")
-    {'sub': '02'}
-    """
-    name = Path(source_file).name.split(".")[0]
-    found = {}
-    for part in name.split("_")[:-1]:
-        key, _, value = part.partition("-")
-        if key in _KEPT_FROM_SOURCE and value:
-            found[key] = value
-    if "sub" not in found:
-        raise ValueError(f"{source_file}: not a BIDS file name (no sub- entity)")
-    return found
-
-
-def derivative_relpath(
-    source_file: str | os.PathLike, *, suffix: str, extension: str, datatype: str = "anat",
-    **entities: str | None,
-) -> str:
-    """The path of a derivative relative to the dataset root (POSIX separators).
-
-    ``entities`` use the BIDS keys; ``from_`` stands for ``from`` (a Python keyword).
-
-    >>> derivative_relpath("sub-01_ses-A_T1w.nii.gz", suffix="probseg", extension=".nii.gz",
-    ...                    space="MNI152NLin2009aSym", label="GM", desc="modulated")
-    'sub-01/ses-A/anat/sub-01_ses-A_space-MNI152NLin2009aSym_label-GM_desc-modulated_probseg.nii.gz'
-    >>> derivative_relpath("sub-01_T1w.nii", suffix="xfm", extension=".h5", from_="T1w",
-    ...                    to="MNI152NLin2009aSym", mode="image")
-    'sub-01/anat/sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.h5'
-    """
-    ents = source_entities(source_file)
-    for key, value in entities.items():
-        key = key.rstrip("_")
-        if key not in ENTITY_ORDER:
-            raise ValueError(f"unknown entity {key!r}; known: {', '.join(ENTITY_ORDER)}")
-        if value:
-            if not str(value).isalnum():
-                raise ValueError(f"entity {key}-{value}: BIDS labels are letters and digits only")
-            ents[key] = str(value)
-    stem = "_".join(f"{k}-{ents[k]}" for k in ENTITY_ORDER if k in ents)
-    folder = [f"sub-{ents['sub']}"] + ([f"ses-{ents['ses']}"] if "ses" in ents else [])
-    if datatype:
-        folder.append(datatype)
-    return "/".join(folder + [f"{stem}_{suffix}{extension}"])
-
 
 def _split_ext(path: str) -> tuple[str, str]:
     name = Path(path).name

@@ -1,7 +1,7 @@
 """Every write into OUTPUT_DIR happens here, through :class:`DerivativesDataSink` nodes.
 
 One ``init_ds_*_wf`` per group of outputs (sMRIPrep's ``workflows/outputs.py`` layout). Names
-follow /work/coord/CONTRACTS.md; ``Sources`` point inside the derivative dataset (``bids::``
+follow :func:`ketabids.bids.derivatives.derivative_relpath`; ``Sources`` point inside the derivative dataset (``bids::``
 URIs), ``RawSources`` at the input T1w (``bids:raw:`` URI, ``raw`` being the input dataset).
 """
 from __future__ import annotations
@@ -10,8 +10,12 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketabids import __version__
-from ketabids.bids.derivatives import REGIONAL_DICTIONARY, VOLUMES_DICTIONARY
-from ketabids.interfaces.bids import DerivativesDataSink, derivative_relpath
+from ketabids.bids.derivatives import (
+    REGIONAL_DICTIONARY,
+    VOLUMES_DICTIONARY,
+    derivative_relpath,
+)
+from ketabids.interfaces.bids import DerivativesDataSink
 from ketabids.workflows import LiterateWorkflow as Workflow
 
 TPM_LABELS = ["GM", "WM", "CSF"]
@@ -24,17 +28,6 @@ def _template_reference(template: str) -> str:
 
 def _uri(source_file, **kwargs) -> str:
     return "bids::" + derivative_relpath(source_file, **kwargs)
-
-
-def raw_uri(source_file, bids_dir) -> str:
-    """``bids:raw:<path relative to the input dataset>`` for the input T1w."""
-    from pathlib import Path
-
-    try:
-        rel = Path(source_file).resolve().relative_to(Path(bids_dir).resolve()).as_posix()
-    except ValueError:
-        rel = Path(source_file).name
-    return f"bids:raw:{rel}"
 
 
 def _sink(name, *, output_dir, source_file, raw_sources, mapnode_fields=None, **kwargs):

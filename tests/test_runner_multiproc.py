@@ -4,7 +4,7 @@ import gc
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ketabids.workflows.multiproc import MultiProcPlugin
+from ketabids.runner.multiproc import MultiProcPlugin
 
 
 def _add_one(x):
