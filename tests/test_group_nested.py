@@ -176,12 +176,12 @@ def test_final_model_applies_in_sample_preprocessing(rng):
     s = NestedCVSettings(n_inner=3, C_grid=(2.0 ** -10, 2.0 ** -6, 1.0), harmonize=True,
                          standardize=True)
     model = fit_final_model(X, y, covariates=cov, sites=sites, settings=s)
-    assert model.C in s.C_grid and model.cv_scores_.shape == (3,)
+    assert model.C_ in s.C_grid and model.cv_scores_.shape == (3,)
     # reference: same chain with sklearn objects fitted on all subjects
     codes = np.unique(sites, return_inverse=True)[1]
     Xa = np.column_stack([X.astype(float), cov, codes])
     ref = make_pipeline(ComBatTransformer(2), CovariateRegressor(2), StandardScaler(),
-                        SVC(kernel="linear", C=model.C, class_weight="balanced", tol=TOL))
+                        SVC(kernel="linear", C=model.C_, class_weight="balanced", tol=TOL))
     ref.fit(Xa, y)
     d = model.decision_function(X, covariates=cov, sites=sites)
     assert np.abs(d - ref.decision_function(Xa)).max() <= 1e-6
@@ -200,13 +200,13 @@ def test_sklearn_compatible(estimator, check):
 def test_skops_round_trip(rng, tmp_path):
     skops_io = pytest.importorskip("skops.io")
     X, y, cov, sites = _cohort(rng, n=40, p=50, k=1, n_sites=2)
-    model = KetaSVC(C=0.5, harmonize=True, standardize=True).fit(X, y, covariates=cov,
+    model = KetaSVC(C_grid=(0.5,), harmonize=True, standardize=True).fit(X, y, covariates=cov,
                                                                   sites=sites)
     path = tmp_path / "model.skops"
     skops_io.dump(model, path)
     # only the estimator class itself needs trusting: its state is numpy arrays / scalars
     untrusted = skops_io.get_untrusted_types(file=path)
-    assert untrusted == ["ketabids.group.nested.KetaSVC"]
+    assert untrusted == ["ketabids.group.estimator.KetaSVC"]
     loaded = skops_io.load(path, trusted=untrusted)
     np.testing.assert_array_equal(loaded.decision_function(X, cov, sites),
                                   model.decision_function(X, cov, sites))

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from ketabids.reports import group as report
-from ketabids.group.run import Progress, calibration_table
+from ketabids.group.metrics import calibration_table
+from ketabids.group.progress import Progress
 
 
 def test_calibration_table_bins_and_rates():

@@ -2,7 +2,7 @@
 
 Arguments only: :func:`get_parser` builds the parser, :func:`main` parses, checks the inputs,
 and hands keyword arguments to ``ketabids.workflows.base.run_participant`` or
-``ketabids.group.run.run_group_train`` / ``run_group_predict``. Errors become one line on stderr
+``ketabids.group.train.run_group_train`` / ``ketabids.group.predict.run_group_predict``. Errors become one line on stderr
 and a BIDS-App exit code (see :class:`ketabids.errors.ExitCode`).
 """
 from __future__ import annotations
@@ -265,14 +265,14 @@ def _run_bids_app(opts) -> dict:
     )
     common = dict(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
                   layout=layout, n_permutations=opts.n_permutations, nprocs=opts.nprocs,
-                  seed=opts.seed, progress=True, **label_options)
+                  seed=opts.seed, **label_options)
     if opts.model:
-        from ketabids.group.run import run_group_predict
+        from ketabids.group.predict import run_group_predict
 
         return run_group_predict(model=opts.model, name=opts.prediction_name, **common)
-    from ketabids.group.run import run_group_train
+    from ketabids.group.train import run_group_train
 
-    return run_group_train(
+    return run_group_train(progress=True, 
         covariates=list(opts.covariates), site_column=opts.site_column, combat=opts.combat,
         standardize=opts.standardize, smoothing_fwhm=opts.smoothing_fwhm,
         analysis_resolution=opts.analysis_resolution, template=opts.template,

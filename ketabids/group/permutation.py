@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 
 from ketabids.group.metrics import roc_auc
 
@@ -28,6 +29,11 @@ class PermutationResult:
     p_auc: float
     n_permutations: int
     random_state: int
+
+    def as_table(self) -> pd.DataFrame:
+        """The null distribution: columns ``permutation`` (1..n), ``null_bac``, ``null_auc``."""
+        return pd.DataFrame({"permutation": np.arange(1, self.n_permutations + 1),
+                             "null_bac": self.null_bac, "null_auc": self.null_auc})
 
     def as_dict(self):
         d = asdict(self)
@@ -62,21 +68,30 @@ def _pooled_bac_auc(y, dec):
     return (sens + spec) / 2, roc_auc(yy.ravel(), dec.ravel()) if R else np.nan
 
 
-def permutation_test(X, y, *, covariates=None, sites=None, settings=None, n_permutations=1000,
-                     random_state=0, progress=None, observed=None, n_jobs=1):
+def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estimator=None,
+                     cv=None, n_permutations=1000, random_state=0, progress=None, observed=None,
+                     n_jobs=1):
     """Nested-CV permutation test; see module docstring. Returns :class:`PermutationResult`.
 
-    Results do not depend on ``n_jobs`` (each permutation has its own seeded generator).
+    ``settings``, ``estimator`` and ``cv`` as in :func:`~ketabids.group.nested.nested_cv`;
+    ``observed``: its result (else the nested CV is run once more). Results do not depend on
+    ``n_jobs`` (each permutation has its own seeded generator).
     """
-    from ketabids.group.nested import NestedCVSettings, _Kernels, _run, check_inputs
+    from ketabids.group.estimator import KernelProvider
+    from ketabids.group.nested import _plan, _run, check_inputs
 
-    settings = NestedCVSettings() if settings is None else settings
-    X, y, covariates, sites = check_inputs(X, y, covariates, sites, settings)
-    kern = _Kernels(X, covariates, sites, settings)
-    if observed is None:
-        dec = _run(X, y, covariates, sites, settings, kern=kern, details=False)["decision"]
-    else:
-        dec = observed.decision
+    settings, estimator, cv, extra = _plan(settings, estimator, cv)
+    X, y, covariates, sites = check_inputs(X, y, covariates, sites,
+                                           settings if "outer_cv" not in extra else None,
+                                           estimator)
+    kern = KernelProvider(X, covariates, sites, standardize=estimator.standardize,
+                          harmonize=estimator.harmonize)
+
+    def decisions(labels):
+        return _run(X, labels, covariates, sites, estimator, cv, kern=kern,
+                    details=False)["decision"]
+
+    dec = decisions(y) if observed is None else observed.decision
     obs_bac, obs_auc = _pooled_bac_auc(y, dec)
     null_bac = np.empty(n_permutations)
     null_auc = np.empty(n_permutations)
@@ -84,8 +99,7 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, n_perm
     def one(k):
         rng = np.random.default_rng([random_state, 7, k])
         yp = permute_within(y, sites, rng)
-        d = _run(X, yp, covariates, sites, settings, kern=kern, details=False)["decision"]
-        null_bac[k], null_auc[k] = _pooled_bac_auc(yp, d)
+        null_bac[k], null_auc[k] = _pooled_bac_auc(yp, decisions(yp))
 
     if n_jobs == 1:
         for k in range(n_permutations):
