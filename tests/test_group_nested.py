@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, GroupKFold, LeaveOneGroupOut
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -11,7 +11,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from ketabids.errors import BadDataError, UsageError
 from ketabids.group import KetaSVC, NestedCVSettings, fit_final_model, nested_cv
-from ketabids.group.kernels import balanced_weights, solve_c_path
+from ketabids.group.kernels import balanced_weights, libsvm_solve, solve_c_path
 from ketabids.group.nested import make_scheme
 from ketabids.group.preprocessing import ComBatTransformer, CovariateRegressor
 
@@ -32,9 +32,8 @@ def _cohort(rng, n=44, p=300, k=2, n_sites=0, effect=0.6):
     return X.astype(np.float32), y, cov, sites
 
 
-def _reference(X, y, cov, sites, settings):
-    """Straightforward feature-space pipeline + GridSearchCV on the same folds."""
-    outer, inner = make_scheme(y, sites, settings)
+def _pipeline(X, cov, sites, settings):
+    """Straightforward feature-space pipeline (data with covariates / site codes as columns)."""
     k = 0 if cov is None else cov.shape[1]
     Xa = X.astype(np.float64)
     steps = []
@@ -48,6 +47,13 @@ def _reference(X, y, cov, sites, settings):
     if settings.standardize:
         steps.append(StandardScaler())
     steps.append(SVC(kernel="linear", class_weight="balanced", tol=TOL))
+    return Xa, make_pipeline(*steps)
+
+
+def _reference(X, y, cov, sites, settings):
+    """Straightforward feature-space pipeline + GridSearchCV on the same folds."""
+    outer, inner = make_scheme(y, sites, settings)
+    Xa, pipe = _pipeline(X, cov, sites, settings)
     dec = np.zeros(outer.shape)
     chosen = np.zeros((settings.n_repeats, settings.n_outer))
     for r in range(settings.n_repeats):
@@ -58,7 +64,7 @@ def _reference(X, y, cov, sites, settings):
             splits = [(np.array([pos[i] for i in tr if inner[r, o, i] != f]),
                        np.array([pos[i] for i in tr if inner[r, o, i] == f]))
                       for f in range(settings.n_inner)]
-            gs = GridSearchCV(make_pipeline(*steps), {"svc__C": list(settings.C_grid)},
+            gs = GridSearchCV(pipe, {"svc__C": list(settings.C_grid)},
                               scoring="balanced_accuracy", cv=splits, refit=True)
             gs.fit(Xa[tr], y[tr])
             dec[r, te] = gs.decision_function(Xa[te])
@@ -210,3 +216,77 @@ def test_skops_round_trip(rng, tmp_path):
     loaded = skops_io.load(path, trusted=untrusted)
     np.testing.assert_array_equal(loaded.decision_function(X, cov, sites),
                                   model.decision_function(X, cov, sites))
+
+
+@pytest.mark.parametrize("scheme", ["group-k-fold", "leave-one-site-out", "uneven-inner"])
+def test_site_splitters_through_the_engine_match_sklearn(rng, scheme):
+    """Site-wise outer and inner CV: scikit-learn splitters go through the engine unchanged and
+    give the decisions of GridSearchCV run by scikit-learn itself on the same splitters."""
+    n_sites = 5 if scheme == "uneven-inner" else 4
+    X, y, cov, sites = _cohort(rng, n=60, k=1, n_sites=n_sites)
+    outer_cv, inner_cv = {"group-k-fold": (GroupKFold(4), GroupKFold(3)),
+                          "leave-one-site-out": (LeaveOneGroupOut(), LeaveOneGroupOut()),
+                          "uneven-inner": (GroupKFold(2), LeaveOneGroupOut())}[scheme]
+    settings = NestedCVSettings(n_repeats=1, C_grid=(2.0 ** -14, 2.0 ** -9, 2.0 ** -5, 1.0))
+    estimator = settings.estimator(cv=inner_cv)
+    res = nested_cv(X, y, covariates=cov, sites=sites, estimator=estimator, cv=outer_cv)
+    Xa, pipe = _pipeline(X, cov, sites, settings)
+    folds = list(outer_cv.split(Xa, y, sites))
+    assert res.decision.shape == (1, 60) and res.chosen_C.shape == (1, len(folds))
+    for o, (tr, te) in enumerate(folds):
+        assert set(sites[tr]).isdisjoint(sites[te])             # whole sites held out
+        np.testing.assert_array_equal(np.flatnonzero(res.fold_of[0] == o), te)
+        gs = GridSearchCV(pipe, {"svc__C": list(settings.C_grid)}, cv=inner_cv,
+                          scoring="balanced_accuracy", refit=True)
+        gs.fit(Xa[tr], y[tr], groups=sites[tr])
+        diff = np.abs(res.decision[0, te] - gs.decision_function(Xa[te])).max()
+        assert diff <= 1e-6, (o, diff)
+        assert res.chosen_C[0, o] == gs.best_params_["svc__C"]
+    assert res.decision.std() > 0
+
+
+def test_estimator_selects_c_by_inner_cv_and_refits(rng):
+    """KetaSVC.fit = GridSearchCV(refit=True) over its C grid on its splitter (groups = sites)."""
+    X, y, cov, sites = _cohort(rng, n=48, k=2, n_sites=3)
+    grid = (2.0 ** -14, 2.0 ** -9, 2.0 ** -5, 1.0)
+    model = KetaSVC(C_grid=grid, cv=LeaveOneGroupOut()).fit(X, y, covariates=cov, sites=sites)
+    settings = NestedCVSettings(C_grid=grid)
+    Xa, pipe = _pipeline(X, cov, sites, settings)
+    gs = GridSearchCV(pipe, {"svc__C": list(grid)}, cv=LeaveOneGroupOut(),
+                      scoring="balanced_accuracy", refit=True).fit(Xa, y, groups=sites)
+    np.testing.assert_allclose(model.cv_scores_, gs.cv_results_["mean_test_score"], atol=1e-12)
+    assert model.C_ == gs.best_params_["svc__C"]
+    d = model.decision_function(X, covariates=cov, sites=sites)
+    assert np.abs(d - gs.decision_function(Xa)).max() <= 1e-6
+    # the default splitter is StratifiedKFold(5); a one-value grid skips the search
+    assert KetaSVC(C_grid=(0.5,)).fit(X, y).cv_scores_ is None
+
+
+def test_engine_refuses_splitters_that_do_not_partition(rng):
+    from sklearn.model_selection import ShuffleSplit
+
+    X, y, _, _ = _cohort(rng, n=30, p=10, k=0)
+    with pytest.raises(UsageError, match="partition"):
+        nested_cv(X, y, cv=ShuffleSplit(3, test_size=0.3, random_state=0))
+
+
+def test_libsvm_public_fallback_equals_private_path(rng):
+    """The private libsvm binding (speed) and the public SVC path give identical solutions."""
+    for i in range(6):
+        n, p = 30, [5, 40, 500][i % 3]
+        X = rng.standard_normal((n, p))
+        X -= X.mean(0)
+        y01 = (rng.random(n) < 0.45).astype(int)
+        y01[:2] = [0, 1]
+        yy = np.r_[2.0 * y01 - 1, 0.0]                  # one padding entry
+        K = np.zeros((n + 1, n + 1))
+        K[:n, :n] = X @ X.T
+        upper = [2.0 ** -6, 1.0, 16.0][i % 3] * np.r_[balanced_weights(y01), 0.0]
+        b_priv, i_priv = libsvm_solve(K, yy, upper, TOL, private=True)
+        b_pub, i_pub = libsvm_solve(K, yy, upper, TOL, private=False)
+        np.testing.assert_array_equal(b_priv, b_pub)
+        assert i_priv == i_pub and b_priv[-1] == 0
+        ref = SVC(kernel="precomputed", C=1.0, tol=TOL, class_weight={
+            0: upper[:n][y01 == 0][0], 1: upper[:n][y01 == 1][0]}).fit(K[:n, :n], y01)
+        np.testing.assert_allclose(ref.decision_function(K[:n, :n]),
+                                   K[:n, :n] @ b_pub[:n] + i_pub, atol=1e-9)

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["balanced_weights", "solve_dual", "solve_c_path", "platt_fit", "platt_predict",
-           "residual_kernels"]
+__all__ = ["balanced_weights", "solve_dual", "solve_c_path", "libsvm_solve", "platt_fit",
+           "platt_predict", "residual_kernels"]
 
 
 def balanced_weights(y01, valid=None):
@@ -144,45 +144,64 @@ def _kkt_ok(K, yy, lo, hi, beta, b, kkt_tol):
     return ~bad.any(1) & eq
 
 
-def _libsvm_fit(K, y_pm, upper, tol):
+def _libsvm_private(Kv, y01, class_weight, tol, max_iter):
+    """scikit-learn's libsvm binding called directly, with the arguments ``SVC._dense_fit``
+    passes (private API: ``sklearn.svm._libsvm``); returns support, dual, intercept, n_iter."""
+    from sklearn.svm import _libsvm
+
+    _libsvm.set_verbosity_wrap(0)
+    out = _libsvm.fit(
+        Kv, y01, svm_type=0, sample_weight=np.empty(0), class_weight=class_weight,
+        kernel="precomputed", C=1.0, nu=0.5, probability=False, degree=3, shrinking=True,
+        tol=tol, cache_size=200.0, coef0=0.0, gamma=1.0, epsilon=0.1, max_iter=max_iter,
+        random_seed=0)
+    # scikit-learn flips the sign for binary problems (decision > 0 <=> classes_[1])
+    return out[0], -out[3][0], -float(out[4][0]), int(np.max(out[-1]))
+
+
+def _libsvm_public(Kv, y01, class_weight, tol, max_iter):
+    """The same problem through the public ``SVC(kernel='precomputed')``."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import SVC
+
+    svc = SVC(kernel="precomputed", C=1.0, class_weight=dict(enumerate(class_weight)), tol=tol,
+              max_iter=max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        svc.fit(Kv, y01.astype(np.int64))
+    return svc.support_, svc.dual_coef_[0], float(svc.intercept_[0]), int(np.max(svc.n_iter_))
+
+
+def libsvm_solve(K, y_pm, upper, tol, *, private=True):
     """One problem through libsvm with SVC's exact semantics; returns beta (m,), b.
 
-    Calls scikit-learn's libsvm binding directly (as ``SVC._dense_fit`` does, same arguments)
-    to skip ~2 ms of validation per call; falls back to ``SVC`` if that private API changes.
+    ``private=True`` calls scikit-learn's libsvm binding directly (~0.7 ms instead of ~8 ms per
+    call for n ~ 36: benchmarks/group.py ``libsvm``), falling back to the public
+    ``SVC(kernel='precomputed')`` (identical results, tested) if that private API changes.
+    libsvm caches kernel rows in float32: below ~1e-8 its stopping rule may never be met; then
+    retry at 1e-7 instead of spinning to its 10^7-iteration limit.
     """
     valid = y_pm != 0
     idx = np.flatnonzero(valid)
     Kv = np.ascontiguousarray(K[np.ix_(idx, idx)], dtype=np.float64)
     yv = y_pm[idx]
     w = upper[idx]
-    cpos = float(w[yv > 0][0])
-    cneg = float(w[yv < 0][0])
+    class_weight = np.array([float(w[yv < 0][0]), float(w[yv > 0][0])])
+    y01 = (yv > 0).astype(np.float64)
+    fit = _libsvm_private if private else _libsvm_public
+    for t_, it_ in ((tol, 200_000), (max(tol, 1e-7), -1)):
+        try:
+            support, dual, b, n_iter = fit(Kv, y01, class_weight, t_, it_)
+        except (ImportError, AttributeError, TypeError):  # pragma: no cover - private API gone
+            fit = _libsvm_public
+            support, dual, b, n_iter = fit(Kv, y01, class_weight, t_, it_)
+        if n_iter < 200_000:
+            break
     beta = np.zeros(K.shape[0])
-    try:
-        from sklearn.svm import _libsvm
-
-        _libsvm.set_verbosity_wrap(0)
-        # libsvm caches kernel rows in float32: below ~1e-8 its stopping rule may never be
-        # met; then retry at 1e-7 instead of spinning to its 10^7-iteration limit
-        for t_, it_ in ((tol, 200_000), (max(tol, 1e-7), -1)):
-            out = _libsvm.fit(
-                Kv, (yv > 0).astype(np.float64), svm_type=0, sample_weight=np.empty(0),
-                class_weight=np.array([cneg, cpos]), kernel="precomputed", C=1.0, nu=0.5,
-                probability=False, degree=3, shrinking=True, tol=t_, cache_size=200.0,
-                coef0=0.0, gamma=1.0, epsilon=0.1, max_iter=it_, random_seed=0)
-            if np.max(out[-1]) < 200_000:
-                break
-        support, dual, intercept = out[0], out[3], out[4]
-        # scikit-learn flips the sign for binary problems (decision > 0 <=> classes_[1])
-        beta[idx[support]] = -dual[0]
-        return beta, float(-intercept[0])
-    except (ImportError, TypeError, ValueError):  # pragma: no cover - private API changed
-        from sklearn.svm import SVC
-
-        svc = SVC(kernel="precomputed", C=1.0, class_weight={1: cpos, -1: cneg}, tol=tol)
-        svc.fit(Kv, yv)
-        beta[idx[svc.support_]] = svc.dual_coef_[0]
-        return beta, float(svc.intercept_[0])
+    beta[idx[support]] = dual
+    return beta, b
 
 
 def solve_dual(K, yy, upper, *, status=None, tol=1e-10, kkt_tol=1e-9, max_iter=60,
@@ -221,7 +240,7 @@ def solve_dual(K, yy, upper, *, status=None, tol=1e-10, kkt_tol=1e-9, max_iter=6
     ok &= inside.any(1)
     bad = np.flatnonzero(~ok)
     for i in bad:
-        beta[i], b[i] = _libsvm_fit(K[i], yy[i], upper[i], tol)
+        beta[i], b[i] = libsvm_solve(K[i], yy[i], upper[i], tol)
         s = np.where(np.isclose(beta[i], lo[i], rtol=0, atol=1e-12 * (hi[i] - lo[i]).max()), 0, 1)
         s = np.where(np.isclose(beta[i], hi[i], rtol=0, atol=1e-12 * (hi[i] - lo[i]).max()), 2, s)
         status[i] = np.where(yy[i] != 0, s, 0)
