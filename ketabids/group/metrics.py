@@ -21,8 +21,8 @@ import pandas as pd
 from scipy import stats
 
 __all__ = ["classification_metrics", "repeat_metrics", "per_fold_table", "roc_auc",
-           "balanced_accuracy", "balanced_accuracy_sets", "wilson_interval", "delong_interval", "calibration_table",
-           "finite_or_none"]
+           "balanced_accuracy", "balanced_accuracy_sets", "wilson_interval", "delong_interval",
+           "calibration_table", "finite_or_none"]
 
 METRICS = ("bac", "sensitivity", "specificity", "auc", "ppv", "npv", "accuracy", "brier")
 

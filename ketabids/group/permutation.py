@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from ketabids.group.metrics import roc_auc
+from ketabids.group.metrics import balanced_accuracy, roc_auc
 
 __all__ = ["PermutationResult", "permutation_test", "external_permutation_test",
            "permute_within"]
@@ -60,12 +60,9 @@ def permute_within(y, groups, rng):
 
 
 def _pooled_bac_auc(y, dec):
-    R = dec.shape[0]
-    yy = np.broadcast_to(y, dec.shape)
-    pred = dec > 0
-    sens = np.mean(pred[yy == 1])
-    spec = np.mean(~pred[yy == 0])
-    return (sens + spec) / 2, roc_auc(yy.ravel(), dec.ravel()) if R else np.nan
+    """BAC and AUC of all out-of-fold decisions of all repeats (R, n) pooled."""
+    yy = np.broadcast_to(y, dec.shape).ravel()
+    return balanced_accuracy(yy, dec.ravel() > 0), roc_auc(yy, dec.ravel())
 
 
 def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estimator=None,
@@ -137,8 +134,7 @@ def external_permutation_test(y_true, decision, *, n_permutations=1000, random_s
     r = rankdata(d)
     null_auc = (Y @ r - n1 * (n1 + 1) / 2) / (n1 * n0)
     null_bac = (sens + spec) / 2
-    pred_b = d > threshold
-    obs_bac = (np.mean(pred_b[y == 1]) + np.mean(~pred_b[y == 0])) / 2
+    obs_bac = balanced_accuracy(y, d > threshold)
     obs_auc = roc_auc(y, d)
     return PermutationResult(float(obs_bac), float(obs_auc), null_bac, null_auc,
                              _p(null_bac, obs_bac), _p(null_auc, obs_auc), n_permutations,

@@ -147,7 +147,8 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
             for metric in ("bac", "auc"):
                 row = metrics[metrics["metric"] == metric].iloc[0]
                 headline[metric] = float(row["estimate"])
-                headline[f"{metric}_ci"] = [finite_or_none(row["ci_low"]), finite_or_none(row["ci_high"])]
+                headline[f"{metric}_ci"] = [finite_or_none(row["ci_low"]),
+                                            finite_or_none(row["ci_high"])]
             if perm is not None:
                 headline.update(p_bac=float(perm.p_bac), p_auc=float(perm.p_auc))
                 write_tsv(perm.as_table(), stage / "permutations.tsv",

@@ -167,7 +167,8 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
             "cv": cv_info,
             "metrics": headline,
             "training": {"n": len(y), "n_responders": int(y.sum()),
-                         "subjects_sha256": hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest(),
+                         "subjects_sha256": hashlib.sha256(
+                             "\n".join(sorted(ids)).encode()).hexdigest(),
                          "decision_sha256": hashlib.sha256(
                              np.asarray(final_decision, np.float64).tobytes()).hexdigest()},
         }
@@ -232,3 +233,14 @@ def _headline(result, perm) -> dict:
                  if get(metric, agg)}
         for metric in ("bac", "sensitivity", "specificity", "auc", "ppv", "npv", "brier")}
     return out
+
+
+def _region_table(atlas, atlas_labels, features, pattern, wmaps):
+    """Atlas labels of the mask voxels (nearest neighbour onto the analysis grid) -> table."""
+    labels = atlas_mod.labels_on_grid(atlas_mod.load_atlas(atlas), features.shape,
+                                      features.affine)[features.mask]
+    names = None
+    if atlas_labels:
+        table = atlas_mod.read_atlas_labels(atlas_labels)
+        names = {int(i): str(n) for i, n in zip(table["index"], table["name"])}
+    return region_table(labels, pattern, names=names, maps=wmaps)
