@@ -34,6 +34,7 @@ from ketabids.group.cv import StratifiedFolds, fold_partitions, spawn
 from ketabids.group.estimator import (DEFAULT_C_GRID, KernelProvider, KetaSVC,
                                       c_path_decisions, check_c_grid, check_groups, gather)
 from ketabids.group.kernels import platt_fit, platt_predict, solve_dual
+from ketabids.group.metrics import classification_metrics, per_fold_table, repeat_metrics
 
 __all__ = ["NestedCVSettings", "NestedCVResult", "nested_cv", "fit_final_model", "make_scheme",
            "check_inputs"]
@@ -278,10 +279,9 @@ def nested_cv(X, y, *, covariates=None, sites=None, settings=None, estimator=Non
     """Repeated nested CV (see the module docstring): ``cv`` the outer splitter, ``estimator``
     a :class:`KetaSVC` whose ``cv`` is the inner splitter (defaults from ``settings``).
 
-    ``progress(done, total)`` is called after every repeat. Returns :class:`NestedCVResult`.
+    ``settings.random_state`` also seeds the bootstrap intervals; ``progress(done, total)`` is
+    called after every repeat. Returns :class:`NestedCVResult`.
     """
-    from ketabids.group.metrics import classification_metrics, per_fold_table, repeat_metrics
-
     settings, estimator, cv, extra = _plan(settings, estimator, cv)
     X, y, covariates, sites = check_inputs(X, y, covariates, sites,
                                            settings if "outer_cv" not in extra else None,
