@@ -144,7 +144,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
         if regions is not None:
             write_tsv(regions, stage / "regions.tsv", float_format=FLOAT_FORMAT)
         headline = _headline(result, perm)
-        cv_info = {**settings.as_dict(), "cv_hash": result.cv_hash, "final_C": float(final.C),
+        cv_info = {**settings.as_dict(), "cv_hash": result.cv_hash, "final_C": float(final.C_),
                    "final_selection": _selection(final)}
         manifest = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
