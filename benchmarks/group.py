@@ -3,9 +3,8 @@
 1. Side by side on a reduced protocol: the sklearn reference (Pipeline(covariate regression,
    SVC(kernel='linear', class_weight='balanced')) in GridSearchCV on the same folds) vs
    ketabids' kernel engine: medians of repeated timings, ratio, max |decision difference|.
-2. libsvm fallbacks: the few dual problems the batched solver hands to libsvm, through
-   scikit-learn's private binding vs the public ``SVC(kernel='precomputed')`` (identical
-   solutions): medians per call, ratio, and fallbacks per nested CV.
+2. libsvm fallbacks: how many dual problems the batched solver hands to libsvm
+   (``SVC(kernel='precomputed')``) per nested CV, and their share of its run time.
 3. Full protocol (10 x 10 outer, 5 inner, 11 C) on n = 150 x ~200k voxels WITH
    N full-pipeline permutations: wall time and peak memory (ru_maxrss).
 
@@ -100,39 +99,36 @@ def side_by_side(n=60, p=20_000, repeats=3):
           f"load avg {load():.1f}")
 
 
-def libsvm_calls(n=80, p=2000, problems=30, repeats=5):
-    """Private libsvm binding vs public SVC on the problems the engine hands to libsvm."""
-    from ketabids.group import NestedCVSettings, nested_cv
-    from ketabids.group.kernels import balanced_weights, libsvm_solve
+def libsvm_calls(n=40, p=20_000, n_permutations=10):
+    """How often the engine hands a problem to libsvm, and what those calls cost."""
+    import ketabids.group.kernels as kernels
+    from ketabids.group import NestedCVSettings, permutation_test
 
-    rng = np.random.default_rng(3)
-    batch = []
-    for i in range(problems):
-        X = rng.standard_normal((n, p))
-        X -= X.mean(0)
-        y01 = (rng.random(n) < 0.45).astype(int)
-        # small C: every alpha at its bound, no free support vector -> a libsvm fallback
-        batch.append((X @ X.T, 2.0 * y01 - 1, 2.0 ** -6 * balanced_weights(y01)))
-    times = {}
-    for private in (True, False):
-        runs = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for K, yy, up in batch:
-                libsvm_solve(K, yy, up, 1e-10, private=private)
-            runs.append((time.perf_counter() - t0) / problems * 1e3)
-        times[private] = statistics.median(runs)
-    X, y, cov = cohort(60, 20_000, seed=1)
-    res = nested_cv(X, y, covariates=cov, settings=NestedCVSettings(n_repeats=2))
-    print(f"\n## libsvm fallbacks: n={n} problems, {problems} calls x {repeats} runs")
-    print("| path | median ms per call |")
-    print("|---|---|")
-    print(f"| private sklearn.svm._libsvm.fit | {times[True]:.2f} |")
-    print(f"| public SVC(kernel='precomputed') | {times[False]:.2f} |")
-    saved = res.n_fallback * (times[False] - times[True]) / 1e3
-    print(f"ratio {times[False] / times[True]:.1f}x; a 2 x 10 x 5 nested CV (n=60) made "
-          f"{res.n_fallback} fallback calls: {saved:.2f} s saved per nested CV, i.e. per "
-          f"permutation; load {load():.1f}")
+    X, y, cov = cohort(n, p, seed=2)
+    s = NestedCVSettings(n_outer=min(10, int(np.bincount(y).min())))
+    calls, spent = [0], [0.0]
+    solve = kernels.libsvm_solve
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = solve(*args, **kwargs)
+        calls[0] += 1
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    kernels.libsvm_solve = timed
+    try:
+        t0 = time.perf_counter()
+        permutation_test(X, y, covariates=cov, settings=s, n_permutations=n_permutations)
+        total = time.perf_counter() - t0
+    finally:
+        kernels.libsvm_solve = solve
+    runs = n_permutations + 1
+    print(f"\n## libsvm fallbacks: n={n}, p={p}, 10 x {s.n_outer} outer, 5 inner, 11 C "
+          f"({10 * s.n_outer * 56} dual problems per nested CV), {runs} nested CVs")
+    print(f"{calls[0] / runs:.1f} libsvm calls per nested CV, "
+          f"{1e3 * spent[0] / max(calls[0], 1):.1f} ms each; {100 * spent[0] / total:.1f} % of "
+          f"{total / runs:.2f} s per nested CV; load {load():.1f}")
 
 
 def full_protocol(n=150, p=200_000, n_permutations=1000, n_jobs=2):

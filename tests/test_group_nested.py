@@ -270,8 +270,9 @@ def test_engine_refuses_splitters_that_do_not_partition(rng):
         nested_cv(X, y, cv=ShuffleSplit(3, test_size=0.3, random_state=0))
 
 
-def test_libsvm_public_fallback_equals_private_path(rng):
-    """The private libsvm binding (speed) and the public SVC path give identical solutions."""
+def test_libsvm_fallback_equals_svc_and_ignores_padding(rng):
+    """Problems handed to libsvm: the solution of SVC(kernel='precomputed') with balanced class
+    weights, padding entries untouched."""
     for i in range(6):
         n, p = 30, [5, 40, 500][i % 3]
         X = rng.standard_normal((n, p))
@@ -281,12 +282,10 @@ def test_libsvm_public_fallback_equals_private_path(rng):
         yy = np.r_[2.0 * y01 - 1, 0.0]                  # one padding entry
         K = np.zeros((n + 1, n + 1))
         K[:n, :n] = X @ X.T
-        upper = [2.0 ** -6, 1.0, 16.0][i % 3] * np.r_[balanced_weights(y01), 0.0]
-        b_priv, i_priv = libsvm_solve(K, yy, upper, TOL, private=True)
-        b_pub, i_pub = libsvm_solve(K, yy, upper, TOL, private=False)
-        np.testing.assert_array_equal(b_priv, b_pub)
-        assert i_priv == i_pub and b_priv[-1] == 0
-        ref = SVC(kernel="precomputed", C=1.0, tol=TOL, class_weight={
-            0: upper[:n][y01 == 0][0], 1: upper[:n][y01 == 1][0]}).fit(K[:n, :n], y01)
-        np.testing.assert_allclose(ref.decision_function(K[:n, :n]),
-                                   K[:n, :n] @ b_pub[:n] + i_pub, atol=1e-9)
+        C = [2.0 ** -6, 1.0, 16.0][i % 3]
+        beta, b = libsvm_solve(K, yy, C * np.r_[balanced_weights(y01), 0.0], TOL)
+        assert beta[-1] == 0 and abs(beta[:n].sum()) <= 1e-9
+        ref = SVC(kernel="precomputed", C=C, tol=TOL, class_weight="balanced").fit(K[:n, :n],
+                                                                                  y01)
+        np.testing.assert_allclose(ref.decision_function(K[:n, :n]), K[:n, :n] @ beta[:n] + b,
+                                   atol=1e-9)

@@ -19,7 +19,7 @@ solves the equality-constrained KKT system of all problems with one batched LU
 (``numpy.linalg.solve``) and moves variables whose bound or multiplier sign is violated. It ends
 at the exact optimum of each problem (KKT verified on the unregularised system, tolerance
 ``kkt_tol`` in decision units); the rare problem that does not converge is handed to libsvm
-itself. The intercept follows libsvm's rule (mean over free support vectors, else the midpoint of
+itself (public ``SVC(kernel='precomputed')``). The intercept follows libsvm's rule (mean over free support vectors, else the midpoint of
 the feasible interval), so decision values equal libsvm's to its tolerance. A problem whose
 optimum has no free support vector (every alpha at 0 or C, typical for very small C) has a whole
 interval of optimal intercepts; libsvm's pick then depends on its iteration order, so such
@@ -144,64 +144,35 @@ def _kkt_ok(K, yy, lo, hi, beta, b, kkt_tol):
     return ~bad.any(1) & eq
 
 
-def _libsvm_private(Kv, y01, class_weight, tol, max_iter):
-    """scikit-learn's libsvm binding called directly, with the arguments ``SVC._dense_fit``
-    passes (private API: ``sklearn.svm._libsvm``); returns support, dual, intercept, n_iter."""
-    from sklearn.svm import _libsvm
+def libsvm_solve(K, y_pm, upper, tol):
+    """One problem through libsvm (``SVC(kernel='precomputed')``, public API); returns beta
+    (m,), b. Padding entries (``y_pm == 0``) get beta 0.
 
-    _libsvm.set_verbosity_wrap(0)
-    out = _libsvm.fit(
-        Kv, y01, svm_type=0, sample_weight=np.empty(0), class_weight=class_weight,
-        kernel="precomputed", C=1.0, nu=0.5, probability=False, degree=3, shrinking=True,
-        tol=tol, cache_size=200.0, coef0=0.0, gamma=1.0, epsilon=0.1, max_iter=max_iter,
-        random_seed=0)
-    # scikit-learn flips the sign for binary problems (decision > 0 <=> classes_[1])
-    return out[0], -out[3][0], -float(out[4][0]), int(np.max(out[-1]))
-
-
-def _libsvm_public(Kv, y01, class_weight, tol, max_iter):
-    """The same problem through the public ``SVC(kernel='precomputed')``."""
+    libsvm caches kernel rows in float32: below ~1e-8 its stopping rule may never be met; then
+    retry at 1e-7 instead of spinning to its 10^7-iteration limit. (Calling scikit-learn's
+    private libsvm binding directly saves ~5 ms per call but ~4 % of a nested CV, where only
+    ~2 of ~5,600 problems reach libsvm: benchmarks/group.py ``libsvm``.)
+    """
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import SVC
 
-    svc = SVC(kernel="precomputed", C=1.0, class_weight=dict(enumerate(class_weight)), tol=tol,
-              max_iter=max_iter)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        svc.fit(Kv, y01.astype(np.int64))
-    return svc.support_, svc.dual_coef_[0], float(svc.intercept_[0]), int(np.max(svc.n_iter_))
-
-
-def libsvm_solve(K, y_pm, upper, tol, *, private=True):
-    """One problem through libsvm with SVC's exact semantics; returns beta (m,), b.
-
-    ``private=True`` calls scikit-learn's libsvm binding directly (~0.7 ms instead of ~8 ms per
-    call for n ~ 36: benchmarks/group.py ``libsvm``), falling back to the public
-    ``SVC(kernel='precomputed')`` (identical results, tested) if that private API changes.
-    libsvm caches kernel rows in float32: below ~1e-8 its stopping rule may never be met; then
-    retry at 1e-7 instead of spinning to its 10^7-iteration limit.
-    """
-    valid = y_pm != 0
-    idx = np.flatnonzero(valid)
+    idx = np.flatnonzero(y_pm != 0)
     Kv = np.ascontiguousarray(K[np.ix_(idx, idx)], dtype=np.float64)
     yv = y_pm[idx]
     w = upper[idx]
-    class_weight = np.array([float(w[yv < 0][0]), float(w[yv > 0][0])])
-    y01 = (yv > 0).astype(np.float64)
-    fit = _libsvm_private if private else _libsvm_public
+    class_weight = {0: float(w[yv < 0][0]), 1: float(w[yv > 0][0])}
     for t_, it_ in ((tol, 200_000), (max(tol, 1e-7), -1)):
-        try:
-            support, dual, b, n_iter = fit(Kv, y01, class_weight, t_, it_)
-        except (ImportError, AttributeError, TypeError):  # pragma: no cover - private API gone
-            fit = _libsvm_public
-            support, dual, b, n_iter = fit(Kv, y01, class_weight, t_, it_)
-        if n_iter < 200_000:
+        svc = SVC(kernel="precomputed", C=1.0, class_weight=class_weight, tol=t_, max_iter=it_)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            svc.fit(Kv, (yv > 0).astype(np.int64))
+        if np.max(svc.n_iter_) < 200_000:
             break
     beta = np.zeros(K.shape[0])
-    beta[idx[support]] = dual
-    return beta, b
+    beta[idx[svc.support_]] = svc.dual_coef_[0]
+    return beta, float(svc.intercept_[0])
 
 
 def solve_dual(K, yy, upper, *, status=None, tol=1e-10, kkt_tol=1e-9, max_iter=60,
