@@ -289,3 +289,21 @@ def test_libsvm_fallback_equals_svc_and_ignores_padding(rng):
                                                                                   y01)
         np.testing.assert_allclose(ref.decision_function(K[:n, :n]), K[:n, :n] @ beta[:n] + b,
                                    atol=1e-9)
+
+
+def test_default_splitters_deal_the_study_folds(rng):
+    """The default outer/inner splitters reproduce the seeded round-robin folds exactly (the
+    published results depend on them)."""
+    from ketabids.group.cv import stratified_folds
+
+    y = np.r_[np.ones(17), np.zeros(23)].astype(int)
+    sites = np.array(["a", "b", "c"])[rng.integers(0, 3, 40)]
+    s = NestedCVSettings(n_repeats=2, n_outer=4, n_inner=3, random_state=7)
+    outer, inner = make_scheme(y, sites, s)
+    for r in range(2):
+        expected = stratified_folds(y, 4, np.random.default_rng([7, r]), sites)
+        np.testing.assert_array_equal(outer[r], expected)
+        for o in range(4):
+            tr = expected != o
+            np.testing.assert_array_equal(inner[r, o, tr], stratified_folds(
+                y[tr], 3, np.random.default_rng([7, r, o, 1]), sites[tr]))
