@@ -30,7 +30,7 @@ def _voxel_ml(img) -> float:
 def tissue_metrics(tpms: dict) -> dict:
     """``tiv_ml``, ``gm_ml``, ``wm_ml``, ``csf_ml``, ``icvs_gm``, ``icvs_wm``, ``icvs_csf``,
     ``gm_brain_fraction`` from the native ``{"GM", "WM", "CSF"}`` probability images."""
-    vols = {k: float(np.clip(_arr(tpms[k]), 0, 1).sum()) * _voxel_ml(tpms[k])
+    vols = {k: float(np.sum(_arr(tpms[k]), dtype=np.float64)) * _voxel_ml(tpms[k])
             for k in ("GM", "WM", "CSF")}
     tiv = sum(vols.values())
     out = {"tiv_ml": tiv, "gm_ml": vols["GM"], "wm_ml": vols["WM"], "csf_ml": vols["CSF"]}
@@ -39,6 +39,16 @@ def tissue_metrics(tpms: dict) -> dict:
     gw = vols["GM"] + vols["WM"]
     out["gm_brain_fraction"] = vols["GM"] / gw if gw > 0 else float("nan")
     return out
+
+
+def contrast_from_medians(median_wm: float, median_gm: float, median_csf: float) -> dict:
+    """The contrast keys of :func:`contrast_metrics` from given tissue medians (e.g. the IQMs'
+    ``summary_*_median``, which use the same > 0.85 masks, eroded)."""
+    ratio = (lambda a, b: a / b if b and np.isfinite(b) and b > 0 else float("nan"))
+    return {"median_wm": median_wm, "median_gm": median_gm, "median_csf": median_csf,
+            "contrast_wm_gm": ratio(median_wm, median_gm),
+            "contrast_gm_csf": ratio(median_gm, median_csf),
+            "t1_contrast_order": bool(median_wm > median_gm > median_csf)}
 
 
 def contrast_metrics(t1w, tpms: dict, brain_mask=None) -> dict:
@@ -52,9 +62,4 @@ def contrast_metrics(t1w, tpms: dict, brain_mask=None) -> dict:
     for k in ("WM", "GM", "CSF"):
         sel = (_arr(tpms[k]) > TISSUE_THRESHOLD) & brain
         med[k] = float(np.median(data[sel])) if sel.any() else float("nan")
-    ratio = (lambda a, b: a / b if b and np.isfinite(b) and b > 0 else float("nan"))
-    ordered = bool(med["WM"] > med["GM"] > med["CSF"])
-    return {"median_wm": med["WM"], "median_gm": med["GM"], "median_csf": med["CSF"],
-            "contrast_wm_gm": ratio(med["WM"], med["GM"]),
-            "contrast_gm_csf": ratio(med["GM"], med["CSF"]),
-            "t1_contrast_order": ordered}
+    return contrast_from_medians(med["WM"], med["GM"], med["CSF"])
