@@ -135,3 +135,15 @@ def sample_homogeneity(maps, ids, *, voxel_ml: float | None = None, fwhm_mm: flo
     frame = pd.DataFrame(rows)
     frame.attrs["fence"] = float(fence)
     return frame
+
+
+def modulated_gm_maps(output_dir) -> tuple[list, list[str]]:
+    """The modulated GM maps of a derivative dataset written by ketabids (``sub-*/[ses-*/]anat/
+    *_space-*_label-GM_desc-modulated_probseg.nii.gz``) and their ids (``sub-X`` or
+    ``sub-X_ses-Y``), sorted."""
+    from pathlib import Path
+
+    paths = sorted(Path(output_dir).glob(
+        "sub-*/**/anat/*_space-*_label-GM_desc-modulated_probseg.nii.gz"))
+    ids = [p.name.split("_space-")[0] for p in paths]
+    return paths, ids
