@@ -98,6 +98,7 @@ def fault_results(seed: int = 3, omp_nthreads: int = 1) -> dict:
         raw = tmp / "raw.nii.gz"
         nib.save(img, raw)
         start = time.perf_counter()
+        cpu = time.process_time()
         try:
             res = run_t1w(str(raw), template, mode="fast", seed=1, omp_nthreads=omp_nthreads,
                           out_dir=tmp)
@@ -109,9 +110,42 @@ def fault_results(seed: int = 3, omp_nthreads: int = 1) -> dict:
             metrics = dict(header_metrics(raw))
             metrics["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:150]}"
         metrics["pipeline_seconds"] = round(time.perf_counter() - start, 1)
+        metrics["pipeline_cpu_seconds"] = round(time.process_time() - cpu, 1)
         out[name] = metrics
         print(f"  {name}: {metrics.get('pipeline_seconds')} s", file=sys.stderr, flush=True)
     return out
+
+
+def qc_cost(t1w: Path, omp_nthreads: int = 1) -> dict:
+    """CPU and wall seconds of the whole participant pipeline (default mode,
+    :func:`ketabids.anat.vbm.run_t1w`) and of :func:`compute_subject_qc` on its outputs, in one
+    process (CPU time is the fair comparison on a shared machine)."""
+    import ants  # noqa: F401  (imported before timing: every Nipype node pays it anyway)
+
+    from ketabids.anat.vbm import run_t1w
+    from ketabids.qc.subject import compute_subject_qc
+    from ketabids.templates import get_template
+
+    template = get_template(resolution=1)
+    tmp = Path(tempfile.mkdtemp(prefix="qc-cost-"))
+    wall, cpu = time.perf_counter(), time.process_time()
+    res = run_t1w(str(t1w), template, mode="default", seed=1, omp_nthreads=omp_nthreads,
+                  out_dir=tmp)
+    pipe = {"pipeline_seconds": time.perf_counter() - wall,
+            "pipeline_cpu_seconds": time.process_time() - cpu}
+    metrics = compute_subject_qc(
+        raw_t1w=t1w, t1w=res["preproc"], brain_mask=res["mask"], tpms=res["probs"],
+        bias=res["bias"], anat2std_xfm=res["registration"].forward_transforms, template=template,
+        jacobian=res["jacobian"], omp_nthreads=omp_nthreads)
+    pipe.update({k: metrics[k] for k in ("qc_seconds", "qc_cpu_seconds")})
+    pipe["qc_share_cpu"] = pipe["qc_cpu_seconds"] / pipe["pipeline_cpu_seconds"]
+    pipe["qc_share_wall"] = pipe["qc_seconds"] / pipe["pipeline_seconds"]
+    print(f"\n## QC cost on {t1w.name} (default mode, {omp_nthreads} thread(s)): pipeline "
+          f"{pipe['pipeline_seconds']:.1f} s wall / {pipe['pipeline_cpu_seconds']:.1f} s CPU; "
+          f"QC {pipe['qc_seconds']:.1f} s wall / {pipe['qc_cpu_seconds']:.1f} s CPU = "
+          f"{100 * pipe['qc_share_cpu']:.1f} % (CPU), {100 * pipe['qc_share_wall']:.1f} % "
+          "(wall)")
+    return pipe
 
 
 def _fmt(v) -> str:
@@ -167,6 +201,8 @@ def main(argv=None) -> int:
     parser.add_argument("--faults", action="store_true")
     parser.add_argument("--fault-seed", type=int, default=3)
     parser.add_argument("--omp-nthreads", type=int, default=1)
+    parser.add_argument("--cost", type=Path, metavar="T1W",
+                        help="time the pipeline and the QC on this T1w (default mode)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
@@ -192,6 +228,8 @@ def main(argv=None) -> int:
         res = fault_results(args.fault_seed, args.omp_nthreads)
         everything["faults"] = res
         print_faults(res)
+    if args.cost:
+        everything["cost"] = qc_cost(args.cost, args.omp_nthreads)
     if args.json:
         write_json(args.json, everything)
     return 0
