@@ -16,7 +16,7 @@ def test_compute_subject_qc_without_registration(tmp_path):
     nib.save(img, raw)
     out = compute_subject_qc(raw_t1w=raw, t1w=img, brain_mask=mask, tpms=maps)
     assert assess(out)[0] == "pass"
-    assert "fov_coverage" not in out and out["qc_seconds"] >= out["qc_cpu_seconds"] * 0
+    assert "fov_coverage" not in out and out["qc_seconds"] > 0
     assert out["t1_contrast_order"] and out["tiv_ml"] > 1000
 
 
