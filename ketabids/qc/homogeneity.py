@@ -14,6 +14,11 @@ segmentation, wrong subject, artefact) has a low mean correlation. Here:
    shows), and below the cohort median (a tight cohort with a tiny IQR is not over-flagged: the
    value must also be a robust z < -2, ``z = (x - median) / (1.4826 MAD)``).
 
+Measured (benchmarks, 40 processed discovery phantoms, fast mode): mean correlations 0.850-0.930
+(median 0.908); the rule flags 2 of the 40 (0.850 and 0.860, at the fence 0.860): a flag asks
+for a look at the subject's report, it is not an exclusion. Planting sub-003's map shifted by
+4 / 6 mm in place of sub-010 gives 0.826 / 0.732, flagged.
+
 Pearson's r ignores a global rescaling of a map, so the map totals (``total_ml`` = sum x voxel
 volume, the GM volume the map carries) are checked too: flagged when the modified z-score
 ``|x - median| / (1.4826 MAD) > 3.5`` (Iglewicz & Hoaglin 1993). A map rescaled by a factor
