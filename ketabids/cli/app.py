@@ -67,7 +67,7 @@ def check_options(opts) -> None:
         raise UsageError("--atlas-labels needs --atlas")
     if opts.prediction_name and not opts.model:
         raise UsageError("--prediction-name names a prediction run: it needs --model")
-    for option in ("atlas", "atlas_labels", "nipype_plugin_file", "model"):
+    for option in ("atlas", "atlas_labels", "nipype_plugin_file", "model", "exclude_file"):
         value = getattr(opts, option)
         if value is not None and not Path(value).exists():
             raise MissingInputError(f"{value}: --{option.replace('_', '-')} file does not exist")
@@ -118,7 +118,8 @@ def _run_bids_app(opts) -> dict:
     )
     common = dict(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
                   layout=layout, n_permutations=opts.n_permutations, nprocs=opts.nprocs,
-                  seed=opts.seed, **label_options)
+                  seed=opts.seed, qc_policy=opts.qc_policy, exclude_file=opts.exclude_file,
+                  **label_options)
     if opts.model:
         from ketabids.group.predict import run_group_predict
 

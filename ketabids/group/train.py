@@ -56,11 +56,12 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
                     standardize: bool = False, smoothing_fwhm: float = 8.0,
                     analysis_resolution: float = 2.0, template: str = "MNI152NLin2009aSym",
                     n_repeats=10, n_outer=10, n_inner=5, c_grid=None, n_permutations=1000,
-                    atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True) -> dict:
+                    atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True,
+                    qc_policy: str = "exclude", exclude_file=None) -> dict:
     """Train: repeated nested CV, permutation test, final model, maps and report.
 
     Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
-    "n_responders", "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
+    "n_responders", "n_excluded", "qc" (what the QC gate did), "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
     "metrics": {"bac" (= bac_mean), "bac_pooled", "auc"}, "cv_hash", "tables"}``.
     """
     t0 = time.monotonic()
@@ -78,7 +79,8 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
 
     cohort = build_cohort(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects,
                           sessions=sessions, layout=layout, template=template, rule=rule,
-                          covariates=covariates, site_column=site_column)
+                          covariates=covariates, site_column=site_column,
+                          qc_policy=qc_policy, exclude_file=exclude_file)
     warn_excluded(cohort.excluded)
     if len(set(cohort.y.tolist())) < 2:
         raise BadDataError(f"all {len(cohort.y)} included participants have the same label "
@@ -164,6 +166,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
                      "unseen_site_rule": "ComBat leaves rows of sites unseen at training "
                      "unadjusted (site effect 0)" if combat else "sites not used by the model"},
             "labels": rule.as_dict(),
+            "qc": cohort.qc.as_dict(),
             "cv": cv_info,
             "metrics": headline,
             "training": {"n": len(y), "n_responders": int(y.sum()),
@@ -178,7 +181,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
             "headline": headline, "cv_hash": result.cv_hash, "settings": cv_info,
             "permutation": perm.as_dict() if perm else None, "n": len(y),
             "n_responders": int(y.sum()), "excluded": [e.__dict__ for e in cohort.excluded],
-            "filtered_out_by_include": cohort.filtered_out})
+            "filtered_out_by_include": cohort.filtered_out, "qc": cohort.qc.as_dict()})
         from ketabids.reports import group as report
 
         report.write_train_report(
@@ -194,7 +197,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
         "model": str(final_dir / model_io.MODEL_NAME),
         "manifest": str(final_dir / model_io.MANIFEST_NAME),
         "n": len(y), "n_subjects": len(y), "n_responders": int(y.sum()),
-        "n_excluded": len(cohort.excluded),
+        "n_excluded": len(cohort.excluded), "qc": cohort.qc.as_dict(),
         **{k: headline.get(k) for k in ("bac_mean", "bac_pooled", "auc", "p_bac", "p_auc")},
         "metrics": {"bac": headline["bac_mean"], "bac_pooled": headline["bac_pooled"],
                     "auc": headline["auc"]},
