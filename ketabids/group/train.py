@@ -61,8 +61,8 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
     """Train: repeated nested CV, permutation test, final model, maps and report.
 
     Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
-    "n_responders", "n_excluded", "qc" (what the QC gate did), "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
-    "metrics": {"bac" (= bac_mean), "bac_pooled", "auc"}, "cv_hash", "tables"}``.
+    "n_responders", "n_excluded", "qc" (what the QC gate did), "bac_mean", "bac_pooled", "auc",
+    "p_bac", "p_auc", "metrics": {"bac" (= bac_mean), "bac_pooled", "auc"}, "cv_hash", "tables"}``.
     """
     t0 = time.monotonic()
     rule = lab.make_label_rule(target=target, response_from=response_from,

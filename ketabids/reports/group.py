@@ -4,8 +4,8 @@ Figures are drawn with matplotlib (Agg backend) and nilearn and embedded as base
 report is one file that can be mailed or archived. The page skeleton is
 ``ketabids/data/group_report.html`` (``string.Template``); sections are built here.
 
-Training report: cohort (n, responders, participants left out and why, the QC gate), metrics with 95 %
-intervals, ROC, confusion matrix, permutation histogram,
+Training report: cohort (n, responders, participants left out and why, the QC gate), metrics
+with 95 % intervals, ROC, confusion matrix, permutation histogram,
 decision-value distributions, reliability curve, weight / CV-ratio / sign-consistency /
 Haufe-pattern maps, region table, methods paragraph. Prediction report: the same for a frozen
 model on a new cohort, plus the model's provenance.
