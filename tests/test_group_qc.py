@@ -303,3 +303,18 @@ def test_cli_bad_exclude_file_exits_65_with_one_line(cohort_dirs, tmp_path, caps
                    "sub-999; fix the participant_id column"]
     group = cohort_dirs["out"] / "group"
     assert not any(".tmp-" in p.name for p in group.glob(".*"))  # failed before staging
+
+
+def test_no_participant_left_after_the_gate(cohort_dirs, tmp_path):
+    from ketabids.errors import NoDataError
+    from ketabids.group import labels as lab
+    from ketabids.group.cohort import build_cohort
+
+    ex = _tsv(tmp_path / "all.tsv", "participant_id\treason\n" + "".join(
+        f"{pid}\treviewed: unusable\n" for pid in cohort_dirs["ids"][2:]))
+    rule = lab.make_label_rule(response_from=("madrs_pre", "madrs_24h"))
+    with pytest.raises(NoDataError, match="passes the QC gate \\(24 left out: sub-001 \\(QC "
+                                          "fail: slice thickness 6 mm\\)"):
+        build_cohort(bids_dir=cohort_dirs["bids"], output_dir=cohort_dirs["out"], subjects=None,
+                     sessions=None, layout=None, template="MNI152NLin2009aSym", rule=rule,
+                     exclude_file=ex)
