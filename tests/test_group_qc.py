@@ -14,7 +14,7 @@ import logging
 import pandas as pd
 import pytest
 
-from ketabids.errors import BadDataError, ExitCode
+from ketabids.errors import BadDataError, ExitCode, UsageError
 from ketabids.qc.gate import apply_qc_gate, read_exclude_file
 from ketabids.qc.table import write_subject_qc
 
@@ -137,6 +137,8 @@ def test_gate_policies(tmp_path, caplog):
     record = gate.as_dict()
     assert record["policy"] == "ignore" and record["source"] is None
     assert len(record["exclude_file_sha256"]) == 64
+    with pytest.raises(UsageError, match="--qc-policy 'drop' is unknown"):
+        apply_qc_gate(candidates, output_dir=tmp_path, policy="drop")
 
 
 def test_sessions_are_matched(tmp_path):

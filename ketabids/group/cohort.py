@@ -16,7 +16,7 @@ import pandas as pd
 from ketabids.errors import BadDataError, NoDataError
 from ketabids.group import features as feat
 from ketabids.group import labels as lab
-from ketabids.qc.gate import QCGate, apply_qc_gate, read_verdict
+from ketabids.qc.gate import QCGate, open_gate, pass_gate, read_verdict
 
 LOGGER = logging.getLogger("ketabids")
 
@@ -80,7 +80,8 @@ def build_cohort(*, bids_dir, output_dir, subjects, sessions, layout, template, 
     (``qc_policy``, ``exclude_file``: :func:`ketabids.qc.gate.apply_qc_gate`); list everyone
     left out, with the reason."""
     table = lab.read_participants(bids_dir)
-    everyone = list(table.index)
+    gate = open_gate(policy=qc_policy, exclude_file=exclude_file,
+                     known_participants=list(table.index), roots=(bids_dir, output_dir))
     if subjects:
         wanted = [s.removeprefix("sub-") for s in subjects]
         absent = [s for s in wanted if s not in table.index]
@@ -107,10 +108,7 @@ def build_cohort(*, bids_dir, output_dir, subjects, sessions, layout, template, 
     excluded += no_map
     order = [s for s in kept.index if s in maps
              and (not (rule.target or rule.response_from) or s in labels.index)]
-    order, gate = apply_qc_gate({s: maps[s].session for s in order}, output_dir=output_dir,
-                                policy=qc_policy, exclude_file=exclude_file,
-                                known_participants=everyone,
-                                roots=(bids_dir, output_dir))
+    order = pass_gate(gate, {s: maps[s].session for s in order}, output_dir=output_dir)
     excluded += [lab.Exclusion(e["participant_id"], e["reason"]) for e in gate.excluded]
     if not order:
         raise NoDataError(

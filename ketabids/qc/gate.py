@@ -35,7 +35,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ketabids.errors import BadDataError
+from ketabids.errors import BadDataError, UsageError
 
 LOGGER = logging.getLogger("ketabids")
 
@@ -46,7 +46,7 @@ EXCLUDE_FILE_COLUMNS = "participant_id, reason (session optional)"
 _EMPTY = ("", "n/a", "na", "nan", "none")
 
 __all__ = ["QC_POLICIES", "ReviewDecision", "QCGate", "read_exclude_file", "read_verdict",
-           "apply_qc_gate"]
+           "open_gate", "pass_gate", "apply_qc_gate"]
 
 
 @dataclass(frozen=True)
@@ -219,14 +219,12 @@ def read_verdict(output_dir, subject: str, session: str | None = None) -> dict |
     return {"verdict": verdict, "reasons": list(record.get("reasons") or [])}
 
 
-def apply_qc_gate(candidates: dict, *, output_dir, policy: str = "exclude",
-                  exclude_file=None, known_participants=(), roots=()) -> tuple[list, QCGate]:
-    """Split ``candidates`` (``{subject: session or None}``, in cohort order) into kept and
-    left out; returns ``(kept subjects, gate)`` and logs what it did (one summary line, one
-    warning line per kind of problem).
-    """
+def open_gate(*, policy: str = "exclude", exclude_file=None, known_participants=(),
+              roots=()) -> QCGate:
+    """A gate with its policy and the review decisions read and checked (call it before any
+    long work: a bad exclusion file fails at once)."""
     if policy not in QC_POLICIES:
-        raise ValueError(f"unknown QC policy {policy!r}; one of {QC_POLICIES}")
+        raise UsageError(f"--qc-policy {policy!r} is unknown; use one of {', '.join(QC_POLICIES)}")
     gate = QCGate(policy=policy)
     if exclude_file is not None:
         exclude_file = Path(exclude_file)
@@ -234,10 +232,17 @@ def apply_qc_gate(candidates: dict, *, output_dir, policy: str = "exclude",
                                            roots=roots)
         gate.exclude_file = str(exclude_file)
         gate.exclude_file_sha256 = _sha256(exclude_file)
+    return gate
+
+
+def pass_gate(gate: QCGate, candidates: dict, *, output_dir) -> list:
+    """Split ``candidates`` (``{subject: session or None}``, in cohort order): returns the kept
+    subjects, records every decision in ``gate`` and logs what it did (one summary line, one
+    warning line per kind of problem)."""
     kept = []
     for subject, session in candidates.items():
         pid, ses = _sub(subject), _ses(session)
-        record = None if policy == "ignore" else read_verdict(output_dir, subject, session)
+        record = None if gate.policy == "ignore" else read_verdict(output_dir, subject, session)
         gate.verdicts[pid] = {"session": ses, "verdict": record and record["verdict"],
                               "reasons": record["reasons"] if record else []}
         review = next((d for d in gate.decisions if d.matches(subject, session)), None)
@@ -245,7 +250,7 @@ def apply_qc_gate(candidates: dict, *, output_dir, policy: str = "exclude",
             gate.excluded.append({"participant_id": pid, "session": ses, "by": "review",
                                   "reason": f"excluded by review "
                                             f"({Path(gate.exclude_file).name}): {review.reason}"})
-        elif policy == "exclude" and record and record["verdict"] == "fail":
+        elif gate.policy == "exclude" and record and record["verdict"] == "fail":
             gate.excluded.append({"participant_id": pid, "session": ses, "by": "qc",
                                   "reason": "QC fail: " + "; ".join(record["reasons"])})
         else:
@@ -263,4 +268,12 @@ def apply_qc_gate(candidates: dict, *, output_dir, policy: str = "exclude",
                        "without QC?) and are kept unchecked: %s%s; rerun the participant level "
                        "to check them, or list them in --exclude-file", len(missing),
                        ", ".join(missing[:20]), " ..." if len(missing) > 20 else "")
-    return kept, gate
+    return kept
+
+
+def apply_qc_gate(candidates: dict, *, output_dir, policy: str = "exclude",
+                  exclude_file=None, known_participants=(), roots=()) -> tuple[list, QCGate]:
+    """:func:`open_gate` then :func:`pass_gate`: ``(kept subjects, gate)``."""
+    gate = open_gate(policy=policy, exclude_file=exclude_file,
+                     known_participants=known_participants, roots=roots)
+    return pass_gate(gate, candidates, output_dir=output_dir), gate
