@@ -141,6 +141,16 @@ def test_gate_policies(tmp_path, caplog):
         apply_qc_gate(candidates, output_dir=tmp_path, policy="drop")
 
 
+def test_derivatives_without_qc_records_are_kept_with_one_warning(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="ketabids"):
+        kept, gate = apply_qc_gate({"a": None, "b": None}, output_dir=tmp_path)
+    assert kept == ["a", "b"] and gate.no_record == ["sub-a", "sub-b"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["QC: none of the 2 participants has a QC record (derivatives from a "
+                        "ketabids without QC?): all kept unchecked; rerun the participant level "
+                        "to check them"]
+
+
 def test_sessions_are_matched(tmp_path):
     write_subject_qc(tmp_path, "a", "1", FAIL_THICK)
     write_subject_qc(tmp_path, "a", "2", PASS)

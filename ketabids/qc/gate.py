@@ -263,7 +263,11 @@ def pass_gate(gate: QCGate, candidates: dict, *, output_dir) -> list:
                        "; ".join(f"{f['participant_id']} ({'; '.join(f['reasons'])})"
                                  for f in kept_fail[:30]))
     missing = gate.no_record
-    if missing:
+    if missing and len(missing) == len(gate.verdicts):
+        LOGGER.warning("QC: none of the %d participants has a QC record (derivatives from a "
+                       "ketabids without QC?): all kept unchecked; rerun the participant level "
+                       "to check them", len(missing))
+    elif missing:
         LOGGER.warning("QC: %d participant(s) have no QC record (derivatives from a ketabids "
                        "without QC?) and are kept unchecked: %s%s; rerun the participant level "
                        "to check them, or list them in --exclude-file", len(missing),
