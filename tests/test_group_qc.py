@@ -325,8 +325,8 @@ def test_no_participant_left_after_the_gate(cohort_dirs, tmp_path):
     ex = _tsv(tmp_path / "all.tsv", "participant_id\treason\n" + "".join(
         f"{pid}\treviewed: unusable\n" for pid in cohort_dirs["ids"][2:]))
     rule = lab.make_label_rule(response_from=("madrs_pre", "madrs_24h"))
-    with pytest.raises(NoDataError, match="passes the QC gate \\(24 left out: sub-001 \\(QC "
-                                          "fail: slice thickness 6 mm\\)"):
+    with pytest.raises(NoDataError, match="24 left out: sub-001 \\(QC fail: slice thickness "
+                                          "6 mm\\)"):
         build_cohort(bids_dir=cohort_dirs["bids"], output_dir=cohort_dirs["out"], subjects=None,
                      sessions=None, layout=None, template="MNI152NLin2009aSym", rule=rule,
                      exclude_file=ex)

@@ -115,11 +115,11 @@ def _run_bids_app(opts) -> dict:
         response_from=tuple(opts.response_from) if opts.response_from else None,
         response_threshold=opts.response_threshold,
         include=list(opts.include),
+        qc_policy=opts.qc_policy, exclude_file=opts.exclude_file,  # who passes the QC gate
     )
     common = dict(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
                   layout=layout, n_permutations=opts.n_permutations, nprocs=opts.nprocs,
-                  seed=opts.seed, qc_policy=opts.qc_policy, exclude_file=opts.exclude_file,
-                  **label_options)
+                  seed=opts.seed, **label_options)
     if opts.model:
         from ketabids.group.predict import run_group_predict
 

@@ -112,8 +112,8 @@ def build_cohort(*, bids_dir, output_dir, subjects, sessions, layout, template, 
     excluded += [lab.Exclusion(e["participant_id"], e["reason"]) for e in gate.excluded]
     if not order:
         raise NoDataError(
-            f"no participant has both a label and a space-{template} modulated GM map"
-            f"{' and passes the QC gate' if gate.excluded else ''} ({len(excluded)} left out: "
+            f"no participant has both a label and a space-{template} modulated GM map "
+            f"({len(excluded)} left out: "
             f"{'; '.join(f'{e.participant_id} ({e.reason})' for e in excluded[:10])})")
     if rule.target or rule.response_from:
         y = labels.loc[order].to_numpy(int)

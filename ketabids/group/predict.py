@@ -49,16 +49,16 @@ def _slug(text: str) -> str:
 
 def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessions=None,
                       layout=None, target=None, response_from=None, response_threshold=0.5,
+                      qc_policy: str = "exclude", exclude_file=None,
                       include=(), n_permutations=1000, nprocs=1, seed=0,
-                      name: str | None = None, qc_policy: str = "exclude",
-                      exclude_file=None) -> dict:
+                      name: str | None = None) -> dict:
     """Apply a frozen model to a cohort; with labels, evaluate it (metrics, permutation p).
 
-    Label options default to the model's own rule (``--target`` / ``--response-from``) when
-    its columns exist in this participants.tsv; ``include`` is never inherited.
     Participants whose scan fails QC get no prediction (``qc_policy``, ``exclude_file``: see
     :mod:`ketabids.qc.gate`); they are listed in cohort.tsv, the report and metrics.json.
-    Returns ``{"output_dir", "report", "predictions", "n", "n_subjects" (= n), "n_excluded", "qc",
+    Label options default to the model's own rule (``--target`` / ``--response-from``) when
+    its columns exist in this participants.tsv; ``include`` is never inherited.
+    Returns ``{"output_dir", "report", "predictions", "n", "n_subjects" (= n), "n_excluded",
     "labelled", "bac", "auc", "p_bac", "p_auc", "metrics": {"bac", "auc"}, "model_sha256",
     "tables"}`` (metrics None without labels).
     """

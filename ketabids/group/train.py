@@ -52,17 +52,17 @@ __all__ = ["run_group_train", "FLOAT_FORMAT"]
 def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layout=None,
                     target: str | None = None, response_from: tuple[str, str] | None = None,
                     response_threshold: float = 0.5, include=(), covariates=(),
+                    qc_policy: str = "exclude", exclude_file=None,
                     site_column: str | None = None, combat: bool = False,
                     standardize: bool = False, smoothing_fwhm: float = 8.0,
                     analysis_resolution: float = 2.0, template: str = "MNI152NLin2009aSym",
                     n_repeats=10, n_outer=10, n_inner=5, c_grid=None, n_permutations=1000,
-                    atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True,
-                    qc_policy: str = "exclude", exclude_file=None) -> dict:
+                    atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True) -> dict:
     """Train: repeated nested CV, permutation test, final model, maps and report.
 
     Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
-    "n_responders", "n_excluded", "qc" (what the QC gate did), "bac_mean", "bac_pooled", "auc",
-    "p_bac", "p_auc", "metrics": {"bac" (= bac_mean), "bac_pooled", "auc"}, "cv_hash", "tables"}``.
+    "n_responders", "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
+    "metrics": {"bac" (= bac_mean), "bac_pooled", "auc"}, "cv_hash", "tables"}``.
     """
     t0 = time.monotonic()
     rule = lab.make_label_rule(target=target, response_from=response_from,
