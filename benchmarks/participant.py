@@ -1,7 +1,7 @@
 """Participant-level benchmark: per-step wall time, peak memory and accuracy on phantoms.
 
 Runs :func:`ketabids.anat.vbm.run_t1w` (every participant step) on synthetic subjects from
-:func:`ketabids.demo.phantom.simulate_subject` (1 mm with skull for ``default``, 2 mm for ``fast``)
+:func:`ketabids.demo.head.simulate_subject` (1 mm with skull for ``default``, 2 mm for ``fast``)
 and optionally a real scan, ``--repeats`` times each in a fresh process (the ITK thread count
 is fixed per process), and prints the median of every figure. Not a pass/fail test.
 
@@ -95,7 +95,7 @@ def one_run(kind: str, mode: str, seed: int, threads: int) -> dict:
     """One subject end to end in this process; returns timings, peak memory, accuracy."""
     import resource
 
-    from ketabids.demo import phantom
+    from ketabids.demo import head as phantom
     from ketabids.templates import get_template
     from ketabids.anat.vbm import run_t1w
 

@@ -1,6 +1,6 @@
 """End-to-end runs of every participant step (ketabids.anat.vbm.run_t1w), fast mode.
 
-1. A 2 mm phantom with skull, neck, rotation, bias and noise (ketabids.demo.phantom) against its
+1. A 2 mm phantom with skull, neck, rotation, bias and noise (ketabids.demo.head) against its
    ground truth, with thresholds appropriate to fast mode.
 2. The real scans in ../shared/data/real-t1w (skipped when absent), downsampled to 2 mm to keep
    CI short: plausible volumes, skull-stripped input detected, and consistency of the volumes
@@ -37,7 +37,7 @@ def template2():
 
 @pytest.mark.slow
 def test_fast_mode_on_a_2mm_phantom(template2, tmp_path):
-    from ketabids.demo import phantom
+    from ketabids.demo import head as phantom
     from ketabids.anat.conform import conform_t1w
     from ketabids.anat.vbm import run_t1w
 

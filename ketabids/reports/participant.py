@@ -12,11 +12,11 @@ sections with the methods paragraph, settings and software versions.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 
 import numpy as np
+
+from ketabids.reports.figures import png_uri, pyplot
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;
@@ -31,13 +31,8 @@ code{font-size:90%}
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=72, bbox_inches="tight", facecolor="black",
-                metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    """The report's figure style: black background, 72 dpi."""
+    return png_uri(fig, dpi=72, facecolor="black")
 
 
 def _cuts(mask: np.ndarray, n: int = 3) -> list[list[int]]:
@@ -67,11 +62,9 @@ def _norm(data, mask=None):
 
 def plot_segmentation(t1w_img, mask_img, dseg_img=None) -> str:
     """Mask contour and tissue overlay on the T1w; returns a ``data:`` URI (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+
+    plt = pyplot()
 
     t1w = np.asanyarray(t1w_img.dataobj, dtype=np.float32)
     mask = np.asanyarray(mask_img.dataobj) > 0
@@ -97,13 +90,10 @@ def plot_segmentation(t1w_img, mask_img, dseg_img=None) -> str:
     return _png(fig)
 
 
-def plot_normalisation(std_img, template_brain_img, template_wm_img, template_mask_img) -> str:
-    """The T1w in template space with the template's edges; returns a ``data:`` URI (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+def plot_normalisation(std_img, template_wm_img, template_mask_img) -> str:
+    """The T1w in template space with the template's edges (brain outline and GM/WM boundary);
+    returns a ``data:`` URI (PNG)."""
+    plt = pyplot()
     std = np.asanyarray(std_img.dataobj, dtype=np.float32)
     tmask = np.asanyarray(template_mask_img.dataobj) > 0
     wm = np.asanyarray(template_wm_img.dataobj, dtype=np.float32)
