@@ -42,6 +42,7 @@ from ketabids.io import atomic_write_text, write_json, write_tsv
 #: frontal/cerebellar log-ratio difference 0.14 estimated vs 0.29 true at 0.15).
 DEMO_EFFECT_SIZE = 0.2
 
+
 @dataclass
 class DemoCohort:
     """What :func:`generate_demo` wrote.
