@@ -30,10 +30,9 @@ import numpy as np
 from ketabids.bids.derivatives import BIDS_VERSION
 from ketabids.demo.head import ORIENTATIONS, simulate_subject
 from ketabids.demo.participants import PARTICIPANTS_JSON, make_participants_table, planted_label
-from ketabids.demo.phantom import save_image
 from ketabids.demo.scanners import COMMON_SIDECAR, SCANNERS
 from ketabids.group.labels import is_response
-from ketabids.io import atomic_write_text, write_json, write_tsv
+from ketabids.io import atomic_write_text, save_nifti, write_json, write_tsv
 
 #: Default planted effect of the demo. Larger than the template-space default
 #: (:data:`ketabids.demo.phantom.DEFAULT_EFFECT_SIZE`): the phantoms' smooth deformation adds ~8 %
@@ -173,15 +172,15 @@ def _write_subject(*, row: dict, label, bids_dir: Path, truth_dir: Path, seed: i
         **scanner["simulation"],
     )
     anat = bids_dir / sub / "anat"
-    save_image(subj.t1w, anat / f"{sub}_T1w.nii.gz")
+    save_nifti(subj.t1w, anat / f"{sub}_T1w.nii.gz")
     write_json(anat / f"{sub}_T1w.json", {**COMMON_SIDECAR, **scanner["sidecar"]})
     tdir = truth_dir / sub
-    save_image(subj.gm, tdir / f"{sub}_label-GM_probseg.nii.gz")
-    save_image(subj.wm, tdir / f"{sub}_label-WM_probseg.nii.gz")
-    save_image(subj.csf, tdir / f"{sub}_label-CSF_probseg.nii.gz")
-    save_image(subj.brain_mask, tdir / f"{sub}_desc-brain_mask.nii.gz")
+    save_nifti(subj.gm, tdir / f"{sub}_label-GM_probseg.nii.gz")
+    save_nifti(subj.wm, tdir / f"{sub}_label-WM_probseg.nii.gz")
+    save_nifti(subj.csf, tdir / f"{sub}_label-CSF_probseg.nii.gz")
+    save_nifti(subj.brain_mask, tdir / f"{sub}_desc-brain_mask.nii.gz")
     tpl_name = subj.params["template"]
-    save_image(
+    save_nifti(
         subj.template_gm,
         tdir / f"{sub}_space-{tpl_name}_label-GM_desc-modulated_probseg.nii.gz",
     )

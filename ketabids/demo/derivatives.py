@@ -21,13 +21,13 @@ from ketabids.demo.phantom import (
     REFERENCE_AGE,
     draw_head_scale,
     nifti_image,
-    save_image,
     simulate_template_gm,
     subject_rng,
     template_maps,
     template_volumes,
 )
 from ketabids.group.labels import is_response
+from ketabids.io import save_nifti
 from ketabids.io import write_json, write_tsv
 
 
@@ -122,7 +122,7 @@ def write_synthetic_derivatives(
         )
         anat = out_dir / sub / "anat"
         stem = f"{sub}_space-{template.space}_label-GM_desc-modulated_probseg"
-        save_image(nifti_image(gm, affine, code=4), anat / f"{stem}.nii.gz")
+        save_nifti(nifti_image(gm, affine, code=4), anat / f"{stem}.nii.gz")
         write_json(
             anat / f"{stem}.json",
             {

@@ -364,13 +364,3 @@ def nifti_image(data, affine, *, dtype=np.float32, code: int = 1):
     img.header.set_qform(affine, code=code)
     img.header.set_sform(affine, code=code)
     return img
-
-
-def save_image(img, path) -> None:
-    """Save a NIfTI image atomically (:func:`ketabids.io.atomic_path`)."""
-    import nibabel as nib
-
-    from ketabids.io import atomic_path
-
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, tmp)
