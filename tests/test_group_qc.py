@@ -1,7 +1,8 @@
 """The group level honours QC (issue 10): failing scans are left out of training and prediction
 by default and listed everywhere; --qc-policy warn/ignore and --exclude-file change that.
 
-Cohorts are synthetic derivatives (``ketabids.demo.phantom.write_synthetic_derivatives``) with
+Cohorts are synthetic derivatives
+(``ketabids.demo.derivatives.write_synthetic_derivatives``) with
 per-subject QC JSONs written by ``ketabids.qc.table.write_subject_qc`` from metrics whose
 verdicts are known (slice thickness 6 mm -> fail, 3 mm -> warn, 1 mm -> pass; orientation codes
 0 -> fail).
@@ -39,7 +40,8 @@ def _write_qc(out, verdicts: dict) -> None:
 @pytest.fixture(scope="module")
 def cohort_dirs(tmp_path_factory):
     """24 ketamine patients with maps; QC: 2 fail, 1 warn, 1 without a record, 20 pass."""
-    from ketabids.demo.phantom import make_participants_table, write_synthetic_derivatives
+    from ketabids.demo.derivatives import write_synthetic_derivatives
+    from ketabids.demo.participants import make_participants_table
     from ketabids.testing import make_bids_tree
 
     root = tmp_path_factory.mktemp("qcgroup")
