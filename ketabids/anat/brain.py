@@ -1,13 +1,15 @@
 """Bias-field correction and template-based brain extraction.
 
 * :func:`n4_bias_correct`: N4 (Tustison 2010) on the head foreground, on a grid shrunk by
-  ``shrink``; ``corrected = image / bias``.
+  ``shrink``, B-spline field of :data:`N4_SPLINE_MM` refined over 4 levels (the ANTs scripts'
+  settings); ``corrected = image / bias``.
 * :func:`extract_brain`: the subject (head with skull, scalp and neck, or an already
   skull-stripped brain) is registered to the brain-only template with the metric restricted to
   the template brain mask dilated by ``DILATE_MM`` (so skull and neck do not pull), affine + SyN
   (:func:`ketabids.anat.registration.register_to_template`); the template brain mask is carried back
   through the inverse transform (linear, threshold 0.5), then holes filled and the largest
-  component kept. The same registration is returned so it can be reused for normalisation.
+  component kept, then extended into the surrounding CSF (:func:`intracranial_mask`) so the
+  mask, and TIV, include sulcal and extra-cerebral CSF as SPM/CAT12 and fMRIPrep count them. The same registration is returned so it can be reused for normalisation.
 * Already skull-stripped input is detected *before* registration: the foreground (voxels above
   1 % of the 99th intensity percentile, largest component, holes filled) is smaller than
   ``STRIPPED_MAX_ML`` and >= 95 % of the voxels outside it hold one single value (zero fill). Then
@@ -28,6 +30,15 @@ STRIPPED_MAX_ML = 2300.0
 #: spacing (mm) of the grid N4 fits the bias field on, per mode (see :func:`n4_bias_correct`);
 #: fast: 12 mm, 2.6x quicker on a 2 mm head (2.2 -> 0.8 s), GM volume ~1 % lower on the phantoms
 N4_GRID_MM = {"default": 8.0, "fast": 12.0}
+#: B-spline distance (mm) of the N4 bias field at its first fitting level, refined 2x per level
+#: over ``len(iterations)`` levels (4 levels: 100 -> 12.5 mm knots), as the ANTs scripts and
+#: sMRIPrep run N4 (``-b [200]``, 4 levels; 100 mm here for a 1 mm head, see
+#: :func:`n4_bias_correct`)
+N4_SPLINE_MM = 100.0
+N4_ITERATIONS = (50, 50, 50, 50)
+#: intracranial extension of the registration brain mask (see :func:`intracranial_mask`)
+RING_MM = 2.0
+CSF_FLOOR = 0.3
 
 
 def voxel_ml(img: nib.Nifti1Image) -> float:
@@ -64,14 +75,22 @@ def head_foreground(img: nib.Nifti1Image, fraction: float = 0.1) -> np.ndarray:
 
 def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *,
                     shrink: int | None = None, grid_mm: float = N4_GRID_MM["default"],
-                    iterations=(50, 50, 30), omp_nthreads: int = 1):
+                    spline_mm: float = N4_SPLINE_MM, iterations=N4_ITERATIONS,
+                    omp_nthreads: int = 1):
     """N4 bias-field correction. Returns ``(corrected, bias_field)`` with ``corrected = img /
     bias`` inside ``mask`` (default: the head foreground) and ``img`` outside it.
 
     ``shrink`` (None = automatic): N4 fits on a grid shrunk by this factor; automatic picks
     ``round(grid_mm / smallest voxel size)`` so the fit runs on a ~``grid_mm`` grid whatever
-    the input resolution (the cost is set by the number of shrunk voxels; the bias field is
-    smooth on a scale of ~10 cm).
+    the input resolution (the cost is set by the number of shrunk voxels).
+
+    ``spline_mm``: B-spline control-point distance of the first fitting level; each of the
+    ``len(iterations)`` levels halves it (100 mm, 4 levels: 12.5 mm knots at the end). antspyx's
+    default (a mesh of 1 span per axis, i.e. ~4 control points over the head, 3 levels here
+    before) left a residual bias on a real 256^3 Philips scan (AOMIC sub-0001): reference-WM
+    median 288 in the top sixth of the brain vs 340 mid-brain, and 107 mL of the reference WM
+    labelled GM (WM -18 %). 100 mm x 4 levels: WM volume -18 % -> -6 % of the fMRIPrep/FAST
+    reference, WM Dice 0.857 -> 0.891 (200 mm: -15 %; 75 mm: -4 % but GM/CSF Dice drop).
 
     Intensities are shifted to be positive first (N4 works on log intensities) and shifted back.
     """
@@ -88,7 +107,7 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
     with ants_env(None, omp_nthreads):  # to_ants is an ITK call: inside, so threads are set
         a_img, a_mask = to_ants(work), to_ants(make_image(m.astype(np.float32), img.affine))
         bias = ants.n4_bias_field_correction(
-            a_img, mask=a_mask, shrink_factor=int(shrink),
+            a_img, mask=a_mask, shrink_factor=int(shrink), spline_param=float(spline_mm),
             convergence={"iters": list(iterations), "tol": 1e-7}, return_bias_field=True,
         )
     b = bias.numpy().astype(np.float32)
@@ -99,6 +118,35 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
     corrected = np.where(m & (data > lo), np.maximum((data + shift) / b - shift, lo), data)
     corrected = corrected.astype(np.float32)
     return make_image(corrected, img.affine), make_image(b, img.affine)
+
+
+def intracranial_mask(img: nib.Nifti1Image, mask: np.ndarray, *, ring_mm: float = RING_MM,
+                      floor: float = CSF_FLOOR) -> np.ndarray:
+    """The brain mask extended into the surrounding CSF: the intracranial volume as SPM/CAT12
+    and fMRIPrep's brain mask count it (sulcal and extra-cerebral CSF included).
+
+    The template brain mask carried back by registration follows the gyral crowns (the
+    template's brain is the average brain, its mask its non-zero voxels). Voxels within
+    ``ring_mm`` of it (Euclidean distance) are added when brighter than ``floor x`` the median
+    intensity inside the mask: CSF on a T1w sits at ~0.55 of that median, bone and air below
+    ~0.3; then the component touching the brain is kept and holes are filled. Atropos labels
+    the added voxels (mostly CSF), so the GM map stays clean while TIV = GM + WM + CSF counts
+    the fluid. Measured on AOMIC sub-0001 against fMRIPrep's mask (1444 mL): Dice 0.950 ->
+    0.971, volume 1329 -> 1445 mL, reference GM outside the mask 58 -> 12 mL; a 3 mm ring
+    overshoots (1498 mL, Dice 0.969).
+    """
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return m
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+    dist = ndimage.distance_transform_edt(~m, sampling=zooms)
+    level = float(np.median(data[m]))
+    grown = m | ((dist <= ring_mm) & (data > floor * level))
+    labels, _ = ndimage.label(grown)
+    keep = np.unique(labels[m])
+    grown = np.isin(labels, keep[keep > 0])
+    return ndimage.binary_fill_holes(grown)
 
 
 def detect_skull_stripped(img: nib.Nifti1Image) -> tuple[bool, dict]:
@@ -151,6 +199,7 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
                                  omp_nthreads=omp_nthreads)
         mask = np.asarray(warped.dataobj) >= 0.5
         mask = ndimage.binary_fill_holes(_largest_component(mask))
+        mask = intracranial_mask(img, mask)
     out = make_image(mask.astype(np.uint8), img.affine)
     info = {
         "skull_stripped_input": stripped,
@@ -160,6 +209,8 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
         "method": ("input already skull-stripped: mask = its non-background voxels"
                    if stripped else
                    f"template brain mask carried back from a {res:g} mm affine+SyN registration "
-                   f"(metric masked by the template brain mask dilated {DILATE_MM:g} mm)"),
+                   f"(metric masked by the template brain mask dilated {DILATE_MM:g} mm), extended "
+                   f"{RING_MM:g} mm into voxels above {CSF_FLOOR:g} x its median intensity "
+                   "(sulcal and extra-cerebral CSF)"),
     }
     return out, info, reg
