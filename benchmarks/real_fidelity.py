@@ -233,12 +233,11 @@ def main(argv=None) -> list[dict]:
                     res = run_cli(img, label, tmp / f"r{rep}", fast=mode == "fast")
                     row = {"subject": label, "mode": mode, "wall_s": res["wall_s"],
                            "peak_gb": res["peak_gb"], **res["volumes"]}
-                    ref_key = label.removesuffix("rot")
                     if truth is not None:
                         row.update(phantom_accuracy(res["dseg"], res["mask"], res["volumes"],
                                                     res["modulated_gm"], truth))
-                    elif ref_key in REFERENCES:
-                        ref = [nib.load(DATA / "reference-fmriprep" / f) for f in REFERENCES[ref_key]]
+                    elif label in REFERENCES:  # (a rotated copy no longer matches its reference)
+                        ref = [nib.load(DATA / "reference-fmriprep" / f) for f in REFERENCES[label]]
                         cmp = compare_to_reference(res["dseg"], res["mask"], *ref,
                                                    volumes=res["volumes"])
                         row.update({k: v for k, v in cmp.items() if k.startswith("dice")})
