@@ -1,8 +1,7 @@
 """Bias-field correction and template-based brain extraction.
 
 * :func:`n4_bias_correct`: N4 (Tustison 2010) on the head foreground, on a grid shrunk by
-  ``shrink``, B-spline field of :data:`N4_SPLINE_MM` refined over 4 levels (the ANTs scripts'
-  settings); ``corrected = image / bias``.
+  ``shrink``; ``corrected = image / bias``.
 * :func:`extract_brain`: the subject (head with skull, scalp and neck, or an already
   skull-stripped brain) is registered to the brain-only template with the metric restricted to
   the template brain mask dilated by ``DILATE_MM`` (so skull and neck do not pull), affine + SyN
@@ -30,12 +29,11 @@ STRIPPED_MAX_ML = 2300.0
 #: spacing (mm) of the grid N4 fits the bias field on, per mode (see :func:`n4_bias_correct`);
 #: fast: 12 mm, 2.6x quicker on a 2 mm head (2.2 -> 0.8 s), GM volume ~1 % lower on the phantoms
 N4_GRID_MM = {"default": 8.0, "fast": 12.0}
-#: B-spline distance (mm) of the N4 bias field at its first fitting level, refined 2x per level
-#: over ``len(iterations)`` levels (4 levels: 100 -> 12.5 mm knots), as the ANTs scripts and
-#: sMRIPrep run N4 (``-b [200]``, 4 levels; 100 mm here for a 1 mm head, see
-#: :func:`n4_bias_correct`)
-N4_SPLINE_MM = 100.0
-N4_ITERATIONS = (50, 50, 50, 50)
+#: B-spline of the N4 bias field: ``None`` = antspyx's default, one span per axis at the first
+#: level, refined over ``len(N4_ITERATIONS)`` levels (see :func:`n4_bias_correct` for the finer
+#: field that was measured and rejected)
+N4_SPLINE_MM = None
+N4_ITERATIONS = (50, 50, 30)
 #: intracranial extension of the registration brain mask (see :func:`intracranial_mask`)
 RING_MM = 2.0
 CSF_FLOOR = 0.3
@@ -84,13 +82,16 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
     ``round(grid_mm / smallest voxel size)`` so the fit runs on a ~``grid_mm`` grid whatever
     the input resolution (the cost is set by the number of shrunk voxels).
 
-    ``spline_mm``: B-spline control-point distance of the first fitting level; each of the
-    ``len(iterations)`` levels halves it (100 mm, 4 levels: 12.5 mm knots at the end). antspyx's
-    default (a mesh of 1 span per axis, i.e. ~4 control points over the head, 3 levels here
-    before) left a residual bias on a real 256^3 Philips scan (AOMIC sub-0001): reference-WM
-    median 288 in the top sixth of the brain vs 340 mid-brain, and 107 mL of the reference WM
-    labelled GM (WM -18 %). 100 mm x 4 levels: WM volume -18 % -> -6 % of the fMRIPrep/FAST
-    reference, WM Dice 0.857 -> 0.891 (200 mm: -15 %; 75 mm: -4 % but GM/CSF Dice drop).
+    ``spline_mm``: B-spline control-point distance (mm) of the first fitting level, halved at
+    each of the ``len(iterations)`` levels; ``None``: antspyx's default mesh of one span per
+    axis (3 levels: ~4 spans at the end). Measured and NOT adopted: a finer field (100 mm, 4
+    levels, 12.5 mm knots; the ANTs scripts use 200 mm) removes a residual bias of the real
+    AOMIC sub-0001 scan (reference-WM median 288 in the top sixth of the brain vs 340
+    mid-brain; WM volume vs fMRIPrep/FAST -18 % -> -6 %, WM Dice 0.857 -> 0.891), but on the
+    1 mm phantom it absorbs anatomy (GM/WM intensity ratio in pure tissue 0.72 -> 0.84, WM CV
+    0.037 -> 0.066; 200 mm: 0.76 / 0.049) and phantom GM/WM Dice fell to 0.843/0.832, GM
+    -10.6 %. A field that cannot take up tissue contrast (fit on WM only, as FAST/SPM model
+    the bias jointly with the classes) is the open route.
 
     Intensities are shifted to be positive first (N4 works on log intensities) and shifted back.
     """
@@ -107,7 +108,8 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
     with ants_env(None, omp_nthreads):  # to_ants is an ITK call: inside, so threads are set
         a_img, a_mask = to_ants(work), to_ants(make_image(m.astype(np.float32), img.affine))
         bias = ants.n4_bias_field_correction(
-            a_img, mask=a_mask, shrink_factor=int(shrink), spline_param=float(spline_mm),
+            a_img, mask=a_mask, shrink_factor=int(shrink),
+            spline_param=None if spline_mm is None else float(spline_mm),
             convergence={"iters": list(iterations), "tol": 1e-7}, return_bias_field=True,
         )
     b = bias.numpy().astype(np.float32)
