@@ -16,8 +16,9 @@ import numpy as np
 from ketabids.anat.antsutil import ants_env, make_image, to_ants
 
 CLASSES = ("CSF", "GM", "WM")  # label values 1, 2, 3
-#: Atropos settings. Measured on AOMIC sub-0001 against fMRIPrep/FAST (with the N4 and
-#: brain-mask changes of brain.py; GM/WM Dice, GM volume vs reference): prior weight 0.25
+#: Atropos settings. Measured on AOMIC sub-0001 against fMRIPrep/FAST (brain mask with its CSF
+#: ring, image corrected with the finer 100 mm N4 field that brain.py documents and does not
+#: use by default; GM/WM Dice, GM volume vs reference): prior weight 0.25
 #: (antsCorticalThickness's) .842/.892/+6 %; 0.4 .828/.885/+20 %; 0.15 .842/.892/-2 % but WM
 #: +4 %; MRF 0.1 (ACT's) .842/.892/+6 %, 0.2 .831/.886/+17 %, 0.05 .844/.893/+1 %; 3 EM
 #: iterations give the 5-iteration result (.840/.891) in 0.7x the time; an N4 <-> Atropos
