@@ -135,7 +135,8 @@ def intracranial_mask(img: nib.Nifti1Image, mask: np.ndarray, *, ring_mm: float 
     the added voxels (mostly CSF), so the GM map stays clean while TIV = GM + WM + CSF counts
     the fluid. Measured on AOMIC sub-0001 against fMRIPrep's mask (1444 mL): Dice 0.950 ->
     0.971, volume 1329 -> 1445 mL, reference GM outside the mask 58 -> 12 mL; a 3 mm ring
-    overshoots (1498 mL, Dice 0.969).
+    overshoots (1498 mL, Dice 0.969). Through the CLI (default mode): mask Dice 0.971, TIV
+    1443 mL (-0.1 %); on the 1 mm phantom brain-mask Dice 0.992, TIV +1.2 % of the truth.
     """
     m = np.asarray(mask, bool)
     if not m.any():
