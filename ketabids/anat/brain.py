@@ -7,7 +7,8 @@
   the template brain mask dilated by ``DILATE_MM`` (so skull and neck do not pull), affine + SyN
   (:func:`ketabids.anat.registration.register_to_template`); the template brain mask is carried back
   through the inverse transform (linear, threshold 0.5), then holes filled and the largest
-  component kept. The same registration is returned so it can be reused for normalisation.
+  component kept, then extended into the surrounding CSF (:func:`intracranial_mask`) so the
+  mask, and TIV, include sulcal and extra-cerebral CSF as SPM/CAT12 and fMRIPrep count them. The same registration is returned so it can be reused for normalisation.
 * Already skull-stripped input is detected *before* registration: the foreground (voxels above
   1 % of the 99th intensity percentile, largest component, holes filled) is smaller than
   ``STRIPPED_MAX_ML`` and >= 95 % of the voxels outside it hold one single value (zero fill). Then
@@ -26,6 +27,14 @@ from ketabids.anat.settings import ProcessingSettings
 
 DILATE_MM = 8.0
 STRIPPED_MAX_ML = 2300.0
+#: B-spline of the N4 bias field: ``None`` = antspyx's default, one span per axis at the first
+#: level, refined over ``len(N4_ITERATIONS)`` levels (see :func:`n4_bias_correct` for the finer
+#: field that was measured and rejected)
+N4_SPLINE_MM = None
+N4_ITERATIONS = (50, 50, 30)
+#: intracranial extension of the registration brain mask (see :func:`intracranial_mask`)
+RING_MM = 2.0
+CSF_FLOOR = 0.3
 
 
 def voxel_ml(img: nib.Nifti1Image) -> float:
@@ -63,14 +72,25 @@ def head_foreground(img: nib.Nifti1Image, fraction: float = 0.1) -> np.ndarray:
 def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *,
                     shrink: int | None = None,
                     grid_mm: float = ProcessingSettings.for_mode("default").n4_grid_mm,
-                    iterations=(50, 50, 30), omp_nthreads: int = 1):
+                    spline_mm: float | None = N4_SPLINE_MM, iterations=N4_ITERATIONS,
+                    omp_nthreads: int = 1):
     """N4 bias-field correction. Returns ``(corrected, bias_field)`` with ``corrected = img /
     bias`` inside ``mask`` (default: the head foreground) and ``img`` outside it.
 
     ``shrink`` (None = automatic): N4 fits on a grid shrunk by this factor; automatic picks
     ``round(grid_mm / smallest voxel size)`` so the fit runs on a ~``grid_mm`` grid whatever
-    the input resolution (the cost is set by the number of shrunk voxels; the bias field is
-    smooth on a scale of ~10 cm).
+    the input resolution (the cost is set by the number of shrunk voxels).
+
+    ``spline_mm``: B-spline control-point distance (mm) of the first fitting level, halved at
+    each of the ``len(iterations)`` levels; ``None``: antspyx's default mesh of one span per
+    axis (3 levels: ~4 spans at the end). Measured and NOT adopted: a finer field (100 mm, 4
+    levels, 12.5 mm knots; the ANTs scripts use 200 mm) removes a residual bias of the real
+    AOMIC sub-0001 scan (reference-WM median 288 in the top sixth of the brain vs 340
+    mid-brain; WM volume vs fMRIPrep/FAST -18 % -> -6 %, WM Dice 0.857 -> 0.891), but on the
+    1 mm phantom it absorbs anatomy (GM/WM intensity ratio in pure tissue 0.72 -> 0.84, WM CV
+    0.037 -> 0.066; 200 mm: 0.76 / 0.049) and phantom GM/WM Dice fell to 0.843/0.832, GM
+    -10.6 %. A field that cannot take up tissue contrast (fit on WM only, as FAST/SPM model
+    the bias jointly with the classes) is the open route.
 
     Intensities are shifted to be positive first (N4 works on log intensities) and shifted back.
     """
@@ -88,6 +108,7 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
         a_img, a_mask = to_ants(work), to_ants(make_image(m.astype(np.float32), img.affine))
         bias = ants.n4_bias_field_correction(
             a_img, mask=a_mask, shrink_factor=int(shrink),
+            spline_param=None if spline_mm is None else float(spline_mm),
             convergence={"iters": list(iterations), "tol": 1e-7}, return_bias_field=True,
         )
     b = bias.numpy().astype(np.float32)
@@ -98,6 +119,36 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
     corrected = np.where(m & (data > lo), np.maximum((data + shift) / b - shift, lo), data)
     corrected = corrected.astype(np.float32)
     return make_image(corrected, img.affine), make_image(b, img.affine)
+
+
+def intracranial_mask(img: nib.Nifti1Image, mask: np.ndarray, *, ring_mm: float = RING_MM,
+                      floor: float = CSF_FLOOR) -> np.ndarray:
+    """The brain mask extended into the surrounding CSF: the intracranial volume as SPM/CAT12
+    and fMRIPrep's brain mask count it (sulcal and extra-cerebral CSF included).
+
+    The template brain mask carried back by registration follows the gyral crowns (the
+    template's brain is the average brain, its mask its non-zero voxels). Voxels within
+    ``ring_mm`` of it (Euclidean distance) are added when brighter than ``floor x`` the median
+    intensity inside the mask: CSF on a T1w sits at ~0.55 of that median, bone and air below
+    ~0.3; then the component touching the brain is kept and holes are filled. Atropos labels
+    the added voxels (mostly CSF), so the GM map stays clean while TIV = GM + WM + CSF counts
+    the fluid. Measured on AOMIC sub-0001 against fMRIPrep's mask (1444 mL): Dice 0.950 ->
+    0.971, volume 1329 -> 1445 mL, reference GM outside the mask 58 -> 12 mL; a 3 mm ring
+    overshoots (1498 mL, Dice 0.969). Through the CLI (default mode): mask Dice 0.971, TIV
+    1443 mL (-0.1 %); on the 1 mm phantom brain-mask Dice 0.992, TIV +1.2 % of the truth.
+    """
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return m
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+    dist = ndimage.distance_transform_edt(~m, sampling=zooms)
+    level = float(np.median(data[m]))
+    grown = m | ((dist <= ring_mm) & (data > floor * level))
+    labels, _ = ndimage.label(grown)
+    keep = np.unique(labels[m])
+    grown = np.isin(labels, keep[keep > 0])
+    return ndimage.binary_fill_holes(grown)
 
 
 def detect_skull_stripped(img: nib.Nifti1Image) -> tuple[bool, dict]:
@@ -147,6 +198,7 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
                                  omp_nthreads=omp_nthreads)
         mask = np.asarray(warped.dataobj) >= 0.5
         mask = ndimage.binary_fill_holes(_largest_component(mask))
+        mask = intracranial_mask(img, mask)
     out = make_image(mask.astype(np.uint8), img.affine)
     info = {
         "skull_stripped_input": stripped,
@@ -156,6 +208,8 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
         "method": ("input already skull-stripped: mask = its non-background voxels"
                    if stripped else
                    f"template brain mask carried back from a {res:g} mm affine+SyN registration "
-                   f"(metric masked by the template brain mask dilated {DILATE_MM:g} mm)"),
+                   f"(metric masked by the template brain mask dilated {DILATE_MM:g} mm), extended "
+                   f"{RING_MM:g} mm into voxels above {CSF_FLOOR:g} x its median intensity "
+                   "(sulcal and extra-cerebral CSF)"),
     }
     return out, info, reg

@@ -3,7 +3,8 @@
 Atropos fits a 3-class Gaussian mixture to the intensities inside the brain mask, with
 spatial priors (the template's tissue probability maps carried to the subject) weighted
 ``prior_weight`` and a Markov random field of strength ``mrf`` (radius 1 voxel), initialised
-from the priors. The work is done on the mask's bounding box (+2 voxels) only, then padded
+from the priors. Prior mass missing inside the mask (outside the template's brain) is CSF.
+The work is done on the mask's bounding box (+2 voxels) only, then padded
 back to the full grid. Class order CSF, GM, WM, so the hard labels are 1=CSF 2=GM 3=WM
 (sMRIPrep's ``dseg`` convention) and 0 outside the mask.
 """
@@ -15,6 +16,18 @@ import numpy as np
 from ketabids.anat.antsutil import ants_env, make_image, to_ants
 
 CLASSES = ("CSF", "GM", "WM")  # label values 1, 2, 3
+#: Atropos settings. Measured on AOMIC sub-0001 against fMRIPrep/FAST (brain mask with its CSF
+#: ring, image corrected with the finer 100 mm N4 field that brain.py documents and does not
+#: use by default; GM/WM Dice, GM volume vs reference): prior weight 0.25
+#: (antsCorticalThickness's) .842/.892/+6 %; 0.4 .828/.885/+20 %; 0.15 .842/.892/-2 % but WM
+#: +4 %; MRF 0.1 (ACT's) .842/.892/+6 %, 0.2 .831/.886/+17 %, 0.05 .844/.893/+1 %; 3 EM
+#: iterations give the 5-iteration result (.840/.891) in 0.7x the time; an N4 <-> Atropos
+#: round with N4 weighted by the GM+WM posteriors (antsAtroposN4) changed nothing (.836/.888).
+#: With the default (one-span) N4 field, MRF 0.05 ran the CLI to GM/WM Dice .791/.865, GM
+#: -4.5 %, CSF +43 %: MRF stays at ACT's 0.1
+PRIOR_WEIGHT = 0.25
+MRF = 0.1
+ITERATIONS = 3
 
 
 def _bbox(mask: np.ndarray, margin: int = 2):
@@ -24,7 +37,7 @@ def _bbox(mask: np.ndarray, margin: int = 2):
 
 
 def segment_tissues(img: nib.Nifti1Image, mask: nib.Nifti1Image, priors: dict, *,
-                    prior_weight: float = 0.25, mrf: float = 0.1, iterations: int = 5,
+                    prior_weight: float = PRIOR_WEIGHT, mrf: float = MRF, iterations: int = ITERATIONS,
                     seed: int | None = None, omp_nthreads: int = 1):
     """Segment ``img`` (bias-corrected T1w) inside ``mask`` into CSF/GM/WM.
 
@@ -48,10 +61,14 @@ def segment_tissues(img: nib.Nifti1Image, mask: nib.Nifti1Image, priors: dict, *
     for name in CLASSES:
         p = np.clip(np.asarray(priors[name].dataobj, dtype=np.float32)[box], 0, 1)
         pri.append(p)
-    total = np.sum(pri, axis=0)
-    # voxels of the mask with no prior at all get a flat prior (otherwise Atropos drops them)
-    flat = mb & (total < 1e-3)
-    pri = [to_ants(make_image(np.where(flat, 1 / 3, p).astype(np.float32), sub_aff)) for p in pri]
+    # the prior mass the template leaves out inside the mask (1 - GM - WM - CSF: voxels outside
+    # the template brain, i.e. the intracranial CSF ring of the brain mask) goes to CSF, as SPM
+    # and CAT12 treat what lies between brain and skull; measured on AOMIC sub-0001 (mask with
+    # its CSF ring) against fMRIPrep/FAST: a flat 1/3 prior there made 105 mL of it GM (GM +22 %,
+    # CSF -30 %, GM Dice 0.809); CSF: GM +6 %, CSF +12 %, GM Dice 0.842, WM unchanged
+    missing = np.clip(1.0 - np.sum(pri, axis=0), 0.0, 1.0) * mb
+    pri[0] = pri[0] + missing
+    pri = [to_ants(make_image(p.astype(np.float32), sub_aff)) for p in pri]
     # Atropos seeds its sampler from the clock unless told "--use-random-seed 0" (then from
     # ANTS_RANDOM_SEED / a constant); measured: seeded 1-thread runs differed without it
     seeding = {"r": 0} if seed is not None else {}

@@ -12,7 +12,10 @@ part (global head size), i.e. the maps carry absolute volume; divide by TIV (gro
 proportional scaling.
 
 Volumes: ``V_tissue = sum(p) * voxel_volume / 1000`` mL over the brain mask;
-TIV = GM + WM + CSF.
+TIV = GM + WM + CSF. The brain mask includes the sulcal and extra-cerebral CSF within 2 mm of
+the registration brain mask (:func:`ketabids.anat.brain.intracranial_mask`), so TIV is the
+intracranial volume as SPM/CAT12 define it (GM + WM + CSF inside the skull) and comparable with
+fMRIPrep's brain-mask volume (AOMIC sub-0001: see benchmarks/real_fidelity.py).
 """
 from __future__ import annotations
 

@@ -1,0 +1,100 @@
+"""Segmentation fidelity on a real scan against fMRIPrep's (FSL FAST) segmentation of it.
+
+The participant level runs as users run it (the CLI, default mode, one subject) on
+AOMIC-PIOP2 sub-0001 from ``../shared/data`` (skipped when absent). Before issue 13: GM/WM/brain
+Dice 0.802/0.857/0.950, WM -18 %, TIV -8 % of the reference mask; the brain-mask and TIV margins
+fail on a return to the old mask, the tissue margins on a collapse of the segmentation (see
+benchmarks/real_fidelity.py for the figures). The comparison itself is checked on synthetic
+labels.
+"""
+import importlib.util
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ketabids.anat.antsutil import make_image
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+REAL = DATA / "real-t1w" / "aomic-piop2_sub-0001_T1w.nii.gz"
+REF = DATA / "reference-fmriprep"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("real_fidelity", ROOT / "benchmarks" / "real_fidelity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_to_reference_on_planted_labels():
+    """Known answers: the reference on a shifted, differently ordered grid; labels swapped to
+    the FAST order; one slab of reference WM called GM."""
+    bench = _bench()
+    ours = np.zeros((20, 20, 20), np.uint8)
+    ours[4:16, 4:16, 4:16] = 1  # CSF
+    ours[5:15, 5:15, 5:15] = 2  # GM
+    ours[7:13, 7:13, 7:13] = 3  # WM
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = -20
+    ref = np.select([ours == 1, ours == 2, ours == 3], [3, 1, 2], 0).astype(np.uint8)
+    ref[7:13, 7:13, 7] = 1  # one slab of our WM is GM in the reference
+    # reference stored flipped along x and padded by 3 voxels: same world positions
+    flip = np.diag([-2.0, 2.0, 2.0, 1.0])
+    flip[:3, 3] = aff[:3, 3] + [2.0 * 19 + 6, -6, -6]
+    ref_store = np.zeros((26, 26, 26), np.uint8)
+    ref_store[3:23, 3:23, 3:23] = ref[::-1]
+    out = bench.compare_to_reference(
+        make_image(ours, aff), make_image((ours > 0).astype(np.uint8), aff),
+        make_image(ref_store, flip), make_image((ref_store > 0).astype(np.uint8), flip))
+    assert out["dice_brain"] == pytest.approx(1.0)
+    assert out["dice_csf"] == pytest.approx(1.0)
+    n_wm, n_gm = 6 ** 3, 10 ** 3 - 6 ** 3
+    assert out["dice_wm"] == pytest.approx(2 * (n_wm - 36) / (2 * n_wm - 36))
+    assert out["dice_gm"] == pytest.approx(2 * n_gm / (2 * n_gm + 36))
+    assert out["confusion_ml"]["refGM_as_WM"] == pytest.approx(36 * 8 / 1000)
+    assert out["reference"]["wm_ml"] == pytest.approx((n_wm - 36) * 8 / 1000)
+    assert out["rel"]["mask"] == pytest.approx(0.0)
+
+
+needs_reference = pytest.mark.skipif(not (REAL.exists() and REF.is_dir()),
+                                     reason=f"real scan/reference not found under {DATA}")
+
+
+@pytest.fixture(scope="module")
+def aomic_default(tmp_path_factory):
+    return _bench().run_cli(nib.load(REAL), "aomic", tmp_path_factory.mktemp("aomic"), fast=False)
+
+
+@needs_reference
+@pytest.mark.slow
+def test_default_mode_matches_the_fmriprep_reference(aomic_default):
+    bench = _bench()
+    res = aomic_default
+    cmp = bench.compare_to_reference(
+        res["dseg"], res["mask"], nib.load(REF / "aomic-piop2_sub-0001_dseg.nii.gz"),
+        nib.load(REF / "aomic-piop2_sub-0001_desc-brain_mask.nii.gz"), volumes=res["volumes"])
+    summary = {k: round(v, 3) for k, v in cmp.items() if k.startswith("dice")} | cmp["rel"]
+    assert cmp["dice_gm"] >= 0.78, summary
+    assert cmp["dice_wm"] >= 0.85, summary
+    assert cmp["dice_brain"] >= 0.96, summary
+    assert -0.22 <= cmp["rel"]["wm"] <= 0.10, summary
+    assert abs(cmp["rel"]["gm"]) <= 0.08, summary
+    # TIV = GM + WM + CSF inside the mask with its 2 mm CSF ring (SPM/CAT12's intracranial
+    # volume); measured -0.5 % of fMRIPrep's mask (before: -8.0 %)
+    assert -0.04 <= cmp["rel"]["tiv_vs_mask"] <= 0.08, summary
+    assert res["peak_gb"] <= 4.0
+
+
+@needs_reference
+@pytest.mark.slow
+def test_rotated_rebiased_copy_gives_the_same_gm_and_tiv(aomic_default, tmp_path):
+    """10 degrees of rotation, resampling and a +-15 % linear bias: GM and TIV within 2 %
+    (measured -0.4 % / +0.4 %)."""
+    from ketabids.testing import rotated_rebiased
+
+    moved = _bench().run_cli(rotated_rebiased(nib.load(REAL)), "aomicrot", tmp_path, fast=False)
+    for key in ("gm_ml", "tiv_ml"):
+        assert moved["volumes"][key] == pytest.approx(aomic_default["volumes"][key], rel=0.02), key
