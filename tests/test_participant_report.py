@@ -36,16 +36,21 @@ def test_segmentation_and_normalisation_figures():
     mask = nib.Nifti1Image((dist < 8).astype("uint8"), affine)
     dseg = nib.Nifti1Image(np.select([dist < 4, dist < 6, dist < 8], [3, 2, 1], 0).astype("uint8"),
                            affine)
-    width, height = _png_size(plot_segmentation(t1w, mask, dseg))
-    assert width > 200 and height > 200
+    strips = plot_segmentation(t1w, mask, dseg)
+    assert len(strips) == 3  # one strip per axis
+    width, height = _png_size(strips[0])
+    assert width > 700 and height > 50
     wm = nib.Nifti1Image((6 - dist).clip(0, 1).astype("float32"), affine)
-    assert _png_size(plot_normalisation(t1w, t1w, wm, mask))[0] > 200
+    norm = plot_normalisation(t1w, t1w, wm, mask)
+    # subject and template strips have the same canvas, so the flicker overlays them exactly
+    assert [_png_size(u) for u in norm["subject"]] == [_png_size(u) for u in norm["template"]]
+    assert _png_size(norm["subject"][0])[0] > 700
     # template on another grid: resampled onto the image, no error
     coarse = nib.Nifti1Image((dist[::2, ::2, ::2] < 8).astype("uint8"),
                              affine @ np.diag([2, 2, 2, 1]))
     coarse_wm = nib.Nifti1Image((6 - dist[::2, ::2, ::2]).clip(0, 1).astype("float32"),
                                 coarse.affine)
-    assert _png_size(plot_normalisation(t1w, coarse, coarse_wm, coarse))[0] > 200
+    assert _png_size(plot_normalisation(t1w, coarse, coarse_wm, coarse)["template"][2])[0] > 700
 
 
 def test_report_is_self_contained_and_escaped():
@@ -58,7 +63,7 @@ def test_report_is_self_contained_and_escaped():
                            settings={"template": "MNI152NLin2009aSym", "seed": None},
                            versions={"ketabids": "0.1.0", "antspyx": "0.6.3"})
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
-    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
     assert "The input was already skull-stripped" in html
     assert "1500.12" in html and "frontal" in html and "Methods &amp; more." in html
     assert "antspyx" in html and "0.6.3" in html
