@@ -42,6 +42,13 @@ def _subject_of(top: str, subjects: list[str]) -> str | None:
     return None
 
 
+def _identity(node) -> bool:
+    from nipype.interfaces.utility import IdentityInterface
+
+    return isinstance(getattr(node, "interface", None), IdentityInterface) and \
+        not hasattr(node, "joinsource") and getattr(node, "iterables", None) is None
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{max(seconds, 1):.0f} s"
@@ -64,6 +71,8 @@ class Progress:
         self.top = workflow.name
         self.expected: dict[str, set[str]] = {s: set() for s in self.subjects}
         for name in workflow.list_node_names():
+            if _identity(workflow.get_node(name)):
+                continue  # Nipype removes IdentityInterface nodes from the graph it runs
             subject = _subject_of(name.split(".")[0], self.subjects)
             if subject is not None:
                 self.expected[subject].add(name)
@@ -98,7 +107,7 @@ class Progress:
         try:
             self._update(node, status)
         except Exception as exc:  # noqa: BLE001 - progress must never break a run
-            LOGGER.debug("progress callback: %s", exc)
+            LOGGER.debug("progress callback failed: %s: %s", type(exc).__name__, exc)
 
     def _update(self, node, status):
         if status not in ("end", "exception"):
@@ -115,15 +124,27 @@ class Progress:
                 self._finish(subject)
                 return
             self.finished_steps[subject].append(name)
-            if name.rsplit(".", 1)[-1] == QC_NODE:
-                self._read_verdict(subject, name, node)
             self.pending[subject].discard(name)
+            if name.rsplit(".", 1)[-1] == QC_NODE:
+                try:
+                    self._read_verdict(subject, name, node)
+                except Exception as exc:  # noqa: BLE001 - the line then says "no QC"
+                    LOGGER.debug("QC verdict of %s not read: %s", name, exc)
             if not self.pending[subject]:
                 self._finish(subject)
 
     def _read_verdict(self, subject, name, node):
+        from nipype.interfaces.base import isdefined
+
         outputs = node.result.outputs
-        verdict, reasons = str(outputs.verdict), [str(r) for r in outputs.reasons]
+        if isdefined(getattr(outputs, "verdict", None)) and \
+                isdefined(getattr(outputs, "reasons", None)):
+            verdict, reasons = str(outputs.verdict), [str(r) for r in outputs.reasons]
+        else:  # Nipype dropped unconnected outputs: the record has them
+            import json
+
+            record = json.loads(Path(outputs.out_file).read_text())
+            verdict, reasons = str(record["verdict"]), [str(r) for r in record["reasons"]]
         session = name.split(".")[0].removeprefix(f"single_subject_{subject}")
         session = session.removesuffix("_wf").removeprefix("_ses")
         if session:
