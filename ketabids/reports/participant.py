@@ -23,6 +23,7 @@ import html
 import io
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,6 +52,7 @@ padding:.4em .8em}
 .flicker img.top{position:absolute;left:0;top:0;opacity:0}
 .flicker:hover img.top{opacity:1}
 .flicker-ctl{font-size:.9em;color:#555}
+figure{margin:.3em 0}figcaption{color:#555}
 """
 
 _FLICKER_JS = """
@@ -122,9 +124,24 @@ def slice_geometry(affine, shape, axis: int, index: int) -> dict:
             "right": codes[u], "top": codes[v]}
 
 
-def _strip(background, affine, zooms, axis, cuts, contours=(), title=None):
+class Strip(NamedTuple):
+    """One figure strip: PNG data URI, axis name, the slices' world coordinates and the
+    orientation letters of the image's left and right edges."""
+
+    uri: str
+    axis: str
+    coords: tuple
+    left: str
+    right: str
+
+    def caption(self) -> str:
+        return (f"{self.axis}, {len(self.coords)} slices: {', '.join(self.coords)}; image "
+                f"left = {self.left}, right = {self.right}")
+
+
+def _strip(background, affine, zooms, axis, cuts, contours=(), title=None) -> Strip:
     """One row of slices along ``axis``: grey background, coloured contour lines
-    (``(volume, level, colour)``), coordinates and orientation letters; a PNG data URI."""
+    (``(volume, level, colour)``), coordinates and orientation letters."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -136,6 +153,7 @@ def _strip(background, affine, zooms, axis, cuts, contours=(), title=None):
     width = 1.55 * n
     fig, axes = plt.subplots(1, n, figsize=(width, 1.55 * ratio + 0.05), squeeze=False)
     fig.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=0.02)
+    coords = []
     for col, index in enumerate(cuts):
         ax = axes[0, col]
         ax.imshow(_slice(background, axis, index), cmap="gray", vmin=0, vmax=1,
@@ -145,6 +163,7 @@ def _strip(background, affine, zooms, axis, cuts, contours=(), title=None):
             if sl.min() < level < sl.max():
                 ax.contour(sl, levels=[level], colors=colour, linewidths=0.7)
         geo = slice_geometry(affine, background.shape, axis, index)
+        coords.append(geo["coord"])
         style = dict(color="white", fontsize=7, transform=ax.transAxes)
         ax.text(0.5, 0.02, geo["coord"], ha="center", va="bottom", **style)
         ax.text(0.02, 0.5, geo["left"], ha="left", va="center", **style)
@@ -152,7 +171,7 @@ def _strip(background, affine, zooms, axis, cuts, contours=(), title=None):
         if col == 0 and title:
             ax.text(0.02, 0.98, title, ha="left", va="top", **style)
         ax.set_axis_off()
-    return _png(fig)
+    return Strip(_png(fig), _AXIS_NAMES[axis], tuple(coords), geo["left"], geo["right"])
 
 
 def dseg_labels() -> dict:
@@ -163,9 +182,9 @@ def dseg_labels() -> dict:
     return {name: index + 1 for index, name in enumerate(CLASSES)}
 
 
-def plot_segmentation(t1w_img, mask_img, dseg_img=None, n_cuts: int = N_CUTS) -> list[str]:
-    """Tissue boundaries as contours over the T1w, one strip per axis (sagittal, coronal,
-    axial); returns three PNG data URIs."""
+def plot_segmentation(t1w_img, mask_img, dseg_img=None, n_cuts: int = N_CUTS) -> list[Strip]:
+    """Tissue boundaries as contours over the T1w, one :class:`Strip` per axis (sagittal,
+    coronal, axial)."""
     t1w = np.asanyarray(t1w_img.dataobj, dtype=np.float32)
     mask = np.asanyarray(mask_img.dataobj) > 0
     zooms = t1w_img.header.get_zooms()[:3]
@@ -185,8 +204,8 @@ def plot_segmentation(t1w_img, mask_img, dseg_img=None, n_cuts: int = N_CUTS) ->
 def plot_normalisation(std_img, template_brain_img, template_wm_img, template_mask_img,
                        n_cuts: int = N_CUTS) -> dict:
     """The normalised T1w and the template, same slices, template edges (brain outline and
-    GM/WM boundary, cyan) on both; returns ``{"subject": [3 URIs], "template": [3 URIs]}``
-    (one strip per axis) for the flicker element."""
+    GM/WM boundary, cyan) on both; returns ``{"subject": [3 strips], "template": [3 strips]}``
+    (one :class:`Strip` per axis) for the flicker element."""
     from nilearn.image import resample_to_img
 
     std = np.asanyarray(std_img.dataobj, dtype=np.float32)
@@ -212,14 +231,32 @@ def plot_normalisation(std_img, template_brain_img, template_wm_img, template_ma
     return out
 
 
+def _uri(strip) -> str:
+    return strip.uri if isinstance(strip, Strip) else str(strip)
+
+
+def _caption(strip) -> str:
+    return strip.caption() if isinstance(strip, Strip) else ""
+
+
+def _strip_img(strip, alt: str) -> str:
+    """An ``<img>`` of a strip with its slice coordinates and orientation as caption."""
+    caption = _caption(strip)
+    return (f'<figure><img class="fig" alt="{html.escape(alt)}" src="{_uri(strip)}"'
+            + (f' title="{html.escape(caption)}">' if caption else ">")
+            + (f"<figcaption><small>{html.escape(caption)}</small></figcaption>" if caption
+               else "") + "</figure>")
+
+
 def flicker_html(element_id: str, bottom: list[str], top: list[str], *, bottom_label="subject",
                  top_label="template") -> str:
     """A before/after element: ``bottom`` strips shown, ``top`` strips on hover (CSS) or at the
     slider's opacity (JS); self-contained."""
     eid = html.escape(element_id)
     rows = "".join(
-        f'<div class="flicker"><img class="fig" alt="{html.escape(bottom_label)}" src="{b}">'
-        f'<img class="fig top" alt="{html.escape(top_label)}" src="{t}"></div>'
+        f'<div class="flicker" title="{html.escape(_caption(b))}">'
+        f'<img class="fig" alt="{html.escape(bottom_label)}" src="{_uri(b)}">'
+        f'<img class="fig top" alt="{html.escape(top_label)}" src="{_uri(t)}"></div>'
         for b, t in zip(bottom, top))
     return (f'<div id="{eid}" class="flicker-box">{rows}</div>'
             f'<p class="flicker-ctl">Hover a strip to switch to the {html.escape(top_label)}, '
@@ -302,8 +339,8 @@ def render_section(*, subject, session=None, source_file, notes=(), skull_stripp
                      "<p>Contours over the preprocessed T1w: brain mask (red), outer GM "
                      "boundary (green), GM/WM boundary (yellow); one row per axis (sagittal, "
                      "coronal, axial), world coordinates in mm.</p>"
-                     + "".join(f'<img class="fig" alt="segmentation {name}" src="{uri}">'
-                               for uri, name in zip(strips, _AXIS_NAMES)))
+                     + "".join(_strip_img(strip, f"segmentation {name}")
+                               for strip, name in zip(strips, _AXIS_NAMES)))
     if normalisation_png:
         parts.append(f"<h3>Spatial normalisation to {html.escape(template)}</h3>"
                      "<p>The T1w in template space with the template's edges (cyan: brain "
@@ -312,10 +349,13 @@ def render_section(*, subject, session=None, source_file, notes=(), skull_stripp
         if isinstance(normalisation_png, dict):
             parts.append(flicker_html(f"flicker-{anchor}", normalisation_png["subject"],
                                       normalisation_png["template"]))
+            parts.append("<p><small>" + "<br>".join(html.escape(_caption(s))
+                                                    for s in normalisation_png["subject"])
+                         + "</small></p>")
         else:
             strips = normalisation_png if isinstance(normalisation_png, list) \
                 else [normalisation_png]
-            parts.extend(f'<img class="fig" alt="normalisation" src="{uri}">' for uri in strips)
+            parts.extend(_strip_img(strip, "normalisation") for strip in strips)
     if regional is not None:
         parts.append("<details><summary>Regional GM volumes (mL)</summary>"
                      + _table(regional) + "</details>")
