@@ -88,18 +88,35 @@ def _toy_graph(base):
     return top
 
 
+class _Recorder:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, msg, *args):
+        self.lines.append(msg % args)
+
+    warning = error = info
+
+
 def test_progress_lines_from_a_real_run(tmp_path, caplog):
     top = _toy_graph(tmp_path)
     ticks = iter(range(0, 1000, 60))
     progress = Progress(top, ["01", "02"], clock=lambda: next(ticks))
     assert progress.total == 2
+    clock = iter([0, 120])
+    log = _Recorder()
+    eta = Progress(top, ["01", "02"], clock=lambda: next(clock), logger=log)
+    eta.verdicts["01"] = ("pass", [])
+    eta._finish("01")  # 120 s for one subject, one left
+    assert log.lines == ["sub-01 done, QC pass (1/2, ~2 min left)"]
     with caplog.at_level(logging.INFO, logger="ketabids"):
         with pytest.raises(RuntimeError):
             top.run(plugin="Linear", plugin_args={"status_callback": progress})
     lines = [r.getMessage() for r in caplog.records if r.name == "ketabids"]
     lines = [ln for ln in lines if ln.startswith("sub-")]
     assert len(lines) == 2  # one line per subject, in the order they finished
-    assert lines[0].endswith("(1/2, ~60 s left)") and lines[1].endswith("(2/2)")
+    # the ETA comes from subjects processed to the end: none after a crash, then 60 s each
+    assert lines[0].endswith("(1/2)") and lines[1].endswith("(2/2)")
     done = [ln for ln in lines if ln.startswith("sub-01")]
     assert done[0].startswith("sub-01 done, QC warn: slice thickness 6 mm (")
     failed = [ln for ln in lines if ln.startswith("sub-02")]

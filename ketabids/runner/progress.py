@@ -159,7 +159,9 @@ class Progress:
         n = len(self.done)
         elapsed = self._clock() - self._start
         left = self.total - n
-        eta = f", ~{_duration(elapsed / n * left)} left" if left > 0 else ""
+        # the rate of the subjects processed to the end (an early crash says nothing about it)
+        n_ok = sum(1 for s in self.done if s not in self.failed)
+        eta = f", ~{_duration(elapsed / n_ok * left)} left" if left > 0 and n_ok else ""
         count = f"({n}/{self.total}{eta})"
         if subject in self.failed:
             self.verdicts[subject] = ("fail", [f"processing failed in {self.failed[subject]}"])
@@ -219,7 +221,9 @@ def update_cohort_qc(output_dir) -> dict:
 def finish_participant(summary: dict, *, inputs, output_dir, progress: Progress | None = None,
                        logger=LOGGER) -> dict:
     """After the graph ran: QC record + failure report of each failed subject, then the cohort
-    QC outputs and a closing line. Adds ``summary["qc"]`` and returns ``summary``."""
+    QC outputs and a closing line. Adds ``summary["qc"]`` (``tsv``, ``html``, ``counts``,
+    ``homogeneity_flagged``, ``verdicts``) and ``summary["failure_reports"]`` (subject -> the
+    failure page), and returns ``summary``."""
     from ketabids.qc.table import write_subject_qc
     from ketabids.reports.participant import failure_report
 
@@ -238,7 +242,8 @@ def finish_participant(summary: dict, *, inputs, output_dir, progress: Progress 
         failure_report(output_dir / f"sub-{subject}.html", subject=subject, error=error,
                        crash_files=crash, finished_steps=steps, failed_step=failed_in,
                        inputs=[str(i.t1w) for i in items])
-        summary.setdefault("reports", {})[subject] = str(output_dir / f"sub-{subject}.html")
+        summary.setdefault("failure_reports", {})[subject] = \
+            str(output_dir / f"sub-{subject}.html")
     try:
         qc = update_cohort_qc(output_dir)
     except Exception as exc:  # noqa: BLE001 - the subjects' outputs stand; say what is missing
