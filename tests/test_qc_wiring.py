@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import nibabel as nib
 import numpy as np
@@ -169,3 +170,29 @@ def test_bidsignore_has_the_qc_lines():
     from ketabids.qc.table import QC_BIDSIGNORE
 
     assert set(QC_BIDSIGNORE) <= set(BIDSIGNORE)
+
+
+def test_cached_smoothing_gives_the_same_homogeneity(tmp_path, rng):
+    from ketabids.qc.homogeneity import sample_homogeneity, smoothed_maps_cached
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    base = rng.random((14, 16, 12)).astype(np.float32)
+    paths = []
+    for k in range(6):
+        path = tmp_path / f"sub-{k}_space-X_label-GM_desc-modulated_probseg.nii.gz"
+        data = base + 0.3 * rng.random(base.shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(data * (1 + 0.05 * k), affine), path)
+        paths.append(path)
+    ids = [f"sub-{k}" for k in range(6)]
+    direct = sample_homogeneity(paths, ids)
+    arrays, totals = smoothed_maps_cached(paths, tmp_path / "cache")
+    cached = sample_homogeneity(*smoothed_maps_cached(paths, tmp_path / "cache")[:1], ids,
+                                totals=smoothed_maps_cached(paths, tmp_path / "cache")[1])
+    for frame in (sample_homogeneity(arrays, ids, totals=totals), cached):
+        np.testing.assert_allclose(frame["mean_corr"], direct["mean_corr"], rtol=1e-6)
+        np.testing.assert_allclose(frame["total_ml"], direct["total_ml"], rtol=1e-6)
+    # a changed map is smoothed again (the cache key holds size and mtime)
+    nib.save(nib.Nifti1Image(base[::-1].copy(), affine), paths[0])
+    os.utime(paths[0], ns=(1, 1))
+    again, _ = smoothed_maps_cached(paths, tmp_path / "cache")
+    assert not np.allclose(again[0], arrays[0])

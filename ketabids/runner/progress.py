@@ -192,9 +192,14 @@ def failure_metrics(raw_t1w, error: str) -> dict:
 
 def update_cohort_qc(output_dir) -> dict:
     """Rebuild ``qc.tsv``/``qc.json`` and ``qc.html`` (with the homogeneity check on every
-    modulated GM map in ``output_dir``) under the QC lock. Returns ``{"tsv", "html", "counts",
+    modulated GM map in ``output_dir``; smoothed maps cached in ``OUTPUT_DIR/.qc_cache/``)
+    under the QC lock. Returns ``{"tsv", "html", "counts",
     "homogeneity_flagged"}``."""
-    from ketabids.qc.homogeneity import modulated_gm_maps, sample_homogeneity
+    from ketabids.qc.homogeneity import (
+        modulated_gm_maps,
+        sample_homogeneity,
+        smoothed_maps_cached,
+    )
     from ketabids.qc.table import qc_lock, rebuild_qc_table
     from ketabids.reports.qc import render_qc_page
 
@@ -205,7 +210,8 @@ def update_cohort_qc(output_dir) -> dict:
         maps, ids = modulated_gm_maps(output_dir)
         if len(maps) >= 3:
             try:
-                homogeneity = sample_homogeneity(maps, ids)
+                arrays, totals = smoothed_maps_cached(maps, output_dir / ".qc_cache")
+                homogeneity = sample_homogeneity(arrays, ids, totals=totals)
             except (ValueError, OSError) as exc:  # e.g. maps of two templates in one folder
                 LOGGER.warning("sample homogeneity not computed: %s", exc)
         html = render_qc_page(output_dir, table, homogeneity=homogeneity)
