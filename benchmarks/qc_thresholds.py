@@ -82,7 +82,7 @@ def fault_results(seed: int = 3, omp_nthreads: int = 1) -> dict:
 
     from ketabids.anat.vbm import run_t1w
     from ketabids.demo.faults import FAULTS
-    from ketabids.demo.phantom import simulate_subject
+    from ketabids.demo.head import simulate_subject
     from ketabids.qc.header import header_metrics
     from ketabids.qc.subject import compute_subject_qc
     from ketabids.templates import get_template

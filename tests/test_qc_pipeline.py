@@ -42,7 +42,7 @@ def _pipeline_qc(img, tmp_path):
 
 @pytest.fixture(scope="module")
 def phantom():
-    from ketabids.demo.phantom import simulate_subject
+    from ketabids.demo.head import simulate_subject
 
     t1w = simulate_subject(seed=3, resolution=2.0).t1w
     return nib.Nifti1Image(np.asarray(t1w.dataobj, np.float32), t1w.affine)

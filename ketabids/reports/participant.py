@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ketabids.reports.figures import pyplot
+
 #: slices per axis in every figure strip
 N_CUTS = 7
 _AXIS_NAMES = ("sagittal", "coronal", "axial")
@@ -68,9 +70,7 @@ def _png(fig) -> str:
     figures of the same layout overlay pixel for pixel."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, facecolor="black", metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -142,11 +142,7 @@ class Strip(NamedTuple):
 def _strip(background, affine, zooms, axis, cuts, contours=(), title=None) -> Strip:
     """One row of slices along ``axis``: grey background, coloured contour lines
     (``(volume, level, colour)``), coordinates and orientation letters."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(cuts)
     first = _slice(background, axis, cuts[0])
     ratio = first.shape[0] * _aspect(zooms, axis) / max(first.shape[1], 1)
