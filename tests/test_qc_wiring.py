@@ -196,3 +196,23 @@ def test_cached_smoothing_gives_the_same_homogeneity(tmp_path, rng):
     os.utime(paths[0], ns=(1, 1))
     again, _ = smoothed_maps_cached(paths, tmp_path / "cache")
     assert not np.allclose(again[0], arrays[0])
+
+
+def test_progress_attributes_a_failed_mapnode_subjob_and_flushes(tmp_path):
+    top = _toy_graph(tmp_path)
+    log = _Recorder()
+    progress = Progress(top, ["01", "02"], clock=lambda: 0, logger=log)
+
+    class SubJob:  # what MultiProc hands the callback for a MapNode's sub-job
+        fullname = name = "_ds_t1w_tpms0"
+        base_dir = str(tmp_path / "ketabids_participant_wf" / "single_subject_02_wf" /
+                       "ds_anat_wf" / "ds_t1w_tpms" / "mapflow")
+
+    progress(SubJob(), "end")
+    assert progress.done == []  # a sub-job ending says nothing about the subject
+    progress(SubJob(), "exception")
+    assert progress.failed == {"02": "single_subject_02_wf.ds_anat_wf.ds_t1w_tpms"}
+    progress.flush(failed=["02"])  # 01's nodes never reported: the run ended anyway
+    assert progress.done == ["02", "01"]
+    assert log.lines[0].startswith("sub-02 failed in single_subject_02_wf.ds_anat_wf.ds_t1w_tpms")
+    assert log.lines[1].startswith("sub-01 done, no QC (2/2")

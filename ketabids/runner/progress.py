@@ -101,7 +101,17 @@ class Progress:
     def _relname(self, node) -> str:
         full = getattr(node, "fullname", None) or node.name
         prefix = self.top + "."
-        return full[len(prefix):] if full.startswith(prefix) else full
+        if full.startswith(prefix):
+            return full[len(prefix):]
+        # a MapNode's sub-job has no hierarchy; its folder lies inside the MapNode's
+        parts = Path(str(getattr(node, "base_dir", None) or "")).parts
+        if self.top in parts:
+            inside = parts[parts.index(self.top) + 1:]
+            if inside and inside[-1] == "mapflow":
+                inside = inside[:-1]
+            if inside:
+                return ".".join(inside) + ".<mapflow>"
+        return full
 
     def __call__(self, node, status: str) -> None:
         try:
@@ -114,15 +124,17 @@ class Progress:
             return
         name = self._relname(node)
         subject = _subject_of(name.split(".")[0], self.subjects)
-        if subject is None or name not in self.expected.get(subject, ()):
-            return  # MapNode sub-jobs and nodes of no subject
+        if subject is None:
+            return  # nodes of no subject
         with self._lock:
             if subject in self.done:
                 return
-            if status == "exception":
-                self.failed[subject] = name
+            if status == "exception":  # also a MapNode sub-job: its MapNode never ends then
+                self.failed[subject] = name.removesuffix(".<mapflow>")
                 self._finish(subject)
                 return
+            if name not in self.expected[subject]:
+                return  # MapNode sub-jobs that ended
             self.finished_steps[subject].append(name)
             self.pending[subject].discard(name)
             if name.rsplit(".", 1)[-1] == QC_NODE:
@@ -131,6 +143,17 @@ class Progress:
                 except Exception as exc:  # noqa: BLE001 - the line then says "no QC"
                     LOGGER.debug("QC verdict of %s not read: %s", name, exc)
             if not self.pending[subject]:
+                self._finish(subject)
+
+    def flush(self, failed=()) -> None:
+        """A line for each subject the callbacks did not finish (e.g. a scheduler that
+        dropped its remaining nodes): failed if listed in ``failed``, else done."""
+        with self._lock:
+            for subject in self.subjects:
+                if subject in self.done or not self.expected[subject]:
+                    continue
+                if subject in failed:
+                    self.failed.setdefault(subject, "an unknown step")
                 self._finish(subject)
 
     def _read_verdict(self, subject, name, node):
@@ -234,6 +257,8 @@ def finish_participant(summary: dict, *, inputs, output_dir, progress: Progress 
     from ketabids.reports.participant import failure_report
 
     output_dir = Path(output_dir)
+    if progress is not None:
+        progress.flush(summary.get("failed", []))
     for subject in summary.get("failed", []):
         items = [i for i in inputs if i.subject == subject]
         if not items:
