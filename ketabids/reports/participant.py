@@ -18,16 +18,14 @@ page of a subject whose processing failed.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import re
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from ketabids.reports.figures import pyplot
+from ketabids.reports.figures import png_uri, pyplot
 
 #: slices per axis in every figure strip
 N_CUTS = 7
@@ -68,10 +66,7 @@ function ketabidsFlicker(slider){
 def _png(fig) -> str:
     """The figure as a PNG data URI, with a fixed canvas (no tight bounding box), so two
     figures of the same layout overlay pixel for pixel."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, facecolor="black", metadata={"Software": None})
-    pyplot().close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return png_uri(fig, dpi=100, facecolor="black", tight=False)
 
 
 def _cuts(mask: np.ndarray, n: int = N_CUTS) -> list[list[int]]:

@@ -93,8 +93,12 @@ def distributions_figure(table: pd.DataFrame, metrics=DISTRIBUTIONS) -> str | No
         ax.set_ylim(-0.6, 0.6)
     for ax in axes.ravel()[len(metrics):]:
         ax.axis("off")
-    fig.tight_layout()
-    return png_uri(fig)
+    # fixed margins, no tight layout or bounding box: two draws less (the page is rebuilt
+    # after every participant run, so its cost counts against each subject)
+    fig.subplots_adjust(left=0.02, right=0.99, bottom=0.5 / (1.6 * nrow),
+                        top=1 - 0.3 / (1.6 * nrow),
+                        wspace=0.12, hspace=0.75)
+    return png_uri(fig, tight=False)
 
 
 def homogeneity_figure(homogeneity: pd.DataFrame) -> str | None:
