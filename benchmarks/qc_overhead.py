@@ -25,7 +25,7 @@ from pathlib import Path
 def _phantom_bids(root: Path, seed: int, resolution: float) -> Path:
     import nibabel as nib
 
-    from ketabids.demo.phantom import simulate_subject
+    from ketabids.demo.head import simulate_subject
 
     t1w = simulate_subject(seed=seed, resolution=resolution).t1w
     return _bids_with(root, t1w)

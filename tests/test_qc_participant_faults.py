@@ -38,7 +38,7 @@ class _Lines(logging.Handler):
 def run(tmp_path_factory):
     from ketabids.demo.faults import FAULTS as GENERATORS
     from ketabids.demo.faults import thick_slices
-    from ketabids.demo.phantom import simulate_subject
+    from ketabids.demo.head import simulate_subject
     from ketabids.runner import run_participant
 
     base = tmp_path_factory.mktemp("qcfaults")
