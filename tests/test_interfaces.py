@@ -249,7 +249,8 @@ def test_report_interfaces(tmp_path):
                             settings={"seed": 1}, versions={"ketabids": "0.1"}
                             ).run(cwd=str(tmp_path)).outputs.out_file
     text = open(report).read()
-    assert text.count("data:image/png;base64,") == 1  # no std_t1w given: one figure
+    # no std_t1w given: the segmentation strips only, one per axis
+    assert text.count("data:image/png;base64,") == 3
     assert "already skull-stripped" in text
     assert "2 T1w &lt;matched&gt;" in text  # escaped
     assert "We did X &amp; Y." in text and "1500.00" in text and "ses-A" in text

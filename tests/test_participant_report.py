@@ -36,16 +36,25 @@ def test_segmentation_and_normalisation_figures():
     mask = nib.Nifti1Image((dist < 8).astype("uint8"), affine)
     dseg = nib.Nifti1Image(np.select([dist < 4, dist < 6, dist < 8], [3, 2, 1], 0).astype("uint8"),
                            affine)
-    width, height = _png_size(plot_segmentation(t1w, mask, dseg))
-    assert width > 200 and height > 200
+    strips = plot_segmentation(t1w, mask, dseg)
+    assert [s.axis for s in strips] == ["sagittal", "coronal", "axial"]
+    assert all(len(s.coords) >= 7 for s in strips)  # >= 7 slices per axis, with coordinates
+    assert strips[2].coords[0].startswith("z = ") and strips[0].coords[0].startswith("x = ")
+    assert (strips[1].left, strips[1].right) == ("L", "R")  # RAS+ image: neurological view
+    width, height = _png_size(strips[0].uri)
+    assert width > 700 and height > 50
     wm = nib.Nifti1Image((6 - dist).clip(0, 1).astype("float32"), affine)
-    assert _png_size(plot_normalisation(t1w, wm, mask))[0] > 200
+    norm = plot_normalisation(t1w, t1w, wm, mask)
+    # subject and template strips have the same canvas, so the flicker overlays them exactly
+    assert [_png_size(s.uri) for s in norm["subject"]] == \
+        [_png_size(s.uri) for s in norm["template"]]
+    assert _png_size(norm["subject"][0].uri)[0] > 700
     # template on another grid: resampled onto the image, no error
     coarse = nib.Nifti1Image((dist[::2, ::2, ::2] < 8).astype("uint8"),
                              affine @ np.diag([2, 2, 2, 1]))
     coarse_wm = nib.Nifti1Image((6 - dist[::2, ::2, ::2]).clip(0, 1).astype("float32"),
                                 coarse.affine)
-    assert _png_size(plot_normalisation(t1w, coarse_wm, coarse))[0] > 200
+    assert _png_size(plot_normalisation(t1w, coarse, coarse_wm, coarse)["template"][2].uri)[0] > 700
 
 
 def test_report_is_self_contained_and_escaped():
@@ -58,10 +67,48 @@ def test_report_is_self_contained_and_escaped():
                            settings={"template": "MNI152NLin2009aSym", "seed": None},
                            versions={"ketabids": "0.1.0", "antspyx": "0.6.3"})
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
-    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
     assert "The input was already skull-stripped" in html
     assert "1500.12" in html and "frontal" in html and "Methods &amp; more." in html
     assert "antspyx" in html and "0.6.3" in html
     # nothing is loaded from elsewhere: every src is an embedded data URI
     assert all(src.startswith("data:") for src in re.findall(r'src="([^"]+)"', html))
     assert "<link" not in html
+
+
+def test_report_shows_verdict_strips_flicker_and_errors():
+    from ketabids.reports.participant import Strip
+
+    strip = [Strip("data:image/png;base64,AAAA", ax, tuple(f"z = {i} mm" for i in range(7)),
+                   "L", "R") for ax in ("sagittal", "coronal", "axial")]
+    qc = {"verdict": "warn", "reasons": ["slice thickness 6 mm"],
+          "error": "QC metrics failed: ValueError: x"}
+    section = render_section(subject="07", source_file="sub-07_T1w.nii.gz",
+                             segmentation_png=strip, template="MNI152NLin2009aSym",
+                             normalisation_png={"subject": strip, "template": strip}, qc=qc)
+    page = assemble_report(subject="07", sections=[section])
+    head = page.split("<section")[0]
+    assert 'class="verdict warn"' in head and "QC warn" in head  # verdict at the top
+    assert "slice thickness 6 mm" in section.split("<img")[0]
+    assert page.count('alt="segmentation') == 3 and "image left = L, right = R" in page
+    assert page.count('class="flicker"') == 3 and 'type="range"' in page
+    assert ".flicker:hover img.top{opacity:1}" in page
+    errors = page.split('id="errors"')[1].split("<h2>")[0]
+    assert "QC metrics failed: ValueError: x" in errors
+    ok = assemble_report(subject="08", sections=[render_section(
+        subject="08", source_file="x", qc={"verdict": "pass", "reasons": []})])
+    assert "No errors." in ok and 'class="verdict pass"' in ok.split("<section")[0]
+
+
+def test_failure_report(tmp_path):
+    from ketabids.reports.participant import failure_report
+
+    path = failure_report(tmp_path / "sub-09.html", subject="09",
+                          error="RuntimeError: Atropos failed\n  long traceback",
+                          crash_files=["/out/logs/sub-09/crash-1.txt"],
+                          finished_steps=["single_subject_09_wf.anat_wf.conform"],
+                          failed_step="single_subject_09_wf.anat_wf.segmentation")
+    page = path.read_text()
+    assert "<code>RuntimeError: Atropos failed</code>" in page and "long traceback" not in page
+    assert "/out/logs/sub-09/crash-1.txt" in page and "anat_wf.conform" in page
+    assert 'data-verdict="fail"' in page and 'id="errors"' in page

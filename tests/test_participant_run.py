@@ -213,11 +213,19 @@ def test_group_level_finds_the_maps(run):
 
 def test_report(run):
     text = (run["out"] / "sub-01.html").read_text()
-    assert text.count("data:image/png;base64,") == 2
+    # 3 segmentation strips + 3 x (subject, template) strips of the normalisation flicker
+    assert text.count("data:image/png;base64,") == 9
+    assert 'class="verdict' in text.split("<section")[0]
     assert "sub-01_run-2_T1w.nii.gz" in text  # the skipped run is named
     assert "Jacobian determinant" in text and "Atropos" in text  # methods paragraph
     assert "antspyx" in text and "fast" in text  # versions and settings
     assert "ses-1" in (run["out"] / "sub-03.html").read_text()
+    # the failed subject: a page with its error in one line and the crash file
+    failed = (run["out"] / "sub-02.html").read_text()
+    assert "4D with shape" in failed and run["summary"]["crash_files"]["02"][0] in failed
+    assert run["summary"]["failure_reports"] == {"02": str(run["out"] / "sub-02.html")}
+    qc = pd.read_csv(run["out"] / "qc.tsv", sep="\t").set_index("participant_id")
+    assert qc.loc["sub-02", "verdict"] == "fail" and "4D" in qc.loc["sub-02", "reasons"]
 
 
 def test_rerun_rewrites_nothing(run):
@@ -228,7 +236,10 @@ def test_rerun_rewrites_nothing(run):
         mp.setenv("NIPYPE_NO_ET", "1")
         summary = run_participant(**run["kwargs"])
     assert summary["ok"] == ["01", "03"] and summary["failed"] == ["02"]
-    assert _mtimes(run["out"]) == before
+    # except the failed subject's page: it names this run's crash file
+    after = _mtimes(run["out"])
+    assert after.pop("sub-02.html") > before.pop("sub-02.html")
+    assert after == before
 
 
 def test_deleted_outputs_come_back_on_rerun(run):
@@ -239,6 +250,7 @@ def test_deleted_outputs_come_back_on_rerun(run):
     lost.unlink()
     report.unlink()
     before = _mtimes(run["out"])
+    before.pop("sub-02.html")  # names this run's crash file
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NIPYPE_NO_ET", "1")
         run_participant(**run["kwargs"])

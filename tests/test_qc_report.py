@@ -27,6 +27,10 @@ def test_qc_page(tmp_path):
     assert page.count("<tr data-pid=") == 8
     assert "<a href=\"sub-00.html\">" in page and "(no report)" in page
     assert "slice thickness 6 mm" in page and "low mean correlation 0.900" in page
-    assert page.count("data:image/png;base64,") == 2
+    assert page.count("data:image/png;base64,") == 1  # the homogeneity plot
+    # distributions: inline SVG, one strip per metric present, thresholds drawn, dots by verdict
+    assert page.count("<svg ") == 3 and 'aria-label="tiv_ml"' in page
+    assert page.count("<circle ") == 3 * 8 and page.count('fill="#c62828"') == 3  # sub-03
+    assert 'stroke-dasharray="5,3"' in page  # a fail threshold near the data (TIV 850 mL...)
     assert "http" not in page.replace("text/tab-separated-values", "")  # self-contained
     assert "qc_ratings.tsv" in page and "data-ses='ses-a'" in page

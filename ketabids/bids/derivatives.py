@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ketabids import __version__
 from ketabids.io import atomic_write_text
+from ketabids.qc.table import QC_BIDSIGNORE
 
 LOGGER = logging.getLogger("ketabids")
 BIDS_VERSION = "1.10.0"
@@ -30,7 +31,7 @@ See https://doi.org/10.1038/s41398-026-04085-4 for the study ketabids implements
 """
 
 #: What ``.bidsignore`` at the output root hides from the BIDS validator (not in the spec yet).
-BIDSIGNORE = ["*_xfm.h5", "*_morph.tsv", "*_morph.json", "*.html", "logs/"]
+BIDSIGNORE = ["*_xfm.h5", "*_morph.tsv", "*_morph.json", "*.html", "logs/", *QC_BIDSIGNORE]
 
 #: Data dictionary of ``desc-volumes_morph.tsv`` (its JSON sidecar).
 VOLUMES_DICTIONARY = {

@@ -29,6 +29,7 @@ class _ReportSectionInputSpec(BaseInterfaceInputSpec):
     skull_stripped = traits.Bool(False, usedefault=True)
     volumes = File(exists=True, desc="desc-volumes_morph.tsv")
     regional = File(exists=True, desc="regional volumes TSV")
+    qc_metrics = File(exists=True, desc="QC record (desc-qc_metrics.json)")
 
 
 class _OutFileSpec(TraitedSpec):
@@ -63,8 +64,8 @@ class ReportSection(SimpleInterface):
         norm_png = None
         if opt("std_t1w"):
             tpl = get_template(inputs.template, inputs.template_resolution)
-            norm_png = plot_normalisation(nib.load(inputs.std_t1w), nib.load(tpl.wm),
-                                          nib.load(tpl.mask))
+            norm_png = plot_normalisation(nib.load(inputs.std_t1w), nib.load(tpl.brain),
+                                          nib.load(tpl.wm), nib.load(tpl.mask))
         volumes = None
         if opt("volumes"):
             volumes = pd.read_csv(inputs.volumes, sep="\t").to_dict("records")
@@ -72,11 +73,16 @@ class ReportSection(SimpleInterface):
         if opt("regional"):
             regional = pd.read_csv(inputs.regional, sep="\t").to_dict("records")
         notes = list(opt("notes") or []) + list(opt("conform_notes") or [])
+        qc = None
+        if opt("qc_metrics"):
+            import json
+
+            qc = json.loads(Path(inputs.qc_metrics).read_text())
         text = render_section(subject=inputs.subject, session=inputs.session or None,
                               source_file=inputs.source_file, notes=notes,
                               skull_stripped=inputs.skull_stripped, segmentation_png=seg_png,
                               normalisation_png=norm_png, volumes=volumes, regional=regional,
-                              template=inputs.template)
+                              template=inputs.template, qc=qc)
         out = Path(runtime.cwd) / "report_section.html"
         out.write_text(text, encoding="utf-8")
         self._results["out_file"] = str(out)

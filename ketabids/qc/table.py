@@ -140,7 +140,9 @@ def write_subject_qc(output_dir, subject: str, session: str | None, metrics: dic
 
 
 @contextlib.contextmanager
-def _locked(output_dir):
+def qc_lock(output_dir):
+    """Exclusive ``fcntl`` lock on ``OUTPUT_DIR/.qc.lock`` (held while the cohort QC outputs
+    are rebuilt; not re-entrant: inside it call :func:`rebuild_qc_table` with ``lock=False``)."""
     lock = Path(output_dir) / ".qc.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as fh:
@@ -209,11 +211,12 @@ def _ensure_bidsignore(output_dir) -> None:
         atomic_write_text(path, "\n".join(lines + missing) + "\n")
 
 
-def rebuild_qc_table(output_dir) -> tuple[Path, pd.DataFrame]:
+def rebuild_qc_table(output_dir, *, lock: bool = True) -> tuple[Path, pd.DataFrame]:
     """Rebuild ``qc.tsv`` and ``qc.json`` from every per-subject JSON, under an exclusive file
-    lock (safe with parallel participant jobs); returns the TSV path and the table."""
+    lock (safe with parallel participant jobs; ``lock=False`` when the caller holds
+    :func:`qc_lock`); returns the TSV path and the table."""
     output_dir = Path(output_dir)
-    with _locked(output_dir):
+    with (qc_lock(output_dir) if lock else contextlib.nullcontext()):
         frame = qc_frame(collect_records(output_dir))
         tsv = write_tsv(frame, output_dir / "qc.tsv", float_format="%.6g")
         write_json(output_dir / "qc.json", data_dictionary(frame.columns))
@@ -230,6 +233,6 @@ def read_qc_table(output_dir) -> pd.DataFrame:
                        dtype={"participant_id": str, "session": str})
 
 
-__all__ = ["QC_BIDSIGNORE", "qc_json_path", "subject_record", "write_subject_qc",
+__all__ = ["QC_BIDSIGNORE", "qc_json_path", "qc_lock", "subject_record", "write_subject_qc",
            "collect_records", "qc_frame", "data_dictionary", "rebuild_qc_table",
            "read_qc_table"]

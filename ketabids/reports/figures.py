@@ -16,13 +16,15 @@ def pyplot():
     return plt
 
 
-def png_uri(fig, *, dpi: int = 90, facecolor=None) -> str:
+def png_uri(fig, *, dpi: int = 90, facecolor=None, tight: bool = True) -> str:
     """``fig`` as a ``data:image/png;base64,...`` URI (closed afterwards; no timestamp in the
-    PNG, so the same figure gives the same bytes)."""
+    PNG, so the same figure gives the same bytes). ``tight=False`` keeps the figure's canvas
+    (one draw less; two figures of one layout then overlay pixel for pixel)."""
     plt = pyplot()
     buf = io.BytesIO()
     kwargs = {"facecolor": facecolor} if facecolor is not None else {}
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None},
-                **kwargs)
+    if tight:
+        kwargs["bbox_inches"] = "tight"
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, **kwargs)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -1,40 +1,80 @@
 """The participant QC report: one self-contained HTML file per subject.
 
-Figures are PNG images embedded as base64 (matplotlib, Agg backend, no files next to the HTML):
+Figures are PNG images embedded as base64 (matplotlib, Agg backend, no files next to the HTML),
+one strip of :data:`N_CUTS` slices per axis, each slice labelled with its world coordinate (mm)
+and the strip with its orientation (L/R, A/P):
 
-* brain-mask contour (red) and tissue labels (CSF blue, GM green, WM yellow) over the
-  preprocessed T1w, three orientations;
-* the T1w in template space with the template's edges (brain outline and GM/WM boundary, cyan)
-  on top: misregistration shows as edges not following the subject's anatomy.
+* tissue boundaries as contours over the visible, preprocessed T1w: brain mask (red), GM outer
+  boundary (green), GM/WM boundary (yellow); labels are read by name
+  (:data:`ketabids.anat.segmentation.CLASSES`), so a new label order changes nothing here;
+* spatial normalisation: the normalised T1w and the template, same slices, same template edges
+  (cyan), stacked in a flicker element: hovering (or the slider) switches between them, as
+  sMRIPrep's SVG flicker does (pure HTML/CSS/JS, nothing loaded from elsewhere).
 
-:func:`render_section` makes one T1w's part (one per session); :func:`assemble_report` wraps the
-sections with the methods paragraph, settings and software versions.
+:func:`render_section` makes one T1w's part (one per session), opened by its QC verdict and
+reasons; :func:`assemble_report` wraps the sections with a verdict summary at the top, an Errors
+section, the methods paragraph, settings and software versions; :func:`failure_report` is the
+page of a subject whose processing failed.
 """
 from __future__ import annotations
 
 import html
+import re
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ketabids.reports.figures import png_uri, pyplot
 
+#: slices per axis in every figure strip
+N_CUTS = 7
+_AXIS_NAMES = ("sagittal", "coronal", "axial")
+_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
+_WORLD = {"L": "x", "R": "x", "A": "y", "P": "y", "S": "z", "I": "z"}
+_VERDICT_ORDER = ("pass", "warn", "fail")
+
 _CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:2em auto;
 color:#222;padding:0 1em}
 h1{border-bottom:2px solid #345}h2{color:#345;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:left}th{background:#eef}
 .note{background:#fff8e0;border-left:4px solid #e0a000;padding:.4em .8em;margin:.4em 0}
-.fig{max-width:100%}.methods{background:#f6f6f6;padding:.8em;border-radius:4px}
+.fig{max-width:100%;display:block}.methods{background:#f6f6f6;padding:.8em;border-radius:4px}
 code{font-size:90%}
+.verdict{padding:.5em .9em;border-radius:4px;color:#fff;margin:.5em 0}
+.verdict.pass{background:#2e7d32}.verdict.warn{background:#ef6c00}.verdict.fail{background:#c62828}
+.verdict ul{margin:.3em 0 0 0}.error{background:#fdecea;border-left:4px solid #c62828;
+padding:.4em .8em}
+.flicker{position:relative;display:inline-block;max-width:100%;cursor:crosshair}
+.flicker img{display:block;max-width:100%}
+.flicker img.top{position:absolute;left:0;top:0;opacity:0}
+.flicker:hover img.top{opacity:1}
+.flicker-ctl{font-size:.9em;color:#555}
+figure{margin:.3em 0}figcaption{color:#555}
+"""
+
+_FLICKER_JS = """
+function ketabidsFlicker(slider){
+  const box=document.getElementById(slider.dataset.target);
+  box.querySelectorAll('img.top').forEach(img=>{img.style.opacity=slider.value/100;});
+}
 """
 
 
-def _cuts(mask: np.ndarray, n: int = 3) -> list[list[int]]:
-    """Slice indices per axis, evenly spread inside the mask's bounding box."""
+def _png(fig) -> str:
+    """The figure as a PNG data URI, with a fixed canvas (no tight bounding box), so two
+    figures of the same layout overlay pixel for pixel."""
+    return png_uri(fig, dpi=100, facecolor="black", tight=False)
+
+
+def _cuts(mask: np.ndarray, n: int = N_CUTS) -> list[list[int]]:
+    """``n`` slice indices per axis, evenly spread over the central 80 % of the mask's
+    bounding box."""
     idx = np.argwhere(mask) if mask.any() else np.argwhere(np.ones_like(mask))
     lo, hi = idx.min(0), idx.max(0)
-    return [[int(round(lo[a] + (hi[a] - lo[a]) * f)) for f in np.linspace(0.25, 0.75, n)]
+    return [[int(round(lo[a] + (hi[a] - lo[a]) * f)) for f in np.linspace(0.1, 0.9, n)]
             for a in range(3)]
 
 
@@ -55,64 +95,165 @@ def _norm(data, mask=None):
     return np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
-def _mosaic(background, zooms, cuts, overlay) -> str:
-    """3 x 3 slices (rows: the three axes, at ``cuts``) of ``background`` in grey with
-    ``overlay(ax, axis, index)`` drawn on each; returns a ``data:`` URI (PNG)."""
+def slice_geometry(affine, shape, axis: int, index: int) -> dict:
+    """World coordinate and orientation labels of voxel slice ``index`` along ``axis``, as the
+    strip shows it (``np.rot90`` of the slice: columns = first remaining voxel axis, rows =
+    second, top = its last voxel).
+
+    Returns ``{"coord": "x = -12 mm", "left": "L", "right": "R", "top": "S"}``.
+
+    >>> g = slice_geometry(np.diag([2.0, 2.0, 2.0, 1.0]), (10, 10, 10), 2, 5)
+    >>> g["coord"], g["left"], g["right"], g["top"]
+    ('z = 10 mm', 'L', 'R', 'A')
+    """
+    import nibabel as nib
+
+    codes = nib.orientations.aff2axcodes(affine)
+    u, v = [a for a in range(3) if a != axis]
+    centre = (np.asarray(shape[:3], float) - 1) / 2
+    centre[axis] = index
+    world = np.asarray(affine)[:3, :3] @ centre + np.asarray(affine)[:3, 3]
+    name = _WORLD.get(codes[axis], "xyz"[axis])
+    value = world["xyz".index(name)]
+    return {"coord": f"{name} = {value:.0f} mm", "left": _OPPOSITE.get(codes[u], "?"),
+            "right": codes[u], "top": codes[v]}
+
+
+class Strip(NamedTuple):
+    """One figure strip: PNG data URI, axis name, the slices' world coordinates and the
+    orientation letters of the image's left and right edges."""
+
+    uri: str
+    axis: str
+    coords: tuple
+    left: str
+    right: str
+
+    def caption(self) -> str:
+        return (f"{self.axis}, {len(self.coords)} slices: {', '.join(self.coords)}; image "
+                f"left = {self.left}, right = {self.right}")
+
+
+def _strip(background, affine, zooms, axis, cuts, contours=(), title=None) -> Strip:
+    """One row of slices along ``axis``: grey background, coloured contour lines
+    (``(volume, level, colour)``), coordinates and orientation letters."""
     plt = pyplot()
-    fig, axes = plt.subplots(3, 3, figsize=(9, 9))
-    for axis in range(3):
-        for col, index in enumerate(cuts[axis]):
-            ax = axes[axis, col]
-            ax.imshow(_slice(background, axis, index), cmap="gray", aspect=_aspect(zooms, axis),
-                      interpolation="nearest")
-            overlay(ax, axis, index)
-            ax.set_axis_off()
-    fig.subplots_adjust(wspace=0.02, hspace=0.02)
-    return png_uri(fig, dpi=72, facecolor="black")
+    n = len(cuts)
+    first = _slice(background, axis, cuts[0])
+    ratio = first.shape[0] * _aspect(zooms, axis) / max(first.shape[1], 1)
+    width = 1.55 * n
+    fig, axes = plt.subplots(1, n, figsize=(width, 1.55 * ratio + 0.05), squeeze=False)
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=0.02)
+    coords = []
+    for col, index in enumerate(cuts):
+        ax = axes[0, col]
+        ax.imshow(_slice(background, axis, index), cmap="gray", vmin=0, vmax=1,
+                  aspect=_aspect(zooms, axis), interpolation="nearest")
+        for volume, level, colour in contours:
+            sl = _slice(volume, axis, index).astype(np.float32)
+            if sl.min() < level < sl.max():
+                ax.contour(sl, levels=[level], colors=colour, linewidths=0.7)
+        geo = slice_geometry(affine, background.shape, axis, index)
+        coords.append(geo["coord"])
+        style = dict(color="white", fontsize=7, transform=ax.transAxes)
+        ax.text(0.5, 0.02, geo["coord"], ha="center", va="bottom", **style)
+        ax.text(0.02, 0.5, geo["left"], ha="left", va="center", **style)
+        ax.text(0.98, 0.5, geo["right"], ha="right", va="center", **style)
+        if col == 0 and title:
+            ax.text(0.02, 0.98, title, ha="left", va="top", **style)
+        ax.set_axis_off()
+    return Strip(_png(fig), _AXIS_NAMES[axis], tuple(coords), geo["left"], geo["right"])
 
 
-def plot_segmentation(t1w_img, mask_img, dseg_img=None) -> str:
-    """Mask contour (red) and tissue overlay on the T1w; returns a ``data:`` URI (PNG)."""
-    from matplotlib.colors import ListedColormap
+def dseg_labels() -> dict:
+    """``{"GM": value, "WM": value, "CSF": value}`` of the ``dseg`` images, from the one
+    definition of the class order (:data:`ketabids.anat.segmentation.CLASSES`)."""
+    from ketabids.anat.segmentation import CLASSES
 
+    return {name: index + 1 for index, name in enumerate(CLASSES)}
+
+
+def plot_segmentation(t1w_img, mask_img, dseg_img=None, n_cuts: int = N_CUTS) -> list[Strip]:
+    """Tissue boundaries as contours over the T1w, one :class:`Strip` per axis (sagittal,
+    coronal, axial)."""
     t1w = np.asanyarray(t1w_img.dataobj, dtype=np.float32)
     mask = np.asanyarray(mask_img.dataobj) > 0
-    dseg = np.asanyarray(dseg_img.dataobj).astype(int) if dseg_img is not None else None
     zooms = t1w_img.header.get_zooms()[:3]
-    cmap = ListedColormap([(0, 0, 0, 0), (0.2, 0.4, 1, 1), (0.1, 0.8, 0.2, 1), (1, 0.9, 0.1, 1)])
+    contours = [(mask.astype(np.float32), 0.5, "red")]
+    if dseg_img is not None:
+        dseg = np.asanyarray(dseg_img.dataobj).astype(int)
+        labels = dseg_labels()
+        gm_wm = np.isin(dseg, [labels["GM"], labels["WM"]]).astype(np.float32)
+        wm = (dseg == labels["WM"]).astype(np.float32)
+        contours += [(gm_wm, 0.5, "lime"), (wm, 0.5, "yellow")]
+    t1w = _norm(t1w, mask)
+    cuts = _cuts(mask, n_cuts)
+    return [_strip(t1w, t1w_img.affine, zooms, axis, cuts[axis], contours)
+            for axis in range(3)]
 
-    def overlay(ax, axis, index):
-        if dseg is not None:
-            ax.imshow(_slice(dseg, axis, index), cmap=cmap, vmin=0, vmax=3, alpha=0.3,
-                      aspect=_aspect(zooms, axis), interpolation="nearest")
-        m = _slice(mask, axis, index).astype(float)
-        if m.any() and not m.all():
-            ax.contour(m, levels=[0.5], colors="red", linewidths=0.8)
 
-    return _mosaic(_norm(t1w, mask), zooms, _cuts(mask), overlay)
+def plot_normalisation(std_img, template_brain_img, template_wm_img, template_mask_img,
+                       n_cuts: int = N_CUTS) -> dict:
+    """The normalised T1w and the template, same slices, template edges (brain outline and
+    GM/WM boundary, cyan) on both; returns ``{"subject": [3 strips], "template": [3 strips]}``
+    (one :class:`Strip` per axis) for the flicker element."""
+    from nilearn.image import resample_to_img
 
-
-def plot_normalisation(std_img, template_wm_img, template_mask_img) -> str:
-    """The T1w in template space with the template's edges (brain outline and GM/WM boundary,
-    cyan); returns a ``data:`` URI (PNG)."""
     std = np.asanyarray(std_img.dataobj, dtype=np.float32)
-    tmask = np.asanyarray(template_mask_img.dataobj) > 0
-    wm = np.asanyarray(template_wm_img.dataobj, dtype=np.float32)
     zooms = std_img.header.get_zooms()[:3]
-    if std.shape != tmask.shape:  # different grids: resample the template onto the image
-        from nilearn.image import resample_to_img
 
-        tmask = np.asanyarray(resample_to_img(template_mask_img, std_img,
-                                              interpolation="nearest").dataobj) > 0
-        wm = np.asanyarray(resample_to_img(template_wm_img, std_img).dataobj)
+    def on_grid(img, interpolation):
+        if img.shape[:3] == std.shape and np.allclose(img.affine, std_img.affine):
+            return np.asanyarray(img.dataobj, dtype=np.float32)
+        return np.asanyarray(resample_to_img(img, std_img, interpolation=interpolation,
+                                             force_resample=True, copy_header=True).dataobj,
+                             dtype=np.float32)
 
-    def overlay(ax, axis, index):
-        for data, level in ((tmask.astype(float), 0.5), (wm, 0.5)):
-            sl = _slice(data, axis, index)
-            if sl.min() < level < sl.max():
-                ax.contour(sl, levels=[level], colors="cyan", linewidths=0.6)
+    tmask = on_grid(template_mask_img, "nearest") > 0
+    wm = on_grid(template_wm_img, "linear")
+    tpl = on_grid(template_brain_img, "linear")
+    contours = [(tmask.astype(np.float32), 0.5, "cyan"), (wm, 0.5, "cyan")]
+    cuts = _cuts(tmask, n_cuts)
+    out = {"subject": [], "template": []}
+    for key, data in (("subject", _norm(std, tmask)), ("template", _norm(tpl, tmask))):
+        for axis in range(3):
+            out[key].append(_strip(data, std_img.affine, zooms, axis, cuts[axis], contours,
+                                   title="subject" if key == "subject" else "template"))
+    return out
 
-    return _mosaic(_norm(std, tmask), zooms, _cuts(tmask), overlay)
+
+def _uri(strip) -> str:
+    return strip.uri if isinstance(strip, Strip) else str(strip)
+
+
+def _caption(strip) -> str:
+    return strip.caption() if isinstance(strip, Strip) else ""
+
+
+def _strip_img(strip, alt: str) -> str:
+    """An ``<img>`` of a strip with its slice coordinates and orientation as caption."""
+    caption = _caption(strip)
+    return (f'<figure><img class="fig" alt="{html.escape(alt)}" src="{_uri(strip)}"'
+            + (f' title="{html.escape(caption)}">' if caption else ">")
+            + (f"<figcaption><small>{html.escape(caption)}</small></figcaption>" if caption
+               else "") + "</figure>")
+
+
+def flicker_html(element_id: str, bottom: list[str], top: list[str], *, bottom_label="subject",
+                 top_label="template") -> str:
+    """A before/after element: ``bottom`` strips shown, ``top`` strips on hover (CSS) or at the
+    slider's opacity (JS); self-contained."""
+    eid = html.escape(element_id)
+    rows = "".join(
+        f'<div class="flicker" title="{html.escape(_caption(b))}">'
+        f'<img class="fig" alt="{html.escape(bottom_label)}" src="{_uri(b)}">'
+        f'<img class="fig top" alt="{html.escape(top_label)}" src="{_uri(t)}"></div>'
+        for b, t in zip(bottom, top))
+    return (f'<div id="{eid}" class="flicker-box">{rows}</div>'
+            f'<p class="flicker-ctl">Hover a strip to switch to the {html.escape(top_label)}, '
+            f'or blend: {html.escape(bottom_label)} '
+            f'<input type="range" min="0" max="100" value="0" data-target="{eid}" '
+            f'oninput="ketabidsFlicker(this)" aria-label="blend"> {html.escape(top_label)}</p>')
 
 
 def _table(rows: list[dict] | dict, header=("Item", "Value")) -> str:
@@ -135,13 +276,39 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def verdict_html(record: dict | None, title: str = "") -> str:
+    """The QC verdict box of one T1w: verdict, reasons, and where the rules are documented."""
+    if not record:
+        return ('<div class="verdict warn" data-verdict="warn"><b>QC: not computed</b>'
+                f"{html.escape(title)}</div>")
+    verdict = str(record.get("verdict", "fail"))
+    if verdict not in _VERDICT_ORDER:
+        verdict = "fail"
+    reasons = [str(r) for r in record.get("reasons") or []]
+    items = "".join(f"<li>{html.escape(r)}</li>" for r in reasons)
+    return (f'<div class="verdict {verdict}" data-verdict="{verdict}"><b>QC {verdict}</b>'
+            f"{(' (' + html.escape(title) + ')') if title else ''}"
+            + (f"<ul>{items}</ul>" if items else ": every rule passed")
+            + "</div>")
+
+
 def render_section(*, subject, session=None, source_file, notes=(), skull_stripped=False,
                    segmentation_png=None, normalisation_png=None, volumes=None, regional=None,
-                   template="") -> str:
-    """One T1w's part of the report (HTML fragment)."""
+                   template="", qc=None) -> str:
+    """One T1w's part of the report (HTML fragment), opened by its QC verdict (``qc``: the
+    record of ``desc-qc_metrics.json``).
+
+    ``segmentation_png``: a data URI or a list of them (one strip per axis);
+    ``normalisation_png``: a data URI, a list, or ``{"subject": [...], "template": [...]}``
+    (then shown as a flicker)."""
     title = f"sub-{subject}" + (f" ses-{session}" if session else "")
-    parts = [f'<section id="{html.escape(title.replace(" ", "_"))}">', f"<h2>{title}</h2>",
+    anchor = html.escape(title.replace(" ", "_"))
+    parts = [f'<section id="{anchor}">', f"<h2>{title}</h2>", verdict_html(qc),
              f"<p>Input: <code>{html.escape(str(source_file))}</code></p>"]
+    error = (qc or {}).get("error")
+    if error:
+        parts.append(f'<p class="error" data-error="1"><b>Error:</b> '
+                     f"<code>{html.escape(str(error).splitlines()[0])}</code></p>")
     if skull_stripped:
         parts.append('<p class="note"><b>The input was already skull-stripped</b>: brain '
                      "extraction kept the given brain (no skull to remove).</p>")
@@ -149,15 +316,37 @@ def render_section(*, subject, session=None, source_file, notes=(), skull_stripp
         parts.append(f'<p class="note">{html.escape(str(note))}</p>')
     if volumes is not None:
         parts.append("<h3>Volumes (mL)</h3>" + _table(volumes))
+    if qc:
+        keys = ["tiv_ml", "icvs_gm", "cnr", "cjv", "snr_total", "fov_coverage", "brain_dice",
+                "template_correlation", "logjac_range", "slice_thickness_mm"]
+        shown = {k: qc[k] for k in keys if qc.get(k) is not None}
+        if shown:
+            parts.append("<details><summary>Main QC metrics (all in "
+                         "<code>desc-qc_metrics.json</code>)</summary>"
+                         + _table(shown, ("Metric", "Value")) + "</details>")
     if segmentation_png:
+        strips = segmentation_png if isinstance(segmentation_png, list) else [segmentation_png]
         parts.append("<h3>Brain mask and tissue segmentation</h3>"
-                     "<p>Red: brain-mask outline; overlay: CSF (blue), GM (green), WM (yellow).</p>"
-                     f'<img class="fig" alt="segmentation" src="{segmentation_png}">')
+                     "<p>Contours over the preprocessed T1w: brain mask (red), outer GM "
+                     "boundary (green), GM/WM boundary (yellow); one row per axis (sagittal, "
+                     "coronal, axial), world coordinates in mm.</p>"
+                     + "".join(_strip_img(strip, f"segmentation {name}")
+                               for strip, name in zip(strips, _AXIS_NAMES)))
     if normalisation_png:
         parts.append(f"<h3>Spatial normalisation to {html.escape(template)}</h3>"
-                     "<p>The T1w in template space; cyan: template brain outline and GM/WM "
-                     "boundary. They should follow the subject's anatomy.</p>"
-                     f'<img class="fig" alt="normalisation" src="{normalisation_png}">')
+                     "<p>The T1w in template space with the template's edges (cyan: brain "
+                     "outline and GM/WM boundary). Hover a row (or move the slider) to see the "
+                     "template itself: the anatomy should not jump.</p>")
+        if isinstance(normalisation_png, dict):
+            parts.append(flicker_html(f"flicker-{anchor}", normalisation_png["subject"],
+                                      normalisation_png["template"]))
+            parts.append("<p><small>" + "<br>".join(html.escape(_caption(s))
+                                                    for s in normalisation_png["subject"])
+                         + "</small></p>")
+        else:
+            strips = normalisation_png if isinstance(normalisation_png, list) \
+                else [normalisation_png]
+            parts.extend(_strip_img(strip, "normalisation") for strip in strips)
     if regional is not None:
         parts.append("<details><summary>Regional GM volumes (mL)</summary>"
                      + _table(regional) + "</details>")
@@ -165,15 +354,33 @@ def render_section(*, subject, session=None, source_file, notes=(), skull_stripp
     return "\n".join(parts)
 
 
+def _worst_verdict(sections) -> str | None:
+    found = [v for sec in sections for v in re.findall(r'data-verdict="(pass|warn|fail)"', sec)]
+    return max(found, key=_VERDICT_ORDER.index) if found else None
+
+
 def assemble_report(*, subject, sections, methods="", settings=None, versions=None) -> str:
-    """The complete, self-contained HTML report of one subject."""
+    """The complete, self-contained HTML report of one subject: QC verdict(s) at the top, then
+    each T1w's section, an Errors section, methods, settings and software versions."""
+    worst = _worst_verdict(sections)
+    errors = [m for sec in sections
+              for m in re.findall(r'<p class="error" data-error="1">(.*?)</p>', sec, re.S)]
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>ketabids: sub-{html.escape(subject)}</title><style>{_CSS}</style>",
-             "</head><body>", f"<h1>ketabids report: sub-{html.escape(subject)}</h1>",
-             "<p>Quality-control report of the participant level (voxel-based morphometry). "
-             "Check that the brain mask follows the brain, that tissue labels are plausible and "
-             "that the template edges follow the anatomy after normalisation.</p>"]
+             f"<script>{_FLICKER_JS}</script>",
+             "</head><body>", f"<h1>ketabids report: sub-{html.escape(subject)}</h1>"]
+    if worst is not None:
+        parts.append(f'<p class="verdict {worst}" id="qc-summary"><b>QC {worst}</b> '
+                     f"(worst over {len(sections)} T1w image(s); reasons in each section "
+                     "below, rules in <code>qc.json</code>, cohort view in "
+                     '<a href="qc.html">qc.html</a>)</p>')
+    parts.append("<p>Quality-control report of the participant level (voxel-based morphometry). "
+                 "Check that the brain mask and tissue boundaries follow the anatomy and that "
+                 "the normalised T1w matches the template.</p>")
     parts.extend(sections)
+    parts.append('<h2 id="errors">Errors</h2>')
+    parts.append("".join(f'<p class="error">{e}</p>' for e in errors) if errors
+                 else "<p>No errors.</p>")
     parts.append("<h2>Methods</h2>")
     parts.append(f'<div class="methods"><p>{html.escape(methods)}</p>'
                  "<p><small>References: Ashburner J, Friston KJ (2000) NeuroImage 11:805. "
@@ -185,3 +392,43 @@ def assemble_report(*, subject, sections, methods="", settings=None, versions=No
     parts.append("<h2>Software</h2>" + _table(versions or {}, ("Package", "Version")))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def failure_report(path, *, subject, error, crash_files=(), finished_steps=(), failed_step=None,
+                   inputs=()) -> Path:
+    """``sub-X.html`` of a subject whose processing failed: the error in one line, the crash
+    file(s), the input(s) and the steps that had finished. Written atomically; returns the
+    path."""
+    from ketabids.io import atomic_write_text
+
+    first = str(error).splitlines()[0] if str(error).strip() else "processing failed"
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>ketabids: sub-{esc(subject)} (failed)</title><style>{_CSS}</style>",
+             "</head><body>", f"<h1>ketabids report: sub-{esc(subject)}</h1>",
+             '<p class="verdict fail" data-verdict="fail"><b>QC fail</b>: processing failed; this subject has no '
+             "derivatives and is left out of the group level.</p>",
+             '<h2 id="errors">Errors</h2>',
+             f'<p class="error"><b>Error:</b> <code>{esc(first)}</code></p>']
+    if failed_step:
+        parts.append(f"<p>Failed step: <code>{esc(str(failed_step))}</code></p>")
+    if crash_files:
+        parts.append("<p>Crash file(s) (full traceback and the node's inputs):</p><ul>"
+                     + "".join(f"<li><code>{esc(str(c))}</code></li>" for c in crash_files)
+                     + "</ul>")
+    else:
+        parts.append("<p>No crash file was written; see the log of the run.</p>")
+    if inputs:
+        parts.append("<p>Input(s): " + ", ".join(f"<code>{esc(str(i))}</code>" for i in inputs)
+                     + "</p>")
+    parts.append("<h2>Steps that finished</h2>")
+    if finished_steps:
+        parts.append("<ol>" + "".join(f"<li><code>{esc(str(s))}</code></li>"
+                                      for s in finished_steps) + "</ol>")
+    else:
+        parts.append("<p>(none recorded)</p>")
+    parts.append("<p>Fix the cause (the error names the file or step), then run the participant "
+                 "level again for this subject.</p></body></html>")
+    path = Path(path)
+    atomic_write_text(path, "\n".join(parts) + "\n")
+    return path

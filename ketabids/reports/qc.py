@@ -1,8 +1,9 @@
 """The cohort QC page ``OUTPUT_DIR/qc.html``: one self-contained HTML file.
 
 Contents: the verdict counts; a table of every subject/session (verdict, reasons, TIV, GM, link to
-``sub-X.html``, and a rating widget); small distributions of TIV, GM and the main QC metrics with
-the rule thresholds drawn and each subject coloured by its verdict; the sample-homogeneity plot
+``sub-X.html``, and a rating widget); small distributions (inline SVG) of TIV, GM and the main QC
+metrics with the rule thresholds drawn and each subject coloured by its verdict; the
+sample-homogeneity plot
 (mean correlation of each modulated GM map with the others, flagged subjects in red). The rating
 widget (as MRIQC's) exports ``qc_ratings.tsv`` with ``participant_id, session, rating, comment``
 from the browser; nothing is sent anywhere.
@@ -35,6 +36,7 @@ text-align:left}th{background:#f3f3f3;position:sticky;top:0}
 .v{font-weight:bold;color:#fff;border-radius:3px;padding:1px 6px}
 .pass{background:#2e7d32}.warn{background:#ef6c00}.fail{background:#c62828}
 .counts span{margin-right:1.5em;font-size:1.1em}img{max-width:100%}
+.dists svg{margin:4px 10px 4px 0;background:#fafafa;border:1px solid #eee}
 """
 
 _JS = """
@@ -60,41 +62,68 @@ def _num(value) -> float:
     return value
 
 
-def distributions_figure(table: pd.DataFrame, metrics=DISTRIBUTIONS) -> str | None:
-    """Small strip plots (one per metric present) with the rule thresholds; a PNG data URI."""
+def _thresholds(metric) -> list[tuple[float, str]]:
+    """``(value, dash)`` of the rule thresholds of ``metric`` (dotted warn, dashed fail)."""
+    rule = RULES_BY_METRIC.get(metric)
+    out = []
+    if rule is None:
+        return out
+    for thr, dash in ((rule.warn, "2,2"), (rule.fail, "5,3")):
+        for t in (thr if isinstance(thr, (tuple, list)) else [thr]):
+            if isinstance(t, (int, float)) and not isinstance(t, bool):
+                out.append((float(t), dash))
+    return out
+
+
+def distributions_svg(table: pd.DataFrame, metrics=DISTRIBUTIONS, *, width=270,
+                      height=70) -> str | None:
+    """Small strip plots as inline SVG (one per metric present): each T1w a dot coloured by
+    its verdict, the rule thresholds near the data drawn (dotted warn, dashed fail), the axis
+    range labelled. Plain markup: no plotting library, cheap enough to rebuild after every
+    participant run."""
     metrics = [m for m in metrics if m in table.columns
                and np.isfinite(pd.to_numeric(table[m], errors="coerce")).any()]
     if not metrics:
         return None
-    plt = pyplot()
-    ncol = 4
-    nrow = int(math.ceil(len(metrics) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.0 * ncol, 1.6 * nrow), squeeze=False)
+    verdicts = table.get("verdict", pd.Series(["pass"] * len(table))).astype(str).to_numpy()
+    ids = table.get("participant_id", pd.Series([""] * len(table))).astype(str).to_numpy()
     rng = np.random.default_rng(0)
-    verdicts = table.get("verdict", pd.Series(["pass"] * len(table))).astype(str)
-    for ax, metric in zip(axes.ravel(), metrics):
+    left, right, top, bottom = 8, width - 8, 16, height - 16
+    plots = []
+    for metric in metrics:
         values = pd.to_numeric(table[metric], errors="coerce").to_numpy(dtype=float)
-        jitter = rng.uniform(-0.3, 0.3, len(values))
-        for level, colour in COLOURS.items():
-            sel = (verdicts == level).to_numpy() & np.isfinite(values)
-            ax.scatter(values[sel], jitter[sel], s=12, color=colour, alpha=0.8, label=level)
-        rule = RULES_BY_METRIC.get(metric)
-        if rule is not None:
-            for thr, style in ((rule.warn, ":"), (rule.fail, "--")):
-                for t in (thr if isinstance(thr, (tuple, list)) else [thr]):
-                    if isinstance(t, (int, float)) and not isinstance(t, bool):
-                        lo, hi = np.nanmin(values), np.nanmax(values)
-                        span = (hi - lo) or abs(hi) or 1.0
-                        if lo - span <= t <= hi + span:  # only thresholds near the data
-                            ax.axvline(t, color="#555", ls=style, lw=0.8)
-        ax.set_title(metric, fontsize=9)
-        ax.set_yticks([])
-        ax.tick_params(labelsize=7)
-        ax.set_ylim(-0.6, 0.6)
-    for ax in axes.ravel()[len(metrics):]:
-        ax.axis("off")
-    fig.tight_layout()
-    return png_uri(fig)
+        finite = values[np.isfinite(values)]
+        lo, hi = float(finite.min()), float(finite.max())
+        span = (hi - lo) or abs(hi) or 1.0
+        lines = [(t, d) for t, d in _thresholds(metric) if lo - span <= t <= hi + span]
+        ends = [lo, hi] + [t for t, _ in lines]
+        x0, x1 = min(ends), max(ends)
+        x0, x1 = (x0 - 0.5, x1 + 0.5) if x1 == x0 else (x0 - 0.04 * (x1 - x0),
+                                                         x1 + 0.04 * (x1 - x0))
+
+        def sx(v, x0=x0, x1=x1):
+            return left + (right - left) * (v - x0) / (x1 - x0)
+
+        items = [f'<text x="{left}" y="11" font-size="11" font-weight="bold">'
+                 f"{html.escape(metric)}</text>",
+                 f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#999"/>',
+                 f'<text x="{left}" y="{height - 3}" font-size="9">{_cell(x0, 3)}</text>',
+                 f'<text x="{right}" y="{height - 3}" font-size="9" text-anchor="end">'
+                 f"{_cell(x1, 3)}</text>"]
+        for t, dash in lines:
+            items.append(f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{bottom}" '
+                         f'stroke="#555" stroke-dasharray="{dash}"/>')
+        jitter = rng.uniform(top + 4, bottom - 4, len(values))
+        for value, verdict, pid, y in zip(values, verdicts, ids, jitter):
+            if np.isfinite(value):
+                colour = COLOURS.get(verdict, "#777")
+                items.append(f'<circle cx="{sx(value):.1f}" cy="{y:.1f}" r="3.5" '
+                             f'fill="{colour}" fill-opacity="0.8"><title>{html.escape(pid)}: '
+                             f"{_cell(float(value), 4)}</title></circle>")
+        plots.append(f'<svg width="{width}" '
+                     f'height="{height}" role="img" aria-label="{html.escape(metric)}">'
+                     + "".join(items) + "</svg>")
+    return "<div class='dists'>" + "".join(plots) + "</div>"
 
 
 def homogeneity_figure(homogeneity: pd.DataFrame) -> str | None:
@@ -179,11 +208,11 @@ def render_qc_html(table: pd.DataFrame, *, homogeneity: pd.DataFrame | None = No
             "<td><input type='text' size='24'></td></tr>")
     parts.append("</table><p><button onclick='exportRatings()'>Export ratings "
                  "(qc_ratings.tsv)</button></p>")
-    dist = distributions_figure(table)
+    dist = distributions_svg(table)
     if dist:
-        parts.append("<h2>Distributions</h2><p>Each dot is a T1w, coloured by verdict; dotted "
-                     f"lines: warn thresholds, dashed: fail thresholds.</p><img src='{dist}' "
-                     "alt='QC metric distributions'>")
+        parts.append("<h2>Distributions</h2><p>Each dot is a T1w, coloured by verdict (hover "
+                     "for its id and value); dotted lines: warn thresholds, dashed: fail "
+                     f"thresholds.</p>{dist}")
     hom = homogeneity_figure(homogeneity) if homogeneity is not None else None
     if hom:
         parts.append("<h2>Sample homogeneity</h2><p>Mean correlation of each smoothed "

@@ -17,6 +17,7 @@ from ketabids.bids.derivatives import write_bidsignore, write_derivative_descrip
 from ketabids.bids.layout import collect_t1w
 from ketabids.errors import NoDataError, OutputError
 from ketabids.runner.config import configure_workflow, itk_threads, plugin_settings, run_workflow
+from ketabids.runner.progress import Progress, finish_participant
 from ketabids.workflows.base import init_participant_wf
 
 LOGGER = logging.getLogger("ketabids")
@@ -102,6 +103,8 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
 
     LOGGER.info("participant level: %d T1w image(s) of %d subject(s), plugin %s %s",
                 len(inputs), len({i.subject for i in inputs}), plugin, plugin_args)
+    progress = Progress(workflow, [i.subject for i in inputs])  # a line per finished subject
+    plugin_args = {**plugin_args, "status_callback": progress}
     error = None
     try:
         run_workflow(workflow, plugin, plugin_args)
@@ -110,7 +113,8 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
         LOGGER.error("some nodes failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
     summary = _summary(inputs, missing, output_dir, work_dir, started, plugin, error)
     _log_summary(summary, output_dir)
-    return summary
+    # failed subjects: QC record + report; then qc.tsv, qc.json, qc.html and the QC summary
+    return finish_participant(summary, inputs=inputs, output_dir=output_dir, progress=progress)
 
 
 def _log_summary(summary: dict, output_dir: Path) -> None:

@@ -38,9 +38,10 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
     """Conform, bias-correct, skull-strip, normalise, segment and modulate one T1w.
 
     Inputs: ``t1w``. Outputs: native ``t1w_preproc``, ``t1w_mask``, ``t1w_dseg``,
-    ``t1w_tpms`` (GM, WM, CSF); template-space ``std_t1w``, ``std_tpms`` and ``std_mod``
-    (GM, WM); ``anat2std_xfm``/``std2anat_xfm`` (.h5); ``volumes`` (TSV); ``regional`` (TSV,
-    with an atlas); ``skull_stripped``; ``conform_notes``.
+    ``t1w_tpms`` (GM, WM, CSF), ``t1w_bias`` (N4 bias field); template-space ``std_t1w``,
+    ``std_tpms`` and ``std_mod`` (GM, WM), ``std_jacobian``; ``anat2std_xfm``/``std2anat_xfm``
+    (.h5); ``volumes`` (TSV); ``regional`` (TSV, with an atlas); ``skull_stripped``;
+    ``conform_notes``.
     """
     settings = ProcessingSettings.for_fast(fast)
     resolution = settings.template_resolution
@@ -72,7 +73,7 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "t1w_preproc", "t1w_mask", "t1w_dseg", "t1w_tpms", "std_t1w", "std_tpms", "std_mod",
         "anat2std_xfm", "std2anat_xfm", "volumes", "regional", "skull_stripped",
-        "conform_notes"]), name="outputnode")
+        "conform_notes", "t1w_bias", "std_jacobian"]), name="outputnode")
     tpl = dict(template=template, template_resolution=resolution, omp_nthreads=omp_nthreads)
     xfm_fields = ["forward_transforms", "inverse_transforms"]
 
@@ -117,14 +118,15 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
         (segmentation, modulate, [(("probsegs", _gm_wm), "in_files")]),
         (segmentation, volumes, [("gm", "gm"), ("wm", "wm"), ("csf", "csf")]),
         (conform, outputnode, [("notes", "conform_notes")]),
-        (n4, outputnode, [("out_file", "t1w_preproc")]),
+        (n4, outputnode, [("out_file", "t1w_preproc"), ("bias_field", "t1w_bias")]),
         (brain_extraction, outputnode, [("out_mask", "t1w_mask"),
                                         ("skull_stripped", "skull_stripped"),
                                         ("composite_transform", "anat2std_xfm"),
                                         ("inverse_composite_transform", "std2anat_xfm")]),
         (segmentation, outputnode, [("dseg", "t1w_dseg"), ("probsegs", "t1w_tpms")]),
         (std_t1w, outputnode, [("out_file", "std_t1w")]),
-        (modulate, outputnode, [("unmodulated", "std_tpms"), ("modulated", "std_mod")]),
+        (modulate, outputnode, [("unmodulated", "std_tpms"), ("modulated", "std_mod"),
+                                ("jacobian", "std_jacobian")]),
         (volumes, outputnode, [("out_file", "volumes")]),
     ])
     if atlas:

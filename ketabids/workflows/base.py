@@ -8,7 +8,9 @@ Graph (node names equal variable names; see the work directory)::
                                                 affine+SyN registration (= normalisation)
                                                 -> warped priors -> segmentation ->
                                                 modulation -> volumes
-        ds_anat_wf, ds_template_wf, ds_volumes_wf   DerivativesDataSink nodes (outputs.py)
+        subject_qc                              QC metrics, verdict and reasons (ketabids.qc)
+        ds_anat_wf, ds_template_wf, ds_volumes_wf, ds_qc_wf
+                                                DerivativesDataSink nodes (outputs.py)
         report_section                          this T1w's part of the HTML report
       report_<sub> -> ds_report_<sub>_wf        sub-<sub>.html at the output root
 
@@ -27,12 +29,14 @@ from ketabids.anat.atlas import Atlas
 from ketabids.anat.settings import ProcessingSettings
 from ketabids.bids.derivatives import raw_uri
 from ketabids.bids.layout import T1wInput
+from ketabids.interfaces.qc import SubjectQC
 from ketabids.interfaces.reports import AssembleReport, ReportSection
 from ketabids.versions import software_versions
 from ketabids.workflows import LiterateWorkflow as Workflow
 from ketabids.workflows.anatomical import init_anat_wf
 from ketabids.workflows.outputs import (
     init_ds_anat_wf,
+    init_ds_qc_wf,
     init_ds_report_wf,
     init_ds_template_wf,
     init_ds_volumes_wf,
@@ -44,9 +48,11 @@ IMAGING_STACK = ("nipype", "antspyx", "pybids", "templateflow")
 
 def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
                         template="MNI152NLin2009aSym", fast=False, atlas: Atlas | None = None,
-                        omp_nthreads=1, seed=None, settings: dict | None = None,
+                        omp_nthreads=1, seed=None, settings: dict | None = None, qc=True,
                         name="ketabids_participant_wf"):
-    """All subjects: one ``single_subject_<key>_wf`` per T1w, one report per subject."""
+    """All subjects: one ``single_subject_<key>_wf`` per T1w, one report per subject.
+
+    ``qc=False`` leaves out the QC node and its output (benchmarks compare the two)."""
     workflow = Workflow(name=name)
     subjects: dict[str, list[T1wInput]] = {}
     for item in inputs:
@@ -58,7 +64,7 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
             single_subject_wf = init_single_subject_wf(
                 subject=item.subject, session=item.session, t1w=item.t1w, skipped=item.skipped,
                 output_dir=output_dir, bids_dir=bids_dir, template=template, fast=fast,
-                atlas=atlas, omp_nthreads=omp_nthreads, seed=seed,
+                atlas=atlas, omp_nthreads=omp_nthreads, seed=seed, qc=qc,
                 name=f"single_subject_{item.key.replace('-', '')}_wf")
             methods = methods or single_subject_wf.visit_desc()
             sections.append(single_subject_wf)
@@ -81,8 +87,8 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
 
 def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
                            template="MNI152NLin2009aSym", fast=False, atlas: Atlas | None = None,
-                           omp_nthreads=1, seed=None, skipped=(), name=None):
-    """One T1w of one subject (one session): processing, outputs and its report section."""
+                           omp_nthreads=1, seed=None, skipped=(), qc=True, name=None):
+    """One T1w of one subject (one session): processing, QC, outputs and its report section."""
     name = name or f"single_subject_{subject}{'_ses' + session if session else ''}_wf"
     resolution = ProcessingSettings.for_fast(fast).template_resolution
     workflow = Workflow(name=name)
@@ -141,5 +147,23 @@ def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
         workflow.connect([
             (anat_wf, ds_volumes_wf, [("outputnode.regional", "inputnode.regional")]),
             (ds_volumes_wf, report_section, [("outputnode.regional", "regional")]),
+        ])
+    if qc:
+        subject_qc = pe.Node(SubjectQC(subject=subject, session=session or "",
+                                       template=template, template_resolution=resolution,
+                                       omp_nthreads=omp_nthreads),
+                             name="subject_qc", n_procs=omp_nthreads, mem_gb=1.0)
+        ds_qc_wf = init_ds_qc_wf(**common)
+        workflow.connect([
+            (bidssrc, subject_qc, [("t1w", "raw_t1w")]),
+            (anat_wf, subject_qc, [("outputnode.t1w_preproc", "t1w"),
+                                   ("outputnode.t1w_bias", "bias"),
+                                   ("outputnode.t1w_mask", "brain_mask"),
+                                   ("outputnode.t1w_tpms", "tpms"),
+                                   ("outputnode.anat2std_xfm", "anat2std_xfm"),
+                                   ("outputnode.std_jacobian", "jacobian"),
+                                   ("outputnode.std_t1w", "std_t1w")]),
+            (subject_qc, ds_qc_wf, [("out_file", "inputnode.qc_metrics")]),
+            (subject_qc, report_section, [("out_file", "qc_metrics")]),
         ])
     return workflow

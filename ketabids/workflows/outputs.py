@@ -183,3 +183,20 @@ def init_ds_report_wf(*, output_dir, subject, name="ds_report_wf"):
         (ds_report, outputnode, [("out_file", "report")]),
     ])
     return workflow
+
+
+def init_ds_qc_wf(*, output_dir, source_file, raw_sources, name="ds_qc_wf"):
+    """The subject's QC record, ``sub-X[_ses-Y]_desc-qc_metrics.json`` (no sidecar: the JSON
+    is its own description; ``qc.json`` at the root is the data dictionary, and
+    :data:`ketabids.qc.table.QC_BIDSIGNORE` keeps the validator quiet about the name)."""
+    workflow = Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["qc_metrics"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["qc_metrics"]), name="outputnode")
+    ds_qc_metrics = _sink("ds_qc_metrics", desc="qc", suffix="metrics", extension=".json",
+                          sidecar=False, output_dir=output_dir, source_file=source_file,
+                          raw_sources=raw_sources)
+    workflow.connect([
+        (inputnode, ds_qc_metrics, [("qc_metrics", "in_file")]),
+        (ds_qc_metrics, outputnode, [("out_file", "qc_metrics")]),
+    ])
+    return workflow

@@ -1,0 +1,296 @@
+"""Progress of a participant run and what happens after it: QC lines, cohort QC, failure reports.
+
+:class:`Progress` is a Nipype status callback (``plugin_args["status_callback"]``, honoured by
+the Linear and MultiProc plugins): it knows which nodes belong to which subject, reads the
+verdict of each ``subject_qc`` node when it ends, and logs one line when a subject's last node
+has ended (or one of its nodes failed)::
+
+    sub-07 done, QC warn: slice thickness 6 mm (12/99, ~40 min left)
+    sub-08 failed in anat_wf.segmentation, QC fail (13/99, ~38 min left)
+
+:func:`finish_participant` runs once the graph has run: a failed subject gets a QC record with
+its error (verdict fail) and a ``sub-X.html`` saying what failed
+(:func:`ketabids.reports.participant.failure_report`); then ``qc.tsv``, ``qc.json`` and
+``qc.html`` are rebuilt from every QC record in OUTPUT_DIR, with the sample-homogeneity check
+on all modulated GM maps found, under the QC lock (parallel participant jobs writing into one
+OUTPUT_DIR each rebuild the whole cohort view, one at a time); a closing line gives the QC
+counts and the path of ``qc.html``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+LOGGER = logging.getLogger("ketabids")
+
+#: name of the QC node in each single-subject workflow (ketabids.workflows.base)
+QC_NODE = "subject_qc"
+
+
+def _subject_of(top: str, subjects: list[str]) -> str | None:
+    """The subject a top-level graph element belongs to (``single_subject_<key>_wf``,
+    ``merge_<sub>``, ``report_<sub>``, ``ds_report_<sub>_wf``, ``done_<sub>`` ...)."""
+    for subject in subjects:
+        if top.startswith(f"single_subject_{subject}_wf") or \
+                top.startswith(f"single_subject_{subject}_ses"):
+            return subject
+    for subject in subjects:
+        if top.endswith(f"_{subject}") or top.endswith(f"_{subject}_wf"):
+            return subject
+    return None
+
+
+def _identity(node) -> bool:
+    from nipype.interfaces.utility import IdentityInterface
+
+    return isinstance(getattr(node, "interface", None), IdentityInterface) and \
+        not hasattr(node, "joinsource") and getattr(node, "iterables", None) is None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Progress:
+    """Nipype status callback: one log line per finished subject, with its QC verdict.
+
+    ``workflow``: the participant graph (before it runs); ``subjects``: participant labels.
+    After the run, :attr:`verdicts` (subject -> (verdict, reasons)), :attr:`failed`
+    (subject -> failed node), :attr:`finished_steps` (subject -> nodes that ended) hold what
+    was seen.
+    """
+
+    def __init__(self, workflow, subjects, *, logger=LOGGER, clock=time.monotonic):
+        self.subjects = sorted({str(s) for s in subjects}, key=lambda s: (-len(s), s))
+        self.top = workflow.name
+        self.expected: dict[str, set[str]] = {s: set() for s in self.subjects}
+        for name in workflow.list_node_names():
+            if _identity(workflow.get_node(name)):
+                continue  # Nipype removes IdentityInterface nodes from the graph it runs
+            subject = _subject_of(name.split(".")[0], self.subjects)
+            if subject is not None:
+                self.expected[subject].add(name)
+        self.pending = {s: set(names) for s, names in self.expected.items()}
+        self.total = sum(1 for names in self.expected.values() if names)
+        self.verdicts: dict[str, tuple[str, list[str]]] = {}
+        self.failed: dict[str, str] = {}
+        self.finished_steps: dict[str, list[str]] = {s: [] for s in self.subjects}
+        self.done: list[str] = []
+        self.logger = logger
+        self._clock = clock
+        self._start = clock()
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        # Nipype keeps plugin_args on MapNodes and pickles them with the node: the copy gets a
+        # new lock (it is never called back; only the scheduler's own object is)
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _relname(self, node) -> str:
+        full = getattr(node, "fullname", None) or node.name
+        prefix = self.top + "."
+        if full.startswith(prefix):
+            return full[len(prefix):]
+        # a MapNode's sub-job has no hierarchy; its folder lies inside the MapNode's
+        parts = Path(str(getattr(node, "base_dir", None) or "")).parts
+        if self.top in parts:
+            inside = parts[parts.index(self.top) + 1:]
+            if inside and inside[-1] == "mapflow":
+                inside = inside[:-1]
+            if inside:
+                return ".".join(inside) + ".<mapflow>"
+        return full
+
+    def __call__(self, node, status: str) -> None:
+        try:
+            self._update(node, status)
+        except Exception as exc:  # noqa: BLE001 - progress must never break a run
+            LOGGER.debug("progress callback failed: %s: %s", type(exc).__name__, exc)
+
+    def _update(self, node, status):
+        if status not in ("end", "exception"):
+            return
+        name = self._relname(node)
+        subject = _subject_of(name.split(".")[0], self.subjects)
+        if subject is None:
+            return  # nodes of no subject
+        with self._lock:
+            if subject in self.done:
+                return
+            if status == "exception":  # also a MapNode sub-job: its MapNode never ends then
+                self.failed[subject] = name.removesuffix(".<mapflow>")
+                self._finish(subject)
+                return
+            if name not in self.expected[subject]:
+                return  # MapNode sub-jobs that ended
+            self.finished_steps[subject].append(name)
+            self.pending[subject].discard(name)
+            if name.rsplit(".", 1)[-1] == QC_NODE:
+                try:
+                    self._read_verdict(subject, name, node)
+                except Exception as exc:  # noqa: BLE001 - the line then says "no QC"
+                    LOGGER.debug("QC verdict of %s not read: %s", name, exc)
+            if not self.pending[subject]:
+                self._finish(subject)
+
+    def flush(self, failed=()) -> None:
+        """A line for each subject the callbacks did not finish (e.g. a scheduler that
+        dropped its remaining nodes): failed if listed in ``failed``, else done."""
+        with self._lock:
+            for subject in self.subjects:
+                if subject in self.done or not self.expected[subject]:
+                    continue
+                if subject in failed:
+                    self.failed.setdefault(subject, "an unknown step")
+                self._finish(subject)
+
+    def _read_verdict(self, subject, name, node):
+        from nipype.interfaces.base import isdefined
+
+        outputs = node.result.outputs
+        if isdefined(getattr(outputs, "verdict", None)) and \
+                isdefined(getattr(outputs, "reasons", None)):
+            verdict, reasons = str(outputs.verdict), [str(r) for r in outputs.reasons]
+        else:  # Nipype dropped unconnected outputs: the record has them
+            import json
+
+            record = json.loads(Path(outputs.out_file).read_text())
+            verdict, reasons = str(record["verdict"]), [str(r) for r in record["reasons"]]
+        session = name.split(".")[0].removeprefix(f"single_subject_{subject}")
+        session = session.removesuffix("_wf").removeprefix("_ses")
+        if session:
+            reasons = [f"ses-{session}: {r}" for r in reasons]
+        old_verdict, old_reasons = self.verdicts.get(subject, ("pass", []))
+        order = ("pass", "warn", "fail")
+        worst = max(old_verdict, verdict, key=order.index)
+        self.verdicts[subject] = (worst, old_reasons + reasons)
+
+    def _finish(self, subject):
+        self.done.append(subject)
+        n = len(self.done)
+        elapsed = self._clock() - self._start
+        left = self.total - n
+        # the rate of the subjects processed to the end (an early crash says nothing about it)
+        n_ok = sum(1 for s in self.done if s not in self.failed)
+        eta = f", ~{_duration(elapsed / n_ok * left)} left" if left > 0 and n_ok else ""
+        count = f"({n}/{self.total}{eta})"
+        if subject in self.failed:
+            self.verdicts[subject] = ("fail", [f"processing failed in {self.failed[subject]}"])
+            self.logger.error("sub-%s failed in %s, QC fail %s", subject,
+                              self.failed[subject], count)
+            return
+        verdict, reasons = self.verdicts.get(subject, (None, []))
+        if verdict is None:
+            self.logger.info("sub-%s done, no QC %s", subject, count)
+        else:
+            text = f": {'; '.join(reasons)}" if reasons else ""
+            log = self.logger.warning if verdict == "fail" else self.logger.info
+            log("sub-%s done, QC %s%s %s", subject, verdict, text, count)
+
+
+def failure_metrics(raw_t1w, error: str) -> dict:
+    """The QC metrics of a subject whose processing failed: the raw header's, plus the error
+    (:func:`ketabids.qc.rules.assess` makes that a fail)."""
+    from ketabids.qc.header import header_metrics
+
+    try:
+        metrics = dict(header_metrics(raw_t1w))
+    except Exception as exc:  # noqa: BLE001 - an unreadable input is the error itself then
+        metrics = {"header_error": f"{type(exc).__name__}: {exc}"[:200]}
+    metrics["error"] = str(error).splitlines()[0][:300] if error else "processing failed"
+    return metrics
+
+
+def update_cohort_qc(output_dir) -> dict:
+    """Rebuild ``qc.tsv``/``qc.json`` and ``qc.html`` (with the homogeneity check on every
+    modulated GM map in ``output_dir``; smoothed maps cached in ``OUTPUT_DIR/.qc_cache/``)
+    under the QC lock. Returns ``{"tsv", "html", "counts",
+    "homogeneity_flagged"}``."""
+    from ketabids.qc.homogeneity import (
+        modulated_gm_maps,
+        sample_homogeneity,
+        smoothed_maps_cached,
+    )
+    from ketabids.qc.table import qc_lock, rebuild_qc_table
+    from ketabids.reports.qc import render_qc_page
+
+    output_dir = Path(output_dir)
+    with qc_lock(output_dir):
+        tsv, table = rebuild_qc_table(output_dir, lock=False)
+        homogeneity = None
+        maps, ids = modulated_gm_maps(output_dir)
+        if len(maps) >= 3:
+            try:
+                arrays, totals = smoothed_maps_cached(maps, output_dir / ".qc_cache")
+                homogeneity = sample_homogeneity(arrays, ids, totals=totals)
+            except (ValueError, OSError) as exc:  # e.g. maps of two templates in one folder
+                LOGGER.warning("sample homogeneity not computed: %s", exc)
+        html = render_qc_page(output_dir, table, homogeneity=homogeneity)
+    verdicts = table["verdict"].astype(str) if "verdict" in table else []
+    counts = {level: int((verdicts == level).sum()) for level in ("pass", "warn", "fail")} \
+        if len(table) else {"pass": 0, "warn": 0, "fail": 0}
+    flagged = [] if homogeneity is None else \
+        [str(i) for i in homogeneity.loc[homogeneity["flagged"], "id"]]
+    return {"tsv": str(tsv), "html": str(html), "counts": counts,
+            "homogeneity_flagged": flagged}
+
+
+def finish_participant(summary: dict, *, inputs, output_dir, progress: Progress | None = None,
+                       logger=LOGGER) -> dict:
+    """After the graph ran: QC record + failure report of each failed subject, then the cohort
+    QC outputs and a closing line. Adds ``summary["qc"]`` (``tsv``, ``html``, ``counts``,
+    ``homogeneity_flagged``, ``verdicts``) and ``summary["failure_reports"]`` (subject -> the
+    failure page), and returns ``summary``."""
+    from ketabids.qc.table import write_subject_qc
+    from ketabids.reports.participant import failure_report
+
+    output_dir = Path(output_dir)
+    if progress is not None:
+        progress.flush(summary.get("failed", []))
+    for subject in summary.get("failed", []):
+        items = [i for i in inputs if i.subject == subject]
+        if not items:
+            continue  # no input selected: nothing was processed
+        error = summary.get("errors", {}).get(subject) or "processing failed"
+        crash = summary.get("crash_files", {}).get(subject) or []
+        steps = progress.finished_steps.get(subject, []) if progress else []
+        failed_in = progress.failed.get(subject) if progress else None
+        for item in items:
+            write_subject_qc(output_dir, item.subject, item.session,
+                             failure_metrics(item.t1w, error))
+        failure_report(output_dir / f"sub-{subject}.html", subject=subject, error=error,
+                       crash_files=crash, finished_steps=steps, failed_step=failed_in,
+                       inputs=[str(i.t1w) for i in items])
+        summary.setdefault("failure_reports", {})[subject] = \
+            str(output_dir / f"sub-{subject}.html")
+    try:
+        qc = update_cohort_qc(output_dir)
+    except Exception as exc:  # noqa: BLE001 - the subjects' outputs stand; say what is missing
+        logger.error("cohort QC not updated (%s: %s); qc.tsv/qc.html may be stale",
+                     type(exc).__name__, exc)
+        summary["qc"] = {"error": str(exc)}
+        return summary
+    summary["qc"] = qc
+    if progress is not None:
+        summary["qc"]["verdicts"] = {s: v for s, (v, _) in progress.verdicts.items()}
+    counts = qc["counts"]
+    flagged = qc["homogeneity_flagged"]
+    logger.info("QC of OUTPUT_DIR: %d pass, %d warn, %d fail%s; review %s", counts["pass"],
+                counts["warn"], counts["fail"],
+                f"; homogeneity flags {', '.join(flagged)}" if flagged else "", qc["html"])
+    return summary
+
+
+__all__ = ["Progress", "failure_metrics", "update_cohort_qc", "finish_participant"]
