@@ -377,6 +377,58 @@ def _swap_in(stage: Path, final: Path) -> None:
         _remove(old)
 
 
+def owner_tag() -> str:
+    """``<host>-<pid>`` of this process, as staging and temporary names carry it."""
+    return _owner_tag()
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    import filecmp
+
+    try:
+        return a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
+def publish_folder(stage: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Put the staged folder ``stage`` in place of ``final`` with one rename (same file system).
+
+    When ``final`` exists, what it holds and ``stage`` does not (e.g. a session not processed
+    this time) is carried over (hard links, else copies), and files whose bytes did not change
+    keep their old modification time, so a rerun rewrites nothing visible. The old folder is
+    removed only once the new one is in place.
+    """
+    stage, final = Path(stage), Path(final)
+    if final.is_dir():
+        for old in final.rglob("*"):
+            if old.is_dir() and not old.is_symlink():
+                continue
+            new = stage / old.relative_to(final)
+            if not new.exists():
+                new.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(old, new)
+                except OSError:
+                    shutil.copy2(old, new)
+            elif _same_bytes(old, new):
+                st = old.stat()
+                os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _swap_in(stage, final)
+    return final
+
+
+def publish_file(staged: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """``os.replace`` ``staged`` onto ``final`` (same file system); an identical ``final`` is
+    kept as it is (mtime unchanged) and ``staged`` removed."""
+    staged, final = Path(staged), Path(final)
+    if final.is_file() and _same_bytes(staged, final):
+        staged.unlink()
+    else:
+        os.replace(staged, final)
+    return final
+
+
 # ----------------------------------------------------------------------------- locks
 @contextlib.contextmanager
 def exclusive_lock(target: str | os.PathLike, *, what: str | None = None):
