@@ -514,8 +514,19 @@ def check_writable(folder: str | os.PathLike, what: str) -> Path:
 _TEMP_VARS = ("TMPDIR", "TEMP", "TMP")
 
 
-def _raise_terminated(signum, frame):  # noqa: ARG001 - signal handler API
-    raise Terminated(signum)
+def _terminated_handler(owner_pid: int):
+    """SIGTERM/SIGHUP handler: :class:`~ketabids.errors.Terminated` in the process that
+    installed it; forked workers (Nipype's MultiProc pool inherits the handler) simply die with
+    the signal, quietly, so the main process alone cleans up and prints one line."""
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler API
+        if os.getpid() != owner_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated(signum)
+
+    return handler
 
 
 @contextlib.contextmanager
@@ -548,7 +559,7 @@ def run_temp_dir(base: str | os.PathLike | None = None, *, prefix: str = "ketabi
     if signals and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             if sig is not None:
-                handlers[sig] = signal.signal(sig, _raise_terminated)
+                handlers[sig] = signal.signal(sig, _terminated_handler(os.getpid()))
     try:
         for key in _TEMP_VARS:
             os.environ[key] = str(folder)
