@@ -3,7 +3,9 @@
 1. Side by side on a reduced protocol: the sklearn reference (Pipeline(covariate regression,
    SVC(kernel='linear', class_weight='balanced')) in GridSearchCV on the same folds) vs
    ketabids' kernel engine: medians of repeated timings, ratio, max |decision difference|.
-2. Full protocol (10 x 10 outer, 5 inner, 11 C) on n = 150 x ~200k voxels WITH
+2. libsvm fallbacks: how many dual problems the batched solver hands to libsvm
+   (``SVC(kernel='precomputed')``) per nested CV, and their share of its run time.
+3. Full protocol (10 x 10 outer, 5 inner, 11 C) on n = 150 x ~200k voxels WITH
    N full-pipeline permutations: wall time and peak memory (ru_maxrss).
 
 Usage: python benchmarks/group.py [--n-permutations 1000] [--n-jobs 2] [--voxels 200000]
@@ -97,6 +99,38 @@ def side_by_side(n=60, p=20_000, repeats=3):
           f"load avg {load():.1f}")
 
 
+def libsvm_calls(n=40, p=20_000, n_permutations=10):
+    """How often the engine hands a problem to libsvm, and what those calls cost."""
+    import ketabids.group.kernels as kernels
+    from ketabids.group import NestedCVSettings, permutation_test
+
+    X, y, cov = cohort(n, p, seed=2)
+    s = NestedCVSettings(n_outer=min(10, int(np.bincount(y).min())))
+    calls, spent = [0], [0.0]
+    solve = kernels.libsvm_solve
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = solve(*args, **kwargs)
+        calls[0] += 1
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    kernels.libsvm_solve = timed
+    try:
+        t0 = time.perf_counter()
+        permutation_test(X, y, covariates=cov, settings=s, n_permutations=n_permutations)
+        total = time.perf_counter() - t0
+    finally:
+        kernels.libsvm_solve = solve
+    runs = n_permutations + 1
+    print(f"\n## libsvm fallbacks: n={n}, p={p}, 10 x {s.n_outer} outer, 5 inner, 11 C "
+          f"({10 * s.n_outer * 56} dual problems per nested CV), {runs} nested CVs")
+    print(f"{calls[0] / runs:.1f} libsvm calls per nested CV, "
+          f"{1e3 * spent[0] / max(calls[0], 1):.1f} ms each; {100 * spent[0] / total:.1f} % of "
+          f"{total / runs:.2f} s per nested CV; load {load():.1f}")
+
+
 def full_protocol(n=150, p=200_000, n_permutations=1000, n_jobs=2):
     from ketabids.group import NestedCVSettings, nested_cv, permutation_test
 
@@ -134,11 +168,14 @@ def main(argv=None):
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--voxels", type=int, default=200_000)
     ap.add_argument("--skip-side-by-side", action="store_true")
+    ap.add_argument("--skip-libsvm", action="store_true")
     ap.add_argument("--skip-full", action="store_true")
     a = ap.parse_args(argv)
     print(f"cores: {os.cpu_count()}, load avg at start: {load():.1f}")
     if not a.skip_side_by_side:
         side_by_side()
+    if not a.skip_libsvm:
+        libsvm_calls()
     if not a.skip_full:
         full_protocol(p=a.voxels, n_permutations=a.n_permutations, n_jobs=a.n_jobs)
     return 0

@@ -155,6 +155,17 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ""):
             tmp.unlink()
 
 
+def save_nifti(img, path: str | os.PathLike) -> Path:
+    """The one NIfTI writer: ``img`` saved atomically to ``path`` (``.nii`` or ``.nii.gz``)."""
+    import nibabel as nib
+
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(img, tmp)
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> bool:
     """Write ``data`` to ``path`` atomically; return False (and touch nothing) if identical."""
     path = Path(path)
@@ -180,10 +191,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def jsonable(obj):
-    """``obj`` with numpy scalars/arrays, paths and tuples turned into plain JSON types.
+    """``obj`` with numpy scalars/arrays, paths and tuples turned into plain JSON types; NaN and
+    infinities become None (JSON has no such numbers).
 
-    >>> jsonable({"a": np.float32(0.5), "b": (1, np.int64(2)), "c": Path("x")})
-    {'a': 0.5, 'b': [1, 2], 'c': 'x'}
+    >>> jsonable({"a": np.float32(0.5), "b": (1, np.int64(2)), "c": Path("x"), "d": np.nan})
+    {'a': 0.5, 'b': [1, 2], 'c': 'x', 'd': None}
     """
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
@@ -195,8 +207,8 @@ def jsonable(obj):
         return bool(obj)
     if isinstance(obj, np.integer):
         return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)

@@ -36,12 +36,13 @@ def captured(monkeypatch):
             return result if result is not None else {"failed": []}
         return _run
 
-    import ketabids.group.run as group_run
+    import ketabids.group.predict as group_predict
+    import ketabids.group.train as group_train
     import ketabids.runner as participant
 
     monkeypatch.setattr(participant, "run_participant", recorder("participant"))
-    monkeypatch.setattr(group_run, "run_group_train", recorder("train"))
-    monkeypatch.setattr(group_run, "run_group_predict", recorder("predict"))
+    monkeypatch.setattr(group_train, "run_group_train", recorder("train"))
+    monkeypatch.setattr(group_predict, "run_group_predict", recorder("predict"))
     return calls
 
 

@@ -1,7 +1,7 @@
 """Every group-level TSV and map has a data dictionary, and every written column is described.
 
-File names are parsed from the source of the group writer (ketabids/group/run.py and
-model_io.py); columns come from the engine functions that produce the tables. (To be switched
+File names are parsed from the source of the group writers (ketabids/group/train.py,
+predict.py and model_io.py); columns come from the engine functions that produce the tables. (To be switched
 to the files of a real group run once the writer writes the sidecars itself.)
 """
 from __future__ import annotations
@@ -15,14 +15,16 @@ import pytest
 
 from ketabids.group import dictionaries as dd
 from ketabids.group import model_io
-from ketabids.group import run as group_run
+from ketabids.group import predict as group_predict
+from ketabids.group import train as group_train
+from ketabids.group.metrics import calibration_table
 
 
 def _written_names() -> tuple[set[str], set[str], dict[str, list[str]]]:
-    """(TSV names, statmap descs, {tsv: columns of DataFrame literals}) from run.py's source."""
-    tree = ast.parse(inspect.getsource(group_run))
+    """(TSV names, statmap descs, {tsv: columns of DataFrame literals}) from the writers' source."""
+    trees = [ast.parse(inspect.getsource(module)) for module in (group_train, group_predict)]
     tsvs, descs, literal_columns = set(), set(), {}
-    for node in ast.walk(tree):
+    for node in (n for tree in trees for n in ast.walk(tree)):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) \
                 and re.fullmatch(r"[a-z_]+\.tsv", node.value) \
                 and node.value != "participants.tsv":  # the input, read only
@@ -89,7 +91,7 @@ def engine_tables():
     settings = engine.NestedCVSettings(n_repeats=2, n_outer=3, n_inner=2, C_grid=(0.1, 1.0))
     result = engine.nested_cv(X, y, settings=settings)
     subjects = result.subjects.rename(columns={"row": "participant_id"})
-    calib = group_run.calibration_table(y, subjects["proba"].to_numpy(float))
+    calib = calibration_table(y, subjects["proba"].to_numpy(float))
     maps = engine.weight_maps(result)
     final = engine.fit_final_model(X, y, settings=settings)
     pattern = engine.haufe_pattern(final, X)

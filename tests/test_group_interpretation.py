@@ -44,7 +44,7 @@ def test_haufe_pattern_recovers_source_not_suppressor(rng):
     y = (rng.random(n) < 0.5).astype(int)
     noise = rng.standard_normal(n)
     X = np.column_stack([(2 * y - 1) + noise, noise, rng.standard_normal(n)])
-    model = KetaSVC(C=1.0).fit(X, y)
+    model = KetaSVC(C_grid=(1.0,)).fit(X, y)
     assert abs(model.coef_[0, 1]) > 0.5 * abs(model.coef_[0, 0])   # suppressor has weight
     A = haufe_pattern(model, X)
     assert A[0] > 0 and abs(A[1]) < 0.2 * A[0] and abs(A[2]) < 0.2 * A[0]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, GroupKFold, LeaveOneGroupOut
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -11,7 +11,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from ketabids.errors import BadDataError, UsageError
 from ketabids.group import KetaSVC, NestedCVSettings, fit_final_model, nested_cv
-from ketabids.group.kernels import balanced_weights, solve_c_path
+from ketabids.group.kernels import balanced_weights, libsvm_solve, solve_c_path
 from ketabids.group.nested import make_scheme
 from ketabids.group.preprocessing import ComBatTransformer, CovariateRegressor
 
@@ -32,9 +32,8 @@ def _cohort(rng, n=44, p=300, k=2, n_sites=0, effect=0.6):
     return X.astype(np.float32), y, cov, sites
 
 
-def _reference(X, y, cov, sites, settings):
-    """Straightforward feature-space pipeline + GridSearchCV on the same folds."""
-    outer, inner = make_scheme(y, sites, settings)
+def _pipeline(X, cov, sites, settings):
+    """Straightforward feature-space pipeline (data with covariates / site codes as columns)."""
     k = 0 if cov is None else cov.shape[1]
     Xa = X.astype(np.float64)
     steps = []
@@ -48,6 +47,13 @@ def _reference(X, y, cov, sites, settings):
     if settings.standardize:
         steps.append(StandardScaler())
     steps.append(SVC(kernel="linear", class_weight="balanced", tol=TOL))
+    return Xa, make_pipeline(*steps)
+
+
+def _reference(X, y, cov, sites, settings):
+    """Straightforward feature-space pipeline + GridSearchCV on the same folds."""
+    outer, inner = make_scheme(y, sites, settings)
+    Xa, pipe = _pipeline(X, cov, sites, settings)
     dec = np.zeros(outer.shape)
     chosen = np.zeros((settings.n_repeats, settings.n_outer))
     for r in range(settings.n_repeats):
@@ -58,7 +64,7 @@ def _reference(X, y, cov, sites, settings):
             splits = [(np.array([pos[i] for i in tr if inner[r, o, i] != f]),
                        np.array([pos[i] for i in tr if inner[r, o, i] == f]))
                       for f in range(settings.n_inner)]
-            gs = GridSearchCV(make_pipeline(*steps), {"svc__C": list(settings.C_grid)},
+            gs = GridSearchCV(pipe, {"svc__C": list(settings.C_grid)},
                               scoring="balanced_accuracy", cv=splits, refit=True)
             gs.fit(Xa[tr], y[tr])
             dec[r, te] = gs.decision_function(Xa[te])
@@ -176,12 +182,12 @@ def test_final_model_applies_in_sample_preprocessing(rng):
     s = NestedCVSettings(n_inner=3, C_grid=(2.0 ** -10, 2.0 ** -6, 1.0), harmonize=True,
                          standardize=True)
     model = fit_final_model(X, y, covariates=cov, sites=sites, settings=s)
-    assert model.C in s.C_grid and model.cv_scores_.shape == (3,)
+    assert model.C_ in s.C_grid and model.cv_scores_.shape == (3,)
     # reference: same chain with sklearn objects fitted on all subjects
     codes = np.unique(sites, return_inverse=True)[1]
     Xa = np.column_stack([X.astype(float), cov, codes])
     ref = make_pipeline(ComBatTransformer(2), CovariateRegressor(2), StandardScaler(),
-                        SVC(kernel="linear", C=model.C, class_weight="balanced", tol=TOL))
+                        SVC(kernel="linear", C=model.C_, class_weight="balanced", tol=TOL))
     ref.fit(Xa, y)
     d = model.decision_function(X, covariates=cov, sites=sites)
     assert np.abs(d - ref.decision_function(Xa)).max() <= 1e-6
@@ -198,15 +204,107 @@ def test_sklearn_compatible(estimator, check):
 
 
 def test_skops_round_trip(rng, tmp_path):
-    skops_io = pytest.importorskip("skops.io")
+    import skops.io as skops_io
+
     X, y, cov, sites = _cohort(rng, n=40, p=50, k=1, n_sites=2)
-    model = KetaSVC(C=0.5, harmonize=True, standardize=True).fit(X, y, covariates=cov,
+    model = KetaSVC(C_grid=(0.5,), harmonize=True, standardize=True).fit(X, y, covariates=cov,
                                                                   sites=sites)
     path = tmp_path / "model.skops"
     skops_io.dump(model, path)
     # only the estimator class itself needs trusting: its state is numpy arrays / scalars
     untrusted = skops_io.get_untrusted_types(file=path)
-    assert untrusted == ["ketabids.group.nested.KetaSVC"]
+    assert untrusted == ["ketabids.group.estimator.KetaSVC"]
     loaded = skops_io.load(path, trusted=untrusted)
     np.testing.assert_array_equal(loaded.decision_function(X, cov, sites),
                                   model.decision_function(X, cov, sites))
+
+
+@pytest.mark.parametrize("scheme", ["group-k-fold", "leave-one-site-out", "uneven-inner"])
+def test_site_splitters_through_the_engine_match_sklearn(rng, scheme):
+    """Site-wise outer and inner CV: scikit-learn splitters go through the engine unchanged and
+    give the decisions of GridSearchCV run by scikit-learn itself on the same splitters."""
+    n_sites = 5 if scheme == "uneven-inner" else 4
+    X, y, cov, sites = _cohort(rng, n=60, k=1, n_sites=n_sites)
+    outer_cv, inner_cv = {"group-k-fold": (GroupKFold(4), GroupKFold(3)),
+                          "leave-one-site-out": (LeaveOneGroupOut(), LeaveOneGroupOut()),
+                          "uneven-inner": (GroupKFold(2), LeaveOneGroupOut())}[scheme]
+    settings = NestedCVSettings(n_repeats=1, C_grid=(2.0 ** -14, 2.0 ** -9, 2.0 ** -5, 1.0))
+    estimator = settings.estimator(cv=inner_cv)
+    res = nested_cv(X, y, covariates=cov, sites=sites, estimator=estimator, cv=outer_cv)
+    Xa, pipe = _pipeline(X, cov, sites, settings)
+    folds = list(outer_cv.split(Xa, y, sites))
+    assert res.decision.shape == (1, 60) and res.chosen_C.shape == (1, len(folds))
+    for o, (tr, te) in enumerate(folds):
+        assert set(sites[tr]).isdisjoint(sites[te])             # whole sites held out
+        np.testing.assert_array_equal(np.flatnonzero(res.fold_of[0] == o), te)
+        gs = GridSearchCV(pipe, {"svc__C": list(settings.C_grid)}, cv=inner_cv,
+                          scoring="balanced_accuracy", refit=True)
+        gs.fit(Xa[tr], y[tr], groups=sites[tr])
+        diff = np.abs(res.decision[0, te] - gs.decision_function(Xa[te])).max()
+        assert diff <= 1e-6, (o, diff)
+        assert res.chosen_C[0, o] == gs.best_params_["svc__C"]
+    assert res.decision.std() > 0
+
+
+def test_estimator_selects_c_by_inner_cv_and_refits(rng):
+    """KetaSVC.fit = GridSearchCV(refit=True) over its C grid on its splitter (groups = sites)."""
+    X, y, cov, sites = _cohort(rng, n=48, k=2, n_sites=3)
+    grid = (2.0 ** -14, 2.0 ** -9, 2.0 ** -5, 1.0)
+    model = KetaSVC(C_grid=grid, cv=LeaveOneGroupOut()).fit(X, y, covariates=cov, sites=sites)
+    settings = NestedCVSettings(C_grid=grid)
+    Xa, pipe = _pipeline(X, cov, sites, settings)
+    gs = GridSearchCV(pipe, {"svc__C": list(grid)}, cv=LeaveOneGroupOut(),
+                      scoring="balanced_accuracy", refit=True).fit(Xa, y, groups=sites)
+    np.testing.assert_allclose(model.cv_scores_, gs.cv_results_["mean_test_score"], atol=1e-12)
+    assert model.C_ == gs.best_params_["svc__C"]
+    d = model.decision_function(X, covariates=cov, sites=sites)
+    assert np.abs(d - gs.decision_function(Xa)).max() <= 1e-6
+    # the default splitter is StratifiedKFold(5); a one-value grid skips the search
+    assert KetaSVC(C_grid=(0.5,)).fit(X, y).cv_scores_ is None
+
+
+def test_engine_refuses_splitters_that_do_not_partition(rng):
+    from sklearn.model_selection import ShuffleSplit
+
+    X, y, _, _ = _cohort(rng, n=30, p=10, k=0)
+    with pytest.raises(UsageError, match="partition"):
+        nested_cv(X, y, cv=ShuffleSplit(3, test_size=0.3, random_state=0))
+
+
+def test_libsvm_fallback_equals_svc_and_ignores_padding(rng):
+    """Problems handed to libsvm: the solution of SVC(kernel='precomputed') with balanced class
+    weights, padding entries untouched."""
+    for i in range(6):
+        n, p = 30, [5, 40, 500][i % 3]
+        X = rng.standard_normal((n, p))
+        X -= X.mean(0)
+        y01 = (rng.random(n) < 0.45).astype(int)
+        y01[:2] = [0, 1]
+        yy = np.r_[2.0 * y01 - 1, 0.0]                  # one padding entry
+        K = np.zeros((n + 1, n + 1))
+        K[:n, :n] = X @ X.T
+        C = [2.0 ** -6, 1.0, 16.0][i % 3]
+        beta, b = libsvm_solve(K, yy, C * np.r_[balanced_weights(y01), 0.0], TOL)
+        assert beta[-1] == 0 and abs(beta[:n].sum()) <= 1e-9
+        ref = SVC(kernel="precomputed", C=C, tol=TOL, class_weight="balanced").fit(K[:n, :n],
+                                                                                  y01)
+        np.testing.assert_allclose(ref.decision_function(K[:n, :n]), K[:n, :n] @ beta[:n] + b,
+                                   atol=1e-9)
+
+
+def test_default_splitters_deal_the_study_folds(rng):
+    """The default outer/inner splitters reproduce the seeded round-robin folds exactly (the
+    published results depend on them)."""
+    from ketabids.group.cv import stratified_folds
+
+    y = np.r_[np.ones(17), np.zeros(23)].astype(int)
+    sites = np.array(["a", "b", "c"])[rng.integers(0, 3, 40)]
+    s = NestedCVSettings(n_repeats=2, n_outer=4, n_inner=3, random_state=7)
+    outer, inner = make_scheme(y, sites, s)
+    for r in range(2):
+        expected = stratified_folds(y, 4, np.random.default_rng([7, r]), sites)
+        np.testing.assert_array_equal(outer[r], expected)
+        for o in range(4):
+            tr = expected != o
+            np.testing.assert_array_equal(inner[r, o, tr], stratified_folds(
+                y[tr], 3, np.random.default_rng([7, r, o, 1]), sites[tr]))

@@ -1,4 +1,4 @@
-"""Reports: figures embedded, self-contained HTML, published figures and the Haufe statement."""
+"""Reports: figures embedded, self-contained HTML, metrics tables and the Haufe statement."""
 from __future__ import annotations
 
 import re
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from ketabids.reports import group as report
-from ketabids.group.run import Progress, calibration_table
+from ketabids.group.metrics import calibration_table
+from ketabids.group.progress import Progress
 
 
 def test_calibration_table_bins_and_rates():
@@ -43,14 +44,15 @@ def test_brain_figures(rng):
     assert report.fig_slices(img, "p").startswith("data:image/png;base64,")
 
 
-def test_metrics_table_shows_published_figures():
+def test_metrics_table_formats_estimates_and_intervals():
     metrics = pd.DataFrame({
         "metric": ["bac", "bac", "brier", "auc"],
         "aggregation": ["pooled", "mean_over_repeats", "pooled", "pooled"],
         "estimate": [0.75, 0.74, 0.2, 0.81], "ci_low": [0.65, 0.7, 0.15, 0.7],
         "ci_high": [0.85, 0.78, 0.25, 0.9], "method": ["bootstrap", "percentile", "b", "DeLong"]})
-    html = report._metrics_table(metrics, report.PUBLISHED_TRAIN)
-    assert "75.0 %" in html and "65.0 % - 85.0 %" in html and "72.2 %" in html
+    html = report._metrics_table(metrics)
+    assert "75.0 %" in html and "65.0 % - 85.0 %" in html
+    assert "published" not in html and "72.2 %" not in html  # the paper's figures: demo only
     assert "0.200" in html and "0.810" in html  # Brier and AUC are not percentages
 
 

@@ -2,7 +2,8 @@
 
 :func:`run` parses (:func:`ketabids.cli.parser.get_parser`), checks the options (here, once:
 :func:`check_options`, and the dataset checks of :mod:`ketabids.bids.layout`) and hands keyword
-arguments to :func:`ketabids.runner.run_participant` or the group level. Errors become one line
+arguments to :func:`ketabids.runner.run_participant`, :func:`ketabids.group.train.run_group_train` or
+:func:`ketabids.group.predict.run_group_predict`. Errors become one line
 on stderr and a BIDS-App exit code (see :class:`ketabids.errors.ExitCode`); :func:`guarded` is
 that one error path.
 """
@@ -168,14 +169,15 @@ def _run_bids_app(opts) -> dict:
     )
     common = dict(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
                   layout=layout, n_permutations=opts.n_permutations, nprocs=opts.nprocs,
-                  seed=opts.seed, progress=True, **label_options)
+                  seed=opts.seed, **label_options)
     if opts.model:
-        from ketabids.group.run import run_group_predict
+        from ketabids.group.predict import run_group_predict
 
         return run_group_predict(model=opts.model, name=opts.prediction_name, **common)
-    from ketabids.group.run import run_group_train
+    from ketabids.group.train import run_group_train
 
     return run_group_train(
+        progress=True,
         covariates=list(opts.covariates), site_column=opts.site_column, combat=opts.combat,
         standardize=opts.standardize, smoothing_fwhm=opts.smoothing_fwhm,
         analysis_resolution=opts.analysis_resolution, template=opts.template,

@@ -395,13 +395,6 @@ def compute_features(maps: dict[str, MapInfo] | dict[str, Path], *, settings: Fe
                     source_grid=ref, mask_hash=mask_hash(mask, grid_affine))
 
 
-def mask_image(features: Features):
-    """The mask as a uint8 NIfTI on the analysis grid."""
-    img = features.to_image(np.ones(int(features.mask.sum()), np.float32))
-    img.set_data_dtype(np.uint8)
-    return img
-
-
 def default_nprocs(nprocs) -> int:
     """``nprocs`` or the CPUs this process may use."""
     if nprocs:

@@ -19,7 +19,7 @@ solves the equality-constrained KKT system of all problems with one batched LU
 (``numpy.linalg.solve``) and moves variables whose bound or multiplier sign is violated. It ends
 at the exact optimum of each problem (KKT verified on the unregularised system, tolerance
 ``kkt_tol`` in decision units); the rare problem that does not converge is handed to libsvm
-itself. The intercept follows libsvm's rule (mean over free support vectors, else the midpoint of
+itself (public ``SVC(kernel='precomputed')``). The intercept follows libsvm's rule (mean over free support vectors, else the midpoint of
 the feasible interval), so decision values equal libsvm's to its tolerance. A problem whose
 optimum has no free support vector (every alpha at 0 or C, typical for very small C) has a whole
 interval of optimal intercepts; libsvm's pick then depends on its iteration order, so such
@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["balanced_weights", "solve_dual", "solve_c_path", "platt_fit", "platt_predict",
-           "residual_kernels"]
+__all__ = ["balanced_weights", "solve_dual", "solve_c_path", "libsvm_solve", "platt_fit",
+           "platt_predict", "residual_kernels"]
 
 
 def balanced_weights(y01, valid=None):
@@ -144,45 +144,35 @@ def _kkt_ok(K, yy, lo, hi, beta, b, kkt_tol):
     return ~bad.any(1) & eq
 
 
-def _libsvm_fit(K, y_pm, upper, tol):
-    """One problem through libsvm with SVC's exact semantics; returns beta (m,), b.
+def libsvm_solve(K, y_pm, upper, tol):
+    """One problem through libsvm (``SVC(kernel='precomputed')``, public API); returns beta
+    (m,), b. Padding entries (``y_pm == 0``) get beta 0.
 
-    Calls scikit-learn's libsvm binding directly (as ``SVC._dense_fit`` does, same arguments)
-    to skip ~2 ms of validation per call; falls back to ``SVC`` if that private API changes.
+    libsvm caches kernel rows in float32: below ~1e-8 its stopping rule may never be met; then
+    retry at 1e-7 instead of spinning to its 10^7-iteration limit. (Calling scikit-learn's
+    private libsvm binding directly saves ~5 ms per call but ~4 % of a nested CV, where only
+    ~2 of ~5,600 problems reach libsvm: benchmarks/group.py ``libsvm``.)
     """
-    valid = y_pm != 0
-    idx = np.flatnonzero(valid)
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import SVC
+
+    idx = np.flatnonzero(y_pm != 0)
     Kv = np.ascontiguousarray(K[np.ix_(idx, idx)], dtype=np.float64)
     yv = y_pm[idx]
     w = upper[idx]
-    cpos = float(w[yv > 0][0])
-    cneg = float(w[yv < 0][0])
+    class_weight = {0: float(w[yv < 0][0]), 1: float(w[yv > 0][0])}
+    for t_, it_ in ((tol, 200_000), (max(tol, 1e-7), -1)):
+        svc = SVC(kernel="precomputed", C=1.0, class_weight=class_weight, tol=t_, max_iter=it_)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            svc.fit(Kv, (yv > 0).astype(np.int64))
+        if np.max(svc.n_iter_) < 200_000:
+            break
     beta = np.zeros(K.shape[0])
-    try:
-        from sklearn.svm import _libsvm
-
-        _libsvm.set_verbosity_wrap(0)
-        # libsvm caches kernel rows in float32: below ~1e-8 its stopping rule may never be
-        # met; then retry at 1e-7 instead of spinning to its 10^7-iteration limit
-        for t_, it_ in ((tol, 200_000), (max(tol, 1e-7), -1)):
-            out = _libsvm.fit(
-                Kv, (yv > 0).astype(np.float64), svm_type=0, sample_weight=np.empty(0),
-                class_weight=np.array([cneg, cpos]), kernel="precomputed", C=1.0, nu=0.5,
-                probability=False, degree=3, shrinking=True, tol=t_, cache_size=200.0,
-                coef0=0.0, gamma=1.0, epsilon=0.1, max_iter=it_, random_seed=0)
-            if np.max(out[-1]) < 200_000:
-                break
-        support, dual, intercept = out[0], out[3], out[4]
-        # scikit-learn flips the sign for binary problems (decision > 0 <=> classes_[1])
-        beta[idx[support]] = -dual[0]
-        return beta, float(-intercept[0])
-    except (ImportError, TypeError, ValueError):  # pragma: no cover - private API changed
-        from sklearn.svm import SVC
-
-        svc = SVC(kernel="precomputed", C=1.0, class_weight={1: cpos, -1: cneg}, tol=tol)
-        svc.fit(Kv, yv)
-        beta[idx[svc.support_]] = svc.dual_coef_[0]
-        return beta, float(svc.intercept_[0])
+    beta[idx[svc.support_]] = svc.dual_coef_[0]
+    return beta, float(svc.intercept_[0])
 
 
 def solve_dual(K, yy, upper, *, status=None, tol=1e-10, kkt_tol=1e-9, max_iter=60,
@@ -221,7 +211,7 @@ def solve_dual(K, yy, upper, *, status=None, tol=1e-10, kkt_tol=1e-9, max_iter=6
     ok &= inside.any(1)
     bad = np.flatnonzero(~ok)
     for i in bad:
-        beta[i], b[i] = _libsvm_fit(K[i], yy[i], upper[i], tol)
+        beta[i], b[i] = libsvm_solve(K[i], yy[i], upper[i], tol)
         s = np.where(np.isclose(beta[i], lo[i], rtol=0, atol=1e-12 * (hi[i] - lo[i]).max()), 0, 1)
         s = np.where(np.isclose(beta[i], hi[i], rtol=0, atol=1e-12 * (hi[i] - lo[i]).max()), 2, s)
         status[i] = np.where(yy[i] != 0, s, 0)

@@ -21,7 +21,8 @@ import pandas as pd
 from scipy import stats
 
 __all__ = ["classification_metrics", "repeat_metrics", "per_fold_table", "roc_auc",
-           "balanced_accuracy", "wilson_interval", "delong_interval"]
+           "balanced_accuracy", "balanced_accuracy_sets", "wilson_interval", "delong_interval",
+           "calibration_table", "finite_or_none"]
 
 METRICS = ("bac", "sensitivity", "specificity", "auc", "ppv", "npv", "accuracy", "brier")
 
@@ -66,12 +67,38 @@ def delong_interval(y_true, score, confidence=0.95):
     return float(auc), max(0.0, auc - z * se), min(1.0, auc + z * se)
 
 
-def balanced_accuracy(y_true, pred):
-    """Mean recall over the classes present (as scikit-learn)."""
+def balanced_accuracy_sets(y_true, pred, groups):
+    """Balanced accuracy of many predictions on many row sets at once: mean recall over the
+    classes present (as scikit-learn), ``(sensitivity + specificity) / 2`` when both are.
+
+    ``y_true`` (n,) 0/1; ``pred`` (T, L, n) bool; ``groups`` (T, n) bool rows scored -> (T, L).
+    """
     y_true = np.asarray(y_true)
-    pred = np.asarray(pred)
-    rec = [np.mean(pred[y_true == c] == c) for c in (0, 1) if np.any(y_true == c)]
-    return float(np.mean(rec))
+    groups = np.asarray(groups, bool)
+    pred = np.asarray(pred, bool)
+    pos = (groups & (y_true == 1)).astype(float)
+    neg = (groups & (y_true == 0)).astype(float)
+    npos = pos.sum(1)[:, None]
+    nneg = neg.sum(1)[:, None]
+    tp = (pred.astype(float) @ pos[:, :, None])[..., 0]
+    tn = ((~pred).astype(float) @ neg[:, :, None])[..., 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = tp / npos
+        spec = tn / nneg
+    both = (npos > 0) & (nneg > 0)
+    return np.where(both, (spec + sens) / 2, np.where(npos > 0, sens, spec))
+
+
+def balanced_accuracy(y_true, pred):
+    """Mean recall over the classes present (as scikit-learn); ``pred`` 0/1 or bool.
+
+    >>> balanced_accuracy([0, 0, 1, 1], [0, 1, 1, 1])
+    0.75
+    """
+    y_true = np.asarray(y_true)
+    pred = np.asarray(pred).astype(bool)
+    return float(balanced_accuracy_sets(y_true, pred[None, None, :],
+                                        np.ones((1, y_true.size), bool))[0, 0])
 
 
 def _point(y, dec2, proba2, threshold):
@@ -225,3 +252,36 @@ def per_fold_table(y, decision, proba, fold_of, chosen_C, inner_bac):
                 "specificity": spec, "auc": roc_auc(yt, d),
                 "brier": float(np.mean((proba[r, test] - yt) ** 2))})
     return pd.DataFrame(rows)
+
+
+def calibration_table(y, proba, n_bins: int = 10) -> pd.DataFrame:
+    """Reliability curve: ``n_bins`` equal-width probability bins (empty bins dropped).
+
+    Columns ``bin_low, bin_high, n, mean_predicted, observed_rate``; the Brier score
+    ``mean((p - y)^2)`` is in the metrics tables.
+
+    >>> calibration_table([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], n_bins=2)["observed_rate"].tolist()
+    [0.0, 1.0]
+    """
+    y = np.asarray(y, float)
+    proba = np.clip(np.asarray(proba, float), 0.0, 1.0)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.clip(np.digitize(proba, edges[1:-1]), 0, n_bins - 1)
+    rows = []
+    for b in range(n_bins):
+        sel = index == b
+        if sel.any():
+            rows.append({"bin_low": edges[b], "bin_high": edges[b + 1], "n": int(sel.sum()),
+                         "mean_predicted": float(proba[sel].mean()),
+                         "observed_rate": float(y[sel].mean())})
+    return pd.DataFrame(rows, columns=["bin_low", "bin_high", "n", "mean_predicted",
+                                       "observed_rate"])
+
+
+def finite_or_none(value):
+    """``float(value)``, or None when it is missing or not finite (JSON-friendly)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ketabids.errors import BadDataError, MissingInputError
-from ketabids.io import atomic_path, atomic_write_text, sha256_file
+from ketabids.io import atomic_path, save_nifti, sha256_file, write_json
 
 FORMAT = "ketabids-model"
 FORMAT_VERSION = 1
@@ -47,15 +47,16 @@ _NUMPY = ["numpy.ndarray", "numpy.dtype"] + [
 ] + [f"numpy.dtypes.{t}" for t in ("Float64DType", "Float32DType", "Int64DType", "Int32DType",
                                    "UInt8DType", "BoolDType", "Int8DType")]
 _SKLEARN = ["sklearn.svm._classes.SVC"]
-#: The engine's estimator classes, imported lazily from ``ketabids.group``.
-_ENGINE_CLASSES = ("KetaSVC",)
+#: The engine's classes a model holds (the estimator and its inner splitter), imported lazily
+#: from ``ketabids.group``.
+_ENGINE_CLASSES = ("KetaSVC", "StratifiedFolds")
 
 
 def trusted_types() -> tuple[str, ...]:
     """Every type a ketabids model file may contain (``module.Class``); anything else is refused.
 
     Builtins containers and scalars, numpy arrays / dtypes / scalars, scikit-learn's SVC and the
-    engine's estimator classes (``ketabids.group.KetaSVC``).
+    engine's classes (``ketabids.group.KetaSVC`` and its splitter ``StratifiedFolds``).
     """
     names = _BUILTINS + _NUMPY + _SKLEARN
     try:
@@ -118,8 +119,7 @@ def save_model(out_dir, estimator, *, mask: np.ndarray, affine: np.ndarray, mani
     img.header.set_xyzt_units("mm")
     img.header.set_qform(affine, code=4)
     img.header.set_sform(affine, code=4)
-    with atomic_path(out_dir / MASK_NAME, suffix=".nii.gz") as tmp:
-        nib.save(img, tmp)
+    save_nifti(img, out_dir / MASK_NAME)
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -130,24 +130,8 @@ def save_model(out_dir, estimator, *, mask: np.ndarray, affine: np.ndarray, mani
         "estimator_class": _qualname(type(estimator)),
         **{k: v for k, v in manifest.items() if k not in ("format", "format_version")},
     }
-    atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(_jsonable(full), indent=2) + "\n")
+    write_json(out_dir / MANIFEST_NAME, full)
     return full
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 # ------------------------------------------------------------------------------------ load

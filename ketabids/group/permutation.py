@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 
-from ketabids.group.metrics import roc_auc
+from ketabids.group.metrics import balanced_accuracy, roc_auc
 
 __all__ = ["PermutationResult", "permutation_test", "external_permutation_test",
            "permute_within"]
@@ -28,6 +29,11 @@ class PermutationResult:
     p_auc: float
     n_permutations: int
     random_state: int
+
+    def as_table(self) -> pd.DataFrame:
+        """The null distribution: columns ``permutation`` (1..n), ``null_bac``, ``null_auc``."""
+        return pd.DataFrame({"permutation": np.arange(1, self.n_permutations + 1),
+                             "null_bac": self.null_bac, "null_auc": self.null_auc})
 
     def as_dict(self):
         d = asdict(self)
@@ -54,29 +60,35 @@ def permute_within(y, groups, rng):
 
 
 def _pooled_bac_auc(y, dec):
-    R = dec.shape[0]
-    yy = np.broadcast_to(y, dec.shape)
-    pred = dec > 0
-    sens = np.mean(pred[yy == 1])
-    spec = np.mean(~pred[yy == 0])
-    return (sens + spec) / 2, roc_auc(yy.ravel(), dec.ravel()) if R else np.nan
+    """BAC and AUC of all out-of-fold decisions of all repeats (R, n) pooled."""
+    yy = np.broadcast_to(y, dec.shape).ravel()
+    return balanced_accuracy(yy, dec.ravel() > 0), roc_auc(yy, dec.ravel())
 
 
-def permutation_test(X, y, *, covariates=None, sites=None, settings=None, n_permutations=1000,
-                     random_state=0, progress=None, observed=None, n_jobs=1):
+def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estimator=None,
+                     cv=None, n_permutations=1000, random_state=0, progress=None, observed=None,
+                     n_jobs=1):
     """Nested-CV permutation test; see module docstring. Returns :class:`PermutationResult`.
 
-    Results do not depend on ``n_jobs`` (each permutation has its own seeded generator).
+    ``settings``, ``estimator`` and ``cv`` as in :func:`~ketabids.group.nested.nested_cv`;
+    ``observed``: its result (else the nested CV is run once more). Results do not depend on
+    ``n_jobs`` (each permutation has its own seeded generator).
     """
-    from ketabids.group.nested import NestedCVSettings, _Kernels, _run, check_inputs
+    from ketabids.group.estimator import KernelProvider
+    from ketabids.group.nested import _plan, _run, check_inputs
 
-    settings = NestedCVSettings() if settings is None else settings
-    X, y, covariates, sites = check_inputs(X, y, covariates, sites, settings)
-    kern = _Kernels(X, covariates, sites, settings)
-    if observed is None:
-        dec = _run(X, y, covariates, sites, settings, kern=kern, details=False)["decision"]
-    else:
-        dec = observed.decision
+    settings, estimator, cv, extra = _plan(settings, estimator, cv)
+    X, y, covariates, sites = check_inputs(X, y, covariates, sites,
+                                           settings if "outer_cv" not in extra else None,
+                                           estimator)
+    kern = KernelProvider(X, covariates, sites, standardize=estimator.standardize,
+                          harmonize=estimator.harmonize)
+
+    def decisions(labels):
+        return _run(X, labels, covariates, sites, estimator, cv, kern=kern,
+                    details=False)["decision"]
+
+    dec = decisions(y) if observed is None else observed.decision
     obs_bac, obs_auc = _pooled_bac_auc(y, dec)
     null_bac = np.empty(n_permutations)
     null_auc = np.empty(n_permutations)
@@ -84,8 +96,7 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, n_perm
     def one(k):
         rng = np.random.default_rng([random_state, 7, k])
         yp = permute_within(y, sites, rng)
-        d = _run(X, yp, covariates, sites, settings, kern=kern, details=False)["decision"]
-        null_bac[k], null_auc[k] = _pooled_bac_auc(yp, d)
+        null_bac[k], null_auc[k] = _pooled_bac_auc(yp, decisions(yp))
 
     if n_jobs == 1:
         for k in range(n_permutations):
@@ -123,8 +134,7 @@ def external_permutation_test(y_true, decision, *, n_permutations=1000, random_s
     r = rankdata(d)
     null_auc = (Y @ r - n1 * (n1 + 1) / 2) / (n1 * n0)
     null_bac = (sens + spec) / 2
-    pred_b = d > threshold
-    obs_bac = (np.mean(pred_b[y == 1]) + np.mean(~pred_b[y == 0])) / 2
+    obs_bac = balanced_accuracy(y, d > threshold)
     obs_auc = roc_auc(y, d)
     return PermutationResult(float(obs_bac), float(obs_auc), null_bac, null_auc,
                              _p(null_bac, obs_bac), _p(null_auc, obs_auc), n_permutations,

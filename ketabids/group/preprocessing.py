@@ -1,7 +1,9 @@
-"""In-fold preprocessing: folds, covariate regression, ComBat, standardisation.
+"""In-fold preprocessing: ComBat, covariate regression, standardisation.
 
-Everything here is fitted on training rows only and applied to any rows; parameters are plain
-numpy arrays (dicts of arrays) so fitted models stay skops-safe.
+The one preprocessing chain (:func:`fit_preprocessing` / :func:`apply_preprocessing`), used by
+the estimator, the nested-CV engine and the scikit-learn transformers below: fitted on training
+rows only and applied to any rows; parameters are plain numpy arrays (dicts of arrays) so fitted
+models stay skops-safe.
 """
 from __future__ import annotations
 
@@ -9,28 +11,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["stratified_folds", "design_matrix", "fit_covariates", "apply_covariates",
-           "fit_combat", "apply_combat", "fit_scaler", "CovariateRegressor", "ComBatTransformer"]
-
-
-def stratified_folds(y, k, rng, strata=None):
-    """Fold index (0..k-1) of every row, stratified by label (and ``strata``, e.g. site).
-
-    Rows of each stratum (label x site) are shuffled and dealt round-robin, continuing the deal
-    across strata, so every fold gets floor/ceil of each stratum and fold sizes differ by <= 1.
-    """
-    y = np.asarray(y)
-    key = y.astype(np.int64) if strata is None else (
-        np.unique(np.asarray(strata), return_inverse=True)[1].astype(np.int64) * 2 + y)
-    folds = np.empty(y.size, np.int64)
-    pos = 0
-    for s in np.unique(key):
-        idx = np.flatnonzero(key == s)
-        idx = idx[rng.permutation(idx.size)]
-        folds[idx] = (pos + np.arange(idx.size)) % k
-        pos += idx.size
-    # random relabelling of folds so the first fold is not systematically larger
-    return rng.permutation(k)[folds]
+__all__ = ["design_matrix", "fit_preprocessing", "apply_preprocessing", "fit_combat",
+           "apply_combat", "fit_scaler", "CovariateRegressor", "ComBatTransformer"]
 
 
 def design_matrix(covariates, n):
@@ -41,14 +23,34 @@ def design_matrix(covariates, n):
     return np.column_stack([np.ones(n), cov])
 
 
-def fit_covariates(X, Z):
-    """Least-squares coefficients (q, p) of every voxel on Z (min-norm if Z is rank-deficient)."""
-    return np.linalg.pinv(Z) @ X
+def fit_preprocessing(X, Z, covariates, sites, rows, *, standardize=False, harmonize=False):
+    """Fit ComBat (``harmonize``) -> regression of every feature on ``Z = [1, covariates]`` ->
+    z-scoring (``standardize``) on the rows ``rows``; returns the parameters (dict of arrays).
+
+    Regression coefficients are ``pinv(Z_rows) X_rows`` (min-norm if Z is rank-deficient).
+    """
+    params = {}
+    Xr = X[rows].astype(float)
+    cov = None if covariates is None else covariates[rows]
+    if harmonize:
+        params["combat"] = fit_combat(Xr, sites[rows], cov)
+        Xr = apply_combat(Xr, sites[rows], params["combat"], cov)
+    coef = np.linalg.pinv(Z[rows]) @ Xr
+    params["cov_coef"] = coef
+    if standardize:
+        params["scale"] = fit_scaler(Xr - Z[rows] @ coef)
+    return params
 
 
-def apply_covariates(X, Z, coef):
-    """Residuals ``X - Z coef``."""
-    return X - Z @ coef
+def apply_preprocessing(X, Z, covariates, sites, params):
+    """Apply fitted :func:`fit_preprocessing` parameters to any rows."""
+    Xt = X.astype(float)
+    if "combat" in params:
+        Xt = apply_combat(Xt, sites, params["combat"], covariates)
+    Xt = Xt - Z @ params["cov_coef"]
+    if "scale" in params:
+        Xt = Xt / params["scale"]
+    return Xt
 
 
 def fit_scaler(X):
@@ -150,7 +152,7 @@ def apply_combat(X, sites, params, covariates=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# scikit-learn transformers (column convention) - used by the straightforward reference pipeline
+# scikit-learn transformers (column convention) over the same chain: the reference pipeline
 # ---------------------------------------------------------------------------------------------
 class CovariateRegressor(TransformerMixin, BaseEstimator):
     """Residualise features on covariates + intercept, fitted on the rows given to ``fit``.
@@ -170,7 +172,7 @@ class CovariateRegressor(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         feats, Z = self._split(X)
-        self.coef_ = np.linalg.lstsq(Z, feats, rcond=None)[0]
+        self.coef_ = fit_preprocessing(feats, Z, None, None, slice(None))["cov_coef"]
         return self
 
     def transform(self, X):

@@ -5,16 +5,14 @@ report is one file that can be mailed or archived. The page skeleton is
 ``ketabids/data/group_report.html`` (``string.Template``); sections are built here.
 
 Training report: cohort (n, responders, participants left out and why), metrics with 95 %
-intervals next to the study's published figures, ROC, confusion matrix, permutation histogram,
+intervals, ROC, confusion matrix, permutation histogram,
 decision-value distributions, reliability curve, weight / CV-ratio / sign-consistency /
 Haufe-pattern maps, region table, methods paragraph. Prediction report: the same for a frozen
 model on a new cohort, plus the model's provenance.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import time
 from importlib import resources
 from string import Template
@@ -23,18 +21,10 @@ import numpy as np
 import pandas as pd
 
 from ketabids.io import atomic_write_text
+from ketabids.reports.group_figures import (fig_brain, fig_confusion, fig_decisions,
+                                             fig_decisions_unlabelled, fig_permutation,
+                                             fig_reliability, fig_roc, fig_slices)
 
-#: The study's published figures (Transl Psychiatry 2026), shown next to ours.
-PUBLISHED_TRAIN = {
-    ("bac", "mean_over_repeats"): "72.2 %",
-    ("bac", "pooled"): "72.7 % (implied by 34/47, 38/52)",
-    ("sensitivity", "pooled"): "72.3 % (34/47)",
-    ("specificity", "pooled"): "73.1 % (38/52)",
-}
-PUBLISHED_EXTERNAL = {
-    "bac": "60 % (p = 0.01; saline arm: chance)",
-    "auc": "0.65",
-}
 HAUFE_NOTE = (
     "Weights of a linear classifier are <em>not</em> activation patterns: a voxel can carry a "
     "large weight because it cancels noise shared with other voxels, not because it differs "
@@ -50,23 +40,6 @@ METRIC_NAMES = {
 
 
 # ------------------------------------------------------------------------------- helpers
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> str:
-    plt = _plt()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _figure(uri: str, caption: str, wide: bool = False) -> str:
     cls = ' class="wide"' if wide else ""
     return (f'<figure{cls}><img src="{uri}" alt="{html.escape(caption)}">'
@@ -104,132 +77,6 @@ def _render(path, *, title: str, subtitle: str, body: str) -> None:
     atomic_write_text(path, page)
 
 
-# ------------------------------------------------------------------------------- figures
-def fig_roc(y, decision_rows, *, label="consensus") -> str:
-    """ROC of each row of ``decision_rows`` (thin) and of their mean (bold)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    plt = _plt()
-    y = np.asarray(y)
-    rows = np.atleast_2d(np.asarray(decision_rows, float))
-    fig, ax = plt.subplots(figsize=(4.2, 4))
-    if rows.shape[0] > 1:
-        for row in rows:
-            fpr, tpr, _ = roc_curve(y, row)
-            ax.plot(fpr, tpr, color="0.75", lw=0.7)
-    mean = rows.mean(axis=0)
-    fpr, tpr, _ = roc_curve(y, mean)
-    ax.plot(fpr, tpr, color="C0", lw=2, label=f"{label} (AUC {roc_auc_score(y, mean):.2f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    return _png(fig)
-
-
-def fig_confusion(confusion) -> str:
-    plt = _plt()
-    cm = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(3.6, 3.2))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, f"{v:g}", ha="center", va="center",
-                color="white" if v > cm.max() / 2 else "black", fontsize=12)
-    ax.set_xticks([0, 1], ["non-resp.", "responder"])
-    ax.set_yticks([0, 1], ["non-resp.", "responder"])
-    ax.set(xlabel="predicted", ylabel="observed")
-    return _png(fig)
-
-
-def fig_permutation(null_bac, observed_bac, p_bac, null_auc=None, observed_auc=None,
-                    p_auc=None) -> str:
-    plt = _plt()
-    panels = [("BAC", null_bac, observed_bac, p_bac)]
-    if null_auc is not None:
-        panels.append(("AUC", null_auc, observed_auc, p_auc))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
-    for ax, (name, null, obs, p) in zip(np.atleast_1d(axes), panels):
-        ax.hist(np.asarray(null, float), bins=30, color="0.7", edgecolor="0.5")
-        ax.axvline(obs, color="C3", lw=2, label=f"observed {obs:.3f}, p = {p:.3g}")
-        ax.set(xlabel=f"{name} under permuted labels", ylabel="permutations")
-        ax.legend(fontsize=8)
-    return _png(fig)
-
-
-def fig_decisions(y, decision) -> str:
-    plt = _plt()
-    y, decision = np.asarray(y), np.asarray(decision, float)
-    fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    bins = np.histogram_bin_edges(decision, bins=20)
-    for cls, name, color in ((0, "non-responders", "C0"), (1, "responders", "C3")):
-        ax.hist(decision[y == cls], bins=bins, alpha=0.55, color=color,
-                label=f"{name} (n={int((y == cls).sum())})")
-    ax.axvline(0, color="k", lw=1, ls="--")
-    ax.set(xlabel="decision value (> 0: predicted responder)", ylabel="participants")
-    ax.legend(fontsize=8)
-    return _png(fig)
-
-
-def fig_decisions_unlabelled(decision) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    ax.hist(np.asarray(decision, float), bins=20, color="0.6")
-    ax.axvline(0, color="k", lw=1, ls="--")
-    ax.set(xlabel="decision value (> 0: predicted responder)", ylabel="participants")
-    return _png(fig)
-
-
-def fig_reliability(calibration: pd.DataFrame, brier: float | None) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.2, 4))
-    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1)
-    if len(calibration):
-        ax.plot(calibration["mean_predicted"], calibration["observed_rate"], "o-", color="C0")
-        for _, r in calibration.iterrows():
-            ax.annotate(str(int(r["n"])), (r["mean_predicted"], r["observed_rate"]),
-                        textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.4")
-    title = "reliability" + (f" (Brier {brier:.3f})" if brier is not None else "")
-    ax.set(xlabel="predicted probability of response", ylabel="observed response rate",
-           xlim=(0, 1), ylim=(-0.02, 1.02), title=title)
-    return _png(fig)
-
-
-def fig_brain(img, title: str, *, symmetric=True, vmax=None, cmap=None) -> str:
-    """Glass brain (4 views) of a statistical map."""
-    from nilearn import plotting
-
-    plt = _plt()
-    data = np.asarray(img.dataobj, float)
-    if vmax is None:
-        finite = np.abs(data[data != 0])
-        vmax = float(np.percentile(finite, 99.5)) if finite.size else 1.0
-    fig = plt.figure(figsize=(9, 2.6))
-    plotting.plot_glass_brain(img, figure=fig, display_mode="lyrz", colorbar=True,
-                              plot_abs=not symmetric, vmax=vmax or 1.0,
-                              vmin=-vmax if symmetric else 0, threshold=0.0, title=title,
-                              cmap=cmap or ("cold_hot" if symmetric else "viridis"))
-    return _png(fig)
-
-
-def fig_slices(img, title: str, *, symmetric=True, vmax=None, threshold="auto",
-               cmap=None) -> str:
-    """Axial slices of a statistical map (top 20 % of |values| by default)."""
-    from nilearn import plotting
-
-    plt = _plt()
-    data = np.asarray(img.dataobj, float)
-    finite = np.abs(data[data != 0])
-    if vmax is None:
-        vmax = float(np.percentile(finite, 99.5)) if finite.size else 1.0
-    if threshold == "auto":
-        threshold = float(np.percentile(finite, 80)) if finite.size else None
-    fig = plt.figure(figsize=(9, 2.6))
-    kwargs = {} if symmetric else {"vmin": 0.0, "symmetric_cbar": False}
-    plotting.plot_stat_map(img, figure=fig, display_mode="z", cut_coords=7, vmax=vmax,
-                           threshold=threshold, title=title, colorbar=True, draw_cross=False,
-                           cmap=cmap or ("cold_hot" if symmetric else "viridis"), **kwargs)
-    return _png(fig)
-
-
 # -------------------------------------------------------------------------------- sections
 def _cohort_section(cohort, rule, site_column=None) -> str:
     y = cohort.y
@@ -258,10 +105,9 @@ def _cohort_section(cohort, rule, site_column=None) -> str:
     return "<h2>Cohort</h2>" + body
 
 
-def _metrics_table(metrics: pd.DataFrame, published: dict | None) -> str:
+def _metrics_table(metrics: pd.DataFrame) -> str:
     rows = []
     for _, r in metrics.iterrows():
-        key = (r["metric"], r["aggregation"])
         plain = r["metric"] in ("brier", "auc")  # not proportions of participants
         fmt = (lambda v: "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}") if plain \
             else _pct
@@ -269,9 +115,6 @@ def _metrics_table(metrics: pd.DataFrame, published: dict | None) -> str:
                "aggregation": r["aggregation"], "estimate": fmt(_num(r["estimate"])),
                "95 % interval": f"{fmt(_num(r['ci_low']))} - {fmt(_num(r['ci_high']))}",
                "interval method": r.get("method", "")}
-        if published is not None:
-            row["published"] = published.get(key, published.get(r["metric"], "")) \
-                if r["aggregation"] in ("pooled", "mean_over_repeats", "single") else ""
         rows.append(row)
     return _table(pd.DataFrame(rows))
 
@@ -327,13 +170,13 @@ def methods_paragraph(manifest: dict, n: int, n_resp: int, n_perm: int) -> str:
 
 # ------------------------------------------------------------------------------- reports
 def write_train_report(path, *, cohort, rule, features, result, perm, calibration, maps,
-                       regions, manifest, final_decision, site_column=None, elapsed=0.0) -> None:
+                       regions, manifest, site_column=None, elapsed=0.0) -> None:
     """The training report (see the module docstring)."""
     y = cohort.y
     brier = _brier(result.metrics)
     head = manifest["metrics"]
     summary = [
-        ("BAC, mean over repeats (published 72.2 %)", _pct(head["bac_mean"])),
+        ("BAC, mean over repeats", _pct(head["bac_mean"])),
         ("BAC, pooled over repeats", _pct(head["bac_pooled"])),
         ("AUC, pooled", f"{head['auc']:.3f}"),
     ]
@@ -349,7 +192,7 @@ def write_train_report(path, *, cohort, rule, features, result, perm, calibratio
                 "uncertainty); <em>consensus</em> = each participant's mean decision over "
                 "repeats. With about 100 participants CV accuracy carries roughly +/- 10 % "
                 "error bars (Varoquaux 2018).</p>")
-    body.append(_metrics_table(result.metrics, PUBLISHED_TRAIN))
+    body.append(_metrics_table(result.metrics))
     figs = [
         _figure(fig_roc(y, result.decision), "ROC: each repeat (grey) and the mean decision "
                 "over repeats (blue)."),
@@ -460,10 +303,10 @@ def write_predict_report(path, *, cohort, rule, manifest, model_path, prediction
     if metrics is not None:
         bac = metrics[metrics["metric"] == "bac"].iloc[0]
         auc = metrics[metrics["metric"] == "auc"].iloc[0]
-        summary.insert(1, ("BAC (published external: 60 %)",
+        summary.insert(1, ("BAC",
                            f"{_pct(_num(bac['estimate']))} [{_pct(_num(bac['ci_low']))} - "
                            f"{_pct(_num(bac['ci_high']))}]"))
-        summary.insert(2, ("AUC (published external: 0.65)",
+        summary.insert(2, ("AUC",
                            f"{_num(auc['estimate']):.3f} [{_num(auc['ci_low']):.3f} - "
                            f"{_num(auc['ci_high']):.3f}]"))
         if perm is not None:
@@ -475,7 +318,7 @@ def write_predict_report(path, *, cohort, rule, manifest, model_path, prediction
     if metrics is not None:
         y = predictions["y_true"].to_numpy(int)
         body.append("<h2>Performance of the frozen model</h2>")
-        body.append(_metrics_table(metrics, PUBLISHED_EXTERNAL))
+        body.append(_metrics_table(metrics))
         from sklearn.metrics import confusion_matrix
 
         figs = [

@@ -1,0 +1,138 @@
+"""The cohort: who is analysed, with which map, label, covariates and site; who is left out.
+
+:func:`build_cohort` joins ``participants.tsv`` (BIDS_DIR) with the participant level's modulated
+GM maps (OUTPUT_DIR) for training and prediction alike; :func:`check_compatibility` refuses maps a
+frozen model cannot use.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from ketabids.errors import BadDataError, NoDataError
+from ketabids.group import features as feat
+from ketabids.group import labels as lab
+
+LOGGER = logging.getLogger("ketabids")
+
+__all__ = ["Cohort", "build_cohort", "check_compatibility", "warn_excluded"]
+
+
+class Cohort:
+    """Who is analysed, with which map, label, covariates and site; and who is left out."""
+
+    def __init__(self, *, table, maps, y, excluded, filtered_out, covariates, covariate_names,
+                 encoding, sites, pipeline):
+        self.table = table  # participants.tsv rows of the included participants (ordered)
+        self.maps = maps  # {subject: MapInfo} same order
+        self.y = y  # np.ndarray of 0/1 or None
+        self.excluded = excluded
+        self.filtered_out = filtered_out  # n rows removed by --include
+        self.covariates = covariates  # (n, k) or None
+        self.covariate_names = covariate_names
+        self.encoding = encoding
+        self.sites = sites
+        self.pipeline = pipeline  # {"template", "resolution", "version"}
+
+    @property
+    def participant_ids(self) -> list[str]:
+        return [f"sub-{s}" for s in self.maps]
+
+    def table_tsv(self, site_column=None) -> pd.DataFrame:
+        rows = []
+        for i, subject in enumerate(self.maps):
+            row = {"participant_id": f"sub-{subject}", "status": "included", "reason": "n/a",
+                   "label": int(self.y[i]) if self.y is not None else None,
+                   "map": str(self.maps[subject].path.name)}
+            if site_column:
+                row["site"] = self.sites[i] if self.sites is not None else None
+            for j, name in enumerate(self.covariate_names):
+                row[name] = self.covariates[i, j]
+            rows.append(row)
+        for e in self.excluded:
+            rows.append({"participant_id": e.participant_id, "status": "excluded",
+                         "reason": e.reason})
+        return pd.DataFrame(rows)
+
+
+def build_cohort(*, bids_dir, output_dir, subjects, sessions, layout, template, rule,
+                 covariates=(), site_column=None, encoding=None) -> Cohort:
+    """Select participants, find their maps, labels, covariates; list everyone left out."""
+    table = lab.read_participants(bids_dir)
+    if subjects:
+        wanted = [s.removeprefix("sub-") for s in subjects]
+        absent = [s for s in wanted if s not in table.index]
+        table = table.loc[[s for s in wanted if s in table.index]]
+        table.attrs["path"] = str(Path(bids_dir) / "participants.tsv")
+    else:
+        absent = []
+    n_before = len(table)
+    kept = lab.apply_filters(table, rule.include)
+    kept.attrs = table.attrs
+    filtered_out = n_before - len(kept)
+    if kept.empty:
+        raise NoDataError(f"{table.attrs['path']}: no participant left after --include "
+                          f"{' '.join(rule.include)} (of {n_before})")
+    excluded = [lab.Exclusion(f"sub-{s}", "not in participants.tsv") for s in absent]
+    y = None
+    if rule.target or rule.response_from:
+        labels, no_label = lab.get_labels(kept, rule)
+        excluded += no_label
+    maps, no_map = feat.find_maps(output_dir, template=template, subjects=list(kept.index),
+                                  sessions=sessions, layout=layout)
+    excluded += no_map
+    order = [s for s in kept.index if s in maps
+             and (not (rule.target or rule.response_from) or s in labels.index)]
+    if not order:
+        raise NoDataError(
+            f"no participant has both a label and a space-{template} modulated GM map "
+            f"({len(excluded)} left out: "
+            f"{'; '.join(f'{e.participant_id} ({e.reason})' for e in excluded[:10])})")
+    if rule.target or rule.response_from:
+        y = labels.loc[order].to_numpy(int)
+    maps = {s: maps[s] for s in order}
+    pipeline = feat.check_consistency(maps, template=template)
+    final = kept.loc[order]
+    final.attrs = table.attrs
+    tiv = None
+    if "tiv" in (covariates or ()):
+        tiv = lab.read_tiv({s: maps[s].volumes for s in order})
+        missing = [f"sub-{s}" for s in order if maps[s].volumes is None]
+        if missing:
+            raise BadDataError(f"covariate 'tiv': no desc-volumes_morph.tsv for "
+                               f"{', '.join(missing)}; rerun the participant level for them")
+    cov, names, enc = lab.encode_covariates(final, covariates, tiv=tiv, encoding=encoding)
+    sites = lab.site_labels(final, site_column)
+    return Cohort(table=final, maps=maps, y=y, excluded=excluded, filtered_out=filtered_out,
+                  covariates=cov if cov.shape[1] else None, covariate_names=names,
+                  encoding=enc, sites=sites, pipeline=pipeline)
+
+
+def check_compatibility(manifest: dict, cohort: Cohort, *, model_path) -> list[str]:
+    """Refuse maps the model cannot use; return notes (differences that are allowed)."""
+    notes = []
+    pipeline, trained = cohort.pipeline, manifest.get("pipeline", {})
+    if manifest.get("template") != pipeline.get("template", manifest.get("template")):
+        raise BadDataError(f"{model_path}: model trained in {manifest.get('template')} space, "
+                           f"maps are in {pipeline.get('template')}; rerun the participant "
+                           f"level with --template {manifest.get('template')}")
+    if trained.get("resolution") is not None and pipeline.get("resolution") is not None and \
+            float(trained["resolution"]) != float(pipeline["resolution"]):
+        raise BadDataError(f"{model_path}: model trained on {trained['resolution']} mm maps, "
+                           f"these are {pipeline['resolution']} mm; rerun the participant level "
+                           "at the model's resolution")
+    if trained.get("version") != pipeline.get("version"):
+        notes.append(f"maps made by ketabids {pipeline.get('version')}, the model's training "
+                     f"maps by {trained.get('version')}")
+    return notes
+
+
+def warn_excluded(excluded: list[lab.Exclusion]) -> None:
+    if excluded:
+        listing = "; ".join(f"{e.participant_id} ({e.reason})" for e in excluded[:30])
+        more = f" and {len(excluded) - 30} more" if len(excluded) > 30 else ""
+        LOGGER.warning("%d participant(s) left out: %s%s", len(excluded), listing, more)
+        warnings.warn(f"{len(excluded)} participant(s) left out: {listing}{more}", stacklevel=3)

@@ -1,0 +1,292 @@
+"""The classifier: a scikit-learn estimator for a linear SVC on VBM features, solved in kernel
+space, that selects C by inner cross-validation and refits.
+
+``KetaSVC(C_grid, cv).fit(X, y, covariates=None, sites=None)``:
+
+1. preprocessing, fitted on the training rows of every split (:mod:`ketabids.group.preprocessing`):
+   ComBat (``harmonize``; needs ``sites``) -> regression of every feature on [1, covariates]
+   (without covariates: centring) -> z-scoring (``standardize``);
+2. C: the value of ``C_grid`` with the best mean balanced accuracy over the splits of ``cv``
+   (ties -> the SMALLEST C; a one-value grid skips the search). ``cv`` is any scikit-learn
+   splitter (default ``StratifiedKFold(5)``); it is called as ``cv.split(X, y, groups=sites)``,
+   so ``GroupKFold``/``LeaveOneGroupOut`` split by site;
+3. refit on all rows with that C (class weights balanced); ``predict_proba`` is a Platt sigmoid
+   fitted on stratified ``calibration_folds``-fold CV decision values of the training rows.
+
+Covariates and sites are passed to ``fit`` and to every prediction method (same order of
+columns). Kernel space: centring and covariate regression are linear maps ``M`` in sample
+space, so each split's kernel is ``M K M^T`` of one ``K = X X^T``; with ComBat or z-scoring
+each training set gets its own kernel. Duals are solved exactly (:mod:`ketabids.group.kernels`),
+so decision values equal scikit-learn's ``SVC(kernel='linear')`` pipeline (tests).
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import check_cv
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ketabids.errors import BadDataError, UsageError
+from ketabids.group.cv import stratified_folds
+from ketabids.group.kernels import (balanced_weights, platt_fit, platt_predict,
+                                    residual_kernels, solve_c_path, solve_dual)
+from ketabids.group.metrics import balanced_accuracy_sets
+from ketabids.group.preprocessing import apply_preprocessing, design_matrix, fit_preprocessing
+
+__all__ = ["DEFAULT_C_GRID", "KetaSVC", "check_groups", "KernelProvider", "c_path_decisions",
+           "linear_kernel"]
+
+#: The C grid: 2^-6 .. 2^4 (NeuroMiner's default for classification).
+DEFAULT_C_GRID = tuple(float(2.0 ** k) for k in range(-6, 5))
+
+
+def check_groups(covariates, sites, n, *, harmonize=False):
+    """Covariates as (n, k) floats or None and sites as (n,) strings or None; ComBat
+    (``harmonize``) needs the site of every participant (the one place this is checked)."""
+    if covariates is not None:
+        covariates = np.asarray(covariates, float).reshape(n, -1)
+        if not np.isfinite(covariates).all():
+            raise BadDataError("covariates contain NaN/inf; impute or drop those subjects")
+    if sites is not None:
+        sites = np.asarray(sites).astype(str)
+        if sites.shape != (n,):
+            raise BadDataError(f"sites: expected {n} values, got shape {sites.shape}")
+    if harmonize and sites is None:
+        raise UsageError("ComBat harmonisation needs the site of every participant: pass "
+                         "sites (the CLI: --site-column COLUMN)")
+    return covariates, sites
+
+
+def linear_kernel(X, chunk=16384):
+    """``X X^T`` in float64, accumulated over voxel chunks (no float64 copy of X)."""
+    n, p = X.shape
+    K = np.zeros((n, n))
+    for start in range(0, p, chunk):
+        xc = np.asarray(X[:, start:start + chunk], np.float64)
+        K += xc @ xc.T
+    return K
+
+
+class KernelProvider:
+    """Kernels of the preprocessed data for many training sets: linear sample-space maps of
+    one ``K = X X^T`` (no ComBat, no z-scoring), else one kernel per training set."""
+
+    def __init__(self, X, covariates, sites, *, standardize=False, harmonize=False):
+        self.X, self.cov, self.sites = X, covariates, sites
+        self.Z = design_matrix(covariates, X.shape[0])
+        self.standardize, self.harmonize = standardize, harmonize
+        self.per_fold = standardize or harmonize
+        if not self.per_fold:
+            self.K = linear_kernel(X)
+
+    def fit_params(self, rows):
+        return fit_preprocessing(self.X, self.Z, self.cov, self.sites, rows,
+                                 standardize=self.standardize, harmonize=self.harmonize)
+
+    def kernels(self, masks, keep=None):
+        """Kernels (T, n, n) for training masks (T, n); ``keep`` (bool per mask) keeps what
+        :meth:`weights` needs."""
+        if not self.per_fold:
+            Ks, G = residual_kernels(self.K, self.Z, masks)
+            return Ks, ("linear", G)
+        Ks = np.empty((len(masks), self.X.shape[0], self.X.shape[0]))
+        kept = {}
+        for t, m in enumerate(masks):
+            params = self.fit_params(m)
+            Xt = apply_preprocessing(self.X, self.Z, self.cov, self.sites, params)
+            Ks[t] = Xt @ Xt.T
+            if keep is not None and keep[t]:
+                kept[t] = params              # small; features are re-derived for weights
+        return Ks, ("per_fold", kept)
+
+    def weights(self, aux, t, beta_full):
+        """Primal weights of model t: ``(v, None)`` with ``w = v X`` (linear maps) or
+        ``(None, w)`` in the preprocessed feature space."""
+        kind, data = aux
+        if kind == "linear":
+            G = data[t]
+            return beta_full - G.T @ (self.Z.T @ beta_full), None
+        Xt = apply_preprocessing(self.X, self.Z, self.cov, self.sites, data[t])
+        return None, Xt.T @ beta_full
+
+
+def gather(Ks, masks, y):
+    """Padded training sub-kernels (T, m, m), labels (+-1, 0 pad), weights, index (T, m)."""
+    T = len(masks)
+    sizes = masks.sum(1)
+    m = int(sizes.max())
+    idx = np.zeros((T, m), np.int64)
+    valid = np.zeros((T, m), bool)
+    for t in range(T):
+        ii = np.flatnonzero(masks[t])
+        idx[t, : ii.size] = ii
+        valid[t, : ii.size] = True
+    ar = np.arange(T)[:, None, None]
+    Ktt = Ks[ar, idx[:, :, None], idx[:, None, :]]
+    y01 = y[idx]
+    yy = np.where(valid, 2.0 * y01 - 1, 0.0)
+    w = balanced_weights(y01, valid)
+    return Ktt, yy, w, idx, valid
+
+
+def c_path_decisions(Ks, masks, tests, y, C_grid, tol):
+    """Fit every training mask at every C of the (ascending) grid and score its test rows.
+
+    Returns decision values of all rows (T, L, n), balanced accuracy on ``tests`` (T, L) and the
+    number of libsvm fallbacks.
+    """
+    n = y.size
+    Ktt, yy, w, idx, valid = gather(Ks, masks, y)
+    beta, b, fb = solve_c_path(Ktt, yy, w, C_grid, tol=tol)
+    beta_full = np.zeros((len(masks), len(C_grid), n))
+    for t in range(len(masks)):
+        nv = valid[t].sum()
+        beta_full[t][:, idx[t, :nv]] = beta[t][:, :nv]
+    f = (Ks @ beta_full.transpose(0, 2, 1)).transpose(0, 2, 1) + b[:, :, None]
+    return f, balanced_accuracy_sets(y, f > 0, tests), fb
+
+
+def check_c_grid(C_grid) -> np.ndarray:
+    grid = np.asarray(sorted(float(c) for c in np.atleast_1d(C_grid)))
+    if not grid.size or grid.min() <= 0:
+        raise ValueError(f"C_grid {tuple(grid)}: C values must be positive")
+    return grid
+
+
+class KetaSVC(ClassifierMixin, BaseEstimator):
+    """Linear SVC (balanced class weights) with in-fold preprocessing and C chosen by inner CV.
+
+    See the module docstring. Fitted attributes: ``C_`` (chosen), ``C_grid_``, ``cv_scores_``
+    (mean inner balanced accuracy per C; None for a one-value grid), ``coef_``, ``intercept_``,
+    ``dual_coef_``, ``support_``, the preprocessing parameters and the Platt sigmoid; numpy
+    arrays and python scalars only (skops-safe).
+    """
+
+    def __init__(self, C_grid=DEFAULT_C_GRID, cv=None, standardize=False, harmonize=False,
+                 calibration_folds=5, tol=1e-10, random_state=0):
+        self.C_grid = C_grid
+        self.cv = cv
+        self.standardize = standardize
+        self.harmonize = harmonize
+        self.calibration_folds = calibration_folds
+        self.tol = tol
+        self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        tags.classifier_tags.poor_score = False
+        return tags
+
+    def fit(self, X, y, covariates=None, sites=None):
+        """Select C by inner CV (``cv`` split with ``groups=sites``) and refit on all rows.
+
+        ``covariates`` (n, k): regressed out within every training set; ``sites`` (n,): ComBat
+        with ``harmonize``, stratification by the default splitter, groups of group splitters.
+        """
+        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
+        check_classification_targets(y)
+        y_type = type_of_target(y, input_name="y", raise_unknown=True)
+        if y_type != "binary":
+            raise ValueError("Only binary classification is supported. The type of the target "
+                             f"is {y_type}.")
+        self.classes_ = np.unique(y)
+        if self.classes_.size != 2:
+            raise ValueError("KetaSVC needs samples of 2 classes; got 1 class")
+        grid = check_c_grid(self.C_grid)
+        y01 = (y == self.classes_[1]).astype(np.int64)
+        cov, sites_a = check_groups(covariates, sites, X.shape[0], harmonize=self.harmonize)
+        kern = KernelProvider(X, cov, sites_a, standardize=self.standardize,
+                              harmonize=self.harmonize)
+        self.C_grid_ = grid
+        self.cv_scores_ = None
+        self.C_ = float(grid[0])
+        if grid.size > 1:
+            cv = check_cv(5 if self.cv is None else self.cv, y01, classifier=True)
+            splits = [(tr, te) for tr, te in cv.split(X, y01, sites_a)
+                      if np.unique(y01[tr]).size == 2]
+            if not splits:
+                raise ValueError(f"{cv!r}: no training set of the inner CV holds both classes")
+            masks = np.zeros((len(splits), y01.size), bool)
+            tests = np.zeros_like(masks)
+            for t, (tr, te) in enumerate(splits):
+                masks[t, tr] = True
+                tests[t, te] = True
+            Ks, _ = kern.kernels(masks)
+            _, scores, _ = c_path_decisions(Ks, masks, tests, y01, grid, self.tol)
+            self.cv_scores_ = scores.mean(0)
+            self.C_ = float(grid[int(self.cv_scores_.argmax())])   # first max = smallest C
+        self._refit(X, y01, cov, sites_a, kern)
+        return self
+
+    def _refit(self, X, y01, cov, sites_a, kern):
+        """Model at ``C_`` + Platt calibration from kernels: one K = X X^T serves the full fit
+        and every calibration fold when there is no per-fold ComBat/z-scoring."""
+        n = X.shape[0]
+        k = min(int(self.calibration_folds), int(np.bincount(y01).min()))
+        masks = [np.ones(n, bool)]
+        if k >= 2:
+            folds = stratified_folds(y01, k, np.random.default_rng(self.random_state), sites_a)
+            cal = [folds != f for f in range(k)]
+            if all(np.unique(y01[m]).size == 2 for m in cal):
+                masks += cal
+        masks = np.array(masks)
+        Ks, aux = kern.kernels(masks, keep=np.arange(len(masks)) == 0)
+        Ktt, yy, w, idx, valid = gather(Ks, masks, y01)
+        beta, b, _, _ = solve_dual(Ktt, yy, self.C_ * w, tol=self.tol)
+        bfull = np.zeros((len(masks), n))
+        for t in range(len(masks)):
+            nv = valid[t].sum()
+            bfull[t, idx[t, :nv]] = beta[t, :nv]
+        params = kern.fit_params(np.ones(n, bool))
+        v, wv = kern.weights(aux, 0, bfull[0])
+        coef = (v @ X if v is not None else wv).astype(np.float64)
+        self.coef_ = coef[None, :]
+        self.intercept_ = np.array([float(b[0])])
+        self.dual_coef_ = bfull[0][bfull[0] != 0]
+        self.support_ = np.flatnonzero(bfull[0] != 0)
+        self.cov_coef_ = params["cov_coef"]
+        self.n_covariates_ = 0 if cov is None else cov.shape[1]
+        self.scale_ = params.get("scale")
+        self.combat_ = params.get("combat")
+        if len(masks) > 1:
+            fcv = np.zeros(n)
+            for t in range(1, len(masks)):
+                test = ~masks[t]
+                fcv[test] = Ks[t][test] @ bfull[t] + b[t]
+        else:                       # too few subjects per class: in-sample (documented)
+            fcv = Ks[0] @ bfull[0] + b[0]
+        self.platt_a_, self.platt_b_ = platt_fit(fcv, y01)
+
+    def transform_features(self, X, covariates=None, sites=None):
+        """Features after the fitted preprocessing (the space of ``coef_``)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        n = X.shape[0]
+        if self.n_covariates_ and covariates is None:
+            raise ValueError(f"this model was fitted with {self.n_covariates_} covariates; "
+                             "pass covariates=")
+        cov = None if not self.n_covariates_ else np.asarray(covariates, float).reshape(n, -1)
+        params = {"cov_coef": self.cov_coef_}
+        if self.scale_ is not None:
+            params["scale"] = self.scale_
+        if self.combat_ is not None:
+            if sites is None:
+                raise ValueError("this model harmonises sites; pass sites=")
+            params["combat"] = self.combat_
+        sites_a = None if sites is None else np.asarray(sites).astype(str)
+        return apply_preprocessing(X, design_matrix(cov, n), cov, sites_a, params)
+
+    def decision_function(self, X, covariates=None, sites=None):
+        Xt = self.transform_features(X, covariates, sites)
+        return Xt @ self.coef_[0] + self.intercept_[0]
+
+    def predict(self, X, covariates=None, sites=None):
+        d = self.decision_function(X, covariates, sites)
+        return self.classes_[(d > 0).astype(int)]
+
+    def predict_proba(self, X, covariates=None, sites=None):
+        p1 = platt_predict(self.decision_function(X, covariates, sites), self.platt_a_,
+                           self.platt_b_)
+        return np.column_stack([1 - p1, p1])

@@ -1,0 +1,179 @@
+"""Group-level prediction: apply a frozen model to a cohort; with labels, evaluate it.
+
+Writes ``OUTPUT_DIR/group/predict-<name>/`` as a whole (see :mod:`ketabids.group.publish`):
+``report.html, predictions.tsv, cohort.tsv`` and, when labels are available, ``metrics.tsv,
+metrics.json, permutations.tsv, calibration.tsv``. ``<name>`` comes from BIDS_DIR and
+``--include`` (:func:`prediction_name`) or ``--prediction-name``.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ketabids.errors import UsageError
+from ketabids.group import features as feat
+from ketabids.group import labels as lab
+from ketabids.group import model_io
+from ketabids.group.cohort import build_cohort, check_compatibility, warn_excluded
+from ketabids.group.estimator import KetaSVC
+from ketabids.group.metrics import calibration_table, classification_metrics, finite_or_none
+from ketabids.group.permutation import external_permutation_test
+from ketabids.group.publish import listing, staged
+from ketabids.group.train import FLOAT_FORMAT
+from ketabids.io import write_json, write_tsv
+
+LOGGER = logging.getLogger("ketabids")
+
+__all__ = ["run_group_predict", "prediction_name"]
+
+
+def prediction_name(bids_dir, include=()) -> str:
+    """``predict-<BIDS_DIR name>[-<include filters>]``, e.g. ``predict-ds01-arm-saline``.
+
+    >>> prediction_name("/data/ext_cohort", ["arm=saline"])
+    'predict-ext-cohort-arm-saline'
+    """
+    parts = [_slug(Path(bids_dir).resolve().name)] + [_slug(s) for s in include or ()]
+    return "predict-" + "-".join(parts)
+
+
+def _slug(text: str) -> str:
+    text = text.replace("!=", "-not-").replace("=", "-")
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "cohort"
+
+
+def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessions=None,
+                      layout=None, target=None, response_from=None, response_threshold=0.5,
+                      include=(), n_permutations=1000, nprocs=1, seed=0,
+                      name: str | None = None) -> dict:
+    """Apply a frozen model to a cohort; with labels, evaluate it (metrics, permutation p).
+
+    Label options default to the model's own rule (``--target`` / ``--response-from``) when
+    its columns exist in this participants.tsv; ``include`` is never inherited.
+    Returns ``{"output_dir", "report", "predictions", "n", "n_subjects" (= n), "n_excluded",
+    "labelled", "bac", "auc", "p_bac", "p_auc", "metrics": {"bac", "auc"}, "model_sha256",
+    "tables"}`` (metrics None without labels).
+    """
+    t0 = time.monotonic()
+    if n_permutations < 0:
+        raise UsageError("--n-permutations must be >= 0")
+    loaded = model_io.load_model(model, expected_class=KetaSVC)
+    manifest = loaded.manifest
+    bids_dir, output_dir = Path(bids_dir), Path(output_dir)
+    if not (target or response_from):
+        trained = manifest.get("labels", {})
+        columns = set(lab.read_participants(bids_dir).columns)
+        wanted = ([trained["target"]] if trained.get("target") else
+                  list(trained.get("response_from") or []))
+        if wanted and set(wanted) <= columns:
+            target = trained.get("target")
+            response_from = tuple(trained["response_from"]) if trained.get("response_from") \
+                else None
+            response_threshold = trained.get("response_threshold", response_threshold)
+    rule = lab.make_label_rule(target=target, response_from=response_from,
+                               response_threshold=response_threshold, include=include,
+                               required=False)
+    labelled = bool(rule.target or rule.response_from)
+    fs = manifest["features"]
+    site = manifest.get("site", {})
+    # the model's site column: required with ComBat, else used (when present) to permute
+    # labels within sites and to describe the cohort
+    site_column = site.get("column")
+    if site_column and not site.get("combat") and \
+            site_column not in lab.read_participants(bids_dir).columns:
+        site_column = None
+    cohort = build_cohort(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects,
+                          sessions=sessions, layout=layout, template=manifest["template"],
+                          rule=rule, covariates=manifest["covariates"]["names"],
+                          site_column=site_column,
+                          encoding=manifest["covariates"]["encoding"])
+    warn_excluded(cohort.excluded)
+    notes = check_compatibility(manifest, cohort, model_path=loaded.path)
+    for note in notes:
+        LOGGER.warning("%s", note)
+    unseen = []
+    if cohort.sites is not None and site.get("combat"):
+        unseen = sorted(set(cohort.sites.tolist()) - set(site.get("training_sites") or []))
+        if unseen:
+            notes.append(f"sites unseen at training ({', '.join(unseen)}): "
+                         f"{site.get('unseen_site_rule')}")
+    fsettings = feat.FeatureSettings(
+        template=fs["template"], smoothing_fwhm=fs["smoothing_fwhm"],
+        analysis_resolution=fs["analysis_resolution"], mask_source=fs["mask_source"],
+        mask_threshold=fs["mask_threshold"])
+    features = feat.compute_features(cohort.maps, settings=fsettings, mask=loaded.mask,
+                                     mask_affine=loaded.affine,
+                                     nprocs=feat.default_nprocs(nprocs))
+    est = loaded.estimator
+    kwargs = {"covariates": cohort.covariates, "sites": cohort.sites}
+    decision = np.asarray(est.decision_function(features.X, **kwargs), float).ravel()
+    proba = np.asarray(est.predict_proba(features.X, **kwargs), float)[:, 1]
+    predicted = (decision > 0).astype(int)
+    ids = cohort.participant_ids
+
+    metrics = perm = calib = None
+    y = cohort.y
+    if labelled and len(set(y.tolist())) < 2:
+        notes.append(f"all {len(y)} participants have label {int(y[0])}: BAC/AUC and the "
+                     "permutation test need both classes; predictions only")
+        LOGGER.warning("%s", notes[-1])
+    elif labelled:
+        metrics = classification_metrics(y, decision, proba, random_state=int(seed))
+        if n_permutations:
+            perm = external_permutation_test(
+                y, decision, n_permutations=int(n_permutations), random_state=int(seed),
+                groups=cohort.sites)
+        calib = calibration_table(y, proba)
+
+    folder = f"predict-{_slug(name)}" if name else prediction_name(bids_dir, include)
+    final_dir = output_dir / "group" / folder
+    with staged(final_dir) as stage:
+        pred = pd.DataFrame({"participant_id": ids, "decision": decision, "proba": proba,
+                             "predicted": predicted})
+        if labelled:
+            pred["y_true"] = y
+        write_tsv(pred, stage / "predictions.tsv", float_format=FLOAT_FORMAT)
+        write_tsv(cohort.table_tsv(site_column), stage / "cohort.tsv",
+                  float_format=FLOAT_FORMAT)
+        headline: dict = {"bac": None, "auc": None, "p_bac": None, "p_auc": None}
+        if metrics is not None:
+            write_tsv(metrics, stage / "metrics.tsv", float_format=FLOAT_FORMAT)
+            write_tsv(calib, stage / "calibration.tsv", float_format=FLOAT_FORMAT)
+            for metric in ("bac", "auc"):
+                row = metrics[metrics["metric"] == metric].iloc[0]
+                headline[metric] = float(row["estimate"])
+                headline[f"{metric}_ci"] = [finite_or_none(row["ci_low"]),
+                                            finite_or_none(row["ci_high"])]
+            if perm is not None:
+                headline.update(p_bac=float(perm.p_bac), p_auc=float(perm.p_auc))
+                write_tsv(perm.as_table(), stage / "permutations.tsv",
+                          float_format=FLOAT_FORMAT)
+        write_json(stage / "metrics.json", {
+            "headline": headline, "model": str(loaded.path),
+            "model_sha256": manifest["model_sha256"], "labels": rule.as_dict(),
+            "n": len(ids), "permutation": perm.as_dict() if perm else None,
+            "notes": notes, "excluded": [e.__dict__ for e in cohort.excluded],
+            "filtered_out_by_include": cohort.filtered_out})
+        from ketabids.reports import group as report
+
+        report.write_predict_report(
+            stage / "report.html", cohort=cohort, rule=rule, manifest=manifest,
+            model_path=loaded.path, predictions=pred, metrics=metrics, perm=perm,
+            calibration=calib, notes=notes, elapsed=time.monotonic() - t0)
+    tables = listing(final_dir)
+    return {
+        "output_dir": str(final_dir),
+        "report": str(final_dir / "report.html"),
+        "predictions": str(final_dir / "predictions.tsv"),
+        "n": len(ids), "n_subjects": len(ids), "n_excluded": len(cohort.excluded),
+        "labelled": metrics is not None,
+        **{k: headline.get(k) for k in ("bac", "auc", "p_bac", "p_auc")},
+        "metrics": {"bac": headline.get("bac"), "auc": headline.get("auc")},
+        "model_sha256": manifest["model_sha256"],
+        "tables": tables,
+    }

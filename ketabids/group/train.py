@@ -1,0 +1,247 @@
+"""Group-level training: repeated nested CV, permutation test, final model, maps, report.
+
+Reads the participant level's derivatives in OUTPUT_DIR and ``participants.tsv`` in BIDS_DIR and
+writes ``OUTPUT_DIR/group/train/`` as a whole (see :mod:`ketabids.group.publish`)::
+
+    report.html                       self-contained report (figures embedded)
+    ketabids_model.skops / .json      the frozen final model + its manifest
+    ketabids_mask.nii.gz              analysis mask (template space, analysis grid)
+    cohort.tsv                        every candidate participant: included or why not
+    cv_predictions.tsv                per-subject out-of-fold decision / probability
+    cv_folds.tsv                      per (repeat, fold): sizes, chosen C, scores
+    metrics.tsv, metrics.json         metrics with 95 % intervals, permutation p, CV hash
+    permutations.tsv                  permutation null distribution (BAC, AUC)
+    calibration.tsv                   reliability curve (out-of-fold probabilities)
+    final_model_decisions.tsv         the final model's decision values on its training set
+    space-<TPL>_desc-<map>_statmap.nii.gz   weight, cvratio, signconsistency, pattern,
+                                      finalweight maps
+    regions.tsv                       region table (with --atlas)
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ketabids.anat import atlas as atlas_mod
+from ketabids.errors import BadDataError, UsageError
+from ketabids.group import features as feat
+from ketabids.group import labels as lab
+from ketabids.group import model_io
+from ketabids.group.cohort import build_cohort, warn_excluded
+from ketabids.group.estimator import DEFAULT_C_GRID
+from ketabids.group.interpretation import haufe_pattern, region_table, weight_maps
+from ketabids.group.metrics import calibration_table, finite_or_none
+from ketabids.group.nested import NestedCVSettings, fit_final_model, nested_cv
+from ketabids.group.permutation import permutation_test
+from ketabids.group.progress import Progress
+from ketabids.group.publish import listing, staged
+from ketabids.io import save_nifti
+from ketabids.io import jsonable, write_json, write_tsv
+
+LOGGER = logging.getLogger("ketabids")
+#: Float format of every group table (6 significant digits).
+FLOAT_FORMAT = "%.6g"
+
+__all__ = ["run_group_train", "FLOAT_FORMAT"]
+
+
+def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layout=None,
+                    target: str | None = None, response_from: tuple[str, str] | None = None,
+                    response_threshold: float = 0.5, include=(), covariates=(),
+                    site_column: str | None = None, combat: bool = False,
+                    standardize: bool = False, smoothing_fwhm: float = 8.0,
+                    analysis_resolution: float = 2.0, template: str = "MNI152NLin2009aSym",
+                    n_repeats=10, n_outer=10, n_inner=5, c_grid=None, n_permutations=1000,
+                    atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True) -> dict:
+    """Train: repeated nested CV, permutation test, final model, maps and report.
+
+    Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
+    "n_responders", "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
+    "metrics": {"bac" (= bac_mean), "bac_pooled", "auc"}, "cv_hash", "tables"}``.
+    """
+    t0 = time.monotonic()
+    rule = lab.make_label_rule(target=target, response_from=response_from,
+                               response_threshold=response_threshold, include=include)
+    if smoothing_fwhm < 0 or analysis_resolution <= 0:
+        raise UsageError("--smoothing-fwhm must be >= 0 and --analysis-resolution > 0 (mm)")
+    if n_permutations < 0:
+        raise UsageError("--n-permutations must be >= 0")
+    output_dir, bids_dir = Path(output_dir), Path(bids_dir)
+    c_grid = tuple(float(c) for c in (c_grid or DEFAULT_C_GRID))
+    settings = NestedCVSettings(
+        n_repeats=int(n_repeats), n_outer=int(n_outer), n_inner=int(n_inner), C_grid=c_grid,
+        standardize=bool(standardize), harmonize=bool(combat), random_state=int(seed))
+
+    cohort = build_cohort(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects,
+                          sessions=sessions, layout=layout, template=template, rule=rule,
+                          covariates=covariates, site_column=site_column)
+    warn_excluded(cohort.excluded)
+    if len(set(cohort.y.tolist())) < 2:
+        raise BadDataError(f"all {len(cohort.y)} included participants have the same label "
+                           f"({rule.describe()}); training needs responders and non-responders")
+    fsettings = feat.FeatureSettings(template=template, smoothing_fwhm=float(smoothing_fwhm),
+                                     analysis_resolution=float(analysis_resolution))
+    t_feat = time.monotonic()
+    features = feat.compute_features(cohort.maps, settings=fsettings,
+                                     nprocs=feat.default_nprocs(nprocs))
+    t_feat = time.monotonic() - t_feat
+    LOGGER.info("features: %d participants x %d voxels in %.1f s", *features.X.shape, t_feat)
+
+    X, y = features.X, cohort.y
+    result = nested_cv(X, y, covariates=cohort.covariates, sites=cohort.sites,
+                              settings=settings,
+                              progress=Progress("nested CV", progress))
+    perm = None
+    if n_permutations:
+        perm = permutation_test(
+            X, y, covariates=cohort.covariates, sites=cohort.sites, settings=settings,
+            n_permutations=int(n_permutations), random_state=int(seed), observed=result,
+            n_jobs=int(nprocs), progress=Progress("permutations", progress))
+    final = fit_final_model(X, y, covariates=cohort.covariates, sites=cohort.sites,
+                                   settings=settings)
+    final_decision = final.decision_function(X, covariates=cohort.covariates, sites=cohort.sites)
+    final_proba = final.predict_proba(X, covariates=cohort.covariates, sites=cohort.sites)[:, 1]
+    wmaps = weight_maps(result)
+    pattern = haufe_pattern(final, X, covariates=cohort.covariates, sites=cohort.sites)
+    regions = None
+    if atlas:
+        regions = _region_table(atlas, atlas_labels, features, pattern, wmaps)
+
+    final_dir = output_dir / "group" / "train"
+    with staged(final_dir) as stage:
+        ids = cohort.participant_ids
+        cohort_tsv = cohort.table_tsv(site_column)
+        write_tsv(cohort_tsv, stage / "cohort.tsv", float_format=FLOAT_FORMAT)
+        subj = result.subjects.copy()
+        subj.insert(0, "participant_id", [ids[int(r)] for r in subj["row"]])
+        subj = subj.drop(columns=["row"])
+        write_tsv(subj, stage / "cv_predictions.tsv", float_format=FLOAT_FORMAT)
+        write_tsv(result.folds, stage / "cv_folds.tsv", float_format=FLOAT_FORMAT)
+        metrics = result.metrics.copy()
+        write_tsv(metrics, stage / "metrics.tsv", float_format=FLOAT_FORMAT)
+        calib = calibration_table(y, subj["proba"].to_numpy(float))
+        write_tsv(calib, stage / "calibration.tsv", float_format=FLOAT_FORMAT)
+        if perm is not None:
+            write_tsv(perm.as_table(), stage / "permutations.tsv", float_format=FLOAT_FORMAT)
+        write_tsv(pd.DataFrame({"participant_id": ids, "y_true": y,
+                                 "decision": final_decision, "proba": final_proba}),
+                  stage / "final_model_decisions.tsv", float_format=FLOAT_FORMAT)
+        space = f"space-{template}"
+        map_values = {
+            "weight": wmaps.mean, "cvratio": wmaps.cv_ratio,
+            "signconsistency": wmaps.sign_consistency, "pattern": pattern,
+            "finalweight": np.asarray(final.coef_).ravel(),
+        }
+        map_files = {}
+        for key, values in map_values.items():
+            path = stage / f"{space}_desc-{key}_statmap.nii.gz"
+            save_nifti(features.to_image(np.asarray(values, np.float32)), path)
+            map_files[key] = path.name
+        if regions is not None:
+            write_tsv(regions, stage / "regions.tsv", float_format=FLOAT_FORMAT)
+        headline = _headline(result, perm)
+        cv_info = {**settings.as_dict(), "cv_hash": result.cv_hash, "final_C": float(final.C_),
+                   "final_selection": _selection(final)}
+        manifest = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "software": model_io.software_versions(),
+            "template": template,
+            "pipeline": cohort.pipeline,
+            "features": {**fsettings.as_dict(), "mask_source": features.settings.mask_source,
+                         "grid_shape": list(features.shape),
+                         "grid_affine": features.affine.tolist(),
+                         "source_grid": features.source_grid,
+                         "n_voxels": int(features.X.shape[1])},
+            "covariates": {"names": list(covariates or ()), "columns": cohort.covariate_names,
+                           "encoding": cohort.encoding},
+            "site": {"column": site_column, "combat": bool(combat),
+                     "training_sites": sorted(set(cohort.sites.tolist()))
+                     if cohort.sites is not None else None,
+                     "unseen_site_rule": "ComBat leaves rows of sites unseen at training "
+                     "unadjusted (site effect 0)" if combat else "sites not used by the model"},
+            "labels": rule.as_dict(),
+            "cv": cv_info,
+            "metrics": headline,
+            "training": {"n": len(y), "n_responders": int(y.sum()),
+                         "subjects_sha256": hashlib.sha256(
+                             "\n".join(sorted(ids)).encode()).hexdigest(),
+                         "decision_sha256": hashlib.sha256(
+                             np.asarray(final_decision, np.float64).tobytes()).hexdigest()},
+        }
+        manifest = model_io.save_model(stage, final, mask=features.mask,
+                                       affine=features.affine, manifest=manifest)
+        write_json(stage / "metrics.json", {
+            "headline": headline, "cv_hash": result.cv_hash, "settings": cv_info,
+            "permutation": perm.as_dict() if perm else None, "n": len(y),
+            "n_responders": int(y.sum()), "excluded": [e.__dict__ for e in cohort.excluded],
+            "filtered_out_by_include": cohort.filtered_out})
+        from ketabids.reports import group as report
+
+        report.write_train_report(
+            stage / "report.html", cohort=cohort, rule=rule, features=features, result=result,
+            perm=perm, calibration=calib, maps={k: features.to_image(np.asarray(v, np.float32))
+                                                for k, v in map_values.items()},
+            regions=regions, manifest=manifest,
+            site_column=site_column, elapsed=time.monotonic() - t0)
+    tables = listing(final_dir)
+    return {
+        "output_dir": str(final_dir),
+        "report": str(final_dir / "report.html"),
+        "model": str(final_dir / model_io.MODEL_NAME),
+        "manifest": str(final_dir / model_io.MANIFEST_NAME),
+        "n": len(y), "n_subjects": len(y), "n_responders": int(y.sum()),
+        "n_excluded": len(cohort.excluded),
+        **{k: headline.get(k) for k in ("bac_mean", "bac_pooled", "auc", "p_bac", "p_auc")},
+        "metrics": {"bac": headline["bac_mean"], "bac_pooled": headline["bac_pooled"],
+                    "auc": headline["auc"]},
+        "cv_hash": result.cv_hash,
+        "tables": tables,
+    }
+
+
+def _selection(model) -> dict:
+    out = {}
+    for key in ("cv_scores_", "selection_"):
+        value = getattr(model, key, None)
+        if value is not None:
+            out[key.rstrip("_")] = value
+    return jsonable(out)
+
+
+def _headline(result, perm) -> dict:
+    m = result.metrics
+
+    def get(metric, aggregation):
+        row = m[(m["metric"] == metric) & (m["aggregation"] == aggregation)]
+        if row.empty:
+            return None
+        r = row.iloc[0]
+        return {"estimate": float(r["estimate"]), "ci_low": finite_or_none(r["ci_low"]),
+                "ci_high": finite_or_none(r["ci_high"])}
+
+    out = {"bac_mean": float(result.bac_mean), "bac_pooled": float(result.bac_pooled),
+           "auc": float(result.auc_pooled),
+           "p_bac": float(perm.p_bac) if perm else None,
+           "p_auc": float(perm.p_auc) if perm else None,
+           "n_permutations": int(perm.n_permutations) if perm else 0}
+    out["intervals"] = {
+        metric: {agg: get(metric, agg) for agg in ("pooled", "mean_over_repeats", "consensus")
+                 if get(metric, agg)}
+        for metric in ("bac", "sensitivity", "specificity", "auc", "ppv", "npv", "brier")}
+    return out
+
+
+def _region_table(atlas, atlas_labels, features, pattern, wmaps):
+    """Atlas labels of the mask voxels (nearest neighbour onto the analysis grid) -> table."""
+    labels = atlas_mod.labels_on_grid(atlas_mod.load_atlas(atlas), features.shape,
+                                      features.affine)[features.mask]
+    names = None
+    if atlas_labels:
+        table = atlas_mod.read_atlas_labels(atlas_labels)
+        names = {int(i): str(n) for i, n in zip(table["index"], table["name"])}
+    return region_table(labels, pattern, names=names, maps=wmaps)
