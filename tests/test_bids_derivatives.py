@@ -29,7 +29,10 @@ def test_bidsignore_keeps_existing_lines(tmp_path):
     assert "*.html" in lines
 
 
-def test_description_written_once(tmp_path, caplog):
+def test_description_written_once(tmp_path, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("ketabids"), "propagate", True)  # the CLI turns it off
     """A second run from another BIDS_DIR never rewrites the description (issue 11, #12)."""
     out = tmp_path / "out"
     out.mkdir()

@@ -258,7 +258,10 @@ def test_user_errors(study, tmp_path):
                           model=bids / "participants.tsv")
 
 
-def test_missing_maps_and_labels_are_listed(study, tmp_path):
+def test_missing_maps_and_labels_are_listed(study, tmp_path, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("ketabids"), "propagate", True)  # the CLI turns it off
     """Participants without map or label are left out with a warning and listed in cohort.tsv."""
     from ketabids.group import labels as lab
     from ketabids.group.cohort import build_cohort, warn_excluded
@@ -279,8 +282,9 @@ def test_missing_maps_and_labels_are_listed(study, tmp_path):
                           covariates=["tiv"], site_column="site")
     assert len(cohort.maps) == 98 and cohort.filtered_out == 60
     assert len(cohort.y) == 98 and cohort.covariates.shape == (98, 1)
-    with pytest.warns(UserWarning, match="2 participant\\(s\\) left out"):
+    with caplog.at_level("WARNING", logger="ketabids"):
         warn_excluded(cohort.excluded)
+    assert "2 participant(s) left out" in caplog.text
     listed = cohort.table_tsv("site")
     reasons = dict(zip(listed["participant_id"], listed["reason"]))
     assert "missing" in reasons[no_label] and "no space-" in reasons[no_map]

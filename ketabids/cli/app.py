@@ -177,7 +177,7 @@ def _run_bids_app(opts) -> dict:
     from ketabids.group.train import run_group_train
 
     return run_group_train(
-        progress=True,
+        progress=True, overwrite=opts.overwrite,
         covariates=list(opts.covariates), site_column=opts.site_column, combat=opts.combat,
         standardize=opts.standardize, smoothing_fwhm=opts.smoothing_fwhm,
         analysis_resolution=opts.analysis_resolution, template=opts.template,
