@@ -526,6 +526,17 @@ def check_writable(folder: str | os.PathLike, what: str) -> Path:
 _TEMP_VARS = ("TMPDIR", "TEMP", "TMP")
 
 
+#: signals received by this process's handler (see :func:`terminating`)
+_RECEIVED: list[int] = []
+
+
+def terminating() -> int | None:
+    """The signal (SIGTERM/SIGHUP) that asked this run to stop, or None. Libraries may catch
+    the :class:`~ketabids.errors.Terminated` raised by the handler (Nipype records any exception
+    of an interface as a node failure); code after them asks this instead."""
+    return _RECEIVED[-1] if _RECEIVED else None
+
+
 def _terminated_handler(owner_pid: int):
     """SIGTERM/SIGHUP handler: :class:`~ketabids.errors.Terminated` in the process that
     installed it; forked workers (Nipype's MultiProc pool inherits the handler) simply die with
@@ -536,6 +547,7 @@ def _terminated_handler(owner_pid: int):
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        _RECEIVED.append(int(signum))
         raise Terminated(signum)
 
     return handler
@@ -569,6 +581,7 @@ def run_temp_dir(base: str | os.PathLike | None = None, *, prefix: str = "ketabi
     saved_tempdir = tempfile.tempdir
     handlers = {}
     if signals and threading.current_thread() is threading.main_thread():
+        _RECEIVED.clear()
         for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             if sig is not None:
                 handlers[sig] = signal.signal(sig, _terminated_handler(os.getpid()))

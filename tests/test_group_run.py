@@ -206,7 +206,7 @@ def test_rerun_same_seed_is_identical_and_replaces_cleanly(study, tmp_path):
     train = out / "group" / "train"
     (train / "stale.txt").write_text("left by an older run")
     again = run_group_train(bids_dir=study["bids"], output_dir=out, n_permutations=0,
-                            progress=False, **TRAIN)
+                            progress=False, overwrite=True, **TRAIN)
     assert not (train / "stale.txt").exists() and not (train / "permutations.tsv").exists()
     assert again["cv_hash"] == study["summary"]["cv_hash"]
     for name in ("cv_predictions.tsv", "cv_folds.tsv", "metrics.tsv", "final_model_decisions.tsv"):

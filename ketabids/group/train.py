@@ -71,7 +71,6 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
     """
     t0 = time.monotonic()
     final_dir = Path(output_dir) / "group" / "train"
-    refuse_existing(final_dir, overwrite=overwrite, what="group/train")
     rule = lab.make_label_rule(target=target, response_from=response_from,
                                response_threshold=response_threshold, include=include)
     if smoothing_fwhm < 0 or analysis_resolution <= 0:
@@ -92,8 +91,10 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
         raise BadDataError(f"all {len(cohort.y)} included participants have the same label "
                            f"({rule.describe()}); training needs responders and non-responders")
     check_fold_counts(cohort.y, settings, cohort.sites)
+    # before any work (features, CV): input errors above are reported first
+    refuse_existing(final_dir, overwrite=overwrite, what="group/train")
     with run_lock(output_dir, "train"):
-        refuse_existing(final_dir, overwrite=overwrite, what="group/train")  # meanwhile?
+        refuse_existing(final_dir, overwrite=overwrite, what="group/train")  # made meanwhile
         return _train(
             t0=t0, cohort=cohort, rule=rule, settings=settings, final_dir=final_dir,
             overwrite=overwrite, template=template, smoothing_fwhm=smoothing_fwhm,

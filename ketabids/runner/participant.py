@@ -7,6 +7,7 @@ when this run left crash files in its log folder (``OUTPUT_DIR/logs/sub-<label>/
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -17,7 +18,7 @@ from ketabids.anat.atlas import resolve_atlas
 from ketabids.anat.settings import ProcessingSettings
 from ketabids.bids.derivatives import write_bidsignore, write_derivative_description
 from ketabids.bids.layout import collect_t1w
-from ketabids.errors import BadDataError, NoDataError, OutputError
+from ketabids.errors import BadDataError, NoDataError, OutputError, Terminated
 from ketabids.io import check_writable
 from ketabids.runner.config import configure_workflow, itk_threads, plugin_settings, run_workflow
 from ketabids.runner.publish import SubjectPublisher, new_stage_root
@@ -172,11 +173,14 @@ def _run_graph(*, started, inputs, all_inputs, missing, unusable, stage_root, ou
         LOGGER.warning("%d subject(s) left out: unusable input (see the end of the log)",
                        len(unusable))
     error = None
-    try:
-        run_workflow(workflow, plugin, plugin_args)
-    except Exception as exc:  # node failures: attributed to subjects below
-        error = exc
-        LOGGER.debug("some nodes failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    with _quiet_when_terminating():
+        try:
+            run_workflow(workflow, plugin, plugin_args)
+        except Exception as exc:  # node failures: attributed to subjects below
+            error = exc
+            LOGGER.debug("some nodes failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    if io.terminating() is not None:  # a SIGTERM that Nipype caught as a node failure
+        raise Terminated(io.terminating())
     if error is None:  # plugins without status callbacks (SLURM...): publish now
         publisher.publish_remaining(subjects, failed=())
     _raise_if_no_space(error, publisher, output_dir, work_dir, started)
@@ -185,6 +189,33 @@ def _run_graph(*, started, inputs, all_inputs, missing, unusable, stage_root, ou
                        publish_errors=publisher.errors)
     _log_summary(summary, output_dir)
     return summary
+
+
+class _NipypeTerminalFilter(logging.Filter):
+    """What Nipype prints while the graph runs: a node's crash is one line (its traceback is in
+    the crash file, which the summary names), and once a SIGTERM is being handled nothing (Nipype
+    reports the termination it caught inside a node as a crash)."""
+
+    def filter(self, record):
+        if io.terminating() is not None:
+            return False
+        message = record.getMessage()
+        if "Traceback" in message:
+            record.msg, record.args = message.split("Traceback", 1)[0].rstrip(), ()
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_when_terminating():
+    loggers = [logging.getLogger(f"nipype.{kind}") for kind in ("workflow", "interface", "utils")]
+    quiet = _NipypeTerminalFilter()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def _raise_if_no_space(error, publisher, output_dir, work_dir, started) -> None:

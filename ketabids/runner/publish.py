@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ketabids import io
+from ketabids.errors import Terminated
 
 LOGGER = logging.getLogger("ketabids")
 
@@ -84,14 +85,29 @@ class SubjectPublisher:
 
     def __init__(self, stage_root: Path, output_dir: Path, done: dict[str, str]):
         self.stage_root, self.output_dir, self.done = stage_root, output_dir, done
+        self.started = time.time()
         self.published: list[str] = []
         self.errors: dict[str, BaseException] = {}
 
     def __call__(self, node, status):
+        signum = io.terminating()
+        if signum is not None:  # Nipype turned the SIGTERM into a node failure: stop here
+            raise Terminated(signum)
         subject = self.done.get(getattr(node, "name", None))
         if subject is None or status != "end" or subject in self.published:
             return
+        if not self._ran(node):  # Nipype's Linear plugin reports skipped nodes as "end" too
+            return
         self.publish(subject)
+
+    def _ran(self, node) -> bool:
+        """The done node really ran in this run: its result file is new (its inputs, paths in
+        this run's staging folder, change every run, so it is never a cached result)."""
+        try:
+            result = Path(node.output_dir()) / f"result_{node.name}.pklz"
+            return result.stat().st_mtime >= self.started - 1
+        except (OSError, AttributeError):
+            return False
 
     def publish(self, subject: str) -> None:
         try:
