@@ -170,6 +170,15 @@ def _run_bids_app(opts) -> dict:
     common = dict(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
                   layout=layout, n_permutations=opts.n_permutations, nprocs=opts.nprocs,
                   seed=opts.seed, **label_options)
+    from ketabids.io import run_temp_dir
+
+    # temporary files of the group level (joblib, matplotlib...) in a per-run folder removed at
+    # exit, SIGTERM included (staged outputs are then discarded too)
+    with run_temp_dir(signals=True):
+        return _run_group(opts, common)
+
+
+def _run_group(opts, common) -> dict:
     if opts.model:
         from ketabids.group.predict import run_group_predict
 
