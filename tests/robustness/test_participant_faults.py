@@ -170,3 +170,16 @@ def test_disk_full_participant(tmp_path):
         res = run_process(bids, out, "participant", "-w", tmp_path / "work", *FAST, tmpdir=tmp)
         assert_one_line_error(res, "space", code=73)
         assert subject_folders(out) == [] and stray_files(out) == []
+
+
+# --------------------------------------------------------------------------- finding 7, MultiProc
+def test_nothing_left_in_tmpdir_with_multiproc(tmp_path):
+    """Nipype's MultiProc workers (forked after the run's temp folder is set) leave nothing in
+    $TMPDIR either, and the run's temp folder under the work folder is gone at the end."""
+    bids = phantom_bids(tmp_path / "bids", {"01": "good"})
+    run = _participant(bids, tmp_path, "--nprocs", "2")
+    assert run["res"].code == 0, run["res"].err[-3000:]
+    assert complete_subjects(run["out"]) == ["sub-01"]
+    assert files_under(run["tmp"]) == []
+    assert [p for p in run["work"].iterdir() if p.name.startswith("ketabids-tmp")] == []
+    assert stray_files(run["out"]) == []
