@@ -64,7 +64,10 @@ def discard_subject(stage_root: str | Path, subject: str) -> None:
 
 def after_publish(output_dir: Path, subject: str) -> None:
     """What runs after each published subject (in the main process, as subjects finish)."""
-    # QC hook: the group QC table is rebuilt from the per-subject QC files
+    # QC hook: the group QC table is rebuilt from the per-subject QC files (when the subject
+    # has one: no empty table before the QC node writes them)
+    if not any((Path(output_dir) / f"sub-{subject}").glob("**/*_desc-qc_metrics.json")):
+        return
     try:
         from ketabids.qc.table import rebuild_qc_table
     except ImportError:
