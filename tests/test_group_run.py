@@ -233,8 +233,9 @@ def test_predict_without_labels_and_unseen_category(study, tmp_path):
 
 
 def test_user_errors(study, tmp_path):
+    # overwrite=True: the study's group/train exists; every call below must fail on its own error
     common = dict(bids_dir=study["bids"], output_dir=study["out"], progress=False,
-                  n_permutations=0, **PROTOCOL)
+                  n_permutations=0, overwrite=True, **PROTOCOL)
     with pytest.raises(MissingInputError, match="no column 'responded'"):
         run_group_train(target="responded", **common)
     with pytest.raises(UsageError, match="--site-column"):
