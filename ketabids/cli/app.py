@@ -64,7 +64,7 @@ TRAINING_ONLY = ("template", "analysis_resolution", "smoothing_fwhm", "covariate
 GROUP_ONLY = ("model", "prediction_name", "target", "response_from", "response_threshold",
               "include", "covariates", "site_column", "combat", "standardize", "smoothing_fwhm",
               "analysis_resolution", "n_repeats", "n_outer", "n_inner", "c_grid",
-              "n_permutations", "overwrite")
+              "n_permutations", "overwrite", "qc_policy", "exclude_file")
 #: options of the participant level only (refused at group level)
 PARTICIPANT_ONLY = ("fast", "work_dir", "omp_nthreads", "mem_gb", "nipype_plugin_file")
 
@@ -117,7 +117,7 @@ def check_options(opts, parser=None) -> None:
         raise UsageError("--atlas-labels needs --atlas")
     if opts.prediction_name and not opts.model:
         raise UsageError("--prediction-name names a prediction run: it needs --model")
-    for option in ("atlas", "atlas_labels", "nipype_plugin_file", "model"):
+    for option in ("atlas", "atlas_labels", "nipype_plugin_file", "model", "exclude_file"):
         value = getattr(opts, option)
         if value is not None and not Path(value).exists():
             raise MissingInputError(f"{value}: --{option.replace('_', '-')} file does not exist")
@@ -166,6 +166,7 @@ def _run_bids_app(opts) -> dict:
         response_from=tuple(opts.response_from) if opts.response_from else None,
         response_threshold=opts.response_threshold,
         include=list(opts.include),
+        qc_policy=opts.qc_policy, exclude_file=opts.exclude_file,  # who passes the QC gate
     )
     common = dict(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
                   layout=layout, n_permutations=opts.n_permutations, nprocs=opts.nprocs,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ketabids import __version__
 from ketabids.errors import UsageError
+from ketabids.qc.gate import QC_POLICIES
 
 
 class Parser(argparse.ArgumentParser):
@@ -157,6 +158,18 @@ def get_parser() -> argparse.ArgumentParser:
     grp.add_argument("--overwrite", action="store_true",
                      help="replace an existing group/train (whose model may be in use); "
                      "training only. Without it a second training is refused (exit 73)")
+
+    qc = parser.add_argument_group("Group level: quality control")
+    qc.add_argument("--qc-policy", choices=QC_POLICIES, default=QC_POLICIES[0],
+                    help="what the participant level's QC verdicts do: exclude = scans that "
+                    "fail QC are left out of training and get no prediction; warn = keep them, "
+                    "listed with their verdict; ignore = do not read QC. Every scan left out "
+                    "or kept with a warn/fail verdict is listed in cohort.tsv and the report")
+    qc.add_argument("--exclude-file", type=Path, metavar="TSV",
+                    help="decisions of a visual review (look at OUTPUT_DIR/qc.html): TSV with "
+                    "columns participant_id, reason and optionally session (n/a = all); these "
+                    "scans are left out under every --qc-policy. The ratings exported by "
+                    "qc.html are accepted (rows rated 'exclude')")
 
     cv = parser.add_argument_group("Group level: features and cross-validation")
     cv.add_argument("--smoothing-fwhm", type=float, default=8.0, metavar="MM",
