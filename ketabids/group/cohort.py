@@ -172,7 +172,7 @@ def summarize_exclusions(excluded: list[lab.Exclusion], examples: int = 3) -> st
     for e in excluded:
         key = re.sub(r" \(details: [^)]*\)", "", e.reason)
         groups.setdefault(key, []).append(e.participant_id)
-    parts = [f"{reason} ({len(ids)}, e.g. {ids[0]})" if len(ids) > 1 else f"{ids[0]}: {reason}"
+    parts = [f"{reason} ({len(ids)}, e.g. {ids[0]})" if len(ids) > 1 else f"{ids[0]} ({reason})"
              for reason, ids in list(groups.items())[:examples]]
     if len(groups) > examples:
         parts.append(f"{len(groups) - examples} more reason(s) in the log")
