@@ -389,6 +389,58 @@ def _swap_in(stage: Path, final: Path) -> None:
         _remove(old)
 
 
+def owner_tag() -> str:
+    """``<host>-<pid>`` of this process, as staging and temporary names carry it."""
+    return _owner_tag()
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    import filecmp
+
+    try:
+        return a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
+def publish_folder(stage: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Put the staged folder ``stage`` in place of ``final`` with one rename (same file system).
+
+    When ``final`` exists, what it holds and ``stage`` does not (e.g. a session not processed
+    this time) is carried over (hard links, else copies), and files whose bytes did not change
+    keep their old modification time, so a rerun rewrites nothing visible. The old folder is
+    removed only once the new one is in place.
+    """
+    stage, final = Path(stage), Path(final)
+    if final.is_dir():
+        for old in final.rglob("*"):
+            if old.is_dir() and not old.is_symlink():
+                continue
+            new = stage / old.relative_to(final)
+            if not new.exists():
+                new.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(old, new)
+                except OSError:
+                    shutil.copy2(old, new)
+            elif _same_bytes(old, new):
+                st = old.stat()
+                os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _swap_in(stage, final)
+    return final
+
+
+def publish_file(staged: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """``os.replace`` ``staged`` onto ``final`` (same file system); an identical ``final`` is
+    kept as it is (mtime unchanged) and ``staged`` removed."""
+    staged, final = Path(staged), Path(final)
+    if final.is_file() and _same_bytes(staged, final):
+        staged.unlink()
+    else:
+        os.replace(staged, final)
+    return final
+
+
 # ----------------------------------------------------------------------------- locks
 @contextlib.contextmanager
 def exclusive_lock(target: str | os.PathLike, *, what: str | None = None):
@@ -474,8 +526,31 @@ def check_writable(folder: str | os.PathLike, what: str) -> Path:
 _TEMP_VARS = ("TMPDIR", "TEMP", "TMP")
 
 
-def _raise_terminated(signum, frame):  # noqa: ARG001 - signal handler API
-    raise Terminated(signum)
+#: signals received by this process's handler (see :func:`terminating`)
+_RECEIVED: list[int] = []
+
+
+def terminating() -> int | None:
+    """The signal (SIGTERM/SIGHUP) that asked this run to stop, or None. Libraries may catch
+    the :class:`~ketabids.errors.Terminated` raised by the handler (Nipype records any exception
+    of an interface as a node failure); code after them asks this instead."""
+    return _RECEIVED[-1] if _RECEIVED else None
+
+
+def _terminated_handler(owner_pid: int):
+    """SIGTERM/SIGHUP handler: :class:`~ketabids.errors.Terminated` in the process that
+    installed it; forked workers (Nipype's MultiProc pool inherits the handler) simply die with
+    the signal, quietly, so the main process alone cleans up and prints one line."""
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler API
+        if os.getpid() != owner_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        _RECEIVED.append(int(signum))
+        raise Terminated(signum)
+
+    return handler
 
 
 @contextlib.contextmanager
@@ -506,9 +581,10 @@ def run_temp_dir(base: str | os.PathLike | None = None, *, prefix: str = "ketabi
     saved_tempdir = tempfile.tempdir
     handlers = {}
     if signals and threading.current_thread() is threading.main_thread():
+        _RECEIVED.clear()
         for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             if sig is not None:
-                handlers[sig] = signal.signal(sig, _raise_terminated)
+                handlers[sig] = signal.signal(sig, _terminated_handler(os.getpid()))
     try:
         for key in _TEMP_VARS:
             os.environ[key] = str(folder)

@@ -189,9 +189,16 @@ def _templateflow(name: str, resolution: int) -> Template:
         raise MissingInputError(f"templateflow cannot be imported ({exc}); pip install templateflow")
 
     if name not in tf.templates():
+        import difflib
+
+        known = sorted(tf.templates())
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
         raise UsageError(
-            f"--template {name}: unknown template; use {DEFAULT_TEMPLATE} (embedded) or one of "
-            f"TemplateFlow's: {', '.join(sorted(tf.templates()))}"
+            f"--template {name}: unknown template; use {DEFAULT_TEMPLATE} (embedded) or a "
+            f"TemplateFlow template"
+            + (f" such as {', '.join(close)}" if close else "")
+            + f" ({len(known)} known: python -c 'import templateflow.api as t; "
+            "print(t.templates())')"
         )
 
     def cached(**query):

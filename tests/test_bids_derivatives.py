@@ -27,3 +27,22 @@ def test_bidsignore_keeps_existing_lines(tmp_path):
     assert lines[0] == "mine/"
     assert lines.count("*_xfm.h5") == 1
     assert "*.html" in lines
+
+
+def test_description_written_once(tmp_path, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("ketabids"), "propagate", True)  # the CLI turns it off
+    """A second run from another BIDS_DIR never rewrites the description (issue 11, #12)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("raw1", "raw2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "dataset_description.json").write_text(json.dumps(
+            {"Name": name, "BIDSVersion": "1.9.0"}))
+    path = write_derivative_description(out, tmp_path / "raw1")
+    before = path.read_bytes()
+    with caplog.at_level("WARNING", logger="ketabids"):
+        write_derivative_description(out, tmp_path / "raw2")
+    assert path.read_bytes() == before
+    assert "other source datasets" in caplog.text

@@ -206,7 +206,7 @@ def test_rerun_same_seed_is_identical_and_replaces_cleanly(study, tmp_path):
     train = out / "group" / "train"
     (train / "stale.txt").write_text("left by an older run")
     again = run_group_train(bids_dir=study["bids"], output_dir=out, n_permutations=0,
-                            progress=False, **TRAIN)
+                            progress=False, overwrite=True, **TRAIN)
     assert not (train / "stale.txt").exists() and not (train / "permutations.tsv").exists()
     assert again["cv_hash"] == study["summary"]["cv_hash"]
     for name in ("cv_predictions.tsv", "cv_folds.tsv", "metrics.tsv", "final_model_decisions.tsv"):
@@ -233,8 +233,9 @@ def test_predict_without_labels_and_unseen_category(study, tmp_path):
 
 
 def test_user_errors(study, tmp_path):
+    # overwrite=True: the study's group/train exists; every call below must fail on its own error
     common = dict(bids_dir=study["bids"], output_dir=study["out"], progress=False,
-                  n_permutations=0, **PROTOCOL)
+                  n_permutations=0, overwrite=True, **PROTOCOL)
     with pytest.raises(MissingInputError, match="no column 'responded'"):
         run_group_train(target="responded", **common)
     with pytest.raises(UsageError, match="--site-column"):
@@ -258,7 +259,10 @@ def test_user_errors(study, tmp_path):
                           model=bids / "participants.tsv")
 
 
-def test_missing_maps_and_labels_are_listed(study, tmp_path):
+def test_missing_maps_and_labels_are_listed(study, tmp_path, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("ketabids"), "propagate", True)  # the CLI turns it off
     """Participants without map or label are left out with a warning and listed in cohort.tsv."""
     from ketabids.group import labels as lab
     from ketabids.group.cohort import build_cohort, warn_excluded
@@ -279,8 +283,9 @@ def test_missing_maps_and_labels_are_listed(study, tmp_path):
                           covariates=["tiv"], site_column="site")
     assert len(cohort.maps) == 98 and cohort.filtered_out == 60
     assert len(cohort.y) == 98 and cohort.covariates.shape == (98, 1)
-    with pytest.warns(UserWarning, match="2 participant\\(s\\) left out"):
+    with caplog.at_level("WARNING", logger="ketabids"):
         warn_excluded(cohort.excluded)
+    assert "2 participant(s) left out" in caplog.text
     listed = cohort.table_tsv("site")
     reasons = dict(zip(listed["participant_id"], listed["reason"]))
     assert "missing" in reasons[no_label] and "no space-" in reasons[no_map]

@@ -139,9 +139,9 @@ def test_failing_subject_does_not_stop_the_others(run):
     assert summary["ok"] == ["01", "03"]
     assert summary["failed"] == ["02"]
     assert "4D" in summary["errors"]["02"]
-    crash = [Path(p) for p in summary["crash_files"]["02"]]
-    assert crash and all(p.is_file() and p.parent == run["out"] / "logs" / "sub-02"
-                         for p in crash)
+    # found by the input check before the graph ran: no crash file, nothing of it in the graph
+    assert summary["unusable"] == ["02"] and "02" not in summary["crash_files"]
+    assert "sub-02_T1w.nii.gz" in summary["errors"]["02"]
     assert set(summary["reports"]) == {"01", "03"}
     assert summary["inputs"]["01"][0].endswith("sub-01_T1w.nii.gz")  # first in BIDS order
 
@@ -155,7 +155,7 @@ def test_summary_names_each_failed_subject_and_its_crash_file(run, caplog):
         _log_summary(run["summary"], run["out"])
     failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(failed) == 1 and failed[0].startswith("sub-02 failed: ") and "4D" in failed[0]
-    assert run["summary"]["crash_files"]["02"][0] in failed[0]
+    assert "sub-02_T1w.nii.gz" in failed[0]  # the file and the fix, not a crash file
     assert "2 of 3 subject(s) done" in caplog.records[-1].getMessage()
 
 

@@ -21,6 +21,8 @@ The returned image has qform = sform = the chosen affine (code 1) and no scaling
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -71,7 +73,7 @@ def conform_t1w(in_file) -> tuple[nib.Nifti1Image, dict]:
         except FileNotFoundError:
             raise _bad(name, "file not found", "check the path") from None
         except Exception as exc:
-            raise _bad(name, f"cannot be read as a NIfTI image ({exc})",
+            raise _bad(name, f"cannot be read as a NIfTI image ({str(exc)[:150]})",
                        "re-export the scan as NIfTI (e.g. with dcm2niix)") from None
     notes: list[str] = []
     if not isinstance(img, nib.Nifti1Image):  # Nifti2, MGH...: keep data + affine
@@ -92,7 +94,7 @@ def conform_t1w(in_file) -> tuple[nib.Nifti1Image, dict]:
     try:
         data = np.asanyarray(img.dataobj)  # applies scl_slope / scl_inter
     except Exception as exc:
-        raise _bad(name, f"voxel data cannot be read ({exc})",
+        raise _bad(name, f"voxel data cannot be read ({str(exc)[:150]})",
                    "the file is truncated or corrupt; re-export it") from None
     data = np.asarray(data, dtype=np.float32).reshape(shape[:3])
     if not np.all(np.isfinite(data)):
@@ -145,3 +147,24 @@ def conform_t1w(in_file) -> tuple[nib.Nifti1Image, dict]:
         "notes": notes,
     }
     return out, info
+
+
+def check_t1w(path) -> None:
+    """Check one input T1w before any processing (cheap: the header and one read of the data).
+
+    Raises :class:`~ketabids.errors.BadDataError` naming the file and the fix for a symlink to
+    a missing file (an annexed file not fetched), a missing, unreadable or empty file, and
+    everything :func:`conform_t1w` refuses (not a NIfTI, truncated, 4D, NaN/Inf, constant).
+    The participant runner calls it per subject so one bad file fails only its subject.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise _bad(path, f"is a symlink to a missing file ({os.readlink(path)}; an annexed file "
+                   "not fetched?)", f"run 'datalad get {path}' (or 'git annex get') and rerun")
+    if not path.is_file():
+        raise _bad(path, "file not found", "check the dataset")
+    if not os.access(path, os.R_OK):
+        raise _bad(path, "cannot be read (permission denied)", "fix its permissions")
+    if path.stat().st_size == 0:
+        raise _bad(path, "is empty (0 bytes)", "re-export the scan (e.g. with dcm2niix)")
+    conform_t1w(path)

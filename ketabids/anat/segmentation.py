@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from ketabids.anat.antsutil import ants_env, make_image, to_ants
+from ketabids.io import run_temp_dir
 
 CLASSES = ("CSF", "GM", "WM")  # label values 1, 2, 3
 #: Atropos settings. Measured on AOMIC sub-0001 against fMRIPrep/FAST (brain mask with its CSF
@@ -72,7 +73,10 @@ def segment_tissues(img: nib.Nifti1Image, mask: nib.Nifti1Image, priors: dict, *
     # Atropos seeds its sampler from the clock unless told "--use-random-seed 0" (then from
     # ANTS_RANDOM_SEED / a constant); measured: seeded 1-thread runs differed without it
     seeding = {"r": 0} if seed is not None else {}
-    with ants_env(seed, omp_nthreads):
+    # antspyx writes Atropos' probability images to tempfile.mktemp() names
+    # (antsr*prob0N.nii.gz) and never deletes them: give the call its own temporary folder
+    # (inside the run's, see ketabids.runner), removed as soon as the images are in memory
+    with ants_env(seed, omp_nthreads), run_temp_dir(prefix="atropos-", signals=False):
         seg = ants.atropos(a=a_img, x=a_mask, i=pri, m=f"[{mrf},1x1x1]",
                            c=f"[{int(iterations)},0]", priorweight=prior_weight, **seeding)
     probs_box = np.stack([p.numpy() for p in seg["probabilityimages"]], 0).astype(np.float32)

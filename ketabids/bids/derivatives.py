@@ -96,10 +96,12 @@ def derivative_description(bids_dir: Path) -> dict:
 
 
 def write_derivative_description(output_dir: str | os.PathLike, bids_dir: str | os.PathLike) -> Path:
-    """Write OUTPUT_DIR/dataset_description.json atomically (safe for parallel jobs).
+    """Write OUTPUT_DIR/dataset_description.json (and README) once, atomically.
 
-    Identical content is left untouched; a description written by another ketabids version is
-    replaced, with a warning, since outputs of mixed versions should not be mixed.
+    An existing, readable description is never rewritten with different content (a later run
+    from another BIDS_DIR or another ketabids version would otherwise change what earlier
+    outputs claim): a different version or source is logged as a warning instead. An
+    unreadable one (not JSON) is replaced.
     """
     output_dir, bids_dir = Path(output_dir), Path(bids_dir)
     path = output_dir / "dataset_description.json"
@@ -107,14 +109,24 @@ def write_derivative_description(output_dir: str | os.PathLike, bids_dir: str | 
     if path.is_file():
         try:
             old = json.loads(path.read_text())
-            old_version = old.get("GeneratedBy", [{}])[0].get("Version")
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if isinstance(old, dict):
+            generated = (old.get("GeneratedBy") or [{}])[0] if isinstance(
+                old.get("GeneratedBy"), list) else {}
+            old_version = generated.get("Version") if isinstance(generated, dict) else None
             if old_version and old_version != __version__:
                 LOGGER.warning(
                     "%s was written by ketabids %s; this is %s: do not mix outputs of "
                     "different versions in one folder", path, old_version, __version__,
                 )
-        except (OSError, json.JSONDecodeError, IndexError, AttributeError):
-            pass
+            elif old.get("SourceDatasets") != content.get("SourceDatasets"):
+                LOGGER.warning("%s describes other source datasets (%s); kept as it is",
+                               path, old.get("SourceDatasets"))
+            if not (output_dir / "README").exists():
+                atomic_write_text(output_dir / "README",
+                                  DERIVATIVE_README.format(version=__version__))
+            return path
     atomic_write_text(path, json.dumps(content, indent=2, sort_keys=False) + "\n")
     atomic_write_text(output_dir / "README", DERIVATIVE_README.format(version=__version__))
     return path

@@ -15,7 +15,6 @@ from ketabids.errors import (
     BadDataError,
     MissingInputError,
     NoDataError,
-    OutputError,
     UsageError,
 )
 
@@ -39,24 +38,17 @@ def check_bids_dir(bids_dir: str | os.PathLike) -> Path:
 
 
 def check_output_dir(output_dir: str | os.PathLike, bids_dir: Path) -> Path:
-    """Resolve OUTPUT_DIR, refuse it inside BIDS_DIR and make sure it can be written."""
+    """Resolve OUTPUT_DIR, refuse it inside BIDS_DIR and make sure it can be written, without
+    creating it (it is created once every input check has passed)."""
+    from ketabids.io import check_writable
+
     path = Path(output_dir).expanduser().resolve()
     if path == bids_dir or bids_dir in path.parents:
         raise UsageError(
             f"{path}: OUTPUT_DIR is inside BIDS_DIR {bids_dir}, which ketabids never writes to; "
             f"choose a folder outside it, e.g. {bids_dir.parent / 'derivatives' / 'ketabids'}"
         )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".ketabids-write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(
-            f"{path}: cannot create or write OUTPUT_DIR ({exc.strerror}); "
-            "choose a writable folder or fix its permissions"
-        ) from exc
-    return path
+    return check_writable(path, "OUTPUT_DIR")
 
 
 def load_layout(bids_dir: Path, *, derivatives: list[Path] | None = None):
@@ -142,6 +134,36 @@ def load_bids_filters(path: str | os.PathLike | None) -> dict:
     return filters
 
 
+#: pybids query keywords that are not entities but are valid in a filter
+QUERY_KEYWORDS = frozenset({"extension", "suffix", "datatype", "scope", "invalid_filters",
+                            "regex_search", "absolute_paths"})
+
+
+#: the entities a T1w file name can carry (BIDS schema order), listed in filter errors
+ANAT_ENTITIES = ("subject", "session", "acquisition", "ceagent", "reconstruction", "run",
+                 "echo", "flip", "inv", "mt", "part", "chunk")
+
+
+def check_filters(layout, filters: dict | None, path=None) -> None:
+    """Refuse filter keys that are not entities of ``layout`` (pybids would raise a bare
+    ``ValueError`` deep in a query): :class:`~ketabids.errors.UsageError` (exit 64) naming the
+    file, the key, the closest valid entity and the valid ones."""
+    import difflib
+
+    query = (filters or {}).get("t1w", filters or {})
+    if not query:
+        return
+    valid = set(layout.get_entities()) | QUERY_KEYWORDS
+    for key in query:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            names = [e for e in ANAT_ENTITIES if e in valid]
+            raise UsageError(
+                f"{path or '--bids-filter-file'}: unknown entity {key!r} in \"t1w\"; {hint}"
+                f"T1w entities: {', '.join(names)} (also suffix, extension, datatype)")
+
+
 def t1w_query(filters: dict | None) -> dict:
     """The pybids query for T1w images: the default updated by the filter file's ``t1w``."""
     query = dict(DEFAULT_T1W_QUERY)
@@ -161,7 +183,9 @@ def select_subjects(layout, *, labels=None, sessions=None, filters=None) -> list
         if missing:
             raise NoDataError(
                 f"{layout.root}: no participant(s) {', '.join('sub-' + m for m in missing)}; "
-                f"available: {', '.join(available[:20]) or 'none'}"
+                + (f"{len(available)} available: {', '.join(available[:20])}"
+                   + (f", ... (first 20 of {len(available)})" if len(available) > 20 else "")
+                   if available else "no participant has data")
             )
     candidates = sorted(labels) if labels else available
     query = t1w_query(filters)

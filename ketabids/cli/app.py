@@ -13,7 +13,9 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ketabids.cli.parser import (
@@ -28,6 +30,7 @@ from ketabids.errors import (
     ExitCode,
     KetabidsError,
     MissingInputError,
+    Terminated,
     UnknownLevelError,
     UsageError,
 )
@@ -53,12 +56,59 @@ def setup_logging(verbose: int) -> None:
         logging.getLogger(name).setLevel(nipype_level)
 
 
-def check_options(opts) -> None:
+#: options that apply only to group *training*: with ``--model`` the model's own settings rule
+TRAINING_ONLY = ("template", "analysis_resolution", "smoothing_fwhm", "covariates", "site_column",
+                 "combat", "standardize", "n_repeats", "n_outer", "n_inner", "c_grid", "atlas",
+                 "atlas_labels", "overwrite")
+#: options of the group level only (refused at participant level)
+GROUP_ONLY = ("model", "prediction_name", "target", "response_from", "response_threshold",
+              "include", "covariates", "site_column", "combat", "standardize", "smoothing_fwhm",
+              "analysis_resolution", "n_repeats", "n_outer", "n_inner", "c_grid",
+              "n_permutations", "overwrite", "qc_policy", "exclude_file")
+#: options of the participant level only (refused at group level)
+PARTICIPANT_ONLY = ("fast", "work_dir", "omp_nthreads", "mem_gb", "nipype_plugin_file")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def given_options(opts, parser=None) -> set[str]:
+    """Destinations whose value differs from the parser's default (i.e. given by the user)."""
+    parser = parser or get_parser()
+    return {dest for dest, value in vars(opts).items()
+            if dest not in ("bids_dir", "output_dir", "analysis_level")
+            and value != parser.get_default(dest)}
+
+
+def check_mode_options(opts, parser=None) -> None:
+    """Options that do not apply in this mode are refused (exit 64) instead of ignored."""
+    given = given_options(opts, parser)
+    if opts.analysis_level == "participant":
+        wrong = [d for d in GROUP_ONLY if d in given]
+        if wrong:
+            raise UsageError(f"{_flag(wrong[0])} applies to the group level only; drop it from "
+                             "this participant-level command")
+        return
+    wrong = [d for d in PARTICIPANT_ONLY if d in given]
+    if wrong:
+        raise UsageError(f"{_flag(wrong[0])} applies to the participant level only; drop it "
+                         "from this group-level command")
+    if opts.model:
+        wrong = [d for d in TRAINING_ONLY if d in given]
+        if wrong:
+            raise UsageError(
+                f"{_flag(wrong[0])} applies to training; with --model the model's own settings "
+                "are used (see ketabids_model.json beside the model): drop the option")
+
+
+def check_options(opts, parser=None) -> None:
     """Cross-option checks argparse cannot express (the only place options are checked)."""
     if opts.analysis_level not in LEVELS:
         raise UnknownLevelError(
             f"analysis level {opts.analysis_level!r} is unknown; use 'participant' or 'group'"
         )
+    check_mode_options(opts, parser)
     if opts.combat and not opts.site_column:
         raise UsageError("--combat needs --site-column COLUMN naming the site of each participant")
     if opts.target and opts.response_from:
@@ -82,7 +132,7 @@ def _run_bids_app(opts) -> dict:
     from ketabids.bids import layout as bids
 
     bids_dir = bids.check_bids_dir(opts.bids_dir)
-    output_dir = bids.check_output_dir(opts.output_dir, bids_dir)
+    output_dir = bids.check_output_dir(opts.output_dir, bids_dir)  # checked, not created
     labels = bids.parse_participant_labels(opts.participant_label)
     sessions = bids.parse_session_labels(opts.session_label)
     filters = bids.load_bids_filters(opts.bids_filter_file)
@@ -94,6 +144,7 @@ def _run_bids_app(opts) -> dict:
         LOGGER.info("BIDS validation: %s", summary)
 
     layout = bids.load_layout(bids_dir)
+    bids.check_filters(layout, filters, opts.bids_filter_file)
     subjects = bids.select_subjects(layout, labels=labels, sessions=sessions, filters=filters)
     LOGGER.info("%d participant(s) selected: %s", len(subjects), " ".join(subjects[:20])
                 + (" ..." if len(subjects) > 20 else ""))
@@ -120,6 +171,15 @@ def _run_bids_app(opts) -> dict:
     common = dict(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
                   layout=layout, n_permutations=opts.n_permutations, nprocs=opts.nprocs,
                   seed=opts.seed, **label_options)
+    from ketabids.io import run_temp_dir
+
+    # temporary files of the group level (joblib, matplotlib...) in a per-run folder removed at
+    # exit, SIGTERM included (staged outputs are then discarded too)
+    with run_temp_dir(signals=True):
+        return _run_group(opts, common)
+
+
+def _run_group(opts, common) -> dict:
     if opts.model:
         from ketabids.group.predict import run_group_predict
 
@@ -127,7 +187,7 @@ def _run_bids_app(opts) -> dict:
     from ketabids.group.train import run_group_train
 
     return run_group_train(
-        progress=True,
+        progress=True, overwrite=opts.overwrite,
         covariates=list(opts.covariates), site_column=opts.site_column, combat=opts.combat,
         standardize=opts.standardize, smoothing_fwhm=opts.smoothing_fwhm,
         analysis_resolution=opts.analysis_resolution, template=opts.template,
@@ -147,15 +207,63 @@ class RunResult:
 
 
 def _exit_code_of(summary) -> int:
-    """Participant runs report failed subjects instead of raising: exit 1 when any failed."""
+    """Participant runs report failed subjects instead of raising: exit 1 when any failed,
+    65 (unusable input) when every selected subject failed its input checks."""
     if isinstance(summary, dict) and summary.get("failed"):
+        unusable = set(summary.get("unusable") or ())
+        if not summary.get("ok") and set(summary["failed"]) <= unusable:
+            return int(ExitCode.BAD_DATA)
         return int(ExitCode.FAILURE)
     return int(ExitCode.SUCCESS)
 
 
-def guarded(command, *args, **kwargs) -> RunResult:
+@dataclass
+class CrashSite:
+    """Where a crash file goes: filled in as the command learns its folders."""
+
+    output_dir: Path | None = None
+    work_dir: Path | None = None
+    folders: list = field(default_factory=list)
+
+    def candidates(self) -> list[Path]:
+        out = []
+        if self.output_dir is not None:
+            out.append(Path(self.output_dir) / "logs")
+        if self.work_dir is not None:
+            out.append(Path(self.work_dir))
+        out.append(Path(tempfile.gettempdir()))
+        return out
+
+
+def write_crash_file(exc: BaseException, site: CrashSite | None = None) -> Path | None:
+    """Write the traceback of ``exc`` to ``crash-<utc>-ketabids.txt`` in the first usable of
+    OUTPUT_DIR/logs (when OUTPUT_DIR exists), the work folder, the temporary folder."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for folder in (site or CrashSite()).candidates():
+        if not (folder.is_dir() or (folder.name == "logs" and folder.parent.is_dir())):
+            continue  # never create OUTPUT_DIR or a work folder just for a crash file
+        try:
+            folder.mkdir(exist_ok=True)
+            path = folder / f"crash-{stamp}-{os.getpid()}-ketabids.txt"
+            path.write_text(f"ketabids {' '.join(sys.argv[1:])}\n{text}")
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def guarded(command, *args, crash_site: CrashSite | None = None, **kwargs) -> RunResult:
     """Call ``command`` and turn its outcome into a :class:`RunResult`: user errors become one
-    line on stderr and their BIDS-App exit code (the one error path of the command line)."""
+    line on stderr and their BIDS-App exit code (the one error path of the command line).
+
+    A full disk anywhere becomes exit 73; SIGTERM (raised as
+    :class:`~ketabids.errors.Terminated` inside a run) 143; any other exception one line with
+    the path of a crash file holding the traceback (:func:`write_crash_file`), exit 1: no
+    traceback reaches the terminal.
+    """
+    from ketabids import io
+
     try:
         summary = command(*args, **kwargs)
     except KetabidsError as exc:
@@ -169,13 +277,34 @@ def guarded(command, *args, **kwargs) -> RunResult:
     except KeyboardInterrupt:
         print("ketabids: interrupted", file=sys.stderr)
         return RunResult(130, error="interrupted")
+    except Terminated as exc:
+        print(f"ketabids: {exc}; temporary and partial files were removed; rerun the same "
+              "command to resume", file=sys.stderr)
+        return RunResult(exc.exit_code, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line + crash file
+        if io.is_no_space(exc):
+            folder = (crash_site.output_dir if crash_site and crash_site.output_dir
+                      else Path.cwd())
+            error = io.no_space_error(folder)
+            print(f"ketabids: error: {error}", file=sys.stderr)
+            return RunResult(int(error.exit_code), error=str(error))
+        crash = write_crash_file(exc, crash_site)
+        first = (str(exc).splitlines() or [""])[0][:200]
+        message = (f"unexpected {type(exc).__name__}: {first} (details: "
+                   f"{crash or 'no crash file could be written'}; please report it)")
+        print(f"ketabids: error: {message}", file=sys.stderr)
+        return RunResult(int(ExitCode.FAILURE), error=message)
     return RunResult(_exit_code_of(summary), summary=summary)
 
 
-def _parse_and_run(argv: list[str]) -> dict:
-    opts = get_parser().parse_args(argv)
+def _parse_and_run(argv: list[str], site: CrashSite | None = None) -> dict:
+    parser = get_parser()
+    opts = parser.parse_args(argv)
+    if site is not None:
+        site.output_dir = Path(opts.output_dir).expanduser().absolute()
+        site.work_dir = Path(opts.work_dir).expanduser().absolute() if opts.work_dir else None
     setup_logging(opts.verbose)
-    check_options(opts)
+    check_options(opts, parser)
     return _run_bids_app(opts)
 
 
@@ -183,7 +312,8 @@ def run(argv: list[str]) -> RunResult:
     """``ketabids BIDS_DIR OUTPUT_DIR {participant,group} [options]`` in this process; the
     result carries the exit code and the run's summary (public API: the demo uses it)."""
     os.environ.setdefault("NIPYPE_NO_ET", "1")  # no update check (no network on clusters)
-    return guarded(_parse_and_run, list(argv))
+    site = CrashSite()
+    return guarded(_parse_and_run, list(argv), site, crash_site=site)
 
 
 # names of the parser module as this module exported them before the split (cli/demo.py)

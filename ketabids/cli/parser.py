@@ -155,6 +155,9 @@ def get_parser() -> argparse.ArgumentParser:
                      help="ComBat site harmonisation fitted within folds (needs --site-column)")
     grp.add_argument("--standardize", action="store_true",
                      help="z-score features within folds")
+    grp.add_argument("--overwrite", action="store_true",
+                     help="replace an existing group/train (whose model may be in use); "
+                     "training only. Without it a second training is refused (exit 73)")
 
     qc = parser.add_argument_group("Group level: quality control")
     qc.add_argument("--qc-policy", choices=QC_POLICIES, default=QC_POLICIES[0],

@@ -8,7 +8,6 @@ maps a frozen model cannot use.
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -112,9 +111,8 @@ def build_cohort(*, bids_dir, output_dir, subjects, sessions, layout, template, 
     excluded += [lab.Exclusion(e["participant_id"], e["reason"]) for e in gate.excluded]
     if not order:
         raise NoDataError(
-            f"no participant has both a label and a space-{template} modulated GM map "
-            f"({len(excluded)} left out: "
-            f"{'; '.join(f'{e.participant_id} ({e.reason})' for e in excluded[:10])})")
+            f"no participant has both a label and a space-{template} modulated GM map; "
+            f"{len(excluded)} left out: {summarize_exclusions(excluded)}")
     if rule.target or rule.response_from:
         y = labels.loc[order].to_numpy(int)
     maps = {s: maps[s] for s in order}
@@ -165,9 +163,26 @@ def check_compatibility(manifest: dict, cohort: Cohort, *, model_path) -> list[s
     return notes
 
 
+def summarize_exclusions(excluded: list[lab.Exclusion], examples: int = 3) -> str:
+    """Exclusions grouped by reason (crash-file paths aside), each with its count and at most
+    one example participant; at most ``examples`` reasons, then how many more."""
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for e in excluded:
+        key = re.sub(r" \(details: [^)]*\)", "", e.reason)
+        groups.setdefault(key, []).append(e.participant_id)
+    parts = [f"{reason} ({len(ids)}, e.g. {ids[0]})" if len(ids) > 1 else f"{ids[0]} ({reason})"
+             for reason, ids in list(groups.items())[:examples]]
+    if len(groups) > examples:
+        parts.append(f"{len(groups) - examples} more reason(s) in the log")
+    return "; ".join(parts)
+
+
 def warn_excluded(excluded: list[lab.Exclusion]) -> None:
+    """One log line (not also a Python warning: it was printed twice) naming who was left out
+    and why."""
     if excluded:
         listing = "; ".join(f"{e.participant_id} ({e.reason})" for e in excluded[:30])
         more = f" and {len(excluded) - 30} more" if len(excluded) > 30 else ""
         LOGGER.warning("%d participant(s) left out: %s%s", len(excluded), listing, more)
-        warnings.warn(f"{len(excluded)} participant(s) left out: {listing}{more}", stacklevel=3)

@@ -15,7 +15,8 @@ from sklearn.model_selection import BaseCrossValidator
 
 from ketabids.errors import UsageError
 
-__all__ = ["StratifiedFolds", "stratified_folds", "fold_partitions", "spawn"]
+__all__ = ["StratifiedFolds", "stratified_folds", "fold_partitions", "spawn", "max_folds",
+           "check_fold_counts"]
 
 
 def stratified_folds(y, k, rng, strata=None):
@@ -109,3 +110,43 @@ def fold_partitions(cv, X, y, groups=None) -> np.ndarray:
     if len(sizes) > 1:
         raise UsageError(f"{cv!r}: repeats with different numbers of folds {sorted(sizes)}")
     return np.stack(repeats)
+
+
+def max_folds(y, n_outer: int, groups=None, random_state=0, n_repeats: int = 1
+              ) -> tuple[int, int]:
+    """``(max_outer, max_inner)``: the most outer folds the class counts allow (the smaller
+    class's size: every test fold needs one of each class) and, with ``n_outer`` outer folds,
+    the most inner folds (the smaller class's count in the smallest outer training set,
+    measured on the actual :class:`StratifiedFolds` partitions).
+
+    >>> max_folds([0] * 4 + [1] * 4, 3)
+    (4, 2)
+    """
+    y = np.asarray(y).astype(int)
+    counts = np.bincount(y, minlength=2)
+    max_outer = int(counts.min())
+    if n_outer > max_outer or n_outer < 2:
+        return max_outer, 0
+    smallest = max_outer
+    outer = StratifiedFolds(int(n_outer), n_repeats=int(n_repeats), random_state=random_state)
+    for train, _ in outer.split(None, y, groups):
+        smallest = min(smallest, int(np.bincount(y[train], minlength=2).min()))
+    return max_outer, smallest
+
+
+def check_fold_counts(y, settings, groups=None) -> None:
+    """Refuse (exit 64) outer/inner fold counts the class counts cannot support, naming the
+    largest valid value, before any feature is computed."""
+    n_outer, n_inner = int(settings.n_outer), int(settings.n_inner)
+    max_outer, max_inner = max_folds(y, n_outer, groups, settings.random_state,
+                                     settings.n_repeats)
+    if n_outer > max_outer:
+        raise UsageError(f"--n-outer {n_outer}: the smaller class has {max_outer} participants, "
+                         f"so every test fold cannot hold both classes; use --n-outer "
+                         f"{max_outer} or less")
+    if n_inner > max_inner:
+        fix = (f"use --n-inner {max_inner} or less" if max_inner >= 2
+               else "use a smaller --n-outer")
+        raise UsageError(f"--n-inner {n_inner}: the smallest outer training set has "
+                         f"{max_inner} participants of the smaller class; {fix} (or fewer "
+                         "--n-outer folds)")

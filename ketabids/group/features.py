@@ -156,10 +156,28 @@ def find_maps(output_dir, *, template: str, subjects=None, sessions=None, layout
             "uses one scan per participant: select one session with --session-label"
         )
     excluded = [Exclusion(f"sub-{s.removeprefix('sub-')}",
-                          f"no space-{template} modulated GM map in OUTPUT_DIR "
-                          "(run the participant level first)")
+                          missing_map_reason(output_dir, s.removeprefix("sub-"), template))
                 for s in (subjects or []) if s.removeprefix("sub-") not in maps]
     return maps, excluded
+
+
+def missing_map_reason(output_dir, subject: str, template: str) -> str:
+    """Why ``subject`` has no space-``template`` map: its participant run failed (crash files
+    in ``logs/sub-<label>/``), its maps are in another template space, or it was not run."""
+    output_dir = Path(output_dir)
+    crashes = sorted((output_dir / "logs" / f"sub-{subject}").glob("crash-*"),
+                     key=lambda p: p.stat().st_mtime)
+    if crashes:
+        return f"its participant run failed (details: {crashes[-1]})"
+    spaces = sorted({part.split("-", 1)[1] for p in (output_dir / f"sub-{subject}").glob(
+        "**/*_label-GM_desc-modulated_probseg.nii*") for part in p.name.split("_")
+        if part.startswith("space-")})
+    if spaces:
+        return (f"no space-{template} modulated GM map, only space-{', '.join(spaces)} "
+                f"(rerun the participant level with --template {template}, or pass --template "
+                f"{spaces[0]})")
+    return (f"no space-{template} modulated GM map in OUTPUT_DIR (run the participant level "
+            "for it)")
 
 
 def derivatives_layout(output_dir: Path):

@@ -23,7 +23,7 @@ from ketabids.group.cohort import build_cohort, check_compatibility, warn_exclud
 from ketabids.group.estimator import KetaSVC
 from ketabids.group.metrics import calibration_table, classification_metrics, finite_or_none
 from ketabids.group.permutation import external_permutation_test
-from ketabids.group.publish import listing, staged
+from ketabids.group.publish import listing, run_lock, staged
 from ketabids.group.train import FLOAT_FORMAT
 from ketabids.io import write_json, write_tsv
 
@@ -136,7 +136,7 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
 
     folder = f"predict-{_slug(name)}" if name else prediction_name(bids_dir, include)
     final_dir = output_dir / "group" / folder
-    with staged(final_dir) as stage:
+    with run_lock(output_dir, folder), staged(final_dir) as stage:
         pred = pd.DataFrame({"participant_id": ids, "decision": decision, "proba": proba,
                              "predicted": predicted})
         if labelled:

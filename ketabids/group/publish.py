@@ -1,45 +1,47 @@
 """Staged publishing of a group-level output folder: all of a run's results or none.
 
-A run writes into a temporary folder next to its final place (``.<name>.tmp-*``); on success the
-folder is swapped in (the previous results are removed only once the new ones are in place), on
-any error it is deleted. So a rerun replaces the previous results as a whole and an interrupted
-run leaves the previous results untouched.
+A run writes into a staging folder next to its final place (``.<name>.stage-<host>-<pid>-*``,
+:func:`ketabids.io.staged_dir`); on success the folder is swapped in (the previous results are
+removed only once the new ones are in place), on any error (a full disk and SIGTERM included)
+it is deleted, with the ``group/`` folder it created. Folders and files honour the umask.
+:func:`run_lock` keeps two runs from writing the same analysis at once.
 """
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
+from ketabids import io
+from ketabids.errors import OutputExistsError
 
-__all__ = ["staged", "listing"]
+__all__ = ["staged", "listing", "run_lock", "refuse_existing"]
 
 
 @contextlib.contextmanager
-def staged(final: Path):
-    """Yield a temporary folder next to ``final``; swap it in on success, delete it on failure."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-    try:
+def staged(final: Path, *, overwrite: bool = True, option: str = "--overwrite"):
+    """Yield a staging folder next to ``final``; swap it in on success, delete it on failure.
+    An existing ``final`` is replaced only with ``overwrite`` (else exit 73 naming ``option``)."""
+    with io.staged_dir(final, overwrite=overwrite, option=option) as stage:
         yield stage
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{time.time_ns()}")
-            final.rename(old)
-        try:
-            stage.rename(final)
-        except OSError:
-            if old is not None:
-                old.rename(final)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+
+
+def refuse_existing(final: Path, *, overwrite: bool, what: str) -> None:
+    """Before any work: an existing ``final`` (e.g. a model that may be in use) is not replaced
+    without ``--overwrite`` (:class:`~ketabids.errors.OutputExistsError`, exit 73)."""
+    if Path(final).exists() and not overwrite:
+        raise OutputExistsError(
+            f"{final}: {what} already exists and its model may be in use; pass --overwrite to "
+            "replace it, or train into another OUTPUT_DIR")
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: Path, name: str):
+    """Exclusive lock of the analysis ``group/<name>`` of ``output_dir`` for the block: a
+    second run gets exit 73 naming the run that holds it. The lock file
+    (``OUTPUT_DIR/.group-<name>.lock``) sits in OUTPUT_DIR, so a refused or failed run leaves no
+    ``group/`` folder behind."""
+    with io.exclusive_lock(Path(output_dir) / f"group-{name}", what=f"group/{name}"):
+        yield
 
 
 def listing(folder: Path) -> dict:

@@ -39,7 +39,8 @@ from ketabids.group.metrics import calibration_table, finite_or_none
 from ketabids.group.nested import NestedCVSettings, fit_final_model, nested_cv
 from ketabids.group.permutation import permutation_test
 from ketabids.group.progress import Progress
-from ketabids.group.publish import listing, staged
+from ketabids.group.cv import check_fold_counts
+from ketabids.group.publish import listing, refuse_existing, run_lock, staged
 from ketabids.io import save_nifti
 from ketabids.io import jsonable, write_json, write_tsv
 
@@ -58,14 +59,19 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
                     standardize: bool = False, smoothing_fwhm: float = 8.0,
                     analysis_resolution: float = 2.0, template: str = "MNI152NLin2009aSym",
                     n_repeats=10, n_outer=10, n_inner=5, c_grid=None, n_permutations=1000,
-                    atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True) -> dict:
+                    atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True,
+                    overwrite: bool = False) -> dict:
     """Train: repeated nested CV, permutation test, final model, maps and report.
 
     Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
     "n_responders", "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
     "metrics": {"bac" (= bac_mean), "bac_pooled", "auc"}, "cv_hash", "tables"}``.
+
+    An existing ``group/train`` is replaced only with ``overwrite`` (checked before any work);
+    two trainings into one OUTPUT_DIR cannot run at once (a lock; the second gets exit 73).
     """
     t0 = time.monotonic()
+    final_dir = Path(output_dir) / "group" / "train"
     rule = lab.make_label_rule(target=target, response_from=response_from,
                                response_threshold=response_threshold, include=include)
     if smoothing_fwhm < 0 or analysis_resolution <= 0:
@@ -86,6 +92,22 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
     if len(set(cohort.y.tolist())) < 2:
         raise BadDataError(f"all {len(cohort.y)} included participants have the same label "
                            f"({rule.describe()}); training needs responders and non-responders")
+    check_fold_counts(cohort.y, settings, cohort.sites)
+    # before any work (features, CV): input errors above are reported first
+    refuse_existing(final_dir, overwrite=overwrite, what="group/train")
+    with run_lock(output_dir, "train"):
+        refuse_existing(final_dir, overwrite=overwrite, what="group/train")  # made meanwhile
+        return _train(
+            t0=t0, cohort=cohort, rule=rule, settings=settings, final_dir=final_dir,
+            overwrite=overwrite, template=template, smoothing_fwhm=smoothing_fwhm,
+            analysis_resolution=analysis_resolution, n_permutations=n_permutations,
+            atlas=atlas, atlas_labels=atlas_labels, nprocs=nprocs, seed=seed,
+            progress=progress, covariates=covariates, site_column=site_column, combat=combat)
+
+
+def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smoothing_fwhm,
+           analysis_resolution, n_permutations, atlas, atlas_labels, nprocs, seed, progress,
+           covariates, site_column, combat) -> dict:
     fsettings = feat.FeatureSettings(template=template, smoothing_fwhm=float(smoothing_fwhm),
                                      analysis_resolution=float(analysis_resolution))
     t_feat = time.monotonic()
@@ -114,8 +136,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
     if atlas:
         regions = _region_table(atlas, atlas_labels, features, pattern, wmaps)
 
-    final_dir = output_dir / "group" / "train"
-    with staged(final_dir) as stage:
+    with staged(final_dir, overwrite=overwrite) as stage:
         ids = cohort.participant_ids
         cohort_tsv = cohort.table_tsv(site_column)
         write_tsv(cohort_tsv, stage / "cohort.tsv", float_format=FLOAT_FORMAT)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import json
 import math
 from pathlib import Path
@@ -145,12 +146,22 @@ def qc_lock(output_dir):
     are rebuilt; not re-entrant: inside it call :func:`rebuild_qc_table` with ``lock=False``)."""
     lock = Path(output_dir) / ".qc.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
+    while True:  # the file may be unlinked by the previous holder between open and flock
+        fh = open(lock, "a")  # noqa: SIM115 - closed below
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            same = os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # leave no lock file behind (issue 11: nothing stray)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 def collect_records(output_dir) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The participant level run: inputs resolved, graph built and run, failures attributed.
+"""The participant level run: inputs checked, graph built and run, subjects published.
 
 :func:`run_participant` is what the command line calls (options are checked there, once): it
 builds :func:`ketabids.workflows.base.init_participant_wf`, runs it and returns a summary in
@@ -7,18 +7,23 @@ when this run left crash files in its log folder (``OUTPUT_DIR/logs/sub-<label>/
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import time
 from pathlib import Path
 
+from ketabids import io
 from ketabids.anat.atlas import resolve_atlas
 from ketabids.anat.settings import ProcessingSettings
 from ketabids.bids.derivatives import write_bidsignore, write_derivative_description
 from ketabids.bids.layout import collect_t1w
-from ketabids.errors import NoDataError, OutputError
+from ketabids.errors import BadDataError, NoDataError, OutputError, Terminated
+from ketabids.io import check_writable
 from ketabids.runner.config import configure_workflow, itk_threads, plugin_settings, run_workflow
 from ketabids.runner.progress import Progress, finish_participant
-from ketabids.workflows.base import init_participant_wf
+from ketabids.runner.publish import SubjectPublisher, new_stage_root
+from ketabids.workflows.base import done_node_name, init_participant_wf
 
 LOGGER = logging.getLogger("ketabids")
 
@@ -31,23 +36,24 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
                     plugin_file: str | None = None, layout=None) -> dict:
     """Run the participant level for ``subjects`` and return a summary.
 
-    Summary keys: ``ok`` and ``failed`` (subject labels), ``crash_files`` (subject -> crash
-    files of this run), ``errors`` (subject -> first line of the error), ``reports``
-    (subject -> HTML path), ``inputs`` (subject -> T1w files used), ``elapsed_s``,
-    ``work_dir``, ``plugin``. User errors raise :mod:`ketabids.errors` exceptions; a subject
-    whose processing crashes is listed in ``failed`` (exit code 1 for the CLI) and does not stop
-    the others.
+    Summary keys: ``ok`` and ``failed`` (subject labels), ``unusable`` (subjects whose input
+    failed the checks before the graph), ``crash_files`` (subject -> crash files of this run),
+    ``errors`` (subject -> one line), ``reports`` (subject -> HTML path), ``inputs`` (subject
+    -> T1w files used), ``elapsed_s``, ``work_dir``, ``plugin``. User errors raise
+    :mod:`ketabids.errors` exceptions; a subject whose input is unusable or whose processing
+    crashes is listed in ``failed`` and does not stop the others.
+
+    Nothing is created (OUTPUT_DIR, work folder) before the inputs pass their checks. Outputs
+    are staged and published per subject as it finishes (:mod:`ketabids.runner.publish`);
+    temporary files live in a per-run folder under the work folder, removed at exit, SIGTERM
+    included (:func:`ketabids.io.run_temp_dir`).
     """
     started = time.time()
     bids_dir = Path(bids_dir).expanduser().resolve()
     output_dir = Path(output_dir).expanduser().resolve()
     work_dir = Path(work_dir).expanduser().resolve()
     for folder, what in ((output_dir, "OUTPUT_DIR"), (work_dir, "--work-dir")):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{folder}: cannot create {what} ({exc.strerror}); choose a "
-                              "writable folder") from exc
+        check_writable(folder, what)  # probe only: exit 73 naming the folder, before any work
     # ITK reads its thread count once per process, at its first call: set it before anything
     # here touches ANTs (template preparation included) and before the MultiProc workers start
     with itk_threads(omp_nthreads):
@@ -56,6 +62,34 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
                     bids_filters=bids_filters, template=template, fast=fast, atlas=atlas,
                     atlas_labels=atlas_labels, nprocs=nprocs, omp_nthreads=omp_nthreads,
                     mem_gb=mem_gb, seed=seed, plugin_file=plugin_file, layout=layout)
+
+
+def check_inputs(inputs) -> tuple[list, dict[str, str]]:
+    """Per-subject input checks before the graph (:func:`ketabids.anat.conform.check_t1w`):
+    returns the inputs of the subjects that passed and ``{subject: one-line error}`` for the
+    others (a subject with one bad session is left out whole: its report covers all)."""
+    from ketabids.anat.conform import check_t1w
+
+    unusable: dict[str, str] = {}
+    for item in inputs:
+        if item.subject in unusable:
+            continue
+        try:
+            check_t1w(item.t1w)
+        except BadDataError as exc:
+            unusable[item.subject] = str(exc)
+    return [i for i in inputs if i.subject not in unusable], unusable
+
+
+def _make_folders(*folders: Path) -> None:
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno in io.NO_SPACE:
+                raise io.no_space_error(folder) from exc
+            raise OutputError(f"{folder}: cannot create it ({exc.strerror}); choose a writable "
+                              "folder") from exc
 
 
 def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_filters, template,
@@ -72,14 +106,23 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
 
         layout = load_layout(bids_dir)
     subjects = [str(s).removeprefix("sub-") for s in (subjects or layout.get_subjects())]
-    inputs = collect_t1w(layout, subjects, sessions=sessions, bids_filters=bids_filters)
-    if not inputs:
+    all_inputs = collect_t1w(layout, subjects, sessions=sessions, bids_filters=bids_filters)
+    if not all_inputs:
         raise NoDataError(f"{bids_dir}: no T1w image selected for sub-{', sub-'.join(subjects)} "
                           "(check --participant-label, --session-label, --bids-filter-file)")
-    missing = sorted(set(subjects) - {i.subject for i in inputs})
+    missing = sorted(set(subjects) - {i.subject for i in all_inputs})
+    inputs, unusable = check_inputs(all_inputs)
+    if not inputs:  # nothing to run: nothing is created
+        summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, None,
+                           unusable=unusable, published=[])
+        _log_summary(summary, output_dir)
+        return summary
 
-    write_derivative_description(output_dir, bids_dir)
-    write_bidsignore(output_dir)
+    _make_folders(output_dir, work_dir)
+    io.clean_stale(output_dir, recursive=True)  # staging and temporary files of killed runs
+    with io.disk_full(output_dir):
+        write_derivative_description(output_dir, bids_dir)
+        write_bidsignore(output_dir)
 
     settings = {
         "template": template, "template resolution (mm)": resolution,
@@ -87,34 +130,131 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
         "seed": seed, "nprocs": nprocs, "omp_nthreads": omp_nthreads, "mem_gb": mem_gb,
         "plugin": plugin, "bids_filters": bids_filters or {}, "sessions": sessions,
     }
-    workflow = init_participant_wf(inputs=inputs, output_dir=output_dir, bids_dir=bids_dir,
+    # temporary files of this run (ANTs' mktemp files in the worker processes included) go to
+    # WORK_DIR/ketabids-tmp-<host>-<pid>-*, removed at exit; SIGTERM raises Terminated here
+    with io.run_temp_dir(base=work_dir, signals=True):
+        stage_root = new_stage_root(output_dir)
+        try:
+            return _run_graph(
+                started=started, inputs=inputs, all_inputs=all_inputs, missing=missing,
+                unusable=unusable, stage_root=stage_root, output_dir=output_dir,
+                work_dir=work_dir, bids_dir=bids_dir, template=template, fast=fast,
+                atlas_spec=atlas_spec, omp_nthreads=omp_nthreads, seed=seed, settings=settings,
+                plugin=plugin, plugin_args=plugin_args)
+        finally:
+            shutil.rmtree(stage_root, ignore_errors=True)  # failed subjects leave nothing
+
+
+def _run_graph(*, started, inputs, all_inputs, missing, unusable, stage_root, output_dir,
+               work_dir, bids_dir, template, fast, atlas_spec, omp_nthreads, seed, settings,
+               plugin, plugin_args) -> dict:
+    workflow = init_participant_wf(inputs=inputs, output_dir=stage_root, bids_dir=bids_dir,
                                    template=template, fast=fast, atlas=atlas_spec,
                                    omp_nthreads=omp_nthreads, seed=seed, settings=settings)
     workflow.base_dir = str(work_dir)
     logs = output_dir / "logs"
     crashdirs = {}
+    subjects = sorted({i.subject for i in inputs})
     for item in inputs:
         folder = logs / f"sub-{item.subject}"
         crashdirs[f"single_subject_{item.key.replace('-', '')}_wf"] = folder
         for name in (f"merge_{item.subject}", f"report_{item.subject}",
-                     f"ds_report_{item.subject}_wf"):
+                     f"ds_report_{item.subject}_wf", done_node_name(item.subject)):
             crashdirs[name] = folder
     configure_workflow(workflow, crashdump_dirs=crashdirs, default_crashdump=logs)
+    publisher = SubjectPublisher(stage_root, output_dir,
+                                 {done_node_name(s): s for s in subjects})
+    progress = Progress(workflow, [i.subject for i in inputs])  # a line per finished subject
+    if plugin in ("MultiProc", "Linear"):
+        plugin_args = dict(plugin_args, status_callback=_Chain(publisher, progress))
 
     LOGGER.info("participant level: %d T1w image(s) of %d subject(s), plugin %s %s",
-                len(inputs), len({i.subject for i in inputs}), plugin, plugin_args)
-    progress = Progress(workflow, [i.subject for i in inputs])  # a line per finished subject
-    plugin_args = {**plugin_args, "status_callback": progress}
+                len(inputs), len(subjects), plugin,
+                {k: v for k, v in plugin_args.items() if k != "status_callback"})
+    if unusable:
+        LOGGER.warning("%d subject(s) left out: unusable input (see the end of the log)",
+                       len(unusable))
     error = None
-    try:
-        run_workflow(workflow, plugin, plugin_args)
-    except Exception as exc:  # node failures: attributed to subjects below
-        error = exc
-        LOGGER.error("some nodes failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
-    summary = _summary(inputs, missing, output_dir, work_dir, started, plugin, error)
+    with _quiet_when_terminating():
+        try:
+            run_workflow(workflow, plugin, plugin_args)
+        except Exception as exc:  # node failures: attributed to subjects below
+            error = exc
+            LOGGER.debug("some nodes failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    if io.terminating() is not None:  # a SIGTERM that Nipype caught as a node failure
+        raise Terminated(io.terminating())
+    if error is None:  # plugins without status callbacks (SLURM...): publish now
+        publisher.publish_remaining(subjects, failed=())
+    _raise_if_no_space(error, publisher, output_dir, work_dir, started)
+    summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, error,
+                       unusable=unusable, published=publisher.published,
+                       publish_errors=publisher.errors)
     _log_summary(summary, output_dir)
     # failed subjects: QC record + report; then qc.tsv, qc.json, qc.html and the QC summary
-    return finish_participant(summary, inputs=inputs, output_dir=output_dir, progress=progress)
+    return finish_participant(summary, inputs=all_inputs, output_dir=output_dir,
+                              progress=progress)
+
+
+class _Chain:
+    """One Nipype status callback calling each of ``callbacks`` in turn (publish, then say).
+    A class, not a closure: Nipype pickles plugin_args with MapNodes."""
+
+    def __init__(self, *callbacks):
+        self.callbacks = callbacks
+
+    def __call__(self, node, status):
+        for callback in self.callbacks:
+            callback(node, status)
+
+
+class _NipypeTerminalFilter(logging.Filter):
+    """What Nipype prints while the graph runs: a node's crash is one line (its traceback is in
+    the crash file, which the summary names), and once a SIGTERM is being handled nothing (Nipype
+    reports the termination it caught inside a node as a crash)."""
+
+    def filter(self, record):
+        if io.terminating() is not None:
+            return False
+        message = record.getMessage()
+        if "Traceback" in message:
+            record.msg, record.args = message.split("Traceback", 1)[0].rstrip(), ()
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_when_terminating():
+    loggers = [logging.getLogger(f"nipype.{kind}") for kind in ("workflow", "interface", "utils")]
+    quiet = _NipypeTerminalFilter()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
+def _raise_if_no_space(error, publisher, output_dir, work_dir, started) -> None:
+    """A full disk (OUTPUT_DIR or the work folder) ends the run with exit 73, not exit 1."""
+    texts = [str(e) for e in publisher.errors.values()]
+    full = any(io.is_no_space(e) for e in publisher.errors.values()) or \
+        (error is not None and io.is_no_space(error))
+    logs = output_dir / "logs"
+    if not full and logs.is_dir():
+        for crash in logs.rglob("crash-*"):
+            try:
+                if crash.stat().st_mtime >= started - 1:
+                    text = crash.read_text(errors="replace")
+                    if "No space left on device" in text or "Disk quota exceeded" in text:
+                        full, texts = True, texts + [text]
+            except OSError:
+                continue
+    if not full:
+        return
+    in_work = any(str(work_dir) in t for t in texts) and not any(str(output_dir) in t
+                                                                  for t in texts)
+    folder, what = (work_dir, "--work-dir") if in_work else (output_dir, "OUTPUT_DIR")
+    raise io.no_space_error(folder, what=what)
 
 
 def _log_summary(summary: dict, output_dir: Path) -> None:
@@ -124,17 +264,26 @@ def _log_summary(summary: dict, output_dir: Path) -> None:
         LOGGER.error("sub-%s failed: %s%s", subject, summary["errors"][subject],
                      f" (details: {crash[0]})" if crash else "")
     n_ok, n_all = len(summary["ok"]), len(summary["ok"]) + len(summary["failed"])
-    LOGGER.info("participant level: %d of %d subject(s) done in %.0f s; reports: %s",
-                n_ok, n_all, summary["elapsed_s"], output_dir / "sub-<label>.html")
+    if n_ok:
+        LOGGER.info("participant level: %d of %d subject(s) done in %.0f s; reports: %s",
+                    n_ok, n_all, summary["elapsed_s"], output_dir / "sub-<label>.html")
+    else:
+        LOGGER.error("participant level: 0 of %d subject(s) done in %.0f s; see the lines "
+                     "above", n_all, summary["elapsed_s"])
 
 
-def _summary(inputs, missing, output_dir, work_dir, started, plugin, error) -> dict:
-    """Who succeeded: a subject failed when this run left crash files in its log folder, or
-    when the run had errors and its report does not exist."""
+def _summary(inputs, missing, output_dir, work_dir, started, plugin, error, *,
+             unusable=None, published=(), publish_errors=None) -> dict:
+    """Who succeeded: a subject succeeded when it was published; otherwise its error is the
+    failed input check, the first crash file of this run in its log folder, or the run's."""
     logs = output_dir / "logs"
+    unusable = unusable or {}
     subjects = sorted({i.subject for i in inputs})
     crash_files, errors, reports = {}, {}, {}
     for subject in subjects:
+        if subject in unusable:
+            errors[subject] = unusable[subject]
+            continue
         folder = logs / f"sub-{subject}"
         new = sorted(str(p) for p in folder.glob("crash-*")
                      if p.stat().st_mtime >= started - 1) if folder.is_dir() else []
@@ -142,9 +291,13 @@ def _summary(inputs, missing, output_dir, work_dir, started, plugin, error) -> d
         if new:
             crash_files[subject] = new
             errors[subject] = _first_error(new[0])
-        elif error is not None and not report.is_file():
-            errors[subject] = f"not completed: {str(error).splitlines()[0][:200]}"
-        elif report.is_file():
+        elif publish_errors and subject in publish_errors:
+            errors[subject] = f"outputs not published: {publish_errors[subject]}"
+        elif subject not in published:
+            reason = str(error).splitlines()[0][:200] if error is not None and str(error) \
+                else "the run ended before it finished"
+            errors[subject] = f"not completed: {reason}"
+        else:
             reports[subject] = str(report)
     for subject in missing:
         errors[subject] = "no T1w image matched the filters"
@@ -156,6 +309,7 @@ def _summary(inputs, missing, output_dir, work_dir, started, plugin, error) -> d
     return {
         "ok": [s for s in subjects if s not in errors],
         "failed": failed,
+        "unusable": sorted(unusable),
         "crash_files": crash_files,
         "errors": errors,
         "reports": reports,

@@ -13,6 +13,11 @@ Graph (node names equal variable names; see the work directory)::
                                                 DerivativesDataSink nodes (outputs.py)
         report_section                          this T1w's part of the HTML report
       report_<sub> -> ds_report_<sub>_wf        sub-<sub>.html at the output root
+      done_<sub>                                runs when every sink of the subject has run:
+                                                the runner publishes the subject then
+
+The sinks write under ``output_dir``; the runner passes a staging folder there and moves a
+subject into OUTPUT_DIR when its ``done_<sub>`` node ends (all-or-nothing publishing).
 
 Graph factories only: running them is :mod:`ketabids.runner`; the anatomical steps are
 :mod:`ketabids.workflows.anatomical`.
@@ -29,6 +34,7 @@ from ketabids.anat.atlas import Atlas
 from ketabids.anat.settings import ProcessingSettings
 from ketabids.bids.derivatives import raw_uri
 from ketabids.bids.layout import T1wInput
+from ketabids.interfaces.bids import DerivativesDataSink
 from ketabids.interfaces.qc import SubjectQC
 from ketabids.interfaces.reports import AssembleReport, ReportSection
 from ketabids.versions import software_versions
@@ -82,7 +88,25 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
             (merge, report, [("out", "sections")]),
             (report, ds_report_wf, [("out_file", "inputnode.report")]),
         ])
+        # every output of the subject, whatever sinks the single-subject workflows hold
+        sinks = [(wf, f"{path}.out_file") for wf in sections for path in sink_nodes(wf)]
+        sinks.append((ds_report_wf, "outputnode.report"))
+        done = pe.Node(niu.Merge(len(sinks)), name=done_node_name(subject),
+                       run_without_submitting=True)
+        for index, (source, port) in enumerate(sinks, start=1):
+            workflow.connect(source, port, done, f"in{index}")
     return workflow
+
+
+def done_node_name(subject: str) -> str:
+    """Name of the node that ends when every output of ``subject`` is written."""
+    return f"done_{subject}"
+
+
+def sink_nodes(workflow) -> list[str]:
+    """Dotted names (relative to ``workflow``) of its :class:`DerivativesDataSink` nodes."""
+    return [name for name in workflow.list_node_names()
+            if isinstance(workflow.get_node(name).interface, DerivativesDataSink)]
 
 
 def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,

@@ -35,8 +35,6 @@ def _ids(bids, n):
 
 
 # --------------------------------------------------------------------------- finding 2
-@pytest.mark.xfail(strict=True, reason="issue 11: ENOSPC while saving the model gives an "
-                   "OSError traceback, exit 1 and an empty group/ folder")
 def test_disk_full_during_training_injected(cli, study_copy, monkeypatch):
     import skops.io
 
@@ -52,8 +50,6 @@ def test_disk_full_during_training_injected(cli, study_copy, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 11: disk full (small tmpfs OUTPUT_DIR) during "
-                   "training gives a traceback, exit 1, an empty group/ folder")
 def test_disk_full_during_training_tmpfs(cli, group_study, tmp_path):
     out = tmp_path / "mnt"
     with tmpfs(out, "40m") as mounted:
@@ -75,8 +71,6 @@ def test_disk_full_during_training_tmpfs(cli, group_study, tmp_path):
     ["--n-outer", "3"],
     ["--covariates", "age"],
 ])
-@pytest.mark.xfail(strict=True, reason="issue 11: training-only options are silently ignored "
-                   "with --model (exit 0)")
 def test_training_options_with_model_refused(cli, trained, option):
     res = cli(trained["bids"], trained["out"], "group", "--model", trained["model"], *option,
               "--prediction-name", f"opt{option[0].strip('-').replace('-', '')}",
@@ -86,8 +80,6 @@ def test_training_options_with_model_refused(cli, trained, option):
 
 
 # --------------------------------------------------------------------------- finding 4
-@pytest.mark.xfail(strict=True, reason="issue 11: inner folds the class counts cannot support "
-                   "run with exit 0 and an n/a inner score")
 def test_infeasible_fold_counts_refused(cli, study_copy):
     bids, out = study_copy
     labels = _ids(bids, 8)
@@ -107,8 +99,6 @@ def test_more_outer_folds_than_participants_refused(cli, study_copy):
 
 
 # --------------------------------------------------------------------------- finding 9
-@pytest.mark.xfail(strict=True, reason="issue 11: a new training silently replaces an existing "
-                   "group/train model (no --overwrite)")
 def test_retraining_does_not_replace_model(cli, trained, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(trained["out"], out)
@@ -121,8 +111,6 @@ def test_retraining_does_not_replace_model(cli, trained, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 11: no --overwrite option to replace a model on "
-                   "purpose")
 def test_retraining_with_overwrite_replaces_model(cli, trained, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(trained["out"], out)
@@ -136,8 +124,6 @@ def test_retraining_with_overwrite_replaces_model(cli, trained, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 11: two trainings into one OUTPUT_DIR race; one "
-                   "silently replaces the other")
 def test_concurrent_trainings_one_refused(group_study, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(group_study["out"], out)
@@ -152,8 +138,6 @@ def test_concurrent_trainings_one_refused(group_study, tmp_path):
 
 
 # --------------------------------------------------------------------------- finding 10
-@pytest.mark.xfail(strict=True, reason="issue 11: group/train and group/predict-* are created "
-                   "0700 (umask not honoured)")
 def test_group_outputs_follow_umask(cli, trained, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(trained["out"], out)
@@ -183,8 +167,6 @@ def test_group_level_keeps_dataset_description(cli, study_copy, tmp_path, tmpdir
 
 
 # --------------------------------------------------------------------------- finding 14
-@pytest.mark.xfail(strict=True, reason="issue 11: derivatives of another template give a "
-                   "1.3 kB line repeating one reason per subject")
 def test_other_template_one_short_line(cli, study_copy):
     bids, out = study_copy
     res = cli(bids, out, "group", *LABEL, *FAST_GROUP, "--template", "MNI152NLin2009cAsym")
@@ -192,9 +174,6 @@ def test_other_template_one_short_line(cli, study_copy):
     assert line.count("sub-") <= 3, line
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: a subject whose participant run failed is "
-                   "told to 'run the participant level first'; the left-out warning is printed "
-                   "twice")
 def test_failed_participant_named_once_with_its_crash_file(cli, study_copy):
     bids, out = study_copy
     subject = f"sub-{_ids(bids, 1)[0]}"

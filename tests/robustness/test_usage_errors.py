@@ -26,8 +26,6 @@ def small_bids(tmp_path):
 
 
 # --------------------------------------------------------------------------- finding 1
-@pytest.mark.xfail(strict=True, reason="issue 11: unknown pybids entity in --bids-filter-file "
-                   "gives a ValueError traceback and exit 1")
 def test_filter_file_unknown_entity_participant(cli, small_bids, tmp_path):
     filt = tmp_path / "filter.json"
     filt.write_text(json.dumps(BAD_FILTER))
@@ -38,8 +36,6 @@ def test_filter_file_unknown_entity_participant(cli, small_bids, tmp_path):
     assert "acquisition" in line  # the fix: the entity it should have been
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: unknown pybids entity in --bids-filter-file "
-                   "gives a ValueError traceback and exit 1 at group level")
 def test_filter_file_unknown_entity_group(cli, study_copy, tmp_path):
     bids, out = study_copy
     filt = tmp_path / "filter.json"
@@ -60,8 +56,6 @@ def test_filter_file_not_json(cli, small_bids, tmp_path):
 
 
 # --------------------------------------------------------------------------- finding 11
-@pytest.mark.xfail(strict=True, reason="issue 11: OUTPUT_DIR is created before the checks "
-                   "(unknown participant, exit 18)")
 def test_output_dir_not_created_unknown_participant(cli, small_bids, tmp_path):
     out = tmp_path / "out"
     res = cli(small_bids, out, "participant", "--participant-label", "99",
@@ -70,8 +64,6 @@ def test_output_dir_not_created_unknown_participant(cli, small_bids, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: OUTPUT_DIR is created before the checks "
-                   "(unknown template, exit 64), and the line lists every TemplateFlow template (>400 chars)")
 def test_output_dir_not_created_missing_template(cli, small_bids, tmp_path):
     out = tmp_path / "out"
     res = cli(small_bids, out, "participant", "--template", "NoSuchTemplate",
@@ -81,8 +73,6 @@ def test_output_dir_not_created_missing_template(cli, small_bids, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: OUTPUT_DIR is created before the checks "
-                   "(BIDS validation failed, exit 16)")
 def test_output_dir_not_created_validation_failed(cli, small_bids, tmp_path):
     import shutil
 
@@ -106,10 +96,6 @@ def test_output_dir_inside_bids_dir_refused(cli, small_bids):
 
 
 # --------------------------------------------------------------------------- finding 13
-@pytest.mark.xfail(strict=True, reason="issue 11: an unwritable --work-dir gives exit 1 "
-                   "'sub-01 failed: PermissionError' instead of exit 73 before any work")
-@pytest.mark.xfail(strict=True, reason="issue 11: an unwritable --work-dir gives exit 1 "
-                   "'sub-01 failed: ...Read-only file system' instead of exit 73 before any work")
 def test_unwritable_work_dir(cli, small_bids, tmp_path):
     """The work folder exists but cannot be written (a read-only file system; as root, mode
     bits do not stop writes, so a read-only tmpfs stands in for 'chmod a-w')."""
@@ -137,8 +123,6 @@ def test_unwritable_output_dir(cli, small_bids, tmp_path):
 
 
 # --------------------------------------------------------------------------- finding 14
-@pytest.mark.xfail(strict=True, reason="issue 11: the list of available labels stops at 20 "
-                   "without saying how many there are")
 def test_available_labels_say_how_many(cli, tmp_path):
     from ketabids.testing import make_bids_tree
 
@@ -169,8 +153,6 @@ def test_unknown_option_is_usage_error(cli, small_bids, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: an unexpected exception escapes as a "
-                   "traceback instead of one line plus a crash file")
 def test_unexpected_error_gives_line_and_crash_file(cli, small_bids, tmp_path, monkeypatch):
     import argparse
 
