@@ -79,7 +79,7 @@ def plot_segmentation(t1w_img, mask_img, dseg_img=None) -> str:
     zooms = t1w_img.header.get_zooms()[:3]
     t1w = _norm(t1w, mask)
     cuts = _cuts(mask)
-    cmap = ListedColormap([(0, 0, 0, 0), (0.2, 0.4, 1, 1), (0.1, 0.8, 0.2, 1), (1, 0.9, 0.1, 1)])
+    cmap = ListedColormap([(0, 0, 0, 0), (0.1, 0.8, 0.2, 1), (1, 0.9, 0.1, 1), (0.2, 0.4, 1, 1)])  # 1 GM 2 WM 3 CSF
     fig, axes = plt.subplots(3, 3, figsize=(9, 9))
     for axis in range(3):
         for col, index in enumerate(cuts[axis]):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ketabids.anat.atlas import resolve_atlas
 from ketabids.anat.settings import ProcessingSettings
-from ketabids.bids.derivatives import write_bidsignore, write_derivative_description
+from ketabids.bids.derivatives import (write_bidsignore, write_derivative_description,
+                                       write_dseg_lut)
 from ketabids.bids.layout import collect_t1w
 from ketabids.errors import NoDataError, OutputError
 from ketabids.runner.config import configure_workflow, itk_threads, plugin_settings, run_workflow
@@ -79,6 +80,7 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
 
     write_derivative_description(output_dir, bids_dir)
     write_bidsignore(output_dir)
+    write_dseg_lut(output_dir)
 
     settings = {
         "template": template, "template resolution (mm)": resolution,
