@@ -2,7 +2,7 @@
 
 Runs the anatomical Nipype workflow (:func:`ketabids.testing.run_anat_wf`, Linear plugin: the
 same graph as the BIDS-App) on synthetic subjects from
-:func:`ketabids.demo.phantom.simulate_subject` (1 mm with skull for ``default``, 2 mm for ``fast``)
+:func:`ketabids.demo.head.simulate_subject` (1 mm with skull for ``default``, 2 mm for ``fast``)
 and optionally a real scan, ``--repeats`` times each in a fresh process (the ITK thread count
 is fixed per process), and prints the median of every figure: wall seconds per node (Nipype's
 runtime record of each node), peak memory, accuracy. Not a pass/fail test.
@@ -108,7 +108,7 @@ def one_run(kind: str, mode: str, seed: int, threads: int) -> dict:
     """One subject end to end in this process; returns timings, peak memory, accuracy."""
     import resource
 
-    from ketabids.demo import phantom
+    from ketabids.demo import head as phantom
     from ketabids.templates import get_template
     from ketabids.testing import run_anat_wf
 

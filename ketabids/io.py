@@ -155,6 +155,17 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ""):
             tmp.unlink()
 
 
+def save_nifti(img, path: str | os.PathLike) -> Path:
+    """The one NIfTI writer: ``img`` saved atomically to ``path`` (``.nii`` or ``.nii.gz``)."""
+    import nibabel as nib
+
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(img, tmp)
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> bool:
     """Write ``data`` to ``path`` atomically; return False (and touch nothing) if identical."""
     path = Path(path)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ketabids.errors import MissingInputError, UsageError
+from ketabids.io import save_nifti
 
 DEFAULT_TEMPLATE = "MNI152NLin2009aSym"
 _NILEARN_FILES = {
@@ -96,21 +97,6 @@ def cache_dir() -> Path:
     )
 
 
-def _atomic_save(img, path: Path) -> None:
-    """Write a NIfTI under a temporary name in the same folder, then rename (parallel-safe)."""
-    import nibabel as nib
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, 0o644)  # a shared KETABIDS_CACHE must be readable by every user
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _embedded(resolution: int) -> Template:
     import nibabel as nib
     import nilearn
@@ -154,7 +140,7 @@ def _embedded(resolution: int) -> Template:
             img.header.set_xyzt_units("mm")
             img.header.set_qform(affine, code=4)
             img.header.set_sform(affine, code=4)
-            _atomic_save(img, paths[key])
+            save_nifti(img, paths[key])
     return Template(
         name=DEFAULT_TEMPLATE,
         resolution=resolution,
@@ -257,7 +243,7 @@ def _masked_t1w(name: str, resolution: int, files: dict) -> Path:
         t1 = nib.load(files["t1w"])
         mask = np.asarray(nib.load(files["mask"]).dataobj) > 0
         data = np.asarray(t1.dataobj, dtype=np.float32) * mask
-        _atomic_save(nib.Nifti1Image(data, t1.affine, t1.header), out)
+        save_nifti(nib.Nifti1Image(data, t1.affine, t1.header), out)
     return out
 
 

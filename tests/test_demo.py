@@ -1,4 +1,5 @@
-"""Tests of the T1w phantoms (ketabids.demo.phantom.simulate_subject) and the demo BIDS writer."""
+"""Tests of the T1w phantoms (ketabids.demo.head.simulate_subject), the demo BIDS writer
+(ketabids.demo.cohort) and the demo command's pieces (ketabids.cli.demo)."""
 from __future__ import annotations
 
 import json
@@ -13,9 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 
 from ketabids.demo import cohort as dm
 from ketabids.demo import phantom as ph
+from ketabids.demo.head import simulate_subject
+from ketabids.demo.participants import PARTICIPANT_COLUMNS
+from ketabids.group.labels import is_response
 from ketabids.templates import get_template
 
 
@@ -26,7 +35,7 @@ def tpl2():
 
 @pytest.fixture(scope="module")
 def subject(tpl2):
-    return ph.simulate_subject(tpl2, seed=7, responder=True, age=50, sex="M", orientation="LIA")
+    return simulate_subject(tpl2, seed=7, responder=True, age=50, sex="M", orientation="LIA")
 
 
 def _data(img):
@@ -80,14 +89,14 @@ def test_volume_bookkeeping(subject, tpl2):
     assert mask_ml == pytest.approx(vol["tiv_ml"], rel=0.03)
     # head size drives TIV: a 1.1 x head has 1.1**3 the volume
     # (no non-linear warp, whose local volume changes depend on the field of view)
-    small = ph.simulate_subject(tpl2, seed=1, head_scale=1.0, skull=False, warp_mm=0.0)
-    big = ph.simulate_subject(tpl2, seed=1, head_scale=1.1, skull=False, warp_mm=0.0)
+    small = simulate_subject(tpl2, seed=1, head_scale=1.0, skull=False, warp_mm=0.0)
+    big = simulate_subject(tpl2, seed=1, head_scale=1.1, skull=False, warp_mm=0.0)
     ratio = big.volumes["tiv_ml"] / small.volumes["tiv_ml"]
     assert ratio == pytest.approx(1.1**3, rel=0.01)
 
 
 def test_tissue_contrast_skull_and_neck(tpl2):
-    subject = ph.simulate_subject(tpl2, seed=7, orientation="LIA", bias_strength=0.0)
+    subject = simulate_subject(tpl2, seed=7, orientation="LIA", bias_strength=0.0)
     canon = nib.as_closest_canonical(subject.t1w)
     t1 = np.asarray(canon.dataobj, dtype=np.float64)
     maps = {k: np.asarray(nib.as_closest_canonical(getattr(subject, k)).dataobj) for k in ("gm", "wm", "csf")}
@@ -114,8 +123,8 @@ def test_tissue_contrast_skull_and_neck(tpl2):
 
 def test_subject_is_deterministic(tpl2, subject):
     a = subject
-    b = ph.simulate_subject(tpl2, seed=7, responder=True, age=50, sex="M", orientation="LIA")
-    c = ph.simulate_subject(tpl2, seed=8, responder=True, age=50, sex="M", orientation="LIA")
+    b = simulate_subject(tpl2, seed=7, responder=True, age=50, sex="M", orientation="LIA")
+    c = simulate_subject(tpl2, seed=8, responder=True, age=50, sex="M", orientation="LIA")
     assert a.t1w.to_bytes() == b.t1w.to_bytes()
     assert a.template_gm.to_bytes() == b.template_gm.to_bytes()
     assert a.params == b.params and a.volumes == b.volumes
@@ -125,14 +134,14 @@ def test_subject_is_deterministic(tpl2, subject):
 
 @pytest.fixture(scope="module")
 def ras_subject(tpl2):
-    return ph.simulate_subject(tpl2, seed=2, orientation="RAS", skull=False, noise=0.0)
+    return simulate_subject(tpl2, seed=2, orientation="RAS", skull=False, noise=0.0)
 
 
 @pytest.mark.parametrize("codes", ["LPS", "PIL", "ASL"])
 def test_orientation_is_consistent(tpl2, ras_subject, codes):
     """Another header orientation stores the same image: canonical data and affine agree."""
     ref = ras_subject
-    other = ph.simulate_subject(tpl2, seed=2, orientation=codes, skull=False, noise=0.0)
+    other = simulate_subject(tpl2, seed=2, orientation=codes, skull=False, noise=0.0)
     assert "".join(nib.aff2axcodes(other.t1w.affine)) == codes
     canon = nib.as_closest_canonical(other.t1w)
     assert np.allclose(canon.affine, ref.t1w.affine)
@@ -146,7 +155,7 @@ def test_planted_effect_survives_imaging(tpl2):
     ratio = {True: [], False: []}
     for i in range(8):
         label = bool(i % 2)
-        s = ph.simulate_subject(
+        s = simulate_subject(
             tpl2, seed=300 + i, responder=label, effect_size=0.15, skull=False, warp_mm=0.5
         )
         gm = _data(s.template_gm)
@@ -161,9 +170,9 @@ def test_effect_as_probability_or_volume_change(tpl2, share):
     regional GM volume changes by ~effect_size/2 each way; the rest of the brain barely moves."""
     regions = ph.effect_regions(tpl2)
     kw = dict(warp_mm=0.0, variation=0.0, skull=False, noise=0.0, effect_size=0.12)
-    base = _data(ph.simulate_subject(tpl2, seed=5, responder=None, **kw).template_gm)
+    base = _data(simulate_subject(tpl2, seed=5, responder=None, **kw).template_gm)
     resp = _data(
-        ph.simulate_subject(
+        simulate_subject(
             tpl2, seed=5, responder=True, effect_volume_share=share, **kw
         ).template_gm
     )
@@ -175,18 +184,18 @@ def test_effect_as_probability_or_volume_change(tpl2, share):
 
 
 def test_subject_speed(tpl2):
-    ph.simulate_subject(tpl2, seed=0)  # warm the caches (template, head model)
+    simulate_subject(tpl2, seed=0)  # warm the caches (template, head model)
     start = time.perf_counter()
-    ph.simulate_subject(tpl2, seed=1)
+    simulate_subject(tpl2, seed=1)
     assert time.perf_counter() - start < 10.0  # ~1 s on an idle core; loose for a busy CI
 
 
 @pytest.mark.slow
 def test_one_mm_subject(tmp_path):
     tpl1 = get_template(resolution=1)
-    ph.simulate_subject(tpl1, seed=0, resolution=1.0, skull=False)  # warm caches
+    simulate_subject(tpl1, seed=0, resolution=1.0, skull=False)  # warm caches
     start = time.perf_counter()
-    s = ph.simulate_subject(tpl1, seed=1, resolution=1.0, orientation="PIL")
+    s = simulate_subject(tpl1, seed=1, resolution=1.0, orientation="PIL")
     elapsed = time.perf_counter() - start
     assert elapsed < 40.0  # ~10 s on an idle core
     assert np.allclose(s.t1w.header.get_zooms(), 1.0)
@@ -232,7 +241,7 @@ def test_demo_layout_and_metadata(tiny_demo):
         assert desc["Name"] and desc["Authors"] and desc["License"]
         assert (bids / "README.md").is_file()
         table = pd.read_csv(bids / "participants.tsv", sep="\t")
-        assert list(table.columns) == ph.PARTICIPANT_COLUMNS
+        assert list(table.columns) == PARTICIPANT_COLUMNS
         pjson = json.loads((bids / "participants.json").read_text())
         assert set(pjson) == set(table.columns)
         for col in ("sex", "site", "arm"):
@@ -249,7 +258,7 @@ def test_demo_layout_and_metadata(tiny_demo):
         assert truth["participant_id"].tolist() == table["participant_id"].tolist()
         assert not any("truth" in str(p) for p in _files(bids))
         merged = table.merge(truth, on=["participant_id", "arm", "site"])
-        resp = ph.is_responder(merged.madrs_pre, merged.madrs_24h)
+        resp = is_response(merged.madrs_pre, merged.madrs_24h)
         assert (resp == merged.responder).all()
         ket = merged.arm == "ketamine"
         assert (merged.planted[~ket] == "none").all()
@@ -320,8 +329,42 @@ def test_default_demo_truth_is_learnable(tmp_path):
     assert len(codes) >= 4
     ket = (td.arm == "ketamine").to_numpy()
     yd, ye = td.responder.to_numpy(), te.responder.to_numpy()
-    bac_cv, bac_ext, _ = ph.quick_linear_svc(Xd[ket], yd[ket], Xe, ye)
+    model = make_pipeline(StandardScaler(), SVC(kernel="linear"))
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    bac_cv = balanced_accuracy_score(yd[ket], cross_val_predict(model, Xd[ket], yd[ket], cv=cv))
+    bac_ext = balanced_accuracy_score(ye, model.fit(Xd[ket], yd[ket]).predict(Xe))
     print(f"default demo truth: discovery CV BAC {bac_cv:.3f}, external BAC {bac_ext:.3f}")
     assert bac_cv >= 0.8 and bac_ext >= 0.7
     errors, _ = _validate(demo.bids["discovery"])
     assert errors == []
+
+
+# ------------------------------------------------------------------------ the demo command
+def test_results_table_shows_the_published_figures():
+    from ketabids.cli.demo import results_table
+    from ketabids.demo.published import PUBLISHED
+
+    rows = {name: {"n": 12, "bac": 0.5, "auc": 0.5, "p": 0.25} for name in PUBLISHED}
+    lines = results_table(rows).splitlines()
+    assert len(lines) == 2 + len(PUBLISHED)
+    assert lines[2].endswith("99, 72.2%, 0.72, -")
+    assert lines[3].endswith("51, 60.0%, 0.65, 0.01")
+    assert lines[4].endswith("49, 41.1%, 0.45, -")
+    assert all(" 50.0% " in line and "0.25" in line for line in lines[2:])
+
+
+def test_outer_folds_follow_the_group_response_rule():
+    """Folds = the smaller class of the ketamine arm (2..10); 30 -> 15 is a response, as for
+    ``--response-from``; the saline arm does not count."""
+    from ketabids.cli.demo import _n_outer
+
+    table = pd.DataFrame({
+        "arm": ["ketamine"] * 7 + ["saline"] * 4,
+        "madrs_pre": [30] * 11,
+        "madrs_24h": [15, 15, 14, 16, 20, 25, 30, 0, 0, 0, 0],
+    })
+    assert _n_outer(table) == 3
+    assert _n_outer(table.iloc[[0, 3, 4, 5]]) == 2  # one responder: still 2 folds
+    many = pd.DataFrame({"arm": ["ketamine"] * 40, "madrs_pre": [30] * 40,
+                         "madrs_24h": [10] * 20 + [20] * 20})
+    assert _n_outer(many) == 10

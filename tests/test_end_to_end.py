@@ -21,7 +21,7 @@ def _tree_state(root):
 
 def _cohort(tmp_path, name, table, seed):
     """A raw BIDS tree (tiny T1w files) + synthetic participant derivatives for ``table``."""
-    from ketabids.demo.phantom import write_synthetic_derivatives
+    from ketabids.demo.derivatives import write_synthetic_derivatives
     from ketabids.testing import make_bids_tree
 
     labels = [pid.removeprefix("sub-") for pid in table["participant_id"]]
@@ -35,7 +35,7 @@ def _cohort(tmp_path, name, table, seed):
 
 @pytest.mark.slow
 def test_group_train_then_predict_through_cli(tmp_path, capsys):
-    from ketabids.demo.phantom import make_participants_table
+    from ketabids.demo.participants import make_participants_table
 
     disc = make_participants_table(64, seed=1, saline_fraction=0.25, site=["A", "B"])
     ext = make_participants_table(24, seed=2, site="C", label_prefix="ext")
@@ -84,7 +84,7 @@ def test_group_train_then_predict_through_cli(tmp_path, capsys):
 
 
 def test_predict_refuses_a_model_that_is_not_one(tmp_path, capsys):
-    from ketabids.demo.phantom import make_participants_table
+    from ketabids.demo.participants import make_participants_table
 
     table = make_participants_table(6, seed=4)
     bids, out = _cohort(tmp_path, "small", table, seed=4)

@@ -127,7 +127,8 @@ def test_sample_mean_mask_and_predict_grid_check(tmp_path):
 
 def test_template_mask_on_phantom_maps(tmp_path):
     """Template-grid maps: mask = template GM prior > 0.2 on the 2 mm grid."""
-    from ketabids.demo.phantom import make_participants_table, write_synthetic_derivatives
+    from ketabids.demo.derivatives import write_synthetic_derivatives
+    from ketabids.demo.participants import make_participants_table
     from ketabids.templates import get_template
 
     table = make_participants_table(3, seed=3)

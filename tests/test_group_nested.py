@@ -204,7 +204,8 @@ def test_sklearn_compatible(estimator, check):
 
 
 def test_skops_round_trip(rng, tmp_path):
-    skops_io = pytest.importorskip("skops.io")
+    import skops.io as skops_io
+
     X, y, cov, sites = _cohort(rng, n=40, p=50, k=1, n_sites=2)
     model = KetaSVC(C_grid=(0.5,), harmonize=True, standardize=True).fit(X, y, covariates=cov,
                                                                   sites=sites)

@@ -1,6 +1,6 @@
 """Group level end to end on synthetic cohorts: train, predict, nulls, determinism, user errors.
 
-Cohorts come from ``ketabids.demo.phantom.write_synthetic_derivatives`` (template-space maps with a
+Cohorts come from ``ketabids.demo.derivatives.write_synthetic_derivatives`` (template-space maps with a
 planted frontal/cerebellar effect for ketamine responders, none in the saline arm); protocols
 are reduced (2 x 5-fold outer, 3-fold inner, 4 C values) so the whole module runs in about a
 minute or two.
@@ -29,7 +29,7 @@ TRAIN = dict(response_from=("madrs_pre", "madrs_24h"), include=["arm=ketamine"],
 
 def make_study(root, table, *, seed, site_effect=0.02):
     """A raw BIDS folder (participants.tsv only) and its synthetic derivatives."""
-    from ketabids.demo.phantom import write_synthetic_derivatives
+    from ketabids.demo.derivatives import write_synthetic_derivatives
 
     bids = root / "bids"
     bids.mkdir(parents=True)
@@ -62,7 +62,7 @@ def make_atlas(root):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Discovery (100 ketamine + 60 saline, site A), trained once; external cohort (site C)."""
-    from ketabids.demo.phantom import make_participants_table
+    from ketabids.demo.participants import make_participants_table
 
     root = tmp_path_factory.mktemp("group")
     disc = make_participants_table(160, seed=21, saline_fraction=60 / 160, site="A",
@@ -291,7 +291,7 @@ def test_missing_maps_and_labels_are_listed(study, tmp_path):
 
 def test_combat_model_and_unseen_site(tmp_path):
     """ComBat fitted within folds on two sites; a new site follows the engine's rule."""
-    from ketabids.demo.phantom import make_participants_table
+    from ketabids.demo.participants import make_participants_table
 
     disc = make_participants_table(32, seed=31, site=["A", "B"])
     bids, out = make_study(tmp_path / "disc", disc, seed=31)

@@ -112,7 +112,8 @@ def test_combat_removes_site_effects_and_unseen_site_rule():
 @pytest.mark.slow
 def test_planted_effect_on_phantom_template_maps():
     """Same check on the phantom engineer's template-space VBM maps (ketabids.demo.phantom)."""
-    ph = pytest.importorskip("ketabids.demo.phantom")
+    from ketabids.demo import phantom as ph
+
     regions = ph.effect_regions()
     mask = np.zeros(regions["frontal"].shape, bool)
     gm0 = ph.simulate_template_gm(seed=0, responder=None)

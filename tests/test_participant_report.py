@@ -39,13 +39,13 @@ def test_segmentation_and_normalisation_figures():
     width, height = _png_size(plot_segmentation(t1w, mask, dseg))
     assert width > 200 and height > 200
     wm = nib.Nifti1Image((6 - dist).clip(0, 1).astype("float32"), affine)
-    assert _png_size(plot_normalisation(t1w, t1w, wm, mask))[0] > 200
+    assert _png_size(plot_normalisation(t1w, wm, mask))[0] > 200
     # template on another grid: resampled onto the image, no error
     coarse = nib.Nifti1Image((dist[::2, ::2, ::2] < 8).astype("uint8"),
                              affine @ np.diag([2, 2, 2, 1]))
     coarse_wm = nib.Nifti1Image((6 - dist[::2, ::2, ::2]).clip(0, 1).astype("float32"),
                                 coarse.affine)
-    assert _png_size(plot_normalisation(t1w, coarse, coarse_wm, coarse))[0] > 200
+    assert _png_size(plot_normalisation(t1w, coarse_wm, coarse))[0] > 200
 
 
 def test_report_is_self_contained_and_escaped():

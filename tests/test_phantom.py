@@ -1,4 +1,6 @@
-"""Tests of ketabids.demo.phantom: the planted effect, bookkeeping, determinism, the writers."""
+"""Tests of the template-space subject model (ketabids.demo.phantom), the participants table
+(ketabids.demo.participants) and the synthetic derivatives writer (ketabids.demo.derivatives):
+the planted effect, bookkeeping, determinism, the response rule shared with the group level."""
 from __future__ import annotations
 
 import json
@@ -11,8 +13,21 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 
+from ketabids.bids.derivatives import BIDS_VERSION, VOLUMES_DICTIONARY
 from ketabids.demo import phantom as ph
+from ketabids.demo.derivatives import write_synthetic_derivatives
+from ketabids.demo.participants import (
+    PARTICIPANT_COLUMNS,
+    make_participants_table,
+    planted_label,
+)
+from ketabids.group.labels import LabelRule, get_labels, is_response, read_participants
 from ketabids.templates import get_template
 
 
@@ -108,14 +123,14 @@ def test_smooth_field_is_standardised_and_smooth():
 
 # ------------------------------------------------------------------- participants table
 def test_participants_table_rule_and_counts():
-    table = ph.make_participants_table(
+    table = make_participants_table(
         40, seed=2, saline_fraction=0.25, site=["A", "B"], ketamine_response_rate=0.5,
         saline_response_rate=0.2,
     )
-    assert list(table.columns) == ph.PARTICIPANT_COLUMNS
+    assert list(table.columns) == PARTICIPANT_COLUMNS
     assert table["participant_id"].is_unique
     assert set(table["sex"]) == {"M", "F"} and set(table["site"]) == {"A", "B"}
-    resp = ph.is_responder(table["madrs_pre"], table["madrs_24h"])
+    resp = is_response(table["madrs_pre"], table["madrs_24h"])
     ket = table["arm"] == "ketamine"
     assert ket.sum() == 30 and resp[ket].sum() == 15
     assert resp[~ket].sum() == 2
@@ -123,18 +138,36 @@ def test_participants_table_rule_and_counts():
     assert ((drop >= 0.5) == resp).all()
     assert table["madrs_pre"].between(28, 44).all() and (table["madrs_24h"] >= 0).all()
     assert table.equals(
-        ph.make_participants_table(
+        make_participants_table(
             40, seed=2, saline_fraction=0.25, site=["A", "B"], ketamine_response_rate=0.5,
             saline_response_rate=0.2,
         )
     )
 
 
+def test_demo_labels_are_the_group_levels(tmp_path):
+    """The label planted in the images is the one ``--response-from madrs_pre madrs_24h``
+    reads back from participants.tsv."""
+    table = make_participants_table(60, seed=3, saline_fraction=0.3)
+    table.to_csv(tmp_path / "participants.tsv", sep="\t", index=False)
+    labels, excluded = get_labels(read_participants(tmp_path),
+                                  LabelRule(response_from=("madrs_pre", "madrs_24h")))
+    assert excluded == [] and len(labels) == 60
+    ids = table["participant_id"].str.removeprefix("sub-")
+    for (_, row), subject in zip(table.iterrows(), ids):
+        planted = planted_label(row)
+        if row["arm"] == "ketamine":
+            assert planted is bool(labels[subject])
+        else:
+            assert planted is None
+    assert 0 < labels.sum() < 60
+
+
 def test_planted_label_rule():
     row = {"arm": "ketamine", "madrs_pre": 30, "madrs_24h": 15}
-    assert ph.planted_label(row) is True
-    assert ph.planted_label({**row, "madrs_24h": 16}) is False
-    assert ph.planted_label({**row, "arm": "saline"}) is None
+    assert planted_label(row) is True
+    assert planted_label({**row, "madrs_24h": 16}) is False
+    assert planted_label({**row, "arm": "saline"}) is None
 
 
 # ------------------------------------------------------------------- derivative writer
@@ -143,9 +176,9 @@ def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     bids = root / "bids"
     bids.mkdir()
-    table = ph.make_participants_table(40, seed=11, saline_fraction=0.25, site=["A", "B"])
+    table = make_participants_table(40, seed=11, saline_fraction=0.25, site=["A", "B"])
     table.to_csv(bids / "participants.tsv", sep="\t", index=False)
-    truth = ph.write_synthetic_derivatives(
+    truth = write_synthetic_derivatives(
         bids, root / "deriv", seed=3, truth_tsv=root / "truth.tsv"
     )
     return root, table, truth
@@ -157,6 +190,10 @@ def test_write_synthetic_derivatives_layout(synthetic, tpl2):
     deriv = root / "deriv"
     desc = json.loads((deriv / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "ketabids"
+    assert desc["BIDSVersion"] == BIDS_VERSION
+    assert "no imaging was run" in desc["GeneratedBy"][0]["Description"]
+    assert desc["SourceDatasets"][0]["URL"] == (root / "bids").resolve().as_uri()
+    assert "*_morph.tsv" in (deriv / ".bidsignore").read_text().splitlines()
     sub = table["participant_id"].iloc[0]
     anat = deriv / sub / "anat"
     stem = f"{sub}_space-MNI152NLin2009aSym_label-GM_desc-modulated_probseg"
@@ -174,7 +211,8 @@ def test_write_synthetic_derivatives_layout(synthetic, tpl2):
     row = vols.iloc[0]
     assert row.tiv_ml == pytest.approx(row.gm_ml + row.wm_ml + row.csf_ml, abs=0.01)
     assert 1000 < row.tiv_ml < 2000 and 0.4 < row.gm_ml / row.tiv_ml < 0.65
-    assert (anat / f"{sub}_desc-volumes_morph.json").is_file()
+    side = json.loads((anat / f"{sub}_desc-volumes_morph.json").read_text())
+    assert side == VOLUMES_DICTIONARY
     assert len(truth) == len(table)
     on_disk = pd.read_csv(root / "truth.tsv", sep="\t")
     assert on_disk["participant_id"].tolist() == truth["participant_id"].tolist()
@@ -188,7 +226,7 @@ def test_synthetic_truth_follows_arm_and_madrs(synthetic):
     assert (merged.loc[~ket, "planted"] == "none").all()
     expected = np.where(merged.loc[ket, "responder"], "responder", "nonresponder")
     assert (merged.loc[ket, "planted"] == expected).all()
-    resp = ph.is_responder(merged["madrs_pre"], merged["madrs_24h"])
+    resp = is_response(merged["madrs_pre"], merged["madrs_24h"])
     assert (resp == merged["responder"]).all()
 
 
@@ -219,8 +257,8 @@ def test_synthetic_maps_carry_effect_in_ketamine_arm_only(synthetic, tpl2):
 
 @pytest.mark.slow
 def test_null_option_gives_no_association(tmp_path, tpl2):
-    table = ph.make_participants_table(50, seed=5)
-    truth = ph.write_synthetic_derivatives(
+    table = make_participants_table(50, seed=5)
+    truth = write_synthetic_derivatives(
         None, tmp_path / "deriv", participants=table, seed=5, null=True
     )
     planted = truth["planted"] == "responder"
@@ -247,11 +285,13 @@ def test_null_option_gives_no_association(tmp_path, tpl2):
 
 
 def test_write_synthetic_derivatives_is_deterministic(tmp_path):
-    table = ph.make_participants_table(3, seed=1)
-    a = ph.write_synthetic_derivatives(None, tmp_path / "a", participants=table, seed=9)
-    b = ph.write_synthetic_derivatives(None, tmp_path / "b", participants=table, seed=9)
-    ph.write_synthetic_derivatives(None, tmp_path / "c", participants=table, seed=10)
+    table = make_participants_table(3, seed=1)
+    a = write_synthetic_derivatives(None, tmp_path / "a", participants=table, seed=9)
+    b = write_synthetic_derivatives(None, tmp_path / "b", participants=table, seed=9)
+    write_synthetic_derivatives(None, tmp_path / "c", participants=table, seed=10)
     assert a.equals(b)
+    desc = json.loads((tmp_path / "a" / "dataset_description.json").read_text())
+    assert "SourceDatasets" not in desc  # no BIDS dataset given: nothing to cite
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(files) == 2 + 4 * 3
     for rel in files:
@@ -259,8 +299,7 @@ def test_write_synthetic_derivatives_is_deterministic(tmp_path):
     nii = [r for r in files if r.name.endswith(".nii.gz")][0]
     assert (tmp_path / "a" / nii).read_bytes() != (tmp_path / "c" / nii).read_bytes()
     # a subject's map does not depend on who else is in the table
-    ph.write_synthetic_derivatives(None, tmp_path / "d", participants=table.iloc[[2]], seed=9)
-    assert (tmp_path / "d" / nii).is_file() or True
+    write_synthetic_derivatives(None, tmp_path / "d", participants=table.iloc[[2]], seed=9)
     last = [r for r in files if r.name.endswith(".nii.gz") and table.participant_id.iloc[2] in str(r)][0]
     assert (tmp_path / "a" / last).read_bytes() == (tmp_path / "d" / last).read_bytes()
 
@@ -269,9 +308,9 @@ def test_missing_participants_tsv_is_a_clear_error(tmp_path):
     from ketabids.errors import BadDataError, MissingInputError
 
     with pytest.raises(MissingInputError, match="participants.tsv"):
-        ph.write_synthetic_derivatives(tmp_path, tmp_path / "out")
+        write_synthetic_derivatives(tmp_path, tmp_path / "out")
     with pytest.raises(BadDataError, match="madrs_pre"):
-        ph.write_synthetic_derivatives(
+        write_synthetic_derivatives(
             None, tmp_path / "out", participants=pd.DataFrame({"participant_id": ["sub-1"]})
         )
 
@@ -295,21 +334,21 @@ def test_synthetic_derivatives_pass_bids_validator(synthetic):
 
 # ------------------------------------------------------------------- planted effect: SVC
 def _cohort_features(tpl2, n, *, seed, site, site_effect, effect_size, prefix, saline=0.0):
-    table = ph.make_participants_table(
+    table = make_participants_table(
         n, seed=seed, site=site, saline_fraction=saline, label_prefix=prefix
     )
     maps, _ = ph.template_maps(tpl2)
     mask = maps["gm"] > 0.1
     X = []
     for _, row in table.iterrows():
-        rng = ph._subject_rng(seed, row.participant_id)
+        rng = ph.subject_rng(seed, row.participant_id)
         scale = ph.draw_head_scale(row.sex, rng, tpl2)
         gm = ph.simulate_template_gm(
-            tpl2, seed=rng, responder=ph.planted_label(row), effect_size=effect_size,
+            tpl2, seed=rng, responder=planted_label(row), effect_size=effect_size,
             age=row.age, head_scale=scale, site=row.site, site_effect=site_effect,
         )
         X.append(gm[mask])
-    y = ph.is_responder(table.madrs_pre, table.madrs_24h)
+    y = is_response(table.madrs_pre, table.madrs_24h)
     return np.asarray(X), np.asarray(y), table.arm.to_numpy()
 
 
@@ -326,7 +365,14 @@ def test_default_effect_is_learnable_on_truth_maps(tpl2):
         tpl2, 16, seed=22, site="C", site_effect=0.02, effect_size=es, prefix="ext"
     )
     ket = arm == "ketamine"
-    bac_cv, bac_ext, dec_sal = ph.quick_linear_svc(Xd[ket], yd[ket], Xe, ye, Xd[~ket])
+    # the planted effect is learnable (not the study's nested protocol): a linear SVC on
+    # z-scored voxels, stratified 5-fold CV on the ketamine arm, then fitted on all of it
+    model = make_pipeline(StandardScaler(), SVC(kernel="linear"))
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    bac_cv = balanced_accuracy_score(yd[ket], cross_val_predict(model, Xd[ket], yd[ket], cv=cv))
+    model.fit(Xd[ket], yd[ket])
+    bac_ext = balanced_accuracy_score(ye, model.predict(Xe))
+    dec_sal = model.decision_function(Xd[~ket])
     assert bac_cv >= 0.8, bac_cv
     assert bac_ext >= 0.7, bac_ext
     # saline: decision values do not separate placebo responders from non-responders

@@ -1,6 +1,6 @@
 """End-to-end runs of the anatomical workflow (ketabids.testing.run_anat_wf), fast mode.
 
-1. A 2 mm phantom with skull, neck, rotation, bias and noise (ketabids.demo.phantom) against its
+1. A 2 mm phantom with skull, neck, rotation, bias and noise (ketabids.demo.head) against its
    ground truth, with thresholds appropriate to fast mode.
 2. The real scans in ../shared/data/real-t1w (skipped when absent), downsampled to 2 mm to keep
    CI short: plausible volumes, skull-stripped input detected, and consistency of the volumes
@@ -48,7 +48,7 @@ def template2():
 
 @pytest.mark.slow
 def test_fast_mode_on_a_2mm_phantom(template2, tmp_path):
-    from ketabids.demo import phantom
+    from ketabids.demo import head as phantom
     from ketabids.anat.conform import conform_t1w
 
     subject = phantom.simulate_subject(template2, seed=3, resolution=2.0, skull=True,

@@ -12,6 +12,7 @@ Every step calls the same functions as ``ketabids BIDS_DIR OUTPUT_DIR ...``, thr
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from pathlib import Path
@@ -27,16 +28,10 @@ from ketabids.cli.app import (
     guarded,
 )
 from ketabids.cli.app import run as run_app
+from ketabids.demo.published import PUBLISHED
 from ketabids.errors import KetabidsError
 
 LOGGER = logging.getLogger("ketabids")
-
-#: The study's published figures (Transl Psychiatry 2026, doi:10.1038/s41398-026-04085-4).
-PUBLISHED = {
-    "discovery (nested CV)": {"n": 99, "bac": 0.722, "auc": 0.72, "p": None},
-    "external ketamine": {"n": 51, "bac": 0.600, "auc": 0.65, "p": 0.01},
-    "saline arm": {"n": 49, "bac": 0.411, "auc": 0.45, "p": None},
-}
 
 
 def _cli(argv: list[str]) -> dict:
@@ -135,11 +130,12 @@ def run_demo(opts) -> dict:
 
 def _n_outer(participants) -> int:
     """The study's 10 outer folds, or fewer when the smaller class of a small demo's ketamine
-    arm has fewer members (stratified folds need one per fold)."""
-    from ketabids.demo.phantom import is_responder
+    arm has fewer members (stratified folds need one per fold). Response is the group level's
+    rule, the one the demo's ``--response-from madrs_pre madrs_24h`` applies."""
+    from ketabids.group.labels import is_response
 
     ketamine = participants[participants["arm"] == "ketamine"]
-    responders = is_responder(ketamine["madrs_pre"].to_numpy(), ketamine["madrs_24h"].to_numpy())
+    responders = is_response(ketamine["madrs_pre"], ketamine["madrs_24h"])
     smallest = int(min(responders.sum(), (~responders).sum()))
     return max(2, min(10, smallest))
 

@@ -12,8 +12,9 @@
         sub-X/sub-X_space-MNI152NLin2009aSym_label-GM_desc-modulated_probseg.nii.gz
         sub-X/sub-X_params.json          every drawn simulation parameter
 
-Response (``madrs_24h <= madrs_pre / 2``) is planted in the images of the ketamine arm only
-(see :mod:`ketabids.demo.phantom`): responders have more frontal and less cerebellar grey matter.
+Response (MADRS drop >= 50 % at 24 h, the group level's ``--response-from`` rule) is planted in
+the images of the ketamine arm only (see :mod:`ketabids.demo.phantom` and
+:mod:`ketabids.demo.head`): responders have more frontal and less cerebellar grey matter.
 Saline participants respond at a lower rate and their images carry no effect, so a model trained
 on the ketamine arm should be at chance on them. Everything is deterministic for ``seed``.
 """
@@ -26,129 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ketabids.demo import phantom as ph
+from ketabids.bids.derivatives import BIDS_VERSION
+from ketabids.demo.head import ORIENTATIONS, simulate_subject
+from ketabids.demo.participants import PARTICIPANTS_JSON, make_participants_table, planted_label
+from ketabids.demo.scanners import COMMON_SIDECAR, SCANNERS
+from ketabids.group.labels import is_response
+from ketabids.io import atomic_write_text, save_nifti, write_json, write_tsv
 
-BIDS_VERSION = "1.10.0"
 #: Default planted effect of the demo. Larger than the template-space default
 #: (:data:`ketabids.demo.phantom.DEFAULT_EFFECT_SIZE`): the phantoms' smooth deformation adds ~8 %
 #: local volume variation on top of the anatomy model, and the participant level (fast mode,
 #: 2 mm) recovers about half of the planted regional difference (measured on 6 phantoms:
 #: frontal/cerebellar log-ratio difference 0.14 estimated vs 0.29 true at 0.15).
 DEMO_EFFECT_SIZE = 0.2
-
-#: Scanner profiles: image contrast/noise/bias of the simulation and the T1w sidecar keys.
-_COMMON_SIDECAR = {
-    "InstitutionName": "Synthetic Imaging Centre",
-    "InstitutionAddress": "1 Phantom Road, Nowhere",
-    "InstitutionalDepartmentName": "Psychiatry",
-    "PulseSequenceType": "MPRAGE-like 3D T1-weighted",
-    "NonlinearGradientCorrection": True,
-    "ReceiveCoilActiveElements": "all",
-    "MatrixCoilMode": "none",
-    "CoilCombinationMethod": "rSOS",
-    "DwellTime": 7.8e-06,
-}
-
-SCANNERS = {
-    "A": {
-        "simulation": {"contrast": {}, "noise": 0.03, "bias_strength": 0.2},
-        "sidecar": {
-            "Manufacturer": "Siemens",
-            "DeviceSerialNumber": "SYN0001",
-            "StationName": "PRISMA-A",
-            "SoftwareVersions": "syngo MR XA30",
-            "ReceiveCoilName": "HeadNeck_64",
-            "PulseSequenceDetails": "Standard Siemens MPRAGE",
-            "ManufacturersModelName": "Prisma",
-            "MagneticFieldStrength": 3,
-            "MRAcquisitionType": "3D",
-            "ScanningSequence": "GR_IR",
-            "SequenceVariant": "SK_SP_MP",
-            "SequenceName": "MPRAGE",
-            "RepetitionTime": 2.3,
-            "EchoTime": 0.00226,
-            "InversionTime": 0.9,
-            "FlipAngle": 8,
-        },
-    },
-    "B": {
-        "simulation": {
-            "contrast": {"gm": 0.58, "wm": 0.86, "csf": 0.22, "fat": 0.9},
-            "noise": 0.035,
-            "bias_strength": 0.25,
-        },
-        "sidecar": {
-            "Manufacturer": "GE",
-            "DeviceSerialNumber": "SYN0002",
-            "StationName": "MR750-B",
-            "SoftwareVersions": "DV26.0_R03",
-            "ReceiveCoilName": "32Ch Head",
-            "PulseSequenceDetails": "GE BRAVO",
-            "ManufacturersModelName": "DISCOVERY MR750",
-            "MagneticFieldStrength": 3,
-            "MRAcquisitionType": "3D",
-            "ScanningSequence": "GR_IR",
-            "SequenceVariant": "SP_MP",
-            "SequenceName": "BRAVO",
-            "RepetitionTime": 8.2,
-            "EchoTime": 0.0032,
-            "InversionTime": 0.45,
-            "FlipAngle": 12,
-        },
-    },
-    "C": {
-        "simulation": {
-            "contrast": {"gm": 0.55, "wm": 0.88, "csf": 0.15, "fat": 0.85, "muscle": 0.35},
-            "noise": 0.045,
-            "bias_strength": 0.3,
-        },
-        "sidecar": {
-            "Manufacturer": "Philips",
-            "DeviceSerialNumber": "SYN0003",
-            "StationName": "ACHIEVA-C",
-            "SoftwareVersions": "5.6.1",
-            "ReceiveCoilName": "SENSE-Head-8",
-            "PulseSequenceDetails": "Philips 3D T1-TFE",
-            "ManufacturersModelName": "Achieva",
-            "MagneticFieldStrength": 1.5,
-            "MRAcquisitionType": "3D",
-            "ScanningSequence": "GR",
-            "SequenceVariant": "MP",
-            "SequenceName": "T1TFE",
-            "RepetitionTime": 8.1,
-            "EchoTime": 0.0037,
-            "InversionTime": 1.0,
-            "FlipAngle": 8,
-        },
-    },
-}
-
-PARTICIPANTS_JSON = {
-    "participant_id": {"Description": "Unique participant identifier"},
-    "age": {"Description": "Age at the baseline scan", "Units": "year"},
-    "sex": {
-        "Description": "Sex",
-        "Levels": {"M": "male", "F": "female"},
-    },
-    "site": {"Description": "Acquisition site (scanner)", "Levels": {}},
-    "arm": {
-        "Description": "Randomised treatment arm: one intravenous infusion",
-        "Levels": {
-            "ketamine": "racemic ketamine 0.5 mg/kg over 40 min",
-            "saline": "saline placebo",
-        },
-    },
-    "madrs_pre": {
-        "Description": "Montgomery-Asberg Depression Rating Scale total score before the "
-        "infusion (0-60)",
-        "Units": "arbitrary",
-    },
-    "madrs_24h": {
-        "Description": "MADRS total score 24 h after the infusion (0-60); response = drop of "
-        "at least 50 % from madrs_pre",
-        "Units": "arbitrary",
-    },
-}
 
 
 @dataclass
@@ -165,27 +56,6 @@ class DemoCohort:
     participants: dict = field(default_factory=dict)
     truth_tables: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
-
-
-def _write_json(path: Path, obj) -> None:
-    from ketabids.io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def _save(img, path: Path) -> None:
-    import nibabel as nib
-
-    from ketabids.io import atomic_path
-
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, tmp)
-
-
-def _write_tsv(df, path: Path) -> None:
-    from ketabids.io import atomic_write_text
-
-    atomic_write_text(path, df.to_csv(sep="\t", index=False, lineterminator="\n"))
 
 
 def _readme(name: str, description: str, n: int, seed: int, effect_size: float) -> str:
@@ -225,7 +95,7 @@ def _write_cohort(
 
     bids_dir.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(
+    write_json(
         bids_dir / "dataset_description.json",
         {
             "Name": name,
@@ -242,12 +112,10 @@ def _write_cohort(
             ],
         },
     )
-    from ketabids.io import atomic_write_text
-
     atomic_write_text(
         bids_dir / "README.md", _readme(name, description, len(table), seed, effect_size)
     )
-    _write_tsv(table, bids_dir / "participants.tsv")
+    write_tsv(table, bids_dir / "participants.tsv")
     pjson = json.loads(json.dumps(PARTICIPANTS_JSON))
     pjson["site"]["Levels"] = {
         s: f"{SCANNERS[s]['sidecar']['Manufacturer']} "
@@ -255,13 +123,13 @@ def _write_cohort(
         f"{SCANNERS[s]['sidecar']['MagneticFieldStrength']} T"
         for s in sorted(set(table["site"]))
     }
-    _write_json(bids_dir / "participants.json", pjson)
+    write_json(bids_dir / "participants.json", pjson)
 
     null_rng = np.random.default_rng([seed, cohort_key, 7919])
     # labels drawn in table order (the null coin flips share one generator); every subject
     # then has its own seed, so subjects can be written in any order, in parallel
     jobs = [
-        dict(row=row.to_dict(), label=ph.planted_label(row, null=null, rng=null_rng),
+        dict(row=row.to_dict(), label=planted_label(row, null=null, rng=null_rng),
              bids_dir=bids_dir, truth_dir=truth_dir, seed=seed, cohort_key=cohort_key,
              effect_size=effect_size, resolution=resolution, orientations=orientations,
              template=template)
@@ -275,7 +143,7 @@ def _write_cohort(
     else:
         rows = [_write_subject_job(job) for job in jobs]
     truth = pd.DataFrame(rows)
-    _write_tsv(truth, truth_dir / "truth.tsv")
+    write_tsv(truth, truth_dir / "truth.tsv")
     return truth
 
 
@@ -292,7 +160,7 @@ def _write_subject(*, row: dict, label, bids_dir: Path, truth_dir: Path, seed: i
     rng = np.random.default_rng(sub_seed)
     orientation = str(orientations[int(rng.integers(len(orientations)))])
     scanner = SCANNERS[row["site"]]
-    subj = ph.simulate_subject(
+    subj = simulate_subject(
         template,
         seed=rng,
         responder=label,
@@ -304,27 +172,27 @@ def _write_subject(*, row: dict, label, bids_dir: Path, truth_dir: Path, seed: i
         **scanner["simulation"],
     )
     anat = bids_dir / sub / "anat"
-    _save(subj.t1w, anat / f"{sub}_T1w.nii.gz")
-    _write_json(anat / f"{sub}_T1w.json", {**_COMMON_SIDECAR, **scanner["sidecar"]})
+    save_nifti(subj.t1w, anat / f"{sub}_T1w.nii.gz")
+    write_json(anat / f"{sub}_T1w.json", {**COMMON_SIDECAR, **scanner["sidecar"]})
     tdir = truth_dir / sub
-    _save(subj.gm, tdir / f"{sub}_label-GM_probseg.nii.gz")
-    _save(subj.wm, tdir / f"{sub}_label-WM_probseg.nii.gz")
-    _save(subj.csf, tdir / f"{sub}_label-CSF_probseg.nii.gz")
-    _save(subj.brain_mask, tdir / f"{sub}_desc-brain_mask.nii.gz")
+    save_nifti(subj.gm, tdir / f"{sub}_label-GM_probseg.nii.gz")
+    save_nifti(subj.wm, tdir / f"{sub}_label-WM_probseg.nii.gz")
+    save_nifti(subj.csf, tdir / f"{sub}_label-CSF_probseg.nii.gz")
+    save_nifti(subj.brain_mask, tdir / f"{sub}_desc-brain_mask.nii.gz")
     tpl_name = subj.params["template"]
-    _save(
+    save_nifti(
         subj.template_gm,
         tdir / f"{sub}_space-{tpl_name}_label-GM_desc-modulated_probseg.nii.gz",
     )
     params = {**subj.params, "seed": sub_seed, "planted": label}
-    _write_json(tdir / f"{sub}_params.json", params)
+    write_json(tdir / f"{sub}_params.json", params)
     tpl = np.asarray(subj.template_gm.dataobj, dtype=np.float64)
     tpl_ml = float(tpl.sum() * np.prod(subj.template_gm.header.get_zooms()[:3]) / 1000.0)
     return {
         "participant_id": sub,
         "arm": row["arm"],
         "site": row["site"],
-        "responder": bool(ph.is_responder(row["madrs_pre"], row["madrs_24h"])),
+        "responder": bool(is_response(row["madrs_pre"], row["madrs_24h"])),
         "planted": "none" if label is None else ("responder" if label else "nonresponder"),
         "head_scale": round(subj.params["head_scale"], 6),
         **{k: round(v, 4) for k, v in subj.volumes.items()},
@@ -367,7 +235,7 @@ def generate_demo(
     ``effect_size`` (0.2)
         relative GM difference planted between ketamine responders and non-responders
         (frontal +, cerebellar -; half as GM probability, half as local volume change, see
-        :func:`ketabids.demo.phantom.simulate_subject`); 0 plants nothing.
+        :func:`ketabids.demo.head.simulate_subject`); 0 plants nothing.
     ``ketamine_response_rate`` (0.45) / ``saline_response_rate`` (0.2)
         exact shares of responders (MADRS drop >= 50 % at 24 h) per arm.
     ``resolution`` (2.0)
@@ -417,7 +285,7 @@ def generate_demo(
     }
     cohorts = {
         "discovery": dict(
-            table=ph.make_participants_table(
+            table=make_participants_table(
                 n_discovery,
                 seed=seed,
                 saline_fraction=saline_fraction,
@@ -433,7 +301,7 @@ def generate_demo(
     }
     if n_external:
         cohorts["external"] = dict(
-            table=ph.make_participants_table(
+            table=make_participants_table(
                 n_external,
                 seed=seed + 1_000_003,
                 site=external_site,
@@ -459,7 +327,7 @@ def generate_demo(
             "empty folder"
         )
     try:
-        _write_json(stamp, options)
+        write_json(stamp, options)
     except OSError as exc:
         raise OutputError(f"{root}: cannot write the demo there ({exc}); choose a writable folder")
     demo = DemoCohort(root=root, bids={}, truth={}, options=options)
@@ -477,7 +345,7 @@ def generate_demo(
             effect_size=effect_size,
             resolution=resolution,
             null=null,
-            orientations=ph.ORIENTATIONS,
+            orientations=ORIENTATIONS,
             template=template,
             nprocs=nprocs,
         )

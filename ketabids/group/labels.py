@@ -209,6 +209,18 @@ def _numeric(table: pd.DataFrame, column: str) -> pd.Series:
     return values
 
 
+def is_response(pre, post, threshold: float = 0.5):
+    """The response rule of ``--response-from``: relative drop ``(pre - post) / pre >=
+    threshold``, element-wise (a drop of exactly the threshold, e.g. 30 -> 15, counts).
+    ``pre`` must be > 0 (:func:`get_labels` excludes the others).
+
+    >>> is_response([30, 30, 40], [15, 16, 8]).tolist()
+    [True, False, True]
+    """
+    pre, post = np.asarray(pre, dtype=float), np.asarray(post, dtype=float)
+    return (pre - post) / pre >= threshold - 1e-12
+
+
 def get_labels(table: pd.DataFrame, rule: LabelRule) -> tuple[pd.Series, list[Exclusion]]:
     """Labels (0/1 floats, index = subject) and the participants without one.
 
@@ -228,9 +240,8 @@ def get_labels(table: pd.DataFrame, rule: LabelRule) -> tuple[pd.Series, list[Ex
                 excluded.append(Exclusion(table.loc[subject, "participant_id"],
                                           f"{pre_col} <= 0: relative change undefined"))
             else:
-                drop = (pre[subject] - post[subject]) / pre[subject]
-                # tolerance: a drop of exactly the threshold (e.g. 30 -> 15) counts as response
-                labels[subject] = float(drop >= rule.response_threshold - 1e-12)
+                labels[subject] = float(is_response(pre[subject], post[subject],
+                                                    rule.response_threshold))
     elif rule.target:
         _require_columns(table, [rule.target], "--target")
         labels, bad = pd.Series(np.nan, index=table.index), []

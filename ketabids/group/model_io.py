@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ketabids.errors import BadDataError, MissingInputError
-from ketabids.io import atomic_path, sha256_file, write_json
+from ketabids.io import atomic_path, save_nifti, sha256_file, write_json
 
 FORMAT = "ketabids-model"
 FORMAT_VERSION = 1
@@ -140,8 +140,7 @@ def save_model(out_dir, estimator, *, mask: np.ndarray, affine: np.ndarray, mani
     img.header.set_xyzt_units("mm")
     img.header.set_qform(affine, code=4)
     img.header.set_sform(affine, code=4)
-    with atomic_path(out_dir / mask_name, suffix=".nii.gz") as tmp:
-        nib.save(img, tmp)
+    save_nifti(img, out_dir / mask_name)
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -13,9 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ketabids.io import atomic_path
 
-__all__ = ["staged", "listing", "save_image"]
+__all__ = ["staged", "listing"]
 
 
 @contextlib.contextmanager
@@ -47,11 +46,3 @@ def listing(folder: Path) -> dict:
     """``{file name: path}`` of a published folder, sorted by name."""
     folder = Path(folder)
     return {name: str(folder / name) for name in sorted(p.name for p in folder.iterdir())}
-
-
-def save_image(img, path: Path) -> None:
-    """Save a NIfTI image atomically."""
-    import nibabel as nib
-
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, tmp)

@@ -46,7 +46,8 @@ from ketabids.group.metrics import calibration_table, finite_or_none, headline_m
 from ketabids.group.nested import NestedCVSettings, fit_final_model, nested_cv
 from ketabids.group.permutation import permutation_test
 from ketabids.group.progress import Progress
-from ketabids.group.publish import listing, save_image, staged
+from ketabids.group.publish import listing, staged
+from ketabids.io import save_nifti
 from ketabids.io import jsonable, write_json, write_tsv
 
 LOGGER = logging.getLogger("ketabids")
@@ -157,7 +158,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
         map_files = {}
         for key, values in map_values.items():
             path = stage / f"{space}_desc-{key}_statmap.nii.gz"
-            save_image(features.to_image(np.asarray(values, np.float32)), path)
+            save_nifti(features.to_image(np.asarray(values, np.float32)), path)
             map_files[key] = path.name
         if regions is not None:
             write_tsv(regions, stage / "regions.tsv", float_format=FLOAT_FORMAT)

@@ -63,8 +63,8 @@ class ReportSection(SimpleInterface):
         norm_png = None
         if opt("std_t1w"):
             tpl = get_template(inputs.template, inputs.template_resolution)
-            norm_png = plot_normalisation(nib.load(inputs.std_t1w), nib.load(tpl.brain),
-                                          nib.load(tpl.wm), nib.load(tpl.mask))
+            norm_png = plot_normalisation(nib.load(inputs.std_t1w), nib.load(tpl.wm),
+                                          nib.load(tpl.mask))
         volumes = None
         if opt("volumes"):
             volumes = pd.read_csv(inputs.volumes, sep="\t").to_dict("records")

@@ -12,11 +12,11 @@ sections with the methods paragraph, settings and software versions.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 
 import numpy as np
+
+from ketabids.reports.figures import png_uri, pyplot
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;
@@ -28,16 +28,6 @@ text-align:left}th{background:#eef}
 .fig{max-width:100%}.methods{background:#f6f6f6;padding:.8em;border-radius:4px}
 code{font-size:90%}
 """
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=72, bbox_inches="tight", facecolor="black",
-                metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _cuts(mask: np.ndarray, n: int = 3) -> list[list[int]]:
@@ -65,45 +55,46 @@ def _norm(data, mask=None):
     return np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
-def plot_segmentation(t1w_img, mask_img, dseg_img=None) -> str:
-    """Mask contour and tissue overlay on the T1w; returns a ``data:`` URI (PNG)."""
-    import matplotlib
+def _mosaic(background, zooms, cuts, overlay) -> str:
+    """3 x 3 slices (rows: the three axes, at ``cuts``) of ``background`` in grey with
+    ``overlay(ax, axis, index)`` drawn on each; returns a ``data:`` URI (PNG)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(3, 3, figsize=(9, 9))
+    for axis in range(3):
+        for col, index in enumerate(cuts[axis]):
+            ax = axes[axis, col]
+            ax.imshow(_slice(background, axis, index), cmap="gray", aspect=_aspect(zooms, axis),
+                      interpolation="nearest")
+            overlay(ax, axis, index)
+            ax.set_axis_off()
+    fig.subplots_adjust(wspace=0.02, hspace=0.02)
+    return png_uri(fig, dpi=72, facecolor="black")
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+
+def plot_segmentation(t1w_img, mask_img, dseg_img=None) -> str:
+    """Mask contour (red) and tissue overlay on the T1w; returns a ``data:`` URI (PNG)."""
     from matplotlib.colors import ListedColormap
 
     t1w = np.asanyarray(t1w_img.dataobj, dtype=np.float32)
     mask = np.asanyarray(mask_img.dataobj) > 0
     dseg = np.asanyarray(dseg_img.dataobj).astype(int) if dseg_img is not None else None
     zooms = t1w_img.header.get_zooms()[:3]
-    t1w = _norm(t1w, mask)
-    cuts = _cuts(mask)
     cmap = ListedColormap([(0, 0, 0, 0), (0.1, 0.8, 0.2, 1), (1, 0.9, 0.1, 1), (0.2, 0.4, 1, 1)])  # 1 GM 2 WM 3 CSF
-    fig, axes = plt.subplots(3, 3, figsize=(9, 9))
-    for axis in range(3):
-        for col, index in enumerate(cuts[axis]):
-            ax = axes[axis, col]
-            ax.imshow(_slice(t1w, axis, index), cmap="gray", aspect=_aspect(zooms, axis),
-                      interpolation="nearest")
-            if dseg is not None:
-                ax.imshow(_slice(dseg, axis, index), cmap=cmap, vmin=0, vmax=3, alpha=0.3,
-                          aspect=_aspect(zooms, axis), interpolation="nearest")
-            m = _slice(mask, axis, index).astype(float)
-            if m.any() and not m.all():
-                ax.contour(m, levels=[0.5], colors="red", linewidths=0.8)
-            ax.set_axis_off()
-    fig.subplots_adjust(wspace=0.02, hspace=0.02)
-    return _png(fig)
+
+    def overlay(ax, axis, index):
+        if dseg is not None:
+            ax.imshow(_slice(dseg, axis, index), cmap=cmap, vmin=0, vmax=3, alpha=0.3,
+                      aspect=_aspect(zooms, axis), interpolation="nearest")
+        m = _slice(mask, axis, index).astype(float)
+        if m.any() and not m.all():
+            ax.contour(m, levels=[0.5], colors="red", linewidths=0.8)
+
+    return _mosaic(_norm(t1w, mask), zooms, _cuts(mask), overlay)
 
 
-def plot_normalisation(std_img, template_brain_img, template_wm_img, template_mask_img) -> str:
-    """The T1w in template space with the template's edges; returns a ``data:`` URI (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+def plot_normalisation(std_img, template_wm_img, template_mask_img) -> str:
+    """The T1w in template space with the template's edges (brain outline and GM/WM boundary,
+    cyan); returns a ``data:`` URI (PNG)."""
     std = np.asanyarray(std_img.dataobj, dtype=np.float32)
     tmask = np.asanyarray(template_mask_img.dataobj) > 0
     wm = np.asanyarray(template_wm_img.dataobj, dtype=np.float32)
@@ -114,21 +105,14 @@ def plot_normalisation(std_img, template_brain_img, template_wm_img, template_ma
         tmask = np.asanyarray(resample_to_img(template_mask_img, std_img,
                                               interpolation="nearest").dataobj) > 0
         wm = np.asanyarray(resample_to_img(template_wm_img, std_img).dataobj)
-    std = _norm(std, tmask)
-    cuts = _cuts(tmask)
-    fig, axes = plt.subplots(3, 3, figsize=(9, 9))
-    for axis in range(3):
-        for col, index in enumerate(cuts[axis]):
-            ax = axes[axis, col]
-            ax.imshow(_slice(std, axis, index), cmap="gray", aspect=_aspect(zooms, axis),
-                      interpolation="nearest")
-            for data, level in ((tmask.astype(float), 0.5), (wm, 0.5)):
-                sl = _slice(data, axis, index)
-                if sl.min() < level < sl.max():
-                    ax.contour(sl, levels=[level], colors="cyan", linewidths=0.6)
-            ax.set_axis_off()
-    fig.subplots_adjust(wspace=0.02, hspace=0.02)
-    return _png(fig)
+
+    def overlay(ax, axis, index):
+        for data, level in ((tmask.astype(float), 0.5), (wm, 0.5)):
+            sl = _slice(data, axis, index)
+            if sl.min() < level < sl.max():
+                ax.contour(sl, levels=[level], colors="cyan", linewidths=0.6)
+
+    return _mosaic(_norm(std, tmask), zooms, _cuts(tmask), overlay)
 
 
 def _table(rows: list[dict] | dict, header=("Item", "Value")) -> str:

@@ -100,7 +100,8 @@ def group_study(root, n: int = 16, *, seed: int = 5, site: str = "A", prefix: st
     """A raw dataset (participants.tsv only) and synthetic participant-level derivatives."""
     import nibabel as nib
 
-    from ketabids.demo.phantom import make_participants_table, write_synthetic_derivatives
+    from ketabids.demo.derivatives import write_synthetic_derivatives
+    from ketabids.demo.participants import make_participants_table
     from ketabids.testing import tiny_t1w
 
     root = Path(root)

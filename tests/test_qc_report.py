@@ -1,0 +1,32 @@
+"""The cohort QC page: self-contained, every subject listed with its verdict and link."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ketabids.qc.table import rebuild_qc_table, write_subject_qc
+from ketabids.reports.qc import render_qc_page
+
+
+def test_qc_page(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        metrics = {"tiv_ml": float(rng.normal(1450, 100)), "gm_ml": float(rng.normal(700, 50)),
+                   "cnr": float(rng.uniform(1, 3)), "slice_thickness_mm": 1.0}
+        if i == 3:
+            metrics["slice_thickness_mm"] = 6.0
+        write_subject_qc(tmp_path, f"{i:02d}", "a" if i == 5 else None, metrics)
+    (tmp_path / "sub-00.html").write_text("<html></html>")
+    rebuild_qc_table(tmp_path)
+    homogeneity = pd.DataFrame({"id": [f"sub-{i:02d}" for i in range(8)],
+                                "mean_corr": np.linspace(0.9, 0.99, 8),
+                                "flagged": [True] + [False] * 7,
+                                "reason": ["low mean correlation 0.900"] + [""] * 7})
+    homogeneity.attrs["fence"] = 0.95
+    page = render_qc_page(tmp_path, homogeneity=homogeneity).read_text()
+    assert page.count("<tr data-pid=") == 8
+    assert "<a href=\"sub-00.html\">" in page and "(no report)" in page
+    assert "slice thickness 6 mm" in page and "low mean correlation 0.900" in page
+    assert page.count("data:image/png;base64,") == 2
+    assert "http" not in page.replace("text/tab-separated-values", "")  # self-contained
+    assert "qc_ratings.tsv" in page and "data-ses='ses-a'" in page
