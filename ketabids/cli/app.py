@@ -78,7 +78,14 @@ def check_options(opts) -> None:
         )
 
 
-def _run_bids_app(opts) -> dict:
+def run_record(argv, opts) -> dict:
+    """The command line and every resolved option (defaults included), for ``OUTPUT_DIR/logs``."""
+    from ketabids.io import jsonable
+
+    return {"argv": ["ketabids", *map(str, argv)], "config": jsonable(vars(opts))}
+
+
+def _run_bids_app(opts, argv=()) -> dict:
     from ketabids.bids import layout as bids
 
     bids_dir = bids.check_bids_dir(opts.bids_dir)
@@ -108,6 +115,7 @@ def _run_bids_app(opts) -> dict:
             atlas=opts.atlas, atlas_labels=opts.atlas_labels, nprocs=opts.nprocs,
             omp_nthreads=opts.omp_nthreads, mem_gb=opts.mem_gb, seed=opts.seed,
             plugin_file=opts.nipype_plugin_file, layout=layout,
+            run_record=run_record(argv, opts),
         )
 
     label_options = dict(
@@ -118,7 +126,7 @@ def _run_bids_app(opts) -> dict:
     )
     common = dict(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
                   layout=layout, n_permutations=opts.n_permutations, nprocs=opts.nprocs,
-                  seed=opts.seed, **label_options)
+                  seed=opts.seed, run_record=run_record(argv, opts), **label_options)
     if opts.model:
         from ketabids.group.predict import run_group_predict
 
@@ -175,7 +183,7 @@ def _parse_and_run(argv: list[str]) -> dict:
     opts = get_parser().parse_args(argv)
     setup_logging(opts.verbose)
     check_options(opts)
-    return _run_bids_app(opts)
+    return _run_bids_app(opts, argv)
 
 
 def run(argv: list[str]) -> RunResult:

@@ -28,8 +28,13 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
                     template: str = "MNI152NLin2009aSym", fast: bool = False,
                     atlas: str | None = None, atlas_labels: str | None = None, nprocs: int = 1,
                     omp_nthreads: int = 1, mem_gb: float | None = None, seed: int | None = None,
-                    plugin_file: str | None = None, layout=None) -> dict:
+                    plugin_file: str | None = None, layout=None,
+                    run_record: dict | None = None) -> dict:
     """Run the participant level for ``subjects`` and return a summary.
+
+    ``run_record`` (``{"argv": [...], "config": {...}}`` of the command; default: this call's
+    arguments) goes to ``OUTPUT_DIR/logs/participant-*`` with the software versions and the
+    workflow's methods text as citation files (:func:`ketabids.bids.logs.write_run_logs`).
 
     Summary keys: ``ok`` and ``failed`` (subject labels), ``crash_files`` (subject -> crash
     files of this run), ``errors`` (subject -> first line of the error), ``reports``
@@ -38,6 +43,7 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
     whose processing crashes is listed in ``failed`` (exit code 1 for the CLI) and does not stop
     the others.
     """
+    options = {k: v for k, v in locals().items() if k not in ("layout", "run_record")}
     started = time.time()
     bids_dir = Path(bids_dir).expanduser().resolve()
     output_dir = Path(output_dir).expanduser().resolve()
@@ -55,11 +61,14 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
                     work_dir=work_dir, subjects=subjects, sessions=sessions,
                     bids_filters=bids_filters, template=template, fast=fast, atlas=atlas,
                     atlas_labels=atlas_labels, nprocs=nprocs, omp_nthreads=omp_nthreads,
-                    mem_gb=mem_gb, seed=seed, plugin_file=plugin_file, layout=layout)
+                    mem_gb=mem_gb, seed=seed, plugin_file=plugin_file, layout=layout,
+                    run_record={"argv": (run_record or {}).get("argv"),
+                                "config": (run_record or {}).get("config") or options})
 
 
 def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_filters, template,
-         fast, atlas, atlas_labels, nprocs, omp_nthreads, mem_gb, seed, plugin_file, layout):
+         fast, atlas, atlas_labels, nprocs, omp_nthreads, mem_gb, seed, plugin_file, layout,
+         run_record):
     from ketabids.templates import get_template
 
     resolution = ProcessingSettings.for_fast(fast).template_resolution
@@ -111,8 +120,28 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
         error = exc
         LOGGER.error("some nodes failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
     summary = _summary(inputs, missing, output_dir, work_dir, started, plugin, error)
+    summary["logs"] = str(_write_logs(output_dir, run_record, workflow))
     _log_summary(summary, output_dir)
     return summary
+
+
+def _write_logs(output_dir: Path, run_record: dict, workflow) -> Path:
+    """``OUTPUT_DIR/logs/participant-*``: command, resolved options, versions, citation."""
+    import sys
+
+    from ketabids.bids.logs import write_run_logs
+    from ketabids.io import jsonable
+    from ketabids.versions import software_versions
+    from ketabids.workflows.base import IMAGING_STACK
+
+    # the methods of one subject's workflow (every subject's is the same text)
+    subject_wfs = [node for node in workflow._graph.nodes
+                   if node.name.startswith("single_subject_") and hasattr(node, "visit_desc")]
+    methods = subject_wfs[0].visit_desc() if subject_wfs else workflow.visit_desc()
+    return write_run_logs(output_dir, level="participant",
+                          argv=run_record.get("argv") or sys.argv,
+                          config=jsonable(run_record.get("config") or {}),
+                          versions=software_versions(*IMAGING_STACK), methods=methods)
 
 
 def _log_summary(summary: dict, output_dir: Path) -> None:
