@@ -59,8 +59,16 @@ def outputs(tmp_path_factory):
     assert main([str(phantom), str(out), "participant", "--fast", "-w", str(base / "work"),
                  "--omp-nthreads", "1", *common]) == 0
     label = ["--response-from", "madrs_pre", "madrs_24h"]
-    logger.addHandler(handler)
-    try:
+    import ketabids.cli.app as app
+
+    original = app.setup_logging
+
+    def setup_logging(verbose):  # the CLI replaces the handlers: add ours after it
+        original(verbose)
+        logger.addHandler(handler)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(app, "setup_logging", setup_logging)
         assert main([str(bids), str(out), "group", *label, "--n-repeats", "2", "--n-outer", "5",
                      "--n-inner", "3", "--c-grid", "0.01", "1", "--n-permutations", "19",
                      *common]) == 0
@@ -69,8 +77,7 @@ def outputs(tmp_path_factory):
         assert main([str(ext_bids), str(out), "group", "--model", str(model), *label,
                      "--n-permutations", "19", *common]) == 0
         predict_last = lines[-1]
-    finally:
-        logger.removeHandler(handler)
+    logger.removeHandler(handler)
     return {"out": out, "n_train": len(disc), "n_ext": len(ext), "train_last": train_last,
             "predict_last": predict_last}
 

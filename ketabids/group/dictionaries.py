@@ -401,8 +401,11 @@ def write_sidecars(folder, *, mode: str, template: str | None = None,
     folder, before it is published); returns the sidecar paths.
 
     TSV sidecars describe exactly the file's header columns (:func:`sidecar_for` with
-    ``columns``), so an undescribed column is an error rather than a silent gap.
+    ``columns``), so an undescribed column is an error rather than a silent gap. A JSON file of
+    that name written before (``metrics.json``: the headline result, settings) keeps its keys;
+    the column descriptions are added to it.
     """
+    import json
     from pathlib import Path
 
     from ketabids.io import write_json
@@ -419,6 +422,8 @@ def write_sidecars(folder, *, mode: str, template: str | None = None,
         else:
             sidecar = sidecar_for(name, mode=mode, template=template, resolution=resolution)
         target = path.with_name(sidecar_name(name))
+        if target.is_file():
+            sidecar.update(json.loads(target.read_text()))
         write_json(target, sidecar)
         written.append(target)
     return written
