@@ -70,7 +70,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
 
     Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
     "n_responders", "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
-    "metrics": {"bac" (= bac_mean), "bac_pooled", "auc"}, "headline" (THE result:
+    "metrics": {"bac" (= the headline, pooled), "bac_pooled", "bac_mean", "auc"}, "headline" (THE result:
     :func:`ketabids.group.metrics.headline_metric`), "logs", "cv_hash", "tables"}``.
     ``run_record``: ``{"argv": [...], "config": {...}}`` of the command (default: this call's
     arguments) for ``OUTPUT_DIR/logs/``.
@@ -220,8 +220,8 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
         "n": len(y), "n_subjects": len(y), "n_responders": int(y.sum()),
         "n_excluded": len(cohort.excluded),
         **{k: headline.get(k) for k in ("bac_mean", "bac_pooled", "auc", "p_bac", "p_auc")},
-        "metrics": {"bac": headline["bac_mean"], "bac_pooled": headline["bac_pooled"],
-                    "auc": headline["auc"]},
+        "metrics": {"bac": h["estimate"], "bac_pooled": headline["bac_pooled"],
+                    "bac_mean": headline["bac_mean"], "auc": headline["auc"]},
         "headline": h, "logs": str(logs),
         "cv_hash": result.cv_hash,
         "tables": tables,

@@ -397,7 +397,8 @@ def group_methods(settings: dict) -> str:
                      "regression on the intercept (centring)")
     if s["standardize"]:
         steps.append("z-scoring of each voxel")
-    text += ("Within every training fold, " + ", then ".join(steps) + " were fitted on the "
+    text += ("Within every training fold, " + ", then ".join(steps)
+             + (" were" if len(steps) > 1 else " was") + " fitted on the "
              "training participants only and applied to the test participants. "
              "Probabilities come from a Platt sigmoid (Platt, 1999) fitted on inner "
              "cross-validation decisions. Balanced accuracy (BAC) was computed from all "
