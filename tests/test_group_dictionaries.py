@@ -135,8 +135,11 @@ def test_permutation_tables_differ_between_train_and_predict():
 
 def test_cohort_covariate_columns_are_described():
     sidecar = dd.sidecar_for("cohort.tsv", columns=["participant_id", "status", "reason",
+                                                    "qc_verdict", "qc_reasons",
                                                     "label", "map", "site", "age", "sex[M]",
                                                     "tiv"])
+    assert set(sidecar["qc_verdict"]["Levels"]) == {"pass", "warn", "fail", "n/a"}
+    assert "Covariate" not in sidecar["qc_reasons"]["LongName"]
     assert sidecar["sex[M]"]["Levels"]["1"] == "M"
     assert sidecar["tiv"]["Units"] == "mL"
     assert "age" in sidecar["age"]["Description"]

@@ -67,7 +67,7 @@ def check_options(opts) -> None:
         raise UsageError("--atlas-labels needs --atlas")
     if opts.prediction_name and not opts.model:
         raise UsageError("--prediction-name names a prediction run: it needs --model")
-    for option in ("atlas", "atlas_labels", "nipype_plugin_file", "model"):
+    for option in ("atlas", "atlas_labels", "nipype_plugin_file", "model", "exclude_file"):
         value = getattr(opts, option)
         if value is not None and not Path(value).exists():
             raise MissingInputError(f"{value}: --{option.replace('_', '-')} file does not exist")
@@ -123,6 +123,7 @@ def _run_bids_app(opts, argv=()) -> dict:
         response_from=tuple(opts.response_from) if opts.response_from else None,
         response_threshold=opts.response_threshold,
         include=list(opts.include),
+        qc_policy=opts.qc_policy, exclude_file=opts.exclude_file,  # who passes the QC gate
     )
     common = dict(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
                   layout=layout, n_permutations=opts.n_permutations, nprocs=opts.nprocs,

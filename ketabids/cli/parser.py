@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ketabids import __version__
 from ketabids.errors import UsageError
+from ketabids.qc.gate import QC_POLICIES
 
 
 class Parser(argparse.ArgumentParser):
@@ -154,6 +155,18 @@ def get_parser() -> argparse.ArgumentParser:
                      help="ComBat site harmonisation fitted within folds (needs --site-column)")
     grp.add_argument("--standardize", action="store_true",
                      help="z-score features within folds")
+
+    qc = parser.add_argument_group("Group level: quality control")
+    qc.add_argument("--qc-policy", choices=QC_POLICIES, default=QC_POLICIES[0],
+                    help="what the participant level's QC verdicts do: exclude = scans that "
+                    "fail QC are left out of training and get no prediction; warn = keep them, "
+                    "listed with their verdict; ignore = do not read QC. Every scan left out "
+                    "or kept with a warn/fail verdict is listed in cohort.tsv and the report")
+    qc.add_argument("--exclude-file", type=Path, metavar="TSV",
+                    help="decisions of a visual review (look at OUTPUT_DIR/qc.html): TSV with "
+                    "columns participant_id, reason and optionally session (n/a = all); these "
+                    "scans are left out under every --qc-policy. The ratings exported by "
+                    "qc.html are accepted (rows rated 'exclude')")
 
     cv = parser.add_argument_group("Group level: features and cross-validation")
     cv.add_argument("--smoothing-fwhm", type=float, default=8.0, metavar="MM",

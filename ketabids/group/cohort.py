@@ -1,8 +1,9 @@
 """The cohort: who is analysed, with which map, label, covariates and site; who is left out.
 
 :func:`build_cohort` joins ``participants.tsv`` (BIDS_DIR) with the participant level's modulated
-GM maps (OUTPUT_DIR) for training and prediction alike; :func:`check_compatibility` refuses maps a
-frozen model cannot use.
+GM maps (OUTPUT_DIR) for training and prediction alike, then passes them through the QC gate
+(:mod:`ketabids.qc.gate`: QC verdicts and review decisions); :func:`check_compatibility` refuses
+maps a frozen model cannot use.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pandas as pd
 from ketabids.errors import BadDataError, NoDataError
 from ketabids.group import features as feat
 from ketabids.group import labels as lab
+from ketabids.qc.gate import QCGate, open_gate, pass_gate, read_verdict
 
 LOGGER = logging.getLogger("ketabids")
 
@@ -25,7 +27,7 @@ class Cohort:
     """Who is analysed, with which map, label, covariates and site; and who is left out."""
 
     def __init__(self, *, table, maps, y, excluded, filtered_out, covariates, covariate_names,
-                 encoding, sites, pipeline):
+                 encoding, sites, pipeline, qc=None):
         self.table = table  # participants.tsv rows of the included participants (ordered)
         self.maps = maps  # {subject: MapInfo} same order
         self.y = y  # np.ndarray of 0/1 or None
@@ -36,15 +38,26 @@ class Cohort:
         self.encoding = encoding
         self.sites = sites
         self.pipeline = pipeline  # {"template", "resolution", "version"}
+        self.qc = qc if qc is not None else QCGate(policy="ignore")  # what the QC gate did
 
     @property
     def participant_ids(self) -> list[str]:
         return [f"sub-{s}" for s in self.maps]
 
+    def _qc_columns(self, participant_id) -> dict:
+        rec = self.qc.verdicts.get(participant_id) or {}
+        return {"qc_verdict": rec.get("verdict") or "n/a",
+                "qc_reasons": "; ".join(rec.get("reasons") or []) or "n/a"}
+
     def table_tsv(self, site_column=None) -> pd.DataFrame:
+        """Every candidate: ``participant_id, status, reason, qc_verdict, qc_reasons`` (QC
+        verdict ``n/a``: no QC record or ``--qc-policy ignore``), then label, map, site and
+        covariates of the included ones."""
         rows = []
         for i, subject in enumerate(self.maps):
-            row = {"participant_id": f"sub-{subject}", "status": "included", "reason": "n/a",
+            pid = f"sub-{subject}"
+            row = {"participant_id": pid, "status": "included", "reason": "n/a",
+                   **self._qc_columns(pid),
                    "label": int(self.y[i]) if self.y is not None else None,
                    "map": str(self.maps[subject].path.name)}
             if site_column:
@@ -54,14 +67,21 @@ class Cohort:
             rows.append(row)
         for e in self.excluded:
             rows.append({"participant_id": e.participant_id, "status": "excluded",
-                         "reason": e.reason})
-        return pd.DataFrame(rows)
+                         "reason": e.reason, **self._qc_columns(e.participant_id)})
+        columns = ["participant_id", "status", "reason", "qc_verdict", "qc_reasons"]
+        return pd.DataFrame(rows, columns=columns + [c for c in pd.DataFrame(rows).columns
+                                                     if c not in columns])
 
 
 def build_cohort(*, bids_dir, output_dir, subjects, sessions, layout, template, rule,
-                 covariates=(), site_column=None, encoding=None) -> Cohort:
-    """Select participants, find their maps, labels, covariates; list everyone left out."""
+                 covariates=(), site_column=None, encoding=None, qc_policy="exclude",
+                 exclude_file=None) -> Cohort:
+    """Select participants, find their maps, labels, covariates; pass them through the QC gate
+    (``qc_policy``, ``exclude_file``: :func:`ketabids.qc.gate.apply_qc_gate`); list everyone
+    left out, with the reason."""
     table = lab.read_participants(bids_dir)
+    gate = open_gate(policy=qc_policy, exclude_file=exclude_file,
+                     known_participants=list(table.index), roots=(bids_dir, output_dir))
     if subjects:
         wanted = [s.removeprefix("sub-") for s in subjects]
         absent = [s for s in wanted if s not in table.index]
@@ -83,9 +103,13 @@ def build_cohort(*, bids_dir, output_dir, subjects, sessions, layout, template, 
         excluded += no_label
     maps, no_map = feat.find_maps(output_dir, template=template, subjects=list(kept.index),
                                   sessions=sessions, layout=layout)
+    if qc_policy != "ignore":
+        no_map = [_with_qc_reason(e, output_dir, sessions) for e in no_map]
     excluded += no_map
     order = [s for s in kept.index if s in maps
              and (not (rule.target or rule.response_from) or s in labels.index)]
+    order = pass_gate(gate, {s: maps[s].session for s in order}, output_dir=output_dir)
+    excluded += [lab.Exclusion(e["participant_id"], e["reason"]) for e in gate.excluded]
     if not order:
         raise NoDataError(
             f"no participant has both a label and a space-{template} modulated GM map "
@@ -108,7 +132,18 @@ def build_cohort(*, bids_dir, output_dir, subjects, sessions, layout, template, 
     sites = lab.site_labels(final, site_column)
     return Cohort(table=final, maps=maps, y=y, excluded=excluded, filtered_out=filtered_out,
                   covariates=cov if cov.shape[1] else None, covariate_names=names,
-                  encoding=enc, sites=sites, pipeline=pipeline)
+                  encoding=enc, sites=sites, pipeline=pipeline, qc=gate)
+
+
+def _with_qc_reason(exclusion, output_dir, sessions):
+    """A participant without a map whose QC record failed (e.g. a processing error): add the
+    QC reasons to the exclusion's reason."""
+    for session in (sessions or [None]):
+        record = read_verdict(output_dir, exclusion.participant_id, session)
+        if record and record["verdict"] == "fail":
+            return lab.Exclusion(exclusion.participant_id,
+                                 f"{exclusion.reason}; QC fail: {'; '.join(record['reasons'])}")
+    return exclusion
 
 
 def check_compatibility(manifest: dict, cohort: Cohort, *, model_path) -> list[str]:

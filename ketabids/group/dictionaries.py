@@ -63,7 +63,20 @@ TABLES: dict[str, dict] = {
                               "excluded": "left out; the reason column says why"}},
         "reason": {"LongName": "Reason for exclusion",
                    "Description": "Why the participant was left out (no label, no map, not in "
-                                  "participants.tsv ...); n/a when included."},
+                                  "participants.tsv, 'QC fail: ...', 'excluded by review "
+                                  "(<exclusion file>): ...'); n/a when included."},
+        "qc_verdict": {"LongName": "QC verdict",
+                       "Description": "Verdict of the participant level's quality control for "
+                                      "the scan (its desc-qc_metrics.json), as the group level's "
+                                      "--qc-policy used it.",
+                       "Levels": {"pass": "every QC rule passed",
+                                  "warn": "at least one warning (kept; review it in qc.html)",
+                                  "fail": "at least one failed rule or a processing error "
+                                          "(left out unless --qc-policy warn or ignore)",
+                                  "n/a": "no QC record, or --qc-policy ignore"}},
+        "qc_reasons": {"LongName": "QC reasons",
+                       "Description": "Reasons of a warn/fail QC verdict, separated by '; '; "
+                                      "n/a for pass or without a QC record."},
         "label": {**_Y_TRUE, "LongName": "Label used", "Description": _Y_TRUE["Description"]
                   + " n/a for excluded participants or a prediction without labels."},
         "map": {"LongName": "Grey-matter map",

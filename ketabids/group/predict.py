@@ -54,10 +54,13 @@ def _slug(text: str) -> str:
 
 def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessions=None,
                       layout=None, target=None, response_from=None, response_threshold=0.5,
+                      qc_policy: str = "exclude", exclude_file=None,
                       include=(), n_permutations=1000, nprocs=1, seed=0,
                       name: str | None = None, run_record: dict | None = None) -> dict:
     """Apply a frozen model to a cohort; with labels, evaluate it (metrics, permutation p).
 
+    Participants whose scan fails QC get no prediction (``qc_policy``, ``exclude_file``: see
+    :mod:`ketabids.qc.gate`); they are listed in cohort.tsv, the report and metrics.json.
     Label options default to the model's own rule (``--target`` / ``--response-from``) when
     its columns exist in this participants.tsv; ``include`` is never inherited.
     Returns ``{"output_dir", "report", "predictions", "n", "n_subjects" (= n), "n_excluded",
@@ -99,7 +102,8 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
                           sessions=sessions, layout=layout, template=manifest["template"],
                           rule=rule, covariates=manifest["covariates"]["names"],
                           site_column=site_column,
-                          encoding=manifest["covariates"]["encoding"])
+                          encoding=manifest["covariates"]["encoding"],
+                          qc_policy=qc_policy, exclude_file=exclude_file)
     warn_excluded(cohort.excluded)
     notes = check_compatibility(manifest, cohort, model_path=loaded.path)
     for note in notes:
@@ -174,7 +178,7 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
             "model_sha256": manifest["model_sha256"], "labels": rule.as_dict(),
             "n": len(ids), "permutation": perm.as_dict() if perm else None,
             "notes": notes, "excluded": [e.__dict__ for e in cohort.excluded],
-            "filtered_out_by_include": cohort.filtered_out})
+            "filtered_out_by_include": cohort.filtered_out, "qc": cohort.qc.as_dict()})
         from ketabids.reports import group as report
 
         report.write_predict_report(
@@ -193,6 +197,7 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
         "report": str(final_dir / "report.html"),
         "predictions": str(final_dir / "predictions.tsv"),
         "n": len(ids), "n_subjects": len(ids), "n_excluded": len(cohort.excluded),
+        "qc": cohort.qc.as_dict(),
         "labelled": metrics is not None,
         **{k: headline.get(k) for k in ("bac", "auc", "p_bac", "p_auc")},
         "metrics": {"bac": headline.get("bac"), "auc": headline.get("auc")},

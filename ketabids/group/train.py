@@ -60,6 +60,7 @@ __all__ = ["run_group_train", "FLOAT_FORMAT"]
 def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layout=None,
                     target: str | None = None, response_from: tuple[str, str] | None = None,
                     response_threshold: float = 0.5, include=(), covariates=(),
+                    qc_policy: str = "exclude", exclude_file=None,
                     site_column: str | None = None, combat: bool = False,
                     standardize: bool = False, smoothing_fwhm: float = 8.0,
                     analysis_resolution: float = 2.0, template: str = "MNI152NLin2009aSym",
@@ -91,7 +92,8 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
 
     cohort = build_cohort(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects,
                           sessions=sessions, layout=layout, template=template, rule=rule,
-                          covariates=covariates, site_column=site_column)
+                          covariates=covariates, site_column=site_column,
+                          qc_policy=qc_policy, exclude_file=exclude_file)
     warn_excluded(cohort.excluded)
     if len(set(cohort.y.tolist())) < 2:
         raise BadDataError(f"all {len(cohort.y)} included participants have the same label "
@@ -183,6 +185,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
                      "unseen_site_rule": "ComBat leaves rows of sites unseen at training "
                      "unadjusted (site effect 0)" if combat else "sites not used by the model"},
             "labels": rule.as_dict(),
+            "qc": cohort.qc.as_dict(),
             "cv": cv_info,
             "metrics": {**headline, "headline": h},
             "training": {"n": len(y), "n_responders": int(y.sum()),
@@ -198,7 +201,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
             "headline": h, "summary": headline, "cv_hash": result.cv_hash, "settings": cv_info,
             "permutation": perm.as_dict() if perm else None, "n": len(y),
             "n_responders": int(y.sum()), "excluded": [e.__dict__ for e in cohort.excluded],
-            "filtered_out_by_include": cohort.filtered_out})
+            "filtered_out_by_include": cohort.filtered_out, "qc": cohort.qc.as_dict()})
         from ketabids.reports import group as report
 
         report.write_train_report(
@@ -218,7 +221,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
         "model": str(final_dir / model_io.MODEL_NAME),
         "manifest": str(final_dir / model_io.MANIFEST_NAME),
         "n": len(y), "n_subjects": len(y), "n_responders": int(y.sum()),
-        "n_excluded": len(cohort.excluded),
+        "n_excluded": len(cohort.excluded), "qc": cohort.qc.as_dict(),
         **{k: headline.get(k) for k in ("bac_mean", "bac_pooled", "auc", "p_bac", "p_auc")},
         "metrics": {"bac": h["estimate"], "bac_pooled": headline["bac_pooled"],
                     "bac_mean": headline["bac_mean"], "auc": headline["auc"]},

@@ -4,8 +4,8 @@ Figures are drawn with matplotlib (Agg backend) and nilearn and embedded as base
 report is one file that can be mailed or archived. The page skeleton is
 ``ketabids/data/group_report.html`` (``string.Template``); sections are built here.
 
-Training report: cohort (n, responders, participants left out and why), metrics with 95 %
-intervals, ROC, confusion matrix, permutation histogram,
+Training report: cohort (n, responders, participants left out and why, the QC gate), metrics
+with 95 % intervals, ROC, confusion matrix, permutation histogram,
 decision-value distributions, reliability curve, weight / CV-ratio / sign-consistency /
 Haufe-pattern maps, region table, methods paragraph. Prediction report: the same for a frozen
 model on a new cohort, plus the model's provenance.
@@ -97,12 +97,48 @@ def _cohort_section(cohort, rule, site_column=None) -> str:
                          f"{p.get('version')}"))
     body = _table(pd.DataFrame(rows, columns=["", "value"]))
     if cohort.excluded:
-        body += ("<p>Participants left out:</p>" + _table(pd.DataFrame(
+        body += ("<h3>Left out</h3>" + _table(pd.DataFrame(
             [(e.participant_id, e.reason) for e in cohort.excluded],
             columns=["participant_id", "reason"])))
     else:
         body += "<p>No participant was left out.</p>"
-    return "<h2>Cohort</h2>" + body
+    return "<h2>Cohort</h2>" + body + _qc_section(cohort)
+
+
+def _qc_section(cohort) -> str:
+    """The QC gate: policy, verdict counts, exclusion file, scans kept with warn/fail."""
+    gate = getattr(cohort, "qc", None)
+    if gate is None:
+        return ""
+    c = gate.counts()
+    rows = [("QC policy (--qc-policy)", gate.policy)]
+    if gate.policy == "ignore":
+        rows.append(("QC verdicts", "not read"))
+    else:
+        rows.append(("QC verdicts of the candidates",
+                     f"{c['pass']} pass, {c['warn']} warn, {c['fail']} fail, "
+                     f"{c['no_record']} without a QC record"))
+    by_qc = sum(e["by"] == "qc" for e in gate.excluded)
+    rows.append(("Left out for failing QC", by_qc))
+    if gate.exclude_file:
+        rows.append(("Exclusion file (--exclude-file)",
+                     f"{gate.exclude_file} (SHA-256 {gate.exclude_file_sha256[:16]}), "
+                     f"{sum(e['by'] == 'review' for e in gate.excluded)} left out by review"))
+    body = "<h3>Quality control</h3>" + _kv(rows)
+    flagged = gate.kept_flagged
+    if flagged:
+        body += ("<p>Kept although their QC verdict is warn or fail (review them in "
+                 "<code>qc.html</code>; leave one out with <code>--exclude-file</code>):</p>"
+                 + _table(pd.DataFrame(
+                     [(f["participant_id"], f["verdict"], "; ".join(f["reasons"]))
+                      for f in flagged], columns=["participant_id", "QC verdict", "reasons"])))
+    if gate.no_record:
+        body += (f"<p class='note'>{len(gate.no_record)} participant(s) have no QC record "
+                 "(derivatives from a ketabids without QC?) and were kept unchecked: "
+                 f"{html.escape(', '.join(gate.no_record[:50]))}"
+                 f"{' ...' if len(gate.no_record) > 50 else ''}. Rerun the participant level "
+                 "to check them.</p>")
+    return body
 
 
 def _metrics_table(metrics: pd.DataFrame) -> str:
@@ -262,6 +298,15 @@ def _label_text(labels: dict) -> str:
                      include=tuple(labels.get("include") or ())).describe()
 
 
+def _qc_text(qc) -> str:
+    if not qc:
+        return "not recorded (model from a ketabids without the QC gate)"
+    left = len(qc.get("excluded") or [])
+    review = f", exclusion file SHA-256 {qc['exclude_file_sha256'][:16]}" \
+        if qc.get("exclude_file_sha256") else ""
+    return f"--qc-policy {qc.get('policy')}, {left} training scan(s) left out{review}"
+
+
 def _provenance(manifest: dict) -> str:
     f = manifest["features"]
     rows = [
@@ -277,6 +322,7 @@ def _provenance(manifest: dict) -> str:
                       f"{manifest['site'].get('combat')}: "
                       f"{manifest['site'].get('unseen_site_rule')}"),
         ("Labels", _label_text(manifest["labels"])),
+        ("QC gate", _qc_text(manifest.get("qc"))),
         ("Training set", f"n = {manifest['training']['n']} "
                          f"({manifest['training']['n_responders']} responders), subjects "
                          f"SHA-256 {manifest['training']['subjects_sha256'][:16]}"),
