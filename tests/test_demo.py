@@ -340,17 +340,25 @@ def test_default_demo_truth_is_learnable(tmp_path):
 
 
 # ------------------------------------------------------------------------ the demo command
-def test_results_table_shows_the_published_figures():
+def test_results_table_shows_headlines_beside_the_papers_figures(rng):
+    """Each row: the analysis' headline (value, interval, p text of that same BAC) and the
+    paper's figures of the SAME analysis (discovery 72.2%, external 60.0%, saline 41.1%)."""
     from ketabids.cli.demo import results_table
     from ketabids.demo.published import PUBLISHED
+    from ketabids.group.metrics import classification_metrics, headline_metric
 
-    rows = {name: {"n": 12, "bac": 0.5, "auc": 0.5, "p": 0.25} for name in PUBLISHED}
-    lines = results_table(rows).splitlines()
+    y = np.array([0, 1] * 10)
+    metrics = classification_metrics(y, rng.normal(size=20) + y)
+    h = headline_metric(metrics, aggregation="single", y=y, p=1 / 201, n_permutations=200)
+    lines = results_table({name: h for name in PUBLISHED}).splitlines()
     assert len(lines) == 2 + len(PUBLISHED)
-    assert lines[2].endswith("99, 72.2%, 0.72, -")
-    assert lines[3].endswith("51, 60.0%, 0.65, 0.01")
-    assert lines[4].endswith("49, 41.1%, 0.45, -")
-    assert all(" 50.0% " in line and "0.25" in line for line in lines[2:])
+    assert "paper" in lines[0]
+    assert lines[2].startswith("discovery") and lines[2].endswith("| 99, 72.2%, 0.72, -")
+    assert lines[3].startswith("external") and lines[3].endswith("| 51, 60.0%, 0.65, 0.01")
+    assert lines[4].startswith("saline") and lines[4].endswith("| 49, 41.1%, 0.45, -")
+    ours = f"{100 * h['estimate']:.1f}% ({100 * h['ci_low']:.1f}%-{100 * h['ci_high']:.1f}%)"
+    assert all(ours in line and "p <= 0.005 (floor of 200 permutations)" in line
+               for line in lines[2:])
 
 
 def test_outer_folds_follow_the_group_response_rule():

@@ -1,8 +1,9 @@
 """Every group-level TSV and map has a data dictionary, and every written column is described.
 
 File names are parsed from the source of the group writers (ketabids/group/train.py,
-predict.py and model_io.py); columns come from the engine functions that produce the tables. (To be switched
-to the files of a real group run once the writer writes the sidecars itself.)
+predict.py and model_io.py); columns come from the engine functions that produce the tables. The
+files of a real run (participant + train + predict) are checked in tests/test_outputs_contract.py
+(every .tsv/.nii.gz has its .json) and tests/test_group_run.py (the exact train listing).
 """
 from __future__ import annotations
 

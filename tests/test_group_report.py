@@ -13,15 +13,18 @@ from ketabids.group.metrics import calibration_table
 from ketabids.group.progress import Progress
 
 
-def test_calibration_table_bins_and_rates():
+def test_calibration_table_uses_quantile_bins():
+    """Participants sorted by probability, split into bins of equal size (no one-person bins)."""
     y = np.array([0, 0, 0, 1, 1, 1, 1, 0])
     p = np.array([0.05, 0.15, 0.12, 0.95, 0.85, 0.55, 0.58, 0.52])
-    table = calibration_table(y, p, n_bins=10)
-    assert table["n"].sum() == len(y)
-    assert table["n"].tolist() == [1, 2, 3, 1, 1]
-    row = table[table["bin_low"] == 0.5].iloc[0]
-    assert row["observed_rate"] == pytest.approx(2 / 3)
-    assert row["mean_predicted"] == pytest.approx((0.55 + 0.58 + 0.52) / 3)
+    table = calibration_table(y, p)  # default: n // 10 clipped to 2..10 -> 2 bins
+    assert table["n"].tolist() == [4, 4]
+    assert table["observed_rate"].tolist() == [0.0, 1.0]
+    assert table["bin_low"].tolist() == [0.05, 0.55] and table["bin_high"].tolist() == [0.52, 0.95]
+    assert table["mean_predicted"].iloc[1] == pytest.approx((0.55 + 0.58 + 0.85 + 0.95) / 4)
+    rng = np.random.default_rng(0)
+    big = calibration_table(rng.integers(0, 2, 95), rng.random(95))
+    assert len(big) == 9 and big["n"].sum() == 95 and big["n"].min() >= 10
 
 
 def test_figures_are_png_data_uris(rng):

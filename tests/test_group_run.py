@@ -83,12 +83,14 @@ def test_train_recovers_planted_effect(study):
     assert s["n"] == 100 and s["n_responders"] == 45 and s["n_excluded"] == 0
     assert s["bac_mean"] >= 0.8 and s["bac_pooled"] >= 0.8 and s["auc"] >= 0.85
     assert s["p_bac"] == pytest.approx(0.05)  # 19 permutations: the smallest p possible
-    expected = {"report.html", "ketabids_model.skops", "ketabids_model.json",
-                "ketabids_mask.nii.gz", "cohort.tsv", "cv_predictions.tsv", "cv_folds.tsv",
-                "metrics.tsv", "metrics.json", "permutations.tsv", "calibration.tsv",
-                "final_model_decisions.tsv", "regions.tsv"} | {
-        f"space-MNI152NLin2009aSym_desc-{m}_statmap.nii.gz"
+    tables = {"cohort", "cv_predictions", "cv_folds", "metrics", "permutations",
+              "calibration", "final_model_decisions", "regions"}
+    maps = {"space-MNI152NLin2009aSym_res-2_desc-analysis_mask"} | {
+        f"space-MNI152NLin2009aSym_desc-{m}_statmap"
         for m in ("weight", "cvratio", "signconsistency", "pattern", "finalweight")}
+    expected = ({"report.html", "ketabids_model.skops", "ketabids_model.json", "metrics.json"}
+                | {f"{t}.tsv" for t in tables} | {f"{m}.nii.gz" for m in maps}
+                | {f"{name}.json" for name in tables | maps})  # every table/map: a sidecar
     assert {p.name for p in train.iterdir()} == expected
     folds = pd.read_csv(train / "cv_folds.tsv", sep="\t")
     assert len(folds) == 10 and set(folds["C"]) <= set(PROTOCOL["c_grid"])

@@ -34,7 +34,7 @@ def test_segmentation_and_normalisation_figures():
     dist, affine = _sphere()
     t1w = nib.Nifti1Image((1000 - 40 * dist).clip(0).astype("float32"), affine)
     mask = nib.Nifti1Image((dist < 8).astype("uint8"), affine)
-    dseg = nib.Nifti1Image(np.select([dist < 4, dist < 6, dist < 8], [3, 2, 1], 0).astype("uint8"),
+    dseg = nib.Nifti1Image(np.select([dist < 4, dist < 6, dist < 8], [2, 1, 3], 0).astype("uint8"),
                            affine)
     strips = plot_segmentation(t1w, mask, dseg)
     assert [s.axis for s in strips] == ["sagittal", "coronal", "axial"]

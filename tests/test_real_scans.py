@@ -59,13 +59,13 @@ def test_fast_mode_on_a_2mm_phantom(template2, tmp_path):
         return np.asarray(conform_t1w(img)[0].dataobj)
 
     gm, wm, csf = conf(subject.gm), conf(subject.wm), conf(subject.csf)
-    stack = np.stack([csf, gm, wm])
+    stack = np.stack([gm, wm, csf])  # sMRIPrep dseg order: 1=GM 2=WM 3=CSF
     truth = np.where(stack.sum(0) >= 0.5, np.argmax(stack, 0) + 1, 0)
     dseg = np.asarray(out["t1w_dseg"].dataobj)
     assert not out["skull_stripped"]
     assert _dice(np.asarray(out["t1w_mask"].dataobj), conf(subject.brain_mask)) > 0.95
+    assert _dice(dseg == 1, truth == 1) > 0.80
     assert _dice(dseg == 2, truth == 2) > 0.80
-    assert _dice(dseg == 3, truth == 3) > 0.80
     true_gm = subject.volumes["gm_ml"]
     assert out["volumes"]["gm_ml"] == pytest.approx(true_gm, rel=0.12)
     vox = abs(np.linalg.det(out["gm_mod"].affine[:3, :3])) / 1000
@@ -134,3 +134,27 @@ def test_real_scan_rotated_resampled_rebiased_gives_same_volumes(real_runs, tmp_
     ref = real_runs[name]["volumes"]
     for key in ("tiv_ml", "gm_ml"):
         assert out["volumes"][key] == pytest.approx(ref[key], rel=0.03), (key, out["volumes"], ref)
+
+
+REFERENCE = REAL.parent / "reference-fmriprep" / "aomic-piop2_sub-0001_dseg.nii.gz"
+
+
+@needs_real
+@pytest.mark.slow
+@pytest.mark.skipif(not REFERENCE.is_file(), reason=f"fMRIPrep reference not found: {REFERENCE}")
+def test_dseg_labels_match_fmriprep_reference(real_runs):
+    """Same label value = same tissue as fMRIPrep's dseg of the same scan (1 GM, 2 WM, 3 CSF):
+    each label overlaps the reference's same label far better than any other label (measured,
+    2 mm fast mode: Dice GM 0.74, WM 0.82, CSF 0.49; best other label <= 0.19; with 0.1.0's
+    1=CSF 2=GM 3=WM every same-value Dice was below 0.2)."""
+    from nilearn.image import resample_to_img
+
+    ours = real_runs["aomic-piop2_sub-0001_T1w.nii.gz"]["t1w_dseg"]
+    ref = nib.load(REFERENCE)
+    ours_on_ref = np.asarray(resample_to_img(ours, ref, interpolation="nearest",
+                                             force_resample=True, copy_header=True).dataobj)
+    ref_labels = np.asarray(ref.dataobj)
+    for label in (1, 2, 3):
+        same = _dice(ours_on_ref == label, ref_labels == label)
+        others = [_dice(ours_on_ref == label, ref_labels == k) for k in (1, 2, 3) if k != label]
+        assert same > 0.4 and same > max(others) + 0.2, (label, same, others)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ketabids.anat.antsutil import make_image
-from ketabids.anat.segmentation import CLASSES, segment_tissues
+from ketabids.anat.segmentation import CLASSES, LABELS, segment_tissues
 
 SHAPE = (20, 22, 24)
 
@@ -38,12 +38,14 @@ def test_segmentation_recovers_planted_tissues(three_tissues):
     assert dseg.get_data_dtype() == np.uint8
     assert set(np.unique(labels)) == {0, 1, 2, 3}
     assert np.all(labels[~inside] == 0)
-    assert np.mean(labels[inside] == truth[inside]) > 0.9  # 1=CSF 2=GM 3=WM
+    # truth codes the Atropos class order (1=CSF 2=GM 3=WM); dseg uses sMRIPrep's 1=GM 2=WM 3=CSF
+    expected = np.array([0, 3, 1, 2], np.uint8)[truth]
+    assert np.mean(labels[inside] == expected[inside]) > 0.9
     total = sum(np.asarray(probs[k].dataobj) for k in CLASSES)
     np.testing.assert_allclose(total[inside], 1.0, atol=1e-4)
     assert np.all(total[~inside] == 0)
     # hard labels are the argmax of the probabilities
-    stack = np.stack([np.asarray(probs[k].dataobj) for k in CLASSES])
+    stack = np.stack([np.asarray(probs[k].dataobj) for k in ("GM", "WM", "CSF")])
     np.testing.assert_array_equal((np.argmax(stack, 0) + 1)[inside], labels[inside])
     assert probs["GM"].shape == SHAPE and np.allclose(probs["GM"].affine, img.affine)
 
@@ -79,3 +81,8 @@ def test_seeded_single_thread_segmentation_is_bit_identical():
                          capture_output=True, text=True, check=True)
     first, second = out.stdout.split()[-2:]
     assert first == second
+
+
+def test_dseg_labels_follow_smriprep():
+    """sMRIPrep/fMRIPrep dseg order: 0 background, 1 GM, 2 WM, 3 CSF (their dseg.tsv)."""
+    assert {v: abbr for v, (_, abbr) in LABELS.items()} == {1: "GM", 2: "WM", 3: "CSF"}

@@ -5,8 +5,9 @@ spatial priors (the template's tissue probability maps carried to the subject) w
 ``prior_weight`` and a Markov random field of strength ``mrf`` (radius 1 voxel), initialised
 from the priors. Prior mass missing inside the mask (outside the template's brain) is CSF.
 The work is done on the mask's bounding box (+2 voxels) only, then padded
-back to the full grid. Class order CSF, GM, WM, so the hard labels are 1=CSF 2=GM 3=WM
-(sMRIPrep's ``dseg`` convention) and 0 outside the mask.
+back to the full grid. Atropos works in the class order CSF, GM, WM (:data:`CLASSES`); the
+hard labels are then renumbered to sMRIPrep's/fMRIPrep's ``dseg`` convention :data:`LABELS`
+(1=GM 2=WM 3=CSF, 0 outside the mask; look-up table ``dseg.tsv`` at the output root).
 """
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ import numpy as np
 from ketabids.anat.antsutil import ants_env, make_image, to_ants
 from ketabids.io import run_temp_dir
 
-CLASSES = ("CSF", "GM", "WM")  # label values 1, 2, 3
+CLASSES = ("CSF", "GM", "WM")  # Atropos class order (priors in, probability maps out)
+#: Hard-label values of the ``dseg`` image (sMRIPrep order): label -> (name, abbreviation).
+LABELS = {1: ("Gray Matter", "GM"), 2: ("White Matter", "WM"), 3: ("Cerebrospinal Fluid", "CSF")}
+#: Atropos class index (0-based, :data:`CLASSES` order) -> dseg label value.
+_CLASS_TO_LABEL = np.array([{abbr: v for v, (_, abbr) in LABELS.items()}[c] for c in CLASSES],
+                           np.uint8)
 #: Atropos settings. Measured on AOMIC sub-0001 against fMRIPrep/FAST (brain mask with its CSF
 #: ring, image corrected with the finer 100 mm N4 field that brain.py documents and does not
 #: use by default; GM/WM Dice, GM volume vs reference): prior weight 0.25
@@ -44,7 +50,7 @@ def segment_tissues(img: nib.Nifti1Image, mask: nib.Nifti1Image, priors: dict, *
 
     ``priors``: {"GM","WM","CSF"} -> nibabel images on ``img``'s grid (probabilities).
     Returns ``(probs, dseg)``: ``probs`` = {"GM","WM","CSF"} float32 images summing to 1
-    inside the mask and 0 outside; ``dseg`` uint8 labels 1=CSF 2=GM 3=WM.
+    inside the mask and 0 outside; ``dseg`` uint8 labels 1=GM 2=WM 3=CSF (:data:`LABELS`).
     """
     import ants
 
@@ -85,12 +91,13 @@ def segment_tissues(img: nib.Nifti1Image, mask: nib.Nifti1Image, priors: dict, *
     probs_box = np.where(s > 0, probs_box / np.where(s > 0, s, 1), 0)
     # voxels Atropos left empty inside the mask: fall back to the priors' argmax
     empty = mb & (s <= 0)
-    labels_box = np.where(mb, np.argmax(probs_box, 0) + 1, 0).astype(np.uint8)
+    classes_box = np.argmax(probs_box, 0)
     if empty.any():
         fallback = np.argmax(np.stack([p.numpy() for p in pri], 0), 0)
         for k in range(3):
             probs_box[k][empty] = (fallback[empty] == k).astype(np.float32)
-        labels_box[empty] = fallback[empty] + 1
+        classes_box[empty] = fallback[empty]
+    labels_box = np.where(mb, _CLASS_TO_LABEL[classes_box], 0).astype(np.uint8)
     probs, full = {}, m.shape
     for k, name in enumerate(CLASSES):
         arr = np.zeros(full, np.float32)

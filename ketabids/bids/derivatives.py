@@ -31,7 +31,25 @@ See https://doi.org/10.1038/s41398-026-04085-4 for the study ketabids implements
 """
 
 #: What ``.bidsignore`` at the output root hides from the BIDS validator (not in the spec yet).
-BIDSIGNORE = ["*_xfm.h5", "*_morph.tsv", "*_morph.json", "*.html", "logs/", *QC_BIDSIGNORE]
+#: ``/group`` (anchored, no trailing slash: ``group/`` leaves the folder itself NOT_INCLUDED,
+#: measured with bids-validator-deno 3.0.2, /work/coord/validator-plan.md); ``qc.tsv``/``qc.json``
+#: of the QC summary at the root.
+BIDSIGNORE = ["*_xfm.h5", "*_morph.tsv", "*_morph.json", "*.html", "logs/", "/group",
+              *QC_BIDSIGNORE]
+
+#: Name of the dseg look-up table at the output root: it applies by inheritance to every
+#: ``sub-*_dseg.nii.gz`` (BIDS), as sMRIPrep's/fMRIPrep's ``dseg.tsv``.
+DSEG_LUT = "dseg.tsv"
+#: The sidecar of :data:`DSEG_LUT` (column dictionary).
+DSEG_LUT_DICTIONARY = {
+    "Description": "Look-up table of the tissue labels of every sub-*_dseg.nii.gz in this "
+                   "dataset (sMRIPrep/fMRIPrep order; ketabids 0.1.0 used 1=CSF 2=GM 3=WM).",
+    "index": {"LongName": "Label value", "Description": "Voxel value in the dseg image (0, "
+                                                         "outside the brain mask, is not listed)"},
+    "name": {"LongName": "Tissue name", "Description": "Full name of the tissue class"},
+    "abbreviation": {"LongName": "Tissue abbreviation",
+                     "Description": "Short name, as in the label- entity of the probseg maps"},
+}
 
 #: Data dictionary of ``desc-volumes_morph.tsv`` (its JSON sidecar).
 VOLUMES_DICTIONARY = {
@@ -129,6 +147,34 @@ def write_derivative_description(output_dir: str | os.PathLike, bids_dir: str | 
             return path
     atomic_write_text(path, json.dumps(content, indent=2, sort_keys=False) + "\n")
     atomic_write_text(output_dir / "README", DERIVATIVE_README.format(version=__version__))
+    return path
+
+
+def dseg_lut_table() -> str:
+    """The text of :data:`DSEG_LUT` (columns ``index, name, abbreviation``).
+
+    >>> print(dseg_lut_table(), end="")
+    index	name	abbreviation
+    1	Gray Matter	GM
+    2	White Matter	WM
+    3	Cerebrospinal Fluid	CSF
+    """
+    from ketabids.anat.segmentation import LABELS
+
+    rows = ["index\tname\tabbreviation"] + [f"{value}\t{name}\t{abbr}"
+                                             for value, (name, abbr) in sorted(LABELS.items())]
+    return "\n".join(rows) + "\n"
+
+
+def write_dseg_lut(output_dir: str | os.PathLike) -> Path:
+    """``OUTPUT_DIR/dseg.tsv`` and its ``dseg.json`` (rewritten only when they differ)."""
+    output_dir = Path(output_dir)
+    path = output_dir / DSEG_LUT
+    content = dseg_lut_table()
+    sidecar = json.dumps(DSEG_LUT_DICTIONARY, indent=2) + "\n"
+    for target, text in ((path, content), (path.with_suffix(".json"), sidecar)):
+        if not (target.is_file() and target.read_text() == text):
+            atomic_write_text(target, text)
     return path
 
 

@@ -128,7 +128,14 @@ def check_options(opts, parser=None) -> None:
         )
 
 
-def _run_bids_app(opts) -> dict:
+def run_record(argv, opts) -> dict:
+    """The command line and every resolved option (defaults included), for ``OUTPUT_DIR/logs``."""
+    from ketabids.io import jsonable
+
+    return {"argv": ["ketabids", *map(str, argv)], "config": jsonable(vars(opts))}
+
+
+def _run_bids_app(opts, argv=()) -> dict:
     from ketabids.bids import layout as bids
 
     bids_dir = bids.check_bids_dir(opts.bids_dir)
@@ -159,6 +166,7 @@ def _run_bids_app(opts) -> dict:
             atlas=opts.atlas, atlas_labels=opts.atlas_labels, nprocs=opts.nprocs,
             omp_nthreads=opts.omp_nthreads, mem_gb=opts.mem_gb, seed=opts.seed,
             plugin_file=opts.nipype_plugin_file, layout=layout,
+            run_record=run_record(argv, opts),
         )
 
     label_options = dict(
@@ -170,7 +178,7 @@ def _run_bids_app(opts) -> dict:
     )
     common = dict(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
                   layout=layout, n_permutations=opts.n_permutations, nprocs=opts.nprocs,
-                  seed=opts.seed, **label_options)
+                  seed=opts.seed, run_record=run_record(argv, opts), **label_options)
     from ketabids.io import run_temp_dir
 
     # temporary files of the group level (joblib, matplotlib...) in a per-run folder removed at
@@ -305,7 +313,7 @@ def _parse_and_run(argv: list[str], site: CrashSite | None = None) -> dict:
         site.work_dir = Path(opts.work_dir).expanduser().absolute() if opts.work_dir else None
     setup_logging(opts.verbose)
     check_options(opts, parser)
-    return _run_bids_app(opts)
+    return _run_bids_app(opts, argv)
 
 
 def run(argv: list[str]) -> RunResult:

@@ -51,28 +51,38 @@ def _fmt(value, pct=True):
 
 
 def results_table(rows: dict) -> str:
-    """Plain-text table of demo results beside the published ones."""
-    header = f"{'analysis':<24} {'n':>4} {'BAC':>7} {'AUC':>6} {'p(BAC)':>7}   published: n, BAC, AUC, p"
+    """Plain-text table: each analysis' headline result (:func:`ketabids.group.metrics.
+    headline_metric`: the same numbers as its metrics.json ``headline`` and its report) beside
+    the paper's figures for the same analysis (:data:`ketabids.demo.published.PUBLISHED`)."""
+    ours = {name: (f"{_fmt(h.get('estimate'))} ({_fmt(h.get('ci_low'))}-"
+                   f"{_fmt(h.get('ci_high'))})", h.get("p_text") or "-")
+            for name, h in rows.items()}
+    w_bac = max(len("BAC (95% CI)"), *(len(b) for b, _ in ours.values()))
+    w_p = max(len("p (BAC)"), *(len(p) for _, p in ours.values()))
+    header = (f"{'analysis':<24} {'n':>4}  {'BAC (95% CI)':<{w_bac}}  {'p (BAC)':<{w_p}}  | "
+              "paper (Transl Psychiatry 2026): n, BAC, AUC, p")
     lines = [header, "-" * len(header)]
-    for name, res in rows.items():
+    for name, h in rows.items():
         pub = PUBLISHED[name]
+        bac, p = ours[name]
         lines.append(
-            f"{name:<24} {res.get('n', '-'):>4} {_fmt(res.get('bac')):>7} "
-            f"{_fmt(res.get('auc'), pct=False):>6} {_fmt(res.get('p'), pct=False):>7}   "
-            f"{pub['n']}, {_fmt(pub['bac'])}, {pub['auc']}, {_fmt(pub['p'], pct=False)}"
-        )
+            f"{name:<24} {h.get('n', '-'):>4}  {bac:<{w_bac}}  {p:<{w_p}}  | "
+            f"{pub['n']}, {_fmt(pub['bac'])}, {pub['auc']}, {_fmt(pub['p'], pct=False)}")
     return "\n".join(lines)
 
 
+HEADLINE_NOTE = ("BAC = balanced accuracy, the headline metric of each analysis: pooled "
+                 "out-of-fold predictions of all CV repeats (discovery), the frozen model's "
+                 "predictions (external, saline); p = permutation p-value of that same BAC. "
+                 "Same numbers as metrics.json 'headline' and the reports. The right-hand "
+                 "columns are the paper's figures, not computed here.")
+
+
 def _headline(summary: dict) -> dict:
-    metrics = summary.get("metrics", {})
-    return {
-        "n": summary.get("n_subjects"),
-        "bac": metrics.get("bac"),
-        "auc": metrics.get("auc"),
-        "p": summary.get("p_bac"),
-        "report": summary.get("report"),
-    }
+    """The run's headline result (None entries when it has no labels) and its report."""
+    h = dict(summary.get("headline") or {"n": summary.get("n_subjects")})
+    h["report"] = summary.get("report")
+    return h
 
 
 def run_demo(opts) -> dict:
@@ -121,6 +131,10 @@ def run_demo(opts) -> dict:
     }
     print()
     print(results_table(rows))
+    print(HEADLINE_NOTE)
+    for name, row in rows.items():
+        if row.get("warning"):
+            print(f"{name}: {row['warning']}")
     print()
     for name, row in rows.items():
         print(f"{name} report: {row['report']}")

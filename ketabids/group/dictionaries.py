@@ -26,7 +26,7 @@ import copy
 import re
 from pathlib import PurePath
 
-__all__ = ["sidecar_for", "sidecar_name", "TABLES", "MAPS"]
+__all__ = ["sidecar_for", "sidecar_name", "write_sidecars", "TABLES", "MAPS"]
 
 _BINARY = {"0": "non-responder (negative class)", "1": "responder (positive class)"}
 _PROB = "probability (0-1)"
@@ -172,13 +172,14 @@ TABLES: dict[str, dict] = {
                                   "participants."},
     },
     "calibration.tsv": {
-        "bin_low": {"LongName": "Bin lower edge", "Units": _PROB,
-                    "Description": "Lower edge of the predicted-probability bin."},
-        "bin_high": {"LongName": "Bin upper edge", "Units": _PROB,
-                     "Description": "Upper edge of the predicted-probability bin."},
+        "bin_low": {"LongName": "Lowest probability in the bin", "Units": _PROB,
+                    "Description": "Quantile bins: participants sorted by probability and split "
+                                   "into groups of (nearly) equal size (about 10 per bin, 2 to "
+                                   "10 bins); this is the smallest probability in the group."},
+        "bin_high": {"LongName": "Highest probability in the bin", "Units": _PROB,
+                     "Description": "Largest probability in the quantile bin."},
         "n": {"LongName": "Participants in the bin", "Units": "count",
-              "Description": "Participants whose probability falls in the bin (empty bins are "
-                             "not listed)."},
+              "Description": "Participants in the quantile bin."},
         "mean_predicted": {"LongName": "Mean predicted probability", "Units": _PROB,
                            "Description": "Mean probability of response in the bin (train: "
                                           "out-of-fold probability averaged over repeats)."},
@@ -405,3 +406,37 @@ def sidecar_for(filename: str, *, columns=None, mode: str | None = None,
     if resolution is not None:
         out["Resolution"] = f"{float(resolution):g} mm isotropic analysis grid"
     return out
+
+
+def write_sidecars(folder, *, mode: str, template: str | None = None,
+                   resolution: float | None = None) -> list:
+    """Write the JSON sidecar of every ``.tsv`` and NIfTI file in ``folder`` (a group output
+    folder, before it is published); returns the sidecar paths.
+
+    TSV sidecars describe exactly the file's header columns (:func:`sidecar_for` with
+    ``columns``), so an undescribed column is an error rather than a silent gap. A JSON file of
+    that name written before (``metrics.json``: the headline result, settings) keeps its keys;
+    the column descriptions are added to it.
+    """
+    import json
+    from pathlib import Path
+
+    from ketabids.io import write_json
+
+    written = []
+    for path in sorted(Path(folder).iterdir()):
+        name = path.name
+        if not (name.endswith(".tsv") or name.endswith(".nii.gz") or name.endswith(".nii")):
+            continue
+        if name.endswith(".tsv"):
+            with open(path, encoding="utf-8") as handle:
+                columns = handle.readline().rstrip("\n").split("\t")
+            sidecar = sidecar_for(name, columns=columns, mode=mode)
+        else:
+            sidecar = sidecar_for(name, mode=mode, template=template, resolution=resolution)
+        target = path.with_name(sidecar_name(name))
+        if target.is_file():
+            sidecar.update(json.loads(target.read_text()))
+        write_json(target, sidecar)
+        written.append(target)
+    return written

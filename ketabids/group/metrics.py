@@ -22,7 +22,8 @@ from scipy import stats
 
 __all__ = ["classification_metrics", "repeat_metrics", "per_fold_table", "roc_auc",
            "balanced_accuracy", "balanced_accuracy_sets", "wilson_interval", "delong_interval",
-           "calibration_table", "finite_or_none"]
+           "calibration_table", "finite_or_none", "headline_metric", "format_p",
+           "format_headline", "small_class_warning", "SMALL_CLASS"]
 
 METRICS = ("bac", "sensitivity", "specificity", "auc", "ppv", "npv", "accuracy", "brier")
 
@@ -254,25 +255,29 @@ def per_fold_table(y, decision, proba, fold_of, chosen_C, inner_bac):
     return pd.DataFrame(rows)
 
 
-def calibration_table(y, proba, n_bins: int = 10) -> pd.DataFrame:
-    """Reliability curve: ``n_bins`` equal-width probability bins (empty bins dropped).
+def calibration_table(y, proba, n_bins: int | None = None) -> pd.DataFrame:
+    """Reliability table from quantile bins: participants sorted by probability and split into
+    ``n_bins`` groups of (nearly) equal size, so no bin holds one person.
 
-    Columns ``bin_low, bin_high, n, mean_predicted, observed_rate``; the Brier score
-    ``mean((p - y)^2)`` is in the metrics tables.
+    ``n_bins`` defaults to ``n // 10`` clipped to 2..10 (about 10 participants per bin).
+    Columns ``bin_low, bin_high`` (lowest and highest probability in the bin), ``n``,
+    ``mean_predicted``, ``observed_rate``; the Brier score ``mean((p - y)^2)`` is in the
+    metrics tables.
 
     >>> calibration_table([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], n_bins=2)["observed_rate"].tolist()
     [0.0, 1.0]
     """
     y = np.asarray(y, float)
     proba = np.clip(np.asarray(proba, float), 0.0, 1.0)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    index = np.clip(np.digitize(proba, edges[1:-1]), 0, n_bins - 1)
+    if n_bins is None:
+        n_bins = int(np.clip(y.size // 10, 2, 10))
+    n_bins = max(1, min(int(n_bins), y.size))
+    order = np.argsort(proba, kind="stable")
     rows = []
-    for b in range(n_bins):
-        sel = index == b
-        if sel.any():
-            rows.append({"bin_low": edges[b], "bin_high": edges[b + 1], "n": int(sel.sum()),
-                         "mean_predicted": float(proba[sel].mean()),
+    for sel in np.array_split(order, n_bins):
+        if sel.size:
+            rows.append({"bin_low": float(proba[sel].min()), "bin_high": float(proba[sel].max()),
+                         "n": int(sel.size), "mean_predicted": float(proba[sel].mean()),
                          "observed_rate": float(y[sel].mean())})
     return pd.DataFrame(rows, columns=["bin_low", "bin_high", "n", "mean_predicted",
                                        "observed_rate"])
@@ -285,3 +290,85 @@ def finite_or_none(value):
     except (TypeError, ValueError):
         return None
     return value if np.isfinite(value) else None
+
+
+# ------------------------------------------------------------------------ the headline result
+#: The one headline metric of every analysis (report, metrics.json, closing line, demo table).
+HEADLINE_METRIC = "bac"
+#: Fewer members than this in a class: a visible warning (metrics are unstable).
+SMALL_CLASS = 10
+_AGGREGATION_TEXT = {
+    "pooled": "pooled out-of-fold predictions of all {repeats} CV repeats",
+    "single": "frozen model, one prediction per participant",
+}
+
+
+def format_p(p, n_permutations) -> str:
+    """A permutation p-value as text; at its floor ``1/(N+1)`` it says so.
+
+    >>> format_p(1 / 201, 200)
+    'p <= 0.005 (floor of 200 permutations)'
+    >>> format_p(0.0423, 200)
+    'p = 0.042 (200 permutations)'
+    >>> format_p(None, 0)
+    'no permutation test'
+    """
+    if p is None or not n_permutations:
+        return "no permutation test"
+    floor = 1.0 / (int(n_permutations) + 1)
+    if float(p) <= floor * (1 + 1e-9):
+        return f"p <= {floor:.2g} (floor of {int(n_permutations)} permutations)"
+    return f"p = {float(p):.2g} ({int(n_permutations)} permutations)"
+
+
+def small_class_warning(n_responders: int, n_nonresponders: int) -> str | None:
+    """A warning when a class has fewer than :data:`SMALL_CLASS` members, else None."""
+    small = [(k, name) for k, name in ((n_responders, "responders"),
+                                       (n_nonresponders, "non-responders")) if k < SMALL_CLASS]
+    if not small:
+        return None
+    what = " and ".join(f"{k} {name}" for k, name in small)
+    return (f"Small sample: only {what} (fewer than {SMALL_CLASS} per class). Balanced accuracy "
+            "and AUC move by large steps with one participant and their intervals are very "
+            "wide: do not read them as evidence either way.")
+
+
+def headline_metric(metrics: pd.DataFrame, *, aggregation: str, y, p=None,
+                    n_permutations: int = 0, n_repeats: int | None = None) -> dict:
+    """THE headline result of an analysis: balanced accuracy of ``aggregation`` (training:
+    ``pooled`` = all out-of-fold predictions of all repeats; prediction: ``single``) with its
+    95 % interval from ``metrics`` and the permutation p-value of that same statistic.
+
+    Keys: ``metric`` ("bac"), ``name``, ``aggregation``, ``description``, ``estimate``,
+    ``ci_low``, ``ci_high``, ``ci_method``, ``p``, ``n_permutations``, ``p_text``, ``n``,
+    ``n_responders``, ``n_nonresponders``, ``warning`` (None or text), ``text`` (one line).
+    """
+    y = np.asarray(y).astype(int)
+    row = metrics[(metrics["metric"] == HEADLINE_METRIC)
+                  & (metrics["aggregation"] == aggregation)].iloc[0]
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    out = {
+        "metric": HEADLINE_METRIC, "name": "balanced accuracy", "aggregation": aggregation,
+        "description": _AGGREGATION_TEXT.get(aggregation, aggregation).format(
+            repeats=n_repeats if n_repeats is not None else "the"),
+        "estimate": finite_or_none(row["estimate"]), "ci_low": finite_or_none(row["ci_low"]),
+        "ci_high": finite_or_none(row["ci_high"]), "ci_method": str(row["method"]),
+        "p": None if p is None else float(p), "n_permutations": int(n_permutations or 0),
+        "n": int(y.size), "n_responders": n_pos, "n_nonresponders": n_neg,
+        "warning": small_class_warning(n_pos, n_neg),
+    }
+    out["p_text"] = format_p(out["p"], out["n_permutations"])
+    out["text"] = format_headline(out)
+    return out
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def format_headline(h: dict) -> str:
+    """One line: ``balanced accuracy 72.2% (95% CI 60.0-83.3%; pooled ...), p ..., n = 30 (15
+    responders)``; the same text in the report, the closing log line and the demo table."""
+    return (f"{h['name']} {_pct(h['estimate'])} (95% CI {_pct(h['ci_low'])}-"
+            f"{_pct(h['ci_high'])}; {h['description']}), {h['p_text']}, n = {h['n']} "
+            f"({h['n_responders']} responders, {h['n_nonresponders']} non-responders)")

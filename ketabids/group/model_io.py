@@ -5,7 +5,10 @@ A trained model is three files side by side (``group/train/``)::
     ketabids_model.skops    the fitted estimator + mask + grid (skops format: a zip of JSON + .npy)
     ketabids_model.json     the manifest: what the model needs and how it was made, with the
                             SHA-256 of the .skops file
-    ketabids_mask.nii.gz    the analysis mask (also inside the .skops file), for viewing
+    space-<TPL>_res-<R>_desc-analysis_mask.nii.gz
+                            the analysis mask (also inside the .skops file), for viewing
+                            (:func:`mask_file_name`; models of ketabids 0.1.0 have
+                            ``ketabids_mask.nii.gz``, still read)
 
 :func:`load_model` accepts any of the three paths or their folder. Before anything is loaded:
 
@@ -37,7 +40,24 @@ FORMAT = "ketabids-model"
 FORMAT_VERSION = 1
 MODEL_NAME = "ketabids_model.skops"
 MANIFEST_NAME = "ketabids_model.json"
+#: The mask's name in models of ketabids 0.1.0 (not a valid BIDS name); still accepted.
 MASK_NAME = "ketabids_mask.nii.gz"
+
+
+def mask_file_name(template: str, resolution: float) -> str:
+    """The analysis mask's BIDS-valid name (decimal point written ``p``).
+
+    >>> mask_file_name("MNI152NLin2009aSym", 2.0)
+    'space-MNI152NLin2009aSym_res-2_desc-analysis_mask.nii.gz'
+    >>> mask_file_name("MNI152NLin2009aSym", 1.5)
+    'space-MNI152NLin2009aSym_res-1p5_desc-analysis_mask.nii.gz'
+    """
+    res = f"{float(resolution):g}".replace(".", "p")
+    return f"space-{template}_res-{res}_desc-analysis_mask.nii.gz"
+
+
+def _is_mask_name(name: str) -> bool:
+    return name == MASK_NAME or name.endswith("_desc-analysis_mask.nii.gz")
 
 _BUILTINS = [f"builtins.{t}" for t in
              ("dict", "list", "tuple", "str", "int", "float", "bool", "NoneType", "bytes")]
@@ -84,9 +104,10 @@ def _qualname(cls) -> str:
 
 
 # ------------------------------------------------------------------------------------ save
-def save_model(out_dir, estimator, *, mask: np.ndarray, affine: np.ndarray, manifest: dict
-               ) -> dict:
-    """Write the .skops file, the mask NIfTI and the manifest (atomically) into ``out_dir``.
+def save_model(out_dir, estimator, *, mask: np.ndarray, affine: np.ndarray, manifest: dict,
+               mask_name: str = MASK_NAME) -> dict:
+    """Write the .skops file, the mask NIfTI (``mask_name``, see :func:`mask_file_name`) and the
+    manifest (atomically) into ``out_dir``.
 
     ``manifest`` is completed with the format, file names and the .skops SHA-256, and returned.
     The estimator's class must be on the allowlist, so that a saved model can always be loaded.
@@ -119,13 +140,13 @@ def save_model(out_dir, estimator, *, mask: np.ndarray, affine: np.ndarray, mani
     img.header.set_xyzt_units("mm")
     img.header.set_qform(affine, code=4)
     img.header.set_sform(affine, code=4)
-    save_nifti(img, out_dir / MASK_NAME)
+    save_nifti(img, out_dir / mask_name)
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_file": MODEL_NAME,
         "model_sha256": model_sha,
-        "mask_file": MASK_NAME,
+        "mask_file": mask_name,
         "mask_sha256": digest,
         "estimator_class": _qualname(type(estimator)),
         **{k: v for k, v in manifest.items() if k not in ("format", "format_version")},
@@ -146,7 +167,7 @@ def resolve_model_paths(path) -> tuple[Path, Path]:
         folder = path
     else:
         folder = path.parent
-        if path.name not in (MODEL_NAME, MANIFEST_NAME, MASK_NAME):
+        if path.name not in (MODEL_NAME, MANIFEST_NAME) and not _is_mask_name(path.name):
             # a renamed model: its manifest is the same stem + .json
             manifest = path.with_suffix(".json")
             if path.suffix == ".json":

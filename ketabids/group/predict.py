@@ -2,8 +2,10 @@
 
 Writes ``OUTPUT_DIR/group/predict-<name>/`` as a whole (see :mod:`ketabids.group.publish`):
 ``report.html, predictions.tsv, cohort.tsv`` and, when labels are available, ``metrics.tsv,
-metrics.json, permutations.tsv, calibration.tsv``. ``<name>`` comes from BIDS_DIR and
-``--include`` (:func:`prediction_name`) or ``--prediction-name``.
+metrics.json, permutations.tsv, calibration.tsv``, each table with its JSON data dictionary
+(:mod:`ketabids.group.dictionaries`). ``<name>`` comes from BIDS_DIR and ``--include``
+(:func:`prediction_name`) or ``--prediction-name``. A run record goes to
+``OUTPUT_DIR/logs/group-predict-*``.
 """
 from __future__ import annotations
 
@@ -15,13 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ketabids.bids.derivatives import write_bidsignore
 from ketabids.errors import UsageError
 from ketabids.group import features as feat
 from ketabids.group import labels as lab
 from ketabids.group import model_io
 from ketabids.group.cohort import build_cohort, check_compatibility, warn_excluded
 from ketabids.group.estimator import KetaSVC
-from ketabids.group.metrics import calibration_table, classification_metrics, finite_or_none
+from ketabids.group.dictionaries import write_sidecars
+from ketabids.group.metrics import (calibration_table, classification_metrics, finite_or_none,
+                                    headline_metric)
 from ketabids.group.permutation import external_permutation_test
 from ketabids.group.publish import listing, run_lock, staged
 from ketabids.group.train import FLOAT_FORMAT
@@ -51,7 +56,7 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
                       layout=None, target=None, response_from=None, response_threshold=0.5,
                       qc_policy: str = "exclude", exclude_file=None,
                       include=(), n_permutations=1000, nprocs=1, seed=0,
-                      name: str | None = None) -> dict:
+                      name: str | None = None, run_record: dict | None = None) -> dict:
     """Apply a frozen model to a cohort; with labels, evaluate it (metrics, permutation p).
 
     Participants whose scan fails QC get no prediction (``qc_policy``, ``exclude_file``: see
@@ -60,8 +65,11 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
     its columns exist in this participants.tsv; ``include`` is never inherited.
     Returns ``{"output_dir", "report", "predictions", "n", "n_subjects" (= n), "n_excluded",
     "labelled", "bac", "auc", "p_bac", "p_auc", "metrics": {"bac", "auc"}, "model_sha256",
-    "tables"}`` (metrics None without labels).
+    "tables", "headline" (THE result: :func:`ketabids.group.metrics.headline_metric`, None
+    without labels), "logs"}`` (metrics None without labels). ``run_record``: ``{"argv",
+    "config"}`` of the command for ``OUTPUT_DIR/logs/`` (default: this call's arguments).
     """
+    options = {k: v for k, v in locals().items() if k not in ("layout", "run_record")}
     t0 = time.monotonic()
     if n_permutations < 0:
         raise UsageError("--n-permutations must be >= 0")
@@ -133,6 +141,14 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
                 y, decision, n_permutations=int(n_permutations), random_state=int(seed),
                 groups=cohort.sites)
         calib = calibration_table(y, proba)
+    h = None
+    if metrics is not None:
+        h = headline_metric(metrics, aggregation="single", y=y,
+                            p=perm.p_bac if perm else None,
+                            n_permutations=perm.n_permutations if perm else 0)
+        if h["warning"]:
+            LOGGER.warning("%s", h["warning"])
+            notes.append(h["warning"])
 
     folder = f"predict-{_slug(name)}" if name else prediction_name(bids_dir, include)
     final_dir = output_dir / "group" / folder
@@ -158,7 +174,7 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
                 write_tsv(perm.as_table(), stage / "permutations.tsv",
                           float_format=FLOAT_FORMAT)
         write_json(stage / "metrics.json", {
-            "headline": headline, "model": str(loaded.path),
+            "headline": h, "summary": headline, "model": str(loaded.path),
             "model_sha256": manifest["model_sha256"], "labels": rule.as_dict(),
             "n": len(ids), "permutation": perm.as_dict() if perm else None,
             "notes": notes, "excluded": [e.__dict__ for e in cohort.excluded],
@@ -168,8 +184,14 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
         report.write_predict_report(
             stage / "report.html", cohort=cohort, rule=rule, manifest=manifest,
             model_path=loaded.path, predictions=pred, metrics=metrics, perm=perm,
-            calibration=calib, notes=notes, elapsed=time.monotonic() - t0)
+            calibration=calib, notes=notes, headline=h, elapsed=time.monotonic() - t0)
+        write_sidecars(stage, mode="predict")
+    write_bidsignore(output_dir)
     tables = listing(final_dir)
+    logs = _write_logs(output_dir, run_record, options, manifest, loaded.path, len(ids), perm)
+    LOGGER.info("group prediction done: %s; report: %s",
+                h["text"] if h else f"{len(ids)} participants predicted (no labels: no metrics)",
+                final_dir / "report.html")
     return {
         "output_dir": str(final_dir),
         "report": str(final_dir / "report.html"),
@@ -180,5 +202,27 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
         **{k: headline.get(k) for k in ("bac", "auc", "p_bac", "p_auc")},
         "metrics": {"bac": headline.get("bac"), "auc": headline.get("auc")},
         "model_sha256": manifest["model_sha256"],
-        "tables": tables,
+        "tables": tables, "headline": h, "logs": str(logs),
     }
+
+
+def _write_logs(output_dir, run_record, options, manifest, model_path, n, perm):
+    """``OUTPUT_DIR/logs/group-predict-*``: command, options, versions, citation files."""
+    import sys
+
+    from ketabids.bids.logs import write_run_logs
+    from ketabids.io import jsonable
+    from ketabids.reports.citation import group_methods, settings_from_manifest
+
+    record = run_record or {}
+    methods = group_methods(settings_from_manifest(manifest))
+    methods += (f" The frozen model ({Path(model_path).name}, SHA-256 "
+                f"{manifest.get('model_sha256', '')[:16]}) was applied, without retraining, to "
+                f"{n} further participants whose maps went through the same feature computation.")
+    if perm is not None:
+        methods += (f" Its balanced accuracy on them was tested against {perm.n_permutations} "
+                    "permutations of their labels with the model fixed (Phipson & Smyth, 2010).")
+    return write_run_logs(output_dir, level="group-predict",
+                          argv=record.get("argv") or sys.argv,
+                          config=record.get("config") or jsonable(options),
+                          versions=model_io.software_versions(), methods=methods)

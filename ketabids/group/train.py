@@ -5,7 +5,7 @@ writes ``OUTPUT_DIR/group/train/`` as a whole (see :mod:`ketabids.group.publish`
 
     report.html                       self-contained report (figures embedded)
     ketabids_model.skops / .json      the frozen final model + its manifest
-    ketabids_mask.nii.gz              analysis mask (template space, analysis grid)
+    space-<TPL>_res-<R>_desc-analysis_mask.nii.gz   analysis mask (template space, grid)
     cohort.tsv                        every candidate participant: included or why not
     cv_predictions.tsv                per-subject out-of-fold decision / probability
     cv_folds.tsv                      per (repeat, fold): sizes, chosen C, scores
@@ -16,6 +16,11 @@ writes ``OUTPUT_DIR/group/train/`` as a whole (see :mod:`ketabids.group.publish`
     space-<TPL>_desc-<map>_statmap.nii.gz   weight, cvratio, signconsistency, pattern,
                                       finalweight maps
     regions.tsv                       region table (with --atlas)
+    <name>.json next to every .tsv/.nii.gz   its data dictionary (ketabids.group.dictionaries)
+
+and a run record in ``OUTPUT_DIR/logs/group-train-*`` (:mod:`ketabids.bids.logs`). The one
+headline result (pooled out-of-fold BAC, its interval and permutation p) is
+:func:`ketabids.group.metrics.headline_metric`.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ketabids.anat import atlas as atlas_mod
+from ketabids.bids.derivatives import write_bidsignore
 from ketabids.errors import BadDataError, UsageError
 from ketabids.group import features as feat
 from ketabids.group import labels as lab
@@ -35,7 +41,8 @@ from ketabids.group import model_io
 from ketabids.group.cohort import build_cohort, warn_excluded
 from ketabids.group.estimator import DEFAULT_C_GRID
 from ketabids.group.interpretation import haufe_pattern, region_table, weight_maps
-from ketabids.group.metrics import calibration_table, finite_or_none
+from ketabids.group.dictionaries import write_sidecars
+from ketabids.group.metrics import calibration_table, finite_or_none, headline_metric
 from ketabids.group.nested import NestedCVSettings, fit_final_model, nested_cv
 from ketabids.group.permutation import permutation_test
 from ketabids.group.progress import Progress
@@ -60,16 +67,20 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
                     analysis_resolution: float = 2.0, template: str = "MNI152NLin2009aSym",
                     n_repeats=10, n_outer=10, n_inner=5, c_grid=None, n_permutations=1000,
                     atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True,
-                    overwrite: bool = False) -> dict:
+                    overwrite: bool = False, run_record: dict | None = None) -> dict:
     """Train: repeated nested CV, permutation test, final model, maps and report.
 
     Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
     "n_responders", "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
-    "metrics": {"bac" (= bac_mean), "bac_pooled", "auc"}, "cv_hash", "tables"}``.
+    "metrics": {"bac" (= the headline, pooled), "bac_pooled", "bac_mean", "auc"}, "headline" (THE result:
+    :func:`ketabids.group.metrics.headline_metric`), "logs", "cv_hash", "tables"}``.
+    ``run_record``: ``{"argv": [...], "config": {...}}`` of the command (default: this call's
+    arguments) for ``OUTPUT_DIR/logs/``.
 
     An existing ``group/train`` is replaced only with ``overwrite`` (checked before any work);
     two trainings into one OUTPUT_DIR cannot run at once (a lock; the second gets exit 73).
     """
+    options = {k: v for k, v in locals().items() if k not in ("layout", "run_record")}
     t0 = time.monotonic()
     final_dir = Path(output_dir) / "group" / "train"
     rule = lab.make_label_rule(target=target, response_from=response_from,
@@ -102,12 +113,13 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
             overwrite=overwrite, template=template, smoothing_fwhm=smoothing_fwhm,
             analysis_resolution=analysis_resolution, n_permutations=n_permutations,
             atlas=atlas, atlas_labels=atlas_labels, nprocs=nprocs, seed=seed,
-            progress=progress, covariates=covariates, site_column=site_column, combat=combat)
+            progress=progress, covariates=covariates, site_column=site_column, combat=combat,
+            output_dir=Path(output_dir), run_record=run_record, options=options)
 
 
 def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smoothing_fwhm,
            analysis_resolution, n_permutations, atlas, atlas_labels, nprocs, seed, progress,
-           covariates, site_column, combat) -> dict:
+           covariates, site_column, combat, output_dir, run_record, options) -> dict:
     fsettings = feat.FeatureSettings(template=template, smoothing_fwhm=float(smoothing_fwhm),
                                      analysis_resolution=float(analysis_resolution))
     t_feat = time.monotonic()
@@ -136,6 +148,12 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
     if atlas:
         regions = _region_table(atlas, atlas_labels, features, pattern, wmaps)
 
+    h = headline_metric(result.metrics, aggregation="pooled", y=y,
+                        p=perm.p_bac if perm else None,
+                        n_permutations=perm.n_permutations if perm else 0,
+                        n_repeats=settings.n_repeats)
+    if h["warning"]:
+        LOGGER.warning("%s", h["warning"])
     with staged(final_dir, overwrite=overwrite) as stage:
         ids = cohort.participant_ids
         cohort_tsv = cohort.table_tsv(site_column)
@@ -190,17 +208,18 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
             "labels": rule.as_dict(),
             "qc": cohort.qc.as_dict(),
             "cv": cv_info,
-            "metrics": headline,
+            "metrics": {**headline, "headline": h},
             "training": {"n": len(y), "n_responders": int(y.sum()),
                          "subjects_sha256": hashlib.sha256(
                              "\n".join(sorted(ids)).encode()).hexdigest(),
                          "decision_sha256": hashlib.sha256(
                              np.asarray(final_decision, np.float64).tobytes()).hexdigest()},
         }
-        manifest = model_io.save_model(stage, final, mask=features.mask,
-                                       affine=features.affine, manifest=manifest)
+        manifest = model_io.save_model(
+            stage, final, mask=features.mask, affine=features.affine, manifest=manifest,
+            mask_name=model_io.mask_file_name(template, analysis_resolution))
         write_json(stage / "metrics.json", {
-            "headline": headline, "cv_hash": result.cv_hash, "settings": cv_info,
+            "headline": h, "summary": headline, "cv_hash": result.cv_hash, "settings": cv_info,
             "permutation": perm.as_dict() if perm else None, "n": len(y),
             "n_responders": int(y.sum()), "excluded": [e.__dict__ for e in cohort.excluded],
             "filtered_out_by_include": cohort.filtered_out, "qc": cohort.qc.as_dict()})
@@ -210,9 +229,13 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
             stage / "report.html", cohort=cohort, rule=rule, features=features, result=result,
             perm=perm, calibration=calib, maps={k: features.to_image(np.asarray(v, np.float32))
                                                 for k, v in map_values.items()},
-            regions=regions, manifest=manifest,
+            regions=regions, manifest=manifest, headline=h,
             site_column=site_column, elapsed=time.monotonic() - t0)
+        write_sidecars(stage, mode="train", template=template, resolution=analysis_resolution)
+    write_bidsignore(output_dir)
     tables = listing(final_dir)
+    logs = _write_logs(output_dir, run_record, options, manifest, rule, h)
+    LOGGER.info("group training done: %s; report: %s", h["text"], final_dir / "report.html")
     return {
         "output_dir": str(final_dir),
         "report": str(final_dir / "report.html"),
@@ -221,11 +244,27 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
         "n": len(y), "n_subjects": len(y), "n_responders": int(y.sum()),
         "n_excluded": len(cohort.excluded), "qc": cohort.qc.as_dict(),
         **{k: headline.get(k) for k in ("bac_mean", "bac_pooled", "auc", "p_bac", "p_auc")},
-        "metrics": {"bac": headline["bac_mean"], "bac_pooled": headline["bac_pooled"],
-                    "auc": headline["auc"]},
+        "metrics": {"bac": h["estimate"], "bac_pooled": headline["bac_pooled"],
+                    "bac_mean": headline["bac_mean"], "auc": headline["auc"]},
+        "headline": h, "logs": str(logs),
         "cv_hash": result.cv_hash,
         "tables": tables,
     }
+
+
+def _write_logs(output_dir, run_record, options, manifest, rule, h, *, level="group-train"):
+    """``OUTPUT_DIR/logs/<level>-*``: command, resolved options, versions, citation files."""
+    import sys
+
+    from ketabids.bids.logs import write_run_logs
+    from ketabids.reports.citation import group_methods, settings_from_manifest
+
+    record = run_record or {}
+    methods = group_methods(settings_from_manifest(
+        manifest, n_permutations=h["n_permutations"], label_rule=rule.describe()))
+    return write_run_logs(output_dir, level=level, argv=record.get("argv") or sys.argv,
+                          config=record.get("config") or jsonable(options),
+                          versions=model_io.software_versions(), methods=methods)
 
 
 def _selection(model) -> dict:

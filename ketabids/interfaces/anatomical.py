@@ -272,7 +272,7 @@ class _SegmentOutputSpec(TraitedSpec):
     wm = File(exists=True)
     csf = File(exists=True)
     probsegs = OutputMultiObject(File(exists=True), desc="GM, WM, CSF")
-    dseg = File(exists=True, desc="labels 1=CSF 2=GM 3=WM")
+    dseg = File(exists=True, desc="labels 1=GM 2=WM 3=CSF (sMRIPrep order)")
 
 
 class SegmentTissues(SimpleInterface):

@@ -397,7 +397,8 @@ def group_methods(settings: dict) -> str:
                      "regression on the intercept (centring)")
     if s["standardize"]:
         steps.append("z-scoring of each voxel")
-    text += ("Within every training fold, " + ", then ".join(steps) + " were fitted on the "
+    text += ("Within every training fold, " + ", then ".join(steps)
+             + (" were" if len(steps) > 1 else " was") + " fitted on the "
              "training participants only and applied to the test participants. "
              "Probabilities come from a Platt sigmoid (Platt, 1999) fitted on inner "
              "cross-validation decisions. Balanced accuracy (BAC) was computed from all "
@@ -413,3 +414,27 @@ def group_methods(settings: dict) -> str:
              "turned into an activation pattern (Haufe et al., 2014). Figures were made with "
              "nilearn.")
     return text
+
+
+def settings_from_manifest(manifest: dict, *, n_permutations: int = 0,
+                           label_rule: str | None = None) -> dict:
+    """The :func:`group_methods` settings of a trained model's manifest (the one source of the
+    group methods text: the report's methods section, the run's CITATION files)."""
+    features, cv = manifest.get("features", {}), manifest.get("cv", {})
+    site, training = manifest.get("site", {}), manifest.get("training", {})
+    return {
+        "template": manifest.get("template"),
+        "smoothing_fwhm": features.get("smoothing_fwhm"),
+        "analysis_resolution": features.get("analysis_resolution"),
+        "mask_source": features.get("mask_source"),
+        "mask_threshold": features.get("mask_threshold"),
+        "n": training.get("n"), "n_responders": training.get("n_responders"),
+        "label_rule": label_rule,
+        "n_repeats": cv.get("n_repeats"), "n_outer": cv.get("n_outer"),
+        "n_inner": cv.get("n_inner"), "c_grid": cv.get("C_grid") or cv.get("c_grid"),
+        "covariates": manifest.get("covariates", {}).get("names"),
+        "site_column": site.get("column"), "combat": site.get("combat"),
+        "standardize": cv.get("standardize"), "n_permutations": int(n_permutations or 0),
+        "version": manifest.get("software", {}).get("ketabids")
+        or manifest.get("pipeline", {}).get("version"),
+    }

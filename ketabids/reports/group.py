@@ -162,65 +162,52 @@ def _num(value):
         return float("nan")
 
 
+def _headline_block(h: dict | None) -> str:
+    """THE headline result (same text as metrics.json's ``headline.text`` and the closing log
+    line) and, below ~10 per class, a visible warning."""
+    if h is None:
+        return ""
+    out = (f'<p class="headline"><strong>Headline result:</strong> '
+           f"{html.escape(h['text'])}</p>"
+           '<p class="muted">This is the one number to report. The table below lists other '
+           "metrics and aggregations for reference only; the permutation p-value belongs to "
+           "the headline statistic.</p>")
+    if h.get("warning"):
+        out += f'<div class="warn"><strong>Warning:</strong> {html.escape(h["warning"])}</div>'
+    return out
+
+
 def _kv(rows) -> str:
     return _table(pd.DataFrame([(k, v) for k, v in rows], columns=["", "value"]))
 
 
 def methods_paragraph(manifest: dict, n: int, n_resp: int, n_perm: int) -> str:
-    """A citable methods paragraph from the manifest."""
-    f, cv, cov, site = (manifest["features"], manifest["cv"], manifest["covariates"],
-                        manifest["site"])
-    c_grid = cv.get("C_grid") or cv.get("c_grid")
-    text = (
-        f"Jacobian-modulated grey-matter maps in {manifest['template']} space (ketabids "
-        f"{manifest['pipeline'].get('version')}) of {n} participants ({n_resp} responders; "
-        f"{manifest['labels_text']}) were smoothed with an isotropic Gaussian kernel of "
-        f"{f['smoothing_fwhm']:g} mm FWHM and resampled to a {f['analysis_resolution']:g} mm "
-        f"grid; {f['n_voxels']} voxels inside a grey-matter mask "
-        + ("(template GM prior" if f["mask_source"] == "template" else
-           "(mean GM map of all participants")
-        + f" > {f['mask_threshold']:g}, defined without labels) were used as features. "
-        f"A linear support vector classifier (balanced class weights) was evaluated with "
-        f"{cv['n_repeats']} repeats of {cv['n_outer']}-fold nested cross-validation "
-        f"(stratified by label{' and site' if site.get('column') else ''}); C was chosen from "
-        f"{len(c_grid)} values ({min(c_grid):g} to {max(c_grid):g}) by {cv['n_inner']}-fold "
-        "inner cross-validation on the training folds only (ties: smallest C). "
-    )
-    steps = []
-    if site.get("combat"):
-        steps.append(f"ComBat harmonisation of sites ('{site['column']}')")
-    steps.append("regression of " + (", ".join(cov["names"]) if cov["names"] else
-                                     "the intercept (centring)"))
-    if cv.get("standardize"):
-        steps.append("z-scoring of voxels")
-    text += ("Within every training fold, " + ", then ".join(steps) + " were fitted on the "
-             "training participants only and applied to the test participants. ")
-    if n_perm:
-        text += (f"Significance was assessed with {n_perm} label permutations re-running the "
-                 "whole nested cross-validation (p = (1 + #null >= observed) / (1 + n)). ")
-    text += (f"The final model was refitted on all participants (C = {cv.get('final_C'):g}) "
-             "and saved with its manifest (CV scheme hash "
-             f"<code>{cv.get('cv_hash', '')[:16]}</code>).")
+    """The methods section: :func:`ketabids.reports.citation.group_methods` (the one source of
+    the group methods text, also in ``logs/.../CITATION.md``) plus the final model's C and the
+    CV scheme hash."""
+    from ketabids.reports.citation import group_methods, settings_from_manifest
+
+    settings = settings_from_manifest(manifest, n_permutations=n_perm,
+                                      label_rule=manifest.get("labels_text"))
+    settings.update(n=n, n_responders=n_resp)
+    cv = manifest["cv"]
+    text = html.escape(group_methods(settings))
+    final_c = cv.get("final_C")
+    text += (" The final model was refitted on all participants"
+             + (f" (C = {final_c:g})" if final_c is not None else "")
+             + f" and saved with its manifest (CV scheme hash <code>"
+             f"{html.escape(str(cv.get('cv_hash', ''))[:16])}</code>).")
     return "<h2>Methods</h2><p>" + text + "</p>"
 
 
 # ------------------------------------------------------------------------------- reports
 def write_train_report(path, *, cohort, rule, features, result, perm, calibration, maps,
-                       regions, manifest, site_column=None, elapsed=0.0) -> None:
+                       regions, manifest, headline=None, site_column=None, elapsed=0.0) -> None:
     """The training report (see the module docstring)."""
     y = cohort.y
     brier = _brier(result.metrics)
-    head = manifest["metrics"]
-    summary = [
-        ("BAC, mean over repeats", _pct(head["bac_mean"])),
-        ("BAC, pooled over repeats", _pct(head["bac_pooled"])),
-        ("AUC, pooled", f"{head['auc']:.3f}"),
-    ]
-    if perm is not None:
-        summary += [("Permutation p (BAC / AUC)",
-                     f"{perm.p_bac:.4g} / {perm.p_auc:.4g} ({perm.n_permutations} permutations)")]
-    summary += [("CV scheme hash", result.cv_hash), ("Run time", f"{elapsed:.0f} s")]
-    body = [_kv(summary), _cohort_section(cohort, rule, site_column)]
+    summary = [("CV scheme hash", result.cv_hash), ("Run time", f"{elapsed:.0f} s")]
+    body = [_headline_block(headline), _kv(summary), _cohort_section(cohort, rule, site_column)]
     body.append("<h2>Cross-validated performance</h2>")
     body.append("<p>Intervals: <em>pooled</em> = all out-of-fold predictions of all repeats, "
                 "subject-cluster bootstrap; <em>mean_over_repeats</em> = mean of the per-repeat "
@@ -229,20 +216,26 @@ def write_train_report(path, *, cohort, rule, features, result, perm, calibratio
                 "repeats. With about 100 participants CV accuracy carries roughly +/- 10 % "
                 "error bars (Varoquaux 2018).</p>")
     body.append(_metrics_table(result.metrics))
+    consensus = result.subjects["predicted"].to_numpy(int)
+    n_repeats = result.decision.shape[0]
     figs = [
-        _figure(fig_roc(y, result.decision), "ROC: each repeat (grey) and the mean decision "
-                "over repeats (blue)."),
-        _figure(fig_confusion(result.confusion), "Confusion matrix pooled over repeats."),
+        _figure(fig_roc(y, result.decision), "ROC of the pooled out-of-fold decision values of "
+                f"all {n_repeats} repeats (blue; its AUC is the pooled AUC of the table) and of "
+                "each repeat (grey)."),
+        _figure(fig_confusion(_confusion(y, consensus)), "Confusion matrix of the consensus "
+                f"predictions: one per participant (mean out-of-fold decision over the "
+                f"{n_repeats} repeats > 0); the cells sum to n = {len(y)}."),
         _figure(fig_decisions(y, result.decision.mean(axis=0)),
                 "Out-of-fold decision values (mean over repeats) by observed class."),
         _figure(fig_reliability(calibration, brier), "Reliability of the out-of-fold Platt "
-                "probabilities (numbers = participants per bin)."),
+                "probabilities (mean over repeats), quantile bins of about equal size "
+                "(numbers = participants per bin)."),
     ]
     if perm is not None:
         figs.append(_figure(fig_permutation(perm.null_bac, perm.observed_bac, perm.p_bac,
                                             perm.null_auc, perm.observed_auc, perm.p_auc),
-                            "Permutation null distributions (whole nested CV re-run per "
-                            "permutation).", wide=True))
+                            "Permutation null distributions of the pooled BAC and AUC "
+                            "(whole nested CV re-run per permutation).", wide=True))
     body.append('<div class="figs">' + "".join(figs) + "</div>")
     body.append("<h2>Per-fold results</h2>")
     folds = result.folds
@@ -280,6 +273,13 @@ def write_train_report(path, *, cohort, rule, features, result, perm, calibratio
     body.append("<h2>Model</h2>" + _provenance(manifest))
     _render(path, title="ketabids: group-level training",
             subtitle=f"{len(y)} participants, {features.X.shape[1]} voxels", body="".join(body))
+
+
+def _confusion(y, predicted) -> np.ndarray:
+    """2x2 counts ``[[TN, FP], [FN, TP]]`` of one prediction per participant."""
+    y, predicted = np.asarray(y, int), np.asarray(predicted, int)
+    return np.array([[np.sum((y == 0) & (predicted == 0)), np.sum((y == 0) & (predicted == 1))],
+                     [np.sum((y == 1) & (predicted == 0)), np.sum((y == 1) & (predicted == 1))]])
 
 
 def _brier(metrics) -> float | None:
@@ -335,9 +335,10 @@ def _provenance(manifest: dict) -> str:
 
 
 def write_predict_report(path, *, cohort, rule, manifest, model_path, predictions, metrics, perm,
-                         calibration, notes, elapsed=0.0) -> None:
+                         calibration, notes, headline=None, elapsed=0.0) -> None:
     """The prediction report (frozen model on a new cohort)."""
-    body = []
+    body = [_headline_block(headline)]
+    notes = [n for n in notes if not (headline and n == headline.get("warning"))]
     if notes:
         body.append('<div class="note"><ul>' + "".join(f"<li>{html.escape(n)}</li>"
                                                       for n in notes) + "</ul></div>")
@@ -346,34 +347,20 @@ def write_predict_report(path, *, cohort, rule, manifest, model_path, prediction
     summary = [("Model", str(model_path)), ("Participants predicted", len(predictions)),
                ("Predicted responders", f"{n_pred} of {len(predictions)}"),
                ("Run time", f"{elapsed:.0f} s")]
-    if metrics is not None:
-        bac = metrics[metrics["metric"] == "bac"].iloc[0]
-        auc = metrics[metrics["metric"] == "auc"].iloc[0]
-        summary.insert(1, ("BAC",
-                           f"{_pct(_num(bac['estimate']))} [{_pct(_num(bac['ci_low']))} - "
-                           f"{_pct(_num(bac['ci_high']))}]"))
-        summary.insert(2, ("AUC",
-                           f"{_num(auc['estimate']):.3f} [{_num(auc['ci_low']):.3f} - "
-                           f"{_num(auc['ci_high']):.3f}]"))
-        if perm is not None:
-            summary.insert(3, ("Permutation p (BAC / AUC)",
-                               f"{perm.p_bac:.4g} / {perm.p_auc:.4g} "
-                               f"({perm.n_permutations} permutations of this cohort's labels)"))
     body.append(_kv(summary))
     body.append(_cohort_section(cohort, rule, manifest["site"].get("column")))
     if metrics is not None:
         y = predictions["y_true"].to_numpy(int)
         body.append("<h2>Performance of the frozen model</h2>")
         body.append(_metrics_table(metrics))
-        from sklearn.metrics import confusion_matrix
-
         figs = [
             _figure(fig_roc(y, decision, label="frozen model"), "ROC on this cohort."),
-            _figure(fig_confusion(confusion_matrix(y, predictions["predicted"], labels=[0, 1])),
-                    "Confusion matrix."),
+            _figure(fig_confusion(_confusion(y, predictions["predicted"])),
+                    f"Confusion matrix (one prediction per participant; n = {len(y)})."),
             _figure(fig_decisions(y, decision), "Decision values by observed class."),
             _figure(fig_reliability(calibration, _brier(metrics)),
-                    "Reliability of the model's probabilities on this cohort."),
+                    "Reliability of the model's probabilities on this cohort, quantile bins of "
+                    "about equal size (numbers = participants per bin)."),
         ]
         if perm is not None:
             figs.append(_figure(fig_permutation(perm.null_bac, perm.observed_bac, perm.p_bac,

@@ -14,9 +14,12 @@ __all__ = ["fig_roc", "fig_confusion", "fig_permutation", "fig_decisions",
            "fig_decisions_unlabelled", "fig_reliability", "fig_brain", "fig_slices"]
 
 
-def fig_roc(y, decision_rows, *, label="consensus") -> str:
-    """ROC of each row of ``decision_rows`` (thin) and of their mean (bold)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+def fig_roc(y, decision_rows, *, label=None) -> str:
+    """ROC of all rows of ``decision_rows`` pooled (bold; AUC = the pooled AUC of the metrics
+    table, 3 decimals) and of each row (thin, when there are several)."""
+    from sklearn.metrics import roc_curve
+
+    from ketabids.group.metrics import roc_auc
 
     plt = pyplot()
     y = np.asarray(y)
@@ -26,9 +29,10 @@ def fig_roc(y, decision_rows, *, label="consensus") -> str:
         for row in rows:
             fpr, tpr, _ = roc_curve(y, row)
             ax.plot(fpr, tpr, color="0.75", lw=0.7)
-    mean = rows.mean(axis=0)
-    fpr, tpr, _ = roc_curve(y, mean)
-    ax.plot(fpr, tpr, color="C0", lw=2, label=f"{label} (AUC {roc_auc_score(y, mean):.2f})")
+    yy = np.tile(y, rows.shape[0])
+    fpr, tpr, _ = roc_curve(yy, rows.ravel())
+    label = label or ("pooled over repeats" if rows.shape[0] > 1 else "all participants")
+    ax.plot(fpr, tpr, color="C0", lw=2, label=f"{label} (AUC {roc_auc(yy, rows.ravel()):.3f})")
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
@@ -55,10 +59,13 @@ def fig_permutation(null_bac, observed_bac, p_bac, null_auc=None, observed_auc=N
     panels = [("BAC", null_bac, observed_bac, p_bac)]
     if null_auc is not None:
         panels.append(("AUC", null_auc, observed_auc, p_auc))
+    from ketabids.group.metrics import format_p
+
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
     for ax, (name, null, obs, p) in zip(np.atleast_1d(axes), panels):
         ax.hist(np.asarray(null, float), bins=30, color="0.7", edgecolor="0.5")
-        ax.axvline(obs, color="C3", lw=2, label=f"observed {obs:.3f}, p = {p:.3g}")
+        ax.axvline(obs, color="C3", lw=2,
+                   label=f"observed {obs:.3f}, {format_p(p, len(np.asarray(null)))}")
         ax.set(xlabel=f"{name} under permuted labels", ylabel="permutations")
         ax.legend(fontsize=8)
     return png_uri(fig)
@@ -91,8 +98,9 @@ def fig_reliability(calibration: pd.DataFrame, brier: float | None) -> str:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1)
-    if len(calibration):
-        ax.plot(calibration["mean_predicted"], calibration["observed_rate"], "o-", color="C0")
+    if len(calibration):  # points only: bins are separate groups, not a curve
+        ax.plot(calibration["mean_predicted"], calibration["observed_rate"], "o", color="C0",
+                linestyle="none")
         for _, r in calibration.iterrows():
             ax.annotate(str(int(r["n"])), (r["mean_predicted"], r["observed_rate"]),
                         textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.4")

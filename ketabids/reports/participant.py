@@ -167,10 +167,10 @@ def _strip(background, affine, zooms, axis, cuts, contours=(), title=None) -> St
 
 def dseg_labels() -> dict:
     """``{"GM": value, "WM": value, "CSF": value}`` of the ``dseg`` images, from the one
-    definition of the class order (:data:`ketabids.anat.segmentation.CLASSES`)."""
-    from ketabids.anat.segmentation import CLASSES
+    definition of the label values (:data:`ketabids.anat.segmentation.LABELS`)."""
+    from ketabids.anat.segmentation import LABELS
 
-    return {name: index + 1 for index, name in enumerate(CLASSES)}
+    return {abbreviation: value for value, (_, abbreviation) in LABELS.items()}
 
 
 def plot_segmentation(t1w_img, mask_img, dseg_img=None, n_cuts: int = N_CUTS) -> list[Strip]:

@@ -16,7 +16,8 @@ from pathlib import Path
 from ketabids import io
 from ketabids.anat.atlas import resolve_atlas
 from ketabids.anat.settings import ProcessingSettings
-from ketabids.bids.derivatives import write_bidsignore, write_derivative_description
+from ketabids.bids.derivatives import (write_bidsignore, write_derivative_description,
+                                       write_dseg_lut)
 from ketabids.bids.layout import collect_t1w
 from ketabids.errors import BadDataError, NoDataError, OutputError, Terminated
 from ketabids.io import check_writable
@@ -33,8 +34,13 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
                     template: str = "MNI152NLin2009aSym", fast: bool = False,
                     atlas: str | None = None, atlas_labels: str | None = None, nprocs: int = 1,
                     omp_nthreads: int = 1, mem_gb: float | None = None, seed: int | None = None,
-                    plugin_file: str | None = None, layout=None) -> dict:
+                    plugin_file: str | None = None, layout=None,
+                    run_record: dict | None = None) -> dict:
     """Run the participant level for ``subjects`` and return a summary.
+
+    ``run_record`` (``{"argv": [...], "config": {...}}`` of the command; default: this call's
+    arguments) goes to ``OUTPUT_DIR/logs/participant-*`` with the software versions and the
+    workflow's methods text as citation files (:func:`ketabids.bids.logs.write_run_logs`).
 
     Summary keys: ``ok`` and ``failed`` (subject labels), ``unusable`` (subjects whose input
     failed the checks before the graph), ``crash_files`` (subject -> crash files of this run),
@@ -48,6 +54,7 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
     temporary files live in a per-run folder under the work folder, removed at exit, SIGTERM
     included (:func:`ketabids.io.run_temp_dir`).
     """
+    options = {k: v for k, v in locals().items() if k not in ("layout", "run_record")}
     started = time.time()
     bids_dir = Path(bids_dir).expanduser().resolve()
     output_dir = Path(output_dir).expanduser().resolve()
@@ -61,7 +68,9 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
                     work_dir=work_dir, subjects=subjects, sessions=sessions,
                     bids_filters=bids_filters, template=template, fast=fast, atlas=atlas,
                     atlas_labels=atlas_labels, nprocs=nprocs, omp_nthreads=omp_nthreads,
-                    mem_gb=mem_gb, seed=seed, plugin_file=plugin_file, layout=layout)
+                    mem_gb=mem_gb, seed=seed, plugin_file=plugin_file, layout=layout,
+                    run_record={"argv": (run_record or {}).get("argv"),
+                                "config": (run_record or {}).get("config") or options})
 
 
 def check_inputs(inputs) -> tuple[list, dict[str, str]]:
@@ -93,7 +102,8 @@ def _make_folders(*folders: Path) -> None:
 
 
 def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_filters, template,
-         fast, atlas, atlas_labels, nprocs, omp_nthreads, mem_gb, seed, plugin_file, layout):
+         fast, atlas, atlas_labels, nprocs, omp_nthreads, mem_gb, seed, plugin_file, layout,
+         run_record):
     from ketabids.templates import get_template
 
     resolution = ProcessingSettings.for_fast(fast).template_resolution
@@ -123,6 +133,7 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
     with io.disk_full(output_dir):
         write_derivative_description(output_dir, bids_dir)
         write_bidsignore(output_dir)
+        write_dseg_lut(output_dir)
 
     settings = {
         "template": template, "template resolution (mm)": resolution,
@@ -140,14 +151,14 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
                 unusable=unusable, stage_root=stage_root, output_dir=output_dir,
                 work_dir=work_dir, bids_dir=bids_dir, template=template, fast=fast,
                 atlas_spec=atlas_spec, omp_nthreads=omp_nthreads, seed=seed, settings=settings,
-                plugin=plugin, plugin_args=plugin_args)
+                plugin=plugin, plugin_args=plugin_args, run_record=run_record)
         finally:
             shutil.rmtree(stage_root, ignore_errors=True)  # failed subjects leave nothing
 
 
 def _run_graph(*, started, inputs, all_inputs, missing, unusable, stage_root, output_dir,
                work_dir, bids_dir, template, fast, atlas_spec, omp_nthreads, seed, settings,
-               plugin, plugin_args) -> dict:
+               plugin, plugin_args, run_record) -> dict:
     workflow = init_participant_wf(inputs=inputs, output_dir=stage_root, bids_dir=bids_dir,
                                    template=template, fast=fast, atlas=atlas_spec,
                                    omp_nthreads=omp_nthreads, seed=seed, settings=settings)
@@ -189,6 +200,7 @@ def _run_graph(*, started, inputs, all_inputs, missing, unusable, stage_root, ou
     summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, error,
                        unusable=unusable, published=publisher.published,
                        publish_errors=publisher.errors)
+    summary["logs"] = str(_write_logs(output_dir, run_record, workflow))
     _log_summary(summary, output_dir)
     # failed subjects: QC record + report; then qc.tsv, qc.json, qc.html and the QC summary
     return finish_participant(summary, inputs=all_inputs, output_dir=output_dir,
@@ -255,6 +267,25 @@ def _raise_if_no_space(error, publisher, output_dir, work_dir, started) -> None:
                                                                   for t in texts)
     folder, what = (work_dir, "--work-dir") if in_work else (output_dir, "OUTPUT_DIR")
     raise io.no_space_error(folder, what=what)
+
+
+def _write_logs(output_dir: Path, run_record: dict, workflow) -> Path:
+    """``OUTPUT_DIR/logs/participant-*``: command, resolved options, versions, citation."""
+    import sys
+
+    from ketabids.bids.logs import write_run_logs
+    from ketabids.io import jsonable
+    from ketabids.versions import software_versions
+    from ketabids.workflows.base import IMAGING_STACK
+
+    # the methods of one subject's workflow (every subject's is the same text)
+    subject_wfs = [node for node in workflow._graph.nodes
+                   if node.name.startswith("single_subject_") and hasattr(node, "visit_desc")]
+    methods = subject_wfs[0].visit_desc() if subject_wfs else workflow.visit_desc()
+    return write_run_logs(output_dir, level="participant",
+                          argv=run_record.get("argv") or sys.argv,
+                          config=jsonable(run_record.get("config") or {}),
+                          versions=software_versions(*IMAGING_STACK), methods=methods)
 
 
 def _log_summary(summary: dict, output_dir: Path) -> None:
