@@ -110,12 +110,17 @@ def _label(value: str | None, prefix: str) -> str | None:
     return value if value.startswith(prefix) else prefix + value
 
 
-def qc_json_path(output_dir, subject: str, session: str | None = None) -> Path:
-    """``OUTPUT_DIR/sub-X/[ses-Y/]anat/sub-X[_ses-Y]_desc-qc_metrics.json``."""
+def qc_json_path(output_dir, subject: str, session: str | None = None, *,
+                 failed: bool = False) -> Path:
+    """``OUTPUT_DIR/sub-X/[ses-Y/]anat/sub-X[_ses-Y]_desc-qc_metrics.json``; for a subject
+    whose processing failed (``failed``), ``OUTPUT_DIR/logs/sub-X/sub-X[_ses-Y]_desc-qc_metrics.json``
+    beside its crash files, so a failed subject leaves no derivative folder."""
     sub = _label(subject, "sub-")
     ses = _label(session, "ses-")
-    folder = Path(output_dir) / sub / (ses or "") / "anat"
-    return folder / f"{sub}{'_' + ses if ses else ''}_desc-qc_metrics.json"
+    name = f"{sub}{'_' + ses if ses else ''}_desc-qc_metrics.json"
+    if failed:
+        return Path(output_dir) / "logs" / sub / name
+    return Path(output_dir) / sub / (ses or "") / "anat" / name
 
 
 def _clean(value):
@@ -134,9 +139,10 @@ def subject_record(subject: str, session: str | None, metrics: dict) -> dict:
     return record
 
 
-def write_subject_qc(output_dir, subject: str, session: str | None, metrics: dict) -> Path:
-    """Write the per-subject JSON (atomic) and return its path."""
-    return write_json(qc_json_path(output_dir, subject, session),
+def write_subject_qc(output_dir, subject: str, session: str | None, metrics: dict, *,
+                     failed: bool = False) -> Path:
+    """Write the per-subject JSON (atomic) and return its path (see :func:`qc_json_path`)."""
+    return write_json(qc_json_path(output_dir, subject, session, failed=failed),
                       subject_record(subject, session, metrics))
 
 
@@ -165,13 +171,20 @@ def qc_lock(output_dir):
 
 
 def collect_records(output_dir) -> list[dict]:
-    """Every per-subject QC JSON under ``output_dir``, sorted by subject and session."""
-    records = []
-    for path in sorted(Path(output_dir).glob("sub-*/**/anat/*_desc-qc_metrics.json")):
+    """Every per-subject QC JSON under ``output_dir``, sorted by subject and session: the
+    published ones, and the failure records under ``logs/`` of subjects without one."""
+    records, seen = [], set()
+    published = sorted(Path(output_dir).glob("sub-*/**/anat/*_desc-qc_metrics.json"))
+    failed = sorted(Path(output_dir).glob("logs/sub-*/*_desc-qc_metrics.json"))
+    for path in published + failed:
         try:
-            records.append(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # a file being replaced right now is picked up by the next rebuild
+        key = (str(record.get("participant_id")), str(record.get("session") or ""))
+        if key not in seen:  # a published record wins over an older failure
+            seen.add(key)
+            records.append(record)
     records.sort(key=lambda r: (str(r.get("participant_id")), str(r.get("session") or "")))
     return records
 

@@ -269,7 +269,7 @@ def finish_participant(summary: dict, *, inputs, output_dir, progress: Progress 
         failed_in = progress.failed.get(subject) if progress else None
         for item in items:
             write_subject_qc(output_dir, item.subject, item.session,
-                             failure_metrics(item.t1w, error))
+                             failure_metrics(item.t1w, error), failed=True)
         failure_report(output_dir / f"sub-{subject}.html", subject=subject, error=error,
                        crash_files=crash, finished_steps=steps, failed_step=failed_in,
                        inputs=[str(i.t1w) for i in items])
