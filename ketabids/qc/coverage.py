@@ -26,35 +26,29 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-
-def _arr(img) -> np.ndarray:
-    if isinstance(img, nib.spatialimages.SpatialImage):
-        return np.asarray(img.dataobj, dtype=np.float32)
-    if isinstance(img, (str, bytes)) or hasattr(img, "__fspath__"):
-        return np.asarray(nib.load(str(img)).dataobj, dtype=np.float32)
-    return np.asarray(img, dtype=np.float32)
+from ketabids.qc.iqms import as_array
 
 
 def fov_coverage(warped_fov, template_mask, threshold: float = 0.5) -> float:
     """``|T & (F >= threshold)| / |T|`` (see the module docstring)."""
-    t = _arr(template_mask) > 0
-    f = _arr(warped_fov) >= threshold
+    t = as_array(template_mask) > 0
+    f = as_array(warped_fov) >= threshold
     n = int(t.sum())
     return float((t & f).sum() / n) if n else float("nan")
 
 
 def dice(a, b) -> float:
     """Dice overlap ``2|A & B| / (|A| + |B|)`` of two masks (> 0); NaN when both are empty."""
-    a = _arr(a) > 0
-    b = _arr(b) > 0
+    a = as_array(a) > 0
+    b = as_array(b) > 0
     total = int(a.sum() + b.sum())
     return float(2.0 * (a & b).sum() / total) if total else float("nan")
 
 
 def jacobian_stats(jacobian, template_mask) -> dict:
     """Statistics of det(J) inside the template mask (module docstring)."""
-    det = _arr(jacobian)
-    t = _arr(template_mask) > 0
+    det = as_array(jacobian)
+    t = as_array(template_mask) > 0
     vals = det[t & np.isfinite(det)].astype(np.float64)
     if vals.size == 0:
         return {"jac_folded_fraction": float("nan"), "logjac_p01": float("nan"),
@@ -75,12 +69,12 @@ def jacobian_stats(jacobian, template_mask) -> dict:
 def template_correlation(std_t1w, template_t1w, template_mask) -> float:
     """Pearson correlation of the normalised T1w and the template T1w inside the template
     mask: ``r = cov(x, y) / (sd(x) sd(y))``; NaN when either is constant there."""
-    x = _arr(std_t1w)
-    y = _arr(template_t1w)
+    x = as_array(std_t1w)
+    y = as_array(template_t1w)
     if x.shape != y.shape:
         raise ValueError(f"template_correlation: shapes differ {x.shape} vs {y.shape}; "
                          "resample the normalised T1w onto the template grid first")
-    t = _arr(template_mask) > 0
+    t = as_array(template_mask) > 0
     xv = x[t].astype(np.float64)
     yv = y[t].astype(np.float64)
     if xv.size < 3 or xv.std() == 0 or yv.std() == 0:
@@ -95,7 +89,7 @@ def registration_metrics(*, template_mask, warped_fov=None, warped_brain_mask=No
     if warped_fov is not None:
         out["fov_coverage"] = fov_coverage(warped_fov, template_mask)
     if warped_brain_mask is not None:
-        out["brain_dice"] = dice(_arr(warped_brain_mask) >= 0.5, template_mask)
+        out["brain_dice"] = dice(as_array(warped_brain_mask) >= 0.5, template_mask)
     if jacobian is not None:
         out.update(jacobian_stats(jacobian, template_mask))
     if std_t1w is not None and template_t1w is not None:

@@ -40,7 +40,8 @@ SUBSAMPLE_ABOVE = 4_000_000
 _MAD_TO_SIGMA = 1.482602218505602
 
 
-def _arr(img) -> np.ndarray:
+def as_array(img) -> np.ndarray:
+    """float32 voxels of a nibabel image, a NIfTI path or an array (the one loader of qc/)."""
     if isinstance(img, nib.spatialimages.SpatialImage):
         return np.asarray(img.dataobj, dtype=np.float32)
     if isinstance(img, (str, bytes)) or hasattr(img, "__fspath__"):
@@ -259,16 +260,16 @@ def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -
     mean of the three; CNR uses medians and standard deviations with sigma_air the standard
     deviation of the air; CJV uses medians and MADs; WM2MAX the WM median.
     """
-    data = _arr(t1w)
+    data = as_array(t1w)
     data = np.where(np.isfinite(data), data, 0).astype(np.float32)
     data[data < 0] = 0
-    brain = _arr(brain_mask) > 0
+    brain = as_array(brain_mask) > 0
     if head_mask is None:
         img = t1w if isinstance(t1w, nib.spatialimages.SpatialImage) else nib.Nifti1Image(
             data, np.eye(4))
         head = head_mask_of(img) | brain
     else:
-        head = (_arr(head_mask) > 0) | brain
+        head = (as_array(head_mask) > 0) | brain
     erode = bool(np.all(np.asarray(_zooms(t1w)) < 1.9))
     frame = frame_mask(data, head)
     air = air_mask(head, frame)
@@ -276,7 +277,7 @@ def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -
     stats = {}
     box = _bbox(brain)  # tissue statistics on the brain's bounding box only (speed)
     for name in ("CSF", "GM", "WM"):
-        prob = _arr(tpms[name])[box] * brain[box]
+        prob = as_array(tpms[name])[box] * brain[box]
         mask = tissue_mask(prob, erode=erode)
         if mask.sum() < 10:  # tiny eroded mask (coarse or broken image): skip the erosion
             mask = tissue_mask(prob, erode=False)
@@ -300,7 +301,7 @@ def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -
     out["fber"] = fber(data, head, frame)
     out["wm2max"] = wm2max(data, stats["wm"]["median"])
     if bias is not None:
-        out.update(inu_stats(_arr(bias), brain))
+        out.update(inu_stats(as_array(bias), brain))
     else:
         out.update({"inu_med": float("nan"), "inu_range": float("nan")})
     for k in ("csf", "gm", "wm"):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from ketabids.qc.iqms import TISSUE_THRESHOLD, _arr
+from ketabids.qc.iqms import TISSUE_THRESHOLD, as_array
 
 
 def _voxel_ml(img) -> float:
@@ -30,7 +30,7 @@ def _voxel_ml(img) -> float:
 def tissue_metrics(tpms: dict) -> dict:
     """``tiv_ml``, ``gm_ml``, ``wm_ml``, ``csf_ml``, ``icvs_gm``, ``icvs_wm``, ``icvs_csf``,
     ``gm_brain_fraction`` from the native ``{"GM", "WM", "CSF"}`` probability images."""
-    vols = {k: float(np.sum(_arr(tpms[k]), dtype=np.float64)) * _voxel_ml(tpms[k])
+    vols = {k: float(np.sum(as_array(tpms[k]), dtype=np.float64)) * _voxel_ml(tpms[k])
             for k in ("GM", "WM", "CSF")}
     tiv = sum(vols.values())
     out = {"tiv_ml": tiv, "gm_ml": vols["GM"], "wm_ml": vols["WM"], "csf_ml": vols["CSF"]}
@@ -56,10 +56,10 @@ def contrast_metrics(t1w, tpms: dict, brain_mask=None) -> dict:
 
     Keys: ``median_wm``, ``median_gm``, ``median_csf``, ``contrast_wm_gm``,
     ``contrast_gm_csf``, ``t1_contrast_order`` (bool: WM > GM > CSF)."""
-    data = _arr(t1w)
-    brain = np.ones(data.shape, bool) if brain_mask is None else _arr(brain_mask) > 0
+    data = as_array(t1w)
+    brain = np.ones(data.shape, bool) if brain_mask is None else as_array(brain_mask) > 0
     med = {}
     for k in ("WM", "GM", "CSF"):
-        sel = (_arr(tpms[k]) > TISSUE_THRESHOLD) & brain
+        sel = (as_array(tpms[k]) > TISSUE_THRESHOLD) & brain
         med[k] = float(np.median(data[sel])) if sel.any() else float("nan")
     return contrast_from_medians(med["WM"], med["GM"], med["CSF"])
