@@ -17,7 +17,7 @@ wall time and peak memory (max RSS of the CLI process tree) per run. Not a pass/
 
 :func:`compare_to_reference` is the reusable comparison (also used by the tests): the reference
 labels are resampled onto ketabids' grid by the affines (nearest neighbour); reference order
-1 GM 2 WM 3 CSF, ketabids' 1 CSF 2 GM 3 WM.
+1 GM 2 WM 3 CSF, the same as ketabids' dseg (:data:`ketabids.anat.segmentation.LABELS`).
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ketabids.anat.segmentation import LABELS
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCANS = {
     "aomic": "aomic-piop2_sub-0001_T1w.nii.gz",
@@ -43,7 +45,7 @@ REFERENCES = {
 }
 
 #: label values of the tissues in each convention
-KETABIDS_LABELS = {"CSF": 1, "GM": 2, "WM": 3}
+KETABIDS_LABELS = {abbr: value for value, (_, abbr) in LABELS.items()}  # the dseg order
 REFERENCE_LABELS = {"GM": 1, "WM": 2, "CSF": 3}  # sMRIPrep/fMRIPrep (FSL FAST) order
 
 

@@ -146,7 +146,7 @@ def test_finish_writes_failed_subject_record_report_and_cohort_qc(tmp_path, capl
                "reports": {}}
     with caplog.at_level(logging.INFO, logger="ketabids"):
         summary = finish_participant(summary, inputs=inputs, output_dir=out)
-    record = json.loads((out / "sub-02" / "anat" / "sub-02_desc-qc_metrics.json").read_text())
+    record = json.loads((out / "logs" / "sub-02" / "sub-02_desc-qc_metrics.json").read_text())
     assert record["verdict"] == "fail" and record["error"] == "ValueError: empty mask"
     assert record["reasons"][0] == "processing failed: ValueError: empty mask"
     assert record["slice_thickness_mm"] == 6.0  # the raw header's metrics are kept

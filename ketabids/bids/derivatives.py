@@ -153,7 +153,7 @@ def write_derivative_description(output_dir: str | os.PathLike, bids_dir: str | 
 def dseg_lut_table() -> str:
     """The text of :data:`DSEG_LUT` (columns ``index, name, abbreviation``).
 
-    >>> print(dseg_lut_table(), end="")
+    >>> print(dseg_lut_table(), end="")  # doctest: +NORMALIZE_WHITESPACE
     index	name	abbreviation
     1	Gray Matter	GM
     2	White Matter	WM

@@ -120,7 +120,7 @@ class SubjectPublisher:
             discard_subject(self.stage_root, subject)
             return
         self.published.append(subject)
-        LOGGER.info("sub-%s done: %s", subject, ", ".join(p.name for p in paths))
+        LOGGER.debug("sub-%s published: %s", subject, ", ".join(p.name for p in paths))
         after_publish(self.output_dir, subject)
 
     def publish_remaining(self, subjects, failed) -> None:
