@@ -30,16 +30,16 @@ def _bench():
 
 
 def test_compare_to_reference_on_planted_labels():
-    """Known answers: the reference on a shifted, differently ordered grid; labels swapped to
-    the FAST order; one slab of reference WM called GM."""
+    """Known answers: the reference on a shifted, differently ordered grid (both in the
+    sMRIPrep/FAST label order 1 GM 2 WM 3 CSF); one slab of reference WM called GM."""
     bench = _bench()
     ours = np.zeros((20, 20, 20), np.uint8)
-    ours[4:16, 4:16, 4:16] = 1  # CSF
-    ours[5:15, 5:15, 5:15] = 2  # GM
-    ours[7:13, 7:13, 7:13] = 3  # WM
+    ours[4:16, 4:16, 4:16] = 3  # CSF
+    ours[5:15, 5:15, 5:15] = 1  # GM
+    ours[7:13, 7:13, 7:13] = 2  # WM
     aff = np.diag([2.0, 2.0, 2.0, 1.0])
     aff[:3, 3] = -20
-    ref = np.select([ours == 1, ours == 2, ours == 3], [3, 1, 2], 0).astype(np.uint8)
+    ref = ours.copy()
     ref[7:13, 7:13, 7] = 1  # one slab of our WM is GM in the reference
     # reference stored flipped along x and padded by 3 voxels: same world positions
     flip = np.diag([-2.0, 2.0, 2.0, 1.0])
