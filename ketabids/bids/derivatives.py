@@ -32,7 +32,7 @@ See https://doi.org/10.1038/s41398-026-04085-4 for the study ketabids implements
 
 #: What ``.bidsignore`` at the output root hides from the BIDS validator (not in the spec yet).
 #: ``/group`` (anchored, no trailing slash: ``group/`` leaves the folder itself NOT_INCLUDED,
-#: measured with bids-validator-deno 3.0.2, /work/coord/validator-plan.md); ``qc.tsv``/``qc.json``
+#: measured with bids-validator-deno 3.0.2); ``qc.tsv``/``qc.json``
 #: of the QC summary at the root.
 BIDSIGNORE = ["*_xfm.h5", "*_morph.tsv", "*_morph.json", "*.html", "logs/", "/group",
               *QC_BIDSIGNORE]
