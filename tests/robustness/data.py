@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ketabids.testing import write_raw_dataset  # noqa: F401 - re-exported for the suite
+
 TEMPLATE = "MNI152NLin2009aSym"
 SIDECAR = {"RepetitionTime": 2.3, "EchoTime": 0.003, "FlipAngle": 8, "MagneticFieldStrength": 3}
 
@@ -31,22 +33,6 @@ def phantom_t1w(seed: int = 0, zoom: float = 3.0):
     out.set_qform(target, code=1)
     out.set_sform(target, code=1)
     return out
-
-
-def write_raw_dataset(root, subjects, *, participants: dict | None = None) -> Path:
-    """``dataset_description.json``, README and participants.tsv of a raw dataset."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(json.dumps(
-        {"Name": "robustness", "BIDSVersion": "1.10.0", "DatasetType": "raw",
-         "Authors": ["ketabids tests"], "License": "CC0"}, indent=2))
-    (root / "README").write_text("A phantom dataset for the ketabids robustness suite.\n")
-    cols = {"participant_id": [f"sub-{s}" for s in subjects]}
-    cols.update(participants or {})
-    lines = ["\t".join(cols)] + ["\t".join(str(cols[c][i]) for c in cols)
-                                 for i in range(len(subjects))]
-    (root / "participants.tsv").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def t1w_path(root, subject) -> Path:
