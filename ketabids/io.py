@@ -558,7 +558,7 @@ def run_temp_dir(base: str | os.PathLike | None = None, *, prefix: str = "ketabi
                  signals: bool = True):
     """A temporary folder for everything this run (or this block) writes through
     :mod:`tempfile`: ``tempfile.tempdir`` and ``$TMPDIR``/``$TEMP``/``$TMP`` (inherited by
-    worker processes, so ANTs' ``mktemp`` files such as Atropos' ``antsr*prob0N.nii.gz`` land
+    worker processes, so ANTs' ``mktemp`` files (antspyx names them with ``tempfile.mktemp``) land
     there) point at a new folder under ``base`` (default: the current temp folder) until the
     block ends; then the folder is deleted and the previous settings come back.
 

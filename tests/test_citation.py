@@ -163,6 +163,6 @@ def test_participant_workflow_methods_are_fully_cited(tmp_path):
     assert cit.unknown_citations(methods) == []
     bp = cit.boilerplate(methods)
     assert "et al., 20" not in bp.text and "Friston, 2000" not in bp.text
-    assert {"n4", "syn", "atropos", "mni2009", "mni2011", "vbm", "nipype",
+    assert {"n4", "syn", "fast", "mni2009", "mni2011", "vbm", "nipype",
             "ketabids_study"} <= set(bp.keys)
     assert bp.keys[0] == "ketabids_study"  # "performed with ketabids X" comes first

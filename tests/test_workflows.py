@@ -85,7 +85,7 @@ def test_participant_wf_builds(tmp_path, fast, atlas, sessions, template):
 
 def test_anat_wf_step_order():
     """The one step order: head N4 -> brain extraction (whose registration is reused by every
-    warp) -> priors -> N4 inside the mask -> Atropos."""
+    warp) -> priors -> N4 inside the mask weighted by the GM + WM priors -> segmentation."""
     wf = init_anat_wf(fast=True, seed=5, omp_nthreads=1)
 
     def sources(node_name, field):
@@ -97,6 +97,7 @@ def test_anat_wf_step_order():
     assert sources("brain_extraction", "in_file") == {("n4", "out_file")}
     assert sources("brain_n4", "in_file") == {("n4", "out_file")}
     assert sources("brain_n4", "in_mask") == {("brain_extraction", "out_mask")}
+    assert sources("brain_n4", "in_weights") == {("warp_priors", "priors")}
     assert sources("segmentation", "in_file") == {("brain_n4", "out_file")}
     assert sources("segmentation", "priors") == {("warp_priors", "priors")}
     assert sources("warp_priors", "reference") == {("conform", "out_file")}
@@ -104,12 +105,14 @@ def test_anat_wf_step_order():
         assert sources(warp, "forward_transforms") == {("brain_extraction",
                                                         "forward_transforms")}
     assert sources("std_t1w", "in_file") == {("n4", "out_file")}  # desc-preproc = head N4
-    assert wf.get_node("segmentation").inputs.seed == 5
     assert wf.get_node("brain_extraction").inputs.seed == 5
     # the mode's numbers reach the steps that use them (ketabids.anat.settings), and only those
     assert wf.get_node("n4").inputs.grid_mm == 12.0
-    assert wf.get_node("brain_n4").inputs.grid_mm == 12.0
-    for name in ("warp_priors", "std_t1w", "modulate"):
+    assert wf.get_node("brain_n4").inputs.grid_mm == 8.0
+    assert wf.get_node("brain_n4").inputs.spline_mm == 200.0
+    assert wf.get_node("brain_n4").inputs.iterations == [50, 50, 50, 50]
+    assert wf.get_node("n4").inputs.spline_mm is None
+    for name in ("warp_priors", "std_t1w", "modulate", "segmentation"):
         assert not {"mode", "seed"} & set(wf.get_node(name).inputs.copyable_trait_names())
 
 

@@ -10,7 +10,7 @@ temporary files) and round-trips.
 ``with`` block and restores the previous values afterwards (no leaked ``os.environ`` changes).
 ANTs ignores ``random_seed=`` in :func:`ants.registration`; what counts is
 ``ants.config._random_seed`` (passed as ``--random-seed``) and ``ANTS_RANDOM_SEED`` (read by
-Atropos and the ITK samplers). Bit-identical output needs 1 thread.
+the ITK samplers). Bit-identical output needs 1 thread.
 """
 from __future__ import annotations
 
@@ -64,6 +64,19 @@ def to_nib(ants_img, dtype=np.float32, like: nib.Nifti1Image | None = None) -> n
     ):
         affine = like.affine
     return make_image(data, affine)
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Slices of the bounding box of ``mask``'s non-zero voxels grown by ``margin`` voxels
+    (clipped to the grid); the whole grid for an empty mask."""
+    slices = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if not hit.size:
+            return tuple(slice(None) for _ in mask.shape)
+        slices.append(slice(max(0, int(hit[0]) - margin),
+                            min(mask.shape[axis], int(hit[-1]) + margin + 1)))
+    return tuple(slices)
 
 
 def make_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:

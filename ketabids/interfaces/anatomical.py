@@ -94,6 +94,12 @@ class _N4InputSpec(BaseInterfaceInputSpec):
                            desc="shrink factor (default: automatic, from grid_mm)")
     grid_mm = traits.Float(ProcessingSettings.for_mode("default").n4_grid_mm, usedefault=True,
                            desc="spacing of the fitting grid (mm)")
+    in_weights = InputMultiObject(File(exists=True),
+                                  desc="images summed into N4's weight (e.g. GM and WM priors)")
+    spline_mm = traits.Either(None, traits.Float, default=None, usedefault=True,
+                              desc="B-spline distance of the first level (None: one span)")
+    iterations = traits.List(traits.Int, [50, 50, 30], usedefault=True,
+                             desc="iterations per fitting level")
     omp_nthreads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
 
 
@@ -113,8 +119,14 @@ class N4BiasCorrect(SimpleInterface):
 
         img = nib.load(self.inputs.in_file)
         mask = nib.load(self.inputs.in_mask) if isdefined(self.inputs.in_mask) else None
-        corrected, bias = n4_bias_correct(img, mask, shrink=self.inputs.shrink,
+        weight = None
+        if isdefined(self.inputs.in_weights) and self.inputs.in_weights:
+            total = sum(np.asarray(nib.load(f).dataobj, np.float32) for f in self.inputs.in_weights)
+            weight = nib.Nifti1Image(total, img.affine)
+        corrected, bias = n4_bias_correct(img, mask, weight=weight, shrink=self.inputs.shrink,
                                           grid_mm=self.inputs.grid_mm,
+                                          spline_mm=self.inputs.spline_mm,
+                                          iterations=tuple(self.inputs.iterations),
                                           omp_nthreads=self.inputs.omp_nthreads)
         self._results["out_file"] = _save(corrected, self.inputs.in_file, "_n4", runtime.cwd,
                                           dtype="float32")
@@ -263,8 +275,6 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
     in_mask = File(exists=True, mandatory=True, desc="brain mask")
     priors = InputMultiObject(File(exists=True), mandatory=True, desc="GM, WM, CSF priors")
-    seed = traits.Either(None, traits.Int, default=None, usedefault=True)
-    omp_nthreads = traits.Int(1, usedefault=True, nohash=True)
 
 
 class _SegmentOutputSpec(TraitedSpec):
@@ -273,10 +283,12 @@ class _SegmentOutputSpec(TraitedSpec):
     csf = File(exists=True)
     probsegs = OutputMultiObject(File(exists=True), desc="GM, WM, CSF")
     dseg = File(exists=True, desc="labels 1=GM 2=WM 3=CSF (sMRIPrep order)")
+    out_info = File(exists=True, desc="JSON: fitted tissue means, shared SD, EM iterations")
 
 
 class SegmentTissues(SimpleInterface):
-    """Prior-guided tissue segmentation (:func:`ketabids.anat.segmentation.segment_tissues`)."""
+    """Prior-guided partial-volume tissue segmentation
+    (:func:`ketabids.anat.segmentation.segment_tissues`)."""
 
     input_spec = _SegmentInputSpec
     output_spec = _SegmentOutputSpec
@@ -287,8 +299,9 @@ class SegmentTissues(SimpleInterface):
         img = nib.load(self.inputs.in_file)
         mask = nib.load(self.inputs.in_mask)
         priors = {t: nib.load(p) for t, p in zip(TISSUES, self.inputs.priors)}
-        probs, dseg = segment_tissues(img, mask, priors, seed=self.inputs.seed,
-                                      omp_nthreads=self.inputs.omp_nthreads)
+        probs, dseg, info = segment_tissues(img, mask, priors)
+        self._results["out_info"] = str(Path(runtime.cwd) / "segmentation_info.json")
+        write_json(self._results["out_info"], info)
         outs = []
         for tissue in TISSUES:
             out = _save(probs[tissue], self.inputs.in_file, f"_{tissue}", runtime.cwd,

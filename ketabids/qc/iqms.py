@@ -6,7 +6,7 @@ Our code is written from those definitions; differences from MRIQC are stated:
 
 * tissue masks: tissue probability > 0.85, eroded once (3x3x3 cross+edges structuring element,
   connectivity 2) when every voxel size is < 1.9 mm, exactly as MRIQC's ``summary_stats``; the
-  probabilities are ketabids' Atropos maps instead of FSL FAST's;
+  probabilities are ketabids' partial-volume fractions (FAST-like, not FAST's own);
 * air ("background") mask: MRIQC uses the "hat" above the nasion-cerebellum plane minus
   Mortamet's artefact mask; here it is every voxel farther than ``AIR_MARGIN_VOX`` voxels from
   the head mask and not part of the zero-filled frame (a rotation/resampling "frame" of exact
@@ -26,6 +26,8 @@ from math import sqrt
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from ketabids.anat.antsutil import bounding_box
 
 #: MRIQC's tissue-probability threshold for the summary statistics
 TISSUE_THRESHOLD = 0.85
@@ -149,17 +151,6 @@ def head_mask_of(img: nib.Nifti1Image) -> np.ndarray:
     return _upsample(small, step, data.shape)
 
 
-def _bbox(mask: np.ndarray, margin: int = 2):
-    slices = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if not hit.size:
-            return tuple(slice(None) for _ in mask.shape)
-        slices.append(slice(max(0, int(hit[0]) - margin),
-                            min(mask.shape[axis], int(hit[-1]) + margin + 1)))
-    return tuple(slices)
-
-
 # --------------------------------------------------------------------------------------------
 # the MRIQC formulas
 # --------------------------------------------------------------------------------------------
@@ -275,7 +266,7 @@ def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -
     air = air_mask(head, frame)
 
     stats = {}
-    box = _bbox(brain)  # tissue statistics on the brain's bounding box only (speed)
+    box = bounding_box(brain, 2)  # tissue statistics on the brain's bounding box only (speed)
     for name in ("CSF", "GM", "WM"):
         prob = as_array(tpms[name])[box] * brain[box]
         mask = tissue_mask(prob, erode=erode)

@@ -90,6 +90,10 @@ REFERENCES: dict[str, Reference] = {r.key: r for r in (
        "An open source multivariate framework for n-tissue segmentation with evaluation on "
        "public data", 2011, "Neuroinformatics", "9", "381-400",
        doi="10.1007/s12021-011-9109-y", cite_as=("Avants et al., 2011",)),
+    _R("fast", ("Zhang, Yongyue", "Brady, Michael", "Smith, Stephen"),
+       "Segmentation of brain MR images through a hidden Markov random field model and the "
+       "expectation-maximization algorithm", 2001, "IEEE Transactions on Medical Imaging",
+       "20", "45-57", doi="10.1109/42.906424", cite_as=("Zhang et al., 2001",)),
     _R("mni2009", ("Fonov, Vladimir S.", "Evans, Alan C.", "McKinstry, Robert C.",
                    "Almli, C. Robert", "Collins, D. Louis"),
        "Unbiased nonlinear average age-appropriate brain templates from birth to adulthood",

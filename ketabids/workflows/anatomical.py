@@ -1,8 +1,9 @@
 """The anatomical workflow: THE definition of the participant-level VBM steps and their order.
 
     conform -> N4 (head) -> brain extraction (affine + SyN to the template, kept as the
-    normalisation) -> template priors to T1w space -> N4 again inside the brain mask ->
-    Atropos (GM/WM/CSF) -> volumes; GM/WM to the template with Jacobian modulation
+    normalisation) -> template priors to T1w space -> N4 again inside the brain mask, weighted
+    by the GM + WM priors -> partial-volume mixture segmentation (GM/WM/CSF fractions) ->
+    volumes; GM/WM to the template with Jacobian modulation
     [-> regional GM volumes with an atlas]
 
 Tests and benchmarks run this graph (:func:`ketabids.testing.run_anat_wf`); the maths is in
@@ -14,6 +15,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketabids.anat.atlas import Atlas
+from ketabids.anat.brain import TISSUE_N4_ITERATIONS, TISSUE_N4_SPLINE_MM
 from ketabids.anat.settings import ProcessingSettings
 from ketabids.interfaces.anatomical import (
     ApplyToTemplate,
@@ -30,7 +32,7 @@ from ketabids.workflows import LiterateWorkflow as Workflow
 
 #: Peak memory (GB) of the heavy steps, for Nipype's MultiProc scheduler (measured, 1 mm).
 _MEM_GB = {"n4": 1.0, "brain_extraction": 2.0, "warp_priors": 1.7,
-           "segmentation": 2.2, "modulate": 2.5}
+           "segmentation": 1.5, "modulate": 2.5}
 
 
 def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | None = None,
@@ -60,9 +62,14 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
         "spatial normalisation: "
         "the forward and inverse transforms were kept. The template's grey-matter (GM), "
         "white-matter (WM) and cerebrospinal-fluid (CSF) probability maps were warped into the "
-        "T1w space and used as priors for a three-class Atropos segmentation (Avants et al., "
-        "2011) of the T1w corrected again with N4 inside the brain mask. For voxel-based morphometry (Ashburner & Friston, 2000) the GM and WM "
-        f"probability maps were resampled to the template at {resolution} mm and multiplied by "
+        "T1w space. The T1w was corrected again with N4 inside the brain mask, weighted by the "
+        "GM and WM priors (B-spline distance 200 mm, four fitting levels), and segmented by a "
+        "Gaussian mixture of GM, WM and CSF with one shared variance, two partial-volume "
+        "classes (CSF/GM and GM/WM) and the template priors as spatial "
+        "priors, fitted by expectation-maximisation as in FSL FAST (Zhang et al., 2001); the "
+        "tissue maps are partial-volume fractions. For voxel-based morphometry (Ashburner & "
+        "Friston, 2000) the GM and WM "
+        f"fraction maps were resampled to the template at {resolution} mm and multiplied by "
         "the Jacobian determinant of the warp (modulation), so that each map preserves the "
         "native tissue volume. Total intracranial volume (TIV) and GM, WM and CSF volumes were "
         "computed from the native-space probability maps"
@@ -87,13 +94,16 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
                                n_procs=omp_nthreads, mem_gb=_MEM_GB["brain_extraction"])
     warp_priors = pe.Node(WarpPriors(**tpl), name="warp_priors",
                           n_procs=omp_nthreads, mem_gb=_MEM_GB["warp_priors"])
-    # N4 again, inside the brain mask only: the input of Atropos (GM/WM Dice .893/.894 ->
-    # .914/.930 on the 1 mm phantom); desc-preproc_T1w stays the head-wide N4 output
-    brain_n4 = pe.Node(N4BiasCorrect(grid_mm=settings.n4_grid_mm, omp_nthreads=omp_nthreads),
+    # N4 again, inside the brain mask and weighted by the GM + WM priors, with a finer field:
+    # the input of the segmentation (see ketabids.anat.brain.n4_bias_correct for what it
+    # measured); desc-preproc_T1w stays the head-wide N4 output
+    brain_n4 = pe.Node(N4BiasCorrect(grid_mm=settings.tissue_n4_grid_mm,
+                                     spline_mm=TISSUE_N4_SPLINE_MM,
+                                     iterations=list(TISSUE_N4_ITERATIONS),
+                                     omp_nthreads=omp_nthreads),
                        name="brain_n4",
                        n_procs=omp_nthreads, mem_gb=_MEM_GB["n4"])
-    segmentation = pe.Node(SegmentTissues(seed=seed, omp_nthreads=omp_nthreads),
-                           name="segmentation", n_procs=omp_nthreads,
+    segmentation = pe.Node(SegmentTissues(), name="segmentation",
                            mem_gb=_MEM_GB["segmentation"])
     std_t1w = pe.Node(ApplyToTemplate(interpolation="linear", **tpl), name="std_t1w",
                       n_procs=omp_nthreads, mem_gb=_MEM_GB["modulate"])
@@ -109,6 +119,7 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
         (conform, warp_priors, [("out_file", "reference")]),
         (n4, brain_n4, [("out_file", "in_file")]),
         (brain_extraction, brain_n4, [("out_mask", "in_mask")]),
+        (warp_priors, brain_n4, [(("priors", _gm_wm), "in_weights")]),
         (brain_n4, segmentation, [("out_file", "in_file")]),
         (brain_extraction, segmentation, [("out_mask", "in_mask")]),
         (warp_priors, segmentation, [("priors", "priors")]),
@@ -144,5 +155,5 @@ def _first(values):
 
 
 def _gm_wm(probsegs):
-    """GM and WM of the (GM, WM, CSF) probability maps."""
+    """GM and WM of the (GM, WM, CSF) maps."""
     return list(probsegs[:2])

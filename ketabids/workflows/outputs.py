@@ -59,12 +59,13 @@ def init_ds_anat_wf(*, output_dir, source_file, raw_sources, name="ds_anat_wf"):
                         sources=[preproc_uri], meta_dict=dict(
                             native, Type="Brain", Description="Brain mask"), **common)
     ds_t1w_dseg = _sink("ds_t1w_dseg", suffix="dseg", data_dtype="uint8", sources=[preproc_uri],
-                        meta_dict=dict(native, Description="Tissue labels (Atropos, "
-                                       "template priors): 1=GM 2=WM 3=CSF (sMRIPrep "
+                        meta_dict=dict(native, Description="Tissue labels (argmax of the "
+                                       "tissue fractions): 1=GM 2=WM 3=CSF (sMRIPrep "
                                        "order; look-up table: dseg.tsv at the root)"), **common)
     ds_t1w_tpms = _sink("ds_t1w_tpms", suffix="probseg", sources=[preproc_uri],
                         mapnode_fields=["in_file", "label"], meta_dict=dict(
-                            native, Description="Tissue probability map (Atropos)"), **common)
+                            native, Description="Tissue fraction map (partial-volume mixture with template "
+                                      "priors)"), **common)
     ds_t1w_tpms.inputs.label = TPM_LABELS
 
     workflow.connect([
