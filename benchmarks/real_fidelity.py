@@ -6,7 +6,7 @@ Runs the participant level as users do (the ``ketabids`` CLI, one subject per ca
 * the shared real scans (``../shared/data/real-t1w``; AOMIC-PIOP2 sub-0001 has fMRIPrep's
   FSL FAST segmentation and brain mask in ``../shared/data/reference-fmriprep``),
 * optionally their rotated/re-biased copies (:func:`ketabids.testing.rotated_rebiased`),
-* simulated phantoms with ground truth (:func:`ketabids.demo.phantom.simulate_subject`),
+* simulated phantoms with ground truth (:func:`ketabids.demo.head.simulate_subject`),
 
 and prints one table: Dice GM/WM/CSF/brain against the reference, volumes and their relative
 differences, TIV against the reference brain-mask volume, phantom Dice and modulated-GM error,
@@ -125,8 +125,9 @@ def phantom_accuracy(dseg, mask, volumes: dict, modulated_gm, subject) -> dict:
         return np.asarray(resample_to_img(img, dseg, interpolation=interp, force_resample=True,
                                           copy_header=True).dataobj)
 
-    stack = np.stack([on_grid(subject.csf, "linear"), on_grid(subject.gm, "linear"),
-                      on_grid(subject.wm, "linear")])
+    stack = np.stack([on_grid(subject.gm, "linear"), on_grid(subject.wm, "linear"),
+                      on_grid(subject.csf, "linear")])
+    # truth in the dseg order (1 GM, 2 WM, 3 CSF: KETABIDS_LABELS)
     truth = np.where(stack.sum(0) >= 0.5, np.argmax(stack, 0) + 1, 0)
     ours = np.asarray(dseg.dataobj)
     true_mask = on_grid(subject.brain_mask, "nearest") > 0
@@ -135,7 +136,8 @@ def phantom_accuracy(dseg, mask, volumes: dict, modulated_gm, subject) -> dict:
     mod_total = float(np.asarray(mod.dataobj, np.float64).sum() * vox)
     tv = subject.volumes
     return {
-        "dice_gm": dice(ours == 2, truth == 2), "dice_wm": dice(ours == 3, truth == 3),
+        "dice_gm": dice(ours == KETABIDS_LABELS["GM"], truth == 1),
+        "dice_wm": dice(ours == KETABIDS_LABELS["WM"], truth == 2),
         "dice_brain": dice(np.asarray(mask.dataobj) > 0, true_mask),
         "rel_gm": volumes["gm_ml"] / tv["gm_ml"] - 1, "rel_tiv": volumes["tiv_ml"] / tv["tiv_ml"] - 1,
         "rel_mod_gm": mod_total / tv["gm_ml"] - 1,
@@ -221,12 +223,12 @@ def main(argv=None) -> list[dict]:
             if args.rotated:
                 subjects.append((f"{key}rot", rotated_rebiased(img), None))
         if args.phantoms:
-            from ketabids.demo import phantom
+            from ketabids.demo.head import simulate_subject
             from ketabids.templates import get_template
 
             tpl = get_template(resolution=1)
             for seed in range(1, args.phantoms + 1):
-                sub = phantom.simulate_subject(tpl, seed=seed, resolution=1.0, skull=True)
+                sub = simulate_subject(tpl, seed=seed, resolution=1.0, skull=True)
                 subjects.append((f"phantom{seed}", sub.t1w, sub))
         for mode in args.modes:
             for label, img, truth in subjects:
