@@ -191,33 +191,71 @@ def _panels(background, window, affine, axis, cuts, contours=()) -> list[_Panel]
     return out
 
 
+def _contour_lines(image: np.ndarray, level: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``level`` iso-lines of a 2D image as ``((k, 2) vertices, path codes)`` pairs,
+    vertices as (column, row): the lines ``Axes.contour`` draws (contourpy's ``mpl2014``
+    algorithm with corner masking, matplotlib's defaults), without a ContourSet per slice."""
+    import contourpy
+
+    if not image.min() < level < image.max():
+        return []
+    generator = contourpy.contour_generator(z=image, name="mpl2014", corner_mask=True,
+                                            line_type=contourpy.LineType.SeparateCode)
+    vertices, codes = generator.lines(level)
+    return list(zip(vertices, codes))
+
+
 def _strip(panels: list[_Panel], aspect: float, axis: int, title=None) -> Strip:
-    """One row of slices along ``axis``: grey background, coloured contour lines,
-    coordinates and orientation letters."""
+    """One row of slices along ``axis``: grey background, coloured contour lines (0.7 pt),
+    coordinates and orientation letters.
+
+    The layout is that of ``n`` image axes side by side (``subplots(1, n)``, no margins,
+    ``wspace=0.02``, each image centred in its cell at its aspect ratio), drawn in ONE axes
+    whose data unit is the inch: panel boxes, contour vertices and labels are placed by the
+    same arithmetic matplotlib applies to separate axes (creating and drawing 7 axes per strip
+    cost more than the images)."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.path import Path as MplPath
+
     plt = pyplot()
     n = len(panels)
     first = panels[0].background
     ratio = first.shape[0] * aspect / max(first.shape[1], 1)
-    width = 1.55 * n
-    fig, axes = plt.subplots(1, n, figsize=(width, 1.55 * ratio + 0.05), squeeze=False)
-    fig.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=0.02)
+    width, height = 1.55 * n, 1.55 * ratio + 0.05
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.set_autoscale_on(False)
+    cell = width / (n + 0.02 * (n - 1))
+    lines = {}
     coords = []
+    style = dict(color="white", fontsize=7)
     for col, panel in enumerate(panels):
-        ax = axes[0, col]
-        ax.imshow(panel.background, cmap="gray", vmin=0, vmax=1, aspect=aspect,
-                  interpolation="nearest")
-        for sl, level, colour in panel.contours:
-            if sl.min() < level < sl.max():
-                ax.contour(sl, levels=[level], colors=colour, linewidths=0.7)
+        rows, cols = panel.background.shape
+        box = aspect * rows / max(cols, 1)  # height / width of the image box
+        bw, bh = (cell, cell * box) if height / cell > box else (height / box, height)
+        bx = col * cell * 1.02 + (cell - bw) / 2
+        by = (height - bh) / 2
+        ax.imshow(panel.background, cmap="gray", vmin=0, vmax=1, aspect="auto",
+                  interpolation="nearest", extent=(bx, bx + bw, by, by + bh))
+        scale = np.array([bw / cols, -bh / rows])
+        offset = np.array([bx + 0.5 * bw / cols, by + bh - 0.5 * bh / rows])
+        for k, (sl, level, colour) in enumerate(panel.contours):
+            lines.setdefault(k, (colour, []))[1].extend(
+                MplPath(xy * scale + offset, codes) for xy, codes in _contour_lines(sl, level))
         geo = panel.geo
         coords.append(geo["coord"])
-        style = dict(color="white", fontsize=7, transform=ax.transAxes)
-        ax.text(0.5, 0.02, geo["coord"], ha="center", va="bottom", **style)
-        ax.text(0.02, 0.5, geo["left"], ha="left", va="center", **style)
-        ax.text(0.98, 0.5, geo["right"], ha="right", va="center", **style)
+        ax.text(bx + 0.5 * bw, by + 0.02 * bh, geo["coord"], ha="center", va="bottom", **style)
+        ax.text(bx + 0.02 * bw, by + 0.5 * bh, geo["left"], ha="left", va="center", **style)
+        ax.text(bx + 0.98 * bw, by + 0.5 * bh, geo["right"], ha="right", va="center", **style)
         if col == 0 and title:
-            ax.text(0.02, 0.98, title, ha="left", va="top", **style)
-        ax.set_axis_off()
+            ax.text(bx + 0.02 * bw, by + 0.98 * bh, title, ha="left", va="top", **style)
+    for colour, paths in lines.values():
+        if paths:
+            ax.add_collection(PathCollection(paths, facecolors="none", edgecolors=colour,
+                                             linewidths=0.7, zorder=2), autolim=False)
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
     return Strip(_png(fig), _AXIS_NAMES[axis], tuple(coords), geo["left"], geo["right"])
 
 
