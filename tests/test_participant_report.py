@@ -193,5 +193,4 @@ def test_strip_matches_one_axes_per_slice_rendering():
         diff = np.abs(new - ref).max(-1)
         lines = (np.abs(ref - ref[..., :1]).max(-1) > 0.1).mean()  # coloured pixels
         assert lines > 0.01  # the contours are there to compare
-        print("DIFF", axis, lines, (diff > 0).mean(), (diff > 0.25).mean())
         assert (diff > 0).mean() < 0.03 and (diff > 0.25).mean() < 0.002, axis
