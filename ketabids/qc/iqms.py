@@ -198,7 +198,9 @@ def efc(data: np.ndarray, frame: np.ndarray | None = None) -> float:
         x = x[~frame]
     x = x.ravel()
     n = x.size
-    b = sqrt(float(np.dot(x.astype(np.float64), x.astype(np.float64))))
+    x64 = x.astype(np.float64)
+    b = sqrt(float(np.dot(x64, x64)))
+    del x64
     if n < 2 or b <= 0:
         return float("nan")
     efc_max = n * (1.0 / sqrt(n)) * np.log(1.0 / sqrt(n))
@@ -231,7 +233,9 @@ def fber(data: np.ndarray, head: np.ndarray, frame: np.ndarray | None = None) ->
 def wm2max(data: np.ndarray, mu_wm: float) -> float:
     """White-matter-to-max ratio (MRIQC ``wm2max``): ``median(WM) / P99.95(image)``; around
     0.6-0.8 is expected, low values mean long bright tails (vessels, fat)."""
-    top = float(np.percentile(np.asarray(data).ravel(), 99.95))
+    # ravel in memory order: no copy of a Fortran-ordered NIfTI array (a percentile does not
+    # depend on the order of the values)
+    top = float(np.percentile(np.asarray(data).ravel(order="K"), 99.95))
     return float(mu_wm / top) if top > 0 else float("nan")
 
 
@@ -239,7 +243,7 @@ def inu_stats(bias: np.ndarray, mask: np.ndarray) -> dict:
     """Summary of the N4 bias field inside ``mask`` (MRIQC ``StructuralQC``, ``inu``):
     ``inu_med = median(b)``, ``inu_range = |P95(b) - P5(b)|``. MRIQC takes the mask of its
     segmentation (``segdata > 0``, i.e. the brain); values near 1 / small ranges are better."""
-    b = np.asarray(bias, dtype=np.float64)[np.asarray(mask) > 0]
+    b = np.asarray(bias)[np.asarray(mask) > 0].astype(np.float64)  # cast the brain only
     if b.size == 0:
         return {"inu_med": float("nan"), "inu_range": float("nan")}
     return {"inu_med": float(np.median(b)),
@@ -249,6 +253,15 @@ def inu_stats(bias: np.ndarray, mask: np.ndarray) -> dict:
 # --------------------------------------------------------------------------------------------
 # all IQMs of one T1w
 # --------------------------------------------------------------------------------------------
+def _nonnegative(data: np.ndarray) -> np.ndarray:
+    """A float32 copy of ``data`` with negative and non-finite values set to 0 (MRIQC sets
+    negatives to 0); the non-finite pass only runs when a float64 sum says there is one."""
+    out = np.where(data < 0, np.float32(0), np.asarray(data, dtype=np.float32))
+    if not np.isfinite(np.sum(out, dtype=np.float64)):  # NaN or +inf somewhere
+        out[~np.isfinite(out)] = 0
+    return out
+
+
 def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -> dict:
     """MRIQC-style IQMs of one T1w (``StructuralQC`` recipe).
 
@@ -260,9 +273,7 @@ def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -
     mean of the three; CNR uses medians and standard deviations with sigma_air the standard
     deviation of the air; CJV uses medians and MADs; WM2MAX the WM median.
     """
-    data = as_array(t1w)
-    data = np.where(np.isfinite(data), data, 0).astype(np.float32)
-    data[data < 0] = 0
+    data = _nonnegative(as_array(t1w))
     brain = as_array(brain_mask) > 0
     if head_mask is None:
         img = t1w if isinstance(t1w, nib.spatialimages.SpatialImage) else nib.Nifti1Image(
