@@ -20,6 +20,28 @@ def test_compute_subject_qc_without_registration(tmp_path):
     assert out["t1_contrast_order"] and out["tiv_ml"] > 1000
 
 
+def test_compute_subject_qc_same_values_with_reading_threads(tmp_path):
+    """Reading the images in background threads changes no value; a missing file still
+    raises in the caller."""
+    import pytest
+
+    img, maps, mask = synthetic_head(shape=(84, 100, 80), zoom=2.0)
+    paths = {}
+    for name, image in {"raw": img, "mask": mask, **maps}.items():
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(image, paths[name])
+    runs = [compute_subject_qc(raw_t1w=paths["raw"], t1w=paths["raw"], brain_mask=paths["mask"],
+                               tpms={k: paths[k] for k in maps}, omp_nthreads=n)
+            for n in (1, 2)]
+    for run in runs:
+        del run["qc_seconds"], run["qc_cpu_seconds"]
+    assert repr(runs[0]) == repr(runs[1]) and runs[0]["tiv_ml"] > 1000  # NaN-safe equality
+    with pytest.raises(FileNotFoundError):
+        compute_subject_qc(raw_t1w=paths["raw"], t1w=paths["raw"], brain_mask=paths["mask"],
+                           tpms={**{k: paths[k] for k in maps}, "CSF": tmp_path / "no.nii.gz"},
+                           omp_nthreads=2)
+
+
 def test_sample_on_grid_same_origin_subsampling():
     fine = nib.Nifti1Image(np.arange(8 * 8 * 8, dtype=np.float32).reshape(8, 8, 8), np.eye(4))
     coarse = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.diag([2.0, 2, 2, 1]))

@@ -88,27 +88,38 @@ def registration_grid(template):
 
 
 class _Loader:
-    """Reads the given files (paths or images; None stays None) with :func:`_load` in
-    ``n_threads`` background threads, in the given order, while the caller computes with the
-    ones already read: ``with _Loader(files, n) as get: get("t1w")``. Decompressing gzip
-    releases the GIL, so with 2 threads the reading of ~10 images overlaps the NumPy work; the
-    values are those of reading them one after the other. Leaving the block cancels what was
-    not started (an error stops the QC at once)."""
+    """Reads the given files (paths or images; None stays None) with :func:`_load`:
+    ``with _Loader(files, n) as get: get("t1w")``. With ``n_threads`` > 1 they are read in that
+    many background threads, in the given order, while the caller computes with the ones
+    already read (decompressing gzip releases the GIL); with 1 thread each is read when first
+    asked for, in the caller's thread (the node then uses the one core it was given). Same
+    values either way. Leaving the block cancels the reads not started."""
 
     def __init__(self, files: dict, n_threads: int = 1):
         self.files = files
         self.n_threads = max(1, int(n_threads))
+        self.pool = None
 
     def __enter__(self):
+        if self.n_threads == 1:
+            cache = {}
+
+            def get(key):
+                if key not in cache:
+                    cache[key] = _load(self.files[key])
+                return cache[key]
+
+            return get
         from concurrent.futures import ThreadPoolExecutor
 
         self.pool = ThreadPoolExecutor(max_workers=self.n_threads,
                                        thread_name_prefix="ketabids-qc-load")
-        self.futures = {key: self.pool.submit(_load, value) for key, value in self.files.items()}
-        return lambda key: self.futures[key].result()
+        futures = {key: self.pool.submit(_load, value) for key, value in self.files.items()}
+        return lambda key: futures[key].result()
 
     def __exit__(self, *exc):
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
         return False
 
 
