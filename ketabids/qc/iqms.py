@@ -312,7 +312,8 @@ def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -
     out["fber"] = fber(data, head, frame)
     out["wm2max"] = wm2max(data, stats["wm"]["median"])
     if bias is not None:
-        out.update(inu_stats(as_array(bias), brain))
+        # on the brain's bounding box: the same voxels in the same order, fewer to scan
+        out.update(inu_stats(as_array(bias)[box], brain[box]))
     else:
         out.update({"inu_med": float("nan"), "inu_range": float("nan")})
     for k in ("csf", "gm", "wm"):
