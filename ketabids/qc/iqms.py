@@ -94,7 +94,8 @@ def frame_mask(data: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
     if not zero.any():
         return zero
     if head is not None:
-        return zero & ~(np.asarray(head) > 0)
+        zero[_as_bool(head)] = False  # in place: no full-size temporaries
+        return zero
     labels, n = ndimage.label(zero)
     border = np.concatenate([labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(),
                              labels[:, -1].ravel(), labels[:, :, 0].ravel(),
@@ -109,19 +110,27 @@ def air_mask(head: np.ndarray, frame: np.ndarray | None = None,
              margin: int = AIR_MARGIN_VOX) -> np.ndarray:
     """Air: outside ``head`` dilated by a (2 margin + 1)-voxel cube (computed on every second
     voxel, i.e. a 2 margin voxel reach, for large images), and not in ``frame``."""
-    head = np.asarray(head) > 0
+    head = _as_bool(head)
     if margin <= 0:
-        near = head
-    elif head.size > SUBSAMPLE_ABOVE:
-        small = head[::2, ::2, ::2].view(np.uint8)
-        small = ndimage.maximum_filter(small, size=2 * max(1, margin // 2) + 1) > 0
-        near = _upsample(small, (2, 2, 2), head.shape) | head
+        air = ~head
     else:
-        near = ndimage.maximum_filter(head.view(np.uint8), size=2 * margin + 1) > 0
-    air = ~near
+        if head.size > SUBSAMPLE_ABOVE:
+            small = head[::2, ::2, ::2].view(np.uint8)
+            small = ndimage.maximum_filter(small, size=2 * max(1, margin // 2) + 1) > 0
+            near = _upsample(small, (2, 2, 2), head.shape)
+            near |= head
+        else:
+            near = ndimage.maximum_filter(head.view(np.uint8), size=2 * margin + 1) > 0
+        air = np.logical_not(near, out=near)
     if frame is not None:
-        air &= ~frame
+        air[_as_bool(frame)] = False
     return air
+
+
+def _as_bool(mask) -> np.ndarray:
+    """``mask > 0``, or ``mask`` itself when it is already boolean (no copy)."""
+    mask = np.asarray(mask)
+    return mask if mask.dtype == bool else mask > 0
 
 
 def _coarse_step(img, mm: float = COARSE_MM) -> list[int]:
@@ -130,7 +139,11 @@ def _coarse_step(img, mm: float = COARSE_MM) -> list[int]:
 
 
 def _upsample(small: np.ndarray, step, shape) -> np.ndarray:
-    full = small.repeat(step[0], 0).repeat(step[1], 1).repeat(step[2], 2)
+    """Each voxel of ``small`` repeated ``step`` times per axis, cut to ``shape`` (one new
+    array: a broadcast view reshaped, instead of three successive ``repeat`` copies)."""
+    (a, b, c), (s0, s1, s2) = small.shape, step
+    full = np.broadcast_to(small[:, None, :, None, :, None],
+                           (a, s0, b, s1, c, s2)).reshape(a * s0, b * s1, c * s2)
     return full[: shape[0], : shape[1], : shape[2]]
 
 
@@ -215,13 +228,16 @@ def fber(data: np.ndarray, head: np.ndarray, frame: np.ndarray | None = None) ->
     ``median(|x|^2 in head) / median(|x|^2 outside head and frame)``; -1 when the background
     energy is < 1e-3 (no signal outside the head: skull-stripped input). Higher is better."""
     data = np.asarray(data, dtype=np.float32)
-    head = np.asarray(head) > 0
+    head = _as_bool(head)
     # median(|x|^2) = median(|x|)^2 (a monotone map keeps the median; NumPy averages the two
     # middle values of an even count, a negligible difference on >= 10^5 voxels)
     fg = float(np.median(np.abs(data[head]))) ** 2 if head.any() else 0.0
-    bg_mask = ~head if frame is None else (~head & ~frame)
-    if data.size > SUBSAMPLE_ABOVE:
-        data, bg_mask = data[::2, ::2, ::2], bg_mask[::2, ::2, ::2]
+    if data.size > SUBSAMPLE_ABOVE:  # the background mask is built on the subsampled grid
+        data, head = data[::2, ::2, ::2], head[::2, ::2, ::2]
+        frame = frame[::2, ::2, ::2] if frame is not None else None
+    bg_mask = ~head
+    if frame is not None:
+        bg_mask[_as_bool(frame)] = False
     if not bg_mask.any():
         return -1.0
     bg = float(np.median(np.abs(data[bg_mask]))) ** 2
@@ -278,9 +294,11 @@ def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -
     if head_mask is None:
         img = t1w if isinstance(t1w, nib.spatialimages.SpatialImage) else nib.Nifti1Image(
             data, np.eye(4))
-        head = head_mask_of(img) | brain
+        head = head_mask_of(img)  # a new array: OR-ed in place
+        head |= brain
     else:
-        head = (as_array(head_mask) > 0) | brain
+        head = as_array(head_mask) > 0
+        head |= brain
     erode = bool(np.all(np.asarray(_zooms(t1w)) < 1.9))
     frame = frame_mask(data, head)
     air = air_mask(head, frame)
