@@ -162,7 +162,10 @@ def head_mask_of(img: nib.Nifti1Image) -> np.ndarray:
     return _upsample(small, step, data.shape)
 
 
-def _bbox(mask: np.ndarray, margin: int = 2):
+def bounding_box(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
+    """Slices of the smallest box holding every nonzero voxel of ``mask``, widened by
+    ``margin`` voxels per side (clipped to the volume); the whole volume when ``mask`` is
+    empty."""
     slices = []
     for axis in range(mask.ndim):
         hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
@@ -304,7 +307,7 @@ def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -
     air = air_mask(head, frame)
 
     stats = {}
-    box = _bbox(brain)  # tissue statistics on the brain's bounding box only (speed)
+    box = bounding_box(brain)  # tissue statistics on the brain's bounding box only (speed)
     for name in ("CSF", "GM", "WM"):
         prob = as_array(tpms[name])[box] * brain[box]
         mask = tissue_mask(prob, erode=erode)

@@ -69,23 +69,14 @@ def _png(fig) -> str:
     return png_uri(fig, dpi=100, facecolor="black", tight=False)
 
 
-def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First and last voxel index per axis of the mask's nonzero voxels (the whole volume when
-    the mask is empty): three projections, no list of voxel coordinates."""
-    if not mask.any():
-        return np.zeros(3, int), np.asarray(mask.shape[:3]) - 1
-    lo, hi = [], []
-    for axis in range(3):
-        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
-        lo.append(hit[0])
-        hi.append(hit[-1])
-    return np.asarray(lo), np.asarray(hi)
-
-
 def _cuts(mask: np.ndarray, n: int = N_CUTS) -> list[list[int]]:
     """``n`` slice indices per axis, evenly spread over the central 80 % of the mask's
     bounding box."""
-    lo, hi = _bbox(mask)
+    from ketabids.qc.iqms import bounding_box
+
+    box = bounding_box(mask, margin=0)
+    lo = [s.start or 0 for s in box]
+    hi = [(n_vox if s.stop is None else s.stop) - 1 for s, n_vox in zip(box, mask.shape)]
     return [[int(round(lo[a] + (hi[a] - lo[a]) * f)) for f in np.linspace(0.1, 0.9, n)]
             for a in range(3)]
 
@@ -119,11 +110,6 @@ def _scaled(data, window):
         return data
     lo, hi = window
     return np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1)
-
-
-def _norm(data, mask=None):
-    """``data`` scaled to [0, 1] by its display window (:func:`_window`)."""
-    return _scaled(data, _window(data, mask))
 
 
 def slice_geometry(affine, shape, axis: int, index: int) -> dict:
