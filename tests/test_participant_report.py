@@ -112,3 +112,85 @@ def test_failure_report(tmp_path):
     assert "<code>RuntimeError: Atropos failed</code>" in page and "long traceback" not in page
     assert "/out/logs/sub-09/crash-1.txt" in page and "anat_wf.conform" in page
     assert 'data-verdict="fail"' in page and 'id="errors"' in page
+
+
+def _reference_strip_png(panels, aspect, title=None) -> np.ndarray:
+    """The straightforward rendering the one-axes strip replaces: one matplotlib axes per
+    slice (``subplots(1, n)``, ``wspace=0.02``), ``imshow`` and ``Axes.contour`` per panel."""
+    import io
+
+    from ketabids.reports.figures import pyplot
+
+    plt = pyplot()
+    n = len(panels)
+    first = panels[0].background
+    ratio = first.shape[0] * aspect / first.shape[1]
+    fig, axes = plt.subplots(1, n, figsize=(1.55 * n, 1.55 * ratio + 0.05), squeeze=False)
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=0.02)
+    for col, panel in enumerate(panels):
+        ax = axes[0, col]
+        ax.imshow(panel.background, cmap="gray", vmin=0, vmax=1, aspect=aspect,
+                  interpolation="nearest")
+        for sl, level, colour in panel.contours:
+            if sl.min() < level < sl.max():
+                ax.contour(sl, levels=[level], colors=colour, linewidths=0.7)
+        style = dict(color="white", fontsize=7, transform=ax.transAxes)
+        ax.text(0.5, 0.02, panel.geo["coord"], ha="center", va="bottom", **style)
+        ax.text(0.02, 0.5, panel.geo["left"], ha="left", va="center", **style)
+        ax.text(0.98, 0.5, panel.geo["right"], ha="right", va="center", **style)
+        if col == 0 and title:
+            ax.text(0.02, 0.98, title, ha="left", va="top", **style)
+        ax.set_axis_off()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, facecolor="black")
+    plt.close(fig)
+    return plt.imread(io.BytesIO(buf.getvalue()), format="png")[..., :3]
+
+
+def test_contour_lines_are_matplotlibs():
+    """The strips' contour vertices are exactly those ``Axes.contour`` computes."""
+    from ketabids.reports.figures import pyplot
+    from ketabids.reports.participant import _contour_lines
+
+    plt = pyplot()
+    dist, _ = _sphere(shape=(30, 40, 3), radius=9)
+    image = np.select([dist[..., 1] < 5, dist[..., 1] < 11], [0.2, 1.0], 0).astype(np.float32)
+    image[3:6, 30:34] = 1  # a second, separate island
+    fig, ax = plt.subplots()
+    ours = _contour_lines(image, 0.5)
+    theirs = ax.contour(image, levels=[0.5]).get_paths()[0]
+    plt.close(fig)
+    assert len(ours) == 3  # outer ring, inner hole, island
+    np.testing.assert_array_equal(np.concatenate([xy for xy, _ in ours]), theirs.vertices)
+    np.testing.assert_array_equal(np.concatenate([c for _, c in ours]), theirs.codes)
+    assert _contour_lines(np.zeros((5, 5), np.float32), 0.5) == []
+
+
+def test_strip_matches_one_axes_per_slice_rendering():
+    """One axes per strip (inch coordinates) draws what 7 axes with ``Axes.contour`` drew:
+    same canvas, the same pixels except anti-aliasing noise along the lines."""
+    import io
+
+    from ketabids.reports.figures import pyplot
+    from ketabids.reports.participant import _aspect, _cuts, _panels, _strip, _window
+
+    plt = pyplot()
+    dist, affine = _sphere(shape=(40, 48, 44), zooms=(1.0, 1.2, 1.0))
+    t1w = (1000 - 40 * dist).clip(0).astype("float32")
+    mask = dist < 16
+    dseg = np.select([dist < 8, dist < 12, dist < 16], [2, 1, 3], 0).astype("uint8")
+    contours = [(mask, 0.5, "red"), (dseg, 0.5, "lime", lambda sl: np.isin(sl, [1, 2])),
+                (dseg, 0.5, "yellow", lambda sl: sl == 2)]
+    cuts = _cuts(mask)
+    for axis in range(3):
+        panels = _panels(t1w, _window(t1w, mask), affine, axis, cuts[axis], contours)
+        aspect = _aspect((1.0, 1.2, 1.0), axis)
+        ours = _strip(panels, aspect, axis, title="subject")
+        raw = __import__("base64").b64decode(ours.uri.split(",", 1)[1])
+        new = plt.imread(io.BytesIO(raw), format="png")[..., :3]
+        ref = _reference_strip_png(panels, aspect, title="subject")
+        assert new.shape == ref.shape
+        diff = np.abs(new - ref).max(-1)
+        lines = (np.abs(ref - ref[..., :1]).max(-1) > 0.1).mean()  # coloured pixels
+        assert lines > 0.01  # the contours are there to compare
+        assert (diff > 0).mean() < 0.03 and (diff > 0.25).mean() < 0.002, axis

@@ -174,3 +174,30 @@ def test_contrast_order_t1_and_inverted():
     assert t1["t1_contrast_order"] and t1["contrast_wm_gm"] == pytest.approx(850 / 600, rel=0.02)
     t2 = segmentation.contrast_metrics(invert_contrast(img), maps, mask)
     assert not t2["t1_contrast_order"] and t2["contrast_wm_gm"] < 1
+
+
+def test_masks_equal_their_direct_formulas():
+    """The in-place mask builders give the masks of their one-line definitions."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for shape in [(41, 37, 29), (170, 160, 150)]:  # small, and above SUBSAMPLE_ABOVE
+        small = rng.random(tuple(-(-s // 2) for s in shape)) > 0.7
+        expected = small.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: shape[0], : shape[1], : shape[2]]
+        assert np.array_equal(iqms._upsample(small, (2, 2, 2), shape), expected)
+        data = rng.normal(size=shape).astype(np.float32)
+        head = ndimage.binary_dilation(rng.random(shape) > 0.999, iterations=4)
+        frame = iqms.frame_mask(data, head.astype(np.uint8))
+        assert np.array_equal(frame, (data <= 0) & ~head)
+        for margin in (0, 3):
+            air = iqms.air_mask(head, frame, margin=margin)
+            if margin == 0:
+                near = head
+            elif head.size > iqms.SUBSAMPLE_ABOVE:
+                near = ndimage.maximum_filter(head[::2, ::2, ::2].view(np.uint8), size=3) > 0
+                near = near.repeat(2, 0).repeat(2, 1).repeat(2, 2)[
+                    : shape[0], : shape[1], : shape[2]] | head
+            else:
+                near = ndimage.maximum_filter(head.view(np.uint8), size=7) > 0
+            assert np.array_equal(air, ~near & ~frame)
+            assert head.any() and air.any()

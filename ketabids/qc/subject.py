@@ -32,17 +32,46 @@ def _load(img):
 def sample_on_grid(img, reference) -> np.ndarray:
     """``img`` sampled at the voxel centres of ``reference`` (nearest neighbour through the
     affines; 0 outside): e.g. a 1 mm Jacobian on the 2 mm template grid (same origin, so the
-    2 mm voxel centres are 1 mm voxel centres and nothing is interpolated)."""
+    2 mm voxel centres are 1 mm voxel centres and nothing is interpolated).
+
+    When the reference voxels are exactly every n-th voxel of ``img`` (an integer diagonal
+    voxel-to-voxel matrix and offset, as for the template's 2 mm and 1 mm grids) the samples are
+    taken by slicing: the same values as ``map_coordinates`` at those integer coordinates."""
     from scipy import ndimage
 
     if img.shape[:3] == reference.shape[:3] and np.allclose(img.affine, reference.affine):
         return np.asarray(img.dataobj, dtype=np.float32)
-    ijk = np.indices(reference.shape[:3], dtype=np.float32).reshape(3, -1)
     vox = np.linalg.inv(img.affine) @ reference.affine
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    strided = _strided_samples(data, vox, reference.shape[:3])
+    if strided is not None:
+        return strided
+    ijk = np.indices(reference.shape[:3], dtype=np.float32).reshape(3, -1)
     coords = vox[:3, :3] @ ijk + vox[:3, 3:4]
-    out = ndimage.map_coordinates(np.asarray(img.dataobj, dtype=np.float32), coords, order=0,
-                                  mode="constant", cval=0.0)
+    out = ndimage.map_coordinates(data, coords, order=0, mode="constant", cval=0.0)
     return out.reshape(reference.shape[:3])
+
+
+def _strided_samples(data, vox, shape):
+    """``data[o + s * i]`` per axis (0 where ``o + s * i`` falls outside ``data``) when the
+    voxel-to-voxel matrix ``vox`` is an exact positive integer diagonal ``s`` with an integer
+    offset ``o``; None otherwise."""
+    lin, offset = vox[:3, :3], vox[:3, 3]
+    step = np.diag(lin)
+    if not (np.array_equal(lin, np.diag(step)) and np.array_equal(step, np.round(step))
+            and np.all(step >= 1) and np.array_equal(offset, np.round(offset))):
+        return None
+    out = np.zeros(shape, np.float32)
+    src, dst = [], []
+    for n_out, n_in, s, o in zip(shape, data.shape[:3], step.astype(int), offset.astype(int)):
+        # output i is inside when 0 <= o + s i <= n_in - 1
+        first, last = max(0, -(o // s)), min(n_out - 1, (n_in - 1 - o) // s)
+        if last < first:
+            return out
+        dst.append(slice(first, last + 1))
+        src.append(slice(o + s * first, o + s * last + 1, s))
+    out[tuple(dst)] = data[tuple(src)]
+    return out
 
 
 def registration_grid(template):
@@ -56,6 +85,42 @@ def registration_grid(template):
         return get_template(template.name, 2)
     except Exception:
         return template
+
+
+class _Loader:
+    """Reads the given files (paths or images; None stays None) with :func:`_load`:
+    ``with _Loader(files, n) as get: get("t1w")``. With ``n_threads`` > 1 they are read in that
+    many background threads, in the given order, while the caller computes with the ones
+    already read (decompressing gzip releases the GIL); with 1 thread each is read when first
+    asked for, in the caller's thread (the node then uses the one core it was given). Same
+    values either way. Leaving the block cancels the reads not started."""
+
+    def __init__(self, files: dict, n_threads: int = 1):
+        self.files = files
+        self.n_threads = max(1, int(n_threads))
+        self.pool = None
+
+    def __enter__(self):
+        if self.n_threads == 1:
+            cache = {}
+
+            def get(key):
+                if key not in cache:
+                    cache[key] = _load(self.files[key])
+                return cache[key]
+
+            return get
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=self.n_threads,
+                                       thread_name_prefix="ketabids-qc-load")
+        futures = {key: self.pool.submit(_load, value) for key, value in self.files.items()}
+        return lambda key: futures[key].result()
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        return False
 
 
 def compute_subject_qc(*, raw_t1w, t1w, brain_mask, tpms: dict, bias=None,
@@ -77,30 +142,37 @@ def compute_subject_qc(*, raw_t1w, t1w, brain_mask, tpms: dict, bias=None,
     """
     start = time.perf_counter()
     cpu = time.process_time()
-    out = dict(header_metrics(raw_t1w))
-    t1w = _load(t1w)
-    mask = _load(brain_mask)
-    tpms = {k: _load(v) for k, v in tpms.items()}
-    iqms = anatomical_iqms(t1w, brain_mask=mask, tpms=tpms, bias=_load(bias))
-    out.update(iqms)
-    out.update(tissue_metrics(tpms))
-    out.update(contrast_from_medians(iqms["summary_wm_median"], iqms["summary_gm_median"],
-                                     iqms["summary_csf_median"]))
+    grid = None
     if anat2std_xfm is not None and template is not None:
         grid = registration_grid(template)
-        tpl_mask = _load(grid.mask)
-        both = np.ones(t1w.shape[:3], np.float32) + (np.asarray(mask.dataobj) > 0)
-        warped = np.asarray(warp_to_template(
-            nib.Nifti1Image(both, t1w.affine), anat2std_xfm, tpl_mask,
-            omp_nthreads=omp_nthreads).dataobj, dtype=np.float32)
-        std = _load(std_t1w)
-        std = (sample_on_grid(std, tpl_mask) if std is not None else
-               warp_to_template(t1w, anat2std_xfm, tpl_mask, omp_nthreads=omp_nthreads))
-        jac = _load(jacobian)
-        jac = sample_on_grid(jac, tpl_mask) if jac is not None else None
-        out.update(registration_metrics(
-            template_mask=tpl_mask, warped_fov=warped, warped_brain_mask=(warped >= 1.5),
-            jacobian=jac, std_t1w=std, template_t1w=_load(grid.brain)))
+    files = {"t1w": t1w, "mask": brain_mask, **{f"tpm_{k}": v for k, v in tpms.items()},
+             "bias": bias}
+    if grid is not None:
+        files.update(tpl_mask=grid.mask, std=std_t1w, jac=jacobian, tpl_brain=grid.brain)
+    with _Loader(files, omp_nthreads) as get:
+        out = dict(header_metrics(raw_t1w))
+        t1w, mask = get("t1w"), get("mask")
+        tpms = {k: get(f"tpm_{k}") for k in tpms}
+        iqms = anatomical_iqms(t1w, brain_mask=mask, tpms=tpms, bias=get("bias"))
+        out.update(iqms)
+        out.update(tissue_metrics(tpms))
+        out.update(contrast_from_medians(iqms["summary_wm_median"], iqms["summary_gm_median"],
+                                         iqms["summary_csf_median"]))
+        if grid is not None:
+            tpl_mask = get("tpl_mask")
+            both = np.ones(t1w.shape[:3], np.float32) + (np.asarray(mask.dataobj) > 0)
+            warped = np.asarray(warp_to_template(
+                nib.Nifti1Image(both, t1w.affine), anat2std_xfm, tpl_mask,
+                omp_nthreads=omp_nthreads).dataobj, dtype=np.float32)
+            del both
+            std = get("std")
+            std = (sample_on_grid(std, tpl_mask) if std is not None else
+                   warp_to_template(t1w, anat2std_xfm, tpl_mask, omp_nthreads=omp_nthreads))
+            jac = get("jac")
+            jac = sample_on_grid(jac, tpl_mask) if jac is not None else None
+            out.update(registration_metrics(
+                template_mask=tpl_mask, warped_fov=warped, warped_brain_mask=(warped >= 1.5),
+                jacobian=jac, std_t1w=std, template_t1w=get("tpl_brain")))
     out["qc_seconds"] = round(time.perf_counter() - start, 3)
     out["qc_cpu_seconds"] = round(time.process_time() - cpu, 3)
     return out

@@ -72,14 +72,21 @@ def _png(fig) -> str:
 def _cuts(mask: np.ndarray, n: int = N_CUTS) -> list[list[int]]:
     """``n`` slice indices per axis, evenly spread over the central 80 % of the mask's
     bounding box."""
-    idx = np.argwhere(mask) if mask.any() else np.argwhere(np.ones_like(mask))
-    lo, hi = idx.min(0), idx.max(0)
+    from ketabids.anat.antsutil import bounding_box
+
+    box = bounding_box(mask, margin=0)
+    lo = [s.start or 0 for s in box]
+    hi = [(n_vox if s.stop is None else s.stop) - 1 for s, n_vox in zip(box, mask.shape)]
     return [[int(round(lo[a] + (hi[a] - lo[a]) * f)) for f in np.linspace(0.1, 0.9, n)]
             for a in range(3)]
 
 
 def _slice(data, axis, index):
-    return np.rot90(np.take(data, index, axis=axis))
+    """Voxel slice ``index`` along ``axis`` as shown (``np.rot90``): a view, nothing copied
+    (``np.take`` would copy the whole volume of a Fortran-ordered NIfTI array first)."""
+    key = [slice(None)] * 3
+    key[axis] = index
+    return np.rot90(data[tuple(key)])
 
 
 def _aspect(zooms, axis):
@@ -87,11 +94,21 @@ def _aspect(zooms, axis):
     return rest[1] / rest[0]
 
 
-def _norm(data, mask=None):
+def _window(data, mask=None) -> tuple[float, float] | None:
+    """Display window ``(lo, hi)``: the 1st and 99.5th percentiles inside ``mask`` (of the
+    nonzero voxels without one); None when there is nothing to measure."""
     values = data[mask] if mask is not None and mask.any() else data[data != 0]
     if values.size == 0:
-        return data
+        return None
     lo, hi = np.percentile(values, [1, 99.5])
+    return lo, hi
+
+
+def _scaled(data, window):
+    """``clip((data - lo) / max(hi - lo, 1e-6), 0, 1)`` (``data`` itself without a window)."""
+    if window is None:
+        return data
+    lo, hi = window
     return np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
@@ -134,34 +151,97 @@ class Strip(NamedTuple):
                 f"left = {self.left}, right = {self.right}")
 
 
-def _strip(background, affine, zooms, axis, cuts, contours=(), title=None) -> Strip:
-    """One row of slices along ``axis``: grey background, coloured contour lines
-    (``(volume, level, colour)``), coordinates and orientation letters."""
+class _Panel(NamedTuple):
+    """One slice of a strip, already cut out of its volumes: ``background`` in [0, 1],
+    ``contours`` as ``(2D array, level, colour)``, ``geo`` from :func:`slice_geometry`."""
+
+    background: np.ndarray
+    contours: list
+    geo: dict
+
+
+def _panels(background, window, affine, axis, cuts, contours=()) -> list[_Panel]:
+    """The panels of one strip: each slice cut once from each volume (views), the background
+    scaled by ``window``; ``contours`` as ``(volume, level, colour)`` or
+    ``(volume, level, colour, to_float)`` with ``to_float`` mapping the slice to the float image
+    whose ``level`` line is drawn (e.g. a label slice to a 0/1 tissue mask)."""
+    out = []
+    for index in cuts:
+        lines = []
+        for volume, level, colour, *convert in contours:
+            sl = _slice(volume, axis, index)
+            sl = convert[0](sl) if convert else sl
+            lines.append((np.asarray(sl, dtype=np.float32), level, colour))
+        out.append(_Panel(_scaled(_slice(background, axis, index), window), lines,
+                          slice_geometry(affine, background.shape, axis, index)))
+    return out
+
+
+def _contour_lines(image: np.ndarray, level: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``level`` iso-lines of a 2D image as ``((k, 2) vertices, path codes)`` pairs,
+    vertices as (column, row): the lines ``Axes.contour`` draws (contourpy's ``mpl2014``
+    algorithm with corner masking, matplotlib's defaults), without a ContourSet per slice."""
+    import contourpy
+
+    if not image.min() < level < image.max():
+        return []
+    generator = contourpy.contour_generator(z=image, name="mpl2014", corner_mask=True,
+                                            line_type=contourpy.LineType.SeparateCode)
+    vertices, codes = generator.lines(level)
+    return list(zip(vertices, codes))
+
+
+def _strip(panels: list[_Panel], aspect: float, axis: int, title=None) -> Strip:
+    """One row of slices along ``axis``: grey background, coloured contour lines (0.7 pt),
+    coordinates and orientation letters.
+
+    The layout is that of ``n`` image axes side by side (``subplots(1, n)``, no margins,
+    ``wspace=0.02``, each image centred in its cell at its aspect ratio), drawn in ONE axes
+    whose data unit is the inch: panel boxes, contour vertices and labels are placed by the
+    same arithmetic matplotlib applies to separate axes (creating and drawing 7 axes per strip
+    cost more than the images)."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.path import Path as MplPath
+
     plt = pyplot()
-    n = len(cuts)
-    first = _slice(background, axis, cuts[0])
-    ratio = first.shape[0] * _aspect(zooms, axis) / max(first.shape[1], 1)
-    width = 1.55 * n
-    fig, axes = plt.subplots(1, n, figsize=(width, 1.55 * ratio + 0.05), squeeze=False)
-    fig.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=0.02)
+    n = len(panels)
+    first = panels[0].background
+    ratio = first.shape[0] * aspect / max(first.shape[1], 1)
+    width, height = 1.55 * n, 1.55 * ratio + 0.05
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.set_autoscale_on(False)
+    cell = width / (n + 0.02 * (n - 1))
+    lines = {}
     coords = []
-    for col, index in enumerate(cuts):
-        ax = axes[0, col]
-        ax.imshow(_slice(background, axis, index), cmap="gray", vmin=0, vmax=1,
-                  aspect=_aspect(zooms, axis), interpolation="nearest")
-        for volume, level, colour in contours:
-            sl = _slice(volume, axis, index).astype(np.float32)
-            if sl.min() < level < sl.max():
-                ax.contour(sl, levels=[level], colors=colour, linewidths=0.7)
-        geo = slice_geometry(affine, background.shape, axis, index)
+    style = dict(color="white", fontsize=7)
+    for col, panel in enumerate(panels):
+        rows, cols = panel.background.shape
+        box = aspect * rows / max(cols, 1)  # height / width of the image box
+        bw, bh = (cell, cell * box) if height / cell > box else (height / box, height)
+        bx = col * cell * 1.02 + (cell - bw) / 2
+        by = (height - bh) / 2
+        ax.imshow(panel.background, cmap="gray", vmin=0, vmax=1, aspect="auto",
+                  interpolation="nearest", extent=(bx, bx + bw, by, by + bh))
+        scale = np.array([bw / cols, -bh / rows])
+        offset = np.array([bx + 0.5 * bw / cols, by + bh - 0.5 * bh / rows])
+        for k, (sl, level, colour) in enumerate(panel.contours):
+            lines.setdefault(k, (colour, []))[1].extend(
+                MplPath(xy * scale + offset, codes) for xy, codes in _contour_lines(sl, level))
+        geo = panel.geo
         coords.append(geo["coord"])
-        style = dict(color="white", fontsize=7, transform=ax.transAxes)
-        ax.text(0.5, 0.02, geo["coord"], ha="center", va="bottom", **style)
-        ax.text(0.02, 0.5, geo["left"], ha="left", va="center", **style)
-        ax.text(0.98, 0.5, geo["right"], ha="right", va="center", **style)
+        ax.text(bx + 0.5 * bw, by + 0.02 * bh, geo["coord"], ha="center", va="bottom", **style)
+        ax.text(bx + 0.02 * bw, by + 0.5 * bh, geo["left"], ha="left", va="center", **style)
+        ax.text(bx + 0.98 * bw, by + 0.5 * bh, geo["right"], ha="right", va="center", **style)
         if col == 0 and title:
-            ax.text(0.02, 0.98, title, ha="left", va="top", **style)
-        ax.set_axis_off()
+            ax.text(bx + 0.02 * bw, by + 0.98 * bh, title, ha="left", va="top", **style)
+    for colour, paths in lines.values():
+        if paths:
+            ax.add_collection(PathCollection(paths, facecolors="none", edgecolors=colour,
+                                             linewidths=0.7, zorder=2), autolim=False)
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
     return Strip(_png(fig), _AXIS_NAMES[axis], tuple(coords), geo["left"], geo["right"])
 
 
@@ -175,21 +255,25 @@ def dseg_labels() -> dict:
 
 def plot_segmentation(t1w_img, mask_img, dseg_img=None, n_cuts: int = N_CUTS) -> list[Strip]:
     """Tissue boundaries as contours over the T1w, one :class:`Strip` per axis (sagittal,
-    coronal, axial)."""
+    coronal, axial).
+
+    Each volume is read once; only the 3 x ``n_cuts`` displayed slices are cut out, scaled and
+    turned into contour images (the window is measured on the whole brain)."""
     t1w = np.asanyarray(t1w_img.dataobj, dtype=np.float32)
     mask = np.asanyarray(mask_img.dataobj) > 0
     zooms = t1w_img.header.get_zooms()[:3]
-    contours = [(mask.astype(np.float32), 0.5, "red")]
+    contours = [(mask, 0.5, "red")]
     if dseg_img is not None:
-        dseg = np.asanyarray(dseg_img.dataobj).astype(int)
+        dseg = np.asanyarray(dseg_img.dataobj)
+        if not np.issubdtype(dseg.dtype, np.integer):
+            dseg = dseg.astype(int)
         labels = dseg_labels()
-        gm_wm = np.isin(dseg, [labels["GM"], labels["WM"]]).astype(np.float32)
-        wm = (dseg == labels["WM"]).astype(np.float32)
-        contours += [(gm_wm, 0.5, "lime"), (wm, 0.5, "yellow")]
-    t1w = _norm(t1w, mask)
+        contours += [(dseg, 0.5, "lime", lambda sl: np.isin(sl, [labels["GM"], labels["WM"]])),
+                     (dseg, 0.5, "yellow", lambda sl: sl == labels["WM"])]
+    window = _window(t1w, mask)
     cuts = _cuts(mask, n_cuts)
-    return [_strip(t1w, t1w_img.affine, zooms, axis, cuts[axis], contours)
-            for axis in range(3)]
+    return [_strip(_panels(t1w, window, t1w_img.affine, axis, cuts[axis], contours),
+                   _aspect(zooms, axis), axis) for axis in range(3)]
 
 
 def plot_normalisation(std_img, template_brain_img, template_wm_img, template_mask_img,
@@ -197,14 +281,14 @@ def plot_normalisation(std_img, template_brain_img, template_wm_img, template_ma
     """The normalised T1w and the template, same slices, template edges (brain outline and
     GM/WM boundary, cyan) on both; returns ``{"subject": [3 strips], "template": [3 strips]}``
     (one :class:`Strip` per axis) for the flicker element."""
-    from nilearn.image import resample_to_img
-
     std = np.asanyarray(std_img.dataobj, dtype=np.float32)
     zooms = std_img.header.get_zooms()[:3]
 
     def on_grid(img, interpolation):
         if img.shape[:3] == std.shape and np.allclose(img.affine, std_img.affine):
             return np.asanyarray(img.dataobj, dtype=np.float32)
+        from nilearn.image import resample_to_img
+
         return np.asanyarray(resample_to_img(img, std_img, interpolation=interpolation,
                                              force_resample=True, copy_header=True).dataobj,
                              dtype=np.float32)
@@ -212,13 +296,15 @@ def plot_normalisation(std_img, template_brain_img, template_wm_img, template_ma
     tmask = on_grid(template_mask_img, "nearest") > 0
     wm = on_grid(template_wm_img, "linear")
     tpl = on_grid(template_brain_img, "linear")
-    contours = [(tmask.astype(np.float32), 0.5, "cyan"), (wm, 0.5, "cyan")]
+    contours = [(tmask, 0.5, "cyan"), (wm, 0.5, "cyan")]
     cuts = _cuts(tmask, n_cuts)
     out = {"subject": [], "template": []}
-    for key, data in (("subject", _norm(std, tmask)), ("template", _norm(tpl, tmask))):
+    for key, data in (("subject", std), ("template", tpl)):
+        window = _window(data, tmask)
         for axis in range(3):
-            out[key].append(_strip(data, std_img.affine, zooms, axis, cuts[axis], contours,
-                                   title="subject" if key == "subject" else "template"))
+            out[key].append(_strip(
+                _panels(data, window, std_img.affine, axis, cuts[axis], contours),
+                _aspect(zooms, axis), axis, title=key))
     return out
 
 
