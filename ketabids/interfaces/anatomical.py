@@ -227,6 +227,8 @@ class ApplyToTemplate(SimpleInterface):
 
 class _WarpPriorsInputSpec(_TransformInputSpec):
     reference = File(exists=True, mandatory=True, desc="native T1w (target grid)")
+    in_mask = File(exists=True, desc="brain mask: priors computed on its bounding box (+4 "
+                   "voxels) only, 0 elsewhere (the segmentation uses the box + 2)")
 
 
 class _WarpPriorsOutputSpec(TraitedSpec):
@@ -248,10 +250,13 @@ class WarpPriors(SimpleInterface):
         tpl = _template(self.inputs.template, self.inputs.template_resolution)
         ref = nib.load(self.inputs.reference)
         result = _result_from_inputs(self.inputs)
+        within = None
+        if isdefined(self.inputs.in_mask):
+            within = np.asarray(nib.load(self.inputs.in_mask).dataobj) > 0
         # the segmentation clips the priors to [0, 1] itself
         for tissue in TISSUES:
             out = apply_to_native(getattr(tpl, tissue.lower()), result, ref,
-                                  omp_nthreads=self.inputs.omp_nthreads)
+                                  omp_nthreads=self.inputs.omp_nthreads, within=within)
             self._results[tissue.lower()] = _save(out, self.inputs.reference, f"_prior{tissue}",
                                                   runtime.cwd, dtype="float32")
         self._results["priors"] = [self._results[t.lower()] for t in TISSUES]
