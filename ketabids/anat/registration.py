@@ -199,6 +199,8 @@ def register_to_template(
         # SyNOnly has no affine stage (its initial transform stands for it)
         "affine_stage": {"SyN": AFFINE_STAGE, "SyNOnly": None}.get(kind, "antspyx defaults"),
         "masked_metric": fixed_mask is not None,
+        # the template grid the registration ran on (cropped to the metric mask, if any)
+        "fixed_shape": [int(n) for n in fixed.shape],
     }
     return RegistrationResult([fwd], [inv], to_nib(warped), info)
 
