@@ -200,7 +200,7 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
         reg = register_to_template(img, template, mode=mode, mask=_dilated_template_mask(template, res),
                                    seed=seed, omp_nthreads=omp_nthreads, out_dir=out_dir)
         # carried back on the head's bounding box (+ FG_MARGIN_VOX) only: the brain lies inside
-        # the head (AOMIC sub-0001: 2.4 -> 1.4 CPU s)
+        # the head (AOMIC sub-0001: 2.4 -> 1.5 CPU s)
         warped = apply_to_native(template.mask, reg, img, interpolation="linear",
                                  omp_nthreads=omp_nthreads, within=fg, margin=FG_MARGIN_VOX)
         mask = np.asarray(warped.dataobj) >= 0.5
