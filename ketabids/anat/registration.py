@@ -80,7 +80,8 @@ class RegistrationResult:
 
     ``forward_transforms``: resample subject -> template (``ants.apply_transforms(fixed=template,
     moving=subject, transformlist=forward_transforms)``). ``inverse_transforms``: template ->
-    subject. ``warped``: the moving image on the registration template grid. ``info``: mode,
+    subject. ``warped``: the moving image on the registration template grid (cropped to the
+    metric mask's box when a mask is given, ``info["fixed_shape"]``). ``info``: mode,
     resolution, settings, similarity metrics.
     """
 
