@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ketabids.anat.segmentation import LABELS
+
+GM, WM, CSF = ({abbr: value for value, (_, abbr) in LABELS.items()}[t] for t in ("GM", "WM", "CSF"))
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-t1w"
 
 
@@ -37,7 +40,9 @@ def dice(a, b) -> float:
 
 
 def truth_labels(gm, wm, csf):
-    stack = np.stack([csf, gm, wm])
+    """Hard truth labels in the ``dseg`` convention (1=GM 2=WM 3=CSF,
+    :data:`ketabids.anat.segmentation.LABELS`): argmax where the probabilities sum >= 0.5."""
+    stack = np.stack([gm, wm, csf])
     lab = np.argmax(stack, 0) + 1
     return np.where(stack.sum(0) >= 0.5, lab, 0)
 
@@ -91,9 +96,9 @@ def accuracy(out, subject, template) -> dict:
                                            interpolation="nearest", force_resample=True,
                                            copy_header=True).dataobj) > 0
     return {
-        "dice_gm": dice(dseg == 2, truth == 2),
-        "dice_wm": dice(dseg == 3, truth == 3),
-        "dice_csf": dice(dseg == 1, truth == 1),
+        "dice_gm": dice(dseg == GM, truth == GM),
+        "dice_wm": dice(dseg == WM, truth == WM),
+        "dice_csf": dice(dseg == CSF, truth == CSF),
         "dice_mask": dice(np.asarray(out["mask"].dataobj) > 0, conf(subject.brain_mask) > 0),
         "gm_err_%": 100 * (vol["gm_ml"] / tvol["gm_ml"] - 1),
         "wm_err_%": 100 * (vol["wm_ml"] / tvol["wm_ml"] - 1),

@@ -152,3 +152,43 @@ def test_seed_zero_reaches_ants_as_a_real_seed():
     assert ants_seed(0) != 0 and ants_seed(7) == 7
     with ants_env(seed=0):
         assert os.environ["ANTS_RANDOM_SEED"] != "0" and ants.config._random_seed != 0
+
+
+@pytest.mark.slow
+def test_masked_registration_runs_on_the_cropped_template_and_covers_the_full_grid(tmp_path):
+    """With a metric mask the template is cropped to the mask's box (+ margin); the warp fades
+    to zero inside the margin, so on the full template grid the Jacobian outside the box is the
+    affine part alone (constant) and inside the brain it recovers the planted scaling."""
+    import ants
+
+    from ketabids.anat.registration import CROP_MARGIN_VOX, bounding_box
+
+    shape = (56, 62, 58)  # the toy brain padded by ~1 cm of empty template on each side
+    aff = _affine((2, 2, 2), (-55, -61, -57))
+    brain, mask = _phantom(aff, shape)
+    folder = tmp_path / "tpl"
+    folder.mkdir()
+    paths = {}
+    for key, arr in {"brain": brain, "mask": mask.astype(np.uint8)}.items():
+        paths[key] = folder / f"{key}.nii.gz"
+        nib.save(make_image(arr, aff), paths[key])
+    tpl = Template(name="Toy", resolution=2, t1w=paths["brain"], brain=paths["brain"],
+                   mask=paths["mask"], gm=paths["mask"], wm=paths["mask"], csf=paths["mask"],
+                   skull_stripped=True, source="test")
+    with ants_env(None, 1):
+        dilated = ants.iMath(ants.image_read(str(paths["mask"])), "MD", 2)
+    result = register_to_template(_subject(), tpl, mode="fast", mask=dilated, seed=3,
+                                  out_dir=tmp_path / "reg")
+    box = bounding_box(dilated.numpy() > 0, CROP_MARGIN_VOX)
+    # the fast mode's 2.5 mm grid: the cropped grid is smaller than the template's
+    assert result.info["masked_metric"]
+    assert np.prod(result.info["fixed_shape"]) < 0.6 * np.prod([s * 2 / 2.5 for s in shape])
+    jac = np.asarray(jacobian_determinant(result, make_image(brain, aff)).dataobj)
+    outside = np.zeros(shape, bool)
+    outside[2:-2, 2:-2, 2:-2] = True  # ITK's finite differences at the grid border
+    outside[tuple(slice(max(0, b.start - 3), b.stop + 3) for b in box)] = False
+    assert outside.sum() > 0.2 * outside.size
+    affine_part = np.median(jac[outside])
+    assert affine_part == pytest.approx(1.08**3, rel=0.05)
+    np.testing.assert_allclose(jac[outside], affine_part, rtol=1e-3)
+    assert np.median(jac[mask]) == pytest.approx(1.08**3, rel=0.05)

@@ -105,3 +105,36 @@ def test_regional_volumes_sum_per_label_and_resample_atlas():
     assert out2["gm_ml"].sum() == pytest.approx(out["gm_ml"].sum(), rel=0.35)
     with pytest.raises(ValueError, match="index"):
         regional_volumes(make_image(gm, aff), make_image(atlas, aff), labels.rename(columns={"index": "id"}))
+
+
+def test_apply_to_native_within_a_box_equals_the_full_grid_resampling(tmp_path, grids):
+    """Resampling only the bounding box of a mask (+ margin) gives the full-grid values there
+    (each voxel is sampled at its own world position) and 0 elsewhere, on the full grid."""
+    from ketabids.anat.registration import apply_to_native, bounding_box
+
+    native, template = grids
+    result = _affine_result(tmp_path)
+    tpl_map = make_image(_blob(template.shape, template.affine, np.array([0.0, 0.0, 0.0]),
+                               np.array([12, 11, 10])), template.affine)
+    within = np.zeros(native.shape, bool)
+    within[8:20, 10:21, 12:25] = True
+    full = np.asarray(apply_to_native(tpl_map, result, native).dataobj)
+    boxed = apply_to_native(tpl_map, result, native, within=within, margin=2)
+    box = bounding_box(within, 2)
+    assert box == (slice(6, 22), slice(8, 23), slice(10, 27))
+    assert boxed.shape == native.shape
+    np.testing.assert_allclose(boxed.affine, native.affine)
+    out = np.asarray(boxed.dataobj)
+    np.testing.assert_array_equal(out[box], full[box])
+    outside = np.ones(native.shape, bool)
+    outside[box] = False
+    assert not out[outside].any() and full[outside].any()
+
+
+def test_bounding_box_clips_to_the_grid_and_keeps_empty_masks_whole():
+    from ketabids.anat.registration import bounding_box
+
+    m = np.zeros((7, 8, 9), bool)
+    assert bounding_box(m, 3) == (slice(0, 7), slice(0, 8), slice(0, 9))
+    m[0, 4, 8] = True
+    assert bounding_box(m, 2) == (slice(0, 3), slice(2, 7), slice(6, 9))

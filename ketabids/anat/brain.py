@@ -26,6 +26,8 @@ from ketabids.anat.registration import apply_to_native, register_to_template
 from ketabids.anat.settings import ProcessingSettings
 
 DILATE_MM = 8.0
+#: voxels around the head foreground's bounding box where the template brain mask is carried back
+FG_MARGIN_VOX = 8
 STRIPPED_MAX_ML = 2300.0
 #: B-spline of the head-wide N4 bias field: ``None`` = antspyx's default, one span per axis at
 #: the first level, refined over ``len(N4_ITERATIONS)`` levels
@@ -50,7 +52,8 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(mask)
     if n <= 1:
         return mask.astype(bool)
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    # component sizes by bincount: 0.1 s on 256^3 where ndimage.sum_labels took 1 s
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     return labels == (int(np.argmax(sizes)) + 1)
 
 
@@ -181,10 +184,12 @@ def intracranial_mask(img: nib.Nifti1Image, mask: np.ndarray, *, ring_mm: float 
     return ndimage.binary_fill_holes(grown)
 
 
-def detect_skull_stripped(img: nib.Nifti1Image) -> tuple[bool, dict]:
-    """Is ``img`` an already brain-extracted scan? Returns ``(flag, evidence)``."""
+def detect_skull_stripped(img: nib.Nifti1Image, fg: np.ndarray | None = None
+                          ) -> tuple[bool, dict]:
+    """Is ``img`` an already brain-extracted scan? Returns ``(flag, evidence)``.
+    ``fg``: :func:`head_foreground` of ``img`` if already computed."""
     data = np.asarray(img.dataobj, dtype=np.float32)
-    fg = head_foreground(img)
+    fg = head_foreground(img) if fg is None else fg
     fg_ml = float(fg.sum()) * voxel_ml(img)
     outside = data[~fg]
     at_min = 0.0
@@ -215,17 +220,19 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
     affine + SyN registration used (reuse it for normalisation and prior warping).
     """
     res = ProcessingSettings.for_mode(mode).registration_mm
-    stripped, evidence = detect_skull_stripped(img)
+    fg = head_foreground(img)
+    stripped, evidence = detect_skull_stripped(img, fg)
     if stripped:
-        fg = head_foreground(img)
         reg = register_to_template(img, template, mode=mode, seed=seed,
                                    omp_nthreads=omp_nthreads, out_dir=out_dir)
         mask = fg
     else:
         reg = register_to_template(img, template, mode=mode, mask=_dilated_template_mask(template, res),
                                    seed=seed, omp_nthreads=omp_nthreads, out_dir=out_dir)
+        # carried back on the head's bounding box (+ FG_MARGIN_VOX) only: the brain lies inside
+        # the head (AOMIC sub-0001: 2.4 -> 1.5 CPU s)
         warped = apply_to_native(template.mask, reg, img, interpolation="linear",
-                                 omp_nthreads=omp_nthreads)
+                                 omp_nthreads=omp_nthreads, within=fg, margin=FG_MARGIN_VOX)
         mask = np.asarray(warped.dataobj) >= 0.5
         mask = ndimage.binary_fill_holes(_largest_component(mask))
         mask = intracranial_mask(img, mask)

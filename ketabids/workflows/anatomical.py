@@ -117,6 +117,7 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
         (n4, brain_extraction, [("out_file", "in_file")]),
         (brain_extraction, warp_priors, [(f, f) for f in xfm_fields]),
         (conform, warp_priors, [("out_file", "reference")]),
+        (brain_extraction, warp_priors, [("out_mask", "in_mask")]),
         (n4, brain_n4, [("out_file", "in_file")]),
         (brain_extraction, brain_n4, [("out_mask", "in_mask")]),
         (warp_priors, brain_n4, [(("priors", _gm_wm), "in_weights")]),
