@@ -110,7 +110,8 @@ def test_regional_volumes_sum_per_label_and_resample_atlas():
 def test_apply_to_native_within_a_box_equals_the_full_grid_resampling(tmp_path, grids):
     """Resampling only the bounding box of a mask (+ margin) gives the full-grid values there
     (each voxel is sampled at its own world position) and 0 elsewhere, on the full grid."""
-    from ketabids.anat.registration import apply_to_native, bounding_box
+    from ketabids.anat.antsutil import bounding_box
+    from ketabids.anat.registration import apply_to_native
 
     native, template = grids
     result = _affine_result(tmp_path)
@@ -132,7 +133,7 @@ def test_apply_to_native_within_a_box_equals_the_full_grid_resampling(tmp_path, 
 
 
 def test_bounding_box_clips_to_the_grid_and_keeps_empty_masks_whole():
-    from ketabids.anat.registration import bounding_box
+    from ketabids.anat.antsutil import bounding_box
 
     m = np.zeros((7, 8, 9), bool)
     assert bounding_box(m, 3) == (slice(0, 7), slice(0, 8), slice(0, 9))

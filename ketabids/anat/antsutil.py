@@ -73,7 +73,7 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
     for axis in range(mask.ndim):
         hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
         if not hit.size:
-            return tuple(slice(None) for _ in mask.shape)
+            return tuple(slice(0, n) for n in mask.shape)
         slices.append(slice(max(0, int(hit[0]) - margin),
                             min(mask.shape[axis], int(hit[-1]) + margin + 1)))
     return tuple(slices)

@@ -29,9 +29,12 @@ Modes (numbers in :class:`~ketabids.anat.settings.ProcessingSettings`); the affi
 
 ``mask`` (a template-space mask, e.g. the dilated template brain mask) restricts the metric to
 the brain and its surroundings in every stage, so a head with skull and neck registers to a
-brain-only template. With a mask the template grid is cropped to the mask's bounding box plus
-:data:`CROP_MARGIN_VOX` voxels (:func:`crop_to_mask`): the default 2 mm grid goes from 99x117x95
-to 89x106x86 voxels (-26 %).
+brain-only template. The registration runs on the whole template grid: cropping it to the
+mask's bounding box (+3 or +10 voxels: 99x117x95 -> 89x106x86 at 2 mm, registration 80.9 ->
+51-60 CPU s) was measured and rejected: on the rotated/re-biased copy of the seg3d scan
+(:func:`ketabids.testing.rotated_rebiased`, its field of view cut below the cerebellum) the
+brain mask leaked into the scalp and neck (1744 and 1609 mL against 1359-1362 mL on the full
+grid, 1327 mL on the unrotated scan).
 
 Where the time goes (AOMIC-PIOP2 sub-0001, 256^3 at 1 mm, default mode, 2 ITK threads, ANTs'
 verbose per-iteration times, machine shared with other jobs): affine stage 1.4 s; SyN 81 s, of
@@ -39,11 +42,7 @@ which the 16 mm level (12 iterations before convergence) 0.1 s, 8 mm (32) 1.3 s,
 15 s and 2 mm (20) 64 s. A 2 mm SyN iteration costs 2.1-2.4 s on the full template grid
 whatever the metric (Mattes MI or mean squares; CC 8-9 s): warping both images to the
 midpoint, smoothing, composing and inverting the two displacement fields, all proportional to
-the voxels of the fixed grid, hence the crop. Measured side by side (CPU seconds of the whole
-registration, including its 2 threads): 80.9 s on the full grid, 51-60 s cropped. Phantom (1 mm,
-seed 1, benchmarks/participant.py figures) full grid vs cropped: brain-mask Dice 0.992 / 0.992,
-r(8 mm modulated GM, truth) 0.918 / 0.919, modulated GM vs truth -0.4 % / -0.8 %; AOMIC:
-see docs/benchmarks.md. The 2 mm SyN level pays for itself on the real scan: with 10 instead of
+the voxels of the fixed grid. The 2 mm SyN level pays for itself on the real scan: with 10 instead of
 20 iterations there AOMIC's brain-mask Dice against fMRIPrep fell 0.971 -> 0.966 and TIV
 -0.3 % -> -2.1 % of its mask; without the level 0.955 and -5.0 % (phantom r 0.919 -> 0.913).
 """
@@ -56,7 +55,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ketabids.anat.antsutil import affine_of, ants_env, make_image, to_ants, to_nib
+from ketabids.anat.antsutil import affine_of, ants_env, bounding_box, make_image, to_ants, to_nib
 from ketabids.anat.settings import ProcessingSettings
 
 #: the affine stage antspyx (0.6) runs before SyN, whatever its ``aff_*`` arguments say
@@ -70,19 +69,14 @@ AFFINE_STAGE = {
 }
 
 
-#: voxels of the registration grid kept around the metric mask when the template is cropped
-#: to it (:func:`crop_to_mask`)
-CROP_MARGIN_VOX = 3
-
-
 @dataclass
 class RegistrationResult:
     """Output of :func:`register_to_template` (paths are ANTs composite HDF5 files).
 
     ``forward_transforms``: resample subject -> template (``ants.apply_transforms(fixed=template,
     moving=subject, transformlist=forward_transforms)``). ``inverse_transforms``: template ->
-    subject. ``warped``: the moving image on the registration template grid (cropped to the
-    metric mask's box when a mask is given, ``info["fixed_shape"]``). ``info``: mode,
+    subject. ``warped``: the moving image on the registration template grid
+    (``info["fixed_shape"]``). ``info``: mode,
     resolution, settings, similarity metrics.
     """
 
@@ -103,26 +97,6 @@ def template_on_grid(template_img, resolution: float, interp: str = "linear"):
     return ants.resample_image(
         img, (resolution,) * 3, use_voxels=False, interp_type=0 if interp == "linear" else 1
     )
-
-
-def crop_to_mask(img, mask, margin: int = CROP_MARGIN_VOX):
-    """``img`` and ``mask`` (ANTs images on one grid) cropped to the bounding box of ``mask > 0``
-    plus ``margin`` voxels (clipped to the grid); world coordinates are kept.
-
-    Why the registration can run on the cropped template: with a metric mask nothing outside
-    it drives the warp, and ANTs' SyN sets the displacement field to zero on the border of its
-    domain (the fixed grid), so the field fades to zero inside the margin and outside the box
-    only the affine part acts, as it does far from the brain on the full grid. The cost of a
-    SyN iteration is proportional to the number of fixed voxels.
-    """
-    import ants
-
-    m = mask.numpy() > 0
-    if not m.any():
-        return img, mask
-    box = bounding_box(m, margin)
-    lo, hi = [b.start for b in box], [b.stop for b in box]
-    return ants.crop_indices(img, lo, hi), ants.crop_indices(mask, lo, hi)
 
 
 def _as_ants(img):
@@ -175,7 +149,6 @@ def register_to_template(
         fixed_mask = None
         if mask is not None:
             fixed_mask = ants.resample_image_to_target(_as_ants(mask), fixed, interp_type="nearestNeighbor")
-            fixed, fixed_mask = crop_to_mask(fixed, fixed_mask, CROP_MARGIN_VOX)
         mmask = None
         if moving_mask is not None:
             mmask = ants.resample_image_to_target(_as_ants(moving_mask), moving,
@@ -217,7 +190,7 @@ def register_to_template(
         # SyNOnly has no affine stage (its initial transform stands for it)
         "affine_stage": {"SyN": AFFINE_STAGE, "SyNOnly": None}.get(kind, "antspyx defaults"),
         "masked_metric": fixed_mask is not None,
-        # the template grid the registration ran on (cropped to the metric mask, if any)
+        # the template grid the registration ran on
         "fixed_shape": [int(n) for n in fixed.shape],
     }
     return RegistrationResult([fwd], [inv], to_nib(warped), info)
@@ -271,16 +244,6 @@ def apply_to_native(img, result: RegistrationResult, native_img, *, interpolatio
     full[box] = out.numpy()
     affine = like.affine if like is not None else affine_of(full_ref)
     return make_image(full, affine)
-
-
-def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
-    """Slices of the bounding box of ``mask`` plus ``margin`` voxels, clipped to its shape
-    (the whole grid for an empty mask)."""
-    idx = np.nonzero(mask)
-    if not idx[0].size:
-        return tuple(slice(0, s) for s in mask.shape)
-    return tuple(slice(max(0, int(i.min()) - margin), min(s, int(i.max()) + margin + 1))
-                 for i, s in zip(idx, mask.shape))
 
 
 def jacobian_determinant(result: RegistrationResult, template_img, *, omp_nthreads: int = 1

@@ -325,7 +325,7 @@ class SegmentTissues(SimpleInterface):
         outs = []
         for tissue in TISSUES:
             out = _save(probs[tissue], self.inputs.in_file, f"_{tissue}", runtime.cwd,
-                        dtype="float32")
+                        dtype="float32", compress=False)
             self._results[tissue.lower()] = out
             outs.append(out)
         self._results["probsegs"] = outs
