@@ -30,16 +30,19 @@ maths in :func:`fit_tissue_mixture`, pure NumPy):
   sMRIPrep's/fMRIPrep's ``dseg`` convention :data:`LABELS` (1=GM 2=WM 3=CSF, 0 outside).
 
 Why this model (measured on AOMIC-PIOP2 sub-0001 against fMRIPrep's FSL FAST segmentation,
-the same bias-corrected input for each row, and on a 1 mm phantom with known truth):
-Atropos (prior weight 0.25, MRF 0.1: antsCorticalThickness's settings) placed the GM/WM
-boundary at an intensity of ~285 where GM sits at ~210 and WM at ~335 (FAST: ~270, the midpoint),
-because a single GM Gaussian also takes deep grey matter and partial-volume voxels: its SD
-(42) was twice WM's (20), so the GM tail swallowed the darker WM (107 mL of FAST's WM called
-GM, WM -18 %). The same 3-class model in NumPy: WM -20 %; with the two mixture classes: -14 %;
-with mixtures and one shared variance: WM +0.3 %, GM/WM Dice 0.862/0.911 (Atropos on that
-input 0.831/0.885); on the phantom GM/WM Dice 0.918/0.910 (Atropos 0.914/0.931 on its usual
-input). No MRF: a mean-field MRF (beta 0.5) changed Dice by < 0.002 on the real scan. The EM is
-deterministic (no seed) and takes ~5 s on a 1 mm brain instead of Atropos' ~30 s.
+and on a 1 mm phantom with known truth): Atropos (prior weight 0.25, MRF 0.1:
+antsCorticalThickness's settings) placed the GM/WM boundary at an intensity of ~285 where GM
+sits at ~210 and WM at ~335 (FAST: ~270, the midpoint), because a single GM Gaussian also takes
+deep grey matter and partial-volume voxels: its SD (42) was twice WM's (20), so the GM tail
+swallowed the darker WM (107 mL of FAST's WM called GM, WM -18 %). On the same input (the
+one-span N4 field): the 3-class model in NumPy WM -20 %; with the two mixture classes -14 %;
+with mixtures and one shared variance WM -6 % (GM/WM Dice 0.832/0.893); with the tissue N4
+of :func:`ketabids.anat.brain.n4_bias_correct` as input (the pipeline) GM/WM Dice
+0.851/0.906, WM -1.6 %, where Atropos on a similar input (N4 weighted by the WM prior) gave
+0.831/0.885, WM -16 %. On the 1 mm phantom, through the
+pipeline: GM/WM Dice 0.918/0.910 (Atropos 0.914/0.931 with the old N4). No MRF: a mean-field
+MRF (beta 0.5) changed Dice by < 0.002 on the real scan. The EM is deterministic (no seed) and
+takes ~5 s on a 1 mm brain instead of Atropos' ~30 s.
 """
 from __future__ import annotations
 
