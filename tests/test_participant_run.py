@@ -217,7 +217,7 @@ def test_report(run):
     assert text.count("data:image/png;base64,") == 9
     assert 'class="verdict' in text.split("<section")[0]
     assert "sub-01_run-2_T1w.nii.gz" in text  # the skipped run is named
-    assert "Jacobian determinant" in text and "Atropos" in text  # methods paragraph
+    assert "Jacobian determinant" in text and "partial-volume" in text  # methods paragraph
     assert "antspyx" in text and "fast" in text  # versions and settings
     assert "ses-1" in (run["out"] / "sub-03.html").read_text()
     # the failed subject: a page with its error in one line and the crash file
