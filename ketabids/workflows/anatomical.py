@@ -72,7 +72,7 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
         f"fraction maps were resampled to the template at {resolution} mm and multiplied by "
         "the Jacobian determinant of the warp (modulation), so that each map preserves the "
         "native tissue volume. Total intracranial volume (TIV) and GM, WM and CSF volumes were "
-        "computed from the native-space probability maps"
+        "computed from the native-space fraction maps"
         + (f", and GM volume per region of the {atlas.name} atlas from the modulated GM map."
            if atlas else ".")
     )
