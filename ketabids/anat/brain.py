@@ -99,8 +99,8 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
     on real scans: AOMIC sub-0001's WM (fMRIPrep/FAST's labels) has a median of 275 in the top
     sixth of the brain against ~325 mid-brain, GM 178 against ~205. The segmentation's input is
     therefore corrected again inside the brain mask with :data:`TISSUE_N4_SPLINE_MM` /
-    :data:`TISSUE_N4_ITERATIONS` and the GM + WM priors as ``weight`` (field in the top sixth
-    0.88 of the mean). Measured with the same segmentation (partial-volume mixture,
+    :data:`TISSUE_N4_ITERATIONS` and the GM + WM priors as ``weight`` (with the WM prior alone
+    as weight the field in the top sixth was 0.88 of its mean). Measured with the same segmentation (partial-volume mixture,
     :mod:`ketabids.anat.segmentation`), GM/WM Dice against FAST and GM/WM volume error
     (AOMIC) | phantom GM/WM Dice and GM error (1 mm, truth known):
 

@@ -126,13 +126,20 @@ def _derivative_written(out) -> bool:
     return any(out.glob(".*stage*/sub-01/**/*.nii.gz*")) or any((out / "sub-01").rglob("*.nii.gz*"))
 
 
-def test_kill9_leaves_nothing_partial_and_rerun_completes(tmp_path):
+def _start_until_a_derivative(tmp_path):
+    """One good subject started in the background; returns once a derivative is written (or
+    the run ended): ``(bids, out, work, tmp, proc, seen)``."""
     bids = phantom_bids(tmp_path / "bids", {"01": "good"})
     out, work, tmp = tmp_path / "out", tmp_path / "work", tmp_path / "TMPDIR"
     tmp.mkdir()
     proc = start_process(bids, out, "participant", "-w", work, *FAST, tmpdir=tmp,
                          log=tmp_path / "log")
     seen = wait_for(lambda: _derivative_written(out), timeout=300, interval=0.05)
+    return bids, out, work, tmp, proc, seen
+
+
+def test_kill9_leaves_nothing_partial_and_rerun_completes(tmp_path):
+    bids, out, work, tmp, proc, seen = _start_until_a_derivative(tmp_path)
     kill_group(proc, signal.SIGKILL)
     assert seen, "no derivative appeared before the run ended"
     partial = [p for p in subject_folders(out) if p not in complete_subjects(out)]
@@ -144,12 +151,7 @@ def test_kill9_leaves_nothing_partial_and_rerun_completes(tmp_path):
 
 
 def test_sigterm_cleans_up(tmp_path):
-    bids = phantom_bids(tmp_path / "bids", {"01": "good"})
-    out, work, tmp = tmp_path / "out", tmp_path / "work", tmp_path / "TMPDIR"
-    tmp.mkdir()
-    proc = start_process(bids, out, "participant", "-w", work, *FAST, tmpdir=tmp,
-                         log=tmp_path / "log")
-    seen = wait_for(lambda: _derivative_written(out), timeout=300, interval=0.05)
+    bids, out, work, tmp, proc, seen = _start_until_a_derivative(tmp_path)
     kill_group(proc, signal.SIGTERM)
     log = (tmp_path / "log").read_text()
     assert seen, log[-3000:]
