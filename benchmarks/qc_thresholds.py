@@ -179,7 +179,8 @@ def print_faults(results: dict) -> None:
 
     print(f"\n## faults (fast mode, {len(results)} cases)")
     keys = ["fov_min_mm", "fov_coverage", "brain_dice", "template_correlation",
-            "jac_folded_fraction", "logjac_range", "tiv_ml", "icvs_gm", "contrast_wm_gm",
+            "jac_folded_fraction", "logjac_range", "mask_rim_bright", "tiv_ml", "icvs_gm",
+            "contrast_wm_gm",
             "cnr", "cjv", "snr_total"]
     for name, metrics in results.items():
         verdict, reasons = assess(metrics)

@@ -13,7 +13,12 @@ differences, TIV against the reference brain-mask volume, phantom Dice and modul
 wall time and peak memory (max RSS of the CLI process tree) per run. Not a pass/fail test.
 
     python benchmarks/real_fidelity.py --modes default fast [--scans aomic seg3d stroke]
-        [--rotated] [--phantoms 1] [--repeats 1] [--json out.json]
+        [--rotated] [--phantoms 1] [--repeats 1] [--baseline TREE] [--json out.json]
+
+``--baseline TREE``: a source tree of another version (e.g. a ``git worktree`` of 0.1.0) run on
+the same inputs, alternating with this version run by run (its ``ketabids`` imported from
+``TREE`` through ``PYTHONPATH``); a second table gives both versions' wall times, their medians
+and the ratio (timings are noisy: compare the side-by-side ratio, not single runs).
 
 :func:`compare_to_reference` is the reusable comparison (also used by the tests): the reference
 labels are resampled onto ketabids' grid by the affines (nearest neighbour); reference order
@@ -145,9 +150,12 @@ def phantom_accuracy(dseg, mask, volumes: dict, modulated_gm, subject) -> dict:
 
 
 def run_cli(t1w_img, label: str, workdir: Path, *, fast: bool, nprocs: int = 1,
-            omp_nthreads: int = 2, seed: int = 1) -> dict:
+            omp_nthreads: int = 2, seed: int = 1, tree: Path | None = None) -> dict:
     """One subject through the CLI in a fresh process. Returns the output images, the volumes
-    row, wall seconds and the peak RSS (GB) of the process tree (GNU time, else getrusage)."""
+    row, wall seconds and the peak RSS (GB) of the process tree (GNU time, else getrusage).
+    ``tree``: run the ``ketabids`` of that source tree instead (``PYTHONPATH``)."""
+    import os
+
     import nibabel as nib
     import pandas as pd
 
@@ -167,7 +175,10 @@ def run_cli(t1w_img, label: str, workdir: Path, *, fast: bool, nprocs: int = 1,
     if timer.exists():
         cmd = [str(timer), "-f", "%e %M", "-o", str(stats)] + cmd
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"ketabids failed on {label}:\n{proc.stderr[-3000:]}")
@@ -207,9 +218,11 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--rotated", action="store_true", help="also the rotated/re-biased copies")
     ap.add_argument("--phantoms", type=int, default=1, help="number of 1 mm phantoms (seeds 1..)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--baseline", type=Path, metavar="TREE",
+                    help="source tree of another version, timed alternately on the same inputs")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
-    rows = []
+    rows, speed = [], []
     with tempfile.TemporaryDirectory(prefix="ketabids-fidelity-") as tmp:
         tmp = Path(tmp)
         subjects = []
@@ -232,8 +245,12 @@ def main(argv=None) -> list[dict]:
                 subjects.append((f"phantom{seed}", sub.t1w, sub))
         for mode in args.modes:
             for label, img, truth in subjects:
-                runs = []
+                runs, base_walls = [], []
                 for rep in range(args.repeats):
+                    if args.baseline is not None:  # alternate: baseline, then this version
+                        base = run_cli(img, label, tmp / f"b{rep}", fast=mode == "fast",
+                                       tree=args.baseline)
+                        base_walls.append(base["wall_s"])
                     res = run_cli(img, label, tmp / f"r{rep}", fast=mode == "fast")
                     row = {"subject": label, "mode": mode, "wall_s": res["wall_s"],
                            "peak_gb": res["peak_gb"], **res["volumes"]}
@@ -247,6 +264,11 @@ def main(argv=None) -> list[dict]:
                         row.update({k: v for k, v in cmp.items() if k.startswith("dice")})
                         row.update({f"rel_{k}": v for k, v in cmp["rel"].items()})
                     runs.append(row)
+                if base_walls:
+                    walls = [r["wall_s"] for r in runs]
+                    speed.append({"subject": label, "mode": mode, "walls": walls,
+                                  "baseline_walls": base_walls,
+                                  "ratio": statistics.median(walls) / statistics.median(base_walls)})
                 rows.append(_median_rows(runs))
                 print(json.dumps(rows[-1], default=float), file=sys.stderr, flush=True)
     # consistency of the rotated copies with their originals (same mode)
@@ -263,8 +285,15 @@ def main(argv=None) -> list[dict]:
             r["fast_gm"] = r["gm_ml"] / d["gm_ml"] - 1
             r["fast_tiv"] = r["tiv_ml"] / d["tiv_ml"] - 1
     print_table(rows)
+    if speed:
+        print(f"\n| subject | mode | this version: wall s | baseline ({args.baseline}): wall s | "
+              "ratio of medians |\n|---|---|---|---|---|")
+        for r in speed:
+            fmt = lambda w: ", ".join(f"{x:.1f}" for x in w) + f" (median {statistics.median(w):.1f})"  # noqa: E731
+            print(f"| {r['subject']} | {r['mode']} | {fmt(r['walls'])} | "
+                  f"{fmt(r['baseline_walls'])} | {r['ratio']:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1, default=float))
+        args.json.write_text(json.dumps({"rows": rows, "speed": speed}, indent=1, default=float))
     return rows
 
 

@@ -176,6 +176,30 @@ def test_contrast_order_t1_and_inverted():
     assert not t2["t1_contrast_order"] and t2["contrast_wm_gm"] < 1
 
 
+def test_mask_rim_bright_sees_a_mask_that_leaked_into_the_scalp():
+    """Brain (WM 800 / cortex 600), 3 mm CSF, 4 mm dark skull, 4 mm bright scalp (1 mm voxels):
+    a mask ending in the CSF has no bright rim, one grown through the skull is all scalp at its
+    rim; the rim is 2 mm whatever the voxel size."""
+    shape = (72, 72, 72)
+    r = np.sqrt(((np.indices(shape) - 35.5) ** 2).sum(0))
+    t1 = np.select([r < 15, r < 22, r < 25, r < 29, r < 33], [800.0, 600.0, 250.0, 40.0, 950.0], 0.0)
+    img = nib.Nifti1Image(t1.astype(np.float32), np.eye(4))
+    good = segmentation.mask_rim_bright(img, r < 25, 800.0)
+    leaked = segmentation.mask_rim_bright(img, r < 33, 800.0)
+    assert good == 0.0 and leaked == pytest.approx(1.0)
+    # half the rim in the scalp (a local leak): its share of the rim's voxels
+    local = (r < 25) | ((r < 33) & (np.indices(shape)[0] > 35.5))
+    share = segmentation.mask_rim_bright(img, local, 800.0)
+    assert 0.3 < share < 0.7
+    # the rim is 2 mm: a mask ending 2 voxels into the scalp has an all-bright rim at 1 mm
+    # voxels; at 0.5 mm voxels those 2 voxels are 1 mm and the rim reaches back into the skull
+    assert segmentation.mask_rim_bright(img, r < 31, 800.0) == pytest.approx(1.0)
+    fine = nib.Nifti1Image(t1.astype(np.float32), np.diag([0.5, 0.5, 0.5, 1.0]))
+    assert 0.45 < segmentation.mask_rim_bright(fine, r < 31, 800.0) < 0.75  # measured 0.62
+    assert math.isnan(segmentation.mask_rim_bright(img, np.zeros(shape, bool), 800.0))
+    assert math.isnan(segmentation.mask_rim_bright(img, r < 25, float("nan")))
+
+
 def test_masks_equal_their_direct_formulas():
     """The in-place mask builders give the masks of their one-line definitions."""
     from scipy import ndimage

@@ -74,6 +74,28 @@ def test_fault_fails(head, name, expected):
     assert any(r.startswith(expected) for r in reasons), reasons
 
 
+def test_brain_mask_leaked_into_the_scalp_fails(head):
+    """A mask grown through the skull over a scalp brighter than WM (fat on a T1w) fails on its
+    rim; the correct mask of the same image passes (on the rotated seg3d scan whose mask leaked,
+    1744 mL, every other rule passed)."""
+    from scipy import ndimage
+
+    img, maps, mask = head
+    data = np.asarray(img.dataobj, np.float32).copy()
+    brain = np.asarray(mask.dataobj) > 0
+    scalp = (data > 350) & ~ndimage.binary_dilation(brain, iterations=2)
+    data[scalp] += 450.0  # scalp ~950, WM ~850
+    bright = nib.Nifti1Image(data, img.affine, img.header)
+    leaked = ndimage.binary_fill_holes(brain | scalp)
+    for m, expected in ((brain, "pass"), (leaked, "fail")):
+        metrics = _metrics(bright, maps, mask)
+        metrics["mask_rim_bright"] = segmentation.mask_rim_bright(
+            bright, m, metrics["summary_wm_median"])
+        verdict, reasons = assess(metrics)
+        assert verdict == expected, (metrics["mask_rim_bright"], reasons)
+    assert len(reasons) == 1 and reasons[0].startswith("bright voxels at the brain-mask edge")
+
+
 def test_fault_geometry(head):
     img = head[0]
     assert faults.slab(img).shape[2] == 20  # 40 mm / 2 mm

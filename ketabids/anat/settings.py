@@ -7,13 +7,35 @@ N4, the template-space output grid and the methods text read them from here.
   16/8/4/2 mm), the head-wide N4 fitted on an 8 mm grid, the tissue N4 (inside the brain
   mask, the segmentation's input) on a 4 mm grid, template-space maps at 1 mm.
 * ``fast``: for demos/CI, reduced accuracy by design: registration on a 2.5 mm grid (SyN
-  40x20x10 at 10/5/2.5 mm: without the 10 iterations at 2.5 mm the brain mask of a real scan
-  stays ~1 mm inside the default mode's, TIV -6.0 % and GM -5.6 % of the default mode's on
-  AOMIC sub-0001; with them -2.0 % and -1.7 %, in the time the cropped template grid saved,
-  see :mod:`ketabids.anat.registration`), N4 on a 12 mm grid (2.6x quicker on a 2 mm head, GM volume ~1 % lower on the
-  phantoms), the tissue N4 on an 8 mm grid (5x quicker, GM/WM Dice against FAST -0.001 on a real
-  scan), template-space maps at 2 mm. The measured trade-offs are in
-  :mod:`ketabids.anat.registration`.
+  40x20x6 at 10/5/2.5 mm with a gradient step of 0.4; see below), N4 on a 12 mm grid (2.6x
+  quicker on a 2 mm head, GM volume ~1 % lower on the phantoms), the tissue N4 on an 8 mm grid
+  (5x quicker, GM/WM Dice against FAST -0.001 on a real scan), template-space maps at 2 mm. The
+  measured trade-offs are in :mod:`ketabids.anat.registration`.
+
+The fast mode's last SyN level (2.5 mm) sets both its accuracy on real scans and its time.
+Without it the brain mask of a real scan stays ~1 mm inside the default mode's (AOMIC sub-0001:
+TIV -6.0 %, GM -5.6 % of the default mode's); it is also what the SyN time of a 2 mm demo
+phantom is spent on. Measured 2026-11-30 on an idle machine (AOMIC through the CLI, ``--fast``,
+against the default mode's 1443 / 655 mL; registration alone, one thread, on three demo
+phantoms, median of 9 = 3 phantoms x 3 runs, or of 3 = one run; 40x20x0 on AOMIC: the
+previous measurement):
+
+=================  =======================  ===========================
+SyN iterations,    AOMIC TIV / GM vs         registration per 2 mm
+gradient step      default mode             phantom (s)
+=================  =======================  ===========================
+40x20x0, 0.2       -6.0 % / -5.6 %          4.9
+40x20x3, 0.2       -5.2 % / -4.3 %          5.8 (of 3)
+40x20x3, 0.5       -3.6 % / -2.5 %          5.4 (of 3)
+40x20x5, 0.2       -4.0 % / -3.1 %          7.6 (of 3)
+40x20x5, 0.35      -2.8 % / -2.6 %          7.7
+40x20x10, 0.2      -2.2 % / -1.8 %          12.8 (issue 13's first choice)
+**40x20x6, 0.4**   **-2.2 % / -2.1 %**      **9.3**
+=================  =======================  ===========================
+
+The phantoms' brain masks barely move with the last level (1320-1322 mL with any of the
+iterated settings, 1339 mL without it, demo phantom sub-001). The larger step is the fast mode's
+only: the default mode keeps antspyx's 0.2.
 """
 from __future__ import annotations
 
@@ -33,7 +55,7 @@ class ProcessingSettings:
     2^(n-1)..1 of that grid); ``syn_metric``/``syn_sampling``: SyN metric and its bins;
     ``n4_grid_mm``: spacing of the grid the head-wide N4 fits the bias field on;
     ``tissue_n4_grid_mm``: the same for the tissue N4 inside the brain mask; ``template_resolution``:
-    grid (mm) of the template-space outputs.
+    grid (mm) of the template-space outputs; ``syn_grad_step``: SyN's gradient step.
 
     >>> ProcessingSettings.for_mode("fast").template_resolution
     2
@@ -49,6 +71,7 @@ class ProcessingSettings:
     tissue_n4_grid_mm: float = 4.0
     syn_metric: str = "mattes"
     syn_sampling: int = 32
+    syn_grad_step: float = 0.2
 
     @classmethod
     def for_mode(cls, mode: str) -> ProcessingSettings:
@@ -69,7 +92,8 @@ class ProcessingSettings:
     def registration_info(self) -> dict:
         """The registration part, as recorded in every registration's info dict."""
         return {"resolution": self.registration_mm, "reg_iterations": self.reg_iterations,
-                "syn_metric": self.syn_metric, "syn_sampling": self.syn_sampling}
+                "syn_metric": self.syn_metric, "syn_sampling": self.syn_sampling,
+                "syn_grad_step": self.syn_grad_step}
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +103,7 @@ _BY_MODE = {
     "default": ProcessingSettings(mode="default", registration_mm=2.0,
                                   reg_iterations=(100, 70, 50, 20), n4_grid_mm=8.0,
                                   template_resolution=1, tissue_n4_grid_mm=4.0),
-    "fast": ProcessingSettings(mode="fast", registration_mm=2.5, reg_iterations=(40, 20, 10),
-                               n4_grid_mm=12.0, template_resolution=2, tissue_n4_grid_mm=8.0),
+    "fast": ProcessingSettings(mode="fast", registration_mm=2.5, reg_iterations=(40, 20, 6),
+                               n4_grid_mm=12.0, template_resolution=2, tissue_n4_grid_mm=8.0,
+                               syn_grad_step=0.4),
 }

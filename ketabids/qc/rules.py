@@ -137,6 +137,11 @@ RULES: tuple[Rule, ...] = (
          source=_MEASURED + ": phantoms 0.61-2.00 (fast), real 1.37-2.41 (default), faults "
                             "<= 1.44; a guard above the real maximum", description="P99 - P1 of ln det(J) in the template brain"),
     # ---- segmentation ----------------------------------------------------------------------
+    Rule("mask_rim_bright", "above", warn=0.02, fail=0.04,
+         label="bright voxels at the brain-mask edge (a leak into the scalp?)", unit="%",
+         scale=100.0, digits=1,
+         source=_MEASURED + ": PLACEHOLDER",
+         description="share of the brain mask's outer 2 mm rim brighter than the median WM"),
     Rule("t1_contrast_order", "false", fail=True,
          label="not T1-like contrast (WM > GM > CSF fails)",
          source="T1 weighting: WM brighter than GM brighter than CSF (a T2-like image is "

@@ -10,13 +10,26 @@
   median CSF (both > 1 for T1w, < 1 for a T2-like, inverted contrast). The tissue maps are
   those of the segmentation, which is initialised from the template priors, so on an inverted
   image the "WM" class still sits where WM is and its median is the darkest.
+* Brain-mask edge (ours): ``mask_rim_bright`` = share of the voxels of the brain mask's outer
+  rim (within :data:`RIM_MM` of its edge: the mask minus its erosion) brighter than the median
+  WM intensity. A correct intracranial mask ends in CSF and dura (darker than GM) or cortex;
+  a mask that leaked through the skull takes in scalp fat and marrow, brighter than WM on a T1w.
+  Measured: 0.0002-0.005 on correct masks (1 mm phantom, AOMIC, seg3d, its rotated copy), 0.063
+  on the rotated seg3d copy whose mask leaked into scalp and neck (TIV 1744 mL against 1327 mL);
+  TIV, tissue shares, the template overlap and the template correlation stayed in range there.
 """
 from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
 
+from scipy import ndimage
+
+from ketabids.anat.antsutil import bounding_box
 from ketabids.qc.iqms import TISSUE_THRESHOLD, as_array
+
+#: thickness (mm) of the brain mask's outer rim examined by :func:`mask_rim_bright`
+RIM_MM = 2.0
 
 
 def _voxel_ml(img) -> float:
@@ -63,3 +76,23 @@ def contrast_metrics(t1w, tpms: dict, brain_mask=None) -> dict:
         sel = (as_array(tpms[k]) > TISSUE_THRESHOLD) & brain
         med[k] = float(np.median(data[sel])) if sel.any() else float("nan")
     return contrast_from_medians(med["WM"], med["GM"], med["CSF"])
+
+
+def mask_rim_bright(t1w, brain_mask, median_wm: float, rim_mm: float = RIM_MM) -> float:
+    """Share of the brain mask's outer rim (voxels within ``rim_mm`` of its edge) brighter than
+    ``median_wm`` (module docstring); NaN for an empty mask or an undefined WM median.
+
+    The rim is the mask minus its erosion by ``round(rim_mm / smallest voxel size)`` voxels
+    (6-connected, at least one), computed on the mask's bounding box."""
+    if not isinstance(t1w, nib.spatialimages.SpatialImage):
+        t1w = nib.load(str(t1w))
+    mask = as_array(brain_mask) > 0
+    if not mask.any() or not np.isfinite(median_wm):
+        return float("nan")
+    zooms = np.sqrt((np.asarray(t1w.affine)[:3, :3] ** 2).sum(0))
+    steps = max(1, int(round(rim_mm / float(zooms.min()))))
+    box = bounding_box(mask, margin=1)
+    m = mask[box]
+    rim = m & ~ndimage.binary_erosion(m, iterations=steps, border_value=0)
+    data = as_array(t1w)[box]
+    return float(np.mean(data[rim] > median_wm))

@@ -15,7 +15,7 @@ import numpy as np
 from ketabids.qc.coverage import registration_metrics, warp_to_template
 from ketabids.qc.header import header_metrics
 from ketabids.qc.iqms import anatomical_iqms
-from ketabids.qc.segmentation import contrast_from_medians, tissue_metrics
+from ketabids.qc.segmentation import contrast_from_medians, mask_rim_bright, tissue_metrics
 
 
 def _load(img):
@@ -158,6 +158,7 @@ def compute_subject_qc(*, raw_t1w, t1w, brain_mask, tpms: dict, bias=None,
         out.update(tissue_metrics(tpms))
         out.update(contrast_from_medians(iqms["summary_wm_median"], iqms["summary_gm_median"],
                                          iqms["summary_csf_median"]))
+        out["mask_rim_bright"] = mask_rim_bright(t1w, mask, iqms["summary_wm_median"])
         if grid is not None:
             tpl_mask = get("tpl_mask")
             both = np.ones(t1w.shape[:3], np.float32) + (np.asarray(mask.dataobj) > 0)

@@ -39,6 +39,7 @@ METRIC_ORDER = [
     "voxel_anisotropy", "voxel_volume_mm3", "fov_mm_x", "fov_mm_y", "fov_mm_z", "fov_min_mm",
     "fov_coverage", "brain_dice", "template_correlation", "jac_folded_fraction", "logjac_p01",
     "logjac_p99", "logjac_range", "logjac_median",
+    "mask_rim_bright",
     "t1_contrast_order", "median_wm", "median_gm", "median_csf", "contrast_wm_gm",
     "contrast_gm_csf",
     "cjv", "cnr", "snr_csf", "snr_gm", "snr_wm", "snr_total", "efc", "fber", "wm2max",
@@ -80,6 +81,8 @@ DESCRIPTIONS = {
     "logjac_p99": "99th percentile of ln det(J) in the template brain",
     "logjac_range": "logjac_p99 - logjac_p01",
     "logjac_median": "Median ln det(J) in the template brain (global scaling)",
+    "mask_rim_bright": "Share of the brain mask's outer 2 mm rim brighter than the median WM "
+                       "(scalp fat or marrow inside the mask: the mask leaked)",
     "t1_contrast_order": "median WM > median GM > median CSF intensity (T1-like)",
     "median_wm": "Median T1w intensity in WM (probability > 0.85)",
     "median_gm": "Median T1w intensity in GM (probability > 0.85)",
