@@ -140,7 +140,11 @@ RULES: tuple[Rule, ...] = (
     Rule("mask_rim_bright", "above", warn=0.02, fail=0.04,
          label="bright voxels at the brain-mask edge (a leak into the scalp?)", unit="%",
          scale=100.0, digits=1,
-         source=_MEASURED + ": PLACEHOLDER",
+         source=_MEASURED + ": correct masks <= 0.001 on 59 demo phantoms (fast) and <= 0.003 on "
+                            "the real scans and their rotated copies (default); masks that "
+                            "leaked into the scalp 0.156 (external phantom ext013, TIV 2024 mL, "
+                            "truth 1420 mL) and 0.055 (rotated seg3d, 1744 mL), whose TIV and "
+                            "every other rule stayed below fail",
          description="share of the brain mask's outer 2 mm rim brighter than the median WM"),
     Rule("t1_contrast_order", "false", fail=True,
          label="not T1-like contrast (WM > GM > CSF fails)",
