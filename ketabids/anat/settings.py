@@ -30,9 +30,10 @@ gradient step      default mode             phantom (s)
 40x20x5, 0.2       -4.0 % / -3.1 %          7.6 (of 3)
 40x20x5, 0.35      -2.8 % / -2.6 %          7.7
 40x20x10, 0.2      -2.2 % / -1.8 %          12.8 (issue 13's first choice)
-**40x20x6, 0.4**   **-2.2 % / -2.1 %**      **9.3**
+**40x20x6, 0.4**   **-2.2 % / -2.1 %**      **9.3** (2nd AOMIC run: -2.6 % / -2.5 %)
 =================  =======================  ===========================
 
+On the other real scans (second run): seg3d -1.6 % / -0.8 %, stroke 0.0 % / +1.0 %.
 The phantoms' brain masks barely move with the last level (1320-1322 mL with any of the
 iterated settings, 1339 mL without it, demo phantom sub-001). The larger step is the fast mode's
 only: the default mode keeps antspyx's 0.2.
