@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
-
 from scipy import ndimage
 
 from ketabids.anat.antsutil import bounding_box
