@@ -144,7 +144,8 @@ RULES: tuple[Rule, ...] = (
                             "the real scans and their rotated copies (default); masks that "
                             "leaked into the scalp 0.156 (external phantom ext013, TIV 2024 mL, "
                             "truth 1420 mL) and 0.055 (rotated seg3d, 1744 mL), whose TIV and "
-                            "every other rule stayed below fail",
+                            "every other rule stayed below fail; faults with a wrong mask "
+                            "0.044-1.0",
          description="share of the brain mask's outer 2 mm rim brighter than the median WM"),
     Rule("t1_contrast_order", "false", fail=True,
          label="not T1-like contrast (WM > GM > CSF fails)",
