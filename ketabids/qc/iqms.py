@@ -51,7 +51,8 @@ def as_array(img) -> np.ndarray:
     return np.asarray(img, dtype=np.float32)
 
 
-def _zooms(img) -> tuple[float, ...]:
+def zooms(img) -> tuple[float, ...]:
+    """Voxel sizes (mm) from the affine of a nibabel image; (1, 1, 1) for a bare array."""
     if isinstance(img, nib.spatialimages.SpatialImage):
         return tuple(float(z) for z in np.sqrt((img.affine[:3, :3] ** 2).sum(0)))
     return (1.0, 1.0, 1.0)
@@ -290,7 +291,7 @@ def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -
     else:
         head = as_array(head_mask) > 0
         head |= brain
-    erode = bool(np.all(np.asarray(_zooms(t1w)) < 1.9))
+    erode = bool(np.all(np.asarray(zooms(t1w)) < 1.9))
     frame = frame_mask(data, head)
     air = air_mask(head, frame)
 

@@ -161,10 +161,10 @@ RULES: tuple[Rule, ...] = (
                 "(inverted, codes 0, rotated, blank)",
          description="total intracranial volume"),
     Rule("icvs_gm", "outside", warn=(0.25, 0.65), fail=(0.15, 0.80), label="GM share of TIV",
-         digits=2, source=_MEASURED + ": phantoms 0.47-0.54 (Atropos), real 0.44-0.49 (partial-"
-                                      "volume fractions; Atropos: 0.48-0.54; MRIQC's FSL-based "
+         digits=2, source=_MEASURED + ": phantoms 0.47-0.52, real 0.44-0.49 (partial-volume "
+                                      "fractions; with Atropos: 0.47-0.54; MRIQC's FSL-based "
                                       "normative range is 0.31-0.40); a wide guard, the faults "
-                                      "stay inside",
+                                      "stay inside (0.47-0.54)",
          description="GM volume / TIV"),
     # ---- image quality (MRIQC) -------------------------------------------------------------
     Rule("cnr", "below", warn=1.0, fail=0.5, label="CNR", digits=2,

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from ketabids.anat.antsutil import bounding_box
-from ketabids.qc.iqms import TISSUE_THRESHOLD, as_array
+from ketabids.qc.iqms import TISSUE_THRESHOLD, as_array, zooms
 
 #: thickness (mm) of the brain mask's outer rim examined by :func:`mask_rim_bright`
 RIM_MM = 2.0
@@ -90,10 +90,9 @@ def mask_rim_bright(t1w, brain_mask, median_wm: float, rim_mm: float = RIM_MM) -
     mask = as_array(brain_mask) > 0
     if not mask.any() or not np.isfinite(median_wm):
         return float("nan")
-    zooms = np.sqrt((np.asarray(t1w.affine)[:3, :3] ** 2).sum(0))
-    steps = max(1, int(round(rim_mm / float(zooms.min()))))
+    steps = max(1, int(round(rim_mm / min(zooms(t1w)))))
     box = bounding_box(mask, margin=1)
     m = mask[box]
     rim = m & ~ndimage.binary_erosion(m, iterations=steps, border_value=0)
-    data = as_array(t1w)[box]
+    data = np.asarray(t1w.dataobj[box], dtype=np.float32)  # the box only, not the whole grid
     return float(np.mean(data[rim] > median_wm))
