@@ -47,6 +47,40 @@ def test_head_foreground_ignores_background_noise():
     assert dice > 0.95
 
 
+def _head_foreground_full_grid(img, fraction=0.1):
+    """Reference: the same definition computed on the whole grid."""
+    from scipy import ndimage
+
+    from ketabids.anat.brain import _largest_component
+
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    lo = float(data.min())
+    smooth = ndimage.gaussian_filter(data - lo, 1.0)
+    thr = fraction * float(np.percentile(smooth[smooth > 0], 98))
+    fg = _largest_component(smooth > thr) & (data - lo > thr)
+    fg = _largest_component(ndimage.binary_closing(fg, iterations=1, border_value=0) | fg)
+    return ndimage.binary_fill_holes(fg)
+
+
+@pytest.mark.parametrize("case", ["noisy", "cut", "speck"])
+def test_head_foreground_on_its_box_equals_the_whole_grid(case):
+    """head_foreground works on the box of the thresholded head: the same voxels as on the
+    whole grid, for a noisy head, a head cut by the field of view (touching the grid's edge,
+    with a dark cavity) and a bright speck far from the head (outside the head's box but
+    inside the box of everything above threshold)."""
+    img, _ = _head(noise=0.04)
+    if case == "cut":
+        img = img[:, :, 6:].copy()
+        img[14:20, 14:20, 10:16] = 0  # a dark cavity inside
+    if case == "speck":
+        img[1:3, 1:3, 1:3] = img.max()
+    img = make_image(np.ascontiguousarray(img), AFF)
+    got = head_foreground(img)
+    assert got.sum() > 1000 and np.array_equal(got, _head_foreground_full_grid(img))
+    if case == "cut":
+        assert got[:, :, 0].any() and got[16, 16, 12]
+
+
 def test_detect_skull_stripped():
     head, _ = _head()
     stripped, ev = detect_skull_stripped(make_image(head, AFF))
@@ -87,6 +121,42 @@ def test_intracranial_mask_takes_the_csf_not_the_bone():
     assert grown[r < 22].all()
     # no CSF around (the mask already reaches the skull): nothing is added
     assert intracranial_mask(img, r < 24).sum() <= (r < 24.5).sum()
+
+
+def _intracranial_full_grid(img, mask, ring_mm, floor):
+    """Reference: the same definition computed on the whole grid."""
+    from scipy import ndimage
+
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+    dist = ndimage.distance_transform_edt(~mask, sampling=zooms)
+    grown = mask | ((dist <= ring_mm) & (data > floor * float(np.median(data[mask]))))
+    labels, _ = ndimage.label(grown)
+    keep = np.unique(labels[mask])
+    return ndimage.binary_fill_holes(np.isin(labels, keep[keep > 0]))
+
+
+@pytest.mark.parametrize("zooms", [(1.0, 1.0, 1.0), (0.9, 1.2, 3.0)])
+def test_intracranial_mask_on_its_box_equals_the_whole_grid(zooms):
+    """Computed on the mask's bounding box, the result is voxel for voxel the whole-grid one:
+    a lumpy mask with a hole (a ventricle), touching the grid's edge, anisotropic voxels."""
+    from scipy import ndimage
+
+    from ketabids.anat.brain import intracranial_mask
+
+    rng = np.random.default_rng(3)
+    shape = (50, 44, 30)
+    noise = ndimage.gaussian_filter(rng.normal(size=shape), 3)
+    r = np.sqrt(((np.indices(shape) - np.array([20, 22, 4])[:, None, None, None]) ** 2
+                 * np.array(zooms)[:, None, None, None] ** 2).sum(0))
+    mask = (r < 14 + 40 * noise) & ~(r < 3)  # hole in the middle, reaches z = 0
+    assert mask[:, :, 0].any() and ndimage.binary_fill_holes(mask).sum() > mask.sum()
+    img = make_image((600 * mask + rng.uniform(0, 500, shape)).astype(np.float32),
+                     np.diag([*zooms, 1.0]))
+    for ring, floor in ((2.0, 0.3), (4.5, 0.5)):
+        got = intracranial_mask(img, mask, ring_mm=ring, floor=floor)
+        ref = _intracranial_full_grid(img, mask, ring, floor)
+        assert got.sum() > mask.sum() and np.array_equal(got, ref)
 
 
 @pytest.fixture(scope="module")

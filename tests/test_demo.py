@@ -376,3 +376,21 @@ def test_outer_folds_follow_the_group_response_rule():
     many = pd.DataFrame({"arm": ["ketamine"] * 40, "madrs_pre": [30] * 40,
                          "madrs_24h": [10] * 20 + [20] * 20})
     assert _n_outer(many) == 10
+
+
+@pytest.mark.parametrize("code", [143, 129, 130])
+def test_demo_stops_with_the_signal_exit_code_of_a_killed_step(monkeypatch, tmp_path, code,
+                                                                capsys):
+    """A step of the demo killed by SIGTERM/SIGHUP (exit 128 + signal) or Ctrl-C (130): the
+    demo exits with the same code and its one line, not with a crash report (it raised
+    ValueError: 143 is not a valid ExitCode)."""
+    from ketabids.cli import demo as demo_cli
+    from ketabids.cli.app import RunResult
+
+    monkeypatch.setattr(demo_cli, "run_app", lambda argv: RunResult(code, error="stopped"))
+    monkeypatch.setattr(demo_cli, "run_demo", lambda opts: demo_cli._cli(["participant"]))
+    monkeypatch.chdir(tmp_path)
+    result = demo_cli.run([str(tmp_path / "demo")])
+    assert result.exit_code == code
+    err = capsys.readouterr().err
+    assert "unexpected" not in err and "crash" not in err  # no crash file named

@@ -104,20 +104,33 @@ def test_progress_lines_from_a_real_run(tmp_path, caplog):
     ticks = iter(range(0, 1000, 60))
     progress = Progress(top, ["01", "02"], clock=lambda: next(ticks))
     assert progress.total == 2
-    clock = iter([0, 120])
     log = _Recorder()
+    # one subject's steps all ended in 120 s, all of the other's to run (MultiProc, one by one)
+    clock = iter([0, 120])
     eta = Progress(top, ["01", "02"], clock=lambda: next(clock), logger=log)
     eta.verdicts["01"] = ("pass", [])
-    eta._finish("01")  # 120 s for one subject, one left
-    assert log.lines == ["sub-01 done, QC pass (1/2, ~2 min left)"]
+    eta.pending["01"].clear()
+    eta._finish("01")
+    # subjects ending together (the Linear plugin): 150 s, 02 has one of its steps to run
+    clock = iter([0, 150])
+    eta = Progress(top, ["01", "02"], clock=lambda: next(clock), logger=log)
+    eta.verdicts["01"] = ("pass", [])
+    eta.pending["01"].clear()
+    eta.pending["02"] = {sorted(eta.expected["02"])[0]}
+    eta._finish("01")
+    n = len(eta.expected["02"])
+    assert n == 3 and log.lines == ["sub-01 done, QC pass (1/2, ~2 min left)",
+                                    f"sub-01 done, QC pass (1/2, ~{150 / (2 * n - 1):.0f} s left)"]
     with caplog.at_level(logging.INFO, logger="ketabids"):
         with pytest.raises(RuntimeError):
             top.run(plugin="Linear", plugin_args={"status_callback": progress})
     lines = [r.getMessage() for r in caplog.records if r.name == "ketabids"]
     lines = [ln for ln in lines if ln.startswith("sub-")]
     assert len(lines) == 2  # one line per subject, in the order they finished
-    # the ETA comes from subjects processed to the end: none after a crash, then 60 s each
-    assert lines[0].endswith("(1/2)") and lines[1].endswith("(2/2)")
+    # 02 failed first: the time left is that of 01's steps still to run, at the pace of the
+    # steps that ended (clock ticks of 60 s)
+    assert lines[0].startswith("sub-02") and lines[0].endswith(" s left)")
+    assert lines[1].endswith("(2/2)")
     done = [ln for ln in lines if ln.startswith("sub-01")]
     assert done[0].startswith("sub-01 done, QC warn: slice thickness 6 mm (")
     failed = [ln for ln in lines if ln.startswith("sub-02")]

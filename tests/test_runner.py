@@ -38,10 +38,60 @@ def test_configure_workflow_is_local(tmp_path):
                        default_crashdump=logs)
     node = wf.get_node("single_subject_02_wf").get_node("anat_wf").get_node("conform")
     assert node.config["execution"]["crashdump_dir"] == str(logs / "sub-02")
+    # the user's T1w is hashed by content, the work folder's intermediates by time stamp
     assert node.config["execution"]["hash_method"] == "content"
+    n4 = wf.get_node("single_subject_02_wf").get_node("anat_wf").get_node("n4")
+    assert n4.config["execution"]["hash_method"] == "timestamp"
     assert node.config["execution"]["remove_unnecessary_outputs"] is False
     assert wf.get_node("report_01").config["execution"]["crashdump_dir"] == str(logs)
     # the scheduler polls often enough for 1-3 s nodes (Nipype's default is 2 s)
     assert float(wf.config["execution"]["poll_sleep_duration"]) <= 0.2
     after = {s: dict(nipype_config._sections[s]) for s in nipype_config._sections}
     assert after == before  # Nipype's global configuration untouched
+
+
+def _mean_of(in_file):
+    import nibabel as nib
+    import numpy as np
+
+    return float(np.asarray(nib.load(in_file).dataobj).mean())
+
+
+@pytest.mark.parametrize("conform_hash", ["input", "timestamp"])
+def test_changed_input_with_same_size_and_time_reruns(tmp_path, conform_hash):
+    """The user's T1w is hashed by content: replaced in place by an image of the same size and
+    modification time, it is read again on rerun (the intermediates, hashed by time stamp,
+    follow); with time-stamp hashing the stale result would be reused (the control)."""
+    import os
+
+    import nibabel as nib
+    import numpy as np
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from ketabids.interfaces.anatomical import Conform
+    from ketabids.workflows.anatomical import INPUT_HASH
+
+    t1w = tmp_path / "sub-01_T1w.nii"
+    data = np.linspace(50.0, 150.0, 12 ** 3, dtype=np.float32).reshape(12, 12, 12)
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), t1w)
+    wf = pe.Workflow(name="wf", base_dir=str(tmp_path / "work"))
+    conform = pe.Node(Conform(in_file=str(t1w)), name="conform")
+    if conform_hash == "input":
+        conform.config = {k: dict(v) for k, v in INPUT_HASH.items()}
+    mean = pe.Node(niu.Function(function=_mean_of, input_names=["in_file"],
+                                output_names=["mean"]), name="mean")
+    wf.connect(conform, "out_file", mean, "in_file")
+    configure_workflow(wf, crashdump_dirs={}, default_crashdump=tmp_path / "logs")
+
+    def run():
+        graph = wf.run()
+        return next(n for n in graph.nodes() if n.name == "mean").result.outputs.mean
+
+    assert run() == pytest.approx(100.0)
+    stat = t1w.stat()
+    img = nib.load(t1w)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 2, img.affine, img.header), t1w)
+    os.utime(t1w, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert t1w.stat().st_size == stat.st_size and t1w.stat().st_mtime_ns == stat.st_mtime_ns
+    assert run() == pytest.approx(200.0 if conform_hash == "input" else 100.0)

@@ -71,6 +71,23 @@ def test_modulate_reuses_a_given_jacobian(tmp_path, grids):
     np.testing.assert_allclose(mod.get_fdata(), 2 * unmod.get_fdata(), rtol=1e-6)
 
 
+def test_modulate_on_the_maps_box_equals_the_whole_grid(tmp_path, grids):
+    """modulate hands ANTs only the map's non-zero box: the warped map is the one the whole
+    native grid gives (reference: apply_to_template on the full map, both thresholds)."""
+    from ketabids.anat.registration import apply_to_template
+
+    native, template = grids
+    data = np.asarray(native.dataobj).copy()
+    data[:6] = 0
+    data[:, -5:] = 0  # a box well inside the grid
+    native = make_image(data, native.affine)
+    result = _affine_result(tmp_path, translation=(3.0, -2.0, 4.0))
+    unmod, _ = modulate(native, result, template)
+    ref = np.clip(apply_to_template(native, result, template).get_fdata(), 0, 1)
+    assert ref.sum() > 100
+    np.testing.assert_allclose(unmod.get_fdata(), ref, atol=1e-6)
+
+
 def test_tissue_volumes_known_answer():
     aff = np.diag([2.0, 2.0, 2.0, 1.0])  # 8 mm3 voxels
     shape = (7, 8, 9)
@@ -139,3 +156,15 @@ def test_bounding_box_clips_to_the_grid_and_keeps_empty_masks_whole():
     assert bounding_box(m, 3) == (slice(0, 7), slice(0, 8), slice(0, 9))
     m[0, 4, 8] = True
     assert bounding_box(m, 2) == (slice(0, 3), slice(2, 7), slice(6, 9))
+
+
+def test_box_affine_is_nibabels_slicer_affine():
+    from ketabids.anat.antsutil import box_affine
+
+    rot = np.array([[0.0, -1.1, 0.1], [0.9, 0.0, 0.0], [0.05, 0.0, 1.3]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot
+    aff[:3, 3] = [10.0, -20.0, 5.0]
+    img = make_image(np.zeros((9, 10, 11), np.float32), aff)
+    for box in [(slice(2, 7), slice(0, 10), slice(3, 4)), (slice(None),) * 3]:
+        np.testing.assert_allclose(box_affine(aff, box), img.slicer[box].affine, atol=1e-12)

@@ -79,6 +79,16 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
     return tuple(slices)
 
 
+def box_affine(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """The affine of the sub-grid ``box`` (slices with steps of 1, as from
+    :func:`bounding_box`) of a grid with ``affine``: what ``img.slicer[box].affine`` gives,
+    without reading the voxels (nibabel's slicer reads them)."""
+    start = np.array([b.start or 0 for b in box], float)
+    out = np.array(affine, float, copy=True)
+    out[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    return out
+
+
 def make_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     """A clean NIfTI-1 image: given data and affine, qform = sform (code 1, scanner), mm."""
     img = nib.Nifti1Image(data, affine)

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ketabids.anat.antsutil import ants_env, bounding_box, make_image, to_ants
+from ketabids.anat.antsutil import ants_env, bounding_box, box_affine, make_image, to_ants
 from ketabids.anat.registration import apply_to_native, register_to_template
 from ketabids.anat.settings import ProcessingSettings
 
@@ -71,9 +71,16 @@ def head_foreground(img: nib.Nifti1Image, fraction: float = 0.1) -> np.ndarray:
     if pos.size == 0:
         return np.zeros(data.shape, bool)
     thr = fraction * float(np.percentile(pos, 98))
-    fg = _largest_component(smooth > thr) & (data - lo > thr)
+    above = smooth > thr
+    # the rest works on the box of ``above`` + 2 voxels (the closing reaches 1 voxel out, the
+    # box's outer shell stays background, so components and holes are the whole grid's):
+    # 2.3-3.3 -> 1.1-1.5 s on AOMIC sub-0001's 256^3 head (computed twice per subject)
+    box = bounding_box(above, margin=2)
+    fg = _largest_component(above[box]) & (data[box] - lo > thr)
     fg = _largest_component(ndimage.binary_closing(fg, iterations=1, border_value=0) | fg)
-    return ndimage.binary_fill_holes(fg)
+    out = np.zeros(data.shape, bool)
+    out[box] = ndimage.binary_fill_holes(fg)
+    return out
 
 
 def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *,
@@ -130,7 +137,7 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
     # fit at a fraction of the cost (a 1 mm brain box is a quarter of a 256^3 head grid)
     box = (bounding_box(m, margin=2 * int(shrink)) if mask is not None and m.any()
            else (slice(None),) * 3)
-    sub_aff = img.slicer[box].affine
+    sub_aff = box_affine(img.affine, box)
     mb = m[box]
     with ants_env(None, omp_nthreads):  # to_ants is an ITK call: inside, so threads are set
         a_img = to_ants(make_image(np.where(mb, data[box] + shift, 0).astype(np.float32), sub_aff))
@@ -144,14 +151,17 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
             spline_param=None if spline_mm is None else float(spline_mm),
             convergence={"iters": list(iterations), "tol": 1e-7}, return_bias_field=True,
         )
+    # outside the mask (hence outside the box) the bias is 1 and the image unchanged
+    b_box = bias.numpy()
+    b_box = np.where(mb & (b_box > 0), b_box, 1.0).astype(np.float32)
     b = np.ones(data.shape, np.float32)
-    b[box] = bias.numpy()
-    b = np.where(m & (b > 0), b, 1.0).astype(np.float32)
+    b[box] = b_box
     # voxels at the image minimum (zero-filled background of a skull-stripped scan) stay as they
     # are, and no voxel is pushed below the original minimum
     lo = float(data.min())
-    corrected = np.where(m & (data > lo), np.maximum((data + shift) / b - shift, lo), data)
-    corrected = corrected.astype(np.float32)
+    d = data[box]
+    corrected = data.copy()
+    corrected[box] = np.where(mb & (d > lo), np.maximum((d + shift) / b_box - shift, lo), d)
     return make_image(corrected, img.affine), make_image(b, img.affine)
 
 
@@ -174,15 +184,22 @@ def intracranial_mask(img: nib.Nifti1Image, mask: np.ndarray, *, ring_mm: float 
     m = np.asarray(mask, bool)
     if not m.any():
         return m
-    data = np.asarray(img.dataobj, dtype=np.float32)
     zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
-    dist = ndimage.distance_transform_edt(~m, sampling=zooms)
-    level = float(np.median(data[m]))
-    grown = m | ((dist <= ring_mm) & (data > floor * level))
+    # everything happens within ring_mm of the mask: work on its bounding box grown by the
+    # ring plus one background voxel (same result as on the whole grid: the nearest mask voxel
+    # of any box voxel is in the box, and the box's outer shell is background, so holes are
+    # the same); the distance transform of a 1 mm head grid took 4.5 s, of the box 0.4 s
+    box = bounding_box(m, margin=int(np.ceil(ring_mm / float(zooms.min()))) + 1)
+    sub = m[box]
+    data = np.asarray(img.dataobj[box], dtype=np.float32)
+    dist = ndimage.distance_transform_edt(~sub, sampling=zooms)
+    level = float(np.median(data[sub]))
+    grown = sub | ((dist <= ring_mm) & (data > floor * level))
     labels, _ = ndimage.label(grown)
-    keep = np.unique(labels[m])
-    grown = np.isin(labels, keep[keep > 0])
-    return ndimage.binary_fill_holes(grown)
+    keep = np.unique(labels[sub])
+    out = np.zeros(m.shape, bool)
+    out[box] = ndimage.binary_fill_holes(np.isin(labels, keep[keep > 0]))
+    return out
 
 
 def detect_skull_stripped(img: nib.Nifti1Image, fg: np.ndarray | None = None

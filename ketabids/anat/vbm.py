@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ketabids.anat.antsutil import make_image
+from ketabids.anat.antsutil import bounding_box, box_affine, make_image
 from ketabids.anat.registration import RegistrationResult, apply_to_template, jacobian_determinant
 
 
@@ -47,6 +47,11 @@ def modulate(native_probseg, result: RegistrationResult, template_img, *, jacobi
     """
     native = _load(native_probseg)
     tpl = _load(template_img)
+    # only the map's non-zero box (+1 voxel of zeros) is handed to ANTs: linear interpolation
+    # gives 0 outside it either way, and a tissue map of a 256^3 head fills a quarter of its grid
+    data = np.asarray(native.dataobj, dtype=np.float32)
+    box = bounding_box(data != 0, margin=1)
+    native = make_image(np.ascontiguousarray(data[box]), box_affine(native.affine, box))
     warped = apply_to_template(native, result, tpl, interpolation="linear",
                                omp_nthreads=omp_nthreads)
     if jacobian is None:

@@ -29,7 +29,7 @@ from ketabids.cli.app import (
 )
 from ketabids.cli.app import run as run_app
 from ketabids.demo.published import PUBLISHED
-from ketabids.errors import KetabidsError
+from ketabids.errors import KetabidsError, Terminated
 
 LOGGER = logging.getLogger("ketabids")
 
@@ -38,6 +38,10 @@ def _cli(argv: list[str]) -> dict:
     """One ``ketabids`` command through the public :func:`ketabids.cli.app.run`; its summary."""
     LOGGER.info("ketabids %s", " ".join(argv))
     result = run_app(argv)
+    if result.exit_code == 130:  # Ctrl-C in the step: the demo stops the same way
+        raise KeyboardInterrupt
+    if result.exit_code > 128:  # SIGTERM/SIGHUP in the step (it exited 128 + signal)
+        raise Terminated(result.exit_code - 128)
     if result.exit_code != 0:
         raise KetabidsError(f"demo step failed with exit code {result.exit_code}: ketabids "
                             f"{' '.join(argv)}", exit_code=result.exit_code)

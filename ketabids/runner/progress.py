@@ -8,6 +8,9 @@ has ended (or one of its nodes failed)::
     sub-07 done, QC warn: slice thickness 6 mm (12/99, ~40 min left)
     sub-08 failed in anat_wf.segmentation, QC fail (13/99, ~38 min left)
 
+The time left is the elapsed time scaled by the steps still to run over the steps that ended
+(all subjects' steps counted alike).
+
 :func:`finish_participant` runs once the graph has run: a failed subject gets a QC record with
 its error (verdict fail) and a ``sub-X.html`` saying what failed
 (:func:`ketabids.reports.participant.failure_report`); then ``qc.tsv``, ``qc.json`` and
@@ -182,9 +185,13 @@ class Progress:
         n = len(self.done)
         elapsed = self._clock() - self._start
         left = self.total - n
-        # the rate of the subjects processed to the end (an early crash says nothing about it)
-        n_ok = sum(1 for s in self.done if s not in self.failed)
-        eta = f", ~{_duration(elapsed / n_ok * left)} left" if left > 0 and n_ok else ""
+        # time left from the share of steps that ended, over all subjects: subjects need not
+        # end one after another (the Linear plugin ends them all together at the end, MultiProc
+        # interleaves them), and a failed subject's steps that never run are not waited for
+        ended = sum(len(self.expected[s]) - len(self.pending[s]) for s in self.subjects)
+        waiting = sum(len(self.pending[s]) for s in self.subjects if s not in self.done)
+        eta = (f", ~{_duration(elapsed * waiting / ended)} left"
+               if left > 0 and ended and waiting else "")
         count = f"({n}/{self.total}{eta})"
         if subject in self.failed:
             self.verdicts[subject] = ("fail", [f"processing failed in {self.failed[subject]}"])

@@ -30,6 +30,12 @@ from ketabids.interfaces.anatomical import (
 )
 from ketabids.workflows import LiterateWorkflow as Workflow
 
+#: Nipype execution settings of the node that reads the user's T1w (the only user file the
+#: graph reads; the rest are its own intermediates and the packaged template): its result is
+#: reused only if the file's *content* is unchanged (a file replaced by one of the same size
+#: and time stamp still reruns); the intermediates are hashed by time stamp
+#: (:func:`ketabids.runner.config.configure_workflow`)
+INPUT_HASH = {"execution": {"hash_method": "content"}}
 #: Peak memory (GB) of the heavy steps, for Nipype's MultiProc scheduler (measured, 1 mm).
 _MEM_GB = {"n4": 1.0, "brain_extraction": 2.0, "warp_priors": 1.7,
            "segmentation": 1.5, "modulate": 2.5}
@@ -85,6 +91,7 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
     xfm_fields = ["forward_transforms", "inverse_transforms"]
 
     conform = pe.Node(Conform(), name="conform")
+    conform.config = {k: dict(v) for k, v in INPUT_HASH.items()}
     n4 = pe.Node(N4BiasCorrect(grid_mm=settings.n4_grid_mm, omp_nthreads=omp_nthreads), name="n4",
                  n_procs=omp_nthreads, mem_gb=_MEM_GB["n4"])
     # brain extraction registers the head to the template (affine + SyN, metric restricted to
