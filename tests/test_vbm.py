@@ -147,6 +147,10 @@ def test_apply_to_native_within_a_box_equals_the_full_grid_resampling(tmp_path, 
     outside = np.ones(native.shape, bool)
     outside[box] = False
     assert not out[outside].any() and full[outside].any()
+    # the box is taken on a nibabel image's grid: another kind of reference is refused
+    nib.save(native, tmp_path / "native.nii")
+    with pytest.raises(TypeError, match="nibabel"):
+        apply_to_native(tpl_map, result, str(tmp_path / "native.nii"), within=within)
 
 
 def test_bounding_box_clips_to_the_grid_and_keeps_empty_masks_whole():
