@@ -67,11 +67,11 @@ def configure_workflow(workflow, *, crashdump_dirs: dict[str, Path], default_cra
     the folder its nodes' crash files go to, so failures can be attributed to subjects.
 
     ``hash_method``: how Nipype decides that a node's input files are unchanged (so a rerun
-    reuses its result). ``timestamp`` (Nipype's default, fMRIPrep's): size and modification
-    time. A node that set its own (the workflow marks the nodes reading the user's files with
-    ``content``: :data:`ketabids.workflows.anatomical.INPUT_HASH`) keeps it. Content hashing of
-    every intermediate (large uncompressed work files, read again by each node that takes
-    them) cost 9.4 s of a 115 s run (AOMIC sub-0001, default mode, py-spy).
+    reuses its result). ``timestamp`` (Nipype's default, which sMRIPrep keeps): size and
+    modification time. A node that set its own (the workflow marks the node reading the user's
+    T1w with ``content``: :data:`ketabids.workflows.anatomical.INPUT_HASH`) keeps it. Hashing the
+    content of every intermediate (large uncompressed work files, read again by each node that
+    takes them) cost 9.4 s of a 115 s run (AOMIC sub-0001, default mode, py-spy).
     """
     settings = {
         "remove_unnecessary_outputs": False,
