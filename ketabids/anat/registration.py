@@ -38,13 +38,15 @@ brain mask leaked into the scalp and neck (1744 and 1609 mL against 1359-1362 mL
 grid, 1327 mL on the unrotated scan).
 
 Where the time goes (AOMIC-PIOP2 sub-0001, 256^3 at 1 mm, default mode, 2 ITK threads, ANTs'
-verbose per-iteration times, machine shared with other jobs): affine stage 1.4 s; SyN 81 s, of
-which the 16 mm level (12 iterations before convergence) 0.1 s, 8 mm (32) 1.3 s, 4 mm (50)
-15 s and 2 mm (20) 64 s. A 2 mm SyN iteration costs 2.1-2.4 s on the full template grid
-whatever the metric (Mattes MI or mean squares; CC 8-9 s): warping both images to the
-midpoint, smoothing, composing and inverting the two displacement fields, all proportional to
-the voxels of the fixed grid. The 2 mm SyN level pays for itself on the real scan: with 10 instead of
-20 iterations there AOMIC's brain-mask Dice against fMRIPrep fell 0.971 -> 0.966 and TIV
+verbose per-iteration times; idle machine, 2026-11-30 17:10): affine stage 1.3 s; SyN 36.9 s,
+of which the 16 mm level (16 iterations before convergence) 0.2 s, 8 mm (32) 0.9 s, 4 mm (32)
+5.9 s and 2 mm (20) 29.7 s; ``ants.registration`` 39.8 s in all (writing the transforms
+included), ``extract_brain`` 46.0 s. An earlier measurement on a machine shared with other
+jobs gave SyN 81 s (2 mm level 64 s). A 2 mm SyN iteration (1.5 s idle, 2.1-2.4 s shared)
+costs the same whatever the metric (Mattes MI or mean squares; CC 8-9 s): warping both images
+to the midpoint, smoothing, composing and inverting the two displacement fields, all
+proportional to the voxels of the full template grid. The 2 mm SyN level pays for itself on
+the real scan: with 10 instead of 20 iterations there AOMIC's brain-mask Dice against fMRIPrep fell 0.971 -> 0.966 and TIV
 -0.3 % -> -2.1 % of its mask; without the level 0.955 and -5.0 % (phantom r 0.919 -> 0.913).
 """
 from __future__ import annotations
