@@ -62,9 +62,11 @@ RUN pip install --no-cache-dir -r /tmp/src/requirements.lock /tmp/src \
     && pip check \
     && rm -rf /tmp/src
 
-# 4. Derived template files pre-generated, templates checked, unprivileged user.
+# 4. Derived template files (and the templates on the registration grids) pre-generated,
+#    templates checked, unprivileged user.
 RUN python -c "from ketabids.templates import get_template; \
-[get_template(name, resolution=res) \
+from ketabids.anat.registration import cache_template_grids; \
+[cache_template_grids(get_template(name, resolution=res)) \
  for name in ('MNI152NLin2009aSym', 'MNI152NLin2009cAsym') for res in (1, 2)]" \
     && chmod -R a+rX /opt/ketabids \
     && groupadd --gid 1000 ketabids \

@@ -97,6 +97,33 @@ def cache_dir() -> Path:
     )
 
 
+def derived_file(source: str | os.PathLike, tag: str) -> Path | None:
+    """Where a file derived from the template file ``source`` (e.g. resampled onto a
+    registration grid) is cached: ``<cache>/templates/derived/<stem>_<tag>_<key>.nii.gz``, the
+    key hashing ``source``'s absolute path, size and modification time (a changed template file
+    gets a new entry). The first cache folder already holding it (a container's read-only one
+    included), else the writable one; ``None`` when there is none (callers then compute it).
+
+    >>> import tempfile, pathlib
+    >>> src = pathlib.Path(tempfile.mkdtemp()) / "tpl_T1w.nii.gz"
+    >>> _ = src.write_bytes(b"x")
+    >>> derived_file(src, "grid-2mm").name.startswith("tpl_T1w_grid-2mm_")
+    True
+    """
+    source = Path(source).resolve()
+    stat = source.stat()
+    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}|{tag}".encode()).hexdigest()[:12]
+    stem = source.name.removesuffix(".gz").removesuffix(".nii")
+    rel = f"templates/derived/{stem}_{tag}_{key}.nii.gz"
+    root = _cached([rel])  # pre-generated (a container's read-only cache) or written before
+    if root is None:
+        try:
+            root = cache_dir()
+        except MissingInputError:  # pragma: no cover - no writable folder at all
+            return None
+    return root / rel
+
+
 def _embedded(resolution: int) -> Template:
     import nibabel as nib
     import nilearn

@@ -154,3 +154,70 @@ def test_seed_zero_reaches_ants_as_a_real_seed():
         assert os.environ["ANTS_RANDOM_SEED"] != "0" and ants.config._random_seed != 0
 
 
+
+
+def test_template_on_grid_is_cached_exactly_and_reused(small_template, tmp_path, monkeypatch):
+    """The resampled template is written to the derived-file cache once, read back identical to
+    a direct resampling (voxels and geometry), reused without resampling, recomputed when the
+    entry is unreadable, and keyed on the source file (a changed template gets a new entry)."""
+    import ants
+
+    from ketabids.anat.antsutil import to_ants
+    from ketabids.anat.registration import cache_template_grids, template_on_grid
+    from ketabids.templates import derived_file
+
+    monkeypatch.setenv("KETABIDS_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "tpl_T1w.nii.gz"
+    src.write_bytes(small_template.brain.read_bytes())
+    with ants_env(None, 1):
+        direct = ants.resample_image(to_ants(nib.load(src)), (3.0,) * 3, use_voxels=False,
+                                     interp_type=0)
+        first = template_on_grid(src, 3.0)
+    entry = derived_file(src, "grid-3mm_interp-linear")
+    assert entry.is_file() and entry.is_relative_to(tmp_path / "cache")
+
+    def same(a, b):
+        return (np.array_equal(a.numpy(), b.numpy()) and a.origin == b.origin
+                and a.spacing == b.spacing and np.array_equal(a.direction, b.direction))
+
+    real_resample = ants.resample_image
+
+    def no_resampling(*args, **kwargs):
+        raise AssertionError("resampled although cached")
+
+    monkeypatch.setattr(ants, "resample_image", no_resampling)
+    with ants_env(None, 1):
+        again = template_on_grid(src, 3.0)
+    assert same(first, direct) and same(again, direct)
+
+    entry.write_bytes(b"not a nifti")  # unreadable entry: computed again and rewritten
+    monkeypatch.setattr(ants, "resample_image", real_resample)
+    with ants_env(None, 1):
+        assert same(template_on_grid(src, 3.0), direct)
+    assert nib.load(entry).shape == tuple(direct.shape)
+
+    os.utime(src, ns=(1, 1))  # the template file changed: another entry
+    assert derived_file(src, "grid-3mm_interp-linear") != entry
+    # the container's build step: both maps on every mode's registration grid; this template is
+    # at 2 mm, the default mode's grid, so only the fast mode's 2.5 mm maps need files
+    cached = cache_template_grids(small_template)
+    assert sorted(p.name.split("_")[1] for p in cached) == ["grid-2.5mm", "grid-2.5mm"]
+
+
+def test_to_ants_same_voxels_whatever_the_memory_order():
+    """to_ants hands ANTs Fortran-ordered data (no transposing copy); C-ordered, Fortran-ordered
+    and strided inputs give the same ANTs image, and to_nib gives the voxels back."""
+    from ketabids.anat.antsutil import to_ants, to_nib
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(7, 9, 11)).astype(np.float32)
+    aff = _affine((1.0, 1.5, 2.0), (-3, 4, 5))
+    with ants_env(None, 1):
+        images = [to_ants(make_image(arr, aff)) for arr in
+                  (np.ascontiguousarray(data), np.asfortranarray(data),
+                   np.ascontiguousarray(data[:, :, ::-1])[:, :, ::-1], data.astype(np.float64))]
+    for img in images:
+        assert img.shape == data.shape and img.spacing == (1.0, 1.5, 2.0)
+        assert np.array_equal(img.numpy(), data)
+        back = to_nib(img)
+        assert np.array_equal(np.asarray(back.dataobj), data) and np.allclose(back.affine, aff)

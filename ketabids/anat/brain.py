@@ -245,7 +245,9 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
                                    omp_nthreads=omp_nthreads, out_dir=out_dir)
         mask = fg
     else:
-        reg = register_to_template(img, template, mode=mode, mask=_dilated_template_mask(template, res),
+        with ants_env(seed, omp_nthreads):  # ITK fixes its thread count at its first call
+            metric_mask = _dilated_template_mask(template, res)
+        reg = register_to_template(img, template, mode=mode, mask=metric_mask,
                                    seed=seed, omp_nthreads=omp_nthreads, out_dir=out_dir)
         # carried back on the head's bounding box (+ FG_MARGIN_VOX) only: the brain lies inside
         # the head (AOMIC sub-0001: 2.4 -> 1.5 CPU s)

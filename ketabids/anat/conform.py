@@ -133,7 +133,8 @@ def conform_t1w(in_file) -> tuple[nib.Nifti1Image, dict]:
     transform = nib.orientations.ornt_transform(ornt, ras)
     data = nib.orientations.apply_orientation(data, transform)
     new_affine = affine @ nib.orientations.inv_ornt_aff(transform, shape[:3])
-    out = make_image(np.ascontiguousarray(data, dtype=np.float32), new_affine)
+    # Fortran order, as NIfTI stores voxels: written and handed to ANTs without a transpose
+    out = make_image(np.asfortranarray(data, dtype=np.float32), new_affine)
     if orientation != "RAS":
         notes.append(f"reoriented {orientation} -> RAS (axis permutation, no interpolation)")
     info = {

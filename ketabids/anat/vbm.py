@@ -51,7 +51,7 @@ def modulate(native_probseg, result: RegistrationResult, template_img, *, jacobi
     # gives 0 outside it either way, and a tissue map of a 256^3 head fills a quarter of its grid
     data = np.asarray(native.dataobj, dtype=np.float32)
     box = bounding_box(data != 0, margin=1)
-    native = make_image(np.ascontiguousarray(data[box]), box_affine(native.affine, box))
+    native = make_image(np.asfortranarray(data[box]), box_affine(native.affine, box))
     warped = apply_to_template(native, result, tpl, interpolation="linear",
                                omp_nthreads=omp_nthreads)
     if jacobian is None:
