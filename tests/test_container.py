@@ -141,7 +141,13 @@ def test_template_pregeneration_line_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # like the image build: nothing cached yet
     exec(compile(code, "Dockerfile:get_template", "exec"), {})  # noqa: S102 - our own line
     made = sorted(p.name for p in (tmp_path / "cache").rglob("*.nii.gz"))
-    assert len(made) == 10 and {n.split("_")[1] for n in made} == {"res-1", "res-2"}
+    grids = [n for n in made if "_grid-" in n]
+    assert len(made) == 16 and {n.split("_")[1] for n in made} == {"res-1", "res-2"}
+    # brain and mask on every mode's registration grid: 2 and 2.5 mm from the 1 mm template,
+    # 2.5 mm only from the 2 mm one (the default mode's 2 mm grid is that template itself)
+    assert sorted((n.split("_")[1], n.split("_")[-3]) for n in grids) == [
+        ("res-1", "grid-2.5mm"), ("res-1", "grid-2.5mm"), ("res-1", "grid-2mm"),
+        ("res-1", "grid-2mm"), ("res-2", "grid-2.5mm"), ("res-2", "grid-2.5mm")]
 
 
 def test_pregenerated_templates_read_from_read_only_cache(tmp_path, monkeypatch):
@@ -153,6 +159,10 @@ def test_pregenerated_templates_read_from_read_only_cache(tmp_path, monkeypatch)
     monkeypatch.setenv("KETABIDS_CACHE", str(ro))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     baked = templates.get_template(resolution=2)  # "docker build" time: writable
+    from ketabids.anat.registration import cache_template_grids, template_on_grid
+
+    grids = cache_template_grids(baked)
+    assert grids and all(ro in p.parents for p in grids)
     for path in [ro, *ro.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     real_touch = Path.touch
@@ -166,6 +176,13 @@ def test_pregenerated_templates_read_from_read_only_cache(tmp_path, monkeypatch)
     try:
         runtime = templates.get_template(resolution=2)  # run time: image read-only
         assert runtime.gm == baked.gm
+        import ants
+
+        def no_resampling(*args, **kwargs):
+            raise AssertionError("the baked registration grid was not used")
+
+        monkeypatch.setattr(ants, "resample_image", no_resampling)
+        assert template_on_grid(runtime.brain, 2.5).shape == ants.image_read(str(grids[0])).shape
     finally:
         for path in [ro, *ro.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)

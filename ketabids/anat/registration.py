@@ -15,7 +15,9 @@ Transforms live in world coordinates, so they apply to the full-resolution image
 
 Modes (numbers in :class:`~ketabids.anat.settings.ProcessingSettings`); the affine stage is the one antspyx runs before SyN
 (:data:`AFFINE_STAGE`: Mattes MI, up to 2100x1200x1200x0 iterations at shrink factors
-4x2x2x1 of the registration grid; antspyx ignores its ``aff_*`` arguments for ``"SyN"``):
+4x2x2x1 of the registration grid; for ``"SyN"`` antspyx fixes the stage's iterations, shrink
+factors and smoothing and ignores ``aff_iterations``/``aff_shrink_factors``/``aff_smoothing_sigmas``,
+while ``aff_metric``/``aff_sampling``/``aff_random_sampling_rate`` apply; ketabids keeps their defaults):
 
 * ``default``: 2 mm grid: affine at 8/4/4 mm, then SyN (Mattes MI) with 100x70x50x20
   iterations at 16/8/4/2 mm.
@@ -63,8 +65,8 @@ from ketabids.anat.settings import MODES, ProcessingSettings
 from ketabids.io import atomic_path
 from ketabids.templates import derived_file
 
-#: the affine stage antspyx (0.6) runs before SyN, whatever its ``aff_*`` arguments say
-#: (recorded in every registration's info)
+#: the affine stage antspyx (0.6) runs before SyN (iterations, shrink factors and smoothing
+#: fixed by antspyx; metric and sampling its defaults); recorded in every registration's info
 AFFINE_STAGE = {
     "transform": "Affine[0.25]",
     "metric": "Mattes MI, 32 bins, 20 % regular sampling",
