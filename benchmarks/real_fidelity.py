@@ -13,7 +13,13 @@ differences, TIV against the reference brain-mask volume, phantom Dice and modul
 wall time and peak memory (max RSS of the CLI process tree) per run. Not a pass/fail test.
 
     python benchmarks/real_fidelity.py --modes default fast [--scans aomic seg3d stroke]
-        [--rotated] [--phantoms 1] [--repeats 1] [--baseline TREE] [--json out.json]
+        [--rotated] [--phantoms 1] [--phantom-mm 1] [--omp-nthreads 2] [--repeats 1]
+        [--baseline TREE] [--json out.json]
+
+The demo's setting for phantoms (2 mm, fast mode, one ITK thread), against 0.1.0::
+
+    python benchmarks/real_fidelity.py --modes fast --scans --phantoms 1 --phantom-mm 2 \
+        --omp-nthreads 1 --repeats 3 --baseline TREE_OF_0.1.0
 
 ``--baseline TREE``: a source tree of another version (e.g. a ``git worktree`` of 0.1.0) run on
 the same inputs, alternating with this version run by run (its ``ketabids`` imported from
@@ -218,9 +224,14 @@ def main(argv=None) -> list[dict]:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", nargs="+", default=["default", "fast"], choices=["default", "fast"])
-    ap.add_argument("--scans", nargs="+", default=["aomic"], choices=sorted(SCANS))
+    ap.add_argument("--scans", nargs="*", default=["aomic"], choices=sorted(SCANS),
+                    help="real scans (none: phantoms only)")
     ap.add_argument("--rotated", action="store_true", help="also the rotated/re-biased copies")
-    ap.add_argument("--phantoms", type=int, default=1, help="number of 1 mm phantoms (seeds 1..)")
+    ap.add_argument("--phantoms", type=int, default=1, help="number of phantoms (seeds 1..)")
+    ap.add_argument("--phantom-mm", type=float, default=1.0,
+                    help="phantom voxel size (mm); the demo's are 2 mm")
+    ap.add_argument("--omp-nthreads", type=int, default=2,
+                    help="ITK threads per run (the demo runs 1 per subject)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--baseline", type=Path, metavar="TREE",
                     help="source tree of another version, timed alternately on the same inputs")
@@ -245,7 +256,7 @@ def main(argv=None) -> list[dict]:
 
             tpl = get_template(resolution=1)
             for seed in range(1, args.phantoms + 1):
-                sub = simulate_subject(tpl, seed=seed, resolution=1.0, skull=True)
+                sub = simulate_subject(tpl, seed=seed, resolution=args.phantom_mm, skull=True)
                 subjects.append((f"phantom{seed}", sub.t1w, sub))
         for mode in args.modes:
             for label, img, truth in subjects:
@@ -253,9 +264,10 @@ def main(argv=None) -> list[dict]:
                 for rep in range(args.repeats):
                     if args.baseline is not None:  # alternate: baseline, then this version
                         base = run_cli(img, label, tmp / f"b{rep}", fast=mode == "fast",
-                                       tree=args.baseline)
+                                       omp_nthreads=args.omp_nthreads, tree=args.baseline)
                         base_walls.append(base["wall_s"])
-                    res = run_cli(img, label, tmp / f"r{rep}", fast=mode == "fast")
+                    res = run_cli(img, label, tmp / f"r{rep}", fast=mode == "fast",
+                                  omp_nthreads=args.omp_nthreads)
                     row = {"subject": label, "mode": mode, "wall_s": res["wall_s"],
                            "peak_gb": res["peak_gb"], **res["volumes"]}
                     if truth is not None:
