@@ -203,3 +203,51 @@ def test_brain_extraction_of_a_cut_off_field_of_view(cut_phantom):
     vol = m.sum() * voxel_ml(img)
     vol_r = (np.asarray(mask_r.dataobj) > 0).sum() * voxel_ml(rotated)
     assert vol_r == pytest.approx(vol, rel=0.02), (vol, vol_r)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_n4_applies_the_fitted_field_as_the_plain_formula(monkeypatch, with_mask):
+    """Whatever field N4 fits, the correction is ``(img + shift) / field - shift`` inside the
+    mask for voxels above the image minimum, never below that minimum, the image elsewhere; the
+    returned field is 1 outside the mask and where N4 gives no positive value. Checked against
+    that formula written on the whole grid (the in-place, selected-voxels code must match it)."""
+    import ants
+
+    img, _ = _head(noise=0.02)
+    img[:3] = img.min()  # voxels at the minimum (a zero-filled slab)
+    # negative values inside the brain (the shift is used), the image minimum among them, and
+    # voxels just above it that a field > 1 would push below it (the clamp is used)
+    img[18:21, 20:23, 22:25] = -4.9
+    img[19, 21, 23] = -5.0
+    rng = np.random.default_rng(1)
+    planted = {}
+
+    def fake_n4(a_img, mask=None, **kwargs):
+        field = (0.7 + 0.6 * rng.random(a_img.shape)).astype(np.float32)
+        field[rng.random(a_img.shape) < 0.02] = 0.0  # N4 can leave non-positive voxels
+        planted["field"], planted["input"] = field, a_img.numpy()
+        return ants.from_numpy(field, origin=a_img.origin, spacing=a_img.spacing,
+                               direction=a_img.direction)
+
+    monkeypatch.setattr(ants, "n4_bias_field_correction", fake_n4)
+    brain_mask = (_ellipsoid() < 0.7).astype(np.uint8)
+    mask = make_image(brain_mask, AFF) if with_mask else None
+    corrected, field = n4_bias_correct(make_image(img, AFF), mask, shrink=1)
+    m = brain_mask > 0 if with_mask else head_foreground(make_image(img, AFF))
+    box = np.nonzero(m.any((1, 2)))[0], np.nonzero(m.any((0, 2)))[0], np.nonzero(m.any((0, 1)))[0]
+    full = np.ones(SHAPE, np.float32)
+    if with_mask:  # the fit ran on the mask's box (+2 voxels)
+        sl = tuple(slice(max(0, b[0] - 2), min(n, b[-1] + 3)) for b, n in zip(box, SHAPE))
+        full[sl] = planted["field"]
+    else:
+        full = planted["field"]
+    ref_field = np.where(m & (full > 0), full, 1.0).astype(np.float32)
+    offset = float(img[m].min())
+    shift = 1.0 - offset if offset < 1.0 else 0.0
+    lo = float(img.min())
+    ref = np.where(m & (img > lo), np.maximum((img + shift) / ref_field - shift, lo), img)
+    assert np.array_equal(np.asarray(field.dataobj), ref_field)
+    assert np.array_equal(np.asarray(corrected.dataobj), ref.astype(np.float32))
+    # the check has teeth: the field varies, and the clamp acts
+    assert (ref_field != 1).sum() > 1000 and not np.array_equal(ref, img)
+    assert ((img + shift) / ref_field - shift < lo)[m & (img > lo)].any()
