@@ -214,18 +214,18 @@ def test_n4_applies_the_fitted_field_as_the_plain_formula(monkeypatch, with_mask
     import ants
 
     img, _ = _head(noise=0.02)
-    img[:3] = img.min()  # voxels at the minimum (a zero-filled slab)
     # negative values inside the brain (the shift is used), the image minimum among them, and
     # voxels just above it that a field > 1 would push below it (the clamp is used)
     img[18:21, 20:23, 22:25] = -4.9
     img[19, 21, 23] = -5.0
+    img[:3] = -5.0  # a slab filled with the minimum
     rng = np.random.default_rng(1)
     planted = {}
 
     def fake_n4(a_img, mask=None, **kwargs):
         field = (0.7 + 0.6 * rng.random(a_img.shape)).astype(np.float32)
         field[rng.random(a_img.shape) < 0.02] = 0.0  # N4 can leave non-positive voxels
-        planted["field"], planted["input"] = field, a_img.numpy()
+        planted["field"] = field
         return ants.from_numpy(field, origin=a_img.origin, spacing=a_img.spacing,
                                direction=a_img.direction)
 
