@@ -101,7 +101,7 @@ def template_on_grid(template_img, resolution: float, interp: str = "linear"):
     cache (:func:`ketabids.templates.derived_file`, written atomically; the ITK NIfTI round trip
     is exact): every registration needs the template and its mask on the registration grid,
     and resampling the 1 mm embedded template took ~1.3 s per subject (both maps, measured
-    2026-11-30), reading the cached maps ~0.05 s.
+    2026-11-30), reading a cached map back ~0.01 s.
     """
     import ants
 
