@@ -159,6 +159,34 @@ def test_intracranial_mask_on_its_box_equals_the_whole_grid(zooms):
         assert got.sum() > mask.sum() and np.array_equal(got, ref)
 
 
+@pytest.mark.parametrize("zooms", [(1.0, 1.0, 1.0), (1.0, 1.2, 3.0)])
+def test_head_interior_is_the_head_deeper_than_the_depth(zooms):
+    """A ball head of radius 40 mm: the interior is the ball of radius 40 - depth (a voxel's
+    tolerance at the edge), on a grid subsampled to about 2 mm whose voxel centres are the
+    image's; where the head runs into the field of view's edge (the ball's lower part is cut
+    off by the grid) the interior reaches that edge."""
+    from ketabids.anat.brain import head_interior
+
+    zooms = np.array(zooms)
+    shape = tuple(int(n) for n in np.ceil(110.0 / zooms))
+    centre = np.array([55.0, 55.0, 30.0])  # mm: the ball reaches 10 mm below the grid
+    xyz = np.indices(shape).transpose(1, 2, 3, 0) * zooms
+    radius = np.linalg.norm(xyz - centre, axis=-1)
+    img = make_image(np.zeros(shape, np.float32), np.diag([*zooms, 1.0]))
+    out = head_interior(img, radius < 40.0, depth_mm=5.0, grid_mm=2.0)
+    step = np.maximum(1, np.floor(2.0 / zooms)).astype(int)
+    assert out.shape == tuple(len(range(0, n, s)) for n, s in zip(shape, step))
+    # voxel (i, j, k) of the result is voxel (step * (i, j, k)) of the image
+    assert np.allclose(out.affine @ [3, 2, 1, 1], img.affine @ [*(step * [3, 2, 1]), 1])
+    got = np.asarray(out.dataobj) > 0
+    r = radius[::step[0], ::step[1], ::step[2]]
+    # the distance to the surface is 40 - r (the cut-off bottom is no surface), known to within
+    # the subsampled voxel's diagonal
+    tol = float(np.linalg.norm(zooms * step))
+    assert got[r < 35.0 - tol].all() and not got[r > 35.0 + tol].any()
+    assert got[:, :, 0].sum() > 0.5 * (r[:, :, 0] < 35.0 - tol).sum() > 0
+
+
 @pytest.fixture(scope="module")
 def cut_phantom():
     """A 2 mm phantom with skull whose field of view ends in the cerebellum (the lowest 15 % of

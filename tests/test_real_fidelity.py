@@ -98,3 +98,35 @@ def test_rotated_rebiased_copy_gives_the_same_gm_and_tiv(aomic_default, tmp_path
     moved = _bench().run_cli(rotated_rebiased(nib.load(REAL)), "aomicrot", tmp_path, fast=False)
     for key in ("gm_ml", "tiv_ml"):
         assert moved["volumes"][key] == pytest.approx(aomic_default["volumes"][key], rel=0.02), key
+
+
+SEG3D = DATA / "real-t1w" / "seg3d_T1w.nii.gz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SEG3D.is_file(), reason=f"real scan not found: {SEG3D}")
+def test_brain_extraction_of_a_rotated_copy_does_not_depend_on_the_seed():
+    """The rotated/re-biased copy of the seg3d scan (field of view cut below the cerebellum,
+    zero-filled corners inside its grid), default mode: with random seeds 2 and 3 the brain
+    mask used to leave the brain for the scalp (1824 and 2902 mL against 1326 mL on the
+    original): the brain-only template's edge fitted the head's scalp-to-air edge in the
+    affine stage. With the affine stage also run on the head's interior and the smaller of the
+    two kept (:func:`ketabids.anat.brain.extract_brain`): 1364 / 1371 mL against 1329 mL, the
+    copy's known +3 % (seeds 1-3: +2.6 % to +3.8 %; the 2 % target is not met on this scan)."""
+    from ketabids.anat.brain import extract_brain, n4_bias_correct
+    from ketabids.anat.conform import conform_t1w
+    from ketabids.templates import get_template
+    from ketabids.testing import rotated_rebiased
+
+    tpl = get_template(resolution=1)
+
+    def corrected(img):
+        return n4_bias_correct(conform_t1w(img)[0], omp_nthreads=2)[0]
+
+    def brain_ml(img, seed):
+        return extract_brain(img, tpl, mode="default", seed=seed, omp_nthreads=2)[1]["brain_ml"]
+
+    original = brain_ml(corrected(nib.load(SEG3D)), 1)
+    rotated = corrected(rotated_rebiased(nib.load(SEG3D)))
+    for seed in (2, 3):
+        assert brain_ml(rotated, seed) == pytest.approx(original, rel=0.05), seed

@@ -221,3 +221,68 @@ def test_to_ants_same_voxels_whatever_the_memory_order():
         assert np.array_equal(img.numpy(), data)
         back = to_nib(img)
         assert np.array_equal(np.asarray(back.dataobj), data) and np.allclose(back.affine, aff)
+
+
+def test_affine_determinant_reads_the_linear_part(tmp_path):
+    """Known answer: a written ANTs affine with a planted matrix (shear and translation
+    included) reads back with that matrix's determinant."""
+    import ants
+
+    from ketabids.anat.registration import affine_determinant
+
+    matrix = np.array([[1.10, 0.05, 0.00], [0.02, 0.90, 0.10], [0.00, -0.03, 1.20]])
+    tx = ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
+                                    matrix=matrix, translation=(4.0, -2.0, 7.0))
+    path = tmp_path / "affine.mat"
+    ants.write_transform(tx, str(path))
+    assert affine_determinant(path) == pytest.approx(np.linalg.det(matrix), rel=1e-6)
+
+
+@pytest.mark.parametrize("planted", ["whole", "masked"])
+def test_affine_candidates_keep_the_smaller_scaling(small_template, tmp_path, monkeypatch, planted):
+    """With ``affine_moving_mask`` the affine stage runs on the whole subject and on the
+    masked one; the candidate that scales the template less is the one SyN starts from.
+    One candidate's result is replaced by a 1.5x scaling (a template brain stretched over the
+    head): the other is kept, whichever it is, and the registration still recovers the planted
+    1.08 scaling."""
+    import ants
+
+    from ketabids.anat.registration import affine_determinant
+
+    real = ants.registration
+    seen = {}
+
+    def spy(fixed, moving, type_of_transform="SyN", outprefix="", **kwargs):
+        out = real(fixed, moving, type_of_transform=type_of_transform, outprefix=outprefix,
+                   **kwargs)
+        if type_of_transform == "Affine" and f"affine-{planted}_" in outprefix:
+            stretched = ants.create_ants_transform(transform_type="AffineTransform",
+                                                   dimension=3, matrix=np.eye(3) * 1.5)
+            ants.write_transform(stretched, out["fwdtransforms"][-1])
+        if type_of_transform == "SyNOnly":
+            seen["start"] = affine_determinant(kwargs["initial_transform"][-1])
+        return out
+
+    monkeypatch.setattr(ants, "registration", spy)
+    subject = _subject()
+    inside = make_image(np.ones(subject.shape, np.uint8), subject.affine)
+    result = register_to_template(subject, small_template, mode="default", seed=1,
+                                  affine_moving_mask=inside, out_dir=tmp_path)
+    candidates = result.info["affine_candidates"]
+    assert candidates["kept"] == {"whole": "masked", "masked": "whole"}[planted]
+    assert candidates["determinants"][planted] == pytest.approx(1.5 ** 3, rel=1e-4)
+    assert seen["start"] == pytest.approx(1.08 ** 3, rel=0.1)
+    # the affine files are folded into the composites and removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["from-T1w_to-template_xfm.h5",
+                                                          "from-template_to-T1w_xfm.h5"]
+    tpl = nib.load(small_template.brain)
+    tmask = np.asarray(nib.load(small_template.mask).dataobj) > 0
+    jac = np.asarray(jacobian_determinant(result, tpl).dataobj)
+    assert np.median(jac[tmask]) == pytest.approx(1.08 ** 3, rel=0.05)
+
+
+def test_affine_moving_mask_needs_the_affine_stage(small_template):
+    mask = make_image(np.ones((4, 4, 4), np.uint8), np.eye(4))
+    with pytest.raises(ValueError, match="affine_moving_mask"):
+        register_to_template(_subject(), small_template, type_of_transform="SyNOnly",
+                             affine_moving_mask=mask)

@@ -32,9 +32,17 @@ while ``aff_metric``/``aff_sampling``/``aff_random_sampling_rate`` apply; ketabi
 
 ``mask`` (a template-space mask, e.g. the dilated template brain mask) restricts the metric to
 the brain and its surroundings in every stage, so a head with skull and neck registers to a
-brain-only template. The registration runs on the whole template grid: cropping it to the
-mask's bounding box (+3 or +10 voxels: 99x117x95 -> 89x106x86 at 2 mm, registration 80.9 ->
-51-60 CPU s) was measured and rejected: on the rotated/re-biased copy of the seg3d scan
+brain-only template. With ``affine_moving_mask`` (a subject-space mask, the head's interior in
+:func:`ketabids.anat.brain.extract_brain`) the affine stage runs as antsRegistration calls of
+its own, the same stage (:data:`AFFINE_STAGE`) on the whole subject and with that mask on the
+subject side; SyN continues from the candidate whose linear part has the smaller determinant
+(:func:`affine_determinant`: subject volume per template volume), so a template brain
+stretched over the whole head loses (AOMIC sub-0001: the same brain mask as with the single
+call, 1441 vs 1443 mL; the measurements are in :func:`ketabids.anat.brain.extract_brain`).
+
+The registration runs on the whole template grid: cropping it to the mask's bounding box
+(+3 or +10 voxels: 99x117x95 -> 89x106x86 at 2 mm, registration 80.9 -> 51-60 CPU s) was
+measured and rejected: on the rotated/re-biased copy of the seg3d scan
 (:func:`ketabids.testing.rotated_rebiased`, its field of view cut below the cerebellum) the
 brain mask leaked into the scalp and neck (1744 and 1609 mL against 1359-1362 mL on the full
 grid, 1327 mL on the unrotated scan).
@@ -162,6 +170,7 @@ def register_to_template(
     mode: str = "default",
     mask=None,
     moving_mask=None,
+    affine_moving_mask=None,
     type_of_transform: str | None = None,
     initial_transform=None,
     seed: int | None = None,
@@ -172,9 +181,15 @@ def register_to_template(
     :class:`~ketabids.templates.Template`; its ``brain`` image is the target).
 
     ``mask``: template-space mask image (nibabel/ANTs/path) restricting the metric in all
-    stages. ``moving_mask``: subject-space mask. ``type_of_transform``: ``"SyN"`` (affine + SyN,
-    default), ``"Affine"`` or ``"SyNOnly"`` (needs ``initial_transform``: list of transform
-    files, applied first and folded into the composite). Transforms are written in ``out_dir``
+    stages. ``moving_mask``: subject-space mask (all stages). ``affine_moving_mask``: a
+    subject-space mask for a second affine stage (``"SyN"`` without ``initial_transform``
+    only): the affine stage (:data:`AFFINE_STAGE`, seeded alike) runs as two antsRegistration
+    calls of its own, without and with that mask, and SyN follows (``SyNOnly``) from the one
+    with the smaller determinant, folded into the composite files as before;
+    ``info["affine_candidates"]`` records both determinants and which was kept.
+    ``type_of_transform``: ``"SyN"`` (affine + SyN, default), ``"Affine"`` or ``"SyNOnly"``
+    (needs ``initial_transform``: list of transform files, applied first and folded into the
+    composite). Transforms are written in ``out_dir``
     (a new temporary folder if None) as ``from-T1w_to-template_xfm.h5`` and
     ``from-template_to-T1w_xfm.h5``.
     """
@@ -212,10 +227,40 @@ def register_to_template(
         init = None
         if initial_transform is not None:
             init = [str(p) for p in (initial_transform if isinstance(initial_transform, (list, tuple)) else [initial_transform])]
+        run_kind = kind
+        affine_files, affine_info = [], None
+        if affine_moving_mask is not None and (kind != "SyN" or init is not None):
+            raise ValueError("affine_moving_mask needs type_of_transform='SyN' and no "
+                             "initial_transform")
+        if affine_moving_mask is not None:
+            amask = ants.resample_image_to_target(_as_ants(affine_moving_mask), moving,
+                                                  interp_type="nearestNeighbor")
+            dets = []
+            for name, subject_mask in (("whole", None), ("masked", amask)):
+                affine = ants.registration(
+                    fixed,
+                    moving,
+                    type_of_transform="Affine",
+                    outprefix=f"{prefix}affine-{name}_",
+                    mask=fixed_mask,
+                    moving_mask=subject_mask,
+                    mask_all_stages=True,
+                    aff_iterations=AFFINE_STAGE["iterations"],
+                    aff_shrink_factors=AFFINE_STAGE["shrink_factors"],
+                    aff_smoothing_sigmas=AFFINE_STAGE["smoothing_sigmas_vox"],
+                )
+                affine_files.append(Path(affine["fwdtransforms"][-1]))
+                dets.append(affine_determinant(affine_files[-1]))
+            keep = int(np.argmin(dets))
+            init = [str(affine_files[keep])]
+            affine_info = {"determinants": {"whole": round(dets[0], 4),
+                                            "masked": round(dets[1], 4)},
+                           "kept": ("whole", "masked")[keep]}
+            run_kind = "SyNOnly"
         reg = ants.registration(
             fixed,
             moving,
-            type_of_transform=kind,
+            type_of_transform=run_kind,
             initial_transform=init,
             outprefix=prefix,
             mask=fixed_mask,
@@ -228,6 +273,8 @@ def register_to_template(
     inv = out_dir / "from-template_to-T1w_xfm.h5"
     Path(reg["fwdtransforms"]).replace(fwd)
     Path(reg["invtransforms"]).replace(inv)
+    for path in affine_files:  # the kept one is folded into the composites
+        path.unlink(missing_ok=True)
     warped = reg["warpedmovout"]
     info = {
         "mode": mode,
@@ -237,10 +284,21 @@ def register_to_template(
         # SyNOnly has no affine stage (its initial transform stands for it)
         "affine_stage": {"SyN": AFFINE_STAGE, "SyNOnly": None}.get(kind, "antspyx defaults"),
         "masked_metric": fixed_mask is not None,
+        # with affine_moving_mask: both affine stages' determinants and the one SyN started from
+        "affine_candidates": affine_info,
         # the template grid the registration ran on
         "fixed_shape": [int(n) for n in fixed.shape],
     }
     return RegistrationResult([fwd], [inv], to_nib(warped), info)
+
+
+def affine_determinant(path) -> float:
+    """Determinant of the linear part of an ANTs affine transform file: subject volume per
+    template volume (the transform maps template points to subject points)."""
+    import ants
+
+    params = np.asarray(ants.read_transform(str(path)).parameters, float)
+    return float(np.linalg.det(params[:9].reshape(3, 3)))
 
 
 def apply_to_template(img, result: RegistrationResult, template_img, *, interpolation="linear",
