@@ -281,7 +281,7 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
 
     * whole head only (before): the rotated/re-biased copy of the seg3d scan (field of view
       cut below the cerebellum, zero-filled corners inside its grid; default mode) gave
-      1363/1824/2902 mL with seeds 1/2/3 against 1326 mL on the original; the demo's external
+      1363/1824/2902 mL with seeds 1/2/3 against 1321-1329 mL on the original; the demo's external
       phantom ext013 (fast mode) 2024 mL (truth 1420).
     * interior only: those became 1363/1367/1363 and 1456 mL, but the 1 mm phantom of seed 2
       (fast mode, CLI seed 1) leaked to 2006 mL (truth 1355; 1380 with the whole head): ITK
