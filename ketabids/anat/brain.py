@@ -289,10 +289,11 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
       nothing. In every stage (not only the affine one) that mask also moved AOMIC sub-0001's
       mask (Dice with fMRIPrep's 0.971 -> 0.969, TIV -0.1 -> -1.4 % of its volume).
     * both, smaller kept: seg3d copy 1371/1364/1371 mL (original 1321-1330 mL), ext013
-      1456 mL, that phantom 1381 mL, AOMIC 1441 mL (Dice 0.971). The second affine stage costs
-      about what the first does (1.3 s on a 1 mm head, default mode); the CLI's wall time on
-      AOMIC could not tell it from the run-to-run spread, a 2 mm phantom in fast mode on one
-      thread took 22.0 s instead of 20.4 s (medians of three; docs/benchmarks.md).
+      1456 mL, that phantom 1381 mL, AOMIC 1441 mL (Dice 0.971). The second affine stage was
+      not timed alone (the first took 1.3 s on a 1 mm head in the profile of
+      :mod:`ketabids.anat.registration`); the CLI's wall time on AOMIC could not tell it from
+      the run-to-run spread, a 2 mm phantom in fast mode on one thread took 22.0 s instead of
+      20.4 s (medians of three; docs/benchmarks.md).
     """
     res = ProcessingSettings.for_mode(mode).registration_mm
     fg = head_foreground(img)

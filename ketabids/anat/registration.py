@@ -153,6 +153,13 @@ def _grid_tag(resolution: float, interp: str) -> str:
     return f"grid-{resolution:g}mm_interp-{interp}"
 
 
+def _mask_on(mask, reference):
+    """A mask (nibabel/ANTs/path) on ``reference``'s grid (ANTs, nearest neighbour)."""
+    import ants
+
+    return ants.resample_image_to_target(_as_ants(mask), reference, interp_type="nearestNeighbor")
+
+
 def _as_ants(img):
     import ants
 
@@ -209,11 +216,10 @@ def register_to_template(
             moving = ants.resample_image(moving, (res,) * 3, use_voxels=False, interp_type=0)
         fixed_mask = None
         if mask is not None:
-            fixed_mask = ants.resample_image_to_target(_as_ants(mask), fixed, interp_type="nearestNeighbor")
+            fixed_mask = _mask_on(mask, fixed)
         mmask = None
         if moving_mask is not None:
-            mmask = ants.resample_image_to_target(_as_ants(moving_mask), moving,
-                                                  interp_type="nearestNeighbor")
+            mmask = _mask_on(moving_mask, moving)
         out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ketabids-reg-"))
         out_dir.mkdir(parents=True, exist_ok=True)
         prefix = str(out_dir / "reg_")
@@ -233,10 +239,9 @@ def register_to_template(
             raise ValueError("affine_moving_mask needs type_of_transform='SyN' and no "
                              "initial_transform")
         if affine_moving_mask is not None:
-            amask = ants.resample_image_to_target(_as_ants(affine_moving_mask), moving,
-                                                  interp_type="nearestNeighbor")
+            names = ("whole", "masked")
             dets = []
-            for name, subject_mask in (("whole", None), ("masked", amask)):
+            for name, subject_mask in zip(names, (None, _mask_on(affine_moving_mask, moving))):
                 affine = ants.registration(
                     fixed,
                     moving,
@@ -253,9 +258,8 @@ def register_to_template(
                 dets.append(affine_determinant(affine_files[-1]))
             keep = int(np.argmin(dets))
             init = [str(affine_files[keep])]
-            affine_info = {"determinants": {"whole": round(dets[0], 4),
-                                            "masked": round(dets[1], 4)},
-                           "kept": ("whole", "masked")[keep]}
+            affine_info = {"determinants": {n: round(d, 4) for n, d in zip(names, dets)},
+                           "kept": names[keep]}
             run_kind = "SyNOnly"
         reg = ants.registration(
             fixed,
