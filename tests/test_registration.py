@@ -281,6 +281,107 @@ def test_affine_candidates_keep_the_smaller_scaling(small_template, tmp_path, mo
     assert np.median(jac[tmask]) == pytest.approx(1.08 ** 3, rel=0.05)
 
 
+@pytest.mark.slow
+def test_masked_registration_runs_on_the_cropped_template_and_covers_the_full_grid(tmp_path):
+    """With a metric mask the template is cropped to the mask's box (+ margin); the warp fades
+    to zero inside the margin, so on the full template grid the Jacobian outside the box is the
+    affine part alone (constant) and inside the brain it recovers the planted scaling."""
+    import ants
+
+    from ketabids.anat.antsutil import bounding_box
+    from ketabids.anat.registration import CROP_MARGIN_VOX
+
+    shape = (56, 62, 58)  # the toy brain padded by ~1 cm of empty template on each side
+    aff = _affine((2, 2, 2), (-55, -61, -57))
+    brain, mask = _phantom(aff, shape)
+    folder = tmp_path / "tpl"
+    folder.mkdir()
+    paths = {}
+    for key, arr in {"brain": brain, "mask": mask.astype(np.uint8)}.items():
+        paths[key] = folder / f"{key}.nii.gz"
+        nib.save(make_image(arr, aff), paths[key])
+    tpl = Template(name="Toy", resolution=2, t1w=paths["brain"], brain=paths["brain"],
+                   mask=paths["mask"], gm=paths["mask"], wm=paths["mask"], csf=paths["mask"],
+                   skull_stripped=True, source="test")
+    with ants_env(None, 1):
+        dilated = ants.iMath(ants.image_read(str(paths["mask"])), "MD", 2)
+    result = register_to_template(_subject(), tpl, mode="fast", mask=dilated, seed=3,
+                                  out_dir=tmp_path / "reg")
+    box = bounding_box(dilated.numpy() > 0, CROP_MARGIN_VOX)
+    # the fast mode's 2.5 mm grid: the cropped grid is smaller than the template's
+    assert result.info["masked_metric"]
+    assert np.prod(result.info["fixed_shape"]) < 0.6 * np.prod([s * 2 / 2.5 for s in shape])
+    jac = np.asarray(jacobian_determinant(result, make_image(brain, aff)).dataobj)
+    outside = np.zeros(shape, bool)
+    outside[2:-2, 2:-2, 2:-2] = True  # ITK's finite differences at the grid border
+    outside[tuple(slice(max(0, b.start - 3), b.stop + 3) for b in box)] = False
+    assert outside.sum() > 0.2 * outside.size
+    affine_part = np.median(jac[outside])
+    assert affine_part == pytest.approx(1.08**3, rel=0.05)
+    np.testing.assert_allclose(jac[outside], affine_part, rtol=1e-3)
+    assert np.median(jac[mask]) == pytest.approx(1.08**3, rel=0.05)
+
+
+def test_pad_background_keeps_world_coordinates():
+    """The padded image holds the original voxels at the same world points (oblique axes,
+    anisotropic voxels) and the image minimum around them, at least ``mm`` wide."""
+    import ants
+
+    from ketabids.anat.registration import pad_background
+
+    rng = np.random.default_rng(0)
+    data = rng.uniform(-3.0, 5.0, (6, 7, 8)).astype(np.float32)
+    direction = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    with ants_env(None, 1):
+        img = ants.from_numpy(data, origin=(4.0, -2.0, 7.0), spacing=(1.0, 2.0, 3.0),
+                              direction=direction)
+        out = pad_background(img, 5.0)
+        width = (5, 3, 2)  # ceil(5 mm / spacing)
+        assert out.shape == tuple(n + 2 * w for n, w in zip(data.shape, width))
+        inner = tuple(slice(w, w + n) for w, n in zip(width, data.shape))
+        np.testing.assert_array_equal(out.numpy()[inner], data)
+        frame = np.ones(out.shape, bool)
+        frame[inner] = False
+        assert np.all(out.numpy()[frame] == data.min())
+        np.testing.assert_allclose(ants.transform_index_to_physical_point(out, width),
+                                   ants.transform_index_to_physical_point(img, (0, 0, 0)))
+
+
+@pytest.mark.slow
+def test_a_cut_field_of_view_registers_alike_whether_the_grid_stops_or_is_zero_filled(
+        small_template, tmp_path, monkeypatch):
+    """The same subject cut below its lowest 6 slices, once on a grid that stops at the cut and
+    once zero-filled below it (what resampling a cut scan to another grid gives): the template
+    mask carried back covers the same volume. Without the background pad (``PAD_MM=None``) ITK
+    drops the template points mapped beyond the first grid but scores them as dark on the
+    second: 33449 vs 30481 voxels (-9 %) measured; with it 30275 vs 30340."""
+    from ketabids.anat import registration
+
+    subject = _subject()
+    data = np.asarray(subject.dataobj, np.float32).copy()
+    k = 6
+    data[:, :, :k] = 0.0
+    filled = make_image(data, subject.affine)
+    aff = subject.affine.copy()
+    aff[:3, 3] += aff[:3, :3] @ np.array([0, 0, k])
+    cut = make_image(data[:, :, k:], aff)
+
+    def carried_back_mask(pad):
+        monkeypatch.setattr(registration, "PAD_MM", pad)
+        out = []
+        for name, img in (("cut", cut), ("filled", filled)):
+            result = register_to_template(img, small_template, mode="default", seed=1,
+                                          out_dir=tmp_path / f"{name}-{pad}")
+            m = apply_to_native(small_template.mask, result, filled)
+            out.append(int((np.asarray(m.dataobj) >= 0.5).sum()))
+        return out
+
+    cut_vox, filled_vox = carried_back_mask(registration.PAD_MM)
+    assert filled_vox == pytest.approx(cut_vox, rel=0.01)
+    cut_vox, filled_vox = carried_back_mask(None)  # the failure the pad prevents
+    assert abs(filled_vox / cut_vox - 1) > 0.04
+
+
 def test_affine_moving_mask_needs_the_affine_stage(small_template):
     mask = make_image(np.ones((4, 4, 4), np.uint8), np.eye(4))
     with pytest.raises(ValueError, match="affine_moving_mask"):
