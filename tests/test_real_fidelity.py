@@ -111,8 +111,10 @@ def test_brain_extraction_of_a_rotated_copy_does_not_depend_on_the_seed():
     mask used to leave the brain for the scalp (1824 and 2902 mL against ~1325 mL on the
     original): the brain-only template's edge fitted the head's scalp-to-air edge in the
     affine stage. With the affine stage also run on the head's interior and the smaller of the
-    two kept (:func:`ketabids.anat.brain.extract_brain`): 1364 / 1371 mL against 1329 mL, the
-    copy's known +3 % (seeds 1-3: +2.6 % to +3.8 %; the 2 % target is not met on this scan)."""
+    two kept (:func:`ketabids.anat.brain.extract_brain`): 1364 / 1371 mL against 1329 mL, +3 %
+    that came from the zero fill past the field of view's cut (the original's grid stops at
+    the cut). With the subject padded with background before registration
+    (:data:`ketabids.anat.registration.PAD_MM`): 1368 / 1367 mL against 1373 mL (-0.3 / -0.4 %)."""
     from ketabids.anat.brain import extract_brain, n4_bias_correct
     from ketabids.anat.conform import conform_t1w
     from ketabids.templates import get_template
@@ -129,4 +131,4 @@ def test_brain_extraction_of_a_rotated_copy_does_not_depend_on_the_seed():
     original = brain_ml(corrected(nib.load(SEG3D)), 1)
     rotated = corrected(rotated_rebiased(nib.load(SEG3D)))
     for seed in (2, 3):
-        assert brain_ml(rotated, seed) == pytest.approx(original, rel=0.05), seed
+        assert brain_ml(rotated, seed) == pytest.approx(original, rel=0.02), seed

@@ -294,6 +294,11 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
       :mod:`ketabids.anat.registration`); the CLI's wall time on AOMIC could not tell it from
       the run-to-run spread, a 2 mm phantom in fast mode on one thread took 22.0 s instead of
       20.4 s (medians of three; docs/benchmarks.md).
+
+    The remaining seg3d gap (copy +3 % over the original) was how the registration read the
+    field of view's cut, not the rotation; the subject is now padded with background before
+    it is registered (:mod:`ketabids.anat.registration`, ``PAD_MM``): original and copy
+    1373 / 1374 mL (seed 1).
     """
     res = ProcessingSettings.for_mode(mode).registration_mm
     fg = head_foreground(img)
@@ -324,7 +329,8 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
         "method": ("input already skull-stripped: mask = its non-background voxels"
                    if stripped else
                    f"template brain mask carried back from a {res:g} mm affine+SyN registration "
-                   f"(metric masked by the template brain mask dilated {DILATE_MM:g} mm; the "
+                   f"(subject padded with {reg.info['background_pad_mm'] or 0:g} mm of background; "
+                   f"metric masked by the template brain mask dilated {DILATE_MM:g} mm; the "
                    "affine stage run on the whole head and on the head deeper than "
                    f"{HEAD_INTERIOR_MM:g} mm, the smaller scaling kept), extended "
                    f"{RING_MM:g} mm into voxels above {CSF_FLOOR:g} x its median intensity "

@@ -40,12 +40,36 @@ subject side; SyN continues from the candidate whose linear part has the smaller
 stretched over the whole head loses (AOMIC sub-0001: the same brain mask as with the single
 call, 1441 vs 1443 mL; the measurements are in :func:`ketabids.anat.brain.extract_brain`).
 
-The registration runs on the whole template grid: cropping it to the mask's bounding box
-(+3 or +10 voxels: 99x117x95 -> 89x106x86 at 2 mm, registration 80.9 -> 51-60 CPU s) was
-measured and rejected: on the rotated/re-biased copy of the seg3d scan
-(:func:`ketabids.testing.rotated_rebiased`, its field of view cut below the cerebellum) the
-brain mask leaked into the scalp and neck (1744 and 1609 mL against 1359-1362 mL on the full
-grid, 1327 mL on the unrotated scan).
+With ``mask`` the template grid is cropped to the mask's bounding box plus
+:data:`CROP_MARGIN_VOX` voxels (:func:`crop_to_mask`; 99x117x95 -> 89x106x86 at 2 mm): a SyN
+iteration costs in proportion to the template voxels. ``extract_brain`` on the seg3d scan and
+its rotated copy (default mode, 2 threads, seeds 1 and 2, side by side, 2026-11-30):
+24.9-28.3 s against 33.1-34.3 s on the whole grid, brain masks within 1 % of the whole grid's;
+AOMIC sub-0001's brain mask Dice with fMRIPrep's 0.9708 and 0.9711 (seeds 1, 2; whole grid
+0.9706). The crop had been tried and reverted earlier the same day, when the rotated seg3d copy's
+mask leaked into the scalp (1744 and 1609 mL): that was the seed-dependent affine stage that
+the two affine candidates now catch (with the crop: 1364, 1371, 1365 mL for seeds 1-3).
+
+The subject is padded with :data:`PAD_MM` of background (its minimum) on every side before it
+is registered (:func:`pad_background`). ITK leaves a template point out of the metric when it
+maps outside the subject's grid, but scores it against zeros when the grid goes on,
+zero-filled, past the end of the scan: the same cut-off head registered differently whether
+its file stops at the cut or was resampled onto a larger grid (a reoriented, conformed or
+rotated copy). The seg3d scan (cut below the cerebellum at its grid's edge), ``extract_brain``,
+seed 1: brain mask 1325 mL as it is, 1370 mL zero-padded by 10 voxels, 1366 mL rotated 10
+degrees; zero-padding below the cut alone +3.6 %, along x or y +0.3 and +0.2 %: the rotated
+copy's +3 % that issue 13 measured was this, not the rotation. With the pad: 1373, 1369 and
+1374 mL (seeds 2 and 3: rotated copy -0.1 and -0.4 % of the scan). Which figure is nearer
+seg3d's truth is unknown, but 1325 mL was the odd one: a subject-side metric mask of the head
+(air and the zero fill both left out) gave 1366-1379 mL for all three. On two 2 mm phantoms
+cut 15 % into the brain the pad moved the mask by -0.3 to +0.9 % (default and fast mode, cut
+at the grid's edge or zero-filled; truth 1227 and 1325 mL, masks 1255-1380 mL either way), on
+AOMIC sub-0001 (head inside its grid) by <= 0.2 %. The price: beyond the data now reads as
+background, which pulls the template in where a cut goes deep into the brain (the toy
+brain-only subject of the tests cut ~11 mm into its 58 mm height: median Jacobian 1.15-1.17
+against the planted 1.26; without the pad 1.28 on the grid that stops at the cut, 1.21 on the
+zero-filled copy). 20 mm covers the metric mask's 8 mm beyond the template brain and a cut
+12 mm into it; padding cost no measurable time (AOMIC: 28.9-30.5 s with 0, 20 or 40 mm).
 
 Where the time goes (AOMIC-PIOP2 sub-0001, 256^3 at 1 mm, default mode, 2 ITK threads, ANTs'
 verbose per-iteration times; idle machine, 2026-11-30 17:10): affine stage 1.3 s; SyN 36.9 s,
@@ -55,7 +79,8 @@ included), ``extract_brain`` 46.0 s. An earlier measurement on a machine shared 
 jobs gave SyN 81 s (2 mm level 64 s). A 2 mm SyN iteration (1.5 s idle, 2.1-2.4 s shared)
 costs the same whatever the metric (Mattes MI or mean squares; CC 8-9 s): warping both images
 to the midpoint, smoothing, composing and inverting the two displacement fields, all
-proportional to the voxels of the full template grid. The 2 mm SyN level pays for itself on
+proportional to the voxels of the template grid (these times are the whole grid's, before
+the crop). The 2 mm SyN level pays for itself on
 the real scan: with 10 instead of 20 iterations there AOMIC's brain-mask Dice against fMRIPrep fell 0.971 -> 0.966 and TIV
 -0.3 % -> -2.1 % of its mask; without the level 0.955 and -5.0 % (phantom r 0.919 -> 0.913).
 """
@@ -332,8 +357,10 @@ def register_to_template(
         "masked_metric": fixed_mask is not None,
         # with affine_moving_mask: both affine stages' determinants and the one SyN started from
         "affine_candidates": affine_info,
-        # the template grid the registration ran on
+        # the template grid the registration ran on (cropped to the metric mask's box + margin)
         "fixed_shape": [int(n) for n in fixed.shape],
+        # background (mm) added around the subject before registration
+        "background_pad_mm": PAD_MM,
     }
     return RegistrationResult([fwd], [inv], to_nib(warped), info)
 

@@ -34,13 +34,19 @@ gradient step      default mode             phantom (s)
 =================  =======================  ===========================
 
 On the other real scans (second run): seg3d -1.6 % / -0.8 %, stroke 0.0 % / +1.0 %.
+Since the registration pads the subject with background (:mod:`ketabids.anat.registration`,
+2026-12-01), seg3d's default-mode mask is 3.7 % larger and its fast-mode one 1.6 %: fast vs
+default TIV / GM AOMIC -2.0 % / -1.8 %, seg3d -3.5 % / -2.2 % (outside the 3 % aimed at),
+stroke 0.0 % / +0.9 %.
 The last column understates the level's cost: re-measured later the same day
 (:func:`~ketabids.anat.brain.extract_brain` on demo phantom sub-001, one thread, two runs each,
 nothing else running) 4.5-4.6 s with 40x20x0 and 11.9 s with 40x20x6, so ~7.3 s for the 2.5 mm
 level (ANTs' verbose timing: 1.7 s to set the level up, then 1.27 s per iteration on the
 79x93x76 template grid; the 10 and 5 mm levels took 0.3 and 2.0 s). That is why a demo phantom
 takes longer in this fast mode than in 0.1.0's (22.6 s against 18.1 s through the CLI, medians
-of three, one thread).
+of three, one thread). On the cropped template grid (:mod:`ketabids.anat.registration`,
+71x84x68 voxels at 2.5 mm for a phantom) the level costs ~5.0 s (6 iterations of ~0.8 s) and a
+phantom 17.8 s against 0.1.0's 15.7 s (the same loop, 2026-12-01).
 The phantoms' brain masks barely move with the last level (1320-1322 mL with any of the
 iterated settings, 1339 mL without it, demo phantom sub-001). The larger step is the fast mode's
 only: the default mode keeps antspyx's 0.2.

@@ -16,6 +16,7 @@ from nipype.pipeline import engine as pe
 
 from ketabids.anat.atlas import Atlas
 from ketabids.anat.brain import HEAD_INTERIOR_MM, TISSUE_N4_ITERATIONS, TISSUE_N4_SPLINE_MM
+from ketabids.anat.registration import PAD_MM
 from ketabids.anat.settings import ProcessingSettings
 from ketabids.interfaces.anatomical import (
     ApplyToTemplate,
@@ -61,7 +62,8 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
         f"{template} template (Fonov et al., 2009) with an affine followed by a symmetric image "
         "normalisation (SyN, Avants et al., 2008) registration of ANTs on a "
         f"{settings.registration_mm:g} mm template grid (Mattes mutual information"
-        f"{', fast reduced-iteration settings' if fast else ''}), the similarity metric being "
+        f"{', fast reduced-iteration settings' if fast else ''}; the T1w padded with "
+        f"{PAD_MM or 0:g} mm of background), the similarity metric being "
         "restricted to the dilated template brain mask; the affine stage was run on the whole "
         f"head and on the head deeper than {HEAD_INTERIOR_MM:g} mm below its surface, and the "
         "solution scaling the template less was kept; the template brain mask was carried "
