@@ -37,7 +37,9 @@ On the other real scans (second run): seg3d -1.6 % / -0.8 %, stroke 0.0 % / +1.0
 Since the registration pads the subject with background (:mod:`ketabids.anat.registration`,
 2026-12-01), seg3d's default-mode mask is 3.7 % larger and its fast-mode one 1.6 %: fast vs
 default TIV / GM AOMIC -2.0 % / -1.8 %, seg3d -3.5 % / -2.2 % (outside the 3 % aimed at),
-stroke 0.0 % / +0.9 %.
+stroke 0.0 % / +0.9 %. Tried against it: the default mode's physical update-field smoothing (SyN
+``flow_sigma`` 2.4 voxels of 2.5 mm instead of 3, i.e. 6 mm as at 2 mm): brain masks +0.4 %
+(seg3d 1331 -> 1336 mL, AOMIC 1406 -> 1410 mL, ``extract_brain`` seed 1), not kept.
 The last column understates the level's cost: re-measured later the same day
 (:func:`~ketabids.anat.brain.extract_brain` on demo phantom sub-001, one thread, two runs each,
 nothing else running) 4.5-4.6 s with 40x20x0 and 11.9 s with 40x20x6, so ~7.3 s for the 2.5 mm
