@@ -39,18 +39,21 @@ def _affine(spacing, origin):
     return a
 
 
-@pytest.fixture(scope="module")
-def small_template(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tpl")
-    aff = _affine((2, 2, 2), (-33, -39, -35))
-    brain, mask = _phantom(aff)
+def _toy_template(folder, affine, shape=SHAPE):
+    """The phantom written as a brain-only 2 mm template (its mask stands for every prior)."""
+    brain, mask = _phantom(affine, shape)
     paths = {}
     for key, arr in {"brain": brain, "mask": mask.astype(np.uint8)}.items():
         paths[key] = folder / f"{key}.nii.gz"
-        nib.save(make_image(arr, aff), paths[key])
+        nib.save(make_image(arr, affine), paths[key])
     return Template(name="Toy", resolution=2, t1w=paths["brain"], brain=paths["brain"],
                     mask=paths["mask"], gm=paths["mask"], wm=paths["mask"], csf=paths["mask"],
                     skull_stripped=True, source="test")
+
+
+@pytest.fixture(scope="module")
+def small_template(tmp_path_factory):
+    return _toy_template(tmp_path_factory.mktemp("tpl"), _affine((2, 2, 2), (-33, -39, -35)))
 
 
 def _subject(scale=1.08, shift=(3.0, -2.0, 1.5)):
@@ -296,15 +299,9 @@ def test_masked_registration_runs_on_the_cropped_template_and_covers_the_full_gr
     brain, mask = _phantom(aff, shape)
     folder = tmp_path / "tpl"
     folder.mkdir()
-    paths = {}
-    for key, arr in {"brain": brain, "mask": mask.astype(np.uint8)}.items():
-        paths[key] = folder / f"{key}.nii.gz"
-        nib.save(make_image(arr, aff), paths[key])
-    tpl = Template(name="Toy", resolution=2, t1w=paths["brain"], brain=paths["brain"],
-                   mask=paths["mask"], gm=paths["mask"], wm=paths["mask"], csf=paths["mask"],
-                   skull_stripped=True, source="test")
+    tpl = _toy_template(folder, aff, shape)
     with ants_env(None, 1):
-        dilated = ants.iMath(ants.image_read(str(paths["mask"])), "MD", 2)
+        dilated = ants.iMath(ants.image_read(str(tpl.mask)), "MD", 2)
     result = register_to_template(_subject(), tpl, mode="fast", mask=dilated, seed=3,
                                   out_dir=tmp_path / "reg")
     box = bounding_box(dilated.numpy() > 0, CROP_MARGIN_VOX)

@@ -63,7 +63,7 @@ copy's +3 % that issue 13 measured was this, not the rotation. With the pad: 137
 seg3d's truth is unknown, but 1325 mL was the odd one: a subject-side metric mask of the head
 (air and the zero fill both left out) gave 1366-1379 mL for all three. On two 2 mm phantoms
 cut 15 % into the brain the pad moved the mask by -0.3 to +0.9 % (default and fast mode, cut
-at the grid's edge or zero-filled; truth 1227 and 1325 mL, masks 1255-1380 mL either way), on
+at the grid's edge or zero-filled; truth 1227 and 1325 mL, masks 1255-1371 mL either way), on
 AOMIC sub-0001 (head inside its grid) by <= 0.2 %. The price: beyond the data now reads as
 background, which pulls the template in where a cut goes deep into the brain (the toy
 brain-only subject of the tests cut ~11 mm into its 58 mm height: median Jacobian 1.15-1.17
@@ -357,7 +357,7 @@ def register_to_template(
         "masked_metric": fixed_mask is not None,
         # with affine_moving_mask: both affine stages' determinants and the one SyN started from
         "affine_candidates": affine_info,
-        # the template grid the registration ran on (cropped to the metric mask's box + margin)
+        # the template grid the registration ran on (with a metric mask: cropped to its box)
         "fixed_shape": [int(n) for n in fixed.shape],
         # background (mm) added around the subject before registration
         "background_pad_mm": PAD_MM,
