@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -68,6 +69,7 @@ def run(tmp_path_factory):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+    shutil.rmtree(base / "work", ignore_errors=True)  # ~0.6 GB that no test here reads
     table = pd.read_csv(base / "out" / "qc.tsv", sep="\t").set_index("participant_id")
     return {"out": base / "out", "summary": summary, "table": table, "lines": handler.lines}
 
