@@ -40,6 +40,29 @@ default TIV / GM AOMIC -2.0 % / -1.8 %, seg3d -3.5 % / -2.2 % (outside the 3 % a
 stroke 0.0 % / +0.9 %. Tried against it: the default mode's physical update-field smoothing (SyN
 ``flow_sigma`` 2.4 voxels of 2.5 mm instead of 3, i.e. 6 mm as at 2 mm): brain masks +0.4 %
 (seg3d 1331 -> 1336 mL, AOMIC 1406 -> 1410 mL, ``extract_brain`` seed 1), not kept.
+Where the seg3d gap lies (2026-12-01, ``extract_brain`` seed 1, both modes on the same N4
+output): the fast mask is about one voxel inside the default one all round (the default-only
+voxels lie 1-1.4 voxels outside the fast mask, spread over the whole height, 3 % of them within
+10 slices of the field of view's cut; intensities 0.41-0.91 x the brain's median: CSF and
+cortex), so it is the last level's convergence, not the cut. Measured against it (masks in mL;
+default 1373 / 1441):
+
+=============================================  ====================  =========================
+fast-mode SyN                                  seg3d / AOMIC          note
+=============================================  ====================  =========================
+40x20x6, step 0.4 (kept)                       1331-1335 / 1404-1406
+more coarse work: 40x40x6, 100x70x6            1330-1333 / 1403-1406  coarse levels do not move it
+last level at 2 mm: 40x20x2, 40x20x3 (8/4/2)   1328-1337 / 1397-1398  no better, +1-2 s
+step 0.53 (the default's last-level travel,    1339 / 1415            Jacobian roughness as the
+0.2 x 2 mm x 20 = 0.53 x 2.5 mm x 6)                                  default's (below)
+step 0.6 / 0.8                                 1342 / 1408,           rougher than the default
+                                               1349 / 1413
+=============================================  ====================  =========================
+
+Jacobian roughness, SD of log det J inside the template brain on the 2 mm grid (AOMIC /
+2 mm phantom): default mode 0.507 / 0.211; fast 0.4: 0.475 / 0.201, 0.53: 0.502 / 0.216, 0.8:
+0.537 / 0.255 (no folding in any). None of these closes the seg3d gap (0.53 gives -2.5 % of
+the default mask, 0.4 -2.8 %, same time), so the step was left at 0.4.
 The last column understates the level's cost: re-measured later the same day
 (:func:`~ketabids.anat.brain.extract_brain` on demo phantom sub-001, one thread, two runs each,
 nothing else running) 4.5-4.6 s with 40x20x0 and 11.9 s with 40x20x6, so ~7.3 s for the 2.5 mm
