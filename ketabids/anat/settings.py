@@ -62,7 +62,7 @@ step 0.6 / 0.8                                 1342 / 1408,           rougher th
 Jacobian roughness, SD of log det J inside the template brain on the 2 mm grid (AOMIC /
 2 mm phantom): default mode 0.507 / 0.211; fast 0.4: 0.475 / 0.201, 0.53: 0.502 / 0.216, 0.8:
 0.537 / 0.255 (no folding in any). None of these closes the seg3d gap (0.53 gives -2.5 % of
-the default mask, 0.4 -2.8 %, same time), so the step was left at 0.4.
+the default mask, 0.4 -2.8 to -3.1 %, same time), so the step was left at 0.4.
 The last column understates the level's cost: re-measured later the same day
 (:func:`~ketabids.anat.brain.extract_brain` on demo phantom sub-001, one thread, two runs each,
 nothing else running) 4.5-4.6 s with 40x20x0 and 11.9 s with 40x20x6, so ~7.3 s for the 2.5 mm
