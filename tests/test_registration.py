@@ -295,11 +295,11 @@ def test_masked_registration_runs_on_the_cropped_template_and_covers_the_full_gr
     from ketabids.anat.registration import CROP_MARGIN_VOX
 
     shape = (56, 62, 58)  # the toy brain padded by ~1 cm of empty template on each side
-    aff = _affine((2, 2, 2), (-55, -61, -57))
-    brain, mask = _phantom(aff, shape)
     folder = tmp_path / "tpl"
     folder.mkdir()
-    tpl = _toy_template(folder, aff, shape)
+    tpl = _toy_template(folder, _affine((2, 2, 2), (-55, -61, -57)), shape)
+    brain = nib.load(tpl.brain)
+    mask = np.asarray(nib.load(tpl.mask).dataobj) > 0
     with ants_env(None, 1):
         dilated = ants.iMath(ants.image_read(str(tpl.mask)), "MD", 2)
     result = register_to_template(_subject(), tpl, mode="fast", mask=dilated, seed=3,
@@ -308,7 +308,7 @@ def test_masked_registration_runs_on_the_cropped_template_and_covers_the_full_gr
     # the fast mode's 2.5 mm grid: the cropped grid is smaller than the template's
     assert result.info["masked_metric"]
     assert np.prod(result.info["fixed_shape"]) < 0.6 * np.prod([s * 2 / 2.5 for s in shape])
-    jac = np.asarray(jacobian_determinant(result, make_image(brain, aff)).dataobj)
+    jac = np.asarray(jacobian_determinant(result, brain).dataobj)
     outside = np.zeros(shape, bool)
     outside[2:-2, 2:-2, 2:-2] = True  # ITK's finite differences at the grid border
     outside[tuple(slice(max(0, b.start - 3), b.stop + 3) for b in box)] = False
