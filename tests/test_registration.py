@@ -146,6 +146,45 @@ def test_unknown_mode_is_a_usage_error(small_template):
         register_to_template(_subject(), small_template, mode="slow")
 
 
+def test_the_fast_mode_regularises_syn_as_the_default_mode_in_mm():
+    """ANTs takes SyN's update-field smoothing as a variance in voxels^2 and its gradient step
+    in voxels of each level's grid: the fast mode's coarser grid gets the default mode's
+    smoothing in mm (standard deviation) and last-level travel; the head-wide N4 is the same."""
+    from ketabids.anat.settings import ProcessingSettings
+
+    d, f = ProcessingSettings.for_mode("default"), ProcessingSettings.for_mode("fast")
+    assert f.registration_mm > d.registration_mm
+    assert np.sqrt(f.syn_update_variance) * f.registration_mm == pytest.approx(
+        np.sqrt(d.syn_update_variance) * d.registration_mm)
+    travel = [s.syn_grad_step * s.registration_mm * s.reg_iterations[-1] for s in (d, f)]
+    assert travel[1] == pytest.approx(travel[0], rel=0.01)
+    assert f.n4_grid_mm == d.n4_grid_mm
+
+
+@pytest.mark.parametrize("mode", ["default", "fast"])
+def test_syn_runs_with_the_modes_step_and_update_variance(small_template, tmp_path, monkeypatch,
+                                                           mode):
+    import ants
+
+    from ketabids.anat.settings import ProcessingSettings
+
+    seen = []
+    real = ants.registration
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ants, "registration", spy)
+    result = register_to_template(_subject(), small_template, mode=mode, seed=1,
+                                  out_dir=tmp_path)
+    settings = ProcessingSettings.for_mode(mode)
+    (syn,) = [k for k in seen if k.get("type_of_transform") == "SyN"]
+    assert syn["flow_sigma"] == settings.syn_update_variance
+    assert syn["grad_step"] == settings.syn_grad_step
+    assert result.info["settings"]["syn_update_variance"] == settings.syn_update_variance
+
+
 def test_seed_zero_reaches_ants_as_a_real_seed():
     """ANTs treats --random-seed 0 / ANTS_RANDOM_SEED=0 as "unseeded" (clock): 0 is remapped."""
     import ants

@@ -107,7 +107,7 @@ def test_anat_wf_step_order():
     assert sources("std_t1w", "in_file") == {("n4", "out_file")}  # desc-preproc = head N4
     assert wf.get_node("brain_extraction").inputs.seed == 5
     # the mode's numbers reach the steps that use them (ketabids.anat.settings), and only those
-    assert wf.get_node("n4").inputs.grid_mm == 12.0
+    assert wf.get_node("n4").inputs.grid_mm == 8.0  # the default mode's head-wide N4
     assert wf.get_node("brain_n4").inputs.grid_mm == 8.0
     assert wf.get_node("brain_n4").inputs.spline_mm == 200.0
     assert wf.get_node("brain_n4").inputs.iterations == [50, 50, 50, 50]

@@ -22,9 +22,10 @@ while ``aff_metric``/``aff_sampling``/``aff_random_sampling_rate`` apply; ketabi
 * ``default``: 2 mm grid: affine at 8/4/4 mm, then SyN (Mattes MI) with 100x70x50x20
   iterations at 16/8/4/2 mm.
 * ``fast``: for demos/CI, reduced accuracy by design (``mode`` is recorded in every info dict):
-  2.5 mm grid: affine at 10/5/5 mm, then SyN with 40x20x6 iterations at 10/5/2.5 mm and a
-  gradient step of 0.4 (the iterations at 2.5 mm since issue 13: see
-  :mod:`ketabids.anat.settings`). Measured on one
+  2.5 mm grid: affine at 10/5/5 mm, then SyN with 40x20x6 iterations at 10/5/2.5 mm, its
+  gradient step (0.53) and update-field variance (1.92 voxels^2) set so that it regularises
+  as the default mode in millimetres (the iterations at 2.5 mm since issue 13, the
+  regularisation since 2026-12-01: see :mod:`ketabids.anat.settings`). Measured on one
   thread with 40x20 at 10/5 mm: 3.5 s instead of 6.9 s per 2 mm phantom; on three phantoms GM Dice 0.89-0.92 and
   brain-mask Dice 0.978-0.985 (0.889-0.895 and 0.986-0.991 on the 2 mm grid). A 3 mm grid
   failed the brain extraction of one real scan (TIV 2650 mL), a 4 mm grid lost up to 10 % of
@@ -296,6 +297,7 @@ def register_to_template(
             syn_metric=settings.syn_metric,
             syn_sampling=settings.syn_sampling,
             grad_step=settings.syn_grad_step,
+            flow_sigma=settings.syn_update_variance,
         )
         init = None
         if initial_transform is not None:

@@ -121,7 +121,7 @@ def get_parser() -> argparse.ArgumentParser:
                       "cached TemplateFlow template (e.g. MNI152NLin2009cAsym)")
     anat.add_argument("--fast", action="store_true",
                       help="fast mode for demos and CI: registration on a 2.5 mm grid with "
-                      "fewer SyN iterations, a coarser N4 fit and 2 mm template-space maps "
+                      "fewer SyN iterations, a coarser tissue N4 fit and 2 mm template-space maps "
                       "(lower accuracy; the README gives both modes' figures)")
     anat.add_argument("--atlas", type=Path, metavar="NIFTI",
                       help="atlas in template space for regional GM volumes and region tables")
