@@ -418,8 +418,12 @@ def test_a_cut_field_of_view_registers_alike_whether_the_grid_stops_or_is_zero_f
     assert abs(filled_vox / cut_vox - 1) > 0.04
 
 
-def test_affine_moving_mask_needs_the_affine_stage(small_template):
+def test_affine_moving_mask_needs_the_affine_stage(small_template, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     mask = make_image(np.ones((4, 4, 4), np.uint8), np.eye(4))
     with pytest.raises(ValueError, match="affine_moving_mask"):
         register_to_template(_subject(), small_template, type_of_transform="SyNOnly",
                              affine_moving_mask=mask)
+    assert not any(tmp_path.iterdir())  # refused before any folder was made

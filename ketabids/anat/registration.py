@@ -268,6 +268,11 @@ def register_to_template(
 
     settings = ProcessingSettings.for_mode(mode)
     res = settings.registration_mm
+    kind = type_of_transform or "SyN"
+    if affine_moving_mask is not None and (kind != "SyN" or initial_transform is not None):
+        # before anything is written (out_dir=None would leave an empty temporary folder)
+        raise ValueError("affine_moving_mask needs type_of_transform='SyN' and no "
+                         "initial_transform")
     # every ITK call (resampling and conversions too) inside the block: ITK fixes its thread
     # count at the first ITK call of the process
     with ants_env(seed, omp_nthreads):
@@ -291,7 +296,6 @@ def register_to_template(
         out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ketabids-reg-"))
         out_dir.mkdir(parents=True, exist_ok=True)
         prefix = str(out_dir / "reg_")
-        kind = type_of_transform or "SyN"
         kwargs = dict(
             reg_iterations=settings.reg_iterations,
             syn_metric=settings.syn_metric,
@@ -304,9 +308,6 @@ def register_to_template(
             init = [str(p) for p in (initial_transform if isinstance(initial_transform, (list, tuple)) else [initial_transform])]
         run_kind = kind
         affine_files, affine_info = [], None
-        if affine_moving_mask is not None and (kind != "SyN" or init is not None):
-            raise ValueError("affine_moving_mask needs type_of_transform='SyN' and no "
-                             "initial_transform")
         if affine_moving_mask is not None:
             names = ("whole", "masked")
             dets = []
