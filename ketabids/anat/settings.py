@@ -46,7 +46,8 @@ grid; ``extract_brain``, seed 1), AOMIC / 2 mm phantom: default mode 0.507 / 0.2
 step 0.4 and variance 3: 0.466 / 0.199; variance 1.92: 0.447 / 0.206; with step 0.53 (kept):
 0.480 / 0.226; no folding (smallest determinant 0.11 / 0.22). Time: the registration's is
 unchanged (same iterations); a 2 mm demo phantom through the CLI (one thread, medians of three,
-side by side, 2026-12-01): 20.2 s against 19.6 s before these changes (1.03: the N4), and
+side by side, 2026-12-01): 20.2 s against 19.6 s before these changes (1.03; the N4 alone
+costs 0.9 s), and
 19.4 s against 0.1.0's 16.5 s (1.18) in another run.
 
 Earlier measurements of the same trade-offs (before the changes above):
