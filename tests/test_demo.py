@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -183,21 +182,10 @@ def test_effect_as_probability_or_volume_change(tpl2, share):
     assert frac["rest"] == pytest.approx(1.0, abs=0.005)
 
 
-def test_subject_speed(tpl2):
-    simulate_subject(tpl2, seed=0)  # warm the caches (template, head model)
-    start = time.perf_counter()
-    simulate_subject(tpl2, seed=1)
-    assert time.perf_counter() - start < 10.0  # ~1 s on an idle core; loose for a busy CI
-
-
 @pytest.mark.slow
 def test_one_mm_subject(tmp_path):
     tpl1 = get_template(resolution=1)
-    simulate_subject(tpl1, seed=0, resolution=1.0, skull=False)  # warm caches
-    start = time.perf_counter()
     s = simulate_subject(tpl1, seed=1, resolution=1.0, orientation="PIL")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 40.0  # ~10 s on an idle core
     assert np.allclose(s.t1w.header.get_zooms(), 1.0)
     tpl_ml = _data(s.template_gm).astype(np.float64).sum() / 1000
     assert tpl_ml == pytest.approx(s.volumes["gm_ml"], rel=0.01)
