@@ -277,28 +277,11 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
     (:func:`~ketabids.anat.registration.register_to_template`, ``affine_moving_mask``). The
     brain-only template's brain-to-zero edge also fits a head's scalp-to-air edge, and the
     masked Mattes MI can settle there, stretching the template brain over the head: a failure
-    that depends on the random seed and is always an enlargement. Measured 2026-11-30:
-
-    * whole head only (before): the rotated/re-biased copy of the seg3d scan (field of view
-      cut below the cerebellum, zero-filled corners inside its grid; default mode) gave
-      1363/1824/2902 mL with seeds 1/2/3 against 1321-1329 mL on the original; the demo's external
-      phantom ext013 (fast mode) 2024 mL (truth 1420).
-    * interior only: those became 1363/1367/1363 and 1456 mL, but the 1 mm phantom of seed 2
-      (fast mode, CLI seed 1) leaked to 2006 mL (truth 1355; 1380 with the whole head): ITK
-      drops the template points mapped outside a moving mask, so leaving the interior costs
-      nothing. In every stage (not only the affine one) that mask also moved AOMIC sub-0001's
-      mask (Dice with fMRIPrep's 0.971 -> 0.969, TIV -0.1 -> -1.4 % of its volume).
-    * both, smaller kept: seg3d copy 1371/1364/1371 mL (original 1321-1330 mL), ext013
-      1456 mL, that phantom 1381 mL, AOMIC 1441 mL (Dice 0.971). The second affine stage was
-      not timed alone (the first took 1.3 s on a 1 mm head in the profile of
-      :mod:`ketabids.anat.registration`); the CLI's wall time on AOMIC could not tell it from
-      the run-to-run spread, a 2 mm phantom in fast mode on one thread took 22.0 s instead of
-      20.4 s (medians of three; docs/benchmarks.md).
-
-    The remaining seg3d gap (copy +3 % over the original) was how the registration read the
-    field of view's cut, not the rotation; the subject is now padded with background before
-    it is registered (:mod:`ketabids.anat.registration`, ``PAD_MM``): original and copy
-    1373 / 1374 mL (seed 1).
+    that depends on the random seed and is always an enlargement. The whole head alone lets
+    some seeds stretch the template brain over the head; the interior alone lets others leak
+    (ITK drops the template points mapped outside a moving mask, so leaving the interior costs
+    nothing); keeping the candidate that scales the template less catches both, at the cost of
+    a second affine stage (docs/benchmarks.md, "Processing modes", has the measured masks).
     """
     res = ProcessingSettings.for_mode(mode).registration_mm
     fg = head_foreground(img)

@@ -13,23 +13,20 @@ The registration always runs on grids of ``registration_mm`` mm
 (when finer) the subject are resampled to it, so both get the same shrink/smoothing per level.
 Transforms live in world coordinates, so they apply to the full-resolution images unchanged.
 
-Modes (numbers in :class:`~ketabids.anat.settings.ProcessingSettings`); the affine stage is the one antspyx runs before SyN
-(:data:`AFFINE_STAGE`: Mattes MI, up to 2100x1200x1200x0 iterations at shrink factors
-4x2x2x1 of the registration grid; for ``"SyN"`` antspyx fixes the stage's iterations, shrink
-factors and smoothing and ignores ``aff_iterations``/``aff_shrink_factors``/``aff_smoothing_sigmas``,
-while ``aff_metric``/``aff_sampling``/``aff_random_sampling_rate`` apply; ketabids keeps their defaults):
+Modes (numbers in :class:`~ketabids.anat.settings.ProcessingSettings`); the affine stage is
+the one antspyx runs before SyN (:data:`AFFINE_STAGE`: Mattes MI, up to 2100x1200x1200x0
+iterations at shrink factors 4x2x2x1 of the registration grid; for ``"SyN"`` antspyx fixes the
+stage's iterations, shrink factors and smoothing and ignores ``aff_iterations`` /
+``aff_shrink_factors`` / ``aff_smoothing_sigmas``, while ``aff_metric`` / ``aff_sampling`` /
+``aff_random_sampling_rate`` apply; ketabids keeps their defaults):
 
 * ``default``: 2 mm grid: affine at 8/4/4 mm, then SyN (Mattes MI) with 100x70x50x20
   iterations at 16/8/4/2 mm.
 * ``fast``: for demos/CI, reduced accuracy by design (``mode`` is recorded in every info dict):
   2.5 mm grid: affine at 10/5/5 mm, then SyN with 40x20x6 iterations at 10/5/2.5 mm, its
   gradient step (0.53) and update-field variance (1.92 voxels^2) set so that it regularises
-  as the default mode in millimetres (the iterations at 2.5 mm since issue 13, the
-  regularisation since 2026-12-01: see :mod:`ketabids.anat.settings`). Measured on one
-  thread with 40x20 at 10/5 mm: 3.5 s instead of 6.9 s per 2 mm phantom; on three phantoms GM Dice 0.89-0.92 and
-  brain-mask Dice 0.978-0.985 (0.889-0.895 and 0.986-0.991 on the 2 mm grid). A 3 mm grid
-  failed the brain extraction of one real scan (TIV 2650 mL), a 4 mm grid lost up to 10 % of
-  GM on the phantoms.
+  as the default mode in millimetres (:mod:`ketabids.anat.settings`). A 3 mm grid fails the
+  brain extraction of real scans and a 4 mm grid loses GM on phantoms.
 
 ``mask`` (a template-space mask, e.g. the dilated template brain mask) restricts the metric to
 the brain and its surroundings in every stage, so a head with skull and neck registers to a
@@ -38,52 +35,27 @@ brain-only template. With ``affine_moving_mask`` (a subject-space mask, the head
 its own, the same stage (:data:`AFFINE_STAGE`) on the whole subject and with that mask on the
 subject side; SyN continues from the candidate whose linear part has the smaller determinant
 (:func:`affine_determinant`: subject volume per template volume), so a template brain
-stretched over the whole head loses (AOMIC sub-0001: the same brain mask as with the single
-call, 1441 vs 1443 mL; the measurements are in :func:`ketabids.anat.brain.extract_brain`).
+stretched over the whole head loses.
 
 With ``mask`` the template grid is cropped to the mask's bounding box plus
 :data:`CROP_MARGIN_VOX` voxels (:func:`crop_to_mask`; 99x117x95 -> 89x106x86 at 2 mm): a SyN
-iteration costs in proportion to the template voxels. ``extract_brain`` on the seg3d scan and
-its rotated copy (default mode, 2 threads, seeds 1 and 2, side by side, 2026-11-30):
-24.9-28.3 s against 33.1-34.3 s on the whole grid, brain masks within 1 % of the whole grid's;
-AOMIC sub-0001's brain mask Dice with fMRIPrep's 0.9708 and 0.9711 (seeds 1, 2; whole grid
-0.9706). The crop had been tried and reverted earlier the same day, when the rotated seg3d copy's
-mask leaked into the scalp (1744 and 1609 mL): that was the seed-dependent affine stage that
-the two affine candidates now catch (with the crop: 1364, 1371, 1365 mL for seeds 1-3).
+iteration costs in proportion to the template voxels, and the brain masks stay within 1 % of
+the whole grid's.
 
 The subject is padded with :data:`PAD_MM` of background (its minimum) on every side before it
 is registered (:func:`pad_background`). ITK leaves a template point out of the metric when it
 maps outside the subject's grid, but scores it against zeros when the grid goes on,
-zero-filled, past the end of the scan: the same cut-off head registered differently whether
-its file stops at the cut or was resampled onto a larger grid (a reoriented, conformed or
-rotated copy). The seg3d scan (cut below the cerebellum at its grid's edge), ``extract_brain``,
-seed 1: brain mask 1325 mL as it is, 1370 mL zero-padded by 10 voxels, 1366 mL rotated 10
-degrees; zero-padding below the cut alone +3.6 %, along x or y +0.3 and +0.2 %: the rotated
-copy's +3 % that issue 13 measured was this, not the rotation. With the pad: 1373, 1369 and
-1374 mL (seeds 2 and 3: rotated copy -0.1 and -0.4 % of the scan). Which figure is nearer
-seg3d's truth is unknown, but 1325 mL was the odd one: a subject-side metric mask of the head
-(air and the zero fill both left out) gave 1366-1379 mL for all three. On two 2 mm phantoms
-cut 15 % into the brain the pad moved the mask by -0.3 to +0.9 % (default and fast mode, cut
-at the grid's edge or zero-filled; truth 1227 and 1325 mL, masks 1255-1371 mL either way), on
-AOMIC sub-0001 (head inside its grid) by <= 0.2 %. The price: beyond the data now reads as
-background, which pulls the template in where a cut goes deep into the brain (the toy
-brain-only subject of the tests cut ~11 mm into its 58 mm height: median Jacobian 1.15-1.17
-against the planted 1.26; without the pad 1.28 on the grid that stops at the cut, 1.21 on the
-zero-filled copy). 20 mm covers the metric mask's 8 mm beyond the template brain and a cut
-12 mm into it; padding cost no measurable time (AOMIC: 28.9-30.5 s with 0, 20 or 40 mm).
+zero-filled, past the end of the scan: without the pad, the same cut-off head registers
+differently whether its file stops at the cut or was resampled onto a larger grid (a
+reoriented, conformed or rotated copy). With it, beyond the data reads as background, which
+pulls the template in where a cut goes deep into the brain. 20 mm covers the metric mask's
+8 mm beyond the template brain and a cut 12 mm into it, at no measurable cost.
 
-Where the time goes (AOMIC-PIOP2 sub-0001, 256^3 at 1 mm, default mode, 2 ITK threads, ANTs'
-verbose per-iteration times; idle machine, 2026-11-30 17:10): affine stage 1.3 s; SyN 36.9 s,
-of which the 16 mm level (16 iterations before convergence) 0.2 s, 8 mm (32) 0.9 s, 4 mm (32)
-5.9 s and 2 mm (20) 29.7 s; ``ants.registration`` 39.8 s in all (writing the transforms
-included), ``extract_brain`` 46.0 s. An earlier measurement on a machine shared with other
-jobs gave SyN 81 s (2 mm level 64 s). A 2 mm SyN iteration (1.5 s idle, 2.1-2.4 s shared)
-costs the same whatever the metric (Mattes MI or mean squares; CC 8-9 s): warping both images
-to the midpoint, smoothing, composing and inverting the two displacement fields, all
-proportional to the voxels of the template grid (these times are the whole grid's, before
-the crop). The 2 mm SyN level pays for itself on
-the real scan: with 10 instead of 20 iterations there AOMIC's brain-mask Dice against fMRIPrep fell 0.971 -> 0.966 and TIV
--0.3 % -> -2.1 % of its mask; without the level 0.955 and -5.0 % (phantom r 0.919 -> 0.913).
+Nearly all of the time is SyN's finest level: an iteration there warps both images to the
+midpoint, smooths, composes and inverts two displacement fields, all in proportion to the
+voxels of the template grid, whatever the metric. That level pays for itself on real scans
+(brain-mask Dice and TIV against fMRIPrep). The measurements behind this paragraph and the
+ones above are in ``docs/benchmarks.md`` ("Processing modes").
 """
 from __future__ import annotations
 
@@ -143,8 +115,8 @@ def template_on_grid(template_img, resolution: float, interp: str = "linear"):
     A template given as a file path is resampled once per machine and kept in the derived-file
     cache (:func:`ketabids.templates.derived_file`, written atomically; the ITK NIfTI round trip
     is exact): every registration needs the template and its mask on the registration grid,
-    and resampling the 1 mm embedded template took ~1.3 s per subject (both maps, measured
-    2026-11-30), reading a cached map back ~0.01 s.
+    and resampling the 1 mm embedded template takes ~1.3 s per subject (both maps), reading a
+    cached map back ~0.01 s.
     """
     import ants
 

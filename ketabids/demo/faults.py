@@ -1,6 +1,6 @@
 """Broken scans made from a good one (nibabel in, nibabel out): the faults the QC gate must catch.
 
-Each generator reproduces a failure seen in real cohorts (issue 10):
+Each generator reproduces a failure seen in real cohorts:
 
 * :func:`slab`: a thin slab (default 40 mm) around the centre along the S-I axis: tiny field
   of view (partial acquisition);

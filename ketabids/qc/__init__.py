@@ -1,4 +1,4 @@
-"""Per-subject quality control (issue 10): pure functions, images in, plain dicts out.
+"""Per-subject quality control: pure functions, images in, plain dicts out.
 
 * :mod:`~ketabids.qc.header`: orientation codes, qform/sform agreement, voxel geometry and
   field of view, from the raw input header.

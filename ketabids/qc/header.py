@@ -2,7 +2,7 @@
 
 * ``orientation_missing``: ``qform_code == sform_code == 0``: the scanner orientation is lost and
   ketabids (like nibabel and sMRIPrep) can only assume RAS from the voxel sizes; the
-  registration then starts from a wrong orientation (measured in issue 10: TIV +58 %).
+  registration then starts from a wrong orientation (TIV +58 % on a real scan).
 * ``qform_sform_shift_mm`` / ``qform_sform_angle_deg``: when both codes are set, the largest
   displacement of the 8 field-of-view corners between the two affines (mm) and the rotation
   angle between their direction matrices (degrees); ketabids uses the qform, so a large

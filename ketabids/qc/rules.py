@@ -124,8 +124,8 @@ RULES: tuple[Rule, ...] = (
     Rule("template_correlation", "below", warn=0.6, fail=0.4,
          label="correlation with the template", digits=2,
          source=_MEASURED + ": discovery phantoms >= 0.84, external phantoms >= 0.58 (one warn, "
-                            "ext013 with its leaked mask, 0.58; next 0.84; the 2026-11-30 demo "
-                            "with ext013's mask correct: >= 0.85), real >= 0.68 (seg3d); faults <= "
+                            "ext013 with its leaked mask, 0.58; next 0.84; the demo with "
+                            "ext013's mask correct: >= 0.85), real >= 0.68 (seg3d); faults <= "
                             "0.17 (slab 0.17, codes 0 0.15, rotated 0.11, blank 0.03, "
                             "inverted -0.36)",
          description="Pearson r of the normalised T1w and the template T1w in the brain"),

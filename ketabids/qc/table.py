@@ -168,7 +168,7 @@ def qc_lock(output_dir):
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)  # leave no lock file behind (issue 11: nothing stray)
+        lock.unlink(missing_ok=True)  # leave no lock file behind
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
 
