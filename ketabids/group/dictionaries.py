@@ -16,8 +16,8 @@ Terms used below:
   depends on C and the features: compare decision values within one analysis only.
 * **out-of-fold**: computed by a model that did not see the participant (outer CV test fold).
 
-The file names and columns are those written by ``ketabids.group.run`` (train:
-``group/train/``; predict: ``group/predict-<name>/``). ``permutations.tsv`` means different
+The file names and columns are those written by :mod:`ketabids.group.train`
+(``group/train/``) and :mod:`ketabids.group.predict` (``group/predict-<name>/``). ``permutations.tsv`` means different
 things in the two folders: pass the path (or ``mode``) to get the right one.
 """
 from __future__ import annotations
