@@ -202,7 +202,7 @@ def test_validation_failure_exit_16(bids_tree, tmp_path, capsys):
 
 def test_cli_logging_silences_nipype_info_even_when_nipype_is_imported_later():
     # a fresh process: Nipype resets its loggers to INFO when first imported
-    code = ("import logging; from ketabids.cli.app import _setup_logging; _setup_logging(0); "
+    code = ("import logging; from ketabids.cli.app import setup_logging; setup_logging(0); "
             "import nipype.pipeline.engine; "
             "print(logging.getLogger('nipype.workflow').getEffectiveLevel())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

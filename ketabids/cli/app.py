@@ -18,14 +18,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ketabids.cli.parser import (
-    HelpFormatter,
-    Parser,
-    get_parser,
-    nonneg_int,
-    positive_float,
-    positive_int,
-)
+from ketabids.cli.parser import get_parser
 from ketabids.errors import (
     ExitCode,
     KetabidsError,
@@ -323,7 +316,3 @@ def run(argv: list[str]) -> RunResult:
     site = CrashSite()
     return guarded(_parse_and_run, list(argv), site, crash_site=site)
 
-
-# names of the parser module as this module exported them before the split (cli/demo.py)
-_Parser, _HelpFormatter, _setup_logging = Parser, HelpFormatter, setup_logging
-_positive_int, _nonneg_int, _positive_float = positive_int, nonneg_int, positive_float

@@ -17,17 +17,15 @@ import logging
 import time
 from pathlib import Path
 
-from ketabids.cli.app import (
-    RunResult,
-    _HelpFormatter,
-    _nonneg_int,
-    _Parser,
-    _positive_float,
-    _positive_int,
-    _setup_logging,
-    guarded,
-)
+from ketabids.cli.app import RunResult, guarded, setup_logging
 from ketabids.cli.app import run as run_app
+from ketabids.cli.parser import (
+    HelpFormatter,
+    Parser,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 from ketabids.demo.published import PUBLISHED
 from ketabids.errors import KetabidsError, Terminated
 
@@ -160,18 +158,18 @@ def _n_outer(participants) -> int:
 
 def get_demo_parser() -> argparse.ArgumentParser:
     """Parser of ``ketabids demo OUTPUT_DIR``."""
-    parser = _Parser(
+    parser = Parser(
         prog="ketabids demo",
         description="Generate a synthetic ketamine study (discovery cohort with ketamine and "
         "saline arms, external cohort from another scanner) and run the whole protocol on it: "
         "participant level, training on the discovery ketamine arm, prediction on the external "
         "cohort and on the saline arm.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path)
-    parser.add_argument("--n-discovery", type=_positive_int, default=40,
+    parser.add_argument("--n-discovery", type=positive_int, default=40,
                         help="discovery cohort size (both arms)")
-    parser.add_argument("--n-external", type=_positive_int, default=20,
+    parser.add_argument("--n-external", type=positive_int, default=20,
                         help="external cohort size (ketamine arm, another scanner)")
     parser.add_argument("--saline-fraction", type=float, default=0.25,
                         help="share of the discovery cohort in the saline (control) arm")
@@ -180,15 +178,15 @@ def get_demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--effect-size", type=float, default=None,
                         help="planted frontal/cerebellar GM effect (fraction; default: the "
                         "generator's)")
-    parser.add_argument("--resolution", type=_positive_float, default=2.0, metavar="MM",
+    parser.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
                         help="voxel size of the synthetic T1w images")
-    parser.add_argument("--n-permutations", type=_nonneg_int, default=200,
+    parser.add_argument("--n-permutations", type=nonneg_int, default=200,
                         help="permutations for each p-value (training and both predictions)")
-    parser.add_argument("--nprocs", type=_positive_int, default=2,
+    parser.add_argument("--nprocs", type=positive_int, default=2,
                         help="processes for generating the cohort, the participant level and "
                         "the permutations (the defaults take about 12 minutes with 2 on a "
                         "2-core machine)")
-    parser.add_argument("--seed", type=_nonneg_int, default=0,
+    parser.add_argument("--seed", type=nonneg_int, default=0,
                         help="seeds the cohort, ANTs and the CV splits and permutations: the "
                         "same seed gives the same images and results")
     parser.add_argument("--generate-only", action="store_true",
@@ -201,7 +199,7 @@ def run(argv: list[str]) -> RunResult:
     """``ketabids demo OUTPUT_DIR [options]`` in this process."""
     def _demo(argv):
         opts = get_demo_parser().parse_args(argv)
-        _setup_logging(opts.verbose)
+        setup_logging(opts.verbose)
         return run_demo(opts)
 
     return guarded(_demo, list(argv))
