@@ -262,3 +262,17 @@ def test_train_and_predict_write_audit_site_metrics_and_c_selection(tmp_path):
     ptable = pd.read_csv(out / "group" / "predict-self" / "metrics_by_site.tsv", sep="\t")
     assert list(ptable["site"]) == ["A", "B"] and pred["labelled"]
     assert (out / "group" / "predict-self" / "metrics_by_site.json").is_file()
+
+
+def test_demo_table_has_a_leave_site_out_row(rng):
+    """The demo's results table shows the audit's leave-site-out row (no paper figure)."""
+    from ketabids.cli.demo import results_table
+    from ketabids.group.metrics import classification_metrics, headline_metric
+
+    y = np.array([0, 1] * 10)
+    h = headline_metric(classification_metrics(y, rng.normal(size=20) + y),
+                        aggregation="single", y=y)
+    lines = results_table({"discovery (nested CV)": h,
+                           "discovery leave-site-out": h}).splitlines()
+    assert lines[3].startswith("discovery leave-site-out")
+    assert lines[3].endswith("| not reported")

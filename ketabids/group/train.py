@@ -46,7 +46,8 @@ from ketabids.group.cohort import build_cohort, warn_excluded
 from ketabids.group.estimator import DEFAULT_C_GRID
 from ketabids.group.interpretation import haufe_pattern, region_table, weight_maps
 from ketabids.group.dictionaries import write_sidecars
-from ketabids.group.metrics import calibration_table, finite_or_none, headline_metric
+from ketabids.group.metrics import (calibration_table, finite_or_none, format_headline,
+                                    headline_metric)
 from ketabids.group.nested import (NestedCVSettings, c_selection_summary, check_scheme,
                                    fit_final_model, nested_cv)
 from ketabids.group.permutation import permutation_test
@@ -199,6 +200,8 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
         if extra["leave_site_out"] is not None:
             loso_h = headline_metric(extra["leave_site_out"].metrics, aggregation="pooled",
                                      y=y, n_repeats=1)
+            loso_h["description"] = "leave-site-out CV, one site held out per outer fold"
+            loso_h["text"] = format_headline(loso_h)
         t_audit = time.monotonic() - t_audit
         for w in audit_warnings:
             LOGGER.warning("audit: %s", w)
