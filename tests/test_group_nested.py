@@ -11,6 +11,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from ketabids.errors import BadDataError, UsageError
 from ketabids.group import KetaSVC, NestedCVSettings, fit_final_model, nested_cv
+from ketabids.group.estimator import KernelScaler
 from ketabids.group.kernels import balanced_weights, libsvm_solve, solve_c_path
 from ketabids.group.nested import make_scheme
 from ketabids.group.preprocessing import ComBatTransformer, CovariateRegressor
@@ -46,6 +47,8 @@ def _pipeline(X, cov, sites, settings):
     steps.append(CovariateRegressor(n_covariates=k))
     if settings.standardize:
         steps.append(StandardScaler())
+    if settings.scale_kernel:
+        steps.append(KernelScaler())
     steps.append(SVC(kernel="linear", class_weight="balanced", tol=TOL))
     return Xa, make_pipeline(*steps)
 
@@ -55,15 +58,16 @@ def _reference(X, y, cov, sites, settings):
     outer, inner = make_scheme(y, sites, settings)
     Xa, pipe = _pipeline(X, cov, sites, settings)
     dec = np.zeros(outer.shape)
-    chosen = np.zeros((settings.n_repeats, settings.n_outer))
-    for r in range(settings.n_repeats):
-        for o in range(settings.n_outer):
+    R, O = outer.shape[0], int(outer.max()) + 1
+    chosen = np.zeros((R, O))
+    for r in range(R):
+        for o in range(O):
             tr = np.flatnonzero(outer[r] != o)
             te = np.flatnonzero(outer[r] == o)
             pos = {row: j for j, row in enumerate(tr)}
             splits = [(np.array([pos[i] for i in tr if inner[r, o, i] != f]),
                        np.array([pos[i] for i in tr if inner[r, o, i] == f]))
-                      for f in range(settings.n_inner)]
+                      for f in range(int(inner[r, o].max()) + 1)]
             gs = GridSearchCV(pipe, {"svc__C": list(settings.C_grid)},
                               scoring="balanced_accuracy", cv=splits, refit=True)
             gs.fit(Xa[tr], y[tr])
@@ -72,20 +76,34 @@ def _reference(X, y, cov, sites, settings):
     return dec, chosen
 
 
-@pytest.mark.parametrize("variant", ["centring", "covariates", "standardize", "combat"])
+@pytest.mark.parametrize("variant", ["centring", "covariates", "standardize", "combat",
+                                     "unscaled", "leave-site-out", "group-kfold",
+                                     "leave-site-out-combat"])
 def test_exact_against_sklearn_reference(rng, variant):
+    """Every outer scheme and preprocessing: the engine's out-of-fold decisions equal a plain
+    scikit-learn Pipeline (with :class:`KernelScaler`) + GridSearchCV on the same folds."""
     k = 0 if variant == "centring" else 2
-    n_sites = 3 if variant == "combat" else 0
-    X, y, cov, sites = _cohort(rng, k=k, n_sites=n_sites)
-    settings = NestedCVSettings(n_repeats=2, n_outer=4, n_inner=3,
-                                C_grid=(2.0 ** -14, 2.0 ** -9, 2.0 ** -5, 1.0),
+    scheme = {"leave-site-out": "leave-site-out", "leave-site-out-combat": "leave-site-out",
+              "group-kfold": "group-kfold"}.get(variant, "stratified")
+    n_sites = 3 if variant == "combat" else 5 if scheme != "stratified" else 0
+    X, y, cov, sites = _cohort(rng, n=44 if scheme == "stratified" else 60, k=k,
+                               n_sites=n_sites)
+    grid = ((2.0 ** -14, 2.0 ** -9, 2.0 ** -5, 1.0) if variant == "unscaled"
+            else (2.0 ** -6, 2.0 ** -3, 1.0, 2.0 ** 4))
+    settings = NestedCVSettings(n_repeats=2, n_outer=4, n_inner=3, C_grid=grid,
                                 standardize=variant == "standardize",
-                                harmonize=variant == "combat", random_state=3)
+                                harmonize="combat" in variant, random_state=3,
+                                scheme=scheme, scale_kernel=variant != "unscaled")
     res = nested_cv(X, y, covariates=cov, sites=sites, settings=settings)
     ref, chosen = _reference(X, y, cov, sites, settings)
     diff = np.abs(res.decision - ref).max()
     assert diff <= 1e-6, diff
     np.testing.assert_array_equal(res.chosen_C, chosen)
+    if scheme != "stratified":                       # whole sites in every test fold
+        for r in range(res.fold_of.shape[0]):
+            for o in np.unique(res.fold_of[r]):
+                test = res.fold_of[r] == o
+                assert set(sites[test]).isdisjoint(sites[~test])
     # the grid must matter in this test (several C chosen or soft margins reached)
     assert res.decision.std() > 0
 
@@ -187,7 +205,7 @@ def test_final_model_applies_in_sample_preprocessing(rng):
     codes = np.unique(sites, return_inverse=True)[1]
     Xa = np.column_stack([X.astype(float), cov, codes])
     ref = make_pipeline(ComBatTransformer(2), CovariateRegressor(2), StandardScaler(),
-                        SVC(kernel="linear", C=model.C_, class_weight="balanced", tol=TOL))
+                        KernelScaler(), SVC(kernel="linear", C=model.C_, class_weight="balanced", tol=TOL))
     ref.fit(Xa, y)
     d = model.decision_function(X, covariates=cov, sites=sites)
     assert np.abs(d - ref.decision_function(Xa)).max() <= 1e-6
@@ -198,7 +216,14 @@ def test_final_model_applies_in_sample_preprocessing(rng):
         model.decision_function(X)                    # covariates missing
 
 
-@parametrize_with_checks([KetaSVC(calibration_folds=3)])
+# predict_proba is a Platt sigmoid fitted on cross-validated decision values (as libsvm's
+# probability=True), so near the boundary argmax(proba) may differ from sign(decision): the one
+# assertion of check_classifiers_train this design breaks (1 of its 200 points).
+_PLATT = {"check_classifiers_train": "Platt probabilities need not cross 0.5 at decision 0"}
+
+
+@parametrize_with_checks([KetaSVC(calibration_folds=3)],
+                         expected_failed_checks=lambda est: _PLATT)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 

@@ -65,11 +65,12 @@ def results_table(rows: dict) -> str:
               "paper (Transl Psychiatry 2026): n, BAC, AUC, p")
     lines = [header, "-" * len(header)]
     for name, h in rows.items():
-        pub = PUBLISHED[name]
+        pub = PUBLISHED.get(name)
         bac, p = ours[name]
+        paper = (f"{pub['n']}, {_fmt(pub['bac'])}, {pub['auc']}, {_fmt(pub['p'], pct=False)}"
+                 if pub else "not reported")
         lines.append(
-            f"{name:<24} {h.get('n', '-'):>4}  {bac:<{w_bac}}  {p:<{w_p}}  | "
-            f"{pub['n']}, {_fmt(pub['bac'])}, {pub['auc']}, {_fmt(pub['p'], pct=False)}")
+            f"{name:<24} {h.get('n', '-'):>4}  {bac:<{w_bac}}  {p:<{w_p}}  | {paper}")
     return "\n".join(lines)
 
 
@@ -131,6 +132,9 @@ def run_demo(opts) -> dict:
         "external ketamine": _headline(summaries["external"]),
         "saline arm": _headline(summaries["saline"]),
     }
+    if summaries["train"].get("leave_site_out"):     # the audit's leave-site-out CV (sites A, B)
+        rows["discovery leave-site-out"] = {**summaries["train"]["leave_site_out"],
+                                            "report": summaries["train"].get("report")}
     print()
     print(results_table(rows))
     print(HEADLINE_NOTE)

@@ -35,6 +35,11 @@ class HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+#: ``--outer-cv`` choices: ketabids.group.cv.OUTER_SCHEMES, spelled out so that the parser does
+#: not import scikit-learn (tests/test_group_audit.py checks that they are the same)
+OUTER_SCHEMES = ("stratified", "leave-site-out", "group-kfold")
+
+
 def positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -183,4 +188,16 @@ def get_parser() -> argparse.ArgumentParser:
                     help="SVC C values (default 2^-6 .. 2^4)")
     cv.add_argument("--n-permutations", type=nonneg_int, default=1000,
                     help="label permutations for the p-values (0 = none)")
+    cv.add_argument("--outer-cv", choices=OUTER_SCHEMES, default=OUTER_SCHEMES[0],
+                    help="outer CV of training: stratified = --n-outer folds stratified by "
+                    "label (and site); leave-site-out = one site (group) per outer fold, "
+                    "--n-outer unused, one repeat; group-kfold = --n-outer folds of whole sites "
+                    "(groups). The inner CV is grouped the same way and labels are permuted "
+                    "within groups")
+    cv.add_argument("--group-column", metavar="COLUMN",
+                    help="participants.tsv column whose groups the leave-site-out / "
+                    "group-kfold folds hold (e.g. a cohort column for leave-cohort-out; "
+                    "default: --site-column)")
+    cv.add_argument("--skip-audit", action="store_true",
+                    help="do not run the site and confound audit of training (audit.tsv)")
     return parser

@@ -11,7 +11,7 @@ Modules by job: :mod:`~ketabids.group.cohort` (who is analysed), :mod:`~ketabids
 :mod:`~ketabids.group.train` / :mod:`~ketabids.group.predict` (written through
 :mod:`~ketabids.group.publish`). The engine names below are pure numpy/scikit-learn (no files).
 """
-from ketabids.group.cv import StratifiedFolds
+from ketabids.group.cv import GroupFolds, LeaveGroupOut, StratifiedFolds
 from ketabids.group.estimator import DEFAULT_C_GRID, KetaSVC
 from ketabids.group.interpretation import WeightMaps, haufe_pattern, region_table, weight_maps
 from ketabids.group.metrics import balanced_accuracy, calibration_table, classification_metrics
@@ -20,7 +20,7 @@ from ketabids.group.permutation import (PermutationResult, external_permutation_
                                         permutation_test)
 
 __all__ = ["DEFAULT_C_GRID", "NestedCVSettings", "NestedCVResult", "nested_cv", "KetaSVC",
-           "StratifiedFolds", "fit_final_model", "classification_metrics", "balanced_accuracy",
+           "StratifiedFolds", "GroupFolds", "LeaveGroupOut", "fit_final_model", "classification_metrics", "balanced_accuracy",
            "calibration_table", "PermutationResult", "permutation_test",
            "external_permutation_test", "WeightMaps", "weight_maps", "haufe_pattern",
            "region_table"]

@@ -16,7 +16,11 @@ from sklearn.model_selection import BaseCrossValidator
 from ketabids.errors import UsageError
 
 __all__ = ["StratifiedFolds", "stratified_folds", "fold_partitions", "spawn", "max_folds",
-           "check_fold_counts"]
+           "check_fold_counts", "GroupFolds", "LeaveGroupOut", "group_folds", "OUTER_SCHEMES"]
+
+#: ``--outer-cv`` values: label-stratified folds (the study), one site (group) per outer fold,
+#: k folds of whole sites (groups).
+OUTER_SCHEMES = ("stratified", "leave-site-out", "group-kfold")
 
 
 def stratified_folds(y, k, rng, strata=None):
@@ -150,3 +154,88 @@ def check_fold_counts(y, settings, groups=None) -> None:
         raise UsageError(f"--n-inner {n_inner}: the smallest outer training set has "
                          f"{max_inner} participants of the smaller class; {fix} (or fewer "
                          "--n-outer folds)")
+
+
+def group_folds(y, groups, k, rng) -> np.ndarray:
+    """Fold index (0..k-1) of every row with whole groups in one fold: groups are shuffled,
+    then dealt largest first to the fold whose responder share and size stay closest to the
+    whole sample's (greedy, as scikit-learn's ``StratifiedGroupKFold``), so folds are as
+    label-balanced and even as whole groups allow. Needs ``k`` <= number of groups."""
+    y = np.asarray(y).astype(np.int64)
+    names, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    if names.size < k:
+        raise UsageError(f"{k} group folds need at least {k} groups; there are {names.size}")
+    counts = np.zeros((names.size, 2))
+    np.add.at(counts, (codes, y), 1)
+    order = rng.permutation(names.size)
+    order = order[np.argsort(-counts[order].sum(1), kind="stable")]
+    share = y.mean()
+    fold_counts = np.zeros((k, 2))
+    fold_of_group = np.empty(names.size, np.int64)
+    for i, g in enumerate(order):
+        if i < k:                      # the k largest groups open the k folds
+            f = i
+        else:                          # then: keep each fold's responder share and size even
+            new = fold_counts + counts[g]
+            size = new.sum(1)
+            f = int(np.argmin(np.abs(new[:, 1] / size - share) + size / y.size))
+        fold_of_group[g] = f
+        fold_counts[f] += counts[g]
+    return fold_of_group[codes]
+
+
+class GroupFolds(StratifiedFolds):
+    """K folds of whole groups (sites, cohorts), label-balanced as far as groups allow
+    (:func:`group_folds`); repeats and :meth:`spawn` as :class:`StratifiedFolds`. A training
+    set with a single group (nothing to group by) falls back to label-stratified folds."""
+
+    def split(self, X, y, groups=None):
+        if groups is None:
+            raise UsageError("group folds need the group of every participant (--site-column "
+                             "or --group-column)")
+        y = np.asarray(y)
+        groups = np.asarray(groups).astype(str)
+        seeds = ([_seed(self.random_state)] if self.n_repeats is None else
+                 [(*_seed(self.random_state), r) for r in range(int(self.n_repeats))])
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            if np.unique(groups).size < 2:
+                folds = stratified_folds(y, int(self.n_splits), rng)
+            else:
+                folds = group_folds(y, groups, int(self.n_splits), rng)
+            for f in range(int(self.n_splits)):
+                yield np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+
+    def spawn(self, *key):
+        return GroupFolds(self.n_splits, None, (*_seed(self.random_state), *key))
+
+
+class LeaveGroupOut(StratifiedFolds):
+    """One fold per group (leave-one-site-out / leave-one-cohort-out), folds in sorted group
+    order; deterministic, so one repeat. A training set with a single group (leave-site-out
+    inner CV with two sites) falls back to ``n_splits`` label-stratified folds, seeded like
+    :class:`StratifiedFolds`."""
+
+    def __init__(self, n_splits=5, n_repeats=None, random_state=0):
+        super().__init__(n_splits, None, random_state)
+
+    def get_n_splits(self, X=None, y=None, groups=None):
+        if groups is None:
+            return int(self.n_splits)
+        n = np.unique(np.asarray(groups).astype(str)).size
+        return n if n >= 2 else int(self.n_splits)
+
+    def split(self, X, y, groups=None):
+        if groups is None:
+            raise UsageError("leave-site-out needs the site of every participant "
+                             "(--site-column or --group-column)")
+        groups = np.asarray(groups).astype(str)
+        names = np.unique(groups)
+        if names.size < 2:
+            yield from StratifiedFolds(self.n_splits, None, self.random_state).split(X, y)
+            return
+        for g in names:
+            yield np.flatnonzero(groups != g), np.flatnonzero(groups == g)
+
+    def spawn(self, *key):
+        return LeaveGroupOut(self.n_splits, None, (*_seed(self.random_state), *key))

@@ -251,6 +251,88 @@ TABLES: dict[str, dict] = {
     },
 }
 
+# ---- issue 23: CV schemes, C selection, site metrics and the site/confound audit -------------
+TABLES["cv_folds.tsv"].update({
+    "at_lower_edge": {"LongName": "C at the grid's lower edge",
+                      "Description": "1 when the chosen C is the smallest value of the grid "
+                                     "(the best C may be smaller still).",
+                      "Levels": {"0": "no", "1": "yes"}},
+    "at_upper_edge": {"LongName": "C at the grid's upper edge",
+                      "Description": "1 when the chosen C is the largest value of the grid "
+                                     "(the best C may be larger still).",
+                      "Levels": {"0": "no", "1": "yes"}},
+    "flat_inner_curve": {"LongName": "Flat inner-CV curve",
+                         "Description": "1 when every C of the grid gave the same mean inner "
+                                        "balanced accuracy: C was not chosen (the tie went to "
+                                        "the smallest C).", "Levels": {"0": "no", "1": "yes"}},
+    "n_best_C": {"LongName": "C values tied for best", "Units": "count",
+                 "Description": "Number of grid values with the best mean inner balanced "
+                                "accuracy (1 = a clear choice)."},
+})
+_CI = "bounds of the 95% interval (stratified bootstrap for BAC; DeLong for one prediction "\
+    "per participant, subject-cluster bootstrap for pooled CV repeats, for AUC)"
+TABLES["metrics_by_site.tsv"] = {
+    "site": {"LongName": "Site", "Description": "Value of the site column (--site-column; at "
+                                                "prediction the model's site column)."},
+    "n": {"LongName": "Participants", "Units": "count",
+          "Description": "Participants of this site in the analysis."},
+    "n_responders": {"LongName": "Responders", "Units": "count",
+                     "Description": "Participants of this site with label 1."},
+    "n_nonresponders": {"LongName": "Non-responders", "Units": "count",
+                        "Description": "Participants of this site with label 0."},
+    "bac": {"LongName": "Balanced accuracy at this site", "Units": "proportion (0-1)",
+            "Description": "Training: pooled out-of-fold predictions of all CV repeats of this "
+                           "site's participants; prediction: the frozen model's predictions. "
+                           "A site with one class: the recall of that class (no interval)."},
+    "bac_ci_low": {"LongName": "BAC 95% interval, lower bound", "Units": "proportion (0-1)",
+                   "Description": "Lower " + _CI + "; n/a when the site has one class."},
+    "bac_ci_high": {"LongName": "BAC 95% interval, upper bound", "Units": "proportion (0-1)",
+                    "Description": "Upper " + _CI + "; n/a when the site has one class."},
+    "auc": {"LongName": "AUC at this site", "Units": "proportion (0-1)",
+            "Description": "AUC of this site's decision values; n/a when the site has one "
+                           "class."},
+    "auc_ci_low": {"LongName": "AUC 95% interval, lower bound", "Units": "proportion (0-1)",
+                   "Description": "Lower " + _CI + "."},
+    "auc_ci_high": {"LongName": "AUC 95% interval, upper bound", "Units": "proportion (0-1)",
+                    "Description": "Upper " + _CI + "."},
+}
+TABLES["audit.tsv"] = {
+    "check": {"LongName": "Audit check",
+              "Description": "What is checked (ketabids.group.audit): leave_site_out_bac, "
+                             "response_rate_by_site, site_predictability, decision_vs_<variable> "
+                             "(site, age, sex, TIV, QC metrics), qc_covariates_only_bac.",
+              "Levels": {
+                  "leave_site_out_bac": "balanced accuracy of the same nested CV with one site "
+                                        "held out per outer fold (value) beside the headline "
+                                        "balanced accuracy (reference)",
+                  "response_rate_by_site": "p-value (value) of the difference in responder "
+                                           "share between sites; reference 0.05",
+                  "site_predictability": "balanced accuracy of predicting the site from the "
+                                         "features (value); reference = chance, 1 / sites",
+                  "decision_vs_site": "share of the out-of-fold decision's within-class "
+                                      "variance between sites (eta squared, value); reference "
+                                      "0.06",
+                  "decision_vs_<variable>": "within-class Pearson correlation of the out-of-fold "
+                                            "decision with the variable (value); reference 0.3",
+                  "qc_covariates_only_bac": "balanced accuracy of the same nested CV on the QC "
+                                            "metrics and covariates alone (value); reference "
+                                            "0.5 = chance"}},
+    "value": {"LongName": "Measured value",
+              "Description": "The check's statistic (see the levels of 'check'); n/a when it "
+                             "could not be computed (detail says why)."},
+    "reference": {"LongName": "Reference value",
+                  "Description": "What the value is judged against: the headline BAC, chance, "
+                                 "a significance level or an effect-size threshold (see 'check')."},
+    "status": {"LongName": "Verdict", "Description": "Outcome of the check.",
+               "Levels": {"pass": "nothing to report",
+                          "warn": "a possible site or confound effect: read the detail; the "
+                                  "warning is also in metrics.json audit_warnings and the log",
+                          "info": "informative only (not computable, or not a problem alone)"}},
+    "detail": {"LongName": "Detail", "Description": "One plain sentence: the figures behind the "
+                                                    "verdict (intervals, p-values)."},
+}
+
+
 _PREDICT_PERMUTATIONS = {
     "permutation": TABLES["permutations.tsv"]["permutation"],
     "null_bac": {"LongName": "BAC under permuted labels", "Units": "proportion (0-1)",

@@ -6,11 +6,14 @@ space, that selects C by inner cross-validation and refits.
 1. preprocessing, fitted on the training rows of every split (:mod:`ketabids.group.preprocessing`):
    ComBat (``harmonize``; needs ``sites``) -> regression of every feature on [1, covariates]
    (without covariates: centring) -> z-scoring (``standardize``);
-2. C: the value of ``C_grid`` with the best mean balanced accuracy over the splits of ``cv``
+2. kernel scaling (``scale_kernel``, default): the features are divided by the root mean
+   squared norm of the preprocessed training rows (:class:`KernelScaler`), so the C grid spans
+   the regularisation path for any number of voxels;
+3. C: the value of ``C_grid`` with the best mean balanced accuracy over the splits of ``cv``
    (ties -> the SMALLEST C; a one-value grid skips the search). ``cv`` is any scikit-learn
    splitter (default ``StratifiedKFold(5)``); it is called as ``cv.split(X, y, groups=sites)``,
    so ``GroupKFold``/``LeaveOneGroupOut`` split by site;
-3. refit on all rows with that C (class weights balanced); ``predict_proba`` is a Platt sigmoid
+4. refit on all rows with that C (class weights balanced); ``predict_proba`` is a Platt sigmoid
    fitted on stratified ``calibration_folds``-fold CV decision values of the training rows.
 
 Covariates and sites are passed to ``fit`` and to every prediction method (same order of
@@ -22,7 +25,7 @@ so decision values equal scikit-learn's ``SVC(kernel='linear')`` pipeline (tests
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.model_selection import check_cv
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -35,7 +38,7 @@ from ketabids.group.metrics import balanced_accuracy_sets
 from ketabids.group.preprocessing import apply_preprocessing, design_matrix, fit_preprocessing
 
 __all__ = ["DEFAULT_C_GRID", "KetaSVC", "check_groups", "KernelProvider", "c_path_decisions",
-           "linear_kernel"]
+           "linear_kernel", "KernelScaler", "kernel_scales"]
 
 #: The C grid: 2^-6 .. 2^4 (NeuroMiner's default for classification).
 DEFAULT_C_GRID = tuple(float(2.0 ** k) for k in range(-6, 5))
@@ -68,14 +71,54 @@ def linear_kernel(X, chunk=16384):
     return K
 
 
+def kernel_scales(Ks, masks) -> np.ndarray:
+    """Mean squared norm of the (preprocessed) TRAINING rows of each kernel: the mean of
+    ``diag(K_t)`` over the rows of training mask t (1 where that is not positive).
+
+    Dividing kernel t by its scale is :class:`KernelScaler` fitted on that training set: the
+    features are divided by the root mean squared norm of the training rows, so the training
+    rows have unit mean squared norm whatever the number of voxels or the GM units, and the C
+    grid 2^-6 .. 2^4 spans the regularisation path (without it, p >> n VBM features put every C
+    of the grid on the hard-margin solution). Only training rows enter (no leakage).
+    """
+    masks = np.asarray(masks, bool)
+    diag = np.einsum("tii->ti", Ks)
+    s = (diag * masks).sum(1) / np.maximum(masks.sum(1), 1)
+    return np.where(np.isfinite(s) & (s > 0), s, 1.0)
+
+
+class KernelScaler(TransformerMixin, BaseEstimator):
+    """Divide features by the root mean squared norm of the training rows (``scale_``: the
+    mean squared norm), so that ``mean(diag(X X^T)) = 1`` on the training set.
+
+    The feature-space counterpart of ``KetaSVC(scale_kernel=True)`` (its last preprocessing
+    step, fitted within every training set); scikit-learn pipelines use it to reproduce the
+    engine (tests/test_group_nested.py).
+    """
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X, dtype=np.float64)
+        s = float(np.mean(np.einsum("ij,ij->i", X, X)))
+        self.scale_ = s if np.isfinite(s) and s > 0 else 1.0
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return X / np.sqrt(self.scale_)
+
+
 class KernelProvider:
     """Kernels of the preprocessed data for many training sets: linear sample-space maps of
-    one ``K = X X^T`` (no ComBat, no z-scoring), else one kernel per training set."""
+    one ``K = X X^T`` (no ComBat, no z-scoring), else one kernel per training set; with
+    ``scale_kernel`` each kernel is divided by :func:`kernel_scales` of its training set."""
 
-    def __init__(self, X, covariates, sites, *, standardize=False, harmonize=False):
+    def __init__(self, X, covariates, sites, *, standardize=False, harmonize=False,
+                 scale_kernel=False):
         self.X, self.cov, self.sites = X, covariates, sites
         self.Z = design_matrix(covariates, X.shape[0])
         self.standardize, self.harmonize = standardize, harmonize
+        self.scale_kernel = bool(scale_kernel)
         self.per_fold = standardize or harmonize
         if not self.per_fold:
             self.K = linear_kernel(X)
@@ -86,7 +129,15 @@ class KernelProvider:
 
     def kernels(self, masks, keep=None):
         """Kernels (T, n, n) for training masks (T, n); ``keep`` (bool per mask) keeps what
-        :meth:`weights` needs."""
+        :meth:`weights` needs. The scales applied are in the returned ``aux[2]``."""
+        Ks, aux = self._kernels(masks, keep)
+        scales = np.ones(len(masks))
+        if self.scale_kernel:
+            scales = kernel_scales(Ks, masks)
+            Ks /= scales[:, None, None]
+        return Ks, (*aux, scales)
+
+    def _kernels(self, masks, keep=None):
         if not self.per_fold:
             Ks, G = residual_kernels(self.K, self.Z, masks)
             return Ks, ("linear", G)
@@ -103,7 +154,8 @@ class KernelProvider:
     def weights(self, aux, t, beta_full):
         """Primal weights of model t: ``(v, None)`` with ``w = v X`` (linear maps) or
         ``(None, w)`` in the preprocessed feature space."""
-        kind, data = aux
+        kind, data, scales = aux
+        beta_full = beta_full / scales[t]
         if kind == "linear":
             G = data[t]
             return beta_full - G.T @ (self.Z.T @ beta_full), None
@@ -159,16 +211,19 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
 
     See the module docstring. Fitted attributes: ``C_`` (chosen), ``C_grid_``, ``cv_scores_``
     (mean inner balanced accuracy per C; None for a one-value grid), ``coef_``, ``intercept_``,
-    ``dual_coef_``, ``support_``, the preprocessing parameters and the Platt sigmoid; numpy
-    arrays and python scalars only (skops-safe).
+    ``dual_coef_``, ``support_``, the preprocessing parameters, ``kernel_scale_`` (the mean
+    squared norm of the preprocessed training rows the kernel was divided by, None without
+    ``scale_kernel``; ``coef_`` includes it) and the Platt sigmoid; numpy arrays and python
+    scalars only (skops-safe).
     """
 
     def __init__(self, C_grid=DEFAULT_C_GRID, cv=None, standardize=False, harmonize=False,
-                 calibration_folds=5, tol=1e-10, random_state=0):
+                 calibration_folds=5, tol=1e-10, random_state=0, scale_kernel=True):
         self.C_grid = C_grid
         self.cv = cv
         self.standardize = standardize
         self.harmonize = harmonize
+        self.scale_kernel = scale_kernel
         self.calibration_folds = calibration_folds
         self.tol = tol
         self.random_state = random_state
@@ -179,11 +234,12 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
         tags.classifier_tags.poor_score = False
         return tags
 
-    def fit(self, X, y, covariates=None, sites=None):
-        """Select C by inner CV (``cv`` split with ``groups=sites``) and refit on all rows.
+    def fit(self, X, y, covariates=None, sites=None, groups=None):
+        """Select C by inner CV (``cv`` split with ``groups``, default ``sites``) and refit.
 
         ``covariates`` (n, k): regressed out within every training set; ``sites`` (n,): ComBat
-        with ``harmonize``, stratification by the default splitter, groups of group splitters.
+        with ``harmonize``, stratification by the default splitter, groups of group splitters
+        unless ``groups`` (n,) is given (e.g. a cohort column for leave-cohort-out).
         """
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
         check_classification_targets(y)
@@ -198,13 +254,16 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
         y01 = (y == self.classes_[1]).astype(np.int64)
         cov, sites_a = check_groups(covariates, sites, X.shape[0], harmonize=self.harmonize)
         kern = KernelProvider(X, cov, sites_a, standardize=self.standardize,
-                              harmonize=self.harmonize)
+                              harmonize=self.harmonize,
+                              scale_kernel=getattr(self, "scale_kernel", False))
+        split_groups = sites_a if groups is None else np.asarray(groups).astype(str)
         self.C_grid_ = grid
         self.cv_scores_ = None
         self.C_ = float(grid[0])
+        self.kernel_scale_ = None
         if grid.size > 1:
             cv = check_cv(5 if self.cv is None else self.cv, y01, classifier=True)
-            splits = [(tr, te) for tr, te in cv.split(X, y01, sites_a)
+            splits = [(tr, te) for tr, te in cv.split(X, y01, split_groups)
                       if np.unique(y01[tr]).size == 2]
             if not splits:
                 raise ValueError(f"{cv!r}: no training set of the inner CV holds both classes")
@@ -240,6 +299,8 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
             nv = valid[t].sum()
             bfull[t, idx[t, :nv]] = beta[t, :nv]
         params = kern.fit_params(np.ones(n, bool))
+        if kern.scale_kernel:
+            self.kernel_scale_ = float(aux[-1][0])
         v, wv = kern.weights(aux, 0, bfull[0])
         coef = (v @ X if v is not None else wv).astype(np.float64)
         self.coef_ = coef[None, :]

@@ -69,14 +69,15 @@ _NUMPY = ["numpy.ndarray", "numpy.dtype"] + [
 _SKLEARN = ["sklearn.svm._classes.SVC"]
 #: The engine's classes a model holds (the estimator and its inner splitter), imported lazily
 #: from ``ketabids.group``.
-_ENGINE_CLASSES = ("KetaSVC", "StratifiedFolds")
+_ENGINE_CLASSES = ("KetaSVC", "StratifiedFolds", "GroupFolds", "LeaveGroupOut")
 
 
 def trusted_types() -> tuple[str, ...]:
     """Every type a ketabids model file may contain (``module.Class``); anything else is refused.
 
     Builtins containers and scalars, numpy arrays / dtypes / scalars, scikit-learn's SVC and the
-    engine's classes (``ketabids.group.KetaSVC`` and its splitter ``StratifiedFolds``).
+    engine's classes (``ketabids.group.KetaSVC`` and its splitters ``StratifiedFolds``,
+    ``GroupFolds``, ``LeaveGroupOut``).
     """
     names = _BUILTINS + _NUMPY + _SKLEARN
     try:

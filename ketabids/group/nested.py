@@ -30,14 +30,19 @@ import numpy as np
 import pandas as pd
 
 from ketabids.errors import BadDataError, UsageError
-from ketabids.group.cv import StratifiedFolds, fold_partitions, spawn
+from ketabids.group.cv import (OUTER_SCHEMES, GroupFolds, LeaveGroupOut, StratifiedFolds,
+                               fold_partitions, spawn)
 from ketabids.group.estimator import (DEFAULT_C_GRID, KernelProvider, KetaSVC,
                                       c_path_decisions, check_c_grid, check_groups, gather)
 from ketabids.group.kernels import platt_fit, platt_predict, solve_dual
 from ketabids.group.metrics import classification_metrics, per_fold_table, repeat_metrics
 
 __all__ = ["NestedCVSettings", "NestedCVResult", "nested_cv", "fit_final_model", "make_scheme",
-           "check_inputs"]
+           "check_inputs", "check_scheme", "c_selection_summary", "EDGE_WARNING_SHARE"]
+
+#: A C at one edge of the grid (or a flat inner curve) in more than this share of the outer
+#: folds is a warning (metrics.json ``c_selection``, the log, the closing line).
+EDGE_WARNING_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,21 @@ class NestedCVSettings:
     harmonize: bool = False
     random_state: int = 0
     tol: float = 1e-10
+    #: outer scheme (:data:`~ketabids.group.cv.OUTER_SCHEMES`); the inner CV is grouped the
+    #: same way: label-stratified (by site too when sites are given), one group per fold
+    #: (``n_outer`` unused, one repeat: the partition is deterministic), k folds of groups
+    scheme: str = "stratified"
+    #: divide each training set's kernel by its mean squared row norm (KetaSVC docstring)
+    scale_kernel: bool = True
 
     def __post_init__(self):
         grid = tuple(sorted(float(c) for c in self.C_grid))
         object.__setattr__(self, "C_grid", grid)
         if self.n_repeats < 1 or self.n_outer < 2 or self.n_inner < 2:
             raise UsageError("n_repeats must be >= 1 and n_outer, n_inner >= 2")
+        if self.scheme not in OUTER_SCHEMES:
+            raise UsageError(f"outer CV scheme {self.scheme!r} is unknown; use one of "
+                             f"{', '.join(OUTER_SCHEMES)}")
         if not grid or min(grid) <= 0:
             raise UsageError("C grid values must be positive")
 
@@ -66,18 +80,40 @@ class NestedCVSettings:
         d["C_grid"] = list(self.C_grid)
         return d
 
+    @property
+    def grouped(self) -> bool:
+        """True when the folds hold whole groups (sites, cohorts)."""
+        return self.scheme != "stratified"
+
     def outer_cv(self) -> StratifiedFolds:
-        """``n_repeats`` x ``n_outer`` stratified folds, repeat r seeded ``[random_state, r]``."""
-        return StratifiedFolds(self.n_outer, n_repeats=self.n_repeats,
-                               random_state=self.random_state)
+        """stratified: ``n_repeats`` x ``n_outer`` stratified folds, repeat r seeded
+        ``[random_state, r]``; group-kfold: the same with whole groups per fold; leave-site-out:
+        one fold per group (one repeat)."""
+        if self.scheme == "leave-site-out":
+            return LeaveGroupOut(self.n_inner, random_state=self.random_state)
+        kind = GroupFolds if self.scheme == "group-kfold" else StratifiedFolds
+        return kind(self.n_outer, n_repeats=self.n_repeats, random_state=self.random_state)
+
+    def inner_cv(self, random_state=None) -> StratifiedFolds:
+        """The inner splitter, grouped as the outer one: ``n_inner`` stratified folds, one fold
+        per training group, or ``n_inner`` folds of groups (one partition, seeded
+        ``random_state``; the engine spawns ``[random_state, r, o, 1]`` per outer fold)."""
+        seed = self.random_state if random_state is None else random_state
+        kind = {"stratified": StratifiedFolds, "leave-site-out": LeaveGroupOut,
+                "group-kfold": GroupFolds}[self.scheme]
+        return kind(self.n_inner, random_state=seed)
+
+    @property
+    def effective_repeats(self) -> int:
+        """Repeats actually run (leave-site-out has one deterministic partition)."""
+        return 1 if self.scheme == "leave-site-out" else int(self.n_repeats)
 
     def estimator(self, cv=None, **params) -> KetaSVC:
-        """The classifier with this grid and preprocessing; inner CV ``n_inner`` stratified
-        folds (seeded ``[random_state, r, o, 1]`` for outer fold o of repeat r)."""
+        """The classifier with this grid and preprocessing; inner CV :meth:`inner_cv`."""
         return KetaSVC(C_grid=self.C_grid, standardize=self.standardize,
                        harmonize=self.harmonize, tol=self.tol, random_state=self.random_state,
-                       cv=StratifiedFolds(self.n_inner, random_state=self.random_state)
-                       if cv is None else cv, **params)
+                       scale_kernel=self.scale_kernel,
+                       cv=self.inner_cv() if cv is None else cv, **params)
 
 
 @dataclass
@@ -99,6 +135,10 @@ class NestedCVResult:
     settings: NestedCVSettings
     y: np.ndarray
     n_fallback: int = 0
+    #: mean inner-CV balanced accuracy per (repeat, outer fold, C of the grid)
+    inner_scores: np.ndarray | None = None
+    #: the groups the folds were made of (sites or --group-column), None when not grouped
+    groups: np.ndarray | None = None
 
     def _metric(self, name, agg):
         m = self.metrics
@@ -141,20 +181,22 @@ def check_inputs(X, y, covariates=None, sites=None, settings=None, estimator=Non
     harmonize = bool(estimator.harmonize if estimator is not None else
                      settings is not None and settings.harmonize)
     covariates, sites = check_groups(covariates, sites, X.shape[0], harmonize=harmonize)
-    if settings is not None and counts.min() < settings.n_outer:
+    if settings is not None and not settings.grouped and counts.min() < settings.n_outer:
         raise UsageError(f"the smaller class has {counts.min()} subjects, fewer than "
                          f"n_outer={settings.n_outer} folds; lower --n-outer")
     return X, y, covariates, sites
 
 
-def make_scheme(y, sites, settings=None, *, estimator=None, cv=None):
+def make_scheme(y, sites, settings=None, *, estimator=None, cv=None, groups=None):
     """Outer folds (R, n) and inner folds (R, O, n; -1 = row in the outer test fold) of the
-    outer splitter ``cv`` and the estimator's inner splitter (defaults from ``settings``)."""
+    outer splitter ``cv`` and the estimator's inner splitter (defaults from ``settings``),
+    both called with ``groups`` (default ``sites``)."""
     settings = NestedCVSettings() if settings is None else settings
     estimator = settings.estimator() if estimator is None else estimator
     cv = settings.outer_cv() if cv is None else cv
     n = y.size
     X = np.zeros((n, 1))
+    sites = sites if groups is None else np.asarray(groups).astype(str)
     outer = fold_partitions(cv, X, y, sites)
     R, O = outer.shape[0], int(outer.max()) + 1
     inner = np.full((R, O, n), -1, np.int64)
@@ -181,18 +223,21 @@ def scheme_hash(outer, inner, settings, n, extra=None):
 # ---------------------------------------------------------------------------------------------
 # the engine
 # ---------------------------------------------------------------------------------------------
-def _run(X, y, covariates, sites, estimator, cv, *, kern=None, details=True, progress=None):
+def _run(X, y, covariates, sites, estimator, cv, *, kern=None, details=True, progress=None,
+         groups=None):
     n = y.size
     C_grid = check_c_grid(estimator.C_grid)
-    outer, inner = make_scheme(y, sites, estimator=estimator, cv=cv)
+    outer, inner = make_scheme(y, sites, estimator=estimator, cv=cv, groups=groups)
     R, O = outer.shape[0], int(outer.max()) + 1
     if kern is None:
         kern = KernelProvider(X, covariates, sites, standardize=estimator.standardize,
-                              harmonize=estimator.harmonize)
+                              harmonize=estimator.harmonize,
+                              scale_kernel=getattr(estimator, "scale_kernel", False))
     decision = np.zeros((R, n))
     proba = np.full((R, n), np.nan)
     chosen = np.zeros((R, O))
     inner_best = np.zeros((R, O))
+    inner_scores = np.zeros((R, O, C_grid.size))
     V = []
     W = []
     intercepts = []
@@ -220,6 +265,7 @@ def _run(X, y, covariates, sites, estimator, cv, *, kern=None, details=True, pro
             scores = scores.reshape(O, sizes[0], -1).mean(1)                 # (O, L)
         else:
             scores = np.stack([scores[start[o]:start[o + 1]].mean(0) for o in range(O)])
+        inner_scores[r] = scores
         best = scores.argmax(1)                                        # first max = smallest C
         chosen[r] = C_grid[best]
         inner_best[r] = scores[np.arange(O), best]
@@ -251,7 +297,8 @@ def _run(X, y, covariates, sites, estimator, cv, *, kern=None, details=True, pro
         if progress is not None:
             progress(r + 1, R)
     out = {"decision": decision, "proba": proba, "chosen_C": chosen, "inner_bac": inner_best,
-           "fold_of": outer, "scheme": (outer, inner), "n_fallback": n_fb}
+           "fold_of": outer, "scheme": (outer, inner), "n_fallback": n_fb,
+           "inner_scores": inner_scores}
     if details:
         if V:
             out["weights"] = (np.asarray(V) @ X).astype(np.float32)
@@ -275,9 +322,10 @@ def _plan(settings, estimator, cv):
 
 
 def nested_cv(X, y, *, covariates=None, sites=None, settings=None, estimator=None, cv=None,
-              progress=None):
+              progress=None, groups=None):
     """Repeated nested CV (see the module docstring): ``cv`` the outer splitter, ``estimator``
-    a :class:`KetaSVC` whose ``cv`` is the inner splitter (defaults from ``settings``).
+    a :class:`KetaSVC` whose ``cv`` is the inner splitter (defaults from ``settings``); both
+    split by ``groups`` (default ``sites``: e.g. a cohort column for leave-cohort-out).
 
     ``settings.random_state`` also seeds the bootstrap intervals; ``progress(done, total)`` is
     called after every repeat. Returns :class:`NestedCVResult`.
@@ -286,7 +334,9 @@ def nested_cv(X, y, *, covariates=None, sites=None, settings=None, estimator=Non
     X, y, covariates, sites = check_inputs(X, y, covariates, sites,
                                            settings if "outer_cv" not in extra else None,
                                            estimator)
-    res = _run(X, y, covariates, sites, estimator, cv, details=True, progress=progress)
+    groups = _split_groups(groups, sites, y.size)
+    res = _run(X, y, covariates, sites, estimator, cv, details=True, progress=progress,
+               groups=groups)
     outer, inner = res["scheme"]
     dec, proba = res["decision"], res["proba"]
     metrics = pd.concat([
@@ -297,6 +347,7 @@ def nested_cv(X, y, *, covariates=None, sites=None, settings=None, estimator=Non
             aggregation="consensus"),
     ], ignore_index=True)
     folds = per_fold_table(y, dec, proba, outer, res["chosen_C"], res["inner_bac"])
+    folds = _selection_flags(folds, res["inner_scores"], check_c_grid(estimator.C_grid))
     pred = dec > 0
     tp = int((pred & (y == 1)).sum())
     fn = int((~pred & (y == 1)).sum())
@@ -312,19 +363,134 @@ def nested_cv(X, y, *, covariates=None, sites=None, settings=None, estimator=Non
         confusion=np.array([[tn, fp], [fn, tp]]), decision=dec, proba=proba, fold_of=outer,
         chosen_C=res["chosen_C"], weights=res["weights"], intercepts=res["intercepts"],
         cv_hash=scheme_hash(outer, inner, settings, y.size, extra), settings=settings, y=y,
-        n_fallback=res["n_fallback"])
+        n_fallback=res["n_fallback"], inner_scores=res["inner_scores"],
+        groups=groups if settings.grouped or "outer_cv" in extra else None)
+
+
+def _split_groups(groups, sites, n):
+    if groups is None:
+        return sites
+    groups = np.asarray(groups).astype(str)
+    if groups.shape != (n,):
+        raise BadDataError(f"groups: expected {n} values, got shape {groups.shape}")
+    return groups
+
+
+def _selection_flags(folds, inner_scores, grid):
+    """Per outer fold: was C at an edge of the grid, was the inner curve flat (every C the same
+    inner BAC), how many C tied for the best inner BAC."""
+    scores = inner_scores.reshape(-1, grid.size)
+    best = scores.max(1, keepdims=True)
+    tied = np.isclose(scores, best, rtol=0, atol=1e-12)
+    C = folds["C"].to_numpy(float)
+    return folds.assign(
+        at_lower_edge=(C == grid[0]).astype(int) if grid.size > 1 else 0,
+        at_upper_edge=(C == grid[-1]).astype(int) if grid.size > 1 else 0,
+        flat_inner_curve=tied.all(1).astype(int) if grid.size > 1 else 0,
+        n_best_C=tied.sum(1).astype(int))
+
+
+def _grid_text(c):
+    k = np.log2(c)
+    return f"2^{int(round(k))}" if abs(k - round(k)) < 1e-9 else f"{c:g}"
+
+
+def c_selection_summary(result, kernel_scale=None) -> dict:
+    """How C was chosen over the outer folds (metrics.json ``c_selection``): the grid, the
+    kernel scale, the share of folds at each edge and with a flat inner curve, a warning
+    sentence when most folds sit at an edge or on a flat curve (else None)."""
+    folds = result.folds
+    grid = list(result.settings.C_grid)
+    n = len(folds)
+    shares = {key: float(folds[col].sum() / n) if n else 0.0 for key, col in (
+        ("share_lower_edge", "at_lower_edge"), ("share_upper_edge", "at_upper_edge"),
+        ("share_flat_inner_curve", "flat_inner_curve"))}
+    warning = None
+    if len(grid) > 1:
+        if shares["share_flat_inner_curve"] > EDGE_WARNING_SHARE:
+            warning = (f"C was not really chosen: in {shares['share_flat_inner_curve']:.0%} of "
+                       "the outer folds every C of the grid gave the same inner-CV balanced "
+                       f"accuracy (ties go to the smallest C, {_grid_text(grid[0])}).")
+        else:
+            for key, edge, fix in (("share_lower_edge", grid[0], "lower"),
+                                   ("share_upper_edge", grid[-1], "higher")):
+                if shares[key] > EDGE_WARNING_SHARE:
+                    warning = (f"C was at the grid's {'lower' if fix == 'lower' else 'upper'} "
+                               f"edge ({_grid_text(edge)}) in {shares[key]:.0%} of the outer "
+                               f"folds: the best C may lie outside the grid; extend --c-grid "
+                               f"to {fix} values.")
+    return {"grid": grid, "kernel_scale": kernel_scale, **shares,
+            "median_C": float(np.median(folds["C"])) if n else None, "warning": warning}
 
 
 # ---------------------------------------------------------------------------------------------
 # final model
 # ---------------------------------------------------------------------------------------------
-def fit_final_model(X, y, *, covariates=None, sites=None, settings=None):
-    """The final model: :meth:`KetaSVC.fit` on all subjects, C chosen by an ``n_inner``-fold
-    stratified CV over ALL subjects (seeded ``[random_state, 99991]``; same grid, mean BAC,
-    ties -> smallest C; in-fold preprocessing), Platt calibration over ``n_inner`` folds."""
+def fit_final_model(X, y, *, covariates=None, sites=None, settings=None, groups=None):
+    """The final model: :meth:`KetaSVC.fit` on all subjects, C chosen by the inner CV of the
+    scheme (:meth:`NestedCVSettings.inner_cv`) over ALL subjects (seeded ``[random_state,
+    99991]``; same grid, mean BAC, ties -> smallest C; in-fold preprocessing; split by
+    ``groups``, default ``sites``), Platt calibration over ``n_inner`` folds."""
     settings = NestedCVSettings() if settings is None else settings
     X, y, covariates, sites = check_inputs(X, y, covariates, sites, None, settings.estimator())
-    model = settings.estimator(
-        cv=StratifiedFolds(settings.n_inner, random_state=(settings.random_state, 99991)),
-        calibration_folds=settings.n_inner)
-    return model.fit(X, y, covariates=covariates, sites=sites)
+    model = settings.estimator(cv=settings.inner_cv((settings.random_state, 99991)),
+                               calibration_folds=settings.n_inner)
+    return model.fit(X, y, covariates=covariates, sites=sites,
+                     groups=_split_groups(groups, sites, y.size))
+
+
+def check_scheme(y, sites, settings, groups=None) -> None:
+    """Refuse (exit 64, one line naming the largest valid value) a CV scheme the groups or the
+    class counts cannot support, before any feature is computed: every outer and inner training
+    set must hold both classes; group schemes need enough groups."""
+    from ketabids.group.cv import check_fold_counts
+
+    y = np.asarray(y).astype(int)
+    if not settings.grouped:
+        check_fold_counts(y, settings, sites)
+        return
+    groups = _split_groups(groups, sites, y.size)
+    if groups is None:
+        raise UsageError(f"--outer-cv {settings.scheme} needs the site of every participant: "
+                         "--site-column COLUMN (or --group-column COLUMN)")
+    names = np.unique(groups)
+    what = f"--outer-cv {settings.scheme}"
+    if names.size < 2:
+        raise UsageError(f"{what}: all participants are in one group ({names[0]}); it needs "
+                         "at least 2 sites (groups)")
+    if settings.scheme == "group-kfold" and settings.n_outer > names.size:
+        raise UsageError(f"{what}: --n-outer {settings.n_outer} folds of whole groups but only "
+                         f"{names.size} groups; use --n-outer {names.size} or less")
+    for g in names:
+        rest = y[groups != g]
+        if np.unique(rest).size < 2:
+            raise UsageError(f"{what}: without group {g} only one class is left to train on; "
+                             "use --outer-cv stratified")
+
+    def fails(s):
+        try:
+            _, inner = make_scheme(y, sites, s, groups=groups)
+        except UsageError as exc:
+            return str(exc)
+        for r in range(inner.shape[0]):
+            for o in range(inner.shape[1]):
+                rows = inner[r, o] >= 0
+                for i in range(int(inner[r, o].max()) + 1):
+                    tr = rows & (inner[r, o] != i)
+                    if np.unique(y[tr]).size < 2:
+                        return (f"an inner training set (repeat {r}, outer fold {o}) holds one "
+                                "class")
+        return None
+
+    problem = fails(settings)
+    if problem is None:
+        return
+    if settings.scheme == "group-kfold":
+        from dataclasses import replace
+
+        for k in range(settings.n_inner - 1, 1, -1):
+            if fails(replace(settings, n_inner=k)) is None:
+                raise UsageError(f"{what}: --n-inner {settings.n_inner} is too many inner "
+                                 f"folds of whole groups ({problem}); use --n-inner {k} or less")
+    raise UsageError(f"{what}: {problem}; the groups cannot support a grouped inner CV, use "
+                     "--outer-cv stratified")

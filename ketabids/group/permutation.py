@@ -1,7 +1,9 @@
 """Permutation tests: the whole nested CV under permuted labels, and frozen-model tests.
 
 p = (1 + #(null >= observed)) / (1 + n_permutations) (Phipson & Smyth 2010), for BAC and AUC.
-Labels are permuted within site when sites are given (exchangeability within site). In the
+Labels are permuted within site when sites are given (exchangeability within site), within the
+CV's groups when they are given (``groups``: leave-site-out / group k-fold by a site or cohort
+column), so every permuted cohort keeps each group's responder count. In the
 nested test every permutation re-runs everything that sees labels: stratified outer and inner
 folds are re-drawn from the permuted labels with the same seeds, inner C selection, outer refit.
 The kernel ``X X^T`` does not depend on labels and is computed once.
@@ -67,26 +69,29 @@ def _pooled_bac_auc(y, dec):
 
 def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estimator=None,
                      cv=None, n_permutations=1000, random_state=0, progress=None, observed=None,
-                     n_jobs=1):
+                     n_jobs=1, groups=None):
     """Nested-CV permutation test; see module docstring. Returns :class:`PermutationResult`.
 
     ``settings``, ``estimator`` and ``cv`` as in :func:`~ketabids.group.nested.nested_cv`;
     ``observed``: its result (else the nested CV is run once more). Results do not depend on
-    ``n_jobs`` (each permutation has its own seeded generator).
+    ``n_jobs`` (each permutation has its own seeded generator). ``groups``: the folds' groups
+    (default ``sites``); labels are permuted within them.
     """
     from ketabids.group.estimator import KernelProvider
-    from ketabids.group.nested import _plan, _run, check_inputs
+    from ketabids.group.nested import _plan, _run, _split_groups, check_inputs
 
     settings, estimator, cv, extra = _plan(settings, estimator, cv)
     X, y, covariates, sites = check_inputs(X, y, covariates, sites,
                                            settings if "outer_cv" not in extra else None,
                                            estimator)
+    groups = _split_groups(groups, sites, y.size)
     kern = KernelProvider(X, covariates, sites, standardize=estimator.standardize,
-                          harmonize=estimator.harmonize)
+                          harmonize=estimator.harmonize,
+                          scale_kernel=getattr(estimator, "scale_kernel", False))
 
     def decisions(labels):
         return _run(X, labels, covariates, sites, estimator, cv, kern=kern,
-                    details=False)["decision"]
+                    details=False, groups=groups)["decision"]
 
     dec = decisions(y) if observed is None else observed.decision
     obs_bac, obs_auc = _pooled_bac_auc(y, dec)
@@ -95,7 +100,7 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estima
 
     def one(k):
         rng = np.random.default_rng([random_state, 7, k])
-        yp = permute_within(y, sites, rng)
+        yp = permute_within(y, groups, rng)
         null_bac[k], null_auc[k] = _pooled_bac_auc(yp, decisions(yp))
 
     if n_jobs == 1:

@@ -141,6 +141,11 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
                 y, decision, n_permutations=int(n_permutations), random_state=int(seed),
                 groups=cohort.sites)
         calib = calibration_table(y, proba)
+    site_table = None
+    if metrics is not None and cohort.sites is not None:
+        from ketabids.group.audit import metrics_by_site
+
+        site_table = metrics_by_site(y, decision, cohort.sites, random_state=int(seed))
     h = None
     if metrics is not None:
         h = headline_metric(metrics, aggregation="single", y=y,
@@ -164,6 +169,8 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
         if metrics is not None:
             write_tsv(metrics, stage / "metrics.tsv", float_format=FLOAT_FORMAT)
             write_tsv(calib, stage / "calibration.tsv", float_format=FLOAT_FORMAT)
+            if site_table is not None:
+                write_tsv(site_table, stage / "metrics_by_site.tsv", float_format=FLOAT_FORMAT)
             for metric in ("bac", "auc"):
                 row = metrics[metrics["metric"] == metric].iloc[0]
                 headline[metric] = float(row["estimate"])

@@ -8,7 +8,10 @@ writes ``OUTPUT_DIR/group/train/`` as a whole (see :mod:`ketabids.group.publish`
     space-<TPL>_res-<R>_desc-analysis_mask.nii.gz   analysis mask (template space, grid)
     cohort.tsv                        every candidate participant: included or why not
     cv_predictions.tsv                per-subject out-of-fold decision / probability
-    cv_folds.tsv                      per (repeat, fold): sizes, chosen C, scores
+    cv_folds.tsv                      per (repeat, fold): sizes, chosen C (edge / flat-curve
+                                      flags), scores
+    metrics_by_site.tsv               per site (with --site-column): n, BAC, AUC, intervals
+    audit.tsv                         site and confound audit (:mod:`ketabids.group.audit`)
     metrics.tsv, metrics.json         metrics with 95 % intervals, permutation p, CV hash
     permutations.tsv                  permutation null distribution (BAC, AUC)
     calibration.tsv                   reliability curve (out-of-fold probabilities)
@@ -38,15 +41,17 @@ from ketabids.errors import BadDataError, UsageError
 from ketabids.group import features as feat
 from ketabids.group import labels as lab
 from ketabids.group import model_io
+from ketabids.group.audit import metrics_by_site, run_audit
 from ketabids.group.cohort import build_cohort, warn_excluded
 from ketabids.group.estimator import DEFAULT_C_GRID
 from ketabids.group.interpretation import haufe_pattern, region_table, weight_maps
 from ketabids.group.dictionaries import write_sidecars
-from ketabids.group.metrics import calibration_table, finite_or_none, headline_metric
-from ketabids.group.nested import NestedCVSettings, fit_final_model, nested_cv
+from ketabids.group.metrics import (calibration_table, finite_or_none, format_headline,
+                                    headline_metric)
+from ketabids.group.nested import (NestedCVSettings, c_selection_summary, check_scheme,
+                                   fit_final_model, nested_cv)
 from ketabids.group.permutation import permutation_test
 from ketabids.group.progress import Progress
-from ketabids.group.cv import check_fold_counts
 from ketabids.group.publish import listing, refuse_existing, run_lock, staged
 from ketabids.io import save_nifti
 from ketabids.io import jsonable, write_json, write_tsv
@@ -67,13 +72,22 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
                     analysis_resolution: float = 2.0, template: str = "MNI152NLin2009aSym",
                     n_repeats=10, n_outer=10, n_inner=5, c_grid=None, n_permutations=1000,
                     atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True,
-                    overwrite: bool = False, run_record: dict | None = None) -> dict:
+                    overwrite: bool = False, run_record: dict | None = None,
+                    outer_cv: str = "stratified", group_column: str | None = None,
+                    audit: bool = True) -> dict:
     """Train: repeated nested CV, permutation test, final model, maps and report.
 
     Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
     "n_responders", "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
     "metrics": {"bac" (= the headline, pooled), "bac_pooled", "bac_mean", "auc"}, "headline" (THE result:
-    :func:`ketabids.group.metrics.headline_metric`), "logs", "cv_hash", "tables"}``.
+    :func:`ketabids.group.metrics.headline_metric`), "logs", "cv_hash", "tables",
+    "cv_scheme", "c_selection", "audit_warnings", "leave_site_out" (headline-style result of
+    the audit's leave-site-out CV, or None)}``.
+
+    ``outer_cv``: ``stratified`` (the study), ``leave-site-out`` or ``group-kfold`` (whole
+    groups per outer fold, inner CV grouped alike, labels permuted within groups); the groups
+    are ``group_column`` (default ``site_column``), e.g. a cohort column for leave-cohort-out.
+    ``audit``: the site and confound audit (:mod:`ketabids.group.audit`).
     ``run_record``: ``{"argv": [...], "config": {...}}`` of the command (default: this call's
     arguments) for ``OUTPUT_DIR/logs/``.
 
@@ -93,7 +107,14 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
     c_grid = tuple(float(c) for c in (c_grid or DEFAULT_C_GRID))
     settings = NestedCVSettings(
         n_repeats=int(n_repeats), n_outer=int(n_outer), n_inner=int(n_inner), C_grid=c_grid,
-        standardize=bool(standardize), harmonize=bool(combat), random_state=int(seed))
+        standardize=bool(standardize), harmonize=bool(combat), random_state=int(seed),
+        scheme=str(outer_cv))
+    if group_column and not settings.grouped:
+        raise UsageError(f"--group-column {group_column} groups the folds of --outer-cv "
+                         "leave-site-out or group-kfold; add one of them or drop --group-column")
+    if settings.grouped and not (group_column or site_column):
+        raise UsageError(f"--outer-cv {outer_cv} needs groups: --site-column COLUMN (or "
+                         "--group-column COLUMN, e.g. a cohort column)")
 
     cohort = build_cohort(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects,
                           sessions=sessions, layout=layout, template=template, rule=rule,
@@ -103,7 +124,8 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
     if len(set(cohort.y.tolist())) < 2:
         raise BadDataError(f"all {len(cohort.y)} included participants have the same label "
                            f"({rule.describe()}); training needs responders and non-responders")
-    check_fold_counts(cohort.y, settings, cohort.sites)
+    groups = _group_labels(cohort, group_column) if settings.grouped else None
+    check_scheme(cohort.y, cohort.sites, settings, groups)
     # before any work (features, CV): input errors above are reported first
     refuse_existing(final_dir, overwrite=overwrite, what="group/train")
     with run_lock(output_dir, "train"):
@@ -114,12 +136,15 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
             analysis_resolution=analysis_resolution, n_permutations=n_permutations,
             atlas=atlas, atlas_labels=atlas_labels, nprocs=nprocs, seed=seed,
             progress=progress, covariates=covariates, site_column=site_column, combat=combat,
-            output_dir=Path(output_dir), run_record=run_record, options=options)
+            output_dir=Path(output_dir), run_record=run_record, options=options,
+            groups=groups, group_column=group_column or (site_column if settings.grouped
+                                                         else None), audit=audit)
 
 
 def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smoothing_fwhm,
            analysis_resolution, n_permutations, atlas, atlas_labels, nprocs, seed, progress,
-           covariates, site_column, combat, output_dir, run_record, options) -> dict:
+           covariates, site_column, combat, output_dir, run_record, options, groups=None,
+           group_column=None, audit=True) -> dict:
     fsettings = feat.FeatureSettings(template=template, smoothing_fwhm=float(smoothing_fwhm),
                                      analysis_resolution=float(analysis_resolution))
     t_feat = time.monotonic()
@@ -129,17 +154,59 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
     LOGGER.info("features: %d participants x %d voxels in %.1f s", *features.X.shape, t_feat)
 
     X, y = features.X, cohort.y
+    t_cv = time.monotonic()
     result = nested_cv(X, y, covariates=cohort.covariates, sites=cohort.sites,
-                              settings=settings,
-                              progress=Progress("nested CV", progress))
+                       settings=settings, groups=groups,
+                       progress=Progress("nested CV", progress))
+    t_cv = time.monotonic() - t_cv
     perm = None
     if n_permutations:
         perm = permutation_test(
             X, y, covariates=cohort.covariates, sites=cohort.sites, settings=settings,
             n_permutations=int(n_permutations), random_state=int(seed), observed=result,
-            n_jobs=int(nprocs), progress=Progress("permutations", progress))
+            n_jobs=int(nprocs), progress=Progress("permutations", progress), groups=groups)
     final = fit_final_model(X, y, covariates=cohort.covariates, sites=cohort.sites,
-                                   settings=settings)
+                            settings=settings, groups=groups)
+    c_sel = c_selection_summary(result, kernel_scale=getattr(final, "kernel_scale_", None))
+    if c_sel["warning"]:
+        LOGGER.warning("%s", c_sel["warning"])
+    cv_scheme = {"outer": settings.scheme, "group_column": group_column,
+                 "n_groups": int(np.unique(groups).size) if groups is not None else None,
+                 "n_repeats": int(result.decision.shape[0]),
+                 "n_outer_folds": int(result.fold_of.max()) + 1,
+                 "inner": {"stratified": f"{settings.n_inner} folds stratified by label"
+                           + (" and site" if cohort.sites is not None else ""),
+                           "leave-site-out": "one group of the outer training set per fold "
+                           f"({settings.n_inner} stratified folds when it holds one group)",
+                           "group-kfold": f"{settings.n_inner} folds of whole groups of the "
+                           "outer training set"}[settings.scheme],
+                 "permutations": "labels permuted within " + (
+                     "groups" if groups is not None else "sites" if cohort.sites is not None
+                     else "the whole sample"),
+                 "kernel_scaling": "each training set's linear kernel divided by the mean "
+                 "squared norm of its preprocessed training rows" if settings.scale_kernel
+                 else None}
+    site_table = None
+    if cohort.sites is not None:
+        site_table = metrics_by_site(y, result.decision, cohort.sites, random_state=int(seed))
+    audit_table, audit_warnings, loso_h, t_audit = None, [], None, 0.0
+    if audit:
+        t_audit = time.monotonic()
+        variables, qc_metrics = _audit_variables(cohort, output_dir)
+        audit_table, audit_warnings, extra = run_audit(
+            X, y, result=result, settings=settings, covariates=cohort.covariates,
+            sites=cohort.sites, groups=groups, variables=variables, qc=qc_metrics,
+            random_state=int(seed), progress=Progress("audit", progress))
+        if extra["leave_site_out"] is not None:
+            loso_h = headline_metric(extra["leave_site_out"].metrics, aggregation="pooled",
+                                     y=y, n_repeats=1)
+            loso_h["description"] = "leave-site-out CV, one site held out per outer fold"
+            loso_h["text"] = format_headline(loso_h)
+        t_audit = time.monotonic() - t_audit
+        for w in audit_warnings:
+            LOGGER.warning("audit: %s", w)
+        LOGGER.info("audit: %d check(s), %d warning(s) in %.1f s (nested CV: %.1f s)",
+                    len(audit_table), len(audit_warnings), t_audit, t_cv)
     final_decision = final.decision_function(X, covariates=cohort.covariates, sites=cohort.sites)
     final_proba = final.predict_proba(X, covariates=cohort.covariates, sites=cohort.sites)[:, 1]
     wmaps = weight_maps(result)
@@ -151,7 +218,7 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
     h = headline_metric(result.metrics, aggregation="pooled", y=y,
                         p=perm.p_bac if perm else None,
                         n_permutations=perm.n_permutations if perm else 0,
-                        n_repeats=settings.n_repeats)
+                        n_repeats=int(result.decision.shape[0]))
     if h["warning"]:
         LOGGER.warning("%s", h["warning"])
     with staged(final_dir, overwrite=overwrite) as stage:
@@ -185,9 +252,14 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
             map_files[key] = path.name
         if regions is not None:
             write_tsv(regions, stage / "regions.tsv", float_format=FLOAT_FORMAT)
+        if site_table is not None:
+            write_tsv(site_table, stage / "metrics_by_site.tsv", float_format=FLOAT_FORMAT)
+        if audit_table is not None:
+            write_tsv(audit_table, stage / "audit.tsv", float_format=FLOAT_FORMAT)
         headline = _headline(result, perm)
         cv_info = {**settings.as_dict(), "cv_hash": result.cv_hash, "final_C": float(final.C_),
-                   "final_selection": _selection(final)}
+                   "final_selection": _selection(final), "cv_scheme": cv_scheme,
+                   "kernel_scale": c_sel["kernel_scale"]}
         manifest = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "software": model_io.software_versions(),
@@ -222,7 +294,11 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
             "headline": h, "summary": headline, "cv_hash": result.cv_hash, "settings": cv_info,
             "permutation": perm.as_dict() if perm else None, "n": len(y),
             "n_responders": int(y.sum()), "excluded": [e.__dict__ for e in cohort.excluded],
-            "filtered_out_by_include": cohort.filtered_out, "qc": cohort.qc.as_dict()})
+            "filtered_out_by_include": cohort.filtered_out, "qc": cohort.qc.as_dict(),
+            "cv_scheme": cv_scheme, "c_selection": c_sel,
+            "audit_warnings": audit_warnings if audit else None,
+            "leave_site_out": loso_h,
+            "timing": {"nested_cv_s": round(t_cv, 3), "audit_s": round(t_audit, 3)}})
         from ketabids.reports import group as report
 
         report.write_train_report(
@@ -235,7 +311,14 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
     write_bidsignore(output_dir)
     tables = listing(final_dir)
     logs = _write_logs(output_dir, run_record, options, manifest, rule, h)
-    LOGGER.info("group training done: %s; report: %s", h["text"], final_dir / "report.html")
+    closing = h["text"]
+    if loso_h is not None:
+        closing += f"; leave-site-out {_pct(loso_h['estimate'])}"
+    notes = [*(f"audit: {w}" for w in audit_warnings), *([c_sel["warning"]] if c_sel["warning"]
+                                                         else [])]
+    if notes:
+        closing += f"; {len(notes)} warning(s): " + " ".join(notes)
+    LOGGER.info("group training done: %s; report: %s", closing, final_dir / "report.html")
     return {
         "output_dir": str(final_dir),
         "report": str(final_dir / "report.html"),
@@ -249,7 +332,71 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
         "headline": h, "logs": str(logs),
         "cv_hash": result.cv_hash,
         "tables": tables,
+        "cv_scheme": cv_scheme, "c_selection": c_sel,
+        "audit_warnings": audit_warnings, "leave_site_out": loso_h,
     }
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _group_labels(cohort, group_column):
+    """The folds' groups: ``group_column`` of participants.tsv, else the sites."""
+    if not group_column:
+        return cohort.sites
+    lab._require_columns(cohort.table, [group_column], "--group-column")
+    values = cohort.table[group_column].astype(str)
+    missing = values.str.lower().isin(lab.MISSING)
+    if missing.any():
+        raise BadDataError(f"{cohort.table.attrs.get('path', 'participants.tsv')}: group column "
+                           f"{group_column!r} is empty for "
+                           f"{', '.join(cohort.table.index[missing].astype(str)[:5])}")
+    return values.to_numpy(str)
+
+
+#: participants.tsv columns the audit relates to the decision values (when present)
+AUDIT_PARTICIPANT_COLUMNS = ("age", "sex")
+
+
+def _audit_variables(cohort, output_dir):
+    """(participant variables, QC metrics) of the included participants, in cohort order:
+    age and sex from participants.tsv, TIV from the volumes tables, the QC metrics of
+    :data:`ketabids.group.audit.QC_AUDIT_METRICS` from OUTPUT_DIR/qc.tsv (None without)."""
+    from ketabids.group.audit import QC_AUDIT_METRICS
+    from ketabids.qc.table import read_qc_table
+
+    table = cohort.table
+    variables = pd.DataFrame(index=range(len(table)))
+    for col in AUDIT_PARTICIPANT_COLUMNS:
+        if col in table.columns:
+            values = table[col].replace({m: np.nan for m in lab.MISSING}).to_numpy()
+            numeric = pd.to_numeric(pd.Series(values), errors="coerce")
+            variables[col] = numeric if numeric.notna().all() else pd.Series(values, dtype=object)
+    subjects = list(cohort.maps)
+    vols = {s: cohort.maps[s].volumes for s in subjects}
+    if all(v is not None for v in vols.values()):
+        try:
+            variables["tiv"] = lab.read_tiv(vols).loc[subjects].to_numpy(float)
+        except BadDataError:
+            pass
+    qc = read_qc_table(output_dir)
+    if qc.empty or "participant_id" not in qc:
+        return variables, None
+    qc = qc.assign(session=qc["session"].fillna("n/a") if "session" in qc else "n/a")
+    rows = []
+    for s in subjects:
+        ses = cohort.maps[s].session
+        m = qc[(qc["participant_id"] == f"sub-{s}")
+               & ((qc["session"] == (f"ses-{ses}" if ses else "n/a")) | (qc["session"] == ses)
+                  if ses else True)]
+        rows.append(m.iloc[0] if len(m) else pd.Series(dtype=float))
+    qframe = pd.DataFrame(rows).reset_index(drop=True)
+    cols = [c for c in QC_AUDIT_METRICS if c in qframe.columns and not (
+        c == "tiv_ml" and "tiv" in variables)]
+    if not cols:
+        return variables, None
+    return variables, qframe[cols].apply(pd.to_numeric, errors="coerce")
 
 
 def _write_logs(output_dir, run_record, options, manifest, rule, h, *, level="group-train"):
