@@ -83,7 +83,7 @@ def test_long_field_of_view_is_cropped_below_the_top_of_the_head():
 
 
 def test_ordinary_field_of_view_is_not_cropped():
-    img, _ = _head(shape=(80, 90, 100))  # 200 mm: 13 mm of neck below the 180 mm
+    img, _ = _head(shape=(80, 90, 110))  # 220 mm: 33 mm of neck below the 180 mm
     out, info = crop_field_of_view(img)
     assert out is img and info["cropped_mm"] == 0.0
     assert restore_grid(out, img) is out

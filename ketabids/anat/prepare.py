@@ -11,7 +11,7 @@
   ``robustfov`` does (170 mm there; see :data:`FOV_KEEP_MM`): the crop is a sub-grid (whole
   slices of the voxel axis closest to S-I, no resampling), so world coordinates, hence
   transforms, are unchanged. It applies only when at least ``FOV_MIN_CUT_MM`` of head lies
-  below the cut, so an ordinary head scan is processed whole.
+  below the cut, so an ordinary head scan (and every demo phantom) is processed whole.
 * :func:`restore_grid`: a native-space result computed on the cropped grid put back on the
   conformed grid (the outputs keep the grid of the input, filled with a constant or an image
   outside the crop).
@@ -31,8 +31,11 @@ TRUNCATE_PERCENTILES = (0.01, 99.9)
 #: so ketabids keeps 180 mm
 FOV_KEEP_MM = 180.0
 #: head foreground (mm along the superior axis) that must lie below the cut for a crop to
-#: happen: shorter extensions are left alone (the registration copes with ~5 cm of neck)
-FOV_MIN_CUT_MM = 20.0
+#: happen: shorter extensions are left alone. The registration copes with ~5 cm of neck below
+#: the head (the demo phantoms' field of view has 196-216 mm of head and neck below the top of
+#: the head, i.e. 16-36 mm beyond the cut; AOMIC sub-0001 184 mm); 110 mm more sent the brain
+#: mask ~70 mm down (issue 25)
+FOV_MIN_CUT_MM = 40.0
 #: smallest head cross-section (mm^2) that counts as head when looking for its top (ignores
 #: noise specks and hair above the scalp)
 TOP_MIN_AREA_MM2 = 100.0

@@ -19,6 +19,8 @@ from nipype.pipeline import engine as pe
 
 from ketabids.anat.atlas import Atlas
 from ketabids.anat.brain import HEAD_INTERIOR_MM, TISSUE_N4_ITERATIONS, TISSUE_N4_SPLINE_MM
+from ketabids.anat.conform import FINEST_MM, SUBMM_THRESHOLD_MM
+from ketabids.anat.prepare import FOV_KEEP_MM, FOV_MIN_CUT_MM, TRUNCATE_PERCENTILES
 from ketabids.anat.registration import PAD_MM
 from ketabids.anat.settings import ProcessingSettings
 from ketabids.interfaces.anatomical import (
@@ -64,10 +66,13 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
     workflow = Workflow(name=name)
     workflow.__desc__ = (
         "The T1w image was reoriented to the closest canonical (RAS+) orientation and stored as "
-        "32-bit floats (voxel axes finer than 0.85 mm were resampled to 1 mm by area "
-        "averaging), its intensities were truncated at the 99.9th percentile of the head "
-        "(negative outliers at its 0.01th percentile), and a field of view extending more than 20 mm beyond 180 mm below the "
-        "top of the head was cropped there (as FSL robustfov does); it was then corrected for intensity non-uniformity with N4 (Tustison et al., "
+        f"32-bit floats (voxel axes finer than {SUBMM_THRESHOLD_MM:g} mm were resampled to "
+        f"{FINEST_MM:g} mm by area averaging); its intensities were truncated at the "
+        f"{TRUNCATE_PERCENTILES[1]:g}th percentile of the head (negative outliers at its "
+        f"{TRUNCATE_PERCENTILES[0]:g}th percentile), and a field of view reaching more than "
+        f"{FOV_MIN_CUT_MM:g} mm of head or neck beyond {FOV_KEEP_MM:g} mm below the top of the "
+        "head was cropped there (as FSL robustfov does). It was then corrected for intensity "
+        "non-uniformity with N4 (Tustison et al., "
         "2010). The image was then registered to the "
         f"{template} template (Fonov et al., 2009) with an affine followed by a symmetric image "
         "normalisation (SyN, Avants et al., 2008) registration of ANTs on a "
