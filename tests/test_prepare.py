@@ -176,3 +176,21 @@ def test_extend_neck_adds_a_connected_neck_below_the_same_head():
     assert fg[:, :, :5].any() and fg[:, :, -10:].any()
     _, info = crop_field_of_view(out)
     assert info["cropped_mm"] > 100
+
+
+def test_prepare_metrics_join_the_qc_record_and_a_large_truncated_share_warns():
+    from ketabids.qc.rules import assess
+    from ketabids.qc.subject import prepare_metrics
+
+    img, _ = _head(shape=(80, 90, 150))
+    _, _, info, _ = prepare_t1w(add_spikes(img))
+    metrics = prepare_metrics(info)
+    assert metrics["fov_cropped_mm"] > 0 and metrics["intensity_max_ratio"] > 1e3
+    # a long field of view and spikes are handled, not faults
+    assert assess(metrics) == ("pass", [])
+    # bright voxels outside the head: many more voxels truncated than the head's 0.1 %
+    data = np.asarray(img.dataobj).copy()
+    data[:2, :20] = 5000.0  # a bright band in the background (an artefact), ~2 % of the head
+    _, _, info, _ = prepare_t1w(make_image(data, img.affine))
+    verdict, reasons = assess(prepare_metrics(info))
+    assert verdict == "warn" and "beyond the head's intensity range" in reasons[0]
