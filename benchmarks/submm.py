@@ -85,7 +85,7 @@ def main(argv=None):
     med = {label: {k: statistics.median(r[k] for r in runs)
                    for k in runs[0] if isinstance(runs[0][k], (int, float))}
            for label, runs in rows.items()}
-    print(f"| input | wall s | peak GB | TIV mL | GM mL | runs |")
+    print("| input | wall s | peak GB | TIV mL | GM mL | runs |")
     print("|---|---|---|---|---|---|")
     for label, m in med.items():
         walls = ", ".join(f"{r['wall_s']:.0f}" for r in rows[label])

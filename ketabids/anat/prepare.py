@@ -51,11 +51,11 @@ def truncate_intensities(img: nib.Nifti1Image, fg: np.ndarray | None = None, *,
     :func:`ketabids.anat.brain.head_foreground`). Returns ``(clipped image, info)``.
 
     The low threshold is ``min(lower percentile, 0)``: negative outliers are clipped, a zero
-    background is not. ``info``: ``low``/``high`` (the thresholds), ``truncated_fraction`` (voxels clipped,
-    anywhere in the image, as a share of the head's voxels: ~0.001 by construction; more means
-    bright or dark voxels outside the head, e.g. artefacts), ``max_ratio`` (the largest raw
-    intensity / ``high``: ~1-3 on ordinary scans, 1e3 and more with spikes),
-    ``n_truncated``.
+    background is not. ``info``: ``low``/``high`` (the thresholds), ``truncated_fraction``
+    (voxels clipped, anywhere in the image, as a share of the head's voxels: ~0.001 by
+    construction; more means bright or dark voxels outside the head, e.g. artefacts),
+    ``max_ratio`` (the largest raw intensity / ``high``: 1.0-1.2 on the real scans and demo
+    phantoms, 1e3 and more with spikes), ``n_truncated``.
     """
     from ketabids.anat.brain import head_foreground
 
