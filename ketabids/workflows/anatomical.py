@@ -1,9 +1,9 @@
 """The anatomical workflow: THE definition of the participant-level VBM steps and their order.
 
-    conform (RAS+, sub-millimetre voxels to 1 mm) -> prepare (intensities truncated at the
-    head's 0.01/99.9th percentiles, a long inferior field of view cropped) -> N4 (head) -> brain extraction (affine + SyN to the template, kept as the
-    normalisation) -> template priors to T1w space -> N4 again inside the brain mask, weighted
-    by the GM + WM priors -> partial-volume mixture segmentation (GM/WM/CSF fractions) ->
+    conform (RAS+, sub-mm voxels to 1 mm) -> prepare (intensities truncated, a long inferior
+    field of view cropped) -> N4 (head) -> brain extraction (affine + SyN to the template, kept
+    as the normalisation) -> template priors to T1w space -> N4 again inside the brain mask,
+    weighted by the GM + WM priors -> partial-volume mixture segmentation (GM/WM/CSF) ->
     volumes; GM/WM to the template with Jacobian modulation
     [-> regional GM volumes with an atlas]
     -> native results back on the conformed grid (restore_grid: only when the field of view
