@@ -14,7 +14,8 @@ from ketabids.workflows.anatomical import init_anat_wf
 from ketabids.workflows.base import init_participant_wf
 
 ANAT_NODES = {
-    "inputnode", "outputnode", "conform", "n4", "brain_extraction", "warp_priors", "brain_n4",
+    "inputnode", "outputnode", "conform", "prepare", "n4", "brain_extraction", "warp_priors",
+    "brain_n4", "restore_grid",
     "segmentation", "std_t1w", "modulate", "volumes",
 }
 SINK_NODES = {
@@ -100,7 +101,13 @@ def test_anat_wf_step_order():
     assert sources("brain_n4", "in_weights") == {("warp_priors", "priors")}
     assert sources("segmentation", "in_file") == {("brain_n4", "out_file")}
     assert sources("segmentation", "priors") == {("warp_priors", "priors")}
-    assert sources("warp_priors", "reference") == {("conform", "out_file")}
+    # truncation and the field-of-view crop come before N4; every native step works on the
+    # prepared grid, and the native outputs go back to the conformed grid
+    assert sources("prepare", "in_file") == {("conform", "out_file")}
+    assert sources("n4", "in_file") == {("prepare", "out_file")}
+    assert sources("warp_priors", "reference") == {("prepare", "out_file")}
+    assert sources("restore_grid", "reference") == {("prepare", "out_reference")}
+    assert sources("restore_grid", "tpms") == {("segmentation", "probsegs")}
     for warp in ("warp_priors", "std_t1w", "modulate"):  # no second registration
         assert sources(warp, "forward_transforms") == {("brain_extraction",
                                                         "forward_transforms")}

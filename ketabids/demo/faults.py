@@ -17,6 +17,13 @@ Each generator reproduces a failure seen in real cohorts:
   slice 2D acquisition (1 x 1 x 6 mm).
 
 :data:`FAULTS` maps a short name to each generator with its default arguments.
+
+Ordinary scanner inputs that the participant level must handle (the scan made with them should
+give the volumes of the scan it was made from and pass QC; issue 25), in :data:`HANDLED`:
+
+* :func:`extend_neck`: 110 mm of neck and shoulders added below the field of view (a long
+  inferior field of view);
+* :func:`add_spikes`: 20 voxels of the head set to 1e6 (spikes, hot pixels).
 """
 from __future__ import annotations
 
@@ -150,4 +157,111 @@ FAULTS = {
     "rotated90_header": rotate_header,
     "nearly_blank": nearly_blank,
     "thick_slices_6mm": thick_slices,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Ordinary scanner inputs the participant level must handle (not QC faults: a scan made with
+# these should still pass QC with the volumes of the scan it was made from)
+
+
+def _background_noise(data: np.ndarray, head: np.ndarray) -> float:
+    """Gaussian sigma of the background (Rician: sigma = sqrt(mean(x^2) / 2) of the air)."""
+    air = data[~head]
+    air = air[air <= np.percentile(air, 95)] if air.size else air
+    return float(np.sqrt(np.mean(air.astype(np.float64) ** 2) / 2.0)) if air.size else 0.0
+
+
+def extend_neck(img: nib.Nifti1Image, extension_mm: float = 110.0, seed: int = 0
+                ) -> nib.Nifti1Image:
+    """``img`` (any orientation; returned in RAS+) with ``extension_mm`` of neck and shoulders
+    added below its field of view, as a scan planned with a long inferior field of view images
+    them.
+
+    Below the lowest slice: the neck, an elliptical cylinder continuing the head's lowest
+    cross-section (its centroid and second moments; a 58 x 62 mm ellipse under the head when
+    the scan stops above the neck), with a 5 mm fat rim, muscle, a vertebral body (marrow
+    inside cortical bone) and the airway; from 50 mm below the old edge the shoulders widen it
+    to ~400 mm L-R (cut by the field of view). Intensities from the head: fat at its 99th
+    percentile x 0.9, muscle at its median x 0.75, marrow at its median, bone and air dark; a
+    coil sensitivity falling linearly to 0.6 at the new edge; Rician noise of the scan's own
+    background sigma.
+    """
+    from scipy import ndimage
+
+    img = nib.as_closest_canonical(img)
+    data = _data(img)
+    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+    head = _head(img)
+    sigma = _background_noise(data, head)
+    values = data[head]
+    median, p99 = float(np.median(values)), float(np.percentile(values, 99))
+    rng = np.random.default_rng(seed)
+    # the neck starts at the lowest slice holding head (slices below it, e.g. zero-filled by a
+    # converter, are replaced) and reaches ``extension_mm`` below it
+    k_low = int(np.flatnonzero(head.any(axis=(0, 1)))[0])
+    n_new = int(round(extension_mm / zooms[2]))
+    nx, ny = data.shape[:2]
+    x = (np.arange(nx) - (nx - 1) / 2.0) * zooms[0]
+    y = (np.arange(ny) - (ny - 1) / 2.0) * zooms[1]
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    # the neck's ellipse: the lowest 10 mm of head, if it is a neck-sized cross-section
+    low = head[:, :, k_low: k_low + max(1, int(round(10 / zooms[2])))].any(axis=2)
+    area = low.sum() * zooms[0] * zooms[1]
+    if 3000.0 < area < 20000.0:
+        cx, cy = xx[low].mean(), yy[low].mean()
+        # a uniform ellipse's radius is twice its SD; capped at an adult neck's (the lowest
+        # head slices may hold the jaw)
+        rx, ry = min(2.0 * xx[low].std(), 62.0), min(2.0 * yy[low].std(), 66.0)
+    else:
+        com = np.array(ndimage.center_of_mass(head))
+        cx = (com[0] - (nx - 1) / 2.0) * zooms[0]
+        cy = (com[1] - (ny - 1) / 2.0) * zooms[1] - 20.0
+        rx, ry = 58.0, 62.0
+    ext = np.zeros((nx, ny, n_new), np.float32)
+    muscle, fat, marrow = 0.75 * median, 0.9 * p99, median
+    for k in range(n_new):
+        depth_mm = (n_new - k) * zooms[2]  # distance below the lowest head slice
+        widen = np.clip((depth_mm - 50.0) / 40.0, 0.0, 1.0)
+        ax = rx + widen * (200.0 - rx)
+        ay = ry + widen * (110.0 - ry)
+        r = np.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2)
+        body = r <= 1.0
+        rim = body & (r > 1.0 - 5.0 / min(ax, ay))
+        vert = ((xx - cx) / 12.0) ** 2 + ((yy - (cy - 0.35 * ry)) / 14.0) ** 2
+        airway = ((xx - cx) / 8.0) ** 2 + ((yy - (cy + 0.45 * ry)) / 8.0) ** 2 <= 1.0
+        sl = np.where(body, muscle, 0.0)
+        sl[rim] = fat
+        sl[body & (vert <= 1.0)] = 0.08 * median
+        sl[body & (vert <= 0.6)] = marrow
+        sl[body & airway] = 0.0
+        coil = 0.6 + 0.4 * (k / max(n_new - 1, 1))  # 0.6 at the new edge, 1 at the head
+        ext[:, :, k] = sl * coil
+    ext = ndimage.gaussian_filter(ext, 0.7)  # partial volumes
+    if sigma > 0:
+        re = ext + rng.normal(0, sigma, ext.shape)
+        im = rng.normal(0, sigma, ext.shape)
+        ext = np.sqrt(re ** 2 + im ** 2)
+    added = n_new - k_low  # slices added to the grid (the others replace empty ones)
+    out = np.concatenate([ext.astype(np.float32), data[:, :, k_low:]], axis=2)
+    affine = img.affine.copy()
+    affine[:3, 3] -= affine[:3, 2] * added
+    return _new(out, affine)
+
+
+def add_spikes(img: nib.Nifti1Image, n: int = 20, value: float = 1e6, seed: int = 0
+               ) -> nib.Nifti1Image:
+    """``n`` voxels of the head foreground set to ``value`` (a reconstruction spike or hot
+    pixels), at positions drawn with ``seed``."""
+    data = _data(img).copy()
+    head = np.flatnonzero(_head(img))
+    rng = np.random.default_rng(seed)
+    data.flat[rng.choice(head, size=n, replace=False)] = value
+    return _new(data, img.affine)
+
+
+#: ordinary inputs the participant level must process as well as the scan they were made from
+HANDLED = {
+    "neck_shoulders_110mm": extend_neck,
+    "spikes_1e6": add_spikes,
 }

@@ -1,6 +1,7 @@
 """Thin Nipype interfaces over the participant-level pure functions.
 
-Each interface calls one function of :mod:`ketabids.anat.conform`, :mod:`ketabids.anat.brain`,
+Each interface calls one function of :mod:`ketabids.anat.conform`, :mod:`ketabids.anat.prepare`,
+:mod:`ketabids.anat.brain`,
 :mod:`ketabids.anat.segmentation`, :mod:`ketabids.anat.registration` or :mod:`ketabids.anat.vbm` and writes its
 results into the node's working folder (``fname_presuffix(..., newpath=runtime.cwd)``). No maths
 here: see the modules named above. Templates travel between nodes as (name, resolution) and are
@@ -98,6 +99,91 @@ class Conform(SimpleInterface):
                                           dtype="float32")
         self._results["out_info"] = _write_json(info, runtime.cwd, "conform_info.json")
         self._results["notes"] = [str(n) for n in info.get("notes", [])]
+        return runtime
+
+
+# --------------------------------------------------------------------------- prepare
+class _PrepareInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="conformed T1w")
+    notes = traits.List(traits.Str, desc="notes so far (conform's)")
+
+
+class _PrepareOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="truncated T1w, long inferior field of view cropped: "
+                    "what every later step processes")
+    out_reference = File(exists=True, desc="truncated T1w on the conformed grid (the grid of "
+                         "the native outputs)")
+    out_info = File(exists=True, desc="JSON: truncation thresholds and share, field-of-view crop")
+    notes = traits.List(traits.Str, desc="the notes given, then what this step changed")
+
+
+class PrepareT1w(SimpleInterface):
+    """Intensity truncation and field-of-view crop (:func:`ketabids.anat.prepare.prepare_t1w`)."""
+
+    input_spec = _PrepareInputSpec
+    output_spec = _PrepareOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketabids.anat.prepare import prepare_t1w
+
+        cropped, truncated, info, notes = prepare_t1w(_load_float(self.inputs.in_file))
+        out = _save(truncated, self.inputs.in_file, "_trunc", runtime.cwd, dtype="float32",
+                    compress=False)
+        self._results["out_reference"] = out
+        if info["fov"]["cropped_mm"] > 0:
+            out = _save(cropped, self.inputs.in_file, "_fov", runtime.cwd, dtype="float32",
+                        compress=False)
+        self._results["out_file"] = out
+        self._results["out_info"] = _write_json(info, runtime.cwd, "prepare_info.json")
+        given = list(self.inputs.notes) if isdefined(self.inputs.notes) else []
+        self._results["notes"] = given + [str(n) for n in notes]
+        return runtime
+
+
+class _RestoreGridInputSpec(BaseInterfaceInputSpec):
+    reference = File(exists=True, mandatory=True,
+                     desc="image on the output grid; its values fill ``t1w`` outside the crop")
+    t1w = File(exists=True, mandatory=True, desc="bias-corrected T1w")
+    bias = File(exists=True, mandatory=True, desc="bias field (1 outside the crop)")
+    mask = File(exists=True, mandatory=True, desc="brain mask (0 outside)")
+    dseg = File(exists=True, mandatory=True, desc="labels (0 outside)")
+    tpms = InputMultiObject(File(exists=True), mandatory=True, desc="GM, WM, CSF (0 outside)")
+
+
+class _RestoreGridOutputSpec(TraitedSpec):
+    t1w = File(exists=True)
+    bias = File(exists=True)
+    mask = File(exists=True)
+    dseg = File(exists=True)
+    tpms = OutputMultiObject(File(exists=True))
+
+
+class RestoreGrid(SimpleInterface):
+    """Native results computed on a cropped field of view, put back on the conformed grid
+    (:func:`ketabids.anat.prepare.restore_grid`); files on that grid already pass unchanged."""
+
+    input_spec = _RestoreGridInputSpec
+    output_spec = _RestoreGridOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketabids.anat.prepare import restore_grid
+
+        ref = nib.load(self.inputs.reference)
+
+        def put(path, fill, dtype):
+            img = nib.load(path)
+            if img.shape[:3] == ref.shape[:3] and np.allclose(img.affine, ref.affine, atol=1e-4):
+                return path
+            fill_img = _load_float(self.inputs.reference) if fill == "reference" else fill
+            out = restore_grid(img, ref, fill=fill_img, dtype=dtype)
+            return _save(out, path, "_grid", runtime.cwd, dtype=dtype,
+                         compress=dtype == "uint8")
+
+        self._results["t1w"] = put(self.inputs.t1w, "reference", "float32")
+        self._results["bias"] = put(self.inputs.bias, 1.0, "float32")
+        self._results["mask"] = put(self.inputs.mask, 0, "uint8")
+        self._results["dseg"] = put(self.inputs.dseg, 0, "uint8")
+        self._results["tpms"] = [put(f, 0.0, "float32") for f in self.inputs.tpms]
         return runtime
 
 

@@ -37,6 +37,8 @@ class _SubjectQCInputSpec(BaseInterfaceInputSpec):
     jacobian = File(exists=True, desc="Jacobian determinant on the template grid")
     std_t1w = File(exists=True, desc="normalised T1w on the template grid")
     omp_nthreads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
+    prepare_info = File(exists=True, desc="JSON of the prepare step (truncation, field of "
+                        "view): its metrics join the record")
 
 
 class _SubjectQCOutputSpec(TraitedSpec):
@@ -78,6 +80,10 @@ class SubjectQC(SimpleInterface):
             metrics = dict(header_metrics(inputs.raw_t1w))
             message = str(exc).splitlines()[0] if str(exc) else ""
             metrics["error"] = f"QC metrics failed: {type(exc).__name__}: {message}"[:300]
+        if opt("prepare_info"):
+            from ketabids.qc.subject import prepare_metrics
+
+            metrics.update(prepare_metrics(inputs.prepare_info))
         record = subject_record(inputs.subject, inputs.session or None, metrics)
         out = write_json(Path(runtime.cwd) / "qc_metrics.json", record)
         self._results["out_file"] = str(out)

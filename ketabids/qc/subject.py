@@ -123,6 +123,22 @@ class _Loader:
         return False
 
 
+def prepare_metrics(info) -> dict:
+    """The QC metrics of the prepare step (:func:`ketabids.anat.prepare.prepare_t1w`) from its
+    info dict or JSON file: ``fov_cropped_mm`` (inferior field of view cropped, mm),
+    ``intensity_truncated_fraction`` (voxels truncated / head voxels) and
+    ``intensity_max_ratio`` (brightest raw voxel / the truncation threshold)."""
+    if not isinstance(info, dict):
+        import json
+        from pathlib import Path
+
+        info = json.loads(Path(info).read_text())
+    fov, trunc = info.get("fov", {}), info.get("truncation", {})
+    return {"fov_cropped_mm": fov.get("cropped_mm"),
+            "intensity_truncated_fraction": trunc.get("truncated_fraction"),
+            "intensity_max_ratio": trunc.get("max_ratio")}
+
+
 def compute_subject_qc(*, raw_t1w, t1w, brain_mask, tpms: dict, bias=None,
                        anat2std_xfm=None, template=None, jacobian=None, std_t1w=None,
                        omp_nthreads: int = 1) -> dict:

@@ -37,6 +37,7 @@ METRIC_ORDER = [
     "orientation_missing", "qform_code", "sform_code", "qform_sform_shift_mm",
     "qform_sform_angle_deg", "zoom_x", "zoom_y", "zoom_z", "slice_thickness_mm",
     "voxel_anisotropy", "voxel_volume_mm3", "fov_mm_x", "fov_mm_y", "fov_mm_z", "fov_min_mm",
+    "fov_cropped_mm", "intensity_truncated_fraction", "intensity_max_ratio",
     "fov_coverage", "brain_dice", "template_correlation", "jac_folded_fraction", "logjac_p01",
     "logjac_p99", "logjac_range", "logjac_median",
     "mask_rim_bright",
@@ -72,6 +73,11 @@ DESCRIPTIONS = {
     "fov_mm_y": "Field of view along the second voxel axis (mm)",
     "fov_mm_z": "Field of view along the third voxel axis (mm)",
     "fov_min_mm": "Smallest field-of-view extent (mm)",
+    "fov_cropped_mm": "Inferior field of view cropped before processing (mm; 0: none): the "
+                      "neck and shoulders more than 180 mm below the top of the head",
+    "intensity_truncated_fraction": "Voxels truncated at the head's 99.9th percentile (or "
+                                    "negative outliers), as a share of the head's voxels",
+    "intensity_max_ratio": "Brightest raw voxel / the truncation threshold (spikes: >> 1)",
     "fov_coverage": "Share of the template brain mask inside the warped field of view",
     "brain_dice": "Dice overlap of the warped brain mask and the template brain mask",
     "template_correlation": "Pearson r of the normalised T1w and the template T1w in the "

@@ -1,10 +1,13 @@
 """The anatomical workflow: THE definition of the participant-level VBM steps and their order.
 
-    conform -> N4 (head) -> brain extraction (affine + SyN to the template, kept as the
-    normalisation) -> template priors to T1w space -> N4 again inside the brain mask, weighted
-    by the GM + WM priors -> partial-volume mixture segmentation (GM/WM/CSF fractions) ->
+    conform (RAS+, sub-mm voxels to 1 mm) -> prepare (intensities truncated, a long inferior
+    field of view cropped) -> N4 (head) -> brain extraction (affine + SyN to the template, kept
+    as the normalisation) -> template priors to T1w space -> N4 again inside the brain mask,
+    weighted by the GM + WM priors -> partial-volume mixture segmentation (GM/WM/CSF) ->
     volumes; GM/WM to the template with Jacobian modulation
     [-> regional GM volumes with an atlas]
+    -> native results back on the conformed grid (restore_grid: only when the field of view
+    was cropped)
 
 Tests and benchmarks run this graph (:func:`ketabids.testing.run_anat_wf`); the maths is in
 :mod:`ketabids.anat`, one interface per step in :mod:`ketabids.interfaces.anatomical`.
@@ -16,6 +19,8 @@ from nipype.pipeline import engine as pe
 
 from ketabids.anat.atlas import Atlas
 from ketabids.anat.brain import HEAD_INTERIOR_MM, TISSUE_N4_ITERATIONS, TISSUE_N4_SPLINE_MM
+from ketabids.anat.conform import FINEST_MM, SUBMM_THRESHOLD_MM
+from ketabids.anat.prepare import FOV_KEEP_MM, FOV_MIN_CUT_MM, TRUNCATE_PERCENTILES
 from ketabids.anat.registration import PAD_MM
 from ketabids.anat.settings import ProcessingSettings
 from ketabids.interfaces.anatomical import (
@@ -24,7 +29,9 @@ from ketabids.interfaces.anatomical import (
     ExtractBrain,
     Modulate,
     N4BiasCorrect,
+    PrepareT1w,
     RegionalVolumes,
+    RestoreGrid,
     SegmentTissues,
     TissueVolumes,
     WarpPriors,
@@ -38,7 +45,7 @@ from ketabids.workflows import LiterateWorkflow as Workflow
 #: (:func:`ketabids.runner.config.configure_workflow`)
 INPUT_HASH = {"execution": {"hash_method": "content"}}
 #: Peak memory (GB) of the heavy steps, for Nipype's MultiProc scheduler (measured, 1 mm).
-_MEM_GB = {"n4": 1.0, "brain_extraction": 2.0, "warp_priors": 1.7,
+_MEM_GB = {"prepare": 1.0, "n4": 1.0, "brain_extraction": 2.0, "warp_priors": 1.7,
            "segmentation": 1.5, "modulate": 2.5}
 
 
@@ -50,14 +57,22 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
     ``t1w_tpms`` (GM, WM, CSF), ``t1w_bias`` (N4 bias field); template-space ``std_t1w``,
     ``std_tpms`` and ``std_mod`` (GM, WM), ``std_jacobian``; ``anat2std_xfm``/``std2anat_xfm``
     (.h5); ``volumes`` (TSV); ``regional`` (TSV, with an atlas); ``skull_stripped``;
-    ``conform_notes``.
+    ``conform_notes`` (conform's and prepare's notes); ``prepare_info`` (JSON: truncation,
+    field-of-view crop). Native outputs are on the conformed grid (the input's, or 1 mm for
+    sub-millimetre input), whatever field of view the processing used.
     """
     settings = ProcessingSettings.for_fast(fast)
     resolution = settings.template_resolution
     workflow = Workflow(name=name)
     workflow.__desc__ = (
         "The T1w image was reoriented to the closest canonical (RAS+) orientation and stored as "
-        "32-bit floats, then corrected for intensity non-uniformity with N4 (Tustison et al., "
+        f"32-bit floats (voxel axes finer than {SUBMM_THRESHOLD_MM:g} mm were resampled to "
+        f"{FINEST_MM:g} mm by area averaging); its intensities were truncated at the "
+        f"{TRUNCATE_PERCENTILES[1]:g}th percentile of the head (negative outliers at its "
+        f"{TRUNCATE_PERCENTILES[0]:g}th percentile), and a field of view reaching more than "
+        f"{FOV_MIN_CUT_MM:g} mm of head or neck beyond {FOV_KEEP_MM:g} mm below the top of the "
+        "head was cropped there (as FSL robustfov does). It was then corrected for intensity "
+        "non-uniformity with N4 (Tustison et al., "
         "2010). The image was then registered to the "
         f"{template} template (Fonov et al., 2009) with an affine followed by a symmetric image "
         "normalisation (SyN, Avants et al., 2008) registration of ANTs on a "
@@ -90,12 +105,13 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "t1w_preproc", "t1w_mask", "t1w_dseg", "t1w_tpms", "std_t1w", "std_tpms", "std_mod",
         "anat2std_xfm", "std2anat_xfm", "volumes", "regional", "skull_stripped",
-        "conform_notes", "t1w_bias", "std_jacobian"]), name="outputnode")
+        "conform_notes", "t1w_bias", "std_jacobian", "prepare_info"]), name="outputnode")
     tpl = dict(template=template, template_resolution=resolution, omp_nthreads=omp_nthreads)
     xfm_fields = ["forward_transforms", "inverse_transforms"]
 
     conform = pe.Node(Conform(), name="conform")
     conform.config = {k: dict(v) for k, v in INPUT_HASH.items()}
+    prepare = pe.Node(PrepareT1w(), name="prepare", mem_gb=_MEM_GB["prepare"])
     n4 = pe.Node(N4BiasCorrect(grid_mm=settings.n4_grid_mm, omp_nthreads=omp_nthreads), name="n4",
                  n_procs=omp_nthreads, mem_gb=_MEM_GB["n4"])
     # brain extraction registers the head to the template (affine + SyN, metric restricted to
@@ -121,13 +137,16 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
     modulate = pe.Node(Modulate(**tpl), name="modulate", n_procs=omp_nthreads,
                        mem_gb=_MEM_GB["modulate"])
     volumes = pe.Node(TissueVolumes(), name="volumes")
+    # the native results back on the conformed grid (a pass-through unless cropped)
+    restore_grid = pe.Node(RestoreGrid(), name="restore_grid", mem_gb=_MEM_GB["prepare"])
 
     workflow.connect([
         (inputnode, conform, [("t1w", "in_file")]),
-        (conform, n4, [("out_file", "in_file")]),
+        (conform, prepare, [("out_file", "in_file"), ("notes", "notes")]),
+        (prepare, n4, [("out_file", "in_file")]),
         (n4, brain_extraction, [("out_file", "in_file")]),
         (brain_extraction, warp_priors, [(f, f) for f in xfm_fields]),
-        (conform, warp_priors, [("out_file", "reference")]),
+        (prepare, warp_priors, [("out_file", "reference")]),
         (brain_extraction, warp_priors, [("out_mask", "in_mask")]),
         (n4, brain_n4, [("out_file", "in_file")]),
         (brain_extraction, brain_n4, [("out_mask", "in_mask")]),
@@ -140,13 +159,17 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
         (brain_extraction, modulate, [(f, f) for f in xfm_fields]),
         (segmentation, modulate, [(("probsegs", _gm_wm), "in_files")]),
         (segmentation, volumes, [("gm", "gm"), ("wm", "wm"), ("csf", "csf")]),
-        (conform, outputnode, [("notes", "conform_notes")]),
-        (n4, outputnode, [("out_file", "t1w_preproc"), ("bias_field", "t1w_bias")]),
-        (brain_extraction, outputnode, [("out_mask", "t1w_mask"),
-                                        ("skull_stripped", "skull_stripped"),
+        (prepare, outputnode, [("notes", "conform_notes"), ("out_info", "prepare_info")]),
+        (prepare, restore_grid, [("out_reference", "reference")]),
+        (n4, restore_grid, [("out_file", "t1w"), ("bias_field", "bias")]),
+        (brain_extraction, restore_grid, [("out_mask", "mask")]),
+        (segmentation, restore_grid, [("dseg", "dseg"), ("probsegs", "tpms")]),
+        (restore_grid, outputnode, [("t1w", "t1w_preproc"), ("bias", "t1w_bias"),
+                                    ("mask", "t1w_mask"), ("dseg", "t1w_dseg"),
+                                    ("tpms", "t1w_tpms")]),
+        (brain_extraction, outputnode, [("skull_stripped", "skull_stripped"),
                                         ("composite_transform", "anat2std_xfm"),
                                         ("inverse_composite_transform", "std2anat_xfm")]),
-        (segmentation, outputnode, [("dseg", "t1w_dseg"), ("probsegs", "t1w_tpms")]),
         (std_t1w, outputnode, [("out_file", "std_t1w")]),
         (modulate, outputnode, [("unmodulated", "std_tpms"), ("modulated", "std_mod"),
                                 ("jacobian", "std_jacobian")]),
