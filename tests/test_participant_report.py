@@ -120,6 +120,7 @@ def _reference_strip_png(panels, aspect, title=None) -> np.ndarray:
     import io
 
     from ketabids.reports.figures import pyplot
+    from ketabids.reports.participant import CONTOUR_WIDTH, LABEL_STYLE, STRIP_DPI
 
     plt = pyplot()
     n = len(panels)
@@ -133,8 +134,8 @@ def _reference_strip_png(panels, aspect, title=None) -> np.ndarray:
                   interpolation="nearest")
         for sl, level, colour in panel.contours:
             if sl.min() < level < sl.max():
-                ax.contour(sl, levels=[level], colors=colour, linewidths=0.7)
-        style = dict(color="white", fontsize=7, transform=ax.transAxes)
+                ax.contour(sl, levels=[level], colors=colour, linewidths=CONTOUR_WIDTH)
+        style = dict(LABEL_STYLE, transform=ax.transAxes)
         ax.text(0.5, 0.02, panel.geo["coord"], ha="center", va="bottom", **style)
         ax.text(0.02, 0.5, panel.geo["left"], ha="left", va="center", **style)
         ax.text(0.98, 0.5, panel.geo["right"], ha="right", va="center", **style)
@@ -142,7 +143,7 @@ def _reference_strip_png(panels, aspect, title=None) -> np.ndarray:
             ax.text(0.02, 0.98, title, ha="left", va="top", **style)
         ax.set_axis_off()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, facecolor="black")
+    fig.savefig(buf, format="png", dpi=STRIP_DPI, facecolor="black")
     plt.close(fig)
     return plt.imread(io.BytesIO(buf.getvalue()), format="png")[..., :3]
 

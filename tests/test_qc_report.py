@@ -1,6 +1,8 @@
 """The cohort QC page: self-contained, every subject listed with its verdict and link."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -27,10 +29,19 @@ def test_qc_page(tmp_path):
     assert page.count("<tr data-pid=") == 8
     assert "<a href=\"sub-00.html\">" in page and "(no report)" in page
     assert "slice thickness 6 mm" in page and "low mean correlation 0.900" in page
-    assert page.count("data:image/png;base64,") == 1  # the homogeneity plot
-    # distributions: inline SVG, one strip per metric present, thresholds drawn, dots by verdict
-    assert page.count("<svg ") == 3 and 'aria-label="tiv_ml"' in page
-    assert page.count("<circle ") == 3 * 8 and page.count('fill="#c62828"') == 3  # sub-03
-    assert 'stroke-dasharray="5,3"' in page  # a fail threshold near the data (TIV 850 mL...)
+    assert "data:image/png" not in page  # every plot is inline SVG
+    # distributions: one strip per metric present + homogeneity, every threshold drawn
+    assert page.count("<svg ") == 4 and 'aria-label="tiv_ml"' in page
+    assert page.count("<circle ") == 4 * 8 and page.count('r="3.5" fill="#c62828"') == 3 + 2  # sub-03; sub-00 flagged
+    tiv = page.split('aria-label="tiv_ml"')[1].split("</svg>")[0]
+    levels = re.findall(r'class="threshold" data-level="(\w+)" data-value="([0-9.]+)"', tiv)
+    assert sorted(levels) == sorted([("warn", "1000"), ("warn", "2000"), ("fail", "850"),
+                                     ("fail", "2200")])  # all four, even far from the data
+    assert ">TIV (mL)</text>" in tiv and tiv.count('text-anchor="middle">') >= 4  # ticks
+    hom = page.split('aria-label="homogeneity_mean_corr"')[1].split("</svg>")[0]
+    assert 'data-value="0.95"' in hom and "sub-00: 0.9</title>" in hom
+    # homogeneity of every subject in the table, sortable and filterable, ratings kept
+    assert page.count("<td class='num'>0.9") == 8 and "id='filter'" in page
+    assert "localStorage.setItem" in page and "loadRatings()" in page
     assert "http" not in page.replace("text/tab-separated-values", "")  # self-contained
     assert "qc_ratings.tsv" in page and "data-ses='ses-a'" in page
