@@ -45,3 +45,33 @@ def test_qc_page(tmp_path):
     assert "localStorage.setItem" in page and "loadRatings()" in page
     assert "http" not in page.replace("text/tab-separated-values", "")  # self-contained
     assert "qc_ratings.tsv" in page and "data-ses='ses-a'" in page
+
+
+def test_qc_tsv_has_homogeneity_of_every_subject(tmp_path):
+    """qc.tsv carries each scan's homogeneity (and keeps it through a rebuild without a new
+    check, e.g. after a subject is published mid-run)."""
+    import json
+
+    from ketabids.qc.table import HOMOGENEITY_COLUMNS, read_qc_table
+
+    for i in range(4):
+        write_subject_qc(tmp_path, f"{i:02d}", "a" if i == 2 else None, {"cnr": 2.0 + i})
+    homogeneity = pd.DataFrame({"id": ["sub-00", "sub-01", "sub-02_ses-a", "sub-03"],
+                                "mean_corr": [0.91, 0.95, 0.96, 0.97],
+                                "mean_corr_z": [-3.0, 0.0, 0.5, 1.0],
+                                "flagged": [True, False, False, False],
+                                "reason": ["low mean correlation 0.910", "", "", ""]})
+    rebuild_qc_table(tmp_path, homogeneity=homogeneity)
+    table = read_qc_table(tmp_path)
+    assert table["homogeneity_mean_corr"].tolist() == [0.91, 0.95, 0.96, 0.97]
+    assert table["homogeneity_flag"].fillna("").tolist() == ["low mean correlation 0.910", "",
+                                                             "", ""]
+    dictionary = json.loads((tmp_path / "qc.json").read_text())
+    assert all("homogeneity" in dictionary[c]["Description"].lower()
+               for c in HOMOGENEITY_COLUMNS)
+    write_subject_qc(tmp_path, "04", None, {"cnr": 2.5})
+    rebuild_qc_table(tmp_path)  # no new check: the last values stay, the new scan has none
+    table = read_qc_table(tmp_path)
+    assert table["homogeneity_mean_corr"].tolist()[:4] == [0.91, 0.95, 0.96, 0.97]
+    assert np.isnan(table["homogeneity_mean_corr"].iloc[4])
+    assert table["homogeneity_flag"].iloc[0] == "low mean correlation 0.910"

@@ -21,6 +21,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ketabids.io import atomic_write_text, write_json, write_tsv
@@ -269,6 +270,29 @@ def add_homogeneity(frame: pd.DataFrame, homogeneity: pd.DataFrame | None) -> pd
     return frame
 
 
+def _previous_homogeneity(output_dir) -> pd.DataFrame | None:
+    """The homogeneity columns of the current ``qc.tsv`` as a homogeneity table (a rebuild
+    without a new check keeps the last check's values instead of blanking them)."""
+    path = Path(output_dir) / "qc.tsv"
+    if not path.is_file():
+        return None
+    try:
+        old = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False,
+                          dtype={"participant_id": str, "session": str})
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+    if "homogeneity_mean_corr" not in old.columns:
+        return None
+    old = old[old["homogeneity_mean_corr"].notna()]
+    ids = [f"{p}_{s}" if isinstance(s, str) and s else p
+           for p, s in zip(old["participant_id"], old.get("session", [None] * len(old)))]
+    flag = old.get("homogeneity_flag", pd.Series([None] * len(old), index=old.index))
+    return pd.DataFrame({"id": ids, "mean_corr": old["homogeneity_mean_corr"].to_numpy(),
+                         "mean_corr_z": old.get("homogeneity_z", np.nan),
+                         "flagged": flag.notna().to_numpy(),
+                         "reason": flag.fillna("").to_numpy()})
+
+
 def rebuild_qc_table(output_dir, *, lock: bool = True,
                      homogeneity: pd.DataFrame | None = None) -> tuple[Path, pd.DataFrame]:
     """Rebuild ``qc.tsv`` and ``qc.json`` from every per-subject JSON (and the homogeneity
@@ -279,7 +303,8 @@ def rebuild_qc_table(output_dir, *, lock: bool = True,
     with (qc_lock(output_dir) if lock else contextlib.nullcontext()):
         frame = qc_frame(collect_records(output_dir))
         if len(frame):
-            frame = add_homogeneity(frame, homogeneity)
+            frame = add_homogeneity(frame, homogeneity if homogeneity is not None
+                                    else _previous_homogeneity(output_dir))
         tsv = write_tsv(frame, output_dir / "qc.tsv", float_format="%.6g")
         write_json(output_dir / "qc.json", data_dictionary(frame.columns))
         _ensure_bidsignore(output_dir)
