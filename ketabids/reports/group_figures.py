@@ -99,7 +99,7 @@ def fig_permutation(null_bac, observed_bac, p_bac, null_auc=None, observed_auc=N
         pad = 0.05 * (hi - lo or 1.0)
         ax.hist(null, bins=np.linspace(lo - pad, hi + pad, 31), color="0.72", edgecolor="0.5")
         ax.axvline(obs, color="C3", lw=2)
-        ax.set_title(f"observed {name} {obs:.3f} (red), {format_p(p, null.size)}",
+        ax.set_title(f"observed {name} {obs:.3f} (red line)\n{format_p(p, null.size)}",
                      fontsize=STYLE["font.size"])
         ax.set(xlabel=f"{name} under permuted labels", ylabel="permutations")
         ax.set_ylim(0, ax.get_ylim()[1] * 1.08)

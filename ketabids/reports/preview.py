@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["build_preview", "PREVIEW_PROTOCOL"]
+__all__ = ["build_preview", "screenshot", "console_errors", "PREVIEW_PROTOCOL", "CHROMIUM"]
 
 #: Reduced training protocol of the preview (the real default is 10 x 10-fold).
 PREVIEW_PROTOCOL = dict(n_repeats=2, n_outer=4, n_inner=3,
@@ -138,3 +138,62 @@ def build_preview(root, *, n: int = 60, seed: int = 21, participant_pages: int =
                                 include=["arm=saline"], n_permutations=199, seed=1)
     return {"participant": pages, "qc": qc_page, "train": Path(train["report"]),
             "predict": Path(predict["report"]), "out": out}
+
+
+#: Chromium of Debian's ``chromium`` package; :func:`screenshot` runs it headless and offline.
+CHROMIUM = "/usr/bin/chromium"
+_CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                   "--disable-background-networking", "--disable-component-update",
+                   "--no-first-run", "--hide-scrollbars", "--force-device-scale-factor=1",
+                   "--enable-logging=stderr", "--v=0", "--log-level=0"]
+
+
+def console_errors(log: str) -> list[str]:
+    """The page's console errors (uncaught exceptions, ``console.error``) in Chromium's
+    ``--enable-logging=stderr`` output: lines of the ``CONSOLE`` source at ERROR level or
+    naming an uncaught error."""
+    import re
+
+    out = []
+    for line in log.splitlines():
+        if "CONSOLE" not in line:
+            continue
+        if re.search(r":ERROR:CONSOLE|Uncaught|console\.error", line):
+            out.append(line.strip())
+    return out
+
+
+def screenshot(page, png, *, width: int = 1280, height: int = 1400,
+               chromium: str = CHROMIUM, colours: int | None = 256,
+               timeout: float = 120.0) -> list[str]:
+    """Render ``page`` (a local HTML file) with headless Chromium into ``png`` (``width`` x
+    ``height`` CSS px, the top of the page) and return the page's console errors
+    (:func:`console_errors`). No network: the pages are self-contained and Chromium runs with
+    background networking off, in a throw-away profile. ``colours``: palette size of the saved
+    PNG (smaller files; None keeps the RGB screenshot)."""
+    import io
+    import subprocess
+    import tempfile
+
+    page, png = Path(page).resolve(), Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ketabids-chromium-") as profile:
+        raw = Path(profile) / "shot.png"
+        run = subprocess.run(
+            [chromium, *_CHROMIUM_FLAGS, f"--user-data-dir={profile}/profile",
+             f"--window-size={width},{height}", f"--screenshot={raw}", page.as_uri()],
+            capture_output=True, text=True, timeout=timeout, check=False)
+        if not raw.is_file():
+            raise RuntimeError(f"{chromium} made no screenshot of {page} (exit "
+                               f"{run.returncode}): {run.stderr.strip()[-500:]}")
+        data = raw.read_bytes()
+    if colours:
+        from PIL import Image as PILImage
+
+        with PILImage.open(io.BytesIO(data)) as im:
+            buf = io.BytesIO()
+            im.convert("RGB").quantize(colours, method=PILImage.Quantize.MEDIANCUT).save(
+                buf, format="PNG", optimize=True)
+            data = buf.getvalue()
+    png.write_bytes(data)
+    return console_errors(run.stderr)
