@@ -442,7 +442,7 @@ def write_train_report(path, *, cohort, rule, features, result, perm, calibratio
                   ("participants", "Per participant"), ("maps", "Maps"),
                   ("methods", "Methods"), ("model", "Model")]),
             _headline_block(headline, warnings), _kv(summary),
-            _files_section(folder, extra=("report.html",)),
+            _files_section(folder, extra=("tripod_ai.tsv", "model_card.md")),
             _cohort_section(cohort, rule, site_column)]
     perf = ["<p>Intervals: <em>pooled</em> = all out-of-fold predictions of all repeats, "
             "subject-cluster bootstrap; <em>mean_over_repeats</em> = mean of the per-repeat "

@@ -121,9 +121,9 @@ def build_preview(root, *, n: int = 60, seed: int = 21, participant_pages: int =
         write_subject_qc(out, subject, None, metrics)
         verdict, reasons = assess(metrics)
         records[subject] = {**metrics, "verdict": verdict, "reasons": reasons}
-    rebuild_qc_table(out)
     maps, ids = modulated_gm_maps(out)
     homogeneity = sample_homogeneity(maps, ids)
+    rebuild_qc_table(out, homogeneity=homogeneity)  # as the participant level does
     subjects = list(records)[:participant_pages]
     pages = _participant_pages(out, subjects, records)
     qc_page = render_qc_page(out, homogeneity=homogeneity)  # now with the report links
