@@ -32,7 +32,8 @@ def test_qc_page(tmp_path):
     assert "data:image/png" not in page  # every plot is inline SVG
     # distributions: one strip per metric present + homogeneity, every threshold drawn
     assert page.count("<svg ") == 4 and 'aria-label="tiv_ml"' in page
-    assert page.count("<circle ") == 4 * 8 and page.count('r="3.5" fill="#c62828"') == 3 + 2  # sub-03; sub-00 flagged
+    assert page.count("<circle ") == 4 * 8
+    assert page.count('r="3.5" fill="#c62828"') == 3 + 2  # sub-03 in 3 strips; sub-00 flagged
     tiv = page.split('aria-label="tiv_ml"')[1].split("</svg>")[0]
     levels = re.findall(r'class="threshold" data-level="(\w+)" data-value="([0-9.]+)"', tiv)
     assert sorted(levels) == sorted([("warn", "1000"), ("warn", "2000"), ("fail", "850"),

@@ -34,10 +34,18 @@ import pandas as pd
 
 from ketabids.io import atomic_write_text
 from ketabids.reports.figures import Image
-from ketabids.reports.group_figures import (axial_cuts, fig_brain, fig_confusion,
-                                             fig_decision_curve, fig_decisions,
-                                             fig_decisions_unlabelled, fig_permutation,
-                                             fig_reliability, fig_roc, fig_slices)
+from ketabids.reports.group_figures import (
+    axial_cuts,
+    fig_brain,
+    fig_confusion,
+    fig_decision_curve,
+    fig_decisions,
+    fig_decisions_unlabelled,
+    fig_permutation,
+    fig_reliability,
+    fig_roc,
+    fig_slices,
+)
 
 __all__ = ["write_train_report", "write_predict_report", "methods_paragraph",
            "c_selection_summary", "axial_cuts", "fig_brain", "fig_confusion",

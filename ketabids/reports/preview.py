@@ -163,11 +163,12 @@ def console_errors(log: str) -> list[str]:
     return out
 
 
-def screenshot(page, png, *, width: int = 1280, height: int = 1400,
+def screenshot(page, png, *, width: int = 1280, height: int = 1400, hide: str = "",
                chromium: str = CHROMIUM, colours: int | None = 256,
                timeout: float = 120.0) -> list[str]:
     """Render ``page`` (a local HTML file) with headless Chromium into ``png`` (``width`` x
-    ``height`` CSS px, the top of the page) and return the page's console errors
+    ``height`` CSS px, the top of the page; ``hide``: a CSS selector of elements left out of
+    the picture, in a temporary copy of the page) and return the page's console errors
     (:func:`console_errors`). No network: the pages are self-contained and Chromium runs with
     background networking off, in a throw-away profile. ``colours``: palette size of the saved
     PNG (smaller files; None keeps the RGB screenshot)."""
@@ -179,6 +180,13 @@ def screenshot(page, png, *, width: int = 1280, height: int = 1400,
     png.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ketabids-chromium-") as profile:
         raw = Path(profile) / "shot.png"
+        if hide:
+            text = page.read_text(encoding="utf-8")
+            copy = Path(profile) / page.name
+            copy.write_text(text.replace(
+                "</head>", f"<style>{hide}{{display:none !important}}</style></head>", 1),
+                encoding="utf-8")
+            page = copy
         run = subprocess.run(
             [chromium, *_CHROMIUM_FLAGS, f"--user-data-dir={profile}/profile",
              f"--window-size={width},{height}", f"--screenshot={raw}", page.as_uri()],

@@ -94,7 +94,8 @@ function exportRatings(){
     if(r||c){rows.push([tr.dataset.pid,tr.dataset.ses||"n/a",r||"n/a",
       c.replace(/[\\t\\n]/g," ")||"n/a"]);}
   });
-  const blob=new Blob([rows.map(r=>r.join("\\t")).join("\\n")+"\\n"],{type:"text/tab-separated-values"});
+  const blob=new Blob([rows.map(r=>r.join("\\t")).join("\\n")+"\\n"],
+                      {type:"text/tab-separated-values"});
   const a=document.createElement("a");a.href=URL.createObjectURL(blob);
   a.download="qc_ratings.tsv";a.click();
 }

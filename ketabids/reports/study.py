@@ -409,7 +409,7 @@ def model_card(folder) -> str:
         f"of Jacobian-modulated grey matter ({m.get('template')}, "
         f"{feats.get('analysis_resolution', 'n/a')} mm grid, {feats.get('smoothing_fwhm')} mm "
         f"FWHM), C = {cv.get('final_C')}, class weights balanced.",
-        f"- Output: decision value (> 0 = predicted responder) and Platt probability.",
+        "- Output: decision value (> 0 = predicted responder) and Platt probability.",
         f"- Files: `ketabids_model.skops` (SHA-256 {str(m.get('model_sha256', 'n/a'))[:16]}), "
         f"manifest `{run.manifest_name}`, created {m.get('created', 'n/a')}.",
         f"- Covariates: {', '.join((m.get('covariates') or {}).get('names') or []) or 'none'}; "
