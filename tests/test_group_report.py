@@ -127,3 +127,54 @@ def test_progress_is_compact(capsys):
     assert 10 <= len(lines) <= 12 and lines[-1].startswith("ketabids: permutations 100/100")
     Progress("x", enabled=False)(1, 2)
     assert capsys.readouterr().err == ""
+
+
+def test_sections_from_the_agreed_files_render_when_present(tmp_path):
+    """metrics_by_site.tsv, audit.tsv, decision_curve.tsv, metrics_by_arm.tsv, specificity.tsv
+    and the optional metrics.json blocks (schemas of issues 23/24) each give their section;
+    without them the sections are absent."""
+    import json
+
+    assert report._audit_section(tmp_path) == "" and report._arms_section(tmp_path) == ""
+    assert report._decision_curve_figure(tmp_path) == ""
+    assert report._site_section(tmp_path) == ""  # no file, no sites
+    pd.DataFrame({"site": ["A", "B"], "n": [30, 20], "n_responders": [14, 9],
+                  "n_nonresponders": [16, 11], "bac": [0.7, 0.6], "bac_ci_low": [0.5, 0.4],
+                  "bac_ci_high": [0.85, 0.8], "auc": [0.75, float("nan")],
+                  "auc_ci_low": [0.6, float("nan")], "auc_ci_high": [0.9, float("nan")]}
+                 ).to_csv(tmp_path / "metrics_by_site.tsv", sep="\t", index=False, na_rep="n/a")
+    pd.DataFrame({"check": ["site predictability"], "value": [0.81], "reference": [0.5],
+                  "status": ["warn"], "detail": ["site is predictable from the maps"]}
+                 ).to_csv(tmp_path / "audit.tsv", sep="\t", index=False)
+    t = np.arange(1, 100) / 100
+    pd.DataFrame({"threshold": t, "net_benefit_model": 0.4 - t / 2,
+                  "net_benefit_treat_all": 0.45 - t, "net_benefit_treat_none": 0.0}
+                 ).to_csv(tmp_path / "decision_curve.tsv", sep="\t", index=False)
+    pd.DataFrame({"arm": ["ketamine", "saline"], "n": [40, 30], "bac": [0.7, 0.5]}
+                 ).to_csv(tmp_path / "metrics_by_arm.tsv", sep="\t", index=False)
+    pd.DataFrame({"analysis": ["bac_difference", "auc_difference", "interaction_log_odds"],
+                  "estimate": [0.2, 0.2, 1.1], "ci_low": [0.01, 0.0, 0.1],
+                  "ci_high": [0.4, 0.4, 2.0], "p_value": [0.04, 0.05, 0.03],
+                  "detail": ["", "", ""]}).to_csv(tmp_path / "specificity.tsv", sep="\t",
+                                                    index=False)
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "c_selection": {"warning": "Every outer fold chose the smallest C."},
+        "audit_warnings": ["The decision values differ between sites."],
+        "calibration_in_the_large": {"value": -0.2, "ci_low": -0.6, "ci_high": 0.2},
+        "calibration_slope": {"value": 0.6, "ci_low": 0.2, "ci_high": 1.0},
+        "specificity": {"reference_arm": "saline", "treatment_arm": "ketamine",
+                        "interpretation": "Better in the ketamine arm than in saline."}}))
+    site = report._site_section(tmp_path)
+    assert 'href="metrics_by_site.tsv"' in site and site.count("<tr>") == 3
+    assert "site predictability" in report._audit_section(tmp_path)
+    assert report._decision_curve_figure(tmp_path).count("<img ") == 1
+    arms = report._arms_section(tmp_path)
+    assert "interaction_log_odds" in arms and "Better in the ketamine arm" in arms
+    assert "reference arm: saline" in arms
+    warnings = report._audit_warnings(tmp_path)
+    assert warnings[0][1].startswith("The decision values differ between sites.")
+    assert report._c_selection_warning(tmp_path, None, None)[1].startswith("Every outer fold")
+    block = json.loads((tmp_path / "metrics.json").read_text())
+    calibration = report._calibration_rows(block)
+    assert "Calibration slope" in calibration and "0.600" in calibration
+    assert "0.200 - 1.000" in calibration
