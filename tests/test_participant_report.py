@@ -195,3 +195,52 @@ def test_strip_matches_one_axes_per_slice_rendering():
         lines = (np.abs(ref - ref[..., :1]).max(-1) > 0.1).mean()  # coloured pixels
         assert lines > 0.01  # the contours are there to compare
         assert (diff > 0).mean() < 0.03 and (diff > 0.25).mean() < 0.002, axis
+
+
+def test_metrics_table_has_units_and_thresholds():
+    from ketabids.reports.participant import metrics_table
+
+    table = metrics_table({"tiv_ml": 2100.0, "cnr": 0.8, "fov_coverage": 0.99,
+                           "slice_thickness_mm": 1.0})
+    assert "<td>mL</td><td>outside 1000-2000 mL</td><td>outside 850-2200 mL</td>" in table
+    assert 'class="num bad-warn">2100' in table  # beyond the warn range, within the fail one
+    assert 'class="num bad-warn">0.80' in table and "&lt; 0.5" in table  # CNR
+    assert ">99</td><td>%</td><td>&lt; 97 %</td>" in table  # shown in the rule's unit
+    assert metrics_table({}) == ""
+
+
+def test_previous_next_links_follow_the_subjects_present(tmp_path):
+    from ketabids.reports.participant import (
+        assemble_report,
+        failure_report,
+        render_section,
+        update_subject_navigation,
+    )
+
+    for label in ("03", "01"):
+        page = assemble_report(subject=label, sections=[render_section(
+            subject=label, source_file="x", qc={"verdict": "pass", "reasons": []})])
+        (tmp_path / f"sub-{label}.html").write_text(page)
+    assert update_subject_navigation(tmp_path) == 2
+    first, last = (tmp_path / "sub-01.html").read_text(), (tmp_path / "sub-03.html").read_text()
+    assert 'href="sub-03.html" rel="next"' in first and "(first subject)" in first
+    assert 'href="sub-01.html" rel="prev"' in last and "(last subject)" in last
+    failure_report(tmp_path / "sub-02.html", subject="02", error="boom")
+    assert update_subject_navigation(tmp_path) == 3  # a new subject in the middle
+    assert 'href="sub-02.html" rel="next"' in (tmp_path / "sub-01.html").read_text()
+    assert update_subject_navigation(tmp_path) == 0  # nothing changed: nothing rewritten
+
+
+def test_flicker_blend_keeps_hover_and_captions_under_strips():
+    from ketabids.reports.participant import _CSS, _FLICKER_JS, Strip, flicker_html
+
+    strips = [Strip("data:image/png;base64,AAAA", ax, ("z = 1 mm",), "L", "R")
+              for ax in ("sagittal", "coronal")]
+    block = flicker_html("f", strips, strips)
+    # the slider sets a CSS variable of the strip, not the image's inline opacity, so the
+    # hover rule (opacity 1) still wins after the slider was used
+    assert "setProperty('--blend'" in _FLICKER_JS and "style.opacity" not in _FLICKER_JS
+    assert "opacity:var(--blend)" in _CSS and ".flicker:hover img.top{opacity:1}" in _CSS
+    assert "style=" not in block
+    assert block.count("<figure><div class=\"flicker\"") == 2
+    assert block.count("</div><figcaption>") == 2  # each caption right under its strip
