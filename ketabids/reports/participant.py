@@ -505,6 +505,15 @@ def subject_nav(previous: str | None, following: str | None) -> str:
 _NAV_START, _NAV_END = "<!--ketabids:subject-nav-->", "<!--/ketabids:subject-nav-->"
 
 
+def neighbours(output_dir, subject: str) -> tuple[str | None, str | None]:
+    """Labels of the subjects before and after ``subject`` among the ``sub-*.html`` reports of
+    ``output_dir`` (sorted), ``subject`` counted even before its page exists."""
+    labels = {p.name[len("sub-"):-len(".html")] for p in Path(output_dir).glob("sub-*.html")}
+    labels = sorted(labels | {subject})
+    i = labels.index(subject)
+    return (labels[i - 1] if i else None, labels[i + 1] if i + 1 < len(labels) else None)
+
+
 def update_subject_navigation(output_dir) -> int:
     """Rewrite the previous / next links of every ``sub-X.html`` in ``output_dir`` (sorted by
     subject label), in place and atomically, where they changed; returns how many pages were
@@ -684,7 +693,7 @@ def failure_report(path, *, subject, error, crash_files=(), finished_steps=(), f
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>ketabids: sub-{esc(subject)} (failed)</title><style>{_CSS}</style>",
-             "</head><body>", subject_nav(None, None),
+             "</head><body>", subject_nav(*neighbours(Path(path).parent, subject)),
              f"<h1>ketabids report: sub-{esc(subject)}</h1>",
              '<p class="verdict fail" data-verdict="fail"><b>QC fail</b>: processing failed; this subject has no '
              "derivatives and is left out of the group level.</p>",
