@@ -444,7 +444,12 @@ def write_train_report(path, *, cohort, rule, features, result, perm, calibratio
     grid = (manifest.get("cv") or {}).get("C_grid")
     warnings = [w for w in [_c_selection_warning(folder, result.folds, grid)] if w]
     warnings = _audit_warnings(folder) + warnings
-    summary = [("CV scheme hash", result.cv_hash), ("Run time", f"{elapsed:.0f} s")]
+    summary = [("CV scheme hash", result.cv_hash)]
+    scheme = _read_json(folder, "metrics.json").get("cv_scheme")
+    if isinstance(scheme, dict):
+        summary.append(("Outer CV scheme", ", ".join(
+            f"{k} {v}" for k, v in scheme.items() if v is not None)))
+    summary.append(("Run time", f"{elapsed:.0f} s"))
     body = [_nav([("files", "Files"), ("cohort", "Cohort"), ("performance", "Performance"),
                   ("sites", "Per site"), ("folds", "Per repeat"),
                   ("participants", "Per participant"), ("maps", "Maps"),

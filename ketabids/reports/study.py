@@ -307,7 +307,8 @@ def tripod_ai_rows(folder) -> pd.DataFrame:
             "Performance per site" + (" (metrics_by_site.tsv)" if run.by_site is not None
                                       else " (report, Per site)")
             + (f"; ComBat harmonisation of {site.get('column')}" if site.get("combat") else "")
-            + (f"; outer CV {m['cv_scheme']['outer']}" if m.get("cv_scheme") else "") + ".",
+            + (f"; outer CV {run.metrics['cv_scheme'].get('outer')}"
+               if isinstance(run.metrics.get("cv_scheme"), dict) else "") + ".",
             "metrics_by_site.tsv" if run.by_site is not None else "report.html#sites")
     measures = ("balanced accuracy (headline, pooled out-of-fold), sensitivity, specificity, "
                 "ROC AUC, PPV, NPV, Brier score with 95 % intervals; permutation test; "
