@@ -102,7 +102,8 @@ def test_train_recovers_planted_effect(study):
     assert manifest["cv"]["cv_hash"] == s["cv_hash"]
     assert manifest["model_sha256"] == model_io.sha256_file(train / "ketabids_model.skops")
     report = (train / "report.html").read_text()
-    assert report.count("data:image/png;base64,") >= 9
+    assert report.count("data:image/png;base64,") == 5  # brain maps: PNG
+    assert report.count("data:image/svg+xml;base64,") >= 5  # charts: SVG
     assert "Haufe" in report and 'src="http' not in report
     assert "published" not in report        # the paper's figures belong to the demo table
     assert not any(p.name.startswith(".") for p in (study["out"] / "group").iterdir())
