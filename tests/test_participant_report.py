@@ -209,29 +209,26 @@ def test_metrics_table_has_units_and_thresholds():
     assert metrics_table({}) == ""
 
 
-def test_previous_next_links_follow_the_subjects_present(tmp_path):
-    from ketabids.reports.participant import (
-        assemble_report,
-        failure_report,
-        render_section,
-        update_subject_navigation,
-    )
+def test_previous_next_links_go_through_the_cohort_page(tmp_path):
+    """The links are static (a rerun rewrites nothing); qc.html forwards them to the neighbour's
+    report in its table's order."""
+    from ketabids.qc.table import rebuild_qc_table, write_subject_qc
+    from ketabids.reports.participant import assemble_report, failure_report, render_section
+    from ketabids.reports.qc import render_qc_page
 
-    for label in ("03", "01"):
-        page = assemble_report(subject=label, sections=[render_section(
-            subject=label, source_file="x", qc={"verdict": "pass", "reasons": []})])
-        (tmp_path / f"sub-{label}.html").write_text(page)
-    assert update_subject_navigation(tmp_path) == 2
-    first, last = (tmp_path / "sub-01.html").read_text(), (tmp_path / "sub-03.html").read_text()
-    assert 'href="sub-03.html" rel="next"' in first and "(first subject)" in first
-    assert 'href="sub-01.html" rel="prev"' in last and "(last subject)" in last
-    failure_report(tmp_path / "sub-02.html", subject="02", error="boom")
-    failed = (tmp_path / "sub-02.html").read_text()  # written with its neighbours already,
-    assert 'href="sub-01.html" rel="prev"' in failed  # so a rerun writing the same page
-    assert 'href="sub-03.html" rel="next"' in failed  # leaves it untouched
-    assert update_subject_navigation(tmp_path) == 2  # a new subject in the middle
-    assert 'href="sub-02.html" rel="next"' in (tmp_path / "sub-01.html").read_text()
-    assert update_subject_navigation(tmp_path) == 0  # nothing changed: nothing rewritten
+    page = assemble_report(subject="01", sections=[render_section(
+        subject="01", source_file="x", qc={"verdict": "pass", "reasons": []})])
+    assert 'href="qc.html#prev=sub-01" rel="prev"' in page
+    assert 'href="qc.html#next=sub-01" rel="next"' in page
+    failed = failure_report(tmp_path / "sub-02.html", subject="02", error="boom").read_text()
+    assert 'href="qc.html#next=sub-02"' in failed
+    for label in ("01", "02", "03"):
+        write_subject_qc(tmp_path, label, None, {"cnr": 2.0})
+    (tmp_path / "sub-01.html").write_text(page)
+    rebuild_qc_table(tmp_path)
+    qc = render_qc_page(tmp_path).read_text()
+    assert qc.count('<a class="report" href="sub-0') == 2  # sub-03 has no report
+    assert "function forward()" in qc and "location.replace(reports[j])" in qc
 
 
 def test_flicker_blend_keeps_hover_and_captions_under_strips():

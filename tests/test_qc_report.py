@@ -27,7 +27,7 @@ def test_qc_page(tmp_path):
     homogeneity.attrs["fence"] = 0.95
     page = render_qc_page(tmp_path, homogeneity=homogeneity).read_text()
     assert page.count("<tr data-pid=") == 8
-    assert "<a href=\"sub-00.html\">" in page and "(no report)" in page
+    assert "<a class=\"report\" href=\"sub-00.html\">" in page and "(no report)" in page
     assert "slice thickness 6 mm" in page and "low mean correlation 0.900" in page
     assert "data:image/png" not in page  # every plot is inline SVG
     # distributions: one strip per metric present + homogeneity, every threshold drawn

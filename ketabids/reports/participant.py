@@ -489,53 +489,16 @@ def metrics_table(record: dict, metrics=REPORT_METRICS) -> str:
             + "</tbody></table>")
 
 
-def subject_nav(previous: str | None, following: str | None) -> str:
-    """Links to the previous / next subject's report and to the cohort page (between markers,
-    so :func:`update_subject_navigation` can rewrite them as subjects are added)."""
-    items = [f'<a href="sub-{html.escape(previous)}.html" rel="prev">&larr; sub-'
-             f"{html.escape(previous)}</a>" if previous else "<span>(first subject)</span>",
-             '<a href="qc.html">all subjects (qc.html)</a>',
-             f'<a href="sub-{html.escape(following)}.html" rel="next">sub-'
-             f"{html.escape(following)} &rarr;</a>" if following
-             else "<span>(last subject)</span>"]
-    return (f"{_NAV_START}<nav class='subjects' aria-label='subjects'>{''.join(items)}</nav>"
-            f"{_NAV_END}")
-
-
-_NAV_START, _NAV_END = "<!--ketabids:subject-nav-->", "<!--/ketabids:subject-nav-->"
-
-
-def neighbours(output_dir, subject: str) -> tuple[str | None, str | None]:
-    """Labels of the subjects before and after ``subject`` among the ``sub-*.html`` reports of
-    ``output_dir`` (sorted), ``subject`` counted even before its page exists."""
-    labels = {p.name[len("sub-"):-len(".html")] for p in Path(output_dir).glob("sub-*.html")}
-    labels = sorted(labels | {subject})
-    i = labels.index(subject)
-    return (labels[i - 1] if i else None, labels[i + 1] if i + 1 < len(labels) else None)
-
-
-def update_subject_navigation(output_dir) -> int:
-    """Rewrite the previous / next links of every ``sub-X.html`` in ``output_dir`` (sorted by
-    subject label), in place and atomically, where they changed; returns how many pages were
-    rewritten. Called when the cohort page is rebuilt, so a page made before its neighbours
-    existed gets their links."""
-    from ketabids.io import atomic_write_text
-
-    pages = sorted(Path(output_dir).glob("sub-*.html"))
-    labels = [p.name[len("sub-"):-len(".html")] for p in pages]
-    changed = 0
-    for i, page in enumerate(pages):
-        text = page.read_text(encoding="utf-8", errors="replace")
-        start, end = text.find(_NAV_START), text.find(_NAV_END)
-        if start < 0 or end < start:
-            continue
-        nav = subject_nav(labels[i - 1] if i else None,
-                          labels[i + 1] if i + 1 < len(labels) else None)
-        new = text[:start] + nav + text[end + len(_NAV_END):]
-        if new != text:
-            atomic_write_text(page, new)
-            changed += 1
-    return changed
+def subject_nav(subject: str) -> str:
+    """Links to the previous / next subject's report and to the cohort page. They go through
+    ``qc.html`` (``qc.html#prev=sub-X``), which lists every subject and forwards to the
+    neighbour's report: the page itself never changes when subjects are added, so a rerun
+    rewrites nothing."""
+    sub = html.escape(f"sub-{subject}")
+    return ("<nav class='subjects' aria-label='subjects'>"
+            f'<a href="qc.html#prev={sub}" rel="prev">&larr; previous subject</a>'
+            '<a href="qc.html">all subjects (qc.html)</a>'
+            f'<a href="qc.html#next={sub}" rel="next">next subject &rarr;</a></nav>')
 
 
 def _table(rows: list[dict] | dict, header=("Item", "Value")) -> str:
@@ -642,11 +605,9 @@ def _worst_verdict(sections) -> str | None:
     return max(found, key=_VERDICT_ORDER.index) if found else None
 
 
-def assemble_report(*, subject, sections, methods="", settings=None, versions=None,
-                    neighbours=(None, None)) -> str:
+def assemble_report(*, subject, sections, methods="", settings=None, versions=None) -> str:
     """The complete, self-contained HTML report of one subject: links to the previous / next
-    subject (``neighbours``: their labels; rewritten by :func:`update_subject_navigation` when
-    the cohort page is rebuilt), QC verdict(s) at the top, then each T1w's section, an Errors
+    subject (:func:`subject_nav`), QC verdict(s) at the top, then each T1w's section, an Errors
     section, methods, settings and software versions."""
     worst = _worst_verdict(sections)
     errors = [m for sec in sections
@@ -654,7 +615,7 @@ def assemble_report(*, subject, sections, methods="", settings=None, versions=No
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>ketabids: sub-{html.escape(subject)}</title><style>{_CSS}</style>",
              f"<script>{_FLICKER_JS}</script>",
-             "</head><body>", subject_nav(*neighbours),
+             "</head><body>", subject_nav(subject),
              f"<h1>ketabids report: sub-{html.escape(subject)}</h1>"]
     if worst is not None:
         parts.append(f'<p class="verdict {worst}" id="qc-summary"><b>QC {worst}</b> '
@@ -693,7 +654,7 @@ def failure_report(path, *, subject, error, crash_files=(), finished_steps=(), f
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>ketabids: sub-{esc(subject)} (failed)</title><style>{_CSS}</style>",
-             "</head><body>", subject_nav(*neighbours(Path(path).parent, subject)),
+             "</head><body>", subject_nav(subject),
              f"<h1>ketabids report: sub-{esc(subject)}</h1>",
              '<p class="verdict fail" data-verdict="fail"><b>QC fail</b>: processing failed; this subject has no '
              "derivatives and is left out of the group level.</p>",

@@ -65,7 +65,7 @@ def _participant_pages(out: Path, subjects, qc_records: dict) -> list[Path]:
     seg = plot_segmentation(t1w, mask, dseg_img)
     norm = plot_normalisation(t1w, t1w, nib.load(tpl.wm), mask)
     pages = []
-    for i, subject in enumerate(subjects):
+    for subject in subjects:
         section = render_section(
             subject=subject, source_file=f"sub-{subject}/anat/sub-{subject}_T1w.nii.gz",
             segmentation_png=seg, normalisation_png=norm, template=tpl.name,
@@ -75,9 +75,7 @@ def _participant_pages(out: Path, subjects, qc_records: dict) -> list[Path]:
             subject=subject, sections=[section],
             methods="Preview page: the embedded MNI152NLin2009aSym template stands in for a "
                     "processed subject.",
-            settings={"template": tpl.name}, versions={},
-            neighbours=(subjects[i - 1] if i else None,
-                        subjects[i + 1] if i + 1 < len(subjects) else None))
+            settings={"template": tpl.name}, versions={})
         path = out / f"sub-{subject}.html"
         atomic_write_text(path, page)
         pages.append(path)

@@ -11,8 +11,8 @@ sent anywhere.
 
 :func:`render_qc_page` takes the cohort table (``qc.tsv`` as a DataFrame) and optionally the
 homogeneity table of :func:`ketabids.qc.homogeneity.sample_homogeneity`, writes atomically, and
-refreshes the previous / next links of the subjects' reports
-(:func:`ketabids.reports.participant.update_subject_navigation`).
+forwards the subjects' "previous / next subject" links (``qc.html#prev=sub-X``) to the
+neighbour's report, in the table's order.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after
 .tools{margin:.6em 0;display:flex;gap:1em;flex-wrap:wrap;align-items:center}
 .tools input[type=search]{min-width:18em;font-size:.95rem;padding:.2em .4em}
 .muted{color:#666;font-size:.85rem}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}
 .scroll{max-height:36em;overflow:auto}
 @media print{.tools,button{display:none}.scroll{max-height:none;overflow:visible}
 svg,tr{break-inside:avoid}}
@@ -111,7 +112,23 @@ function filterRows(){
       ||(v!==''&&tr.dataset.verdict!==v);
   });
 }
+function forward(){
+  // sub-X.html links here as qc.html#prev=sub-X / #next=sub-X: open the neighbour's report
+  const m=/^#(prev|next)=(sub-[^&]+)$/.exec(decodeURIComponent(location.hash));
+  if(!m){return false;}
+  const reports=[];
+  document.querySelectorAll('tr[data-pid] a.report').forEach(a=>{
+    const h=a.getAttribute('href'); if(!reports.includes(h)){reports.push(h);}});
+  const i=reports.indexOf(m[2]+'.html');
+  const j=m[1]==='prev'?i-1:i+1;
+  if(i>=0&&j>=0&&j<reports.length){location.replace(reports[j]);return true;}
+  const note=document.getElementById('forward');
+  note.textContent=(i<0?m[2]+' has no report listed here':
+    m[2]+' is the '+(m[1]==='prev'?'first':'last')+' subject with a report')+'.';
+  note.hidden=false; return false;
+}
 document.addEventListener('DOMContentLoaded',()=>{
+  if(forward()){return;}
   const table=document.getElementById('subjects');
   table.querySelectorAll('thead th').forEach((th,i)=>{
     if(th.dataset.nosort){return;}
@@ -286,7 +303,7 @@ def _report_link(output_dir: Path | None, pid: str) -> str:
     name = f"{pid}.html"
     if output_dir is not None and not (Path(output_dir) / name).is_file():
         return "(no report)"
-    return f'<a href="{html.escape(name)}">{html.escape(name)}</a>'
+    return f'<a class="report" href="{html.escape(name)}">{html.escape(name)}</a>'
 
 
 def render_qc_html(table: pd.DataFrame, *, homogeneity: pd.DataFrame | None = None,
@@ -304,6 +321,7 @@ def render_qc_html(table: pd.DataFrame, *, homogeneity: pd.DataFrame | None = No
              f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
              f"<script>{_JS}</script></head><body>",
              f"<h1>{html.escape(title)}</h1>",
+             "<p id='forward' class='note' hidden></p>",
              "<p class='counts'>" + "".join(
                  f"<span><b class='v {k}'>{k}</b> {v}</span>" for k, v in counts.items())
              + f"<span>{len(table)} T1w image(s)</span></p>",
@@ -375,10 +393,7 @@ def render_qc_html(table: pd.DataFrame, *, homogeneity: pd.DataFrame | None = No
 
 def render_qc_page(output_dir, table: pd.DataFrame | None = None, *,
                    homogeneity: pd.DataFrame | None = None) -> Path:
-    """Write ``OUTPUT_DIR/qc.html`` (atomically) from ``table`` (default: ``qc.tsv``), then
-    refresh the previous / next links of the subjects' reports."""
-    from ketabids.reports.participant import update_subject_navigation
-
+    """Write ``OUTPUT_DIR/qc.html`` (atomically) from ``table`` (default: ``qc.tsv``)."""
     output_dir = Path(output_dir)
     if table is None:
         from ketabids.qc.table import read_qc_table
@@ -387,5 +402,4 @@ def render_qc_page(output_dir, table: pd.DataFrame | None = None, *,
     path = output_dir / "qc.html"
     atomic_write_text(path, render_qc_html(table, homogeneity=homogeneity,
                                            output_dir=output_dir))
-    update_subject_navigation(output_dir)
     return path
