@@ -181,6 +181,16 @@ def test_pages_render_in_chromium_without_console_errors(preview, tmp_path):
     assert errors == []
     with Image.open(tmp_path / "train.png") as im:
         assert im.size == (1280, 900) and len(im.convert("L").getcolors(256) or []) > 8
+    # "next subject" of sub-001's report: qc.html forwards to sub-002's report
+    import subprocess
+
+    from ketabids.reports.preview import _CHROMIUM_FLAGS
+
+    run = subprocess.run([CHROMIUM, *_CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'p'}",
+                          "--virtual-time-budget=3000", "--dump-dom",
+                          preview["qc"].as_uri() + "#next=sub-001"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert "<title>ketabids: sub-002</title>" in run.stdout
 
 
 def test_console_errors_are_detected():
