@@ -84,11 +84,12 @@ def test_train_recovers_planted_effect(study):
     assert s["bac_mean"] >= 0.8 and s["bac_pooled"] >= 0.8 and s["auc"] >= 0.85
     assert s["p_bac"] == pytest.approx(0.05)  # 19 permutations: the smallest p possible
     tables = {"cohort", "cv_predictions", "cv_folds", "metrics", "permutations",
-              "calibration", "final_model_decisions", "regions"}
+              "calibration", "final_model_decisions", "regions", "tripod_ai"}
     maps = {"space-MNI152NLin2009aSym_res-2_desc-analysis_mask"} | {
         f"space-MNI152NLin2009aSym_desc-{m}_statmap"
         for m in ("weight", "cvratio", "signconsistency", "pattern", "finalweight")}
-    expected = ({"report.html", "ketabids_model.skops", "ketabids_model.json", "metrics.json"}
+    expected = ({"report.html", "ketabids_model.skops", "ketabids_model.json", "metrics.json",
+                 "model_card.md"}
                 | {f"{t}.tsv" for t in tables} | {f"{m}.nii.gz" for m in maps}
                 | {f"{name}.json" for name in tables | maps})  # every table/map: a sidecar
     assert {p.name for p in train.iterdir()} == expected
@@ -101,7 +102,8 @@ def test_train_recovers_planted_effect(study):
     assert manifest["cv"]["cv_hash"] == s["cv_hash"]
     assert manifest["model_sha256"] == model_io.sha256_file(train / "ketabids_model.skops")
     report = (train / "report.html").read_text()
-    assert report.count("data:image/png;base64,") >= 9
+    assert report.count("data:image/png;base64,") == 5  # brain maps: PNG
+    assert report.count("data:image/svg+xml;base64,") >= 5  # charts: SVG
     assert "Haufe" in report and 'src="http' not in report
     assert "published" not in report        # the paper's figures belong to the demo table
     assert not any(p.name.startswith(".") for p in (study["out"] / "group").iterdir())

@@ -120,6 +120,7 @@ def _reference_strip_png(panels, aspect, title=None) -> np.ndarray:
     import io
 
     from ketabids.reports.figures import pyplot
+    from ketabids.reports.participant import CONTOUR_WIDTH, LABEL_STYLE, STRIP_DPI
 
     plt = pyplot()
     n = len(panels)
@@ -133,8 +134,8 @@ def _reference_strip_png(panels, aspect, title=None) -> np.ndarray:
                   interpolation="nearest")
         for sl, level, colour in panel.contours:
             if sl.min() < level < sl.max():
-                ax.contour(sl, levels=[level], colors=colour, linewidths=0.7)
-        style = dict(color="white", fontsize=7, transform=ax.transAxes)
+                ax.contour(sl, levels=[level], colors=colour, linewidths=CONTOUR_WIDTH)
+        style = dict(LABEL_STYLE, transform=ax.transAxes)
         ax.text(0.5, 0.02, panel.geo["coord"], ha="center", va="bottom", **style)
         ax.text(0.02, 0.5, panel.geo["left"], ha="left", va="center", **style)
         ax.text(0.98, 0.5, panel.geo["right"], ha="right", va="center", **style)
@@ -142,7 +143,7 @@ def _reference_strip_png(panels, aspect, title=None) -> np.ndarray:
             ax.text(0.02, 0.98, title, ha="left", va="top", **style)
         ax.set_axis_off()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, facecolor="black")
+    fig.savefig(buf, format="png", dpi=STRIP_DPI, facecolor="black")
     plt.close(fig)
     return plt.imread(io.BytesIO(buf.getvalue()), format="png")[..., :3]
 
@@ -194,3 +195,52 @@ def test_strip_matches_one_axes_per_slice_rendering():
         lines = (np.abs(ref - ref[..., :1]).max(-1) > 0.1).mean()  # coloured pixels
         assert lines > 0.01  # the contours are there to compare
         assert (diff > 0).mean() < 0.03 and (diff > 0.25).mean() < 0.002, axis
+
+
+def test_metrics_table_has_units_and_thresholds():
+    from ketabids.reports.participant import metrics_table
+
+    table = metrics_table({"tiv_ml": 2100.0, "cnr": 0.8, "fov_coverage": 0.99,
+                           "slice_thickness_mm": 1.0})
+    assert "<td>mL</td><td>outside 1000-2000 mL</td><td>outside 850-2200 mL</td>" in table
+    assert 'class="num bad-warn">2100' in table  # beyond the warn range, within the fail one
+    assert 'class="num bad-warn">0.80' in table and "&lt; 0.5" in table  # CNR
+    assert ">99</td><td>%</td><td>&lt; 97 %</td>" in table  # shown in the rule's unit
+    assert metrics_table({}) == ""
+
+
+def test_previous_next_links_go_through_the_cohort_page(tmp_path):
+    """The links are static (a rerun rewrites nothing); qc.html forwards them to the neighbour's
+    report in its table's order."""
+    from ketabids.qc.table import rebuild_qc_table, write_subject_qc
+    from ketabids.reports.participant import assemble_report, failure_report, render_section
+    from ketabids.reports.qc import render_qc_page
+
+    page = assemble_report(subject="01", sections=[render_section(
+        subject="01", source_file="x", qc={"verdict": "pass", "reasons": []})])
+    assert 'href="qc.html#prev=sub-01" rel="prev"' in page
+    assert 'href="qc.html#next=sub-01" rel="next"' in page
+    failed = failure_report(tmp_path / "sub-02.html", subject="02", error="boom").read_text()
+    assert 'href="qc.html#next=sub-02"' in failed
+    for label in ("01", "02", "03"):
+        write_subject_qc(tmp_path, label, None, {"cnr": 2.0})
+    (tmp_path / "sub-01.html").write_text(page)
+    rebuild_qc_table(tmp_path)
+    qc = render_qc_page(tmp_path).read_text()
+    assert qc.count('<a class="report" href="sub-0') == 2  # sub-03 has no report
+    assert "function forward()" in qc and "location.replace(reports[j])" in qc
+
+
+def test_flicker_blend_keeps_hover_and_captions_under_strips():
+    from ketabids.reports.participant import _CSS, _FLICKER_JS, Strip, flicker_html
+
+    strips = [Strip("data:image/png;base64,AAAA", ax, ("z = 1 mm",), "L", "R")
+              for ax in ("sagittal", "coronal")]
+    block = flicker_html("f", strips, strips)
+    # the slider sets a CSS variable of the strip, not the image's inline opacity, so the
+    # hover rule (opacity 1) still wins after the slider was used
+    assert "setProperty('--blend'" in _FLICKER_JS and "style.opacity" not in _FLICKER_JS
+    assert "opacity:var(--blend)" in _CSS and ".flicker:hover img.top{opacity:1}" in _CSS
+    assert "style=" not in block
+    assert block.count("<figure><div class=\"flicker\"") == 2
+    assert block.count("</div><figcaption>") == 2  # each caption right under its strip

@@ -333,6 +333,30 @@ TABLES["audit.tsv"] = {
 }
 
 
+# The TRIPOD+AI checklist of a training run (ketabids.reports.study).
+TABLES["tripod_ai.tsv"] = {
+    "item": {"LongName": "TRIPOD+AI item",
+             "Description": "Item number of the TRIPOD+AI checklist (Collins GS et al. 2024, "
+                            "BMJ 385:e078378), e.g. 12c."},
+    "section": {"LongName": "Checklist section",
+                "Description": "Section of the article the item belongs to (Title, Abstract, "
+                               "Introduction, Methods, Open science, Results, Discussion)."},
+    "topic": {"LongName": "Item topic", "Description": "Topic of the item (e.g. Outcome)."},
+    "text": {"LongName": "Item text", "Description": "What the item asks for (paraphrased; "
+                                                     "the checklist itself is authoritative)."},
+    "status": {"LongName": "Status",
+               "Description": "Whether this run's own records answer the item.",
+               "Levels": {"filled": "answered from the run's records (content, source)",
+                          "to be written by the authors": "only the authors can answer it "
+                          "(source points at records that help)"}},
+    "content": {"LongName": "Content",
+                "Description": "How the run's records answer the item; n/a when the item is "
+                               "to be written by the authors."},
+    "source": {"LongName": "Source",
+               "Description": "File (and field) of this folder or OUTPUT_DIR the content comes "
+                              "from, or that helps the authors; n/a when none."},
+}
+
 _PREDICT_PERMUTATIONS = {
     "permutation": TABLES["permutations.tsv"]["permutation"],
     "null_bac": {"LongName": "BAC under permuted labels", "Units": "proportion (0-1)",

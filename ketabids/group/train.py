@@ -55,6 +55,7 @@ from ketabids.group.progress import Progress
 from ketabids.group.publish import listing, refuse_existing, run_lock, staged
 from ketabids.io import save_nifti
 from ketabids.io import jsonable, write_json, write_tsv
+from ketabids.reports.study import write_study_report
 
 LOGGER = logging.getLogger("ketabids")
 #: Float format of every group table (6 significant digits).
@@ -307,6 +308,7 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
                                                 for k, v in map_values.items()},
             regions=regions, manifest=manifest, headline=h,
             site_column=site_column, elapsed=time.monotonic() - t0)
+        write_study_report(stage)  # tripod_ai.tsv, model_card.md (from the files above)
         write_sidecars(stage, mode="train", template=template, resolution=analysis_resolution)
     write_bidsignore(output_dir)
     tables = listing(final_dir)

@@ -21,6 +21,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ketabids.io import atomic_write_text, write_json, write_tsv
@@ -109,6 +110,12 @@ DESCRIPTIONS = {
     "summary_bg_stdv": "Standard deviation of the air (background) intensities",
     "qc_seconds": "Wall time of the QC computation (s)",
     "qc_cpu_seconds": "CPU time of the QC computation (s, this process; ANTs threads excluded)",
+    "homogeneity_mean_corr": "Sample homogeneity: mean correlation of this scan's smoothed "
+                             "modulated GM map with every other map of OUTPUT_DIR (CAT12's "
+                             "check; n/a with fewer than 3 maps)",
+    "homogeneity_z": "Robust z of homogeneity_mean_corr within the cohort (median / MAD)",
+    "homogeneity_flag": "Why the homogeneity check flags the map (low mean correlation, GM "
+                        "total far from the cohort, duplicated map); n/a when not flagged",
 }
 
 
@@ -244,13 +251,66 @@ def _ensure_bidsignore(output_dir) -> None:
         atomic_write_text(path, "\n".join(lines + missing) + "\n")
 
 
-def rebuild_qc_table(output_dir, *, lock: bool = True) -> tuple[Path, pd.DataFrame]:
-    """Rebuild ``qc.tsv`` and ``qc.json`` from every per-subject JSON, under an exclusive file
-    lock (safe with parallel participant jobs; ``lock=False`` when the caller holds
-    :func:`qc_lock`); returns the TSV path and the table."""
+#: columns added to qc.tsv from the sample-homogeneity table (one value per scan)
+HOMOGENEITY_COLUMNS = ["homogeneity_mean_corr", "homogeneity_z", "homogeneity_flag"]
+
+
+def add_homogeneity(frame: pd.DataFrame, homogeneity: pd.DataFrame | None) -> pd.DataFrame:
+    """``frame`` with :data:`HOMOGENEITY_COLUMNS` from the table of
+    :func:`ketabids.qc.homogeneity.sample_homogeneity` (ids ``sub-X`` or ``sub-X_ses-Y``);
+    n/a for scans without a map, or for all without ``homogeneity``."""
+    frame = frame.copy()
+    by_id = {} if homogeneity is None else {str(r["id"]): r for _, r in homogeneity.iterrows()}
+    keys = []
+    for _, row in frame.iterrows():
+        pid, ses = str(row.get("participant_id")), row.get("session")
+        has_ses = isinstance(ses, str) and ses not in ("", "n/a")
+        match = by_id.get(f"{pid}_{ses}" if has_ses else pid)
+        keys.append(match if match is not None else by_id.get(pid))
+    frame["homogeneity_mean_corr"] = [float(r["mean_corr"]) if r is not None else None
+                                      for r in keys]
+    frame["homogeneity_z"] = [float(r.get("mean_corr_z", float("nan"))) if r is not None
+                              else None for r in keys]
+    frame["homogeneity_flag"] = [str(r["reason"]) if r is not None and r["flagged"] else None
+                                 for r in keys]
+    return frame
+
+
+def _previous_homogeneity(output_dir) -> pd.DataFrame | None:
+    """The homogeneity columns of the current ``qc.tsv`` as a homogeneity table (a rebuild
+    without a new check keeps the last check's values instead of blanking them)."""
+    path = Path(output_dir) / "qc.tsv"
+    if not path.is_file():
+        return None
+    try:
+        old = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False,
+                          dtype={"participant_id": str, "session": str})
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+    if "homogeneity_mean_corr" not in old.columns:
+        return None
+    old = old[old["homogeneity_mean_corr"].notna()]
+    ids = [f"{p}_{s}" if isinstance(s, str) and s else p
+           for p, s in zip(old["participant_id"], old.get("session", [None] * len(old)))]
+    flag = old.get("homogeneity_flag", pd.Series([None] * len(old), index=old.index))
+    return pd.DataFrame({"id": ids, "mean_corr": old["homogeneity_mean_corr"].to_numpy(),
+                         "mean_corr_z": old.get("homogeneity_z", np.nan),
+                         "flagged": flag.notna().to_numpy(),
+                         "reason": flag.fillna("").to_numpy()})
+
+
+def rebuild_qc_table(output_dir, *, lock: bool = True,
+                     homogeneity: pd.DataFrame | None = None) -> tuple[Path, pd.DataFrame]:
+    """Rebuild ``qc.tsv`` and ``qc.json`` from every per-subject JSON (and the homogeneity
+    table, :func:`add_homogeneity`), under an exclusive file lock (safe with parallel
+    participant jobs; ``lock=False`` when the caller holds :func:`qc_lock`); returns the TSV
+    path and the table."""
     output_dir = Path(output_dir)
     with (qc_lock(output_dir) if lock else contextlib.nullcontext()):
         frame = qc_frame(collect_records(output_dir))
+        if len(frame):
+            frame = add_homogeneity(frame, homogeneity if homogeneity is not None
+                                    else _previous_homogeneity(output_dir))
         tsv = write_tsv(frame, output_dir / "qc.tsv", float_format="%.6g")
         write_json(output_dir / "qc.json", data_dictionary(frame.columns))
         _ensure_bidsignore(output_dir)
@@ -268,4 +328,4 @@ def read_qc_table(output_dir) -> pd.DataFrame:
 
 __all__ = ["QC_BIDSIGNORE", "qc_json_path", "qc_lock", "subject_record", "write_subject_qc",
            "collect_records", "qc_frame", "data_dictionary", "rebuild_qc_table",
-           "read_qc_table"]
+           "read_qc_table", "add_homogeneity", "HOMOGENEITY_COLUMNS"]

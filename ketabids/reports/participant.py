@@ -29,44 +29,84 @@ from ketabids.reports.figures import png_uri, pyplot
 
 #: slices per axis in every figure strip
 N_CUTS = 7
+#: resolution of the strips: 2 device pixels per CSS pixel of the page's width (a 7-slice strip
+#: is about 2170 px wide; shown at the page's width, click to see it at full size)
+STRIP_DPI = 200
+#: contour line width (points) and the slice labels' style: white on a dark box, legible on a
+#: bright neck or skull
+CONTOUR_WIDTH = 1.1
+LABEL_STYLE = {"color": "white", "fontsize": 7.5,
+               "bbox": {"boxstyle": "square,pad=0.15", "facecolor": "black", "alpha": 0.6,
+                        "linewidth": 0}}
+#: contour colours: brain mask, outer GM boundary, GM/WM boundary (high contrast on grey)
+MASK_COLOUR, GM_COLOUR, WM_COLOUR, TEMPLATE_COLOUR = "#ff3cf0", "#39ff14", "#ffe600", "#00e5ff"
 _AXIS_NAMES = ("sagittal", "coronal", "axial")
 _OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
 _WORLD = {"L": "x", "R": "x", "A": "y", "P": "y", "S": "z", "I": "z"}
 _VERDICT_ORDER = ("pass", "warn", "fail")
 
 _CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:2em auto;
-color:#222;padding:0 1em}
-h1{border-bottom:2px solid #345}h2{color:#345;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
-text-align:left}th{background:#eef}
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:1.5em auto;
+color:#222;padding:0 1em;font-size:15px;line-height:1.45}
+h1{font-size:1.6rem;border-bottom:2px solid #345}h2{font-size:1.3rem;color:#345;margin-top:1.6em}
+h3{font-size:1.05rem}
+table{border-collapse:collapse;margin:.5em 0;font-size:.92rem}td,th{border:1px solid #ccc;
+padding:.25em .6em;text-align:left}th{background:#eef}td.num{text-align:right;
+font-variant-numeric:tabular-nums}
 .note{background:#fff8e0;border-left:4px solid #e0a000;padding:.4em .8em;margin:.4em 0}
-.fig{max-width:100%;display:block}.methods{background:#f6f6f6;padding:.8em;border-radius:4px}
+.fig{max-width:100%;height:auto;display:block}.methods{background:#f6f6f6;padding:.8em;
+border-radius:4px}
 code{font-size:90%}
 .verdict{padding:.5em .9em;border-radius:4px;color:#fff;margin:.5em 0}
 .verdict.pass{background:#2e7d32}.verdict.warn{background:#ef6c00}.verdict.fail{background:#c62828}
 .verdict ul{margin:.3em 0 0 0}.error{background:#fdecea;border-left:4px solid #c62828;
 padding:.4em .8em}
-.flicker{position:relative;display:inline-block;max-width:100%;cursor:crosshair}
-.flicker img{display:block;max-width:100%}
-.flicker img.top{position:absolute;left:0;top:0;opacity:0}
+.flicker{position:relative;display:inline-block;max-width:100%;cursor:crosshair;
+--blend:0}
+.flicker img{display:block;max-width:100%;height:auto}
+.flicker img.top{position:absolute;left:0;top:0;opacity:var(--blend)}
 .flicker:hover img.top{opacity:1}
 .flicker-ctl{font-size:.9em;color:#555}
-figure{margin:.3em 0}figcaption{color:#555}
+figure{margin:.3em 0 1em}figcaption{color:#555;font-size:.85rem}
+img.zoomable{cursor:zoom-in}
+#zoom{display:none;position:fixed;inset:0;background:rgba(0,0,0,.92);overflow:auto;z-index:9;
+cursor:zoom-out;padding:1em}
+#zoom.on{display:block}#zoom img{display:block;margin:auto}
+#zoom p{color:#ddd;text-align:center;margin:.3em}
+nav.subjects{display:flex;gap:1.5em;font-size:.95rem;margin:.4em 0}
+.key{display:inline-block;width:1.4em;height:.35em;vertical-align:middle;margin:0 .3em}
+td.bad-warn{color:#b45309;font-weight:bold}td.bad-fail{color:#c62828;font-weight:bold}
+@media print{.flicker-ctl,#zoom,nav.subjects{display:none}figure,table{break-inside:avoid}}
 """
 
 _FLICKER_JS = """
 function ketabidsFlicker(slider){
+  // the blend is a CSS variable of the strips: hovering still shows the template fully
   const box=document.getElementById(slider.dataset.target);
-  box.querySelectorAll('img.top').forEach(img=>{img.style.opacity=slider.value/100;});
+  box.querySelectorAll('.flicker').forEach(f=>{f.style.setProperty('--blend',slider.value/100);});
 }
+function ketabidsZoom(img){
+  // the strip at its full resolution (2 device pixels per shown pixel), scrollable
+  const z=document.getElementById('zoom');
+  const big=z.querySelector('img');
+  big.src=img.src; big.alt=img.alt;
+  big.width=img.naturalWidth; big.height=img.naturalHeight;
+  z.querySelector('p').textContent=(img.title||img.alt)+' (click or Esc to close)';
+  z.classList.add('on');
+}
+document.addEventListener('keydown',e=>{if(e.key==='Escape'){
+  const z=document.getElementById('zoom'); if(z){z.classList.remove('on');}}});
 """
+
+#: the zoom overlay of the strips (one per page)
+_ZOOM = ("<div id='zoom' onclick=\"this.classList.remove('on')\" role='dialog' "
+         "aria-label='enlarged figure'><p></p><img alt=''></div>")
 
 
 def _png(fig) -> str:
     """The figure as a PNG data URI, with a fixed canvas (no tight bounding box), so two
     figures of the same layout overlay pixel for pixel."""
-    return png_uri(fig, dpi=100, facecolor="black", tight=False)
+    return png_uri(fig, dpi=STRIP_DPI, facecolor="black", tight=False)
 
 
 def _cuts(mask: np.ndarray, n: int = N_CUTS) -> list[list[int]]:
@@ -215,7 +255,7 @@ def _strip(panels: list[_Panel], aspect: float, axis: int, title=None) -> Strip:
     cell = width / (n + 0.02 * (n - 1))
     lines = {}
     coords = []
-    style = dict(color="white", fontsize=7)
+    style = LABEL_STYLE
     for col, panel in enumerate(panels):
         rows, cols = panel.background.shape
         box = aspect * rows / max(cols, 1)  # height / width of the image box
@@ -239,7 +279,7 @@ def _strip(panels: list[_Panel], aspect: float, axis: int, title=None) -> Strip:
     for colour, paths in lines.values():
         if paths:
             ax.add_collection(PathCollection(paths, facecolors="none", edgecolors=colour,
-                                             linewidths=0.7, zorder=2), autolim=False)
+                                             linewidths=CONTOUR_WIDTH, zorder=2), autolim=False)
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
     return Strip(_png(fig), _AXIS_NAMES[axis], tuple(coords), geo["left"], geo["right"])
@@ -262,14 +302,15 @@ def plot_segmentation(t1w_img, mask_img, dseg_img=None, n_cuts: int = N_CUTS) ->
     t1w = np.asanyarray(t1w_img.dataobj, dtype=np.float32)
     mask = np.asanyarray(mask_img.dataobj) > 0
     zooms = t1w_img.header.get_zooms()[:3]
-    contours = [(mask, 0.5, "red")]
+    contours = [(mask, 0.5, MASK_COLOUR)]
     if dseg_img is not None:
         dseg = np.asanyarray(dseg_img.dataobj)
         if not np.issubdtype(dseg.dtype, np.integer):
             dseg = dseg.astype(int)
         labels = dseg_labels()
-        contours += [(dseg, 0.5, "lime", lambda sl: np.isin(sl, [labels["GM"], labels["WM"]])),
-                     (dseg, 0.5, "yellow", lambda sl: sl == labels["WM"])]
+        contours += [(dseg, 0.5, GM_COLOUR,
+                      lambda sl: np.isin(sl, [labels["GM"], labels["WM"]])),
+                     (dseg, 0.5, WM_COLOUR, lambda sl: sl == labels["WM"])]
     window = _window(t1w, mask)
     cuts = _cuts(mask, n_cuts)
     return [_strip(_panels(t1w, window, t1w_img.affine, axis, cuts[axis], contours),
@@ -296,7 +337,7 @@ def plot_normalisation(std_img, template_brain_img, template_wm_img, template_ma
     tmask = on_grid(template_mask_img, "nearest") > 0
     wm = on_grid(template_wm_img, "linear")
     tpl = on_grid(template_brain_img, "linear")
-    contours = [(tmask, 0.5, "cyan"), (wm, 0.5, "cyan")]
+    contours = [(tmask, 0.5, TEMPLATE_COLOUR), (wm, 0.5, TEMPLATE_COLOUR)]
     cuts = _cuts(tmask, n_cuts)
     out = {"subject": [], "template": []}
     for key, data in (("subject", std), ("template", tpl)):
@@ -316,30 +357,148 @@ def _caption(strip) -> str:
     return strip.caption() if isinstance(strip, Strip) else ""
 
 
+def _shown_size(uri: str) -> tuple[int, int] | None:
+    """CSS size at which a strip is shown: its PNG size / 2 (drawn at :data:`STRIP_DPI`, 2
+    device pixels per CSS pixel); None for a URI that is not a PNG."""
+    import base64
+
+    from ketabids.reports.figures import png_size
+
+    if not uri.startswith("data:image/png;base64,"):
+        return None
+    try:
+        w, h = png_size(base64.b64decode(uri.split(",", 1)[1][:64]))
+    except (ValueError, TypeError, base64.binascii.Error):
+        return None
+    return w // 2, h // 2
+
+
+def compact_uri(uri: str, colours: int = 256) -> str:
+    """A strip's PNG data URI stored with a ``colours`` palette (median cut): the page is about
+    2.5 times smaller, the grey levels and contour colours stay (a strip holds a few hundred
+    distinct colours, mostly anti-aliasing); other URIs unchanged."""
+    import base64
+    import io
+
+    if not uri.startswith("data:image/png;base64,"):
+        return uri
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as im:
+            buf = io.BytesIO()
+            im.convert("RGB").quantize(colours, method=PILImage.Quantize.MEDIANCUT).save(
+                buf, format="PNG", optimize=True)
+    except (OSError, ValueError):
+        return uri
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(uri: str, alt: str, *, cls="fig", title="", zoom=True) -> str:
+    uri = compact_uri(uri)
+    size = _shown_size(uri)
+    dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+    extra = (' onclick="ketabidsZoom(this)"' if zoom else "") + \
+        (f' title="{html.escape(title)}"' if title else "")
+    cls = cls + (" zoomable" if zoom else "")
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="{uri}"{dims}{extra}>'
+
+
 def _strip_img(strip, alt: str) -> str:
-    """An ``<img>`` of a strip with its slice coordinates and orientation as caption."""
+    """A strip with its slice coordinates and orientation as caption right under it; a click
+    shows it at full resolution."""
     caption = _caption(strip)
-    return (f'<figure><img class="fig" alt="{html.escape(alt)}" src="{_uri(strip)}"'
-            + (f' title="{html.escape(caption)}">' if caption else ">")
-            + (f"<figcaption><small>{html.escape(caption)}</small></figcaption>" if caption
-               else "") + "</figure>")
+    return ("<figure>" + _img(_uri(strip), alt, title=caption)
+            + (f"<figcaption>{html.escape(caption)}</figcaption>" if caption else "")
+            + "</figure>")
 
 
 def flicker_html(element_id: str, bottom: list[str], top: list[str], *, bottom_label="subject",
                  top_label="template") -> str:
     """A before/after element: ``bottom`` strips shown, ``top`` strips on hover (CSS) or at the
-    slider's opacity (JS); self-contained."""
+    slider's blend (a CSS variable, so hovering still switches fully); each strip with its
+    caption under it; self-contained."""
     eid = html.escape(element_id)
     rows = "".join(
-        f'<div class="flicker" title="{html.escape(_caption(b))}">'
-        f'<img class="fig" alt="{html.escape(bottom_label)}" src="{_uri(b)}">'
-        f'<img class="fig top" alt="{html.escape(top_label)}" src="{_uri(t)}"></div>'
+        f'<figure><div class="flicker" title="{html.escape(_caption(b))}">'
+        + _img(_uri(b), bottom_label, zoom=False)
+        + _img(_uri(t), top_label, cls="fig top", zoom=False)
+        + "</div>"
+        + (f"<figcaption>{html.escape(_caption(b))}</figcaption>" if _caption(b) else "")
+        + "</figure>"
         for b, t in zip(bottom, top))
-    return (f'<div id="{eid}" class="flicker-box">{rows}</div>'
-            f'<p class="flicker-ctl">Hover a strip to switch to the {html.escape(top_label)}, '
+    return (f'<p class="flicker-ctl">Hover a strip to switch to the {html.escape(top_label)}, '
             f'or blend: {html.escape(bottom_label)} '
             f'<input type="range" min="0" max="100" value="0" data-target="{eid}" '
-            f'oninput="ketabidsFlicker(this)" aria-label="blend"> {html.escape(top_label)}</p>')
+            f'oninput="ketabidsFlicker(this)" aria-label="blend"> {html.escape(top_label)}</p>'
+            f'<div id="{eid}" class="flicker-box">{rows}</div>')
+
+
+#: QC metrics shown beside the images, in this order
+REPORT_METRICS = ["tiv_ml", "icvs_gm", "cnr", "cjv", "snr_total", "fov_coverage", "brain_dice",
+                  "template_correlation", "logjac_range", "slice_thickness_mm"]
+
+
+def _limit_text(rule, threshold) -> str:
+    if threshold is None or isinstance(threshold, bool):
+        return "-"
+    scale, unit = rule.scale, f" {rule.unit}" if rule.unit else ""
+
+    def fmt(v):
+        text = f"{v * scale:.{rule.digits}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+
+    if rule.kind == "above":
+        return f"&gt; {fmt(threshold)}{unit}"
+    if rule.kind == "below":
+        return f"&lt; {fmt(threshold)}{unit}"
+    if rule.kind == "outside":
+        low, high = threshold
+        return f"outside {fmt(low)}-{fmt(high)}{unit}"
+    return "-"
+
+
+def metrics_table(record: dict, metrics=REPORT_METRICS) -> str:
+    """The QC metrics of one T1w with their meaning, unit and the thresholds they were judged
+    against (:data:`ketabids.qc.rules.RULES`), the ones beyond a threshold marked."""
+    from ketabids.qc.rules import RULES_BY_METRIC
+
+    rows = []
+    for key in metrics:
+        value = record.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        rule = RULES_BY_METRIC.get(key)
+        if rule is None:
+            name, unit, shown, warn, fail, state = key, "", _fmt(value), "-", "-", ""
+        else:
+            name = (rule.label or key).strip()
+            unit = rule.unit
+            shown = f"{float(value) * rule.scale:.{rule.digits}f}"
+            warn, fail = _limit_text(rule, rule.warn), _limit_text(rule, rule.fail)
+            state = ("fail" if rule._bad(float(value), rule.fail) else
+                     "warn" if rule._bad(float(value), rule.warn) else "")
+        cls = f' class="num bad-{state}"' if state else ' class="num"'
+        rows.append(f"<tr><td>{html.escape(name)} <code>{html.escape(key)}</code></td>"
+                    f"<td{cls}>{html.escape(shown)}</td><td>{html.escape(unit) or '-'}</td>"
+                    f"<td>{warn}</td><td>{fail}</td></tr>")
+    if not rows:
+        return ""
+    return ("<table class='metrics'><thead><tr><th>QC metric</th><th>value</th><th>unit</th>"
+            "<th>warn if</th><th>fail if</th></tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table>")
+
+
+def subject_nav(subject: str) -> str:
+    """Links to the previous / next subject's report and to the cohort page. They go through
+    ``qc.html`` (``qc.html#prev=sub-X``), which lists every subject and forwards to the
+    neighbour's report: the page itself never changes when subjects are added, so a rerun
+    rewrites nothing."""
+    sub = html.escape(f"sub-{subject}")
+    return ("<nav class='subjects' aria-label='subjects'>"
+            f'<a href="qc.html#prev={sub}" rel="prev">&larr; previous subject</a>'
+            '<a href="qc.html">all subjects (qc.html)</a>'
+            f'<a href="qc.html#next={sub}" rel="next">next subject &rarr;</a></nav>')
 
 
 def _table(rows: list[dict] | dict, header=("Item", "Value")) -> str:
@@ -349,8 +508,10 @@ def _table(rows: list[dict] | dict, header=("Item", "Value")) -> str:
         return "<p>(none)</p>"
     cols = list(rows[0])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols)
-                   + "</tr>" for r in rows)
+    num = ' class="num"'
+    body = "".join("<tr>" + "".join(
+        f"<td{num if isinstance(r.get(c), (int, float)) else ''}>"
+        f"{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -403,32 +564,31 @@ def render_section(*, subject, session=None, source_file, notes=(), skull_stripp
     if volumes is not None:
         parts.append("<h3>Volumes (mL)</h3>" + _table(volumes))
     if qc:
-        keys = ["tiv_ml", "icvs_gm", "cnr", "cjv", "snr_total", "fov_coverage", "brain_dice",
-                "template_correlation", "logjac_range", "slice_thickness_mm"]
-        shown = {k: qc[k] for k in keys if qc.get(k) is not None}
-        if shown:
-            parts.append("<details><summary>Main QC metrics (all in "
-                         "<code>desc-qc_metrics.json</code>)</summary>"
-                         + _table(shown, ("Metric", "Value")) + "</details>")
+        table = metrics_table(qc)
+        if table:
+            parts.append("<h3>Main QC metrics</h3><p>Each with its unit and the thresholds of "
+                         "the QC rules (<code>qc.json</code>); a value beyond one is coloured. "
+                         "All metrics: <code>desc-qc_metrics.json</code>.</p>" + table)
     if segmentation_png:
         strips = segmentation_png if isinstance(segmentation_png, list) else [segmentation_png]
         parts.append("<h3>Brain mask and tissue segmentation</h3>"
-                     "<p>Contours over the preprocessed T1w: brain mask (red), outer GM "
-                     "boundary (green), GM/WM boundary (yellow); one row per axis (sagittal, "
-                     "coronal, axial), world coordinates in mm.</p>"
+                     "<p>Contours over the preprocessed T1w: brain mask"
+                     f"<span class='key' style='background:{MASK_COLOUR}'></span>, outer GM "
+                     f"boundary<span class='key' style='background:{GM_COLOUR}'></span>, "
+                     f"GM/WM boundary<span class='key' style='background:{WM_COLOUR}'></span>; "
+                     "one row per axis (sagittal, coronal, axial), world coordinates in mm. "
+                     "Click a row to see it at full resolution.</p>"
                      + "".join(_strip_img(strip, f"segmentation {name}")
                                for strip, name in zip(strips, _AXIS_NAMES)))
     if normalisation_png:
         parts.append(f"<h3>Spatial normalisation to {html.escape(template)}</h3>"
-                     "<p>The T1w in template space with the template's edges (cyan: brain "
-                     "outline and GM/WM boundary). Hover a row (or move the slider) to see the "
-                     "template itself: the anatomy should not jump.</p>")
+                     "<p>The T1w in template space with the template's edges (brain outline "
+                     f"and GM/WM boundary<span class='key' style='background:{TEMPLATE_COLOUR}'>"
+                     "</span>). Hover a row (or move the slider) to see the template itself: "
+                     "the anatomy should not jump.</p>")
         if isinstance(normalisation_png, dict):
             parts.append(flicker_html(f"flicker-{anchor}", normalisation_png["subject"],
                                       normalisation_png["template"]))
-            parts.append("<p><small>" + "<br>".join(html.escape(_caption(s))
-                                                    for s in normalisation_png["subject"])
-                         + "</small></p>")
         else:
             strips = normalisation_png if isinstance(normalisation_png, list) \
                 else [normalisation_png]
@@ -446,15 +606,17 @@ def _worst_verdict(sections) -> str | None:
 
 
 def assemble_report(*, subject, sections, methods="", settings=None, versions=None) -> str:
-    """The complete, self-contained HTML report of one subject: QC verdict(s) at the top, then
-    each T1w's section, an Errors section, methods, settings and software versions."""
+    """The complete, self-contained HTML report of one subject: links to the previous / next
+    subject (:func:`subject_nav`), QC verdict(s) at the top, then each T1w's section, an Errors
+    section, methods, settings and software versions."""
     worst = _worst_verdict(sections)
     errors = [m for sec in sections
               for m in re.findall(r'<p class="error" data-error="1">(.*?)</p>', sec, re.S)]
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>ketabids: sub-{html.escape(subject)}</title><style>{_CSS}</style>",
              f"<script>{_FLICKER_JS}</script>",
-             "</head><body>", f"<h1>ketabids report: sub-{html.escape(subject)}</h1>"]
+             "</head><body>", subject_nav(subject),
+             f"<h1>ketabids report: sub-{html.escape(subject)}</h1>"]
     if worst is not None:
         parts.append(f'<p class="verdict {worst}" id="qc-summary"><b>QC {worst}</b> '
                      f"(worst over {len(sections)} T1w image(s); reasons in each section "
@@ -476,6 +638,7 @@ def assemble_report(*, subject, sections, methods="", settings=None, versions=No
                  "(2010) IEEE TMI 29:1310.</small></p></div>")
     parts.append("<h2>Settings</h2>" + _table(settings or {}, ("Setting", "Value")))
     parts.append("<h2>Software</h2>" + _table(versions or {}, ("Package", "Version")))
+    parts.append(_ZOOM)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -491,7 +654,8 @@ def failure_report(path, *, subject, error, crash_files=(), finished_steps=(), f
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>ketabids: sub-{esc(subject)} (failed)</title><style>{_CSS}</style>",
-             "</head><body>", f"<h1>ketabids report: sub-{esc(subject)}</h1>",
+             "</head><body>", subject_nav(subject),
+             f"<h1>ketabids report: sub-{esc(subject)}</h1>",
              '<p class="verdict fail" data-verdict="fail"><b>QC fail</b>: processing failed; this subject has no '
              "derivatives and is left out of the group level.</p>",
              '<h2 id="errors">Errors</h2>',

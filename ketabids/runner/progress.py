@@ -235,7 +235,6 @@ def update_cohort_qc(output_dir) -> dict:
 
     output_dir = Path(output_dir)
     with qc_lock(output_dir):
-        tsv, table = rebuild_qc_table(output_dir, lock=False)
         homogeneity = None
         maps, ids = modulated_gm_maps(output_dir)
         if len(maps) >= 3:
@@ -244,6 +243,7 @@ def update_cohort_qc(output_dir) -> dict:
                 homogeneity = sample_homogeneity(arrays, ids, totals=totals)
             except (ValueError, OSError) as exc:  # e.g. maps of two templates in one folder
                 LOGGER.warning("sample homogeneity not computed: %s", exc)
+        tsv, table = rebuild_qc_table(output_dir, lock=False, homogeneity=homogeneity)
         html = render_qc_page(output_dir, table, homogeneity=homogeneity)
     verdicts = table["verdict"].astype(str) if "verdict" in table else []
     counts = {level: int((verdicts == level).sum()) for level in ("pass", "warn", "fail")} \
