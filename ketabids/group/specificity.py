@@ -36,7 +36,7 @@ from ketabids.group.logistic import fit_logistic, likelihood_ratio_p
 from ketabids.group.metrics import SMALL_CLASS, classification_metrics, finite_or_none
 
 __all__ = ["SpecificityResult", "specificity_analysis", "interaction_test", "arm_differences",
-           "metrics_by_arm", "BY_ARM_COLUMNS", "TABLE_COLUMNS", "ALPHA"]
+           "metrics_by_arm", "resolve_arms", "trained_arm", "BY_ARM_COLUMNS", "TABLE_COLUMNS", "ALPHA"]
 
 #: Columns of metrics_by_arm.tsv and specificity.tsv (docs/schemas agreed with the report).
 BY_ARM_COLUMNS = ["arm", "n", "n_responders", "n_nonresponders", "n_predicted_responders", "bac",
@@ -44,6 +44,70 @@ BY_ARM_COLUMNS = ["arm", "n", "n_responders", "n_nonresponders", "n_predicted_re
 TABLE_COLUMNS = ["analysis", "estimate", "ci_low", "ci_high", "p_value", "detail"]
 #: Significance level of the interpretation sentence.
 ALPHA = 0.05
+
+
+def trained_arm(arm_column: str, trained_include) -> str | None:
+    """The arm the model was trained on, when its training rule kept one value of
+    ``arm_column`` (``--include arm=ketamine``), else None (case as written in the rule).
+
+    >>> trained_arm("arm", ["arm=ketamine", "site!=B"])
+    'ketamine'
+    >>> trained_arm("arm", ["arm!=saline"]) is None
+    True
+    """
+    from ketabids.group.labels import parse_filter
+
+    for spec in trained_include or ():
+        column, op, values = parse_filter(spec)
+        if column == arm_column and op == "=" and len(values) == 1:
+            return next(iter(values))
+    return None
+
+
+def resolve_arms(arm_column: str, values, *, treatment_arm: str | None = None,
+                 trained_include=()) -> tuple[str, str]:
+    """``(treatment arm, reference arm)`` among ``values`` (the arm of every participant
+    analysed), checked so that the arms cannot be swapped by mistake.
+
+    The treatment arm is the one the model was trained on when its training rule says so
+    (``--include ARM=VALUE``); ``treatment_arm`` must then agree. Otherwise ``treatment_arm``
+    is required. Exactly two arms must be present. Raises :class:`~ketabids.errors.UsageError`
+    (one line naming the column, its values and the fix). Values compare case-insensitively;
+    the spelling of ``values`` is returned.
+
+    >>> resolve_arms("arm", ["Ketamine", "saline", "saline"], trained_include=["arm=ketamine"])
+    ('Ketamine', 'saline')
+    """
+    from ketabids.errors import UsageError
+
+    present = sorted({str(v) for v in values})
+    flag = f"--arm-column {arm_column}"
+    if len(present) != 2:
+        others = ", ".join(present) or "none"
+        raise UsageError(
+            f"{flag}: the specificity analysis compares two arms, but the participants "
+            f"analysed have {len(present)} ({others}); keep two with --include "
+            f"{arm_column}=A,B (or fill the column)")
+    by_lower = {v.lower(): v for v in present}
+    trained = trained_arm(arm_column, trained_include)
+    if trained is not None and treatment_arm is not None \
+            and str(treatment_arm).lower() != trained.lower():
+        raise UsageError(
+            f"--treatment-arm {treatment_arm}: the model was trained on participants with "
+            f"{arm_column}={trained}, so {trained} is the treatment arm; drop --treatment-arm "
+            f"or give --treatment-arm {trained}")
+    chosen = treatment_arm if treatment_arm is not None else trained
+    if chosen is None:
+        raise UsageError(
+            f"{flag}: say which arm the model predicts response to with --treatment-arm "
+            f"({' or '.join(present)}); the model's training rule names no {arm_column}")
+    if str(chosen).lower() not in by_lower:
+        raise UsageError(
+            f"{flag}: the treatment arm {chosen!r} is not among the arms of the participants "
+            f"analysed ({', '.join(present)}); check --treatment-arm and --include")
+    treatment = by_lower[str(chosen).lower()]
+    reference = next(v for v in present if v != treatment)
+    return treatment, reference
 
 
 def metrics_by_arm(y, decision, arm, *, arms, proba=None, n_bootstrap=2000,
