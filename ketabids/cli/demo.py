@@ -1,11 +1,13 @@
 """``ketabids demo OUTPUT_DIR``: the whole study on a synthetic cohort, one command.
 
 1. :func:`ketabids.demo.generate_demo` writes two BIDS datasets (``bids/discovery`` with a
-   ketamine and a saline arm, ``bids/external`` from another scanner) and their ground truth.
+   ketamine and a saline arm, ``bids/external`` from another scanner, a ketamine and a saline
+   arm too) and their ground truth.
 2. The participant level runs on both (fast mode) into ``derivatives/<cohort>``.
 3. The group level trains on the discovery ketamine arm (response = MADRS drop >= 50% at 24 h),
-   then applies the frozen model to the external cohort and to the saline arm.
-4. A table of the three results is printed next to the published figures.
+   then applies the frozen model to the external ketamine arm, to the discovery saline arm and
+   to both external arms together (``--arm-column arm``: treatment specificity).
+4. A table of the results is printed next to the published figures, with a specificity row.
 
 Every step calls the same functions as ``ketabids BIDS_DIR OUTPUT_DIR ...``, through
 :func:`ketabids.cli.main`, so the demo exercises the real command line.
@@ -54,7 +56,28 @@ def _fmt(value, pct=True):
     return f"{100 * value:.1f}%" if pct else f"{value:.3g}"
 
 
-def results_table(rows: dict) -> str:
+def specificity_row(summary: dict | None) -> str | None:
+    """The table's specificity line from a ``--arm-column`` prediction's summary: BAC
+    difference between arms with its interval and permutation p, interaction p."""
+    spec = (summary or {}).get("specificity")
+    if not spec:
+        return None
+    bac, inter = spec["bac_difference"], spec["interaction_log_odds"]
+
+    def pts(v):
+        return "n/a" if v is None else f"{100 * v:+.1f}"
+
+    def p(v):
+        return "n/a" if v is None else (f"{v:.2g}" if v >= 0.001 else "< 0.001")
+
+    return (f"{'specificity (ext. trial)':<24} {summary.get('n', '-'):>4}  BAC "
+            f"{spec['treatment_arm']} - {spec['reference_arm']} {pts(bac['estimate'])} points "
+            f"(95% CI {pts(bac['ci_low'])} to {pts(bac['ci_high'])}), p = {p(bac['p_value'])}; "
+            f"decision x arm interaction p = {p(inter['p_value'])}  | paper: ketamine vs saline "
+            "cohorts compared by eye, not tested")
+
+
+def results_table(rows: dict, specificity: str | None = None) -> str:
     """Plain-text table: each analysis' headline result (:func:`ketabids.group.metrics.
     headline_metric`: the same numbers as its metrics.json ``headline`` and its report) beside
     the paper's figures for the same analysis (:data:`ketabids.demo.published.PUBLISHED`)."""
@@ -72,6 +95,8 @@ def results_table(rows: dict) -> str:
         lines.append(
             f"{name:<24} {h.get('n', '-'):>4}  {bac:<{w_bac}}  {p:<{w_p}}  | "
             f"{pub['n']}, {_fmt(pub['bac'])}, {pub['auc']}, {_fmt(pub['p'], pct=False)}")
+    if specificity:
+        lines.append(specificity)
     return "\n".join(lines)
 
 
@@ -80,6 +105,12 @@ HEADLINE_NOTE = ("BAC = balanced accuracy, the headline metric of each analysis:
                  "predictions (external, saline); p = permutation p-value of that same BAC. "
                  "Same numbers as metrics.json 'headline' and the reports. The right-hand "
                  "columns are the paper's figures, not computed here.")
+
+
+SPECIFICITY_NOTE = ("specificity: the frozen model on both arms of the external trial (ketamine "
+                    "vs saline, same scanner): difference in BAC between the arms (bootstrap "
+                    "interval, permutation p) and the p of the decision x arm interaction in a "
+                    "logistic model of response; group/predict-external-trial/specificity.tsv.")
 
 
 def _headline(summary: dict) -> dict:
@@ -96,6 +127,7 @@ def run_demo(opts) -> dict:
     out = Path(opts.output_dir).expanduser().resolve()
     started = time.monotonic()
     kwargs = dict(n_discovery=opts.n_discovery, n_external=opts.n_external,
+                  n_external_saline=opts.n_external_saline,
                   saline_fraction=opts.saline_fraction, null=opts.null,
                   resolution=opts.resolution, seed=opts.seed, nprocs=opts.nprocs)
     if opts.effect_size is not None:
@@ -122,28 +154,40 @@ def run_demo(opts) -> dict:
                                      "--include", "arm=ketamine", "--site-column", "site",
                                      *protocol, *perms, *common])
     model = summaries["train"]["model"]
-    summaries["external"] = _cli([str(out / "bids" / "external"),
-                                        str(out / "derivatives" / "external"), "group",
-                                        "--model", str(model), *label, *perms, *common])
+    ext_bids, ext_out = out / "bids" / "external", out / "derivatives" / "external"
+    two_arms = bool(opts.n_external_saline)
+    summaries["external"] = _cli([str(ext_bids), str(ext_out), "group", "--model", str(model),
+                                  *label, *(["--include", "arm=ketamine"] if two_arms else []),
+                                  *perms, *common])
     summaries["saline"] = _cli([str(disc_bids), str(disc_out), "group", "--model",
                                       str(model), *label, "--include", "arm=saline", *perms,
                                       *common])
+    if two_arms:  # both external arms in one run; ketamine = the arm the model was trained on
+        summaries["trial"] = _cli([str(ext_bids), str(ext_out), "group", "--model", str(model),
+                                   *label, "--arm-column", "arm", "--prediction-name",
+                                   "external-trial", *perms, *common])
     rows = {
         "discovery (nested CV)": _headline(summaries["train"]),
         "external ketamine": _headline(summaries["external"]),
         "saline arm": _headline(summaries["saline"]),
     }
     print()
-    print(results_table(rows))
+    spec_line = specificity_row(summaries.get("trial"))
+    print(results_table(rows, spec_line))
     print(HEADLINE_NOTE)
+    if spec_line:
+        print(SPECIFICITY_NOTE)
     for name, row in rows.items():
         if row.get("warning"):
             print(f"{name}: {row['warning']}")
     print()
     for name, row in rows.items():
         print(f"{name} report: {row['report']}")
+    if "trial" in summaries:
+        print(f"specificity (ext. trial) report: {summaries['trial']['report']}")
     print(f"demo finished in {time.monotonic() - started:.0f} s")
-    return {"failed": [], "results": rows}
+    return {"failed": [], "results": rows,
+            "specificity": (summaries.get("trial") or {}).get("specificity")}
 
 
 def _n_outer(participants) -> int:
@@ -163,16 +207,20 @@ def get_demo_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ketabids demo",
         description="Generate a synthetic ketamine study (discovery cohort with ketamine and "
-        "saline arms, external cohort from another scanner) and run the whole protocol on it: "
-        "participant level, training on the discovery ketamine arm, prediction on the external "
-        "cohort and on the saline arm.",
+        "saline arms, external ketamine and saline arms from another scanner) and run the whole "
+        "protocol on it: participant level, training on the discovery ketamine arm, prediction "
+        "on the external ketamine arm and on the discovery saline arm, and the treatment-"
+        "specificity analysis of the two external arms.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path)
     parser.add_argument("--n-discovery", type=_positive_int, default=40,
                         help="discovery cohort size (both arms)")
     parser.add_argument("--n-external", type=_positive_int, default=20,
-                        help="external cohort size (ketamine arm, another scanner)")
+                        help="external cohort's ketamine arm (another scanner)")
+    parser.add_argument("--n-external-saline", type=_nonneg_int, default=20,
+                        help="saline participants added to the external cohort (same scanner): "
+                        "the treatment-specificity analysis compares its two arms (0 = none)")
     parser.add_argument("--saline-fraction", type=float, default=0.25,
                         help="share of the discovery cohort in the saline (control) arm")
     parser.add_argument("--null", action="store_true",
