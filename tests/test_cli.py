@@ -74,6 +74,9 @@ def test_help_lists_every_option_once():
     (["a", "b", "group", "--target", "r", "--response-from", "x", "y"], ExitCode.USAGE),
     (["a", "b", "group"], ExitCode.USAGE),  # training without a label
     (["a", "b", "group", "--model", "/no/such/model.skops"], ExitCode.NO_INPUT),
+    (["a", "b", "group", "--target", "r", "--arm-column", "arm"], ExitCode.USAGE),  # no --model
+    (["a", "b", "group", "--target", "r", "--treatment-arm", "ketamine"], ExitCode.USAGE),
+    (["a", "b", "participant", "--arm-column", "arm"], ExitCode.USAGE),
 ])
 def test_usage_errors(argv, code, capsys):
     assert main(argv) == code
