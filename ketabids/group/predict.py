@@ -75,7 +75,8 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
     arm=ketamine``; see :func:`ketabids.group.specificity.resolve_arms`).
     Returns ``{"output_dir", "report", "predictions", "n", "n_subjects" (= n), "n_excluded",
     "labelled", "bac", "auc", "p_bac", "p_auc", "metrics": {"bac", "auc"}, "model_sha256",
-    "tables", "specificity" (the metrics.json block or None), "calibration", "headline" (THE result: :func:`ketabids.group.metrics.headline_metric`, None
+    "tables", "specificity" (the metrics.json block or None), "calibration",
+    "headline" (THE result: :func:`ketabids.group.metrics.headline_metric`, None
     without labels), "logs"}`` (metrics None without labels). ``run_record``: ``{"argv",
     "config"}`` of the command for ``OUTPUT_DIR/logs/`` (default: this call's arguments).
     """

@@ -36,7 +36,8 @@ from ketabids.group.logistic import fit_logistic, likelihood_ratio_p
 from ketabids.group.metrics import SMALL_CLASS, classification_metrics, finite_or_none
 
 __all__ = ["SpecificityResult", "specificity_analysis", "interaction_test", "arm_differences",
-           "metrics_by_arm", "resolve_arms", "trained_arm", "BY_ARM_COLUMNS", "TABLE_COLUMNS", "ALPHA"]
+           "metrics_by_arm", "resolve_arms", "trained_arm", "BY_ARM_COLUMNS", "TABLE_COLUMNS",
+           "ALPHA"]
 
 #: Columns of metrics_by_arm.tsv and specificity.tsv (docs/schemas agreed with the report).
 BY_ARM_COLUMNS = ["arm", "n", "n_responders", "n_nonresponders", "n_predicted_responders", "bac",
@@ -329,7 +330,8 @@ def specificity_analysis(y, decision, arm, *, treatment_arm: str, reference_arm:
     >>> rng = np.random.default_rng(0)
     >>> arm = np.repeat(["ketamine", "saline"], 150)
     >>> d = rng.normal(size=300)
-    >>> y = (rng.random(300) < 1 / (1 + np.exp(-np.where(arm == "ketamine", 3 * d, 0)))).astype(int)
+    >>> slope = np.where(arm == "ketamine", 3.0, 0.0)
+    >>> y = (rng.random(300) < 1 / (1 + np.exp(-slope * d))).astype(int)
     >>> res = specificity_analysis(y, d, arm, treatment_arm="ketamine", reference_arm="saline",
     ...                            n_bootstrap=200, n_permutations=200)
     >>> res.as_dict()["interaction_log_odds"]["p_value"] < 0.001
