@@ -45,6 +45,9 @@ BY_ARM_COLUMNS = ["arm", "n", "n_responders", "n_nonresponders", "n_predicted_re
 TABLE_COLUMNS = ["analysis", "estimate", "ci_low", "ci_high", "p_value", "detail"]
 #: Significance level of the interpretation sentence.
 ALPHA = 0.05
+#: Interaction (log odds ratio per SD of the decision value) the interpretation calls clearly
+#: treatment-specific: 0.5 = the odds of response rise 1.65 times more per SD under treatment.
+RELEVANT_LOG_ODDS = 0.5
 
 
 def trained_arm(arm_column: str, trained_include) -> str | None:
@@ -265,6 +268,10 @@ class SpecificityResult:
                 "settings": self.settings}
 
 
+def _fmt_num(v) -> str:
+    return "n/a" if not np.isfinite(v) else f"{v:.2f}"
+
+
 def _fmt_points(v) -> str:
     return "n/a" if not np.isfinite(v) else f"{100 * v:+.1f}"
 
@@ -304,11 +311,18 @@ def interpret(table: pd.DataFrame, by_arm: pd.DataFrame, *, treatment_arm: str,
                 f"{treatment_arm} in this sample.")
     else:
         text = (f"This sample does not show that the model works better in the {treatment_arm} "
-                f"arm than in the {reference_arm} arm ({figures}). With n = {n} this does not "
-                "show that the model performs the same in both arms either: a specific "
-                "(predictive) marker, a prognostic one and no marker at all cannot be told "
-                "apart with this few participants; absence of evidence is not evidence of "
-                "absence.")
+                f"arm than in the {reference_arm} arm ({figures}). ")
+        high = inter["ci_high"]
+        if not np.isfinite(high) or high >= RELEVANT_LOG_ODDS:
+            text += (f"Nor does it show that the model performs the same in both arms: at n = "
+                     f"{n} the interaction's 95% interval (up to {_fmt_num(high)} log odds per "
+                     "SD) still includes a clearly treatment-specific marker, so a specific "
+                     "(predictive) marker, a prognostic one and no marker cannot be told apart; "
+                     "absence of evidence is not evidence of absence.")
+        else:
+            text += (f"The interaction's 95% interval ends at {_fmt_num(high)} log odds per SD: "
+                     "if the marker is specific to the treatment at all, the specificity is "
+                     "small.")
         if np.isfinite(ref_slope["p_value"]) and ref_slope["p_value"] < alpha \
                 and ref_slope["estimate"] > 0:
             text += (f" The decision value does predict response in the {reference_arm} arm: "
@@ -360,7 +374,7 @@ def specificity_analysis(y, decision, arm, *, treatment_arm: str, reference_arm:
                                          "slope_treatment_arm")}
         inter.update(method="not estimable (an arm has one class only)", scale=np.nan)
     perm_text = (f"{diffs['n_permutations']} permutations of the arm labels within label class, "
-                 "two-sided")
+                 "two-sided") if diffs["n_permutations"] else "no permutation (--n-permutations 0)"
     boot_text = f"{diffs['n_bootstrap']} bootstrap resamples stratified by arm and label"
     logit_text = (f"logistic response ~ z * arm, z = decision / {inter['scale']:.4g} (SD) "
                   f"centred, arm = 1 for {treatment_arm}; {inter['method']}")
