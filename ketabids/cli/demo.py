@@ -127,7 +127,7 @@ def run_demo(opts) -> dict:
     out = Path(opts.output_dir).expanduser().resolve()
     started = time.monotonic()
     kwargs = dict(n_discovery=opts.n_discovery, n_external=opts.n_external,
-                  n_external_saline=opts.n_external_saline,
+                  n_external_saline=_n_external_saline(opts),
                   saline_fraction=opts.saline_fraction, null=opts.null,
                   resolution=opts.resolution, seed=opts.seed, nprocs=opts.nprocs)
     if opts.effect_size is not None:
@@ -155,7 +155,7 @@ def run_demo(opts) -> dict:
                                      *protocol, *perms, *common])
     model = summaries["train"]["model"]
     ext_bids, ext_out = out / "bids" / "external", out / "derivatives" / "external"
-    two_arms = bool(opts.n_external_saline)
+    two_arms = bool(_n_external_saline(opts))
     summaries["external"] = _cli([str(ext_bids), str(ext_out), "group", "--model", str(model),
                                   *label, *(["--include", "arm=ketamine"] if two_arms else []),
                                   *perms, *common])
@@ -190,6 +190,12 @@ def run_demo(opts) -> dict:
             "specificity": (summaries.get("trial") or {}).get("specificity")}
 
 
+def _n_external_saline(opts) -> int:
+    """``--n-external-saline``, by default ``--n-external`` (a 1:1 external trial)."""
+    value = getattr(opts, "n_external_saline", None)
+    return int(opts.n_external if value is None else value)
+
+
 def _n_outer(participants) -> int:
     """The study's 10 outer folds, or fewer when the smaller class of a small demo's ketamine
     arm has fewer members (stratified folds need one per fold). Response is the group level's
@@ -218,9 +224,10 @@ def get_demo_parser() -> argparse.ArgumentParser:
                         help="discovery cohort size (both arms)")
     parser.add_argument("--n-external", type=_positive_int, default=20,
                         help="external cohort's ketamine arm (another scanner)")
-    parser.add_argument("--n-external-saline", type=_nonneg_int, default=20,
+    parser.add_argument("--n-external-saline", type=_nonneg_int, default=None,
                         help="saline participants added to the external cohort (same scanner): "
-                        "the treatment-specificity analysis compares its two arms (0 = none)")
+                        "the treatment-specificity analysis compares its two arms (default: as "
+                        "many as --n-external, a 1:1 trial; 0 = none)")
     parser.add_argument("--saline-fraction", type=float, default=0.25,
                         help="share of the discovery cohort in the saline (control) arm")
     parser.add_argument("--null", action="store_true",
