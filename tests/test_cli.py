@@ -179,6 +179,12 @@ def test_group_dispatch(dataset, tmp_path, captured):
     assert main([str(dataset), str(out), "group", "--skip-bids-validation",
                  "--model", str(model), "--target", "response"]) == 0
     assert captured["predict"]["model"] == model
+    assert captured["predict"]["arm_column"] is None
+    assert main([str(dataset), str(out), "group", "--skip-bids-validation", "--model", str(model),
+                 "--target", "response", "--arm-column", "arm", "--treatment-arm",
+                 "ketamine"]) == 0
+    assert (captured["predict"]["arm_column"], captured["predict"]["treatment_arm"]) == \
+        ("arm", "ketamine")
 
 
 def test_session_labels_strip_prefix(bids_tree, tmp_path, captured):
