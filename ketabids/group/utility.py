@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ketabids.group.logistic import fit_logistic, logit
+from ketabids.group.metrics import finite_or_none
 
 __all__ = ["decision_curve", "calibration_intercept_slope", "DEFAULT_THRESHOLDS",
            "DECISION_CURVE_COLUMNS"]
@@ -87,7 +88,8 @@ def calibration_intercept_slope(y, proba, *, confidence: float = 0.95) -> dict:
 
     def block(fit, index):
         est, lo, hi, _ = fit.wald(index, confidence)
-        return {"value": float(est), "ci_low": float(lo), "ci_high": float(hi)}
+        return {"value": finite_or_none(est), "ci_low": finite_or_none(lo),
+                "ci_high": finite_or_none(hi)}
 
     methods = {citl.method, slope.method}
     return {"calibration_in_the_large": block(citl, 0), "calibration_slope": block(slope, 1),
