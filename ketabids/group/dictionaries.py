@@ -331,7 +331,8 @@ TABLES: dict[str, dict] = {
                                     "points); logistic rows in log odds (ratio) units."},
         "ci_low": {"LongName": "Lower bound of the 95% interval",
                    "Description": "Differences: percentile bootstrap stratified by arm and "
-                                  "label; logistic rows: Wald (detail says which)."},
+                                  "label; interaction: profile (penalised) likelihood; slopes: "
+                                  "Wald (detail says which)."},
         "ci_high": {"LongName": "Upper bound of the 95% interval",
                     "Description": "As ci_low."},
         "p_value": {"LongName": "p-value (two-sided)",

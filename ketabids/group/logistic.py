@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["LogisticFit", "fit_logistic", "likelihood_ratio_p", "logit"]
+__all__ = ["LogisticFit", "fit_logistic", "likelihood_ratio_p", "profile_interval",
+           "logit"]
 
 #: Fitted probabilities this close to 0 or 1 mean (quasi-)separation under maximum likelihood.
 _SEPARATION_EPS = 1e-7
@@ -74,7 +75,8 @@ def _loglik(X, y, beta, offset, firth):
     return ll
 
 
-def _fit(X, y, offset, firth, max_iter, tol):
+def _fit(X, y, offset, firth, max_iter, tol, free=None):
+    free = np.ones(X.shape[1], bool) if free is None else free
     beta = np.zeros(X.shape[1])
     ll = _loglik(X, y, beta, offset, firth)
     converged = False
@@ -83,13 +85,13 @@ def _fit(X, y, offset, firth, max_iter, tol):
         p = special.expit(X @ beta + offset)
         w = np.maximum(p * (1 - p), 1e-300)
         info = X.T @ (X * w[:, None])
-        info_inv = np.linalg.pinv(info)
         resid = y - p
-        if firth:
+        if firth:  # hat values of the whole design, also when coefficients are held at 0
             xw = X * np.sqrt(w)[:, None]
-            h = np.einsum("ij,jk,ik->i", xw, info_inv, xw)
+            h = np.einsum("ij,jk,ik->i", xw, np.linalg.pinv(info), xw)
             resid = resid + h * (0.5 - p)
-        step = info_inv @ (X.T @ resid)
+        step = np.zeros(X.shape[1])
+        step[free] = np.linalg.pinv(info[np.ix_(free, free)]) @ (X[:, free].T @ resid)
         # step halving: the (penalised) log likelihood must not decrease
         for _ in range(30):
             new = beta + step
@@ -108,11 +110,14 @@ def _fit(X, y, offset, firth, max_iter, tol):
 
 
 def fit_logistic(X, y, *, offset=None, firth: bool | None = None, max_iter: int = 100,
-                 tol: float = 1e-10) -> LogisticFit:
+                 tol: float = 1e-10, zero=()) -> LogisticFit:
     """Fit ``P(y = 1) = expit(X b + offset)``; ``X`` (n, k) includes the intercept column.
 
     ``firth``: True = Firth's penalised likelihood, False = maximum likelihood, None
     (default) = maximum likelihood unless it separates (see the module docstring).
+    ``zero``: indices of coefficients held at 0 (the null model of a likelihood-ratio test;
+    with Firth the penalty keeps the whole design, as R's logistf does, so that the penalised
+    likelihoods of the two fits are comparable).
 
     >>> X = np.column_stack([np.ones(8), [0, 0, 0, 0, 1, 1, 1, 1]])
     >>> fit = fit_logistic(X, np.array([0, 0, 0, 1, 0, 1, 1, 1]))
@@ -124,18 +129,54 @@ def fit_logistic(X, y, *, offset=None, firth: bool | None = None, max_iter: int 
     offset = np.zeros(y.size) if offset is None else np.asarray(offset, float).ravel()
     if X.ndim != 2 or X.shape[0] != y.size or offset.size != y.size:
         raise ValueError("X must be (n, k) with n = len(y) = len(offset)")
+    free = np.ones(X.shape[1], bool)
+    free[list(zero)] = False
     if firth is None:
-        beta, cov, ll, ok, it, p = _fit(X, y, offset, False, max_iter, tol)
+        beta, cov, ll, ok, it, p = _fit(X, y, offset, False, max_iter, tol, free)
         separated = (not ok) or np.any((p < _SEPARATION_EPS) | (p > 1 - _SEPARATION_EPS))
         if not separated:
             return LogisticFit(beta, cov, ll, ok, "maximum likelihood", it)
         firth = True
-    beta, cov, ll, ok, it, _ = _fit(X, y, offset, bool(firth), max_iter, tol)
+    beta, cov, ll, ok, it, _ = _fit(X, y, offset, bool(firth), max_iter, tol, free)
     return LogisticFit(beta, cov, ll, ok, "Firth" if firth else "maximum likelihood", it)
 
 
 def likelihood_ratio_p(full: LogisticFit, reduced: LogisticFit, df: int = 1) -> float:
     """Two-sided p of the likelihood-ratio test of nested fits (chi-square with ``df``);
-    penalised likelihoods when the fits are Firth's (as in R's logistf)."""
+    penalised likelihoods when the fits are Firth's (fit the null with ``zero``, as R's
+    logistf)."""
     stat = max(0.0, 2.0 * (full.loglik - reduced.loglik))
     return float(stats.chi2.sf(stat, df))
+
+
+def profile_interval(X, y, index: int, *, firth: bool, offset=None,
+                     confidence: float = 0.95) -> tuple[float, float]:
+    """Profile (penalised, with ``firth``) likelihood interval of coefficient ``index``: the
+    values ``c`` where ``2 (l(b_hat) - max l(b | b_index = c))`` equals the chi-square(1)
+    quantile; the interval that matches the likelihood-ratio p (a bound is +/-inf when the
+    likelihood never drops that far, as under separation without Firth)."""
+    from scipy.optimize import brentq
+
+    X = np.asarray(X, float)
+    y = np.asarray(y, float).ravel()
+    offset = np.zeros(y.size) if offset is None else np.asarray(offset, float).ravel()
+    full = fit_logistic(X, y, offset=offset, firth=firth)
+    crit = float(stats.chi2.ppf(confidence, 1))
+    est = float(full.coef[index])
+
+    def excess(c):
+        held = fit_logistic(X, y, offset=offset + c * X[:, index], firth=firth, zero=[index])
+        return 2.0 * (full.loglik - held.loglik) - crit
+
+    bounds = []
+    for sign in (-1.0, 1.0):
+        step = max(float(full.se[index]), 0.1)
+        while excess(est + sign * step) < 0:
+            step *= 2
+            if step > 1e3:
+                break
+        if step > 1e3:
+            bounds.append(sign * np.inf)
+            continue
+        bounds.append(brentq(excess, est, est + sign * step, xtol=1e-6))
+    return float(bounds[0]), float(bounds[1])

@@ -19,7 +19,8 @@ participant a decision value. Three analyses compare the arms (all pure function
    value in the treatment arm than in the reference arm. ``b3`` > 0 with a small p: the
    marker is *predictive* (treatment-specific); ``b1`` (the reference arm's slope) clearly
    non-zero with ``b3`` near 0: the marker is *prognostic* (it predicts response whatever the
-   treatment). Wald 95 % interval, likelihood-ratio p (model with vs without ``z arm``);
+   treatment). Profile-likelihood 95 % interval and likelihood-ratio p (model with vs without
+   ``z arm``; they agree: the interval excludes 0 exactly when p < 0.05);
    maximum likelihood, or Firth's penalised likelihood when an arm is separated
    (:mod:`ketabids.group.logistic`).
 
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ketabids.group.logistic import fit_logistic, likelihood_ratio_p
+from ketabids.group.logistic import fit_logistic, likelihood_ratio_p, profile_interval
 from ketabids.group.metrics import SMALL_CLASS, classification_metrics, finite_or_none
 
 __all__ = ["SpecificityResult", "specificity_analysis", "interaction_test", "arm_differences",
@@ -210,9 +211,10 @@ def interaction_test(y, decision, is_treatment, *, confidence=0.95) -> dict:
     """``logit P(y) = b0 + b1 z + b2 arm + b3 z arm`` (see the module docstring).
 
     Returns ``{"interaction_log_odds", "slope_reference_arm", "slope_treatment_arm":
-    {"estimate", "ci_low", "ci_high", "p_value"}, "method", "scale"}``: ``b3`` with its Wald
-    interval and likelihood-ratio p; the slope of each arm (``b1``, ``b1 + b3``: log odds ratio
-    per SD of the decision value) with Wald interval and p; ``scale`` = the SD used for ``z``.
+    {"estimate", "ci_low", "ci_high", "p_value"}, "method", "scale"}``: ``b3`` with its
+    profile-likelihood interval and likelihood-ratio p (penalised with Firth: both agree);
+    the slope of each arm (``b1``, ``b1 + b3``: log odds ratio per SD of the decision value)
+    with Wald interval and p; ``scale`` = the SD used for ``z``.
     """
     y = np.asarray(y).astype(float)
     d = np.asarray(decision, float)
@@ -220,10 +222,12 @@ def interaction_test(y, decision, is_treatment, *, confidence=0.95) -> dict:
     scale = float(d.std())
     z = (d - d.mean()) / scale if scale > 0 else np.zeros_like(d)
     one = np.ones_like(z)
-    full = fit_logistic(np.column_stack([one, z, a, z * a]), y)
+    X = np.column_stack([one, z, a, z * a])
+    full = fit_logistic(X, y)
     firth = full.method == "Firth"
-    reduced = fit_logistic(np.column_stack([one, z, a]), y, firth=firth)
-    est, lo, hi, _ = full.wald(3, confidence)
+    reduced = fit_logistic(X, y, firth=firth, zero=[3])   # b3 held at 0, same penalty
+    est = float(full.coef[3])
+    lo, hi = profile_interval(X, y, 3, firth=firth, confidence=confidence)
     out = {"interaction_log_odds": {"estimate": est, "ci_low": lo, "ci_high": hi,
                                     "p_value": likelihood_ratio_p(full, reduced)},
            "method": full.method, "scale": scale}
@@ -389,8 +393,8 @@ def specificity_analysis(y, decision, arm, *, treatment_arm: str, reference_arm:
                    f"{boot_text}; p from {perm_text}"},
         {"analysis": "interaction_log_odds", **inter["interaction_log_odds"],
          "detail": f"decision x arm coefficient (log odds ratio per SD of the decision value, "
-                   f"{treatment_arm} minus {reference_arm}); Wald interval, likelihood-ratio "
-                   f"p; {logit_text}"},
+                   f"{treatment_arm} minus {reference_arm}); profile-likelihood interval, "
+                   f"likelihood-ratio p; {logit_text}"},
         {"analysis": "slope_treatment_arm", **inter["slope_treatment_arm"],
          "detail": f"log odds ratio of response per SD of the decision value in the "
                    f"{treatment_arm} arm; Wald interval and p; same model"},
