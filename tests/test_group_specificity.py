@@ -184,3 +184,29 @@ def test_separation_in_the_treatment_arm_and_a_one_class_arm():
     with pytest.raises(ValueError, match="arms must be"):
         specificity_analysis(y, d, np.where(arm == "saline", "placebo", arm),
                              treatment_arm="ketamine", reference_arm="saline")
+
+
+def test_interpretation_names_which_test_found_what():
+    """BAC difference significant, interaction not (the demo-sized case): the sentence says the
+    evidence rests on the classification, never that nothing was shown."""
+    import pandas as pd
+
+    from ketabids.group.specificity import TABLE_COLUMNS, interpret
+
+    def table(bac_p, inter_p, inter_high):
+        rows = [("bac_difference", 0.47, 0.22, 0.66, bac_p),
+                ("auc_difference", 0.41, 0.14, 0.70, 0.005),
+                ("interaction_log_odds", 1.7, -2.9, inter_high, inter_p),
+                ("slope_treatment_arm", 2.8, 0.6, 5.1, 0.01),
+                ("slope_reference_arm", 1.2, -3.0, 5.3, 0.58)]
+        return pd.DataFrame([(*r, "") for r in rows], columns=TABLE_COLUMNS)
+
+    by_arm = pd.DataFrame({"n": [20, 20], "n_responders": [9, 4], "n_nonresponders": [11, 16]})
+    text = interpret(table(0.01, 0.47, 6.7), by_arm, treatment_arm="ketamine",
+                     reference_arm="saline")
+    assert text.startswith("The model classifies the ketamine arm better than the saline arm")
+    assert "does not show" not in text and "rests on the classification" in text
+    assert "only 4 participants" in text
+    text = interpret(table(0.31, 0.47, 0.3), by_arm, treatment_arm="ketamine",
+                     reference_arm="saline")
+    assert text.startswith("This sample does not show") and "the specificity is small" in text

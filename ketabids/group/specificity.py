@@ -313,6 +313,14 @@ def interpret(table: pd.DataFrame, by_arm: pd.DataFrame, *, treatment_arm: str,
         text = (f"The decision value tracks response more strongly in the {reference_arm} arm "
                 f"than in the {treatment_arm} arm ({figures}): the model is not specific to "
                 f"{treatment_arm} in this sample.")
+    elif np.isfinite(bac["p_value"]) and bac["p_value"] < alpha and bac["estimate"] > 0:
+        text = (f"The model classifies the {treatment_arm} arm better than the {reference_arm} "
+                f"arm ({figures}), but the logistic test over the whole decision scale does not "
+                f"confirm that the decision value tracks response more strongly under "
+                f"{treatment_arm}: the evidence of specificity rests on the classification at "
+                f"the model's threshold. With n = {n} the interaction's interval (up to "
+                f"{_fmt_num(inter['ci_high'])} log odds per SD) is wide; a larger randomised "
+                "sample is needed before calling the marker treatment-specific.")
     else:
         text = (f"This sample does not show that the model works better in the {treatment_arm} "
                 f"arm than in the {reference_arm} arm ({figures}). ")
