@@ -241,7 +241,7 @@ def get_demo_parser() -> argparse.ArgumentParser:
                         help="permutations for each p-value (training and both predictions)")
     parser.add_argument("--nprocs", type=_positive_int, default=2,
                         help="processes for generating the cohort, the participant level and "
-                        "the permutations (the defaults take about 12 minutes with 2 on a "
+                        "the permutations (60 phantoms took about 12 minutes with 2 on a "
                         "2-core machine)")
     parser.add_argument("--seed", type=_nonneg_int, default=0,
                         help="seeds the cohort, ANTs and the CV splits and permutations: the "
