@@ -238,7 +238,7 @@ def get_demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=_positive_float, default=2.0, metavar="MM",
                         help="voxel size of the synthetic T1w images")
     parser.add_argument("--n-permutations", type=_nonneg_int, default=200,
-                        help="permutations for each p-value (training and both predictions)")
+                        help="permutations for each p-value (training and every prediction)")
     parser.add_argument("--nprocs", type=_positive_int, default=2,
                         help="processes for generating the cohort, the participant level and "
                         "the permutations (60 phantoms took about 12 minutes with 2 on a "
