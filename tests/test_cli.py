@@ -74,6 +74,9 @@ def test_help_lists_every_option_once():
     (["a", "b", "group", "--target", "r", "--response-from", "x", "y"], ExitCode.USAGE),
     (["a", "b", "group"], ExitCode.USAGE),  # training without a label
     (["a", "b", "group", "--model", "/no/such/model.skops"], ExitCode.NO_INPUT),
+    (["a", "b", "group", "--target", "r", "--arm-column", "arm"], ExitCode.USAGE),  # no --model
+    (["a", "b", "group", "--target", "r", "--treatment-arm", "ketamine"], ExitCode.USAGE),
+    (["a", "b", "participant", "--arm-column", "arm"], ExitCode.USAGE),
 ])
 def test_usage_errors(argv, code, capsys):
     assert main(argv) == code
@@ -176,6 +179,12 @@ def test_group_dispatch(dataset, tmp_path, captured):
     assert main([str(dataset), str(out), "group", "--skip-bids-validation",
                  "--model", str(model), "--target", "response"]) == 0
     assert captured["predict"]["model"] == model
+    assert captured["predict"]["arm_column"] is None
+    assert main([str(dataset), str(out), "group", "--skip-bids-validation", "--model", str(model),
+                 "--target", "response", "--arm-column", "arm", "--treatment-arm",
+                 "ketamine"]) == 0
+    assert (captured["predict"]["arm_column"], captured["predict"]["treatment_arm"]) == \
+        ("arm", "ketamine")
 
 
 def test_session_labels_strip_prefix(bids_tree, tmp_path, captured):

@@ -349,6 +349,55 @@ def test_results_table_shows_headlines_beside_the_papers_figures(rng):
                for line in lines[2:])
 
 
+def test_results_table_gains_the_specificity_row(rng):
+    """The two-arm prediction's summary becomes the table's last line: BAC difference with its
+    interval and permutation p, and the interaction p; no line without it."""
+    from ketabids.cli.demo import results_table, specificity_row
+    from ketabids.demo.published import PUBLISHED
+    from ketabids.group.metrics import classification_metrics, headline_metric
+    from ketabids.group.specificity import specificity_analysis
+
+    y = np.array([0, 1] * 20)
+    d = rng.normal(size=40) + 2 * y * (np.arange(40) < 20)     # ketamine rows only
+    arm = np.where(np.arange(40) < 20, "ketamine", "saline")
+    spec = specificity_analysis(y, d, arm, treatment_arm="ketamine", reference_arm="saline",
+                                n_bootstrap=100, n_permutations=100).as_dict()
+    line = specificity_row({"n": 40, "specificity": spec})
+    bac = spec["bac_difference"]
+    assert line.startswith("specificity (ext. trial)") and " 40  BAC ketamine - saline " in line
+    assert f"{100 * bac['estimate']:+.1f} points (95% CI {100 * bac['ci_low']:+.1f} to " in line
+    assert "interaction p = " in line and "not tested" in line
+    assert specificity_row({"n": 40, "specificity": None}) is None and specificity_row(None) \
+        is None
+    h = headline_metric(classification_metrics(y, d), aggregation="single", y=y)
+    table = results_table({name: h for name in PUBLISHED}, line).splitlines()
+    assert len(table) == 3 + len(PUBLISHED) and table[-1] == line
+
+
+@pytest.mark.slow
+def test_external_saline_arm_leaves_the_ketamine_participants_unchanged(tmp_path):
+    """--n-external-saline appends saline rows (numbered after the ketamine ones, no planted
+    effect) to the external cohort; the ketamine rows and T1w images are byte-identical."""
+    kw = dict(n_discovery=1, n_external=2, seed=6)
+    plain = dm.generate_demo(tmp_path / "plain", **kw)
+    trial = dm.generate_demo(tmp_path / "trial", n_external_saline=2, **kw)
+    ext = trial.participants["external"]
+    assert list(ext.participant_id) == ["sub-ext001", "sub-ext002", "sub-ext003", "sub-ext004"]
+    assert list(ext.arm) == ["ketamine", "ketamine", "saline", "saline"]
+    pd.testing.assert_frame_equal(ext.iloc[:2], plain.participants["external"])
+    assert set(trial.truth_tables["external"].set_index("participant_id")
+               .loc[["sub-ext003", "sub-ext004"], "planted"]) == {"none"}
+    for sub in ("sub-ext001", "sub-ext002"):
+        rel = f"bids/external/{sub}/anat/{sub}_T1w.nii.gz"
+        assert (tmp_path / "plain" / rel).read_bytes() == (tmp_path / "trial" / rel).read_bytes()
+    assert "randomised ketamine vs saline trial" in (trial.bids["external"] / "README.md") \
+        .read_text()
+    from ketabids.errors import UsageError
+
+    with pytest.raises(UsageError, match="n_external_saline"):
+        dm.generate_demo(tmp_path / "bad", n_discovery=1, n_external_saline=-1)
+
+
 def test_outer_folds_follow_the_group_response_rule():
     """Folds = the smaller class of the ketamine arm (2..10); 30 -> 15 is a response, as for
     ``--response-from``; the saline arm does not count."""

@@ -58,7 +58,7 @@ GROUP_ONLY = ("model", "prediction_name", "target", "response_from", "response_t
               "include", "covariates", "site_column", "combat", "standardize", "smoothing_fwhm",
               "analysis_resolution", "n_repeats", "n_outer", "n_inner", "c_grid",
               "n_permutations", "overwrite", "qc_policy", "exclude_file", "outer_cv",
-              "group_column", "skip_audit")
+              "group_column", "skip_audit", "arm_column", "treatment_arm")
 #: options of the participant level only (refused at group level)
 PARTICIPANT_ONLY = ("fast", "work_dir", "omp_nthreads", "mem_gb", "nipype_plugin_file")
 
@@ -111,6 +111,11 @@ def check_options(opts, parser=None) -> None:
         raise UsageError("--atlas-labels needs --atlas")
     if opts.prediction_name and not opts.model:
         raise UsageError("--prediction-name names a prediction run: it needs --model")
+    if opts.arm_column and not opts.model:
+        raise UsageError("--arm-column compares the arms of a prediction run: it needs --model "
+                         "(train on one arm with --include, then predict both arms)")
+    if opts.treatment_arm and not opts.arm_column:
+        raise UsageError("--treatment-arm names a value of --arm-column: give --arm-column too")
     for option in ("atlas", "atlas_labels", "nipype_plugin_file", "model", "exclude_file"):
         value = getattr(opts, option)
         if value is not None and not Path(value).exists():
@@ -185,7 +190,9 @@ def _run_group(opts, common) -> dict:
     if opts.model:
         from ketabids.group.predict import run_group_predict
 
-        return run_group_predict(model=opts.model, name=opts.prediction_name, **common)
+        return run_group_predict(model=opts.model, name=opts.prediction_name,
+                                 arm_column=opts.arm_column, treatment_arm=opts.treatment_arm,
+                                 **common)
     from ketabids.group.train import run_group_train
 
     return run_group_train(

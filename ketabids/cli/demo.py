@@ -1,11 +1,13 @@
 """``ketabids demo OUTPUT_DIR``: the whole study on a synthetic cohort, one command.
 
 1. :func:`ketabids.demo.generate_demo` writes two BIDS datasets (``bids/discovery`` with a
-   ketamine and a saline arm, ``bids/external`` from another scanner) and their ground truth.
+   ketamine and a saline arm, ``bids/external`` from another scanner, a ketamine and a saline
+   arm too) and their ground truth.
 2. The participant level runs on both (fast mode) into ``derivatives/<cohort>``.
 3. The group level trains on the discovery ketamine arm (response = MADRS drop >= 50% at 24 h),
-   then applies the frozen model to the external cohort and to the saline arm.
-4. A table of the three results is printed next to the published figures.
+   then applies the frozen model to the external ketamine arm, to the discovery saline arm and
+   to both external arms together (``--arm-column arm``: treatment specificity).
+4. A table of the results is printed next to the published figures, with a specificity row.
 
 Every step calls the same functions as ``ketabids BIDS_DIR OUTPUT_DIR ...``, through
 :func:`ketabids.cli.main`, so the demo exercises the real command line.
@@ -52,7 +54,28 @@ def _fmt(value, pct=True):
     return f"{100 * value:.1f}%" if pct else f"{value:.3g}"
 
 
-def results_table(rows: dict) -> str:
+def specificity_row(summary: dict | None) -> str | None:
+    """The table's specificity line from a ``--arm-column`` prediction's summary: BAC
+    difference between arms with its interval and permutation p, interaction p."""
+    spec = (summary or {}).get("specificity")
+    if not spec:
+        return None
+    bac, inter = spec["bac_difference"], spec["interaction_log_odds"]
+
+    def pts(v):
+        return "n/a" if v is None else f"{100 * v:+.1f}"
+
+    def p(v):
+        return "n/a" if v is None else (f"{v:.2g}" if v >= 0.001 else "< 0.001")
+
+    return (f"{'specificity (ext. trial)':<24} {summary.get('n', '-'):>4}  BAC "
+            f"{spec['treatment_arm']} - {spec['reference_arm']} {pts(bac['estimate'])} points "
+            f"(95% CI {pts(bac['ci_low'])} to {pts(bac['ci_high'])}), p = {p(bac['p_value'])}; "
+            f"decision x arm interaction p = {p(inter['p_value'])}  | paper: ketamine vs saline "
+            "cohorts compared by eye, not tested")
+
+
+def results_table(rows: dict, specificity: str | None = None) -> str:
     """Plain-text table: each analysis' headline result (:func:`ketabids.group.metrics.
     headline_metric`: the same numbers as its metrics.json ``headline`` and its report) beside
     the paper's figures for the same analysis (:data:`ketabids.demo.published.PUBLISHED`)."""
@@ -71,6 +94,8 @@ def results_table(rows: dict) -> str:
                  if pub else "not reported")
         lines.append(
             f"{name:<24} {h.get('n', '-'):>4}  {bac:<{w_bac}}  {p:<{w_p}}  | {paper}")
+    if specificity:
+        lines.append(specificity)
     return "\n".join(lines)
 
 
@@ -79,6 +104,12 @@ HEADLINE_NOTE = ("BAC = balanced accuracy, the headline metric of each analysis:
                  "predictions (external, saline); p = permutation p-value of that same BAC. "
                  "Same numbers as metrics.json 'headline' and the reports. The right-hand "
                  "columns are the paper's figures, not computed here.")
+
+
+SPECIFICITY_NOTE = ("specificity: the frozen model on both arms of the external trial (ketamine "
+                    "vs saline, same scanner): difference in BAC between the arms (bootstrap "
+                    "interval, permutation p) and the p of the decision x arm interaction in a "
+                    "logistic model of response; group/predict-external-trial/specificity.tsv.")
 
 
 def _headline(summary: dict) -> dict:
@@ -95,6 +126,7 @@ def run_demo(opts) -> dict:
     out = Path(opts.output_dir).expanduser().resolve()
     started = time.monotonic()
     kwargs = dict(n_discovery=opts.n_discovery, n_external=opts.n_external,
+                  n_external_saline=_n_external_saline(opts),
                   saline_fraction=opts.saline_fraction, null=opts.null,
                   resolution=opts.resolution, seed=opts.seed, nprocs=opts.nprocs)
     if opts.effect_size is not None:
@@ -121,12 +153,18 @@ def run_demo(opts) -> dict:
                                      "--include", "arm=ketamine", "--site-column", "site",
                                      *protocol, *perms, *common])
     model = summaries["train"]["model"]
-    summaries["external"] = _cli([str(out / "bids" / "external"),
-                                        str(out / "derivatives" / "external"), "group",
-                                        "--model", str(model), *label, *perms, *common])
+    ext_bids, ext_out = out / "bids" / "external", out / "derivatives" / "external"
+    two_arms = bool(_n_external_saline(opts))
+    summaries["external"] = _cli([str(ext_bids), str(ext_out), "group", "--model", str(model),
+                                  *label, *(["--include", "arm=ketamine"] if two_arms else []),
+                                  *perms, *common])
     summaries["saline"] = _cli([str(disc_bids), str(disc_out), "group", "--model",
                                       str(model), *label, "--include", "arm=saline", *perms,
                                       *common])
+    if two_arms:  # both external arms in one run; ketamine = the arm the model was trained on
+        summaries["trial"] = _cli([str(ext_bids), str(ext_out), "group", "--model", str(model),
+                                   *label, "--arm-column", "arm", "--prediction-name",
+                                   "external-trial", *perms, *common])
     rows = {
         "discovery (nested CV)": _headline(summaries["train"]),
         "external ketamine": _headline(summaries["external"]),
@@ -136,16 +174,28 @@ def run_demo(opts) -> dict:
         rows["discovery leave-site-out"] = {**summaries["train"]["leave_site_out"],
                                             "report": summaries["train"].get("report")}
     print()
-    print(results_table(rows))
+    spec_line = specificity_row(summaries.get("trial"))
+    print(results_table(rows, spec_line))
     print(HEADLINE_NOTE)
+    if spec_line:
+        print(SPECIFICITY_NOTE)
     for name, row in rows.items():
         if row.get("warning"):
             print(f"{name}: {row['warning']}")
     print()
     for name, row in rows.items():
         print(f"{name} report: {row['report']}")
+    if "trial" in summaries:
+        print(f"specificity (ext. trial) report: {summaries['trial']['report']}")
     print(f"demo finished in {time.monotonic() - started:.0f} s")
-    return {"failed": [], "results": rows}
+    return {"failed": [], "results": rows,
+            "specificity": (summaries.get("trial") or {}).get("specificity")}
+
+
+def _n_external_saline(opts) -> int:
+    """``--n-external-saline``, by default ``--n-external`` (a 1:1 external trial)."""
+    value = getattr(opts, "n_external_saline", None)
+    return int(opts.n_external if value is None else value)
 
 
 def _n_outer(participants) -> int:
@@ -165,16 +215,21 @@ def get_demo_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ketabids demo",
         description="Generate a synthetic ketamine study (discovery cohort with ketamine and "
-        "saline arms, external cohort from another scanner) and run the whole protocol on it: "
-        "participant level, training on the discovery ketamine arm, prediction on the external "
-        "cohort and on the saline arm.",
+        "saline arms, external ketamine and saline arms from another scanner) and run the whole "
+        "protocol on it: participant level, training on the discovery ketamine arm, prediction "
+        "on the external ketamine arm and on the discovery saline arm, and the treatment-"
+        "specificity analysis of the two external arms.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path)
     parser.add_argument("--n-discovery", type=positive_int, default=40,
                         help="discovery cohort size (both arms)")
     parser.add_argument("--n-external", type=positive_int, default=20,
-                        help="external cohort size (ketamine arm, another scanner)")
+                        help="external cohort's ketamine arm (another scanner)")
+    parser.add_argument("--n-external-saline", type=nonneg_int, default=None,
+                        help="saline participants added to the external cohort (same scanner): "
+                        "the treatment-specificity analysis compares its two arms (default: as "
+                        "many as --n-external, a 1:1 trial; 0 = none)")
     parser.add_argument("--saline-fraction", type=float, default=0.25,
                         help="share of the discovery cohort in the saline (control) arm")
     parser.add_argument("--null", action="store_true",
@@ -185,10 +240,10 @@ def get_demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
                         help="voxel size of the synthetic T1w images")
     parser.add_argument("--n-permutations", type=nonneg_int, default=200,
-                        help="permutations for each p-value (training and both predictions)")
+                        help="permutations for each p-value (training and every prediction)")
     parser.add_argument("--nprocs", type=positive_int, default=2,
                         help="processes for generating the cohort, the participant level and "
-                        "the permutations (the defaults take about 12 minutes with 2 on a "
+                        "the permutations (60 phantoms took about 12 minutes with 2 on a "
                         "2-core machine)")
     parser.add_argument("--seed", type=nonneg_int, default=0,
                         help="seeds the cohort, ANTs and the CV splits and permutations: the "

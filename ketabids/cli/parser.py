@@ -156,6 +156,16 @@ def get_parser() -> argparse.ArgumentParser:
     grp.add_argument("--site-column", metavar="COLUMN",
                      help="participants.tsv column naming the site/scanner (stratification, "
                      "within-site permutations, --combat)")
+    grp.add_argument("--arm-column", metavar="COLUMN",
+                     help="prediction with labels (--model): participants.tsv column of the "
+                     "treatment arm (e.g. arm: ketamine/saline). Compares the two arms of ONE "
+                     "prediction run (both arms in this dataset, participants the model has not "
+                     "seen): per-arm metrics, BAC/AUC differences and the decision x arm "
+                     "interaction (treatment specificity)")
+    grp.add_argument("--treatment-arm", metavar="VALUE",
+                     help="with --arm-column: the arm the model predicts response to (default: "
+                     "the arm of the model's training rule, e.g. its --include arm=ketamine; "
+                     "a different value is refused)")
     grp.add_argument("--combat", action="store_true",
                      help="ComBat site harmonisation fitted within folds (needs --site-column)")
     grp.add_argument("--standardize", action="store_true",

@@ -3,7 +3,8 @@
 :func:`generate_demo` writes::
 
     OUT/bids/discovery/   raw BIDS: ketamine + saline arms, sites A and B (two "scanners")
-    OUT/bids/external/    raw BIDS: ketamine arm only, site C (another scanner: 1.5 T, other
+    OUT/bids/external/    raw BIDS: ketamine arm (+ saline arm with n_external_saline),
+                          site C (another scanner: 1.5 T, other
                           contrast, more noise, stronger bias field)
     OUT/truth/<cohort>/   ground truth, OUTSIDE the BIDS trees:
         truth.tsv                        one row per subject: arm, site, responder (MADRS rule),
@@ -206,6 +207,7 @@ def generate_demo(
     *,
     n_discovery: int = 40,
     n_external: int = 20,
+    n_external_saline: int = 0,
     saline_fraction: float = 0.25,
     discovery_sites=("A", "B"),
     external_site: str = "C",
@@ -226,9 +228,14 @@ def generate_demo(
     ``n_external`` (20)
         participants of the external-validation dataset (``out_dir/bids/external``),
         ``sub-ext001``...; 0 skips it.
+    ``n_external_saline`` (0)
+        saline participants added to the external dataset (same scanner, numbered after the
+        ketamine ones, images without effect, ``saline_response_rate``): the external cohort
+        becomes a two-arm trial for the treatment-specificity analysis (``--arm-column arm``).
+        The ketamine participants' rows and images do not depend on it.
     ``saline_fraction`` (0.25)
-        share of the discovery participants in the saline arm (the external set is all
-        ketamine).
+        share of the discovery participants in the saline arm (the external set is
+        ketamine unless ``n_external_saline``).
     ``discovery_sites`` (("A", "B")) / ``external_site`` ("C")
         scanner profiles (keys of :data:`SCANNERS`: A Siemens 3 T, B GE 3 T, C Philips 1.5 T
         with lower GM/WM contrast, more noise and a stronger bias field).
@@ -257,6 +264,8 @@ def generate_demo(
 
     if not 0.0 <= saline_fraction < 1.0:
         raise UsageError(f"saline_fraction {saline_fraction}: use a value in [0, 1)")
+    if n_external_saline < 0:
+        raise UsageError(f"n_external_saline {n_external_saline}: use a count >= 0")
     if n_discovery < 1 or n_external < 0:
         raise UsageError(
             f"n_discovery {n_discovery}, n_external {n_external}: use n_discovery >= 1 and "
@@ -273,6 +282,7 @@ def generate_demo(
     options = {
         "n_discovery": n_discovery,
         "n_external": n_external,
+        "n_external_saline": n_external_saline,
         "saline_fraction": saline_fraction,
         "discovery_sites": list(discovery_sites),
         "external_site": external_site,
@@ -299,17 +309,34 @@ def generate_demo(
             key=1,
         ),
     }
-    if n_external:
-        cohorts["external"] = dict(
-            table=make_participants_table(
+    if n_external or n_external_saline:
+        import pandas as pd
+
+        tables = []
+        if n_external:
+            tables.append(make_participants_table(
                 n_external,
                 seed=seed + 1_000_003,
                 site=external_site,
                 ketamine_response_rate=ketamine_response_rate,
                 label_prefix="ext",
-            ),
+            ))
+        if n_external_saline:  # appended: the ketamine rows above stay as they are
+            tables.append(make_participants_table(
+                n_external_saline,
+                seed=seed + 2_000_003,
+                saline_fraction=1.0,
+                site=external_site,
+                saline_response_rate=saline_response_rate,
+                label_prefix="ext",
+                start=n_external + 1,
+            ))
+        cohorts["external"] = dict(
+            table=pd.concat(tables, ignore_index=True),
             name="ketabids demo: external validation cohort",
-            description="External validation cohort: open-label ketamine, another scanner.",
+            description=("External validation cohort: a randomised ketamine vs saline trial, "
+                         "another scanner." if n_external_saline else
+                         "External validation cohort: open-label ketamine, another scanner."),
             key=2,
         )
     # never mix two demos: a folder already holding one must have been made with these options

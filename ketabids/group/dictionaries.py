@@ -249,6 +249,102 @@ TABLES: dict[str, dict] = {
         "y_true": {**_Y_TRUE, "Description": _Y_TRUE["Description"] + " Present only when "
                    "this cohort has labels."},
     },
+    "decision_curve.tsv": {
+        "threshold": {"LongName": "Threshold probability", "Units": _PROB,
+                      "Description": "Probability of response at or above which a clinician "
+                                     "would treat (pt): treating a non-responder is weighed as "
+                                     "pt / (1 - pt) of a responder treated. 0.01 to 0.99 in "
+                                     "steps of 0.01; read the range of thresholds that is "
+                                     "clinically sensible."},
+        "net_benefit_model": {
+            "LongName": "Net benefit of treating by the model",
+            "Description": "TP/n - FP/n * pt/(1 - pt) when participants with a probability >= "
+                           "pt are treated (Vickers & Elkin 2006). train: out-of-fold "
+                           "probabilities, counts pooled over the CV repeats; predict: the "
+                           "frozen model's probabilities. The model is useful at pt where this "
+                           "exceeds both treat-all and treat-none.",
+            "Units": "true positives per participant"},
+        "net_benefit_treat_all": {
+            "LongName": "Net benefit of treating everyone",
+            "Description": "prevalence - (1 - prevalence) * pt/(1 - pt), prevalence = share of "
+                           "responders in this cohort.",
+            "Units": "true positives per participant"},
+        "net_benefit_treat_none": {
+            "LongName": "Net benefit of treating no one",
+            "Description": "0 at every threshold (the reference).",
+            "Units": "true positives per participant"},
+    },
+    "metrics_by_arm.tsv": {
+        "arm": {"LongName": "Treatment arm",
+                "Description": "Value of --arm-column; the first row is the treatment arm "
+                               "(the one the model predicts response to), the second the "
+                               "reference arm (metrics.json 'specificity')."},
+        "n": {"LongName": "Participants", "Units": "count",
+              "Description": "Participants of this arm with a prediction and a label."},
+        "n_responders": {"LongName": "Responders", "Units": "count",
+                         "Description": "Participants of this arm with label 1."},
+        "n_nonresponders": {"LongName": "Non-responders", "Units": "count",
+                            "Description": "Participants of this arm with label 0."},
+        "n_predicted_responders": {"LongName": "Predicted responders", "Units": "count",
+                                   "Description": "Participants of this arm whose decision "
+                                                  "value is > 0 (predicted to respond)."},
+        "bac": {"LongName": "Balanced accuracy in this arm", "Units": "proportion (0-1)",
+                "Description": "(sensitivity + specificity) / 2 of the frozen model's "
+                               "predictions in this arm; n/a when the arm lacks a class."},
+        "bac_ci_low": {"LongName": "Lower bound of the 95% interval of bac",
+                       "Units": "proportion (0-1)",
+                       "Description": "Stratified bootstrap over the arm's participants "
+                                      "(percentile)."},
+        "bac_ci_high": {"LongName": "Upper bound of the 95% interval of bac",
+                        "Units": "proportion (0-1)",
+                        "Description": "Stratified bootstrap over the arm's participants "
+                                       "(percentile)."},
+        "auc": {"LongName": "AUC in this arm", "Units": "proportion (0-1)",
+                "Description": "ROC AUC of the decision values in this arm; n/a when the arm "
+                               "lacks a class."},
+        "auc_ci_low": {"LongName": "Lower bound of the 95% interval of auc",
+                       "Units": "proportion (0-1)", "Description": "DeLong interval."},
+        "auc_ci_high": {"LongName": "Upper bound of the 95% interval of auc",
+                        "Units": "proportion (0-1)", "Description": "DeLong interval."},
+    },
+    "specificity.tsv": {
+        "analysis": {
+            "LongName": "Analysis",
+            "Description": "Comparison of the treatment arm with the reference arm "
+                           "(metrics.json 'specificity' names both).",
+            "Levels": {
+                "bac_difference": "BAC(treatment arm) - BAC(reference arm)",
+                "auc_difference": "AUC(treatment arm) - AUC(reference arm)",
+                "interaction_log_odds": "coefficient of decision x arm in the logistic model "
+                                        "response ~ z * arm (z = decision value in SD units, "
+                                        "arm = 1 for the treatment arm): > 0 = the decision "
+                                        "value predicts response more strongly in the "
+                                        "treatment arm (a predictive, treatment-specific "
+                                        "marker)",
+                "slope_treatment_arm": "log odds ratio of response per SD of the decision "
+                                       "value in the treatment arm (same model)",
+                "slope_reference_arm": "log odds ratio of response per SD of the decision "
+                                       "value in the reference arm (same model): clearly > 0 "
+                                       "= the marker is (also) prognostic"}},
+        "estimate": {"LongName": "Point estimate",
+                     "Description": "Differences in proportion units (0.1 = 10 percentage "
+                                    "points); logistic rows in log odds (ratio) units."},
+        "ci_low": {"LongName": "Lower bound of the 95% interval",
+                   "Description": "Differences: percentile bootstrap stratified by arm and "
+                                  "label; interaction: profile (penalised) likelihood; slopes: "
+                                  "Wald (detail says which)."},
+        "ci_high": {"LongName": "Upper bound of the 95% interval",
+                    "Description": "As ci_low."},
+        "p_value": {"LongName": "p-value (two-sided)",
+                    "Description": "Differences: permutation of the arm labels within label "
+                                   "class, (1 + #|null| >= |observed|) / (1 + permutations); "
+                                   "interaction: likelihood-ratio test of the model with vs "
+                                   "without decision x arm; slopes: Wald."},
+        "detail": {"LongName": "Method details",
+                   "Description": "How the row was computed (resamples, permutations, model, "
+                                  "maximum likelihood or Firth's penalised likelihood when an "
+                                  "arm's classes are separated)."},
+    },
 }
 
 # ---- issue 23: CV schemes, C selection, site metrics and the site/confound audit -------------

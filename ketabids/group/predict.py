@@ -2,7 +2,9 @@
 
 Writes ``OUTPUT_DIR/group/predict-<name>/`` as a whole (see :mod:`ketabids.group.publish`):
 ``report.html, predictions.tsv, cohort.tsv`` and, when labels are available, ``metrics.tsv,
-metrics.json, permutations.tsv, calibration.tsv``, each table with its JSON data dictionary
+metrics.json, permutations.tsv, calibration.tsv, decision_curve.tsv`` (with ``arm_column`` also
+``metrics_by_arm.tsv, specificity.tsv``: :mod:`ketabids.group.specificity`), each table with its
+JSON data dictionary
 (:mod:`ketabids.group.dictionaries`). ``<name>`` comes from BIDS_DIR and ``--include``
 (:func:`prediction_name`) or ``--prediction-name``. A run record goes to
 ``OUTPUT_DIR/logs/group-predict-*``.
@@ -29,7 +31,9 @@ from ketabids.group.metrics import (calibration_table, classification_metrics, f
                                     headline_metric)
 from ketabids.group.permutation import external_permutation_test
 from ketabids.group.publish import listing, run_lock, staged
+from ketabids.group.specificity import resolve_arms, specificity_analysis
 from ketabids.group.train import FLOAT_FORMAT
+from ketabids.group.utility import calibration_intercept_slope, decision_curve
 from ketabids.io import write_json, write_tsv
 
 LOGGER = logging.getLogger("ketabids")
@@ -56,16 +60,23 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
                       layout=None, target=None, response_from=None, response_threshold=0.5,
                       qc_policy: str = "exclude", exclude_file=None,
                       include=(), n_permutations=1000, nprocs=1, seed=0,
-                      name: str | None = None, run_record: dict | None = None) -> dict:
+                      name: str | None = None, arm_column: str | None = None,
+                      treatment_arm: str | None = None,
+                      run_record: dict | None = None) -> dict:
     """Apply a frozen model to a cohort; with labels, evaluate it (metrics, permutation p).
 
     Participants whose scan fails QC get no prediction (``qc_policy``, ``exclude_file``: see
     :mod:`ketabids.qc.gate`); they are listed in cohort.tsv, the report and metrics.json.
     Label options default to the model's own rule (``--target`` / ``--response-from``) when
     its columns exist in this participants.tsv; ``include`` is never inherited.
+    ``arm_column``: participants.tsv column of the treatment arm; with labels, the treatment
+    specificity analysis compares the two arms present (``treatment_arm``: the arm the model
+    predicts response to; by default the arm of the model's training rule, e.g. ``--include
+    arm=ketamine``; see :func:`ketabids.group.specificity.resolve_arms`).
     Returns ``{"output_dir", "report", "predictions", "n", "n_subjects" (= n), "n_excluded",
     "labelled", "bac", "auc", "p_bac", "p_auc", "metrics": {"bac", "auc"}, "model_sha256",
-    "tables", "headline" (THE result: :func:`ketabids.group.metrics.headline_metric`, None
+    "tables", "specificity" (the metrics.json block or None), "calibration",
+    "headline" (THE result: :func:`ketabids.group.metrics.headline_metric`, None
     without labels), "logs"}`` (metrics None without labels). ``run_record``: ``{"argv",
     "config"}`` of the command for ``OUTPUT_DIR/logs/`` (default: this call's arguments).
     """
@@ -90,6 +101,10 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
                                response_threshold=response_threshold, include=include,
                                required=False)
     labelled = bool(rule.target or rule.response_from)
+    if arm_column:
+        _check_arm_options(bids_dir, arm_column, treatment_arm, labelled)
+    elif treatment_arm:
+        raise UsageError("--treatment-arm names an arm of --arm-column: give --arm-column too")
     fs = manifest["features"]
     site = manifest.get("site", {})
     # the model's site column: required with ComBat, else used (when present) to permute
@@ -105,6 +120,11 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
                           encoding=manifest["covariates"]["encoding"],
                           qc_policy=qc_policy, exclude_file=exclude_file)
     warn_excluded(cohort.excluded)
+    arms = None
+    if arm_column:  # before any feature work: the arms of the participants predicted
+        arms = cohort.table[arm_column].astype(str).to_numpy()
+        arm_pair = resolve_arms(arm_column, arms, treatment_arm=treatment_arm,
+                                trained_include=manifest.get("labels", {}).get("include"))
     notes = check_compatibility(manifest, cohort, model_path=loaded.path)
     for note in notes:
         LOGGER.warning("%s", note)
@@ -146,6 +166,19 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
         from ketabids.group.audit import metrics_by_site
 
         site_table = metrics_by_site(y, decision, cohort.sites, random_state=int(seed))
+    spec = None
+    if metrics is not None and arm_column:
+        spec = specificity_analysis(y, decision, arms, treatment_arm=arm_pair[0],
+                                    reference_arm=arm_pair[1], proba=proba,
+                                    n_permutations=int(n_permutations), random_state=int(seed))
+        notes.append(f"the headline pools both arms of {arm_column}; metrics_by_arm.tsv gives "
+                     "each arm and specificity.tsv compares them")
+        LOGGER.info("treatment specificity: %s", spec.interpretation)
+    elif arm_column:
+        notes.append(f"--arm-column {arm_column}: no specificity analysis without labels of "
+                     "both classes")
+        LOGGER.warning("%s", notes[-1])
+    calibration = calibration_intercept_slope(y, proba) if metrics is not None else None
     h = None
     if metrics is not None:
         h = headline_metric(metrics, aggregation="single", y=y,
@@ -171,6 +204,11 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
             write_tsv(calib, stage / "calibration.tsv", float_format=FLOAT_FORMAT)
             if site_table is not None:
                 write_tsv(site_table, stage / "metrics_by_site.tsv", float_format=FLOAT_FORMAT)
+            write_tsv(decision_curve(y, proba), stage / "decision_curve.tsv",
+                      float_format=FLOAT_FORMAT)
+            if spec is not None:
+                write_tsv(spec.by_arm, stage / "metrics_by_arm.tsv", float_format=FLOAT_FORMAT)
+                write_tsv(spec.table, stage / "specificity.tsv", float_format=FLOAT_FORMAT)
             for metric in ("bac", "auc"):
                 row = metrics[metrics["metric"] == metric].iloc[0]
                 headline[metric] = float(row["estimate"])
@@ -185,7 +223,8 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
             "model_sha256": manifest["model_sha256"], "labels": rule.as_dict(),
             "n": len(ids), "permutation": perm.as_dict() if perm else None,
             "notes": notes, "excluded": [e.__dict__ for e in cohort.excluded],
-            "filtered_out_by_include": cohort.filtered_out, "qc": cohort.qc.as_dict()})
+            "filtered_out_by_include": cohort.filtered_out, "qc": cohort.qc.as_dict(),
+            **_evidence_blocks(calibration, spec)})
         from ketabids.reports import group as report
 
         report.write_predict_report(
@@ -195,7 +234,8 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
         write_sidecars(stage, mode="predict")
     write_bidsignore(output_dir)
     tables = listing(final_dir)
-    logs = _write_logs(output_dir, run_record, options, manifest, loaded.path, len(ids), perm)
+    logs = _write_logs(output_dir, run_record, options, manifest, loaded.path, len(ids), perm,
+                       spec)
     LOGGER.info("group prediction done: %s; report: %s",
                 h["text"] if h else f"{len(ids)} participants predicted (no labels: no metrics)",
                 final_dir / "report.html")
@@ -210,10 +250,38 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
         "metrics": {"bac": headline.get("bac"), "auc": headline.get("auc")},
         "model_sha256": manifest["model_sha256"],
         "tables": tables, "headline": h, "logs": str(logs),
+        "specificity": spec.as_dict() if spec is not None else None,
+        "calibration": calibration,
     }
 
 
-def _write_logs(output_dir, run_record, options, manifest, model_path, n, perm):
+def _check_arm_options(bids_dir, arm_column, treatment_arm, labelled) -> None:
+    """``--arm-column`` needs labels and an existing column (checked before any work)."""
+    if not labelled:
+        raise UsageError(
+            f"--arm-column {arm_column} compares how well the model predicts response in each "
+            "arm: it needs labels (--target or --response-from, or the model's own label "
+            "columns in participants.tsv)")
+    table = lab.read_participants(bids_dir)
+    if arm_column not in table.columns:
+        raise UsageError(
+            f"--arm-column {arm_column}: {Path(bids_dir) / 'participants.tsv'} has no such "
+            f"column; available: {', '.join(c for c in table.columns if c != 'participant_id')}")
+
+
+def _evidence_blocks(calibration, spec) -> dict:
+    """metrics.json keys of calibration (labelled runs) and treatment specificity."""
+    out = {}
+    if calibration is not None:
+        out.update(calibration_in_the_large=calibration["calibration_in_the_large"],
+                   calibration_slope=calibration["calibration_slope"],
+                   calibration_method=calibration["method"])
+    if spec is not None:
+        out["specificity"] = spec.as_dict()
+    return out
+
+
+def _write_logs(output_dir, run_record, options, manifest, model_path, n, perm, spec=None):
     """``OUTPUT_DIR/logs/group-predict-*``: command, options, versions, citation files."""
     import sys
 
@@ -229,6 +297,12 @@ def _write_logs(output_dir, run_record, options, manifest, model_path, n, perm):
     if perm is not None:
         methods += (f" Its balanced accuracy on them was tested against {perm.n_permutations} "
                     "permutations of their labels with the model fixed (Phipson & Smyth, 2010).")
+    if spec is not None:
+        methods += (f" Treatment specificity ({spec.treatment_arm} vs {spec.reference_arm}) was "
+                    "assessed by the between-arm differences in balanced accuracy and AUC "
+                    "(bootstrap stratified by arm and label; arm labels permuted within label "
+                    "class) and by the decision x arm interaction of a logistic model of "
+                    "response.")
     return write_run_logs(output_dir, level="group-predict",
                           argv=record.get("argv") or sys.argv,
                           config=record.get("config") or jsonable(options),

@@ -15,6 +15,7 @@ writes ``OUTPUT_DIR/group/train/`` as a whole (see :mod:`ketabids.group.publish`
     metrics.tsv, metrics.json         metrics with 95 % intervals, permutation p, CV hash
     permutations.tsv                  permutation null distribution (BAC, AUC)
     calibration.tsv                   reliability curve (out-of-fold probabilities)
+    decision_curve.tsv                net benefit vs threshold (out-of-fold, Vickers & Elkin)
     final_model_decisions.tsv         the final model's decision values on its training set
     space-<TPL>_desc-<map>_statmap.nii.gz   weight, cvratio, signconsistency, pattern,
                                       finalweight maps
@@ -53,6 +54,7 @@ from ketabids.group.nested import (NestedCVSettings, c_selection_summary, check_
 from ketabids.group.permutation import permutation_test
 from ketabids.group.progress import Progress
 from ketabids.group.publish import listing, refuse_existing, run_lock, staged
+from ketabids.group.utility import decision_curve
 from ketabids.io import save_nifti
 from ketabids.io import jsonable, write_json, write_tsv
 from ketabids.reports.study import write_study_report
@@ -235,6 +237,8 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
         write_tsv(metrics, stage / "metrics.tsv", float_format=FLOAT_FORMAT)
         calib = calibration_table(y, subj["proba"].to_numpy(float))
         write_tsv(calib, stage / "calibration.tsv", float_format=FLOAT_FORMAT)
+        write_tsv(decision_curve(y, result.proba), stage / "decision_curve.tsv",
+                  float_format=FLOAT_FORMAT)  # out-of-fold, pooled over repeats
         if perm is not None:
             write_tsv(perm.as_table(), stage / "permutations.tsv", float_format=FLOAT_FORMAT)
         write_tsv(pd.DataFrame({"participant_id": ids, "y_true": y,
