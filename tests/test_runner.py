@@ -95,3 +95,43 @@ def test_changed_input_with_same_size_and_time_reruns(tmp_path, conform_hash):
     os.utime(t1w, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert t1w.stat().st_size == stat.st_size and t1w.stat().st_mtime_ns == stat.st_mtime_ns
     assert run() == pytest.approx(200.0 if conform_hash == "input" else 100.0)
+
+
+def test_a_bad_session_is_left_out_alone(tmp_path):
+    """Sessions are isolated like subjects: sub-01's truncated ses-2 fails alone (sub-01 runs
+    with ses-1), sub-02 with only bad T1w is unusable (its first error, and how many more)."""
+    import nibabel as nib
+    import numpy as np
+
+    from ketabids.runner.participant import check_inputs, split_failures
+
+    def t1w(name, bad=False):
+        path = tmp_path / name
+        data = np.random.default_rng(0).uniform(50, 150, (12, 13, 14)).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+        if bad:
+            raw = path.read_bytes()
+            path.write_bytes(raw[: len(raw) // 2])
+        return str(path)
+
+    inputs = [T1wInput("01", "1", t1w("a.nii.gz")), T1wInput("01", "2", t1w("b.nii.gz", True)),
+              T1wInput("02", "1", t1w("c.nii.gz", True)),
+              T1wInput("02", "2", t1w("d.nii.gz", True))]
+    good, bad = check_inputs(inputs)
+    assert good == inputs[:1]
+    assert set(bad) == set(inputs[1:]) and "b.nii.gz" in bad[inputs[1]]
+    unusable, failed_sessions = split_failures(good, bad)
+    assert list(failed_sessions) == ["01"] and list(failed_sessions["01"]) == ["ses-2"]
+    assert "b.nii.gz" in failed_sessions["01"]["ses-2"]
+    assert list(unusable) == ["02"] and "c.nii.gz" in unusable["02"]
+    assert "and 1 more T1w" in unusable["02"]
+
+
+def test_exit_code_says_some_failed_for_a_failed_session():
+    from ketabids.cli.app import _exit_code_of
+
+    ok = {"ok": ["01"], "failed": [], "unusable": []}
+    assert _exit_code_of(ok) == 0
+    assert _exit_code_of(dict(ok, failed_sessions={"01": {"ses-2": "truncated"}})) == 1
+    assert _exit_code_of({"ok": [], "failed": ["01"], "unusable": ["01"]}) == 65
+    assert _exit_code_of({"ok": ["02"], "failed": ["01"], "unusable": ["01"]}) == 1

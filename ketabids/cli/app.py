@@ -215,12 +215,15 @@ class RunResult:
 
 
 def _exit_code_of(summary) -> int:
-    """Participant runs report failed subjects instead of raising: exit 1 when any failed,
-    65 (unusable input) when every selected subject failed its input checks."""
+    """Participant runs report failed subjects (and sessions) instead of raising: exit 1 when
+    any subject or session failed, 65 (unusable input) when every selected subject failed its
+    input checks."""
     if isinstance(summary, dict) and summary.get("failed"):
         unusable = set(summary.get("unusable") or ())
         if not summary.get("ok") and set(summary["failed"]) <= unusable:
             return int(ExitCode.BAD_DATA)
+        return int(ExitCode.FAILURE)
+    if isinstance(summary, dict) and summary.get("failed_sessions"):
         return int(ExitCode.FAILURE)
     return int(ExitCode.SUCCESS)
 

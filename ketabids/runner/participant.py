@@ -43,11 +43,14 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
     workflow's methods text as citation files (:func:`ketabids.bids.logs.write_run_logs`).
 
     Summary keys: ``ok`` and ``failed`` (subject labels), ``unusable`` (subjects whose input
-    failed the checks before the graph), ``crash_files`` (subject -> crash files of this run),
-    ``errors`` (subject -> one line), ``reports`` (subject -> HTML path), ``inputs`` (subject
-    -> T1w files used), ``elapsed_s``, ``work_dir``, ``plugin``. User errors raise
-    :mod:`ketabids.errors` exceptions; a subject whose input is unusable or whose processing
-    crashes is listed in ``failed`` and does not stop the others.
+    failed the checks before the graph), ``failed_sessions`` (subject processed with its other
+    sessions -> ``{"ses-<label>": one-line error}`` of the sessions left out),
+    ``crash_files`` (subject -> crash files of this run), ``errors`` (subject -> one line),
+    ``reports`` (subject -> HTML path), ``inputs`` (subject -> T1w files used),
+    ``input_errors`` (T1w file -> its failed input check), ``elapsed_s``, ``work_dir``,
+    ``plugin``. User errors raise :mod:`ketabids.errors` exceptions; a subject (or session)
+    whose input is unusable or whose processing crashes is listed in ``failed`` (or
+    ``failed_sessions``) and does not stop the others.
 
     Nothing is created (OUTPUT_DIR, work folder) before the inputs pass their checks. Outputs
     are staged and published per subject as it finishes (:mod:`ketabids.runner.publish`);
@@ -73,21 +76,39 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
                                 "config": (run_record or {}).get("config") or options})
 
 
-def check_inputs(inputs) -> tuple[list, dict[str, str]]:
-    """Per-subject input checks before the graph (:func:`ketabids.anat.conform.check_t1w`):
-    returns the inputs of the subjects that passed and ``{subject: one-line error}`` for the
-    others (a subject with one bad session is left out whole: its report covers all)."""
+def check_inputs(inputs) -> tuple[list, dict]:
+    """Per-T1w input checks before the graph (:func:`ketabids.anat.conform.check_t1w`): returns
+    the inputs that passed and ``{input: one-line error}`` for the others. Sessions are
+    isolated like subjects: a subject's bad session is left out alone, its good sessions run."""
     from ketabids.anat.conform import check_t1w
 
-    unusable: dict[str, str] = {}
+    bad = {}
     for item in inputs:
-        if item.subject in unusable:
-            continue
         try:
             check_t1w(item.t1w)
         except BadDataError as exc:
-            unusable[item.subject] = str(exc)
-    return [i for i in inputs if i.subject not in unusable], unusable
+            bad[item] = str(exc)
+    return [i for i in inputs if i not in bad], bad
+
+
+def split_failures(inputs, bad: dict) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """``(unusable, failed_sessions)`` from :func:`check_inputs`' failures: ``unusable`` maps a
+    subject none of whose T1w passed to its first error (and how many more failed);
+    ``failed_sessions`` maps a subject that still runs with other sessions to ``{"ses-<label>":
+    error}`` of the sessions left out."""
+    running = {i.subject for i in inputs}
+    unusable: dict[str, str] = {}
+    failed_sessions: dict[str, dict[str, str]] = {}
+    for item, error in bad.items():
+        if item.subject in running:
+            failed_sessions.setdefault(item.subject, {})[f"ses-{item.session}"] = error
+        else:
+            unusable.setdefault(item.subject, error)
+    for subject in unusable:
+        more = sum(1 for i in bad if i.subject == subject) - 1
+        if more:
+            unusable[subject] += f" (and {more} more T1w of this subject: see qc.tsv)"
+    return unusable, failed_sessions
 
 
 def _make_folders(*folders: Path) -> None:
@@ -121,10 +142,12 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
         raise NoDataError(f"{bids_dir}: no T1w image selected for sub-{', sub-'.join(subjects)} "
                           "(check --participant-label, --session-label, --bids-filter-file)")
     missing = sorted(set(subjects) - {i.subject for i in all_inputs})
-    inputs, unusable = check_inputs(all_inputs)
+    inputs, bad = check_inputs(all_inputs)
+    unusable, failed_sessions = split_failures(inputs, bad)
     if not inputs:  # nothing to run: nothing is created
         summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, None,
-                           unusable=unusable, published=[])
+                           unusable=unusable, published=[],
+                           input_errors={i.t1w: e for i, e in bad.items()})
         _log_summary(summary, output_dir)
         return summary
 
@@ -148,7 +171,8 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
         try:
             return _run_graph(
                 started=started, inputs=inputs, all_inputs=all_inputs, missing=missing,
-                unusable=unusable, stage_root=stage_root, output_dir=output_dir,
+                unusable=unusable, failed_sessions=failed_sessions, bad=bad,
+                stage_root=stage_root, output_dir=output_dir,
                 work_dir=work_dir, bids_dir=bids_dir, template=template, fast=fast,
                 atlas_spec=atlas_spec, omp_nthreads=omp_nthreads, seed=seed, settings=settings,
                 plugin=plugin, plugin_args=plugin_args, run_record=run_record)
@@ -156,12 +180,16 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
             shutil.rmtree(stage_root, ignore_errors=True)  # failed subjects leave nothing
 
 
-def _run_graph(*, started, inputs, all_inputs, missing, unusable, stage_root, output_dir,
-               work_dir, bids_dir, template, fast, atlas_spec, omp_nthreads, seed, settings,
+def _run_graph(*, started, inputs, all_inputs, missing, unusable, failed_sessions, bad,
+               stage_root, output_dir, work_dir, bids_dir, template, fast, atlas_spec, omp_nthreads, seed, settings,
                plugin, plugin_args, run_record) -> dict:
+    notes = {subject: [f"{session} was not processed: {error}"
+                       for session, error in sorted(sessions.items())]
+             for subject, sessions in failed_sessions.items()}
     workflow = init_participant_wf(inputs=inputs, output_dir=stage_root, bids_dir=bids_dir,
                                    template=template, fast=fast, atlas=atlas_spec,
-                                   omp_nthreads=omp_nthreads, seed=seed, settings=settings)
+                                   omp_nthreads=omp_nthreads, seed=seed, settings=settings,
+                                   notes=notes)
     workflow.base_dir = str(work_dir)
     logs = output_dir / "logs"
     crashdirs = {}
@@ -185,6 +213,10 @@ def _run_graph(*, started, inputs, all_inputs, missing, unusable, stage_root, ou
     if unusable:
         LOGGER.warning("%d subject(s) left out: unusable input (see the end of the log)",
                        len(unusable))
+    if failed_sessions:
+        LOGGER.warning("%d session(s) left out, their subjects' other sessions run: unusable "
+                       "input (see the end of the log)",
+                       sum(len(v) for v in failed_sessions.values()))
     error = None
     with _quiet_when_terminating():
         try:
@@ -199,7 +231,8 @@ def _run_graph(*, started, inputs, all_inputs, missing, unusable, stage_root, ou
     _raise_if_no_space(error, publisher, output_dir, work_dir, started)
     summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, error,
                        unusable=unusable, published=publisher.published,
-                       publish_errors=publisher.errors)
+                       publish_errors=publisher.errors, failed_sessions=failed_sessions,
+                       input_errors={i.t1w: e for i, e in bad.items()})
     summary["logs"] = str(_write_logs(output_dir, run_record, workflow))
     _log_summary(summary, output_dir)
     # failed subjects: QC record + report; then qc.tsv, qc.json, qc.html and the QC summary
@@ -294,17 +327,24 @@ def _log_summary(summary: dict, output_dir: Path) -> None:
         crash = summary["crash_files"].get(subject)
         LOGGER.error("sub-%s failed: %s%s", subject, summary["errors"][subject],
                      f" (details: {crash[0]})" if crash else "")
+    sessions = summary.get("failed_sessions") or {}
+    for subject, errors in sorted(sessions.items()):
+        for session, error in sorted(errors.items()):
+            LOGGER.error("sub-%s %s failed: %s", subject, session, error)
     n_ok, n_all = len(summary["ok"]), len(summary["ok"]) + len(summary["failed"])
+    n_ses = sum(len(v) for v in sessions.values())
     if n_ok:
-        LOGGER.info("participant level: %d of %d subject(s) done in %.0f s; reports: %s",
-                    n_ok, n_all, summary["elapsed_s"], output_dir / "sub-<label>.html")
+        LOGGER.info("participant level: %d of %d subject(s) done%s in %.0f s; reports: %s",
+                    n_ok, n_all, f" ({n_ses} session(s) failed)" if n_ses else "",
+                    summary["elapsed_s"], output_dir / "sub-<label>.html")
     else:
         LOGGER.error("participant level: 0 of %d subject(s) done in %.0f s; see the lines "
                      "above", n_all, summary["elapsed_s"])
 
 
 def _summary(inputs, missing, output_dir, work_dir, started, plugin, error, *,
-             unusable=None, published=(), publish_errors=None) -> dict:
+             unusable=None, published=(), publish_errors=None, failed_sessions=None,
+             input_errors=None) -> dict:
     """Who succeeded: a subject succeeded when it was published; otherwise its error is the
     failed input check, the first crash file of this run in its log folder, or the run's."""
     logs = output_dir / "logs"
@@ -341,10 +381,13 @@ def _summary(inputs, missing, output_dir, work_dir, started, plugin, error, *,
         "ok": [s for s in subjects if s not in errors],
         "failed": failed,
         "unusable": sorted(unusable),
+        "failed_sessions": {s: dict(v) for s, v in sorted((failed_sessions or {}).items())},
         "crash_files": crash_files,
         "errors": errors,
         "reports": reports,
-        "inputs": {s: [i.t1w for i in inputs if i.subject == s] for s in subjects},
+        "inputs": {s: [i.t1w for i in inputs if i.subject == s and (
+            s in unusable or i.t1w not in (input_errors or {}))] for s in subjects},
+        "input_errors": dict(input_errors or {}),
         "elapsed_s": round(time.time() - started, 1),
         "work_dir": str(work_dir),
         "plugin": plugin,

@@ -256,7 +256,9 @@ def update_cohort_qc(output_dir) -> dict:
 
 def finish_participant(summary: dict, *, inputs, output_dir, progress: Progress | None = None,
                        logger=LOGGER) -> dict:
-    """After the graph ran: QC record + failure report of each failed subject, then the cohort
+    """After the graph ran: QC record + failure report of each failed subject, a QC record
+    (verdict fail, under ``logs/``) of each session left out (``summary["failed_sessions"]``),
+    then the cohort
     QC outputs and a closing line. Adds ``summary["qc"]`` (``tsv``, ``html``, ``counts``,
     ``homogeneity_flagged``, ``verdicts``) and ``summary["failure_reports"]`` (subject -> the
     failure page), and returns ``summary``."""
@@ -274,14 +276,23 @@ def finish_participant(summary: dict, *, inputs, output_dir, progress: Progress 
         crash = summary.get("crash_files", {}).get(subject) or []
         steps = progress.finished_steps.get(subject, []) if progress else []
         failed_in = progress.failed.get(subject) if progress else None
+        input_errors = summary.get("input_errors") or {}
         for item in items:
             write_subject_qc(output_dir, item.subject, item.session,
-                             failure_metrics(item.t1w, error), failed=True)
+                             failure_metrics(item.t1w, input_errors.get(item.t1w, error)),
+                             failed=True)
         failure_report(output_dir / f"sub-{subject}.html", subject=subject, error=error,
                        crash_files=crash, finished_steps=steps, failed_step=failed_in,
                        inputs=[str(i.t1w) for i in items])
         summary.setdefault("failure_reports", {})[subject] = \
             str(output_dir / f"sub-{subject}.html")
+    # sessions left out by the input checks while their subject's other sessions ran
+    for subject, sessions in (summary.get("failed_sessions") or {}).items():
+        for item in inputs:
+            error = sessions.get(f"ses-{item.session}")
+            if item.subject == subject and error:
+                write_subject_qc(output_dir, subject, item.session,
+                                 failure_metrics(item.t1w, error), failed=True)
     try:
         qc = update_cohort_qc(output_dir)
     except Exception as exc:  # noqa: BLE001 - the subjects' outputs stand; say what is missing
