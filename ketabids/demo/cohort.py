@@ -201,6 +201,27 @@ def _write_subject(*, row: dict, label, bids_dir: Path, truth_dir: Path, seed: i
     }
 
 
+def demo_tables(**options) -> dict:
+    """The ``participants.tsv`` tables ``generate_demo(out_dir, **options)`` writes (cohort name
+    -> DataFrame; no ``external`` when ``n_external`` is 0), computed without writing anything,
+    so a caller can check what the cohort supports (e.g. its cross-validation folds) before
+    any work. ``options``: keyword options of :func:`generate_demo` (its defaults apply)."""
+    import inspect
+
+    bound = inspect.signature(generate_demo).bind(None, **options)
+    bound.apply_defaults()
+    o = bound.arguments
+    tables = {"discovery": make_participants_table(
+        o["n_discovery"], seed=o["seed"], saline_fraction=o["saline_fraction"],
+        site=list(o["discovery_sites"]), ketamine_response_rate=o["ketamine_response_rate"],
+        saline_response_rate=o["saline_response_rate"])}
+    if o["n_external"]:
+        tables["external"] = make_participants_table(
+            o["n_external"], seed=o["seed"] + 1_000_003, site=o["external_site"],
+            ketamine_response_rate=o["ketamine_response_rate"], label_prefix="ext")
+    return tables
+
+
 def generate_demo(
     out_dir,
     *,
@@ -283,16 +304,14 @@ def generate_demo(
         "null": null,
         "seed": seed,
     }
+    tables = demo_tables(n_discovery=n_discovery, n_external=n_external,
+                         saline_fraction=saline_fraction, discovery_sites=discovery_sites,
+                         external_site=external_site,
+                         ketamine_response_rate=ketamine_response_rate,
+                         saline_response_rate=saline_response_rate, seed=seed)
     cohorts = {
         "discovery": dict(
-            table=make_participants_table(
-                n_discovery,
-                seed=seed,
-                saline_fraction=saline_fraction,
-                site=list(discovery_sites),
-                ketamine_response_rate=ketamine_response_rate,
-                saline_response_rate=saline_response_rate,
-            ),
+            table=tables["discovery"],
             name="ketabids demo: discovery cohort",
             description="Discovery cohort: a randomised ketamine vs saline trial in "
             "treatment-resistant depression, two scanners.",
@@ -301,13 +320,7 @@ def generate_demo(
     }
     if n_external:
         cohorts["external"] = dict(
-            table=make_participants_table(
-                n_external,
-                seed=seed + 1_000_003,
-                site=external_site,
-                ketamine_response_rate=ketamine_response_rate,
-                label_prefix="ext",
-            ),
+            table=tables["external"],
             name="ketabids demo: external validation cohort",
             description="External validation cohort: open-label ketamine, another scanner.",
             key=2,
