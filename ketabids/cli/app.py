@@ -66,7 +66,8 @@ GROUP_ONLY = ("model", "prediction_name", "target", "response_from", "response_t
               "analysis_resolution", "n_repeats", "n_outer", "n_inner", "c_grid",
               "n_permutations", "overwrite", "qc_policy", "exclude_file")
 #: options of the participant level only (refused at group level)
-PARTICIPANT_ONLY = ("fast", "work_dir", "omp_nthreads", "mem_gb", "nipype_plugin_file")
+PARTICIPANT_ONLY = ("fast", "work_dir", "keep_work", "omp_nthreads", "mem_gb",
+                    "nipype_plugin_file")
 
 
 def _flag(dest: str) -> str:
@@ -159,9 +160,9 @@ def _run_bids_app(opts, argv=()) -> dict:
     if opts.analysis_level == "participant":
         from ketabids.runner import run_participant
 
-        work_dir = (opts.work_dir or Path(tempfile.gettempdir()) / "ketabids_work").resolve()
         return run_participant(
-            bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir, subjects=subjects,
+            bids_dir=bids_dir, output_dir=output_dir, work_dir=opts.work_dir,
+            keep_work=opts.keep_work, subjects=subjects,
             sessions=sessions, bids_filters=filters, template=opts.template, fast=opts.fast,
             atlas=opts.atlas, atlas_labels=opts.atlas_labels, nprocs=opts.nprocs,
             omp_nthreads=opts.omp_nthreads, mem_gb=opts.mem_gb, seed=opts.seed,
