@@ -22,21 +22,34 @@ from ketabids.bids.layout import collect_t1w
 from ketabids.errors import BadDataError, NoDataError, OutputError, Terminated
 from ketabids.io import check_writable
 from ketabids.runner.config import configure_workflow, itk_threads, plugin_settings, run_workflow
+from ketabids.runner.multiproc import SubjectOf
 from ketabids.runner.progress import Progress, finish_participant
 from ketabids.runner.publish import SubjectPublisher, new_stage_root
+from ketabids.runner.workdir import (
+    WorkCleaner,
+    default_work_dir,
+    remove_empty_work,
+    remove_stop_crash_files,
+)
 from ketabids.workflows.base import done_node_name, init_participant_wf
 
 LOGGER = logging.getLogger("ketabids")
+#: name of the participant workflow (its folder in the work folder)
+PARTICIPANT_WF = "ketabids_participant_wf"
 
 
-def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
+def run_participant(*, bids_dir, output_dir, work_dir=None, subjects: list[str],
                     sessions: list[str] | None, bids_filters: dict | None,
                     template: str = "MNI152NLin2009aSym", fast: bool = False,
                     atlas: str | None = None, atlas_labels: str | None = None, nprocs: int = 1,
                     omp_nthreads: int = 1, mem_gb: float | None = None, seed: int | None = None,
-                    plugin_file: str | None = None, layout=None,
+                    plugin_file: str | None = None, layout=None, keep_work: bool = False,
                     run_record: dict | None = None) -> dict:
     """Run the participant level for ``subjects`` and return a summary.
+
+    ``work_dir`` (default ``$TMPDIR/ketabids_work``): Nipype's work folder. A subject's part
+    of it is removed once its derivatives are published, unless ``keep_work``; a failed
+    subject's is kept, so rerunning resumes it (:mod:`ketabids.runner.workdir`).
 
     ``run_record`` (``{"argv": [...], "config": {...}}`` of the command; default: this call's
     arguments) goes to ``OUTPUT_DIR/logs/participant-*`` with the software versions and the
@@ -61,7 +74,8 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
     started = time.time()
     bids_dir = Path(bids_dir).expanduser().resolve()
     output_dir = Path(output_dir).expanduser().resolve()
-    work_dir = Path(work_dir).expanduser().resolve()
+    default_work = work_dir is None
+    work_dir = default_work_dir() if default_work else Path(work_dir).expanduser().resolve()
     for folder, what in ((output_dir, "OUTPUT_DIR"), (work_dir, "--work-dir")):
         check_writable(folder, what)  # probe only: exit 73 naming the folder, before any work
     # ITK reads its thread count once per process, at its first call: set it before anything
@@ -72,6 +86,7 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
                     bids_filters=bids_filters, template=template, fast=fast, atlas=atlas,
                     atlas_labels=atlas_labels, nprocs=nprocs, omp_nthreads=omp_nthreads,
                     mem_gb=mem_gb, seed=seed, plugin_file=plugin_file, layout=layout,
+                    keep_work=keep_work, default_work=default_work,
                     run_record={"argv": (run_record or {}).get("argv"),
                                 "config": (run_record or {}).get("config") or options})
 
@@ -124,7 +139,7 @@ def _make_folders(*folders: Path) -> None:
 
 def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_filters, template,
          fast, atlas, atlas_labels, nprocs, omp_nthreads, mem_gb, seed, plugin_file, layout,
-         run_record):
+         keep_work, default_work, run_record):
     from ketabids.templates import get_template
 
     resolution = ProcessingSettings.for_fast(fast).template_resolution
@@ -166,30 +181,33 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
     }
     # temporary files of this run (ANTs' mktemp files in the worker processes included) go to
     # WORK_DIR/ketabids-tmp-<host>-<pid>-*, removed at exit; SIGTERM raises Terminated here
-    with io.run_temp_dir(base=work_dir, signals=True):
-        stage_root = new_stage_root(output_dir)
-        try:
-            return _run_graph(
-                started=started, inputs=inputs, all_inputs=all_inputs, missing=missing,
-                unusable=unusable, failed_sessions=failed_sessions, bad=bad,
-                stage_root=stage_root, output_dir=output_dir,
-                work_dir=work_dir, bids_dir=bids_dir, template=template, fast=fast,
-                atlas_spec=atlas_spec, omp_nthreads=omp_nthreads, seed=seed, settings=settings,
-                plugin=plugin, plugin_args=plugin_args, run_record=run_record)
-        finally:
-            shutil.rmtree(stage_root, ignore_errors=True)  # failed subjects leave nothing
+    try:
+        with io.run_temp_dir(base=work_dir, signals=True):
+            stage_root = new_stage_root(output_dir)
+            try:
+                return _run_graph(
+                    started=started, inputs=inputs, all_inputs=all_inputs, missing=missing,
+                    unusable=unusable, failed_sessions=failed_sessions, bad=bad,
+                    stage_root=stage_root, output_dir=output_dir, work_dir=work_dir,
+                    bids_dir=bids_dir, template=template, fast=fast, atlas_spec=atlas_spec,
+                    omp_nthreads=omp_nthreads, seed=seed, settings=settings, plugin=plugin,
+                    plugin_args=plugin_args, keep_work=keep_work, run_record=run_record)
+            finally:
+                shutil.rmtree(stage_root, ignore_errors=True)  # failed subjects leave nothing
+    finally:
+        remove_empty_work(work_dir, PARTICIPANT_WF, default=default_work)
 
 
 def _run_graph(*, started, inputs, all_inputs, missing, unusable, failed_sessions, bad,
                stage_root, output_dir, work_dir, bids_dir, template, fast, atlas_spec, omp_nthreads, seed, settings,
-               plugin, plugin_args, run_record) -> dict:
+               plugin, plugin_args, keep_work, run_record) -> dict:
     notes = {subject: [f"{session} was not processed: {error}"
                        for session, error in sorted(sessions.items())]
              for subject, sessions in failed_sessions.items()}
     workflow = init_participant_wf(inputs=inputs, output_dir=stage_root, bids_dir=bids_dir,
                                    template=template, fast=fast, atlas=atlas_spec,
                                    omp_nthreads=omp_nthreads, seed=seed, settings=settings,
-                                   notes=notes)
+                                   notes=notes, name=PARTICIPANT_WF)
     workflow.base_dir = str(work_dir)
     logs = output_dir / "logs"
     crashdirs = {}
@@ -204,12 +222,19 @@ def _run_graph(*, started, inputs, all_inputs, missing, unusable, failed_session
     publisher = SubjectPublisher(stage_root, output_dir,
                                  {done_node_name(s): s for s in subjects})
     progress = Progress(workflow, [i.subject for i in inputs])  # a line per finished subject
-    if plugin in ("MultiProc", "Linear"):
-        plugin_args = dict(plugin_args, status_callback=_Chain(publisher, progress))
+    folders: dict[str, list[str]] = {}
+    for name, folder in crashdirs.items():  # top-level graph elements of each subject
+        folders.setdefault(folder.name.removeprefix("sub-"), []).append(name)
+    cleaner = WorkCleaner(work_dir / workflow.name, folders, publisher, progress,
+                          keep=keep_work)
+    if plugin in ("MultiProc", "Linear"):  # subject-major, a line and a publication each
+        plugin_args = dict(plugin_args, status_callback=_Chain(publisher, progress, cleaner),
+                           job_group=SubjectOf(subjects, workflow.name))
 
     LOGGER.info("participant level: %d T1w image(s) of %d subject(s), plugin %s %s",
                 len(inputs), len(subjects), plugin,
-                {k: v for k, v in plugin_args.items() if k != "status_callback"})
+                {k: v for k, v in plugin_args.items() if k not in ("status_callback",
+                                                                     "job_group")})
     if unusable:
         LOGGER.warning("%d subject(s) left out: unusable input (see the end of the log)",
                        len(unusable))
@@ -224,10 +249,16 @@ def _run_graph(*, started, inputs, all_inputs, missing, unusable, failed_session
         except Exception as exc:  # node failures: attributed to subjects below
             error = exc
             LOGGER.debug("some nodes failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        except (KeyboardInterrupt, Terminated):  # a stop the user asked for is not a crash
+            remove_stop_crash_files(logs, subjects, started)
+            raise
     if io.terminating() is not None:  # a SIGTERM that Nipype caught as a node failure
+        remove_stop_crash_files(logs, subjects, started)
         raise Terminated(io.terminating())
     if error is None:  # plugins without status callbacks (SLURM...): publish now
         publisher.publish_remaining(subjects, failed=())
+    cleaner.clean([s for s in subjects if s in publisher.published
+                   and s not in progress.failed and s not in cleaner.removed])
     _raise_if_no_space(error, publisher, output_dir, work_dir, started)
     summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, error,
                        unusable=unusable, published=publisher.published,

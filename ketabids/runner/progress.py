@@ -8,8 +8,10 @@ has ended (or one of its nodes failed)::
     sub-07 done, QC warn: slice thickness 6 mm (12/99, ~40 min left)
     sub-08 failed in anat_wf.segmentation, QC fail (13/99, ~38 min left)
 
-The time left is the elapsed time scaled by the steps still to run over the steps that ended
-(all subjects' steps counted alike).
+Subjects finish one after another (:mod:`ketabids.runner.multiproc`), so once two have finished
+the time left is the time per subject between the first and the last finished times the
+subjects left; before that, the elapsed time scaled by the steps still to run over the steps
+that ended (:meth:`Progress.eta`).
 
 :func:`finish_participant` runs once the graph has run: a failed subject gets a QC record with
 its error (verdict fail) and a ``sub-X.html`` saying what failed
@@ -85,6 +87,7 @@ class Progress:
         self.failed: dict[str, str] = {}
         self.finished_steps: dict[str, list[str]] = {s: [] for s in self.subjects}
         self.done: list[str] = []
+        self.finished_at: list[float] = []  # clock time of each finished subject
         self.logger = logger
         self._clock = clock
         self._start = clock()
@@ -180,18 +183,31 @@ class Progress:
         worst = max(old_verdict, verdict, key=order.index)
         self.verdicts[subject] = (worst, old_reasons + reasons)
 
-    def _finish(self, subject):
-        self.done.append(subject)
-        n = len(self.done)
-        elapsed = self._clock() - self._start
-        left = self.total - n
-        # time left from the share of steps that ended, over all subjects: subjects need not
-        # end one after another (the Linear plugin ends them all together at the end, MultiProc
-        # interleaves them), and a failed subject's steps that never run are not waited for
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds left: from the finished subjects once two have finished (the time between
+        the first and the last finished, per subject, times the subjects left: the schedulers
+        finish subjects one after another, :mod:`ketabids.runner.multiproc`), else from the
+        share of steps that ended (a failed subject's steps that never run are not waited
+        for); ``now``: the clock's time (default: read it). None when nothing is left or
+        nothing can be said yet."""
+        n, left = len(self.done), self.total - len(self.done)
+        if left <= 0:
+            return None
+        if n >= 2 and self.finished_at[-1] > self.finished_at[0]:
+            return left * (self.finished_at[-1] - self.finished_at[0]) / (n - 1)
         ended = sum(len(self.expected[s]) - len(self.pending[s]) for s in self.subjects)
         waiting = sum(len(self.pending[s]) for s in self.subjects if s not in self.done)
-        eta = (f", ~{_duration(elapsed * waiting / ended)} left"
-               if left > 0 and ended and waiting else "")
+        if not (ended and waiting):
+            return None
+        now = self._clock() if now is None else now
+        return (now - self._start) * waiting / ended
+
+    def _finish(self, subject):
+        self.done.append(subject)
+        self.finished_at.append(self._clock())
+        n = len(self.done)
+        seconds = self.eta(self.finished_at[-1])
+        eta = f", ~{_duration(seconds)} left" if seconds is not None else ""
         count = f"({n}/{self.total}{eta})"
         if subject in self.failed:
             self.verdicts[subject] = ("fail", [f"processing failed in {self.failed[subject]}"])
