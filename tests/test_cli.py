@@ -166,6 +166,7 @@ def test_participant_dispatch(dataset, tmp_path, captured):
     assert kwargs["subjects"] == ["01", "02"]  # sorted, sub- stripped, comments ignored
     assert kwargs["fast"] is True and kwargs["seed"] == 7
     assert kwargs["work_dir"] == (tmp_path / "work").resolve()
+    assert kwargs["keep_work"] is False  # a published subject's work folder is removed
     # the runner writes dataset_description.json, once: not the command line
     assert not (out / "dataset_description.json").exists()
 
