@@ -400,7 +400,7 @@ def test_demo_folds_fit_every_accepted_cohort_size(seed):
     smallest = None
     for n in range(1, 61):
         try:
-            opts, kwargs, folds = _plan("--n-discovery", str(n), "--seed", str(seed))
+            _, kwargs, folds = _plan("--n-discovery", str(n), "--seed", str(seed))
         except UsageError as exc:
             assert smallest is None, f"--n-discovery {n} refused after {smallest} was accepted"
             refused = str(exc)
@@ -425,7 +425,7 @@ def test_demo_folds_fit_every_accepted_cohort_size(seed):
 def test_demo_of_the_issue_gets_fitted_folds():
     """``--n-discovery 16 --n-external 6``: the study's 5 inner folds do not fit (the group level
     refused them after the participant level); the demo now picks folds that do, and says so."""
-    opts, kwargs, folds = _plan("--n-discovery", "16", "--n-external", "6")
+    folds = _plan("--n-discovery", "16", "--n-external", "6")[2]
     assert folds.reduced and folds.n_inner < 5
     text = folds.describe()
     assert f"{folds.n_outer} outer folds, {folds.n_inner} inner folds" in text

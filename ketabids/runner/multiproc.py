@@ -144,7 +144,7 @@ class LinearPlugin(_NipypeLinear):
     def run(self, graph, config, updatehash=False):
         if self._group_of is None:
             return super().run(graph, config, updatehash=updatehash)
-        import nipype.pipeline.plugins.linear as linear
+        from nipype.pipeline.plugins import linear
 
         order = subject_major_order(graph, self._group_of)
         saved = linear.topological_sort
