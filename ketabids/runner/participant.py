@@ -199,8 +199,9 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
 
 
 def _run_graph(*, started, inputs, all_inputs, missing, unusable, failed_sessions, bad,
-               stage_root, output_dir, work_dir, bids_dir, template, fast, atlas_spec, omp_nthreads, seed, settings,
-               plugin, plugin_args, keep_work, run_record) -> dict:
+               stage_root, output_dir, work_dir, bids_dir, template, fast, atlas_spec,
+               omp_nthreads, seed, settings, plugin, plugin_args, keep_work,
+               run_record) -> dict:
     notes = {subject: [f"{session} was not processed: {error}"
                        for session, error in sorted(sessions.items())]
              for subject, sessions in failed_sessions.items()}
