@@ -8,10 +8,9 @@ has ended (or one of its nodes failed)::
     sub-07 done, QC warn: slice thickness 6 mm (12/99, ~40 min left)
     sub-08 failed in anat_wf.segmentation, QC fail (13/99, ~38 min left)
 
-Subjects finish one after another (:mod:`ketabids.runner.multiproc`), so once two have finished
-the time left is the time per subject between the first and the last finished times the
-subjects left; before that, the elapsed time scaled by the steps still to run over the steps
-that ended (:meth:`Progress.eta`).
+The time left is the elapsed time per subject's worth of work done (finished subjects, plus the
+share of steps ended of the subjects in progress) times the subjects' worth left
+(:meth:`Progress.eta`); subjects finish one after another (:mod:`ketabids.runner.multiproc`).
 
 :func:`finish_participant` runs once the graph has run: a failed subject gets a QC record with
 its error (verdict fail) and a ``sub-X.html`` saying what failed
@@ -87,7 +86,6 @@ class Progress:
         self.failed: dict[str, str] = {}
         self.finished_steps: dict[str, list[str]] = {s: [] for s in self.subjects}
         self.done: list[str] = []
-        self.finished_at: list[float] = []  # clock time of each finished subject
         self.logger = logger
         self._clock = clock
         self._start = clock()
@@ -184,29 +182,27 @@ class Progress:
         self.verdicts[subject] = (worst, old_reasons + reasons)
 
     def eta(self, now: float | None = None) -> float | None:
-        """Seconds left: from the finished subjects once two have finished (the time between
-        the first and the last finished, per subject, times the subjects left: the schedulers
-        finish subjects one after another, :mod:`ketabids.runner.multiproc`), else from the
-        share of steps that ended (a failed subject's steps that never run are not waited
-        for); ``now``: the clock's time (default: read it). None when nothing is left or
-        nothing can be said yet."""
-        n, left = len(self.done), self.total - len(self.done)
-        if left <= 0:
+        """Seconds left: the elapsed time per subject's worth of work done, times the subjects'
+        worth left. Work done = the finished subjects (a failed one counts: its steps that
+        never run are not waited for) plus, for each subject in progress, the share of its
+        steps that ended. The schedulers finish subjects one after another
+        (:mod:`ketabids.runner.multiproc`), so this is mostly finished subjects, whose steps
+        of every kind have run (a share of steps alone over-weights short steps). ``now``: the
+        clock's time (default: read it). None when nothing is left or nothing has ended."""
+        if self.total - len(self.done) <= 0:
             return None
-        if n >= 2 and self.finished_at[-1] > self.finished_at[0]:
-            return left * (self.finished_at[-1] - self.finished_at[0]) / (n - 1)
-        ended = sum(len(self.expected[s]) - len(self.pending[s]) for s in self.subjects)
-        waiting = sum(len(self.pending[s]) for s in self.subjects if s not in self.done)
-        if not (ended and waiting):
+        done = len(self.done) + sum(
+            (len(self.expected[s]) - len(self.pending[s])) / len(self.expected[s])
+            for s in self.subjects if s not in self.done and self.expected[s])
+        if done <= 0:
             return None
         now = self._clock() if now is None else now
-        return (now - self._start) * waiting / ended
+        return (now - self._start) * (self.total - done) / done
 
     def _finish(self, subject):
         self.done.append(subject)
-        self.finished_at.append(self._clock())
         n = len(self.done)
-        seconds = self.eta(self.finished_at[-1])
+        seconds = self.eta(self._clock())
         eta = f", ~{_duration(seconds)} left" if seconds is not None else ""
         count = f"({n}/{self.total}{eta})"
         if subject in self.failed:
