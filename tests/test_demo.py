@@ -371,21 +371,34 @@ def _plan(*argv):
 
 
 def _fold_counts_hold(table, folds, seed):
-    """Reference check of the group level's rules on its own partitions: no more outer folds
-    than members of the smaller class, every outer training set at least ``n_inner`` of each
-    class (so every inner fold can hold both)."""
+    """Reference check on the group level's own partitions: its rule (no more outer folds than
+    members of the smaller class, every outer training set at least ``n_inner`` of each class),
+    and every training set the engine fits holds both classes: the inner ones of each outer
+    fold (``make_scheme``) and those of the final model's C search (seeded [seed, 99991])."""
     import numpy as np
 
     from ketabids.group.cv import StratifiedFolds
     from ketabids.group.labels import is_response
+    from ketabids.group.nested import NestedCVSettings, make_scheme
 
     ketamine = table[table["arm"] == "ketamine"]
     y = np.asarray(is_response(ketamine["madrs_pre"], ketamine["madrs_24h"])).astype(int)
+    sites = ketamine["site"].to_numpy()
     if folds.n_outer > np.bincount(y, minlength=2).min():
         return False
     outer = StratifiedFolds(folds.n_outer, n_repeats=folds.n_repeats, random_state=seed)
-    return all(np.bincount(y[train], minlength=2).min() >= folds.n_inner
-               for train, _ in outer.split(None, y, ketamine["site"].to_numpy()))
+    if any(np.bincount(y[train], minlength=2).min() < folds.n_inner
+           for train, _ in outer.split(None, y, sites)):
+        return False
+    settings = NestedCVSettings(n_repeats=folds.n_repeats, n_outer=folds.n_outer,
+                                n_inner=folds.n_inner, random_state=seed)
+    _, inner = make_scheme(y, sites, settings)
+    for r, o in np.ndindex(inner.shape[:2]):
+        for i in range(folds.n_inner):
+            if len(set(y[(inner[r, o] >= 0) & (inner[r, o] != i)])) < 2:
+                return False
+    final = StratifiedFolds(folds.n_inner, random_state=(seed, 99991))
+    return all(len(set(y[train])) == 2 for train, _ in final.split(None, y, sites))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -409,9 +422,9 @@ def test_demo_folds_fit_every_accepted_cohort_size(seed):
         table = demo_tables(**kwargs)["discovery"]
         assert folds.n_repeats == 10 and 2 <= folds.n_inner <= 5 and 2 <= folds.n_outer <= 10
         assert _fold_counts_hold(table, folds, seed), (n, folds)
-        if folds.n_outer < 10:  # one more outer fold would not work
-            more = DemoFolds(10, folds.n_outer + 1, 2, 0, 0)
-            assert not _fold_counts_hold(table, more, seed), (n, folds)
+        if folds.n_outer < 10:  # one more outer fold would not work, whatever the inner
+            assert not any(_fold_counts_hold(table, DemoFolds(10, folds.n_outer + 1, k, 0, 0),
+                                             seed) for k in range(2, 6)), (n, folds)
         if folds.n_inner < 5:
             more = DemoFolds(10, folds.n_outer, folds.n_inner + 1, 0, 0)
             assert not _fold_counts_hold(table, more, seed), (n, folds)
@@ -424,12 +437,16 @@ def test_demo_folds_fit_every_accepted_cohort_size(seed):
 
 def test_demo_of_the_issue_gets_fitted_folds():
     """``--n-discovery 16 --n-external 6``: the study's 5 inner folds do not fit (the group level
-    refused them after the participant level); the demo now picks folds that do, and says so."""
+    refused them after the participant level); the demo now picks folds that do, and says so.
+    The smallest demo (10) gets 3 outer / 2 inner folds: 4 / 2, which the group level's fold
+    count rule accepts, crashed its training on an inner training set of one class."""
     folds = _plan("--n-discovery", "16", "--n-external", "6")[2]
     assert folds.reduced and folds.n_inner < 5
     text = folds.describe()
     assert f"{folds.n_outer} outer folds, {folds.n_inner} inner folds" in text
     assert "reduced" in text and "responders" in text
+    smallest = _plan("--n-discovery", "10", "--n-external", "1")[2]
+    assert (smallest.n_outer, smallest.n_inner) == (3, 2)
 
 
 def test_demo_refuses_an_unsupported_size_before_any_work(tmp_path, capsys):
