@@ -95,12 +95,28 @@ def test_not_a_bids_root(tmp_path, capsys):
     assert "dataset_description.json" in capsys.readouterr().err
 
 
-def test_output_inside_bids_dir_refused(dataset, capsys):
-    code = main([str(dataset), str(dataset / "derivatives" / "k"), "participant",
-                 "--skip-bids-validation"])
+@pytest.mark.parametrize("where", [".", "..", "code/out", "sub-01/out", "derivatives"])
+def test_output_in_the_raw_dataset_refused(dataset, capsys, where):
+    """BIDS_DIR, a folder above it, its raw folders and derivatives/ itself are refused (exit
+    64, nothing created); BIDS_DIR/derivatives/<name> is accepted (test_check_output_dir)."""
+    before = sorted(p.relative_to(dataset.parent) for p in dataset.parent.rglob("*"))
+    code = main([str(dataset), str(dataset / where), "participant", "--skip-bids-validation"])
     assert code == ExitCode.USAGE
-    assert "never writes" in capsys.readouterr().err
-    assert not (dataset / "derivatives").exists()
+    err = capsys.readouterr().err
+    assert "never writes" in err and str(dataset / "derivatives" / "ketabids") in err
+    assert sorted(p.relative_to(dataset.parent) for p in dataset.parent.rglob("*")) == before
+
+
+def test_check_output_dir(dataset, tmp_path):
+    """OUTPUT_DIR in BIDS_DIR/derivatives/ (fMRIPrep's layout) or outside BIDS_DIR is accepted,
+    resolved and not created."""
+    from ketabids.bids.layout import check_output_dir
+
+    bids_dir = dataset.resolve()
+    for out in (bids_dir / "derivatives" / "ketabids", bids_dir / "derivatives" / "a" / "b",
+                tmp_path / "elsewhere"):
+        assert check_output_dir(out, bids_dir) == out.resolve()
+        assert not out.exists()
 
 
 def test_output_not_creatable(dataset, tmp_path, capsys):
@@ -153,6 +169,7 @@ def test_participant_dispatch(dataset, tmp_path, captured):
     assert kwargs["subjects"] == ["01", "02"]  # sorted, sub- stripped, comments ignored
     assert kwargs["fast"] is True and kwargs["seed"] == 7
     assert kwargs["work_dir"] == (tmp_path / "work").resolve()
+    assert kwargs["keep_work"] is False  # a published subject's work folder is removed
     # the runner writes dataset_description.json, once: not the command line
     assert not (out / "dataset_description.json").exists()
 

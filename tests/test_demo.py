@@ -402,17 +402,106 @@ def test_outer_folds_follow_the_group_response_rule():
     """Folds = the smaller class of the ketamine arm (2..10); 30 -> 15 is a response, as for
     ``--response-from``; the saline arm does not count."""
     from ketabids.cli.demo import _n_outer
+def _plan(*argv):
+    from ketabids.cli.demo import get_demo_parser, plan_demo
 
-    table = pd.DataFrame({
-        "arm": ["ketamine"] * 7 + ["saline"] * 4,
-        "madrs_pre": [30] * 11,
-        "madrs_24h": [15, 15, 14, 16, 20, 25, 30, 0, 0, 0, 0],
-    })
-    assert _n_outer(table) == 3
-    assert _n_outer(table.iloc[[0, 3, 4, 5]]) == 2  # one responder: still 2 folds
-    many = pd.DataFrame({"arm": ["ketamine"] * 40, "madrs_pre": [30] * 40,
-                         "madrs_24h": [10] * 20 + [20] * 20})
-    assert _n_outer(many) == 10
+    opts = get_demo_parser().parse_args(["out", *argv])
+    kwargs = dict(n_discovery=opts.n_discovery, n_external=opts.n_external,
+                  saline_fraction=opts.saline_fraction, seed=opts.seed)
+    return opts, kwargs, plan_demo(opts, kwargs)
+
+
+def _fold_counts_hold(table, folds, seed):
+    """Reference check on the group level's own partitions: its rule (no more outer folds than
+    members of the smaller class, every outer training set at least ``n_inner`` of each class),
+    and every training set the engine fits holds both classes: the inner ones of each outer
+    fold (``make_scheme``) and those of the final model's C search (seeded [seed, 99991])."""
+    import numpy as np
+
+    from ketabids.group.cv import StratifiedFolds
+    from ketabids.group.labels import is_response
+    from ketabids.group.nested import NestedCVSettings, make_scheme
+
+    ketamine = table[table["arm"] == "ketamine"]
+    y = np.asarray(is_response(ketamine["madrs_pre"], ketamine["madrs_24h"])).astype(int)
+    sites = ketamine["site"].to_numpy()
+    if folds.n_outer > np.bincount(y, minlength=2).min():
+        return False
+    outer = StratifiedFolds(folds.n_outer, n_repeats=folds.n_repeats, random_state=seed)
+    if any(np.bincount(y[train], minlength=2).min() < folds.n_inner
+           for train, _ in outer.split(None, y, sites)):
+        return False
+    settings = NestedCVSettings(n_repeats=folds.n_repeats, n_outer=folds.n_outer,
+                                n_inner=folds.n_inner, random_state=seed)
+    _, inner = make_scheme(y, sites, settings)
+    for r, o in np.ndindex(inner.shape[:2]):
+        for i in range(folds.n_inner):
+            if len(set(y[(inner[r, o] >= 0) & (inner[r, o] != i)])) < 2:
+                return False
+    final = StratifiedFolds(folds.n_inner, random_state=(seed, 99991))
+    return all(len(set(y[train])) == 2 for train, _ in final.split(None, y, sites))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_demo_folds_fit_every_accepted_cohort_size(seed):
+    """For every --n-discovery from the smallest accepted to 60, the folds chosen up front are
+    valid on the group level's own partitions and as large as they can be (up to the study's
+    10 outer, 5 inner); smaller sizes are refused up front, naming the smallest."""
+    from ketabids.cli.demo import DemoFolds
+    from ketabids.demo.cohort import demo_tables
+    from ketabids.errors import UsageError
+
+    smallest = None
+    for n in range(1, 61):
+        try:
+            _, kwargs, folds = _plan("--n-discovery", str(n), "--seed", str(seed))
+        except UsageError as exc:
+            assert smallest is None, f"--n-discovery {n} refused after {smallest} was accepted"
+            refused = str(exc)
+            continue
+        smallest = smallest or n
+        table = demo_tables(**kwargs)["discovery"]
+        assert folds.n_repeats == 10 and 2 <= folds.n_inner <= 5 and 2 <= folds.n_outer <= 10
+        assert _fold_counts_hold(table, folds, seed), (n, folds)
+        if folds.n_outer < 10:  # one more outer fold would not work, whatever the inner
+            assert not any(_fold_counts_hold(table, DemoFolds(10, folds.n_outer + 1, k, 0, 0),
+                                             seed) for k in range(2, 6)), (n, folds)
+        if folds.n_inner < 5:
+            more = DemoFolds(10, folds.n_outer, folds.n_inner + 1, 0, 0)
+            assert not _fold_counts_hold(table, more, seed), (n, folds)
+    assert smallest is not None and smallest > 1
+    assert f"use --n-discovery {smallest} or more" in refused
+    # the defaults keep the study's protocol
+    assert _plan("--seed", str(seed))[2].options() == ["--n-repeats", "10", "--n-outer", "10",
+                                                       "--n-inner", "5"]
+
+
+def test_demo_of_the_issue_gets_fitted_folds():
+    """``--n-discovery 16 --n-external 6``: the study's 5 inner folds do not fit (the group level
+    refused them after the participant level); the demo now picks folds that do, and says so.
+    The smallest demo (10) gets 3 outer / 2 inner folds: 4 / 2, which the group level's fold
+    count rule accepts, crashed its training on an inner training set of one class."""
+    folds = _plan("--n-discovery", "16", "--n-external", "6")[2]
+    assert folds.reduced and folds.n_inner < 5
+    text = folds.describe()
+    assert f"{folds.n_outer} outer folds, {folds.n_inner} inner folds" in text
+    assert "reduced" in text and "responders" in text
+    smallest = _plan("--n-discovery", "10", "--n-external", "1")[2]
+    assert (smallest.n_outer, smallest.n_inner) == (3, 2)
+
+
+def test_demo_refuses_an_unsupported_size_before_any_work(tmp_path, capsys):
+    from ketabids.cli.demo import run
+
+    out = tmp_path / "demo"
+    result = run([str(out), "--n-discovery", "4", "--n-external", "2"])
+    assert result.exit_code == 64
+    err = capsys.readouterr().err
+    assert "--n-discovery 4" in err and "or more" in err and "Traceback" not in err
+    assert not out.exists()  # nothing generated
+    result = run([str(out), "--n-discovery", "30", "--saline-fraction", "0"])
+    assert result.exit_code == 64 and "saline" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("code", [143, 129, 130])

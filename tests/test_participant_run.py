@@ -120,9 +120,10 @@ def run(tmp_path_factory):
                                              "03": {"ses-1": ["T1w"]}}, bad=("02",))
     out, work = base / "out", base / "work"
     atlas = _toy_atlas(base / "atlas")
+    # --keep-work: the rerun tests below check that finished steps are reused, not rewritten
     kwargs = dict(bids_dir=bids, output_dir=out, work_dir=work, subjects=["01", "02", "03"],
                   sessions=None, bids_filters=None, fast=True, seed=7, omp_nthreads=1,
-                  atlas=str(atlas))
+                  atlas=str(atlas), keep_work=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NIPYPE_NO_ET", "1")
         summary = run_participant(**kwargs)

@@ -121,6 +121,14 @@ def test_progress_lines_from_a_real_run(tmp_path, caplog):
     n = len(eta.expected["02"])
     assert n == 3 and log.lines == ["sub-01 done, QC pass (1/2, ~2 min left)",
                                     f"sub-01 done, QC pass (1/2, ~{150 / (2 * n - 1):.0f} s left)"]
+    # two of five subjects finished at 320 s: 160 s per subject, 3 left
+    clock = iter([0, 200, 320])
+    eta = Progress(top, ["01", "02"], clock=lambda: next(clock), logger=log)
+    eta.total = 5  # the toy graph has two subjects: three more stand for a cohort
+    eta.verdicts["01"] = eta.verdicts["02"] = ("pass", [])
+    eta._finish("01")
+    eta._finish("02")
+    assert log.lines[-1] == "sub-02 done, QC pass (2/5, ~8 min left)"
     with caplog.at_level(logging.INFO, logger="ketabids"):
         with pytest.raises(RuntimeError):
             top.run(plugin="Linear", plugin_args={"status_callback": progress})

@@ -1,13 +1,25 @@
-"""ketabids' MultiProc plugin: Nipype's scheduler, with its per-round gc.collect() made cheap."""
+"""ketabids' schedulers: Nipype's MultiProc and Linear plugins, subject-major, and MultiProc's
+per-round gc.collect() made cheap."""
 import gc
+import time
 
+import pytest
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
+from nipype.pipeline.plugins import LinearPlugin as NipypeLinear
+from nipype.pipeline.plugins import MultiProcPlugin as NipypeMultiProc
 
-from ketabids.runner.multiproc import MultiProcPlugin
+from ketabids.runner.multiproc import LinearPlugin, MultiProcPlugin, SubjectOf
 
 
 def _add_one(x):
+    return x + 1
+
+
+def _step(x):
+    import time
+
+    time.sleep(0.05)
     return x + 1
 
 
@@ -36,3 +48,107 @@ def test_multiproc_runs_the_graph_with_old_objects_frozen(tmp_path, monkeypatch)
     assert frozen_at_collect and min(frozen_at_collect) > 1000
     assert gc.get_freeze_count() == 0  # and they were handed back afterwards
 
+
+SUBJECTS = ["01", "02", "03", "04", "05", "06"]
+
+
+def _cohort(base_dir, steps=4):
+    """The participant graph's shape: per subject a chain of ``steps`` nodes in
+    ``single_subject_<s>_wf``, then a top-level ``done_<s>``."""
+    wf = pe.Workflow(name="cohort_wf", base_dir=str(base_dir))
+    for s in SUBJECTS:
+        sub = pe.Workflow(name=f"single_subject_{s}_wf")
+        chain = [pe.Node(niu.Function(function=_step, input_names=["x"], output_names=["x"]),
+                         name=f"step_{i}") for i in range(steps)]
+        chain[0].inputs.x = 0
+        for a, b in zip(chain, chain[1:]):
+            sub.connect(a, "x", b, "x")
+        done = pe.Node(niu.Function(function=_add_one, input_names=["x"], output_names=["x"]),
+                       name=f"done_{s}", run_without_submitting=True)
+        wf.connect(sub, f"step_{steps - 1}.x", done, "x")
+    wf.config["execution"].update({"poll_sleep_duration": 0.01, "crashdump_dir": str(base_dir),
+                                   "create_report": False})
+    return wf
+
+
+class _Events:
+    """Status callback recording (subject, node name, status) in order."""
+
+    def __init__(self):
+        self.events = []
+        self.of = SubjectOf(SUBJECTS, "cohort_wf")
+
+    def __call__(self, node, status):
+        self.events.append((self.of(node), node.name, status, time.monotonic()))
+
+    def done_order(self):
+        return [s for s, name, status, _ in self.events
+                if name.startswith("done_") and status == "end"]
+
+    def first_start(self, subject):
+        return next(i for i, (s, _, status, _) in enumerate(self.events)
+                    if s == subject and status == "start")
+
+    def done_at(self, subject):
+        return next(i for i, (s, name, status, _) in enumerate(self.events)
+                    if s == subject and name.startswith("done_") and status == "end")
+
+
+def _run(plugin_cls, tmp_path, **args):
+    events = _Events()
+    plugin_args = {"status_callback": events, **args}
+    if plugin_cls in (MultiProcPlugin, LinearPlugin):
+        plugin_args["job_group"] = SubjectOf(SUBJECTS, "cohort_wf")
+    _cohort(tmp_path).run(plugin=plugin_cls(plugin_args=plugin_args))
+    return events
+
+
+def _subject_major(events, in_flight):
+    """Subject k starts only once subject k - in_flight is done (k in label order)."""
+    return all(events.first_start(SUBJECTS[k]) > events.done_at(SUBJECTS[k - in_flight])
+               for k in range(in_flight, len(SUBJECTS)))
+
+
+@pytest.mark.parametrize("plugin", ["ketabids", "nipype"])
+def test_multiproc_finishes_subjects_one_after_another(tmp_path, plugin):
+    """With 2 processes about 2 subjects are in progress at a time, so the "done" nodes end in
+    label order, spread over the run; Nipype's own MultiProc (the control) runs every subject's
+    first step first, so no subject is done before the last ones start."""
+    cls = MultiProcPlugin if plugin == "ketabids" else NipypeMultiProc
+    events = _run(cls, tmp_path, n_procs=2, raise_insufficient=False)
+    assert sorted(events.done_order()) == SUBJECTS
+    if plugin == "ketabids":
+        assert events.done_order() == SUBJECTS
+        assert _subject_major(events, in_flight=2)
+    else:
+        assert not _subject_major(events, in_flight=2)
+        assert events.done_at(SUBJECTS[0]) > events.first_start(SUBJECTS[-1])
+
+
+@pytest.mark.parametrize("plugin", ["ketabids", "nipype"])
+def test_linear_finishes_each_subject_before_the_next(tmp_path, plugin):
+    cls = LinearPlugin if plugin == "ketabids" else NipypeLinear
+    events = _run(cls, tmp_path)
+    assert sorted(events.done_order()) == SUBJECTS
+    if plugin == "ketabids":
+        assert events.done_order() == SUBJECTS and _subject_major(events, in_flight=1)
+    else:  # Nipype's generation-by-generation order: every subject's step 0 first
+        assert not _subject_major(events, in_flight=1)
+
+
+def test_multiproc_priority_prefers_the_earliest_started_subject():
+    """The job choice itself: no-subject jobs, then started subjects in start order, then new
+    subjects in label order."""
+    from types import SimpleNamespace as Node
+
+    plugin = MultiProcPlugin(plugin_args={"n_procs": 2, "raise_insufficient": False,
+                                          "job_group": SubjectOf(SUBJECTS, "wf")})
+    plugin._mark_started(Node(fullname="wf.single_subject_03_wf.anat_wf.n4"))
+    plugin._mark_started(Node(fullname="wf.single_subject_01_wf.anat_wf.n4"))
+    plugin.procs = [Node(fullname=f"wf.{name}") for name in
+                    ("single_subject_02_wf.a", "done_01", "single_subject_03_wf.b",
+                     "single_subject_04_wf.c", "other_node", "report_01")]
+    order = plugin._sort_jobs(list(range(len(plugin.procs))))
+    assert [plugin.procs[j].fullname.split(".")[1] for j in order] == [
+        "other_node", "single_subject_03_wf", "done_01", "report_01", "single_subject_02_wf",
+        "single_subject_04_wf"]

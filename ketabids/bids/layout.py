@@ -38,15 +38,32 @@ def check_bids_dir(bids_dir: str | os.PathLike) -> Path:
 
 
 def check_output_dir(output_dir: str | os.PathLike, bids_dir: Path) -> Path:
-    """Resolve OUTPUT_DIR, refuse it inside BIDS_DIR and make sure it can be written, without
-    creating it (it is created once every input check has passed)."""
+    """Resolve OUTPUT_DIR, check where it lies relative to BIDS_DIR and make sure it can be
+    written, without creating it (it is created once every input check has passed).
+
+    ``BIDS_DIR/derivatives/<name>`` is accepted (the layout of fMRIPrep and of many labs and
+    platforms: input queries ignore ``derivatives/``, see :func:`load_layout`). Refused
+    (:class:`~ketabids.errors.UsageError`, exit 64): BIDS_DIR itself or a folder containing it,
+    any other folder inside BIDS_DIR (its raw data, ``code/``, ``sourcedata/``...) and
+    ``derivatives/`` itself, which holds one folder per pipeline.
+    """
     from ketabids.io import check_writable
 
     path = Path(output_dir).expanduser().resolve()
-    if path == bids_dir or bids_dir in path.parents:
+    derivatives = bids_dir / "derivatives"
+    suggestion = derivatives / "ketabids"
+    if path == bids_dir or path in bids_dir.parents:
         raise UsageError(
-            f"{path}: OUTPUT_DIR is inside BIDS_DIR {bids_dir}, which ketabids never writes to; "
-            f"choose a folder outside it, e.g. {bids_dir.parent / 'derivatives' / 'ketabids'}"
+            f"{path}: OUTPUT_DIR is BIDS_DIR {bids_dir} or contains it, and ketabids never "
+            f"writes into the raw dataset; choose e.g. {suggestion}"
+        )
+    if bids_dir in path.parents and derivatives not in path.parents:
+        where = ("is BIDS_DIR's derivatives/ folder, which holds one folder per pipeline"
+                 if path == derivatives else
+                 "is inside BIDS_DIR but not in its derivatives/ folder")
+        raise UsageError(
+            f"{path}: OUTPUT_DIR {where}; ketabids never writes into the raw dataset; "
+            f"choose e.g. {suggestion}"
         )
     return check_writable(path, "OUTPUT_DIR")
 

@@ -60,7 +60,8 @@ GROUP_ONLY = ("model", "prediction_name", "target", "response_from", "response_t
               "n_permutations", "overwrite", "qc_policy", "exclude_file", "outer_cv",
               "group_column", "skip_audit", "arm_column", "treatment_arm")
 #: options of the participant level only (refused at group level)
-PARTICIPANT_ONLY = ("fast", "work_dir", "omp_nthreads", "mem_gb", "nipype_plugin_file")
+PARTICIPANT_ONLY = ("fast", "work_dir", "keep_work", "omp_nthreads", "mem_gb",
+                    "nipype_plugin_file")
 
 
 def _flag(dest: str) -> str:
@@ -158,9 +159,9 @@ def _run_bids_app(opts, argv=()) -> dict:
     if opts.analysis_level == "participant":
         from ketabids.runner import run_participant
 
-        work_dir = (opts.work_dir or Path(tempfile.gettempdir()) / "ketabids_work").resolve()
         return run_participant(
-            bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir, subjects=subjects,
+            bids_dir=bids_dir, output_dir=output_dir, work_dir=opts.work_dir,
+            keep_work=opts.keep_work, subjects=subjects,
             sessions=sessions, bids_filters=filters, template=opts.template, fast=opts.fast,
             atlas=opts.atlas, atlas_labels=opts.atlas_labels, nprocs=opts.nprocs,
             omp_nthreads=opts.omp_nthreads, mem_gb=opts.mem_gb, seed=opts.seed,
@@ -218,12 +219,15 @@ class RunResult:
 
 
 def _exit_code_of(summary) -> int:
-    """Participant runs report failed subjects instead of raising: exit 1 when any failed,
-    65 (unusable input) when every selected subject failed its input checks."""
+    """Participant runs report failed subjects (and sessions) instead of raising: exit 1 when
+    any subject or session failed, 65 (unusable input) when every selected subject failed its
+    input checks."""
     if isinstance(summary, dict) and summary.get("failed"):
         unusable = set(summary.get("unusable") or ())
         if not summary.get("ok") and set(summary["failed"]) <= unusable:
             return int(ExitCode.BAD_DATA)
+        return int(ExitCode.FAILURE)
+    if isinstance(summary, dict) and summary.get("failed_sessions"):
         return int(ExitCode.FAILURE)
     return int(ExitCode.SUCCESS)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ketabids.cli.app import RunResult, guarded, setup_logging
@@ -29,7 +30,7 @@ from ketabids.cli.parser import (
     positive_int,
 )
 from ketabids.demo.published import PUBLISHED
-from ketabids.errors import KetabidsError, Terminated
+from ketabids.errors import KetabidsError, Terminated, UsageError
 
 LOGGER = logging.getLogger("ketabids")
 
@@ -131,6 +132,11 @@ def run_demo(opts) -> dict:
                   resolution=opts.resolution, seed=opts.seed, nprocs=opts.nprocs)
     if opts.effect_size is not None:
         kwargs["effect_size"] = opts.effect_size
+    folds = None
+    if not opts.generate_only:  # before any work: the training's folds fit this cohort
+        folds = plan_demo(opts, {k: v for k, v in kwargs.items()
+                                 if k not in ("resolution", "null", "nprocs", "effect_size")})
+        LOGGER.info("%s", folds.describe())
     cohort = generate_demo(out, **kwargs)
     LOGGER.info("synthetic cohort written to %s (%.0f s)", out / "bids", time.monotonic() - started)
     if opts.generate_only:
@@ -145,7 +151,7 @@ def run_demo(opts) -> dict:
 
     label = ["--response-from", "madrs_pre", "madrs_24h"]
     perms = ["--n-permutations", str(opts.n_permutations)]
-    protocol = ["--n-outer", str(_n_outer(cohort.participants["discovery"]))]
+    protocol = folds.options()
 
     disc_bids, disc_out = out / "bids" / "discovery", out / "derivatives" / "discovery"
     summaries = {}
@@ -179,6 +185,7 @@ def run_demo(opts) -> dict:
     print(HEADLINE_NOTE)
     if spec_line:
         print(SPECIFICITY_NOTE)
+    print(f"{folds.describe()}.")
     for name, row in rows.items():
         if row.get("warning"):
             print(f"{name}: {row['warning']}")
@@ -198,16 +205,141 @@ def _n_external_saline(opts) -> int:
     return int(opts.n_external if value is None else value)
 
 
-def _n_outer(participants) -> int:
-    """The study's 10 outer folds, or fewer when the smaller class of a small demo's ketamine
-    arm has fewer members (stratified folds need one per fold). Response is the group level's
-    rule, the one the demo's ``--response-from madrs_pre madrs_24h`` applies."""
+@dataclass(frozen=True)
+class DemoFolds:
+    """The cross-validation the demo's training uses: the study's protocol (the group level's
+    defaults, :class:`~ketabids.group.nested.NestedCVSettings`), with the outer and inner fold
+    counts reduced to what the discovery ketamine arm supports (:func:`fit_folds`)."""
+
+    n_repeats: int
+    n_outer: int
+    n_inner: int
+    n_responders: int
+    n_non_responders: int
+
+    @property
+    def reduced(self) -> bool:
+        from ketabids.group.nested import NestedCVSettings
+
+        study = NestedCVSettings()
+        return (self.n_outer, self.n_inner) != (study.n_outer, study.n_inner)
+
+    def options(self) -> list[str]:
+        """The group-level options that select these folds."""
+        return ["--n-repeats", str(self.n_repeats), "--n-outer", str(self.n_outer),
+                "--n-inner", str(self.n_inner)]
+
+    def describe(self) -> str:
+        from ketabids.group.nested import NestedCVSettings
+
+        study = NestedCVSettings()
+        text = (f"cross-validation: {self.n_repeats} repeats of {self.n_outer} outer folds, "
+                f"{self.n_inner} inner folds")
+        if self.reduced:
+            text += (f" (the study's {study.n_outer} outer / {study.n_inner} inner folds, "
+                     f"reduced to what {self.n_responders} responders and "
+                     f"{self.n_non_responders} non-responders of the discovery ketamine arm "
+                     "allow: every fold needs both classes)")
+        return text
+
+
+def _scheme_fits(y, sites, settings) -> bool:
+    """Every training set of the group level's own partitions holds both classes: the inner
+    ones of every outer fold (:func:`ketabids.group.nested.make_scheme`) and those of the final
+    model's C search over all participants. (:func:`ketabids.group.cv.check_fold_counts`
+    counts the smaller class per outer training set only: measured, 4 outer / 2 inner folds on
+    4 + 4 participants at two sites passed it and the training then crashed on an inner
+    training set of one class.)"""
+    import numpy as np
+
+    from ketabids.group.cv import StratifiedFolds, fold_partitions
+    from ketabids.group.nested import make_scheme
+
+    try:
+        outer, inner = make_scheme(y, sites, settings)
+    except UsageError:  # an outer training set of one class
+        return False
+    for r in range(inner.shape[0]):
+        for o in range(inner.shape[1]):
+            for i in range(int(inner[r, o].max()) + 1):
+                train = (inner[r, o] >= 0) & (inner[r, o] != i)
+                if np.unique(y[train]).size < 2:
+                    return False
+    final = fold_partitions(StratifiedFolds(settings.n_inner,
+                                            random_state=(settings.random_state, 99991)),
+                            np.zeros((y.size, 1)), y, sites)[0]
+    return all(np.unique(y[final != i]).size == 2 for i in range(settings.n_inner))
+
+
+def fit_folds(participants, *, seed: int = 0) -> DemoFolds:
+    """The most outer folds (up to the study's 10), then the most inner folds (up to 5), that
+    the demo's training cohort supports: the discovery ketamine arm, labelled by the group
+    level's rule (``--response-from madrs_pre madrs_24h``), stratified by ``site`` as the demo's
+    ``--site-column site`` does, seeded by ``seed`` as its ``--seed``. The fold counts pass the
+    group level's own rule (:func:`ketabids.group.cv.check_fold_counts`) and every training set
+    of its actual partitions holds both classes (:func:`_scheme_fits`), so the training cannot
+    refuse or fail on them (unless QC leaves scans out). Raises
+    :class:`~ketabids.errors.UsageError` when no nested CV fits (fewer than 2 outer and 2
+    inner folds).
+    """
+    import numpy as np
+
+    from ketabids.group.cv import check_fold_counts, max_folds
     from ketabids.group.labels import is_response
+    from ketabids.group.nested import NestedCVSettings
 
     ketamine = participants[participants["arm"] == "ketamine"]
-    responders = is_response(ketamine["madrs_pre"], ketamine["madrs_24h"])
-    smallest = int(min(responders.sum(), (~responders).sum()))
-    return max(2, min(10, smallest))
+    y = np.asarray(is_response(ketamine["madrs_pre"], ketamine["madrs_24h"])).astype(int)
+    sites = ketamine["site"].to_numpy()
+    n_yes, n_no = int(y.sum()), int(y.size - y.sum())
+    study = NestedCVSettings(random_state=int(seed))
+    for n_outer in range(min(study.n_outer, n_yes, n_no), 1, -1):
+        _, max_inner = max_folds(y, n_outer, sites, study.random_state, study.n_repeats)
+        for n_inner in range(min(study.n_inner, max_inner), 1, -1):
+            settings = replace(study, n_outer=n_outer, n_inner=n_inner)
+            check_fold_counts(y, settings, sites)
+            if _scheme_fits(y, sites, settings):
+                return DemoFolds(settings.n_repeats, n_outer, n_inner, n_yes, n_no)
+    raise UsageError(
+        f"the discovery ketamine arm would have {n_yes} responders and {n_no} non-responders, "
+        "too few for a nested cross-validation (2 outer folds whose training sets hold 2 of "
+        "each class); use a larger --n-discovery")
+
+
+def plan_demo(opts, kwargs: dict) -> DemoFolds:
+    """Check, before any work, that the cohort ``generate_demo(**kwargs)`` would write supports
+    the demo's analyses; returns the training's folds (:func:`fit_folds`). Raises
+    :class:`~ketabids.errors.UsageError` (exit 64) naming the smallest ``--n-discovery`` that
+    works with the other options, or a saline arm that would be empty."""
+    from ketabids.demo.cohort import demo_tables
+
+    def folds_for(n):
+        return fit_folds(demo_tables(**dict(kwargs, n_discovery=n))["discovery"],
+                         seed=opts.seed)
+
+    try:
+        folds = folds_for(opts.n_discovery)
+    except UsageError as exc:
+        smallest = next((n for n in range(opts.n_discovery + 1, 10 * opts.n_discovery + 200)
+                         if _fits(folds_for, n)), None)
+        fix = f"use --n-discovery {smallest} or more" if smallest else str(exc)
+        raise UsageError(f"--n-discovery {opts.n_discovery}: {str(exc).split(';')[0]}; {fix}"
+                         ) from exc
+    discovery = demo_tables(**kwargs)["discovery"]
+    if not (discovery["arm"] == "saline").any():
+        raise UsageError(f"--n-discovery {opts.n_discovery} with --saline-fraction "
+                         f"{opts.saline_fraction} gives no saline participant, and the demo "
+                         "tests the model on the saline arm; use a larger --saline-fraction "
+                         "or --n-discovery")
+    return folds
+
+
+def _fits(folds_for, n) -> bool:
+    try:
+        folds_for(n)
+    except UsageError:
+        return False
+    return True
 
 
 def get_demo_parser() -> argparse.ArgumentParser:

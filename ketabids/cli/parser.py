@@ -109,7 +109,11 @@ def get_parser() -> argparse.ArgumentParser:
     res = parser.add_argument_group("Resources and reproducibility")
     res.add_argument("-w", "--work-dir", type=Path, metavar="DIR",
                      help="Nipype working folder; reuse it to resume an interrupted run "
-                     "(default: <tmp>/ketabids_work)")
+                     "(default: <tmp>/ketabids_work). A subject's part is removed once its "
+                     "derivatives are published and kept when it failed")
+    res.add_argument("--keep-work", action="store_true",
+                     help="keep every subject's work folder (intermediate files; a rerun then "
+                     "reuses all finished steps)")
     res.add_argument("--nprocs", type=positive_int, default=1,
                      help="processes (Nipype MultiProc at participant level, jobs at group level)")
     res.add_argument("--omp-nthreads", type=positive_int, default=1,

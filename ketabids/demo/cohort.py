@@ -202,6 +202,37 @@ def _write_subject(*, row: dict, label, bids_dir: Path, truth_dir: Path, seed: i
     }
 
 
+def demo_tables(**options) -> dict:
+    """The ``participants.tsv`` tables ``generate_demo(out_dir, **options)`` writes (cohort name
+    -> DataFrame; no ``external`` when it has no participant), computed without writing anything,
+    so a caller can check what the cohort supports (e.g. its cross-validation folds) before
+    any work. ``options``: keyword options of :func:`generate_demo` (its defaults apply)."""
+    import inspect
+
+    import pandas as pd
+
+    bound = inspect.signature(generate_demo).bind(None, **options)
+    bound.apply_defaults()
+    o = bound.arguments
+    tables = {"discovery": make_participants_table(
+        o["n_discovery"], seed=o["seed"], saline_fraction=o["saline_fraction"],
+        site=list(o["discovery_sites"]), ketamine_response_rate=o["ketamine_response_rate"],
+        saline_response_rate=o["saline_response_rate"])}
+    external = []
+    if o["n_external"]:
+        external.append(make_participants_table(
+            o["n_external"], seed=o["seed"] + 1_000_003, site=o["external_site"],
+            ketamine_response_rate=o["ketamine_response_rate"], label_prefix="ext"))
+    if o["n_external_saline"]:  # appended: the ketamine rows above stay as they are
+        external.append(make_participants_table(
+            o["n_external_saline"], seed=o["seed"] + 2_000_003, saline_fraction=1.0,
+            site=o["external_site"], saline_response_rate=o["saline_response_rate"],
+            label_prefix="ext", start=o["n_external"] + 1))
+    if external:
+        tables["external"] = pd.concat(external, ignore_index=True)
+    return tables
+
+
 def generate_demo(
     out_dir,
     *,
@@ -293,16 +324,14 @@ def generate_demo(
         "null": null,
         "seed": seed,
     }
+    tables = demo_tables(n_discovery=n_discovery, n_external=n_external,
+                         n_external_saline=n_external_saline, saline_fraction=saline_fraction, discovery_sites=discovery_sites,
+                         external_site=external_site,
+                         ketamine_response_rate=ketamine_response_rate,
+                         saline_response_rate=saline_response_rate, seed=seed)
     cohorts = {
         "discovery": dict(
-            table=make_participants_table(
-                n_discovery,
-                seed=seed,
-                saline_fraction=saline_fraction,
-                site=list(discovery_sites),
-                ketamine_response_rate=ketamine_response_rate,
-                saline_response_rate=saline_response_rate,
-            ),
+            table=tables["discovery"],
             name="ketabids demo: discovery cohort",
             description="Discovery cohort: a randomised ketamine vs saline trial in "
             "treatment-resistant depression, two scanners.",
@@ -310,29 +339,8 @@ def generate_demo(
         ),
     }
     if n_external or n_external_saline:
-        import pandas as pd
-
-        tables = []
-        if n_external:
-            tables.append(make_participants_table(
-                n_external,
-                seed=seed + 1_000_003,
-                site=external_site,
-                ketamine_response_rate=ketamine_response_rate,
-                label_prefix="ext",
-            ))
-        if n_external_saline:  # appended: the ketamine rows above stay as they are
-            tables.append(make_participants_table(
-                n_external_saline,
-                seed=seed + 2_000_003,
-                saline_fraction=1.0,
-                site=external_site,
-                saline_response_rate=saline_response_rate,
-                label_prefix="ext",
-                start=n_external + 1,
-            ))
         cohorts["external"] = dict(
-            table=pd.concat(tables, ignore_index=True),
+            table=tables["external"],
             name="ketabids demo: external validation cohort",
             description=("External validation cohort: a randomised ketamine vs saline trial, "
                          "another scanner." if n_external_saline else

@@ -127,10 +127,13 @@ def itk_threads(omp_nthreads: int):
 
 
 def run_workflow(workflow, plugin: str, plugin_args: dict):
-    """Run ``workflow`` with ``plugin``; MultiProc is Nipype's scheduler minus its O(n^2)
-    garbage collections (:class:`ketabids.runner.multiproc.MultiProcPlugin`)."""
-    if plugin == "MultiProc":
-        from ketabids.runner.multiproc import MultiProcPlugin
+    """Run ``workflow`` with ``plugin``. MultiProc and Linear are Nipype's, subject-major (with
+    ``plugin_args["job_group"]``), MultiProc without its O(n^2) garbage collections
+    (:mod:`ketabids.runner.multiproc`); other plugins (SLURM...) are Nipype's."""
+    if plugin in ("MultiProc", "Linear"):
+        from ketabids.runner.multiproc import LinearPlugin, MultiProcPlugin
 
-        return workflow.run(plugin=MultiProcPlugin(plugin_args=plugin_args))
-    return workflow.run(plugin=plugin, plugin_args=plugin_args)
+        cls = MultiProcPlugin if plugin == "MultiProc" else LinearPlugin
+        return workflow.run(plugin=cls(plugin_args=plugin_args))
+    args = {k: v for k, v in plugin_args.items() if k != "job_group"}
+    return workflow.run(plugin=plugin, plugin_args=args)

@@ -22,32 +22,48 @@ from ketabids.bids.layout import collect_t1w
 from ketabids.errors import BadDataError, NoDataError, OutputError, Terminated
 from ketabids.io import check_writable
 from ketabids.runner.config import configure_workflow, itk_threads, plugin_settings, run_workflow
+from ketabids.runner.multiproc import SubjectOf
 from ketabids.runner.progress import Progress, finish_participant
 from ketabids.runner.publish import SubjectPublisher, new_stage_root
+from ketabids.runner.workdir import (
+    WorkCleaner,
+    default_work_dir,
+    remove_empty_work,
+    remove_stop_crash_files,
+)
 from ketabids.workflows.base import done_node_name, init_participant_wf
 
 LOGGER = logging.getLogger("ketabids")
+#: name of the participant workflow (its folder in the work folder)
+PARTICIPANT_WF = "ketabids_participant_wf"
 
 
-def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
+def run_participant(*, bids_dir, output_dir, work_dir=None, subjects: list[str],
                     sessions: list[str] | None, bids_filters: dict | None,
                     template: str = "MNI152NLin2009aSym", fast: bool = False,
                     atlas: str | None = None, atlas_labels: str | None = None, nprocs: int = 1,
                     omp_nthreads: int = 1, mem_gb: float | None = None, seed: int | None = None,
-                    plugin_file: str | None = None, layout=None,
+                    plugin_file: str | None = None, layout=None, keep_work: bool = False,
                     run_record: dict | None = None) -> dict:
     """Run the participant level for ``subjects`` and return a summary.
+
+    ``work_dir`` (default ``$TMPDIR/ketabids_work``): Nipype's work folder. A subject's part
+    of it is removed once its derivatives are published, unless ``keep_work``; a failed
+    subject's is kept, so rerunning resumes it (:mod:`ketabids.runner.workdir`).
 
     ``run_record`` (``{"argv": [...], "config": {...}}`` of the command; default: this call's
     arguments) goes to ``OUTPUT_DIR/logs/participant-*`` with the software versions and the
     workflow's methods text as citation files (:func:`ketabids.bids.logs.write_run_logs`).
 
     Summary keys: ``ok`` and ``failed`` (subject labels), ``unusable`` (subjects whose input
-    failed the checks before the graph), ``crash_files`` (subject -> crash files of this run),
-    ``errors`` (subject -> one line), ``reports`` (subject -> HTML path), ``inputs`` (subject
-    -> T1w files used), ``elapsed_s``, ``work_dir``, ``plugin``. User errors raise
-    :mod:`ketabids.errors` exceptions; a subject whose input is unusable or whose processing
-    crashes is listed in ``failed`` and does not stop the others.
+    failed the checks before the graph), ``failed_sessions`` (subject processed with its other
+    sessions -> ``{"ses-<label>": one-line error}`` of the sessions left out),
+    ``crash_files`` (subject -> crash files of this run), ``errors`` (subject -> one line),
+    ``reports`` (subject -> HTML path), ``inputs`` (subject -> T1w files used),
+    ``input_errors`` (T1w file -> its failed input check), ``elapsed_s``, ``work_dir``,
+    ``plugin``. User errors raise :mod:`ketabids.errors` exceptions; a subject (or session)
+    whose input is unusable or whose processing crashes is listed in ``failed`` (or
+    ``failed_sessions``) and does not stop the others.
 
     Nothing is created (OUTPUT_DIR, work folder) before the inputs pass their checks. Outputs
     are staged and published per subject as it finishes (:mod:`ketabids.runner.publish`);
@@ -58,7 +74,8 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
     started = time.time()
     bids_dir = Path(bids_dir).expanduser().resolve()
     output_dir = Path(output_dir).expanduser().resolve()
-    work_dir = Path(work_dir).expanduser().resolve()
+    default_work = work_dir is None
+    work_dir = default_work_dir() if default_work else Path(work_dir).expanduser().resolve()
     for folder, what in ((output_dir, "OUTPUT_DIR"), (work_dir, "--work-dir")):
         check_writable(folder, what)  # probe only: exit 73 naming the folder, before any work
     # ITK reads its thread count once per process, at its first call: set it before anything
@@ -69,25 +86,44 @@ def run_participant(*, bids_dir, output_dir, work_dir, subjects: list[str],
                     bids_filters=bids_filters, template=template, fast=fast, atlas=atlas,
                     atlas_labels=atlas_labels, nprocs=nprocs, omp_nthreads=omp_nthreads,
                     mem_gb=mem_gb, seed=seed, plugin_file=plugin_file, layout=layout,
+                    keep_work=keep_work, default_work=default_work,
                     run_record={"argv": (run_record or {}).get("argv"),
                                 "config": (run_record or {}).get("config") or options})
 
 
-def check_inputs(inputs) -> tuple[list, dict[str, str]]:
-    """Per-subject input checks before the graph (:func:`ketabids.anat.conform.check_t1w`):
-    returns the inputs of the subjects that passed and ``{subject: one-line error}`` for the
-    others (a subject with one bad session is left out whole: its report covers all)."""
+def check_inputs(inputs) -> tuple[list, dict]:
+    """Per-T1w input checks before the graph (:func:`ketabids.anat.conform.check_t1w`): returns
+    the inputs that passed and ``{input: one-line error}`` for the others. Sessions are
+    isolated like subjects: a subject's bad session is left out alone, its good sessions run."""
     from ketabids.anat.conform import check_t1w
 
-    unusable: dict[str, str] = {}
+    bad = {}
     for item in inputs:
-        if item.subject in unusable:
-            continue
         try:
             check_t1w(item.t1w)
         except BadDataError as exc:
-            unusable[item.subject] = str(exc)
-    return [i for i in inputs if i.subject not in unusable], unusable
+            bad[item] = str(exc)
+    return [i for i in inputs if i not in bad], bad
+
+
+def split_failures(inputs, bad: dict) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """``(unusable, failed_sessions)`` from :func:`check_inputs`' failures: ``unusable`` maps a
+    subject none of whose T1w passed to its first error (and how many more failed);
+    ``failed_sessions`` maps a subject that still runs with other sessions to ``{"ses-<label>":
+    error}`` of the sessions left out."""
+    running = {i.subject for i in inputs}
+    unusable: dict[str, str] = {}
+    failed_sessions: dict[str, dict[str, str]] = {}
+    for item, error in bad.items():
+        if item.subject in running:
+            failed_sessions.setdefault(item.subject, {})[f"ses-{item.session}"] = error
+        else:
+            unusable.setdefault(item.subject, error)
+    for subject in unusable:
+        more = sum(1 for i in bad if i.subject == subject) - 1
+        if more:
+            unusable[subject] += f" (and {more} more T1w of this subject: see qc.tsv)"
+    return unusable, failed_sessions
 
 
 def _make_folders(*folders: Path) -> None:
@@ -103,7 +139,7 @@ def _make_folders(*folders: Path) -> None:
 
 def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_filters, template,
          fast, atlas, atlas_labels, nprocs, omp_nthreads, mem_gb, seed, plugin_file, layout,
-         run_record):
+         keep_work, default_work, run_record):
     from ketabids.templates import get_template
 
     resolution = ProcessingSettings.for_fast(fast).template_resolution
@@ -121,10 +157,12 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
         raise NoDataError(f"{bids_dir}: no T1w image selected for sub-{', sub-'.join(subjects)} "
                           "(check --participant-label, --session-label, --bids-filter-file)")
     missing = sorted(set(subjects) - {i.subject for i in all_inputs})
-    inputs, unusable = check_inputs(all_inputs)
+    inputs, bad = check_inputs(all_inputs)
+    unusable, failed_sessions = split_failures(inputs, bad)
     if not inputs:  # nothing to run: nothing is created
         summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, None,
-                           unusable=unusable, published=[])
+                           unusable=unusable, published=[],
+                           input_errors={i.t1w: e for i, e in bad.items()})
         _log_summary(summary, output_dir)
         return summary
 
@@ -143,25 +181,34 @@ def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_fi
     }
     # temporary files of this run (ANTs' mktemp files in the worker processes included) go to
     # WORK_DIR/ketabids-tmp-<host>-<pid>-*, removed at exit; SIGTERM raises Terminated here
-    with io.run_temp_dir(base=work_dir, signals=True):
-        stage_root = new_stage_root(output_dir)
-        try:
-            return _run_graph(
-                started=started, inputs=inputs, all_inputs=all_inputs, missing=missing,
-                unusable=unusable, stage_root=stage_root, output_dir=output_dir,
-                work_dir=work_dir, bids_dir=bids_dir, template=template, fast=fast,
-                atlas_spec=atlas_spec, omp_nthreads=omp_nthreads, seed=seed, settings=settings,
-                plugin=plugin, plugin_args=plugin_args, run_record=run_record)
-        finally:
-            shutil.rmtree(stage_root, ignore_errors=True)  # failed subjects leave nothing
+    try:
+        with io.run_temp_dir(base=work_dir, signals=True):
+            stage_root = new_stage_root(output_dir)
+            try:
+                return _run_graph(
+                    started=started, inputs=inputs, all_inputs=all_inputs, missing=missing,
+                    unusable=unusable, failed_sessions=failed_sessions, bad=bad,
+                    stage_root=stage_root, output_dir=output_dir, work_dir=work_dir,
+                    bids_dir=bids_dir, template=template, fast=fast, atlas_spec=atlas_spec,
+                    omp_nthreads=omp_nthreads, seed=seed, settings=settings, plugin=plugin,
+                    plugin_args=plugin_args, keep_work=keep_work, run_record=run_record)
+            finally:
+                shutil.rmtree(stage_root, ignore_errors=True)  # failed subjects leave nothing
+    finally:
+        remove_empty_work(work_dir, PARTICIPANT_WF, default=default_work)
 
 
-def _run_graph(*, started, inputs, all_inputs, missing, unusable, stage_root, output_dir,
-               work_dir, bids_dir, template, fast, atlas_spec, omp_nthreads, seed, settings,
-               plugin, plugin_args, run_record) -> dict:
+def _run_graph(*, started, inputs, all_inputs, missing, unusable, failed_sessions, bad,
+               stage_root, output_dir, work_dir, bids_dir, template, fast, atlas_spec,
+               omp_nthreads, seed, settings, plugin, plugin_args, keep_work,
+               run_record) -> dict:
+    notes = {subject: [f"{session} was not processed: {error}"
+                       for session, error in sorted(sessions.items())]
+             for subject, sessions in failed_sessions.items()}
     workflow = init_participant_wf(inputs=inputs, output_dir=stage_root, bids_dir=bids_dir,
                                    template=template, fast=fast, atlas=atlas_spec,
-                                   omp_nthreads=omp_nthreads, seed=seed, settings=settings)
+                                   omp_nthreads=omp_nthreads, seed=seed, settings=settings,
+                                   notes=notes, name=PARTICIPANT_WF)
     workflow.base_dir = str(work_dir)
     logs = output_dir / "logs"
     crashdirs = {}
@@ -176,15 +223,26 @@ def _run_graph(*, started, inputs, all_inputs, missing, unusable, stage_root, ou
     publisher = SubjectPublisher(stage_root, output_dir,
                                  {done_node_name(s): s for s in subjects})
     progress = Progress(workflow, [i.subject for i in inputs])  # a line per finished subject
-    if plugin in ("MultiProc", "Linear"):
-        plugin_args = dict(plugin_args, status_callback=_Chain(publisher, progress))
+    folders: dict[str, list[str]] = {}
+    for name, folder in crashdirs.items():  # top-level graph elements of each subject
+        folders.setdefault(folder.name.removeprefix("sub-"), []).append(name)
+    cleaner = WorkCleaner(work_dir / workflow.name, folders, publisher, progress,
+                          keep=keep_work)
+    if plugin in ("MultiProc", "Linear"):  # subject-major, a line and a publication each
+        plugin_args = dict(plugin_args, status_callback=_Chain(publisher, progress, cleaner),
+                           job_group=SubjectOf(subjects, workflow.name))
 
     LOGGER.info("participant level: %d T1w image(s) of %d subject(s), plugin %s %s",
                 len(inputs), len(subjects), plugin,
-                {k: v for k, v in plugin_args.items() if k != "status_callback"})
+                {k: v for k, v in plugin_args.items() if k not in ("status_callback",
+                                                                     "job_group")})
     if unusable:
         LOGGER.warning("%d subject(s) left out: unusable input (see the end of the log)",
                        len(unusable))
+    if failed_sessions:
+        LOGGER.warning("%d session(s) left out, their subjects' other sessions run: unusable "
+                       "input (see the end of the log)",
+                       sum(len(v) for v in failed_sessions.values()))
     error = None
     with _quiet_when_terminating():
         try:
@@ -192,14 +250,21 @@ def _run_graph(*, started, inputs, all_inputs, missing, unusable, stage_root, ou
         except Exception as exc:  # node failures: attributed to subjects below
             error = exc
             LOGGER.debug("some nodes failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        except (KeyboardInterrupt, Terminated):  # a stop the user asked for is not a crash
+            remove_stop_crash_files(logs, subjects, started)
+            raise
     if io.terminating() is not None:  # a SIGTERM that Nipype caught as a node failure
+        remove_stop_crash_files(logs, subjects, started)
         raise Terminated(io.terminating())
     if error is None:  # plugins without status callbacks (SLURM...): publish now
         publisher.publish_remaining(subjects, failed=())
+    cleaner.clean([s for s in subjects if s in publisher.published
+                   and s not in progress.failed and s not in cleaner.removed])
     _raise_if_no_space(error, publisher, output_dir, work_dir, started)
     summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, error,
                        unusable=unusable, published=publisher.published,
-                       publish_errors=publisher.errors)
+                       publish_errors=publisher.errors, failed_sessions=failed_sessions,
+                       input_errors={i.t1w: e for i, e in bad.items()})
     summary["logs"] = str(_write_logs(output_dir, run_record, workflow))
     _log_summary(summary, output_dir)
     # failed subjects: QC record + report; then qc.tsv, qc.json, qc.html and the QC summary
@@ -294,17 +359,24 @@ def _log_summary(summary: dict, output_dir: Path) -> None:
         crash = summary["crash_files"].get(subject)
         LOGGER.error("sub-%s failed: %s%s", subject, summary["errors"][subject],
                      f" (details: {crash[0]})" if crash else "")
+    sessions = summary.get("failed_sessions") or {}
+    for subject, errors in sorted(sessions.items()):
+        for session, error in sorted(errors.items()):
+            LOGGER.error("sub-%s %s failed: %s", subject, session, error)
     n_ok, n_all = len(summary["ok"]), len(summary["ok"]) + len(summary["failed"])
+    n_ses = sum(len(v) for v in sessions.values())
     if n_ok:
-        LOGGER.info("participant level: %d of %d subject(s) done in %.0f s; reports: %s",
-                    n_ok, n_all, summary["elapsed_s"], output_dir / "sub-<label>.html")
+        LOGGER.info("participant level: %d of %d subject(s) done%s in %.0f s; reports: %s",
+                    n_ok, n_all, f" ({n_ses} session(s) failed)" if n_ses else "",
+                    summary["elapsed_s"], output_dir / "sub-<label>.html")
     else:
         LOGGER.error("participant level: 0 of %d subject(s) done in %.0f s; see the lines "
                      "above", n_all, summary["elapsed_s"])
 
 
 def _summary(inputs, missing, output_dir, work_dir, started, plugin, error, *,
-             unusable=None, published=(), publish_errors=None) -> dict:
+             unusable=None, published=(), publish_errors=None, failed_sessions=None,
+             input_errors=None) -> dict:
     """Who succeeded: a subject succeeded when it was published; otherwise its error is the
     failed input check, the first crash file of this run in its log folder, or the run's."""
     logs = output_dir / "logs"
@@ -341,10 +413,13 @@ def _summary(inputs, missing, output_dir, work_dir, started, plugin, error, *,
         "ok": [s for s in subjects if s not in errors],
         "failed": failed,
         "unusable": sorted(unusable),
+        "failed_sessions": {s: dict(v) for s, v in sorted((failed_sessions or {}).items())},
         "crash_files": crash_files,
         "errors": errors,
         "reports": reports,
-        "inputs": {s: [i.t1w for i in inputs if i.subject == s] for s in subjects},
+        "inputs": {s: [i.t1w for i in inputs if i.subject == s and (
+            s in unusable or i.t1w not in (input_errors or {}))] for s in subjects},
+        "input_errors": dict(input_errors or {}),
         "elapsed_s": round(time.time() - started, 1),
         "work_dir": str(work_dir),
         "plugin": plugin,

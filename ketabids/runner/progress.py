@@ -8,8 +8,9 @@ has ended (or one of its nodes failed)::
     sub-07 done, QC warn: slice thickness 6 mm (12/99, ~40 min left)
     sub-08 failed in anat_wf.segmentation, QC fail (13/99, ~38 min left)
 
-The time left is the elapsed time scaled by the steps still to run over the steps that ended
-(all subjects' steps counted alike).
+The time left is the elapsed time per subject's worth of work done (finished subjects, plus the
+share of steps ended of the subjects in progress) times the subjects' worth left
+(:meth:`Progress.eta`); subjects finish one after another (:mod:`ketabids.runner.multiproc`).
 
 :func:`finish_participant` runs once the graph has run: a failed subject gets a QC record with
 its error (verdict fail) and a ``sub-X.html`` saying what failed
@@ -180,18 +181,29 @@ class Progress:
         worst = max(old_verdict, verdict, key=order.index)
         self.verdicts[subject] = (worst, old_reasons + reasons)
 
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds left: the elapsed time per subject's worth of work done, times the subjects'
+        worth left. Work done = the finished subjects (a failed one counts: its steps that
+        never run are not waited for) plus, for each subject in progress, the share of its
+        steps that ended. The schedulers finish subjects one after another
+        (:mod:`ketabids.runner.multiproc`), so this is mostly finished subjects, whose steps
+        of every kind have run (a share of steps alone over-weights short steps). ``now``: the
+        clock's time (default: read it). None when nothing is left or nothing has ended."""
+        if self.total - len(self.done) <= 0:
+            return None
+        done = len(self.done) + sum(
+            (len(self.expected[s]) - len(self.pending[s])) / len(self.expected[s])
+            for s in self.subjects if s not in self.done and self.expected[s])
+        if done <= 0:
+            return None
+        now = self._clock() if now is None else now
+        return (now - self._start) * (self.total - done) / done
+
     def _finish(self, subject):
         self.done.append(subject)
         n = len(self.done)
-        elapsed = self._clock() - self._start
-        left = self.total - n
-        # time left from the share of steps that ended, over all subjects: subjects need not
-        # end one after another (the Linear plugin ends them all together at the end, MultiProc
-        # interleaves them), and a failed subject's steps that never run are not waited for
-        ended = sum(len(self.expected[s]) - len(self.pending[s]) for s in self.subjects)
-        waiting = sum(len(self.pending[s]) for s in self.subjects if s not in self.done)
-        eta = (f", ~{_duration(elapsed * waiting / ended)} left"
-               if left > 0 and ended and waiting else "")
+        seconds = self.eta(self._clock())
+        eta = f", ~{_duration(seconds)} left" if seconds is not None else ""
         count = f"({n}/{self.total}{eta})"
         if subject in self.failed:
             self.verdicts[subject] = ("fail", [f"processing failed in {self.failed[subject]}"])
@@ -256,7 +268,9 @@ def update_cohort_qc(output_dir) -> dict:
 
 def finish_participant(summary: dict, *, inputs, output_dir, progress: Progress | None = None,
                        logger=LOGGER) -> dict:
-    """After the graph ran: QC record + failure report of each failed subject, then the cohort
+    """After the graph ran: QC record + failure report of each failed subject, a QC record
+    (verdict fail, under ``logs/``) of each session left out (``summary["failed_sessions"]``),
+    then the cohort
     QC outputs and a closing line. Adds ``summary["qc"]`` (``tsv``, ``html``, ``counts``,
     ``homogeneity_flagged``, ``verdicts``) and ``summary["failure_reports"]`` (subject -> the
     failure page), and returns ``summary``."""
@@ -274,14 +288,23 @@ def finish_participant(summary: dict, *, inputs, output_dir, progress: Progress 
         crash = summary.get("crash_files", {}).get(subject) or []
         steps = progress.finished_steps.get(subject, []) if progress else []
         failed_in = progress.failed.get(subject) if progress else None
+        input_errors = summary.get("input_errors") or {}
         for item in items:
             write_subject_qc(output_dir, item.subject, item.session,
-                             failure_metrics(item.t1w, error), failed=True)
+                             failure_metrics(item.t1w, input_errors.get(item.t1w, error)),
+                             failed=True)
         failure_report(output_dir / f"sub-{subject}.html", subject=subject, error=error,
                        crash_files=crash, finished_steps=steps, failed_step=failed_in,
                        inputs=[str(i.t1w) for i in items])
         summary.setdefault("failure_reports", {})[subject] = \
             str(output_dir / f"sub-{subject}.html")
+    # sessions left out by the input checks while their subject's other sessions ran
+    for subject, sessions in (summary.get("failed_sessions") or {}).items():
+        for item in inputs:
+            error = sessions.get(f"ses-{item.session}")
+            if item.subject == subject and error:
+                write_subject_qc(output_dir, subject, item.session,
+                                 failure_metrics(item.t1w, error), failed=True)
     try:
         qc = update_cohort_qc(output_dir)
     except Exception as exc:  # noqa: BLE001 - the subjects' outputs stand; say what is missing

@@ -62,8 +62,35 @@ def discard_subject(stage_root: str | Path, subject: str) -> None:
             path.unlink(missing_ok=True)
 
 
+def clear_stale_logs(output_dir: Path, subject: str) -> list[Path]:
+    """A published subject's earlier failures are over: remove its crash files
+    (``logs/sub-<label>/crash-*``, which the group level would read as "its participant run
+    failed") and the failure QC records of the sessions now published (same file name under
+    ``logs/``); the folder goes when empty. Returns the removed paths."""
+    logs = Path(output_dir) / "logs" / f"sub-{subject}"
+    if not logs.is_dir():
+        return []
+    stale = list(logs.glob("crash-*"))
+    for record in (Path(output_dir) / f"sub-{subject}").glob("**/anat/*_desc-qc_metrics.json"):
+        if (logs / record.name).is_file():
+            stale.append(logs / record.name)
+    removed = []
+    for path in stale:
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError as exc:
+            LOGGER.warning("stale log %s not removed: %s", path, exc)
+    try:
+        logs.rmdir()
+    except OSError:
+        pass
+    return removed
+
+
 def after_publish(output_dir: Path, subject: str) -> None:
     """What runs after each published subject (in the main process, as subjects finish)."""
+    clear_stale_logs(output_dir, subject)
     # QC hook: the group QC table is rebuilt from the per-subject QC files (when the subject
     # has one: no empty table before the QC node writes them)
     if not any((Path(output_dir) / f"sub-{subject}").glob("**/*_desc-qc_metrics.json")):

@@ -55,10 +55,13 @@ IMAGING_STACK = ("nipype", "antspyx", "pybids", "templateflow")
 def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
                         template="MNI152NLin2009aSym", fast=False, atlas: Atlas | None = None,
                         omp_nthreads=1, seed=None, settings: dict | None = None, qc=True,
+                        notes: dict[str, list[str]] | None = None,
                         name="ketabids_participant_wf"):
     """All subjects: one ``single_subject_<key>_wf`` per T1w, one report per subject.
 
-    ``qc=False`` leaves out the QC node and its output (benchmarks compare the two)."""
+    ``qc=False`` leaves out the QC node and its output (benchmarks compare the two).
+    ``notes``: subject -> lines for its report (e.g. a session left out by the input checks),
+    shown in its first section."""
     workflow = Workflow(name=name)
     subjects: dict[str, list[T1wInput]] = {}
     for item in inputs:
@@ -66,11 +69,12 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
     for subject, items in subjects.items():
         sections = []
         methods = ""
-        for item in items:
+        for index, item in enumerate(items):
             single_subject_wf = init_single_subject_wf(
                 subject=item.subject, session=item.session, t1w=item.t1w, skipped=item.skipped,
                 output_dir=output_dir, bids_dir=bids_dir, template=template, fast=fast,
                 atlas=atlas, omp_nthreads=omp_nthreads, seed=seed, qc=qc,
+                notes=(notes or {}).get(subject, ()) if index == 0 else (),
                 name=f"single_subject_{item.key.replace('-', '')}_wf")
             methods = methods or single_subject_wf.visit_desc()
             sections.append(single_subject_wf)
@@ -111,8 +115,10 @@ def sink_nodes(workflow) -> list[str]:
 
 def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
                            template="MNI152NLin2009aSym", fast=False, atlas: Atlas | None = None,
-                           omp_nthreads=1, seed=None, skipped=(), qc=True, name=None):
-    """One T1w of one subject (one session): processing, QC, outputs and its report section."""
+                           omp_nthreads=1, seed=None, skipped=(), qc=True, notes=(),
+                           name=None):
+    """One T1w of one subject (one session): processing, QC, outputs and its report section
+    (``notes``: further lines for it)."""
     name = name or f"single_subject_{subject}{'_ses' + session if session else ''}_wf"
     resolution = ProcessingSettings.for_fast(fast).template_resolution
     workflow = Workflow(name=name)
@@ -135,7 +141,7 @@ def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
     ds_template_wf = init_ds_template_wf(template=template, resolution=resolution, **common)
     ds_volumes_wf = init_ds_volumes_wf(template=template,
                                        atlas_name=atlas.name if atlas else None, **common)
-    notes = []
+    notes = list(notes)
     if skipped:
         notes.append(f"{len(skipped) + 1} T1w images matched; used {Path(t1w).name} (first in "
                      f"BIDS order), skipped {', '.join(Path(p).name for p in skipped)}.")

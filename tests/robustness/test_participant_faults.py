@@ -159,6 +159,8 @@ def test_sigterm_cleans_up(tmp_path):
     assert "Traceback" not in log, log[-3000:]
     assert [p for p in subject_folders(out) if p not in complete_subjects(out)] == []
     assert stray_files(out) == [] and files_under(tmp) == []
+    # a stop the user asked for is not a crash: no traceback file (issue 25)
+    assert list(out.glob("logs/**/crash-*")) == []
 
 
 def test_disk_full_participant(tmp_path):

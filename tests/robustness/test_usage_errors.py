@@ -89,9 +89,9 @@ def test_output_dir_not_created_validation_failed(cli, small_bids, tmp_path):
 
 
 def test_output_dir_inside_bids_dir_refused(cli, small_bids):
-    out = small_bids / "derivatives" / "ketabids"
+    out = small_bids / "code" / "ketabids"
     res = cli(small_bids, out, "participant", "--skip-bids-validation")
-    assert_one_line_error(res, "inside BIDS_DIR", code=64)
+    assert_one_line_error(res, "inside BIDS_DIR", "derivatives", code=64)
     assert not out.exists()
 
 
