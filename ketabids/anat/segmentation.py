@@ -63,6 +63,8 @@ _CLASS_TO_LABEL = np.array([{abbr: v for v, (_, abbr) in LABELS.items()}[c] for 
 #: EM stops when no tissue mean moves by more than this (relative), or after MAX_ITER rounds
 TOL = 1e-4
 MAX_ITER = 50
+#: spatial prior of a boundary mixture relative to ``sqrt(pi_a pi_b)`` (see the module docstring)
+MIXTURE_PRIOR_WEIGHT = 2.0
 _TINY = 1e-300
 
 
@@ -77,19 +79,23 @@ def mixture_density(y, mu_a: float, mu_b: float, sigma: float) -> np.ndarray:
     return (ndtr((y - lo) / sigma) - ndtr((y - hi) / sigma)) / width
 
 
-def component_priors(priors: np.ndarray) -> np.ndarray:
+def component_priors(priors: np.ndarray, *,
+                     mixture_weight: float = MIXTURE_PRIOR_WEIGHT) -> np.ndarray:
     """Spatial priors of the five components from the tissue priors ``(3, n)``
-    (:data:`CLASSES` order): pure ``pi_k``, mixture ``sqrt(pi_a pi_b)``, normalised to sum 1.
-    Voxels with no prior mass get equal priors."""
+    (:data:`CLASSES` order): pure ``pi_k``, mixture ``mixture_weight x sqrt(pi_a pi_b)``,
+    normalised to sum 1. Voxels with no prior mass get equal priors."""
     pri = np.clip(np.asarray(priors, np.float64), 0.0, None)
-    comp = np.concatenate([pri, np.stack([np.sqrt(pri[a] * pri[b]) for a, b in MIXTURES])])
+    comp = np.concatenate([pri, np.stack([mixture_weight * np.sqrt(pri[a] * pri[b])
+                                          for a, b in MIXTURES])])
     total = comp.sum(0)
     return np.where(total > 0, comp / np.where(total > 0, total, 1.0), 1.0 / comp.shape[0])
 
 
-def fit_tissue_mixture(y, priors, *, tol: float = TOL, max_iter: int = MAX_ITER):
+def fit_tissue_mixture(y, priors, *, tol: float = TOL, max_iter: int = MAX_ITER,
+                       mixture_weight: float = MIXTURE_PRIOR_WEIGHT):
     """Fit the partial-volume mixture (module docstring) to intensities ``y`` (n,) with
-    tissue priors ``priors`` (3, n) in :data:`CLASSES` order.
+    tissue priors ``priors`` (3, n) in :data:`CLASSES` order; ``mixture_weight``: the
+    boundary mixtures' prior relative to ``sqrt(pi_a pi_b)`` (:func:`component_priors`).
 
     Returns ``(fractions, info)``: ``fractions`` (3, n) tissue fractions summing to 1;
     ``info`` with the tissue means ``mu``, the shared ``sigma``, ``iterations`` and the
@@ -99,7 +105,7 @@ def fit_tissue_mixture(y, priors, *, tol: float = TOL, max_iter: int = MAX_ITER)
     pri = np.clip(np.asarray(priors, np.float64), 0.0, None)
     if y.ndim != 1 or pri.shape != (len(CLASSES), y.size):
         raise ValueError(f"fit_tissue_mixture: y {y.shape} and priors {pri.shape} do not match")
-    log_prior = np.log(np.maximum(component_priors(pri), 1e-12))
+    log_prior = np.log(np.maximum(component_priors(pri, mixture_weight=mixture_weight), 1e-12))
     # start from the prior-weighted tissue means and the pooled prior-weighted variance
     w = pri / np.maximum(pri.sum(0), 1e-12)
     mu = (w * y).sum(1) / np.maximum(w.sum(1), 1e-12)
@@ -138,7 +144,8 @@ def fit_tissue_mixture(y, priors, *, tol: float = TOL, max_iter: int = MAX_ITER)
 
 
 def segment_tissues(img: nib.Nifti1Image, mask: nib.Nifti1Image, priors: dict, *,
-                    tol: float = TOL, max_iter: int = MAX_ITER):
+                    tol: float = TOL, max_iter: int = MAX_ITER,
+                    mixture_weight: float = MIXTURE_PRIOR_WEIGHT):
     """Segment ``img`` (bias-corrected T1w) inside ``mask`` into CSF/GM/WM.
 
     ``priors``: {"GM","WM","CSF"} -> nibabel images on ``img``'s grid (probabilities).
@@ -158,8 +165,10 @@ def segment_tissues(img: nib.Nifti1Image, mask: nib.Nifti1Image, priors: dict, *
     # the prior mass the template leaves out inside the mask (1 - GM - WM - CSF: voxels outside
     # the template brain, i.e. the intracranial CSF ring of the brain mask) goes to CSF
     pri[0] += np.clip(1.0 - pri.sum(0), 0.0, 1.0)
-    fractions, info = fit_tissue_mixture(y, pri, tol=tol, max_iter=max_iter)
-    info = {k: v for k, v in info.items() if k != "loglik"} | {"voxels": int(y.size)}
+    fractions, info = fit_tissue_mixture(y, pri, tol=tol, max_iter=max_iter,
+                                         mixture_weight=mixture_weight)
+    info = {k: v for k, v in info.items() if k != "loglik"} | {
+        "voxels": int(y.size), "mixture_weight": float(mixture_weight)}
     probs = {}
     for k, name in enumerate(CLASSES):
         arr = np.zeros(m.shape, np.float32)
