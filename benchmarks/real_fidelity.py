@@ -159,7 +159,6 @@ def phantom_accuracy(dseg, mask, volumes: dict, modulated_gm, subject) -> dict:
     ``subject``: a :class:`ketabids.demo.head.SimulatedSubject` or a
     :class:`ketabids.demo.tpm_phantom.TPMPhantom` (both carry ``gm``/``wm``/``csf``,
     ``brain_mask`` and ``volumes``)."""
-    import nibabel as nib
     from nilearn.image import resample_to_img
 
     def on_grid(img, interp):

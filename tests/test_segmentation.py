@@ -183,7 +183,7 @@ def test_gm_volume_on_a_partial_volume_phantom_is_unbiased(tpm_phantom_2mm):
     mixtures weighted twice (:data:`ketabids.anat.segmentation.MIXTURE_PRIOR_WEIGHT`) GM
     -0.9 %, GM/WM Dice 0.936 / 0.952."""
     ph = tpm_phantom_2mm
-    probs, dseg, info = segment_tissues(ph.t1w, ph.brain_mask, ph.priors_affine)
+    probs, dseg, _ = segment_tissues(ph.t1w, ph.brain_mask, ph.priors_affine)
     vox = 2.0 ** 3 / 1000
     gm = float(np.asarray(probs["GM"].dataobj, np.float64).sum() * vox)
     assert gm == pytest.approx(ph.volumes["gm_ml"], rel=0.015), (gm, ph.volumes["gm_ml"])

@@ -23,7 +23,8 @@ warp, ``warp_mm`` SD per component), for tests that run the segmentation alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import numpy as np
 
@@ -182,8 +183,8 @@ def tpm_phantom(*, seed: int = 0, resolution: float = 1.0, contrast: str | dict 
     del y_warped
     total = frac["gm"] + frac["wm"] + frac["csf"]
     over = total > 1.0  # interpolation round-off: fractions never exceed one voxel
-    for k in frac:
-        frac[k][over] /= total[over]
+    for arr in frac.values():
+        arr[over] /= total[over]
     total = np.minimum(total, 1.0)
     mask = total >= 0.5
     y_pose = to_template(x)
