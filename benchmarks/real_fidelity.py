@@ -13,8 +13,8 @@ Runs the participant level as users do (the ``ketabids`` CLI, one subject per ca
 
 and prints one table: Dice GM/WM/CSF/brain against the reference, GM/WM/CSF volumes and their
 relative differences (from ketabids' fractions and from its hard labels), the total modulated
-GM against the native GM, TIV against the reference brain-mask volume, phantom Dice and modulated-GM error,
-wall time and peak memory (max RSS of the CLI process tree) per run. Not a pass/fail test.
+GM against the native GM, TIV against the reference brain-mask volume, phantom Dice and
+modulated-GM error, wall time and peak memory (max RSS of the CLI process tree) per run. Not a pass/fail test.
 
     python benchmarks/real_fidelity.py --modes default fast [--scans aomic seg3d stroke]
         [--rotated] [--phantoms 1] [--generators head tpm] [--phantom-mm 1]
