@@ -6,14 +6,19 @@ Runs the participant level as users do (the ``ketabids`` CLI, one subject per ca
 * the shared real scans (``../shared/data/real-t1w``; AOMIC-PIOP2 sub-0001 has fMRIPrep's
   FSL FAST segmentation and brain mask in ``../shared/data/reference-fmriprep``),
 * optionally their rotated/re-biased copies (:func:`ketabids.testing.rotated_rebiased`),
-* simulated phantoms with ground truth (:func:`ketabids.demo.head.simulate_subject`),
+* simulated phantoms with ground truth, from two independent generators (``--generators``):
+  the demo's head model (:func:`ketabids.demo.head.simulate_subject`) and the template's
+  tissue maps as partial-volume intensities (:func:`ketabids.demo.tpm_phantom.tpm_phantom`,
+  contrasts and RAS/LIA storage in turn), so that a method cannot fit one generator,
 
-and prints one table: Dice GM/WM/CSF/brain against the reference, volumes and their relative
-differences, TIV against the reference brain-mask volume, phantom Dice and modulated-GM error,
-wall time and peak memory (max RSS of the CLI process tree) per run. Not a pass/fail test.
+and prints one table: Dice GM/WM/CSF/brain against the reference, GM/WM/CSF volumes and their
+relative differences (from ketabids' fractions and from its hard labels), the total modulated
+GM against the native GM, TIV against the reference brain-mask volume, phantom Dice and
+modulated-GM error, wall time and peak memory (max RSS of the CLI process tree) per run. Not a pass/fail test.
 
     python benchmarks/real_fidelity.py --modes default fast [--scans aomic seg3d stroke]
-        [--rotated] [--phantoms 1] [--phantom-mm 1] [--omp-nthreads 2] [--repeats 1]
+        [--rotated] [--phantoms 1] [--generators head tpm] [--phantom-mm 1]
+        [--omp-nthreads 2] [--repeats 1]
         [--baseline TREE] [--json out.json]
 
 The demo's setting for phantoms (2 mm, fast mode, one ITK thread), against 0.1.0::
@@ -47,7 +52,10 @@ import numpy as np
 
 from ketabids.anat.segmentation import LABELS
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: the shared data folder (``../shared/data`` next to the project; ``$KETABIDS_SHARED_DATA``
+#: overrides it, e.g. for a git worktree elsewhere)
+DATA = Path(os.environ.get("KETABIDS_SHARED_DATA")
+            or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 SCANS = {
     "aomic": "aomic-piop2_sub-0001_T1w.nii.gz",
     "seg3d": "seg3d_T1w.nii.gz",
@@ -108,6 +116,9 @@ def compare_to_reference(dseg, mask, ref_dseg, ref_mask, *, volumes: dict | None
         volumes["tiv_ml"] = float(ours_mask.sum() * vox)
     out["ours"] = {k: float(volumes[k]) for k in ("gm_ml", "wm_ml", "csf_ml", "tiv_ml")}
     out["ours"]["mask_ml"] = float(ours_mask.sum() * vox)
+    # the same tissues counted as the reference counts them (hard labels)
+    out["ours_hard"] = {f"{t.lower()}_ml": float((ours == labels[t]).sum() * vox)
+                        for t in ("GM", "WM", "CSF")}
     out["reference"] = ref_vol
     out["rel"] = {
         "gm": out["ours"]["gm_ml"] / ref_vol["gm_ml"] - 1,
@@ -116,6 +127,8 @@ def compare_to_reference(dseg, mask, ref_dseg, ref_mask, *, volumes: dict | None
         "tiv_vs_mask": out["ours"]["tiv_ml"] / ref_vol["mask_ml"] - 1,
         "mask": out["ours"]["mask_ml"] / ref_vol["mask_ml"] - 1,
     }
+    for t in ("gm", "wm", "csf"):
+        out["rel"][f"{t}_hard"] = out["ours_hard"][f"{t}_ml"] / ref_vol[f"{t}_ml"] - 1
     # where the disagreement sits: reference WM called GM, reference tissue outside our mask
     out["confusion_ml"] = {
         "refWM_as_GM": float(((ref == ref_labels["WM"]) & (ours == labels["GM"])).sum() * vox),
@@ -127,11 +140,25 @@ def compare_to_reference(dseg, mask, ref_dseg, ref_mask, *, volumes: dict | None
     return out
 
 
+def modulated_total(modulated_gm) -> float:
+    """The total (mL) of a Jacobian-modulated GM map (a path or an image): the native GM
+    volume it preserves up to the warp's discretisation and interpolation."""
+    import nibabel as nib
+
+    mod = nib.load(modulated_gm) if not hasattr(modulated_gm, "dataobj") else modulated_gm
+    vox = abs(np.linalg.det(mod.affine[:3, :3])) / 1000
+    return float(np.asarray(mod.dataobj, np.float64).sum() * vox)
+
+
 def phantom_accuracy(dseg, mask, volumes: dict, modulated_gm, subject) -> dict:
     """Dice GM/WM/brain of a phantom's outputs against its truth (argmax of the true
     probabilities where they sum >= 0.5, on the output grid by the affines), relative errors
-    of GM and TIV and of the total modulated GM vs the true native GM."""
-    import nibabel as nib
+    of the GM, WM, CSF and TIV volumes (fractions), of the hard-label GM against the truth's
+    argmax GM, and of the total modulated GM vs the true native GM.
+
+    ``subject``: a :class:`ketabids.demo.head.SimulatedSubject` or a
+    :class:`ketabids.demo.tpm_phantom.TPMPhantom` (both carry ``gm``/``wm``/``csf``,
+    ``brain_mask`` and ``volumes``)."""
     from nilearn.image import resample_to_img
 
     def on_grid(img, interp):
@@ -144,11 +171,15 @@ def phantom_accuracy(dseg, mask, volumes: dict, modulated_gm, subject) -> dict:
     truth = np.where(stack.sum(0) >= 0.5, np.argmax(stack, 0) + 1, 0)
     ours = np.asarray(dseg.dataobj)
     true_mask = on_grid(subject.brain_mask, "nearest") > 0
-    mod = nib.load(modulated_gm) if not hasattr(modulated_gm, "dataobj") else modulated_gm
-    vox = abs(np.linalg.det(mod.affine[:3, :3])) / 1000
-    mod_total = float(np.asarray(mod.dataobj, np.float64).sum() * vox)
+    mod_total = modulated_total(modulated_gm)
     tv = subject.volumes
+    vox_native = abs(np.linalg.det(dseg.affine[:3, :3])) / 1000
+    hard_truth = {t: float((truth == v).sum() * vox_native) for t, v in (("gm", 1), ("wm", 2))}
     return {
+        "rel_wm": volumes["wm_ml"] / tv["wm_ml"] - 1,
+        "rel_csf": volumes["csf_ml"] / tv["csf_ml"] - 1,
+        "rel_gm_hard": float((ours == KETABIDS_LABELS["GM"]).sum() * vox_native)
+        / hard_truth["gm"] - 1,
         "dice_gm": dice(ours == KETABIDS_LABELS["GM"], truth == 1),
         "dice_wm": dice(ours == KETABIDS_LABELS["WM"], truth == 2),
         "dice_brain": dice(np.asarray(mask.dataobj) > 0, true_mask),
@@ -232,6 +263,12 @@ def main(argv=None) -> list[dict]:
                     help="real scans (none: phantoms only)")
     ap.add_argument("--rotated", action="store_true", help="also the rotated/re-biased copies")
     ap.add_argument("--phantoms", type=int, default=1, help="number of phantoms (seeds 1..)")
+    ap.add_argument("--generators", nargs="+", default=["head"], choices=["head", "tpm"],
+                    help="phantom generators: the demo's head model (ketabids.demo.head) and/or "
+                    "the template tissue maps as partial-volume intensities "
+                    "(ketabids.demo.tpm_phantom: contrasts and RAS/LIA storage in turn)")
+    ap.add_argument("--tpm-bias", type=float, default=0.15,
+                    help="SD of the log bias field of the tpm phantoms")
     ap.add_argument("--phantom-mm", type=float, default=1.0,
                     help="phantom voxel size (mm); the demo's are 2 mm")
     ap.add_argument("--omp-nthreads", type=int, default=2,
@@ -254,7 +291,7 @@ def main(argv=None) -> list[dict]:
             subjects.append((key, img, None))
             if args.rotated:
                 subjects.append((f"{key}rot", rotated_rebiased(img), None))
-        if args.phantoms:
+        if args.phantoms and "head" in args.generators:
             from ketabids.demo.head import simulate_subject
             from ketabids.templates import get_template
 
@@ -262,6 +299,15 @@ def main(argv=None) -> list[dict]:
             for seed in range(1, args.phantoms + 1):
                 sub = simulate_subject(tpl, seed=seed, resolution=args.phantom_mm, skull=True)
                 subjects.append((f"phantom{seed}", sub.t1w, sub))
+        if args.phantoms and "tpm" in args.generators:
+            from ketabids.demo.tpm_phantom import CONTRASTS, tpm_phantom
+
+            contrasts = sorted(CONTRASTS)
+            for seed in range(1, args.phantoms + 1):  # contrasts and RAS/LIA storage in turn
+                sub = tpm_phantom(seed=seed, resolution=args.phantom_mm,
+                                  contrast=contrasts[(seed - 1) % len(contrasts)],
+                                  bias=args.tpm_bias, orientation=("RAS", "LIA")[seed % 2 == 0])
+                subjects.append((f"tpm{seed}", sub.t1w, sub))
         for mode in args.modes:
             for label, img, truth in subjects:
                 runs, base_walls = [], []
@@ -273,7 +319,9 @@ def main(argv=None) -> list[dict]:
                     res = run_cli(img, label, tmp / f"r{rep}", fast=mode == "fast",
                                   omp_nthreads=args.omp_nthreads)
                     row = {"subject": label, "mode": mode, "wall_s": res["wall_s"],
-                           "peak_gb": res["peak_gb"], **res["volumes"]}
+                           "peak_gb": res["peak_gb"], **res["volumes"],
+                           "mod_vs_native": modulated_total(res["modulated_gm"])
+                           / res["volumes"]["gm_ml"] - 1}
                     if truth is not None:
                         row.update(phantom_accuracy(res["dseg"], res["mask"], res["volumes"],
                                                     res["modulated_gm"], truth))
@@ -319,8 +367,10 @@ def main(argv=None) -> list[dict]:
 COLUMNS = [("subject", "{}"), ("mode", "{}"), ("wall_s", "{:.0f}"), ("peak_gb", "{:.2f}"),
            ("gm_ml", "{:.0f}"), ("wm_ml", "{:.0f}"), ("csf_ml", "{:.0f}"), ("tiv_ml", "{:.0f}"),
            ("dice_gm", "{:.3f}"), ("dice_wm", "{:.3f}"), ("dice_brain", "{:.3f}"),
-           ("rel_gm", "{:+.1%}"), ("rel_wm", "{:+.1%}"), ("rel_tiv_vs_mask", "{:+.1%}"),
-           ("rel_tiv", "{:+.1%}"), ("rel_mod_gm", "{:+.1%}"), ("rot_gm", "{:+.1%}"),
+           ("rel_gm", "{:+.1%}"), ("rel_wm", "{:+.1%}"), ("rel_csf", "{:+.1%}"),
+           ("rel_gm_hard", "{:+.1%}"), ("rel_wm_hard", "{:+.1%}"), ("rel_csf_hard", "{:+.1%}"),
+           ("rel_tiv_vs_mask", "{:+.1%}"), ("rel_tiv", "{:+.1%}"), ("rel_mod_gm", "{:+.1%}"),
+           ("mod_vs_native", "{:+.1%}"), ("rot_gm", "{:+.1%}"),
            ("rot_tiv", "{:+.1%}"), ("fast_gm", "{:+.1%}"), ("fast_tiv", "{:+.1%}")]
 
 
@@ -332,8 +382,11 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         print("| " + " | ".join(f.format(r[k]) if k in r else "" for k, f in cols) + " |")
     print("\nreference (fMRIPrep/FAST, AOMIC sub-0001): GM 690.0 / WM 501.2 / CSF 253.2 mL, "
-          "brain mask 1444.5 mL; rel_* = (ketabids - reference) / reference; phantoms: rel_* vs "
-          "truth; rot_*: rotated/re-biased copy vs original; fast_*: fast vs default mode")
+          "brain mask 1444.5 mL; rel_* = (ketabids - reference) / reference, ketabids' "
+          "volumes from its fractions (rel_*_hard: from its hard labels, as the reference); "
+          "phantoms: rel_* vs truth (rel_gm_hard: hard labels vs the truth's argmax); "
+          "mod_vs_native: total modulated GM vs native GM; rot_*: rotated/re-biased copy vs "
+          "original; fast_*: fast vs default mode")
 
 
 if __name__ == "__main__":

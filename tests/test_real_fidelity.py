@@ -57,6 +57,10 @@ def test_compare_to_reference_on_planted_labels():
     assert out["confusion_ml"]["refGM_as_WM"] == pytest.approx(36 * 8 / 1000)
     assert out["reference"]["wm_ml"] == pytest.approx((n_wm - 36) * 8 / 1000)
     assert out["rel"]["mask"] == pytest.approx(0.0)
+    # hard-label volumes, counted as the reference counts its own
+    assert out["ours_hard"]["wm_ml"] == pytest.approx(n_wm * 8 / 1000)
+    assert out["rel"]["wm_hard"] == pytest.approx(n_wm / (n_wm - 36) - 1)
+    assert out["rel"]["csf_hard"] == pytest.approx(0.0)
 
 
 needs_reference = pytest.mark.skipif(not (REAL.exists() and REF.is_dir()),
