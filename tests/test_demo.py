@@ -398,10 +398,6 @@ def test_external_saline_arm_leaves_the_ketamine_participants_unchanged(tmp_path
         dm.generate_demo(tmp_path / "bad", n_discovery=1, n_external_saline=-1)
 
 
-def test_outer_folds_follow_the_group_response_rule():
-    """Folds = the smaller class of the ketamine arm (2..10); 30 -> 15 is a response, as for
-    ``--response-from``; the saline arm does not count."""
-    from ketabids.cli.demo import _n_outer
 def _plan(*argv):
     from ketabids.cli.demo import get_demo_parser, plan_demo
 

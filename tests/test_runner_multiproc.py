@@ -104,8 +104,10 @@ def _run(plugin_cls, tmp_path, **args):
 
 
 def _subject_major(events, in_flight):
-    """Subject k starts only once subject k - in_flight is done (k in label order)."""
-    return all(events.first_start(SUBJECTS[k]) > events.done_at(SUBJECTS[k - in_flight])
+    """At most ``in_flight`` subjects in progress: the k-th subject (label order) starts only
+    once k - in_flight + 1 subjects are done."""
+    done = sorted(events.done_at(s) for s in SUBJECTS)
+    return all(events.first_start(SUBJECTS[k]) > done[k - in_flight]
                for k in range(in_flight, len(SUBJECTS)))
 
 
@@ -118,7 +120,10 @@ def test_multiproc_finishes_subjects_one_after_another(tmp_path, plugin):
     events = _run(cls, tmp_path, n_procs=2, raise_insufficient=False)
     assert sorted(events.done_order()) == SUBJECTS
     if plugin == "ketabids":
-        assert events.done_order() == SUBJECTS
+        # two subjects run side by side, so either of a pair may end first (the machine's load
+        # decides); none ends more than one place away from its label order
+        order = events.done_order()
+        assert all(abs(order.index(s) - k) <= 1 for k, s in enumerate(SUBJECTS)), order
         assert _subject_major(events, in_flight=2)
     else:
         assert not _subject_major(events, in_flight=2)
