@@ -84,7 +84,7 @@ def test_train_recovers_planted_effect(study):
     assert s["bac_mean"] >= 0.8 and s["bac_pooled"] >= 0.8 and s["auc"] >= 0.85
     assert s["p_bac"] == pytest.approx(0.05)  # 19 permutations: the smallest p possible
     tables = {"cohort", "cv_predictions", "cv_folds", "metrics", "permutations",
-              "calibration", "final_model_decisions", "regions"}
+              "calibration", "final_model_decisions", "regions", "metrics_by_site", "audit"}
     maps = {"space-MNI152NLin2009aSym_res-2_desc-analysis_mask"} | {
         f"space-MNI152NLin2009aSym_desc-{m}_statmap"
         for m in ("weight", "cvratio", "signconsistency", "pattern", "finalweight")}
