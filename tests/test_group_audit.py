@@ -15,8 +15,12 @@ import pytest
 
 from ketabids.errors import UsageError
 from ketabids.group.audit import decision_associations, metrics_by_site, run_audit
-from ketabids.group.nested import (NestedCVSettings, c_selection_summary, check_scheme,
-                                   nested_cv)
+from ketabids.group.nested import (
+    NestedCVSettings,
+    c_selection_summary,
+    check_scheme,
+    nested_cv,
+)
 
 SETTINGS = dict(n_repeats=2, n_outer=5, n_inner=3, random_state=1)
 
