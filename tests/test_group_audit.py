@@ -282,3 +282,25 @@ def test_demo_table_has_a_leave_site_out_row(rng):
                            "discovery leave-site-out": h}).splitlines()
     assert lines[3].startswith("discovery leave-site-out")
     assert lines[3].endswith("| not reported")
+
+
+def test_cli_passes_the_cv_options_and_refuses_them_with_a_model(monkeypatch):
+    import ketabids.group.train as train_mod
+    from ketabids.cli.app import _run_group, check_mode_options
+    from ketabids.cli.parser import get_parser
+
+    seen = {}
+    monkeypatch.setattr(train_mod, "run_group_train", lambda **kw: seen.update(kw) or {})
+    parser = get_parser()
+    opts = parser.parse_args(["bids", "out", "group", "--outer-cv", "group-kfold",
+                              "--group-column", "cohort", "--scale-kernel", "--skip-audit"])
+    check_mode_options(opts, parser)
+    _run_group(opts, {})
+    assert (seen["outer_cv"], seen["group_column"], seen["scale_kernel"], seen["audit"]) == \
+        ("group-kfold", "cohort", True, False)
+    for extra in (["--outer-cv", "leave-site-out"], ["--group-column", "c"], ["--scale-kernel"]):
+        with pytest.raises(UsageError, match="applies to training"):
+            check_mode_options(parser.parse_args(["b", "o", "group", "--model", "m.skops",
+                                                  *extra]), parser)
+        with pytest.raises(UsageError, match="group level only"):
+            check_mode_options(parser.parse_args(["b", "o", "participant", *extra]), parser)
