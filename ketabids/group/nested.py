@@ -4,7 +4,9 @@ The engine is an outer splitter x the inner CV of a :class:`~ketabids.group.esti
 for every outer training set the estimator's splitter picks C from its ``C_grid`` by mean inner
 balanced accuracy (ties -> the SMALLEST C); the outer model is refitted on the whole outer
 training set with that C and predicts the outer test fold. Both splitters are scikit-learn
-splitters called with ``groups=sites`` whose test sets partition the subjects (see
+splitters called with ``groups`` (default: the sites) whose test sets partition the subjects
+(``NestedCVSettings.scheme``: stratified, leave-site-out or group k-fold, the inner CV grouped
+like the outer one; :func:`check_scheme` refuses what the groups cannot support; see
 :mod:`ketabids.group.cv`); the defaults (:meth:`NestedCVSettings.outer_cv`,
 :meth:`NestedCVSettings.estimator`) are the study's protocol: ``n_repeats`` x ``n_outer``-fold
 outer CV and ``n_inner``-fold inner CV, stratified by label (and site), every outer training set
