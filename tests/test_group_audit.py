@@ -15,8 +15,12 @@ import pytest
 
 from ketabids.errors import UsageError
 from ketabids.group.audit import decision_associations, metrics_by_site, run_audit
-from ketabids.group.nested import (NestedCVSettings, c_selection_summary, check_scheme,
-                                   nested_cv)
+from ketabids.group.nested import (
+    NestedCVSettings,
+    c_selection_summary,
+    check_scheme,
+    nested_cv,
+)
 
 SETTINGS = dict(n_repeats=2, n_outer=5, n_inner=3, random_state=1)
 
@@ -142,8 +146,8 @@ def test_kernel_scaling_makes_the_c_grid_choose():
     X[:, :2000] += 0.01 * (2 * y[:, None] - 1)
     unscaled = nested_cv(X, y, settings=NestedCVSettings(**SETTINGS, scale_kernel=False))
     summary = c_selection_summary(unscaled)
-    assert summary["share_flat_inner_curve"] > 0.5 and summary["warning"]
-    scaled = nested_cv(X, y, settings=NestedCVSettings(**SETTINGS))
+    assert summary["share_flat_inner_curve"] > 0.5 and "--scale-kernel" in summary["warning"]
+    scaled = nested_cv(X, y, settings=NestedCVSettings(**SETTINGS, scale_kernel=True))
     summary = c_selection_summary(scaled, kernel_scale=1.0)
     assert summary["share_flat_inner_curve"] < 0.5 and summary["share_lower_edge"] < 0.5
     assert summary["warning"] is None
@@ -232,7 +236,7 @@ def test_train_and_predict_write_audit_site_metrics_and_c_selection(tmp_path):
         assert sidecar_for(f"{name}.tsv", columns=list(columns))
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["cv_scheme"]["outer"] == "stratified"
-    assert metrics["c_selection"]["kernel_scale"] > 0
+    assert metrics["c_selection"]["kernel_scale"] is None          # --scale-kernel is opt-in
     assert set(metrics["c_selection"]) >= {"grid", "share_lower_edge", "share_upper_edge",
                                            "share_flat_inner_curve", "warning"}
     assert summary["bac_pooled"] > 0.65                       # site, not response
@@ -243,7 +247,9 @@ def test_train_and_predict_write_audit_site_metrics_and_c_selection(tmp_path):
     assert {"leave_site_out_bac", "site_predictability", "decision_vs_site", "decision_vs_age",
             "qc_covariates_only_bac"} <= set(audit["check"])
     folds = pd.read_csv(folder / "cv_folds.tsv", sep="\t")
+    # C at the lower edge in most folds is never silent
     assert folds["at_lower_edge"].mean() <= 0.5 or metrics["c_selection"]["warning"]
+    assert metrics["c_selection"]["share_lower_edge"] == folds["at_lower_edge"].mean()
     by_site = pd.read_csv(folder / "metrics_by_site.tsv", sep="\t")
     assert list(by_site["site"]) == ["A", "B"] and by_site["n"].sum() == 80
     # leave-site-out as the headline scheme, from the same command
@@ -276,3 +282,25 @@ def test_demo_table_has_a_leave_site_out_row(rng):
                            "discovery leave-site-out": h}).splitlines()
     assert lines[3].startswith("discovery leave-site-out")
     assert lines[3].endswith("| not reported")
+
+
+def test_cli_passes_the_cv_options_and_refuses_them_with_a_model(monkeypatch):
+    import ketabids.group.train as train_mod
+    from ketabids.cli.app import _run_group, check_mode_options
+    from ketabids.cli.parser import get_parser
+
+    seen = {}
+    monkeypatch.setattr(train_mod, "run_group_train", lambda **kw: seen.update(kw) or {})
+    parser = get_parser()
+    opts = parser.parse_args(["bids", "out", "group", "--outer-cv", "group-kfold",
+                              "--group-column", "cohort", "--scale-kernel", "--skip-audit"])
+    check_mode_options(opts, parser)
+    _run_group(opts, {})
+    assert (seen["outer_cv"], seen["group_column"], seen["scale_kernel"], seen["audit"]) == \
+        ("group-kfold", "cohort", True, False)
+    for extra in (["--outer-cv", "leave-site-out"], ["--group-column", "c"], ["--scale-kernel"]):
+        with pytest.raises(UsageError, match="applies to training"):
+            check_mode_options(parser.parse_args(["b", "o", "group", "--model", "m.skops",
+                                                  *extra]), parser)
+        with pytest.raises(UsageError, match="group level only"):
+            check_mode_options(parser.parse_args(["b", "o", "participant", *extra]), parser)

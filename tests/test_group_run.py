@@ -85,7 +85,7 @@ def test_train_recovers_planted_effect(study):
     assert s["p_bac"] == pytest.approx(0.05)  # 19 permutations: the smallest p possible
     tables = {"cohort", "cv_predictions", "cv_folds", "metrics", "permutations",
               "calibration", "final_model_decisions", "regions", "tripod_ai",
-              "decision_curve"}
+              "decision_curve", "metrics_by_site", "audit"}
     maps = {"space-MNI152NLin2009aSym_res-2_desc-analysis_mask"} | {
         f"space-MNI152NLin2009aSym_desc-{m}_statmap"
         for m in ("weight", "cvratio", "signconsistency", "pattern", "finalweight")}

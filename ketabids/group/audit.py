@@ -273,8 +273,7 @@ def run_audit(X, y, *, result, settings, covariates=None, sites=None, groups=Non
                      "detail": f"responders per site: {shares}; {test} p = "
                      f"{site_label_p:.2g}"})
         sp = site_predictability(X, sites, covariates=covariates, n_folds=settings.n_outer,
-                                 random_state=random_state, standardize=settings.standardize,
-                                 scale_kernel=settings.scale_kernel)
+                                 random_state=random_state, standardize=settings.standardize)
         predictable = np.isfinite(sp["bac"]) and sp["bac"] >= sp["chance"] + SITE_MARGIN
         status = ("warn" if predictable and site_label_p < 0.05 else
                   "info" if predictable else "pass")

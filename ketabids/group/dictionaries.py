@@ -418,7 +418,8 @@ TABLES["audit.tsv"] = {
                              "could not be computed (detail says why)."},
     "reference": {"LongName": "Reference value",
                   "Description": "What the value is judged against: the headline BAC, chance, "
-                                 "a significance level or an effect-size threshold (see 'check')."},
+                                 "a significance level or an effect-size threshold (see "
+                                 "'check')."},
     "status": {"LongName": "Verdict", "Description": "Outcome of the check.",
                "Levels": {"pass": "nothing to report",
                           "warn": "a possible site or confound effect: read the detail; the "

@@ -6,9 +6,12 @@ space, that selects C by inner cross-validation and refits.
 1. preprocessing, fitted on the training rows of every split (:mod:`ketabids.group.preprocessing`):
    ComBat (``harmonize``; needs ``sites``) -> regression of every feature on [1, covariates]
    (without covariates: centring) -> z-scoring (``standardize``);
-2. kernel scaling (``scale_kernel``, default): the features are divided by the root mean
-   squared norm of the preprocessed training rows (:class:`KernelScaler`), so the C grid spans
-   the regularisation path for any number of voxels;
+2. kernel scaling (``scale_kernel``, off by default): the features are divided by the root
+   mean squared norm of the preprocessed training rows (:class:`KernelScaler`), so the C grid
+   spans the regularisation path for any number of voxels (unscaled p >> n VBM features put
+   every C of the default grid on the hard-margin solution). Its small-C solutions have every
+   alpha at its bound, whose intercept libsvm picks by its iteration order, so they are handed
+   to libsvm: exact, but a nested CV is ~10-20x slower;
 3. C: the value of ``C_grid`` with the best mean balanced accuracy over the splits of ``cv``
    (ties -> the SMALLEST C; a one-value grid skips the search). ``cv`` is any scikit-learn
    splitter (default ``StratifiedKFold(5)``); it is called as ``cv.split(X, y, groups=sites)``,
@@ -218,7 +221,7 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C_grid=DEFAULT_C_GRID, cv=None, standardize=False, harmonize=False,
-                 calibration_folds=5, tol=1e-10, random_state=0, scale_kernel=True):
+                 calibration_folds=5, tol=1e-10, random_state=0, scale_kernel=False):
         self.C_grid = C_grid
         self.cv = cv
         self.standardize = standardize

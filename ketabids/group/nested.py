@@ -4,7 +4,9 @@ The engine is an outer splitter x the inner CV of a :class:`~ketabids.group.esti
 for every outer training set the estimator's splitter picks C from its ``C_grid`` by mean inner
 balanced accuracy (ties -> the SMALLEST C); the outer model is refitted on the whole outer
 training set with that C and predicts the outer test fold. Both splitters are scikit-learn
-splitters called with ``groups=sites`` whose test sets partition the subjects (see
+splitters called with ``groups`` (default: the sites) whose test sets partition the subjects
+(``NestedCVSettings.scheme``: stratified, leave-site-out or group k-fold, the inner CV grouped
+like the outer one; :func:`check_scheme` refuses what the groups cannot support; see
 :mod:`ketabids.group.cv`); the defaults (:meth:`NestedCVSettings.outer_cv`,
 :meth:`NestedCVSettings.estimator`) are the study's protocol: ``n_repeats`` x ``n_outer``-fold
 outer CV and ``n_inner``-fold inner CV, stratified by label (and site), every outer training set
@@ -61,8 +63,10 @@ class NestedCVSettings:
     #: same way: label-stratified (by site too when sites are given), one group per fold
     #: (``n_outer`` unused, one repeat: the partition is deterministic), k folds of groups
     scheme: str = "stratified"
-    #: divide each training set's kernel by its mean squared row norm (KetaSVC docstring)
-    scale_kernel: bool = True
+    #: divide each training set's kernel by its mean squared row norm (KetaSVC docstring);
+    #: off by default: exact, but ~10-20x slower (the all-at-bound problems of small C go to
+    #: libsvm to reproduce its intercept; docs/benchmarks.md)
+    scale_kernel: bool = False
 
     def __post_init__(self):
         grid = tuple(sorted(float(c) for c in self.C_grid))
@@ -410,7 +414,9 @@ def c_selection_summary(result, kernel_scale=None) -> dict:
         if shares["share_flat_inner_curve"] > EDGE_WARNING_SHARE:
             warning = (f"C was not really chosen: in {shares['share_flat_inner_curve']:.0%} of "
                        "the outer folds every C of the grid gave the same inner-CV balanced "
-                       f"accuracy (ties go to the smallest C, {_grid_text(grid[0])}).")
+                       f"accuracy (ties go to the smallest C, {_grid_text(grid[0])})" + (
+                           "; --scale-kernel makes the grid span the regularisation path."
+                           if not result.settings.scale_kernel else "."))
         else:
             for key, edge, fix in (("share_lower_edge", grid[0], "lower"),
                                    ("share_upper_edge", grid[-1], "higher")):

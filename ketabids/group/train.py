@@ -77,7 +77,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
                     atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True,
                     overwrite: bool = False, run_record: dict | None = None,
                     outer_cv: str = "stratified", group_column: str | None = None,
-                    audit: bool = True) -> dict:
+                    audit: bool = True, scale_kernel: bool = False) -> dict:
     """Train: repeated nested CV, permutation test, final model, maps and report.
 
     Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
@@ -90,7 +90,9 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
     ``outer_cv``: ``stratified`` (the study), ``leave-site-out`` or ``group-kfold`` (whole
     groups per outer fold, inner CV grouped alike, labels permuted within groups); the groups
     are ``group_column`` (default ``site_column``), e.g. a cohort column for leave-cohort-out.
-    ``audit``: the site and confound audit (:mod:`ketabids.group.audit`).
+    ``audit``: the site and confound audit (:mod:`ketabids.group.audit`). ``scale_kernel``:
+    divide each training set's kernel by its mean squared row norm so that the C grid spans
+    the regularisation path (:class:`~ketabids.group.estimator.KetaSVC`; slower).
     ``run_record``: ``{"argv": [...], "config": {...}}`` of the command (default: this call's
     arguments) for ``OUTPUT_DIR/logs/``.
 
@@ -111,7 +113,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
     settings = NestedCVSettings(
         n_repeats=int(n_repeats), n_outer=int(n_outer), n_inner=int(n_inner), C_grid=c_grid,
         standardize=bool(standardize), harmonize=bool(combat), random_state=int(seed),
-        scheme=str(outer_cv))
+        scheme=str(outer_cv), scale_kernel=bool(scale_kernel))
     if group_column and not settings.grouped:
         raise UsageError(f"--group-column {group_column} groups the folds of --outer-cv "
                          "leave-site-out or group-kfold; add one of them or drop --group-column")
