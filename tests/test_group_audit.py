@@ -146,7 +146,7 @@ def test_kernel_scaling_makes_the_c_grid_choose():
     X[:, :2000] += 0.01 * (2 * y[:, None] - 1)
     unscaled = nested_cv(X, y, settings=NestedCVSettings(**SETTINGS, scale_kernel=False))
     summary = c_selection_summary(unscaled)
-    assert summary["share_flat_inner_curve"] > 0.5 and "--scale-kernel" in summary["warning"]
+    assert summary["share_flat_inner_curve"] > 0.5 and "--raw-c-grid" in summary["warning"]
     scaled = nested_cv(X, y, settings=NestedCVSettings(**SETTINGS, scale_kernel=True))
     summary = c_selection_summary(scaled, kernel_scale=1.0)
     assert summary["share_flat_inner_curve"] < 0.5 and summary["share_lower_edge"] < 0.5
@@ -236,7 +236,7 @@ def test_train_and_predict_write_audit_site_metrics_and_c_selection(tmp_path):
         assert sidecar_for(f"{name}.tsv", columns=list(columns))
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["cv_scheme"]["outer"] == "stratified"
-    assert metrics["c_selection"]["kernel_scale"] is None          # --scale-kernel is opt-in
+    assert metrics["c_selection"]["kernel_scale"] > 0             # scaled unless --raw-c-grid
     assert set(metrics["c_selection"]) >= {"grid", "share_lower_edge", "share_upper_edge",
                                            "share_flat_inner_curve", "warning"}
     assert summary["bac_pooled"] > 0.65                       # site, not response
@@ -293,12 +293,12 @@ def test_cli_passes_the_cv_options_and_refuses_them_with_a_model(monkeypatch):
     monkeypatch.setattr(train_mod, "run_group_train", lambda **kw: seen.update(kw) or {})
     parser = get_parser()
     opts = parser.parse_args(["bids", "out", "group", "--outer-cv", "group-kfold",
-                              "--group-column", "cohort", "--scale-kernel", "--skip-audit"])
+                              "--group-column", "cohort", "--raw-c-grid", "--skip-audit"])
     check_mode_options(opts, parser)
     _run_group(opts, {})
     assert (seen["outer_cv"], seen["group_column"], seen["scale_kernel"], seen["audit"]) == \
-        ("group-kfold", "cohort", True, False)
-    for extra in (["--outer-cv", "leave-site-out"], ["--group-column", "c"], ["--scale-kernel"]):
+        ("group-kfold", "cohort", False, False)
+    for extra in (["--outer-cv", "leave-site-out"], ["--group-column", "c"], ["--raw-c-grid"]):
         with pytest.raises(UsageError, match="applies to training"):
             check_mode_options(parser.parse_args(["b", "o", "group", "--model", "m.skops",
                                                   *extra]), parser)

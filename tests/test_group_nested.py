@@ -205,6 +205,7 @@ def test_final_model_applies_in_sample_preprocessing(rng):
     codes = np.unique(sites, return_inverse=True)[1]
     Xa = np.column_stack([X.astype(float), cov, codes])
     ref = make_pipeline(ComBatTransformer(2), CovariateRegressor(2), StandardScaler(),
+                        KernelScaler(),
                         SVC(kernel="linear", C=model.C_, class_weight="balanced", tol=TOL))
     ref.fit(Xa, y)
     d = model.decision_function(X, covariates=cov, sites=sites)
@@ -216,7 +217,14 @@ def test_final_model_applies_in_sample_preprocessing(rng):
         model.decision_function(X)                    # covariates missing
 
 
-@parametrize_with_checks([KetaSVC(calibration_folds=3)])
+# predict_proba is a Platt sigmoid fitted on cross-validated decision values (as libsvm's
+# probability=True), so near the boundary argmax(proba) may differ from sign(decision): the one
+# assertion of check_classifiers_train this design breaks (4 of its 200 points).
+_PLATT = {"check_classifiers_train": "Platt probabilities need not cross 0.5 at decision 0"}
+
+
+@parametrize_with_checks([KetaSVC(calibration_folds=3)],
+                         expected_failed_checks=lambda est: _PLATT)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 

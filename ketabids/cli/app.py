@@ -53,13 +53,13 @@ def setup_logging(verbose: int) -> None:
 TRAINING_ONLY = ("template", "analysis_resolution", "smoothing_fwhm", "covariates", "site_column",
                  "combat", "standardize", "n_repeats", "n_outer", "n_inner", "c_grid", "atlas",
                  "atlas_labels", "overwrite", "outer_cv", "group_column", "skip_audit",
-                 "scale_kernel")
+                 "raw_c_grid")
 #: options of the group level only (refused at participant level)
 GROUP_ONLY = ("model", "prediction_name", "target", "response_from", "response_threshold",
               "include", "covariates", "site_column", "combat", "standardize", "smoothing_fwhm",
               "analysis_resolution", "n_repeats", "n_outer", "n_inner", "c_grid",
               "n_permutations", "overwrite", "qc_policy", "exclude_file", "outer_cv",
-              "group_column", "skip_audit", "scale_kernel", "arm_column", "treatment_arm")
+              "group_column", "skip_audit", "raw_c_grid", "arm_column", "treatment_arm")
 #: options of the participant level only (refused at group level)
 PARTICIPANT_ONLY = ("fast", "work_dir", "keep_work", "omp_nthreads", "mem_gb",
                     "nipype_plugin_file")
@@ -205,7 +205,7 @@ def _run_group(opts, common) -> dict:
         n_repeats=opts.n_repeats, n_outer=opts.n_outer, n_inner=opts.n_inner,
         c_grid=opts.c_grid, atlas=opts.atlas, atlas_labels=opts.atlas_labels,
         outer_cv=opts.outer_cv, group_column=opts.group_column, audit=not opts.skip_audit,
-        scale_kernel=opts.scale_kernel,
+        scale_kernel=not opts.raw_c_grid,
         **common,
     )
 

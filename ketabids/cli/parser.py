@@ -212,11 +212,12 @@ def get_parser() -> argparse.ArgumentParser:
                     help="participants.tsv column whose groups the leave-site-out / "
                     "group-kfold folds hold (e.g. a cohort column for leave-cohort-out; "
                     "default: --site-column)")
-    cv.add_argument("--scale-kernel", action="store_true",
-                    help="divide each training set's features by the root mean squared norm of "
-                    "its maps, so that the C grid spans the regularisation path (without it, VBM "
-                    "features often give every C the same model; metrics.json c_selection says "
-                    "so). Exact, but training is ~10-20x slower")
+    cv.add_argument("--raw-c-grid", action="store_true",
+                    help="take --c-grid as C values of the unscaled linear kernel (as ketabids "
+                    "0.1.0). By default each training set's kernel is scaled so that the grid's "
+                    "smallest C is twice the C below which every participant is a bounded "
+                    "support vector, and the grid spans the regularisation path; raw VBM "
+                    "features often give every C the same model (metrics.json c_selection)")
     cv.add_argument("--skip-audit", action="store_true",
                     help="do not run the site and confound audit of training (audit.tsv)")
     return parser

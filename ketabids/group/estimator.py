@@ -6,12 +6,11 @@ space, that selects C by inner cross-validation and refits.
 1. preprocessing, fitted on the training rows of every split (:mod:`ketabids.group.preprocessing`):
    ComBat (``harmonize``; needs ``sites``) -> regression of every feature on [1, covariates]
    (without covariates: centring) -> z-scoring (``standardize``);
-2. kernel scaling (``scale_kernel``, off by default): the features are divided by the root
-   mean squared norm of the preprocessed training rows (:class:`KernelScaler`), so the C grid
-   spans the regularisation path for any number of voxels (unscaled p >> n VBM features put
-   every C of the default grid on the hard-margin solution). Its small-C solutions have every
-   alpha at its bound, whose intercept libsvm picks by its iteration order, so they are handed
-   to libsvm: exact, but a nested CV is ~10-20x slower;
+2. kernel scaling (``scale_kernel``, on by default): each training set's kernel is divided by
+   its critical-C scale (:func:`kernel_scales`, :class:`KernelScaler` in feature space), so the
+   C grid runs from just above the class-mean solution (every participant a bounded support
+   vector) towards the hard margin for any number of voxels; unscaled, p >> n VBM features put
+   every C of the default grid on the hard-margin solution and C is not chosen;
 3. C: the value of ``C_grid`` with the best mean balanced accuracy over the splits of ``cv``
    (ties -> the SMALLEST C; a one-value grid skips the search). ``cv`` is any scikit-learn
    splitter (default ``StratifiedKFold(5)``); it is called as ``cv.split(X, y, groups=sites)``,
@@ -41,7 +40,7 @@ from ketabids.group.metrics import balanced_accuracy_sets
 from ketabids.group.preprocessing import apply_preprocessing, design_matrix, fit_preprocessing
 
 __all__ = ["DEFAULT_C_GRID", "KetaSVC", "check_groups", "KernelProvider", "c_path_decisions",
-           "linear_kernel", "KernelScaler", "kernel_scales"]
+           "linear_kernel", "KernelScaler", "kernel_scales", "critical_gap", "CRITICAL_C"]
 
 #: The C grid: 2^-6 .. 2^4 (NeuroMiner's default for classification).
 DEFAULT_C_GRID = tuple(float(2.0 ** k) for k in range(-6, 5))
@@ -74,25 +73,55 @@ def linear_kernel(X, chunk=16384):
     return K
 
 
-def kernel_scales(Ks, masks) -> np.ndarray:
-    """Mean squared norm of the (preprocessed) TRAINING rows of each kernel: the mean of
-    ``diag(K_t)`` over the rows of training mask t (1 where that is not positive).
+#: The critical C of a scaled kernel (:func:`kernel_scales`): the default grid's smallest value,
+#: 2^-6, is twice it, so every C of the grid lies on the regularisation path.
+CRITICAL_C = 2.0 ** -7
 
-    Dividing kernel t by its scale is :class:`KernelScaler` fitted on that training set: the
-    features are divided by the root mean squared norm of the training rows, so the training
-    rows have unit mean squared norm whatever the number of voxels or the GM units, and the C
-    grid 2^-6 .. 2^4 spans the regularisation path (without it, p >> n VBM features put every C
-    of the grid on the hard-margin solution). Only training rows enter (no leakage).
+
+def critical_gap(K, y01, mask) -> np.ndarray:
+    """``max_{i in R} g_i - min_{i in N} g_i`` with ``g = K (y * w)`` over the training rows
+    (``R``/``N``: responders / non-responders of ``mask``; ``y`` = +-1, ``w`` the balanced class
+    weights), for a batch: ``K`` (T, n, n), ``y01`` (n,) or (T, n), ``mask`` (T, n).
+
+    Below ``C = 2 / gap`` every training participant is a bounded support vector (all
+    ``alpha_i = C w_i`` satisfy the KKT conditions ``y_i f_i <= 1`` for some intercept): the
+    model is the balanced class-mean direction whatever C, and only the intercept moves. That
+    is the critical C; from it up to the hard margin lies the regularisation path.
+    """
+    mask = np.asarray(mask, bool)
+    y01 = np.broadcast_to(np.asarray(y01), mask.shape)
+    yy = np.where(mask, 2.0 * y01 - 1.0, 0.0)
+    g = np.einsum("tij,tj->ti", K, yy * balanced_weights(y01, mask))
+    with np.errstate(invalid="ignore"):
+        top = np.where(mask & (y01 == 1), g, -np.inf).max(-1)
+        bottom = np.where(mask & (y01 == 0), g, np.inf).min(-1)
+        return top - bottom
+
+
+def kernel_scales(Ks, masks, y01=None) -> np.ndarray:
+    """The scale of each training set's kernel (divide kernel t by it).
+
+    With labels (the classifier): ``CRITICAL_C * gap / 2`` (:func:`critical_gap`), so the scaled
+    kernel's critical C is :data:`CRITICAL_C` and the C grid 2^-6 .. 2^4 runs from just above the
+    class-mean solution towards the hard margin, whatever the number of voxels or the GM units
+    (as glmnet starts its lasso path at the smallest penalty that keeps every coefficient at 0).
+    Without it, p >> n VBM features put every C of the grid on the hard-margin solution. Without
+    labels (the audit's multi-class site model): the mean squared norm of the training rows,
+    ``mean(diag(K_t))``. Only training rows enter (no leakage); 1 where the scale is not a
+    positive number.
     """
     masks = np.asarray(masks, bool)
-    diag = np.einsum("tii->ti", Ks)
-    s = (diag * masks).sum(1) / np.maximum(masks.sum(1), 1)
+    if y01 is None:
+        diag = np.einsum("tii->ti", Ks)
+        s = (diag * masks).sum(1) / np.maximum(masks.sum(1), 1)
+    else:
+        s = CRITICAL_C * critical_gap(Ks, y01, masks) / 2.0
     return np.where(np.isfinite(s) & (s > 0), s, 1.0)
 
 
 class KernelScaler(TransformerMixin, BaseEstimator):
-    """Divide features by the root mean squared norm of the training rows (``scale_``: the
-    mean squared norm), so that ``mean(diag(X X^T)) = 1`` on the training set.
+    """Divide features by ``sqrt(scale_)``, the :func:`kernel_scales` of the training rows
+    (with ``y``: the critical-C scale; without: the mean squared norm of the rows).
 
     The feature-space counterpart of ``KetaSVC(scale_kernel=True)`` (its last preprocessing
     step, fitted within every training set); scikit-learn pipelines use it to reproduce the
@@ -101,8 +130,14 @@ class KernelScaler(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         X = validate_data(self, X, dtype=np.float64)
-        s = float(np.mean(np.einsum("ij,ij->i", X, X)))
-        self.scale_ = s if np.isfinite(s) and s > 0 else 1.0
+        K = (X @ X.T)[None]
+        mask = np.ones((1, X.shape[0]), bool)
+        if y is None:
+            self.scale_ = float(kernel_scales(K, mask)[0])
+        else:
+            y = np.asarray(y)
+            y01 = (y == np.unique(y)[-1]).astype(np.int64)
+            self.scale_ = float(kernel_scales(K, mask, y01)[0])
         return self
 
     def transform(self, X):
@@ -117,7 +152,7 @@ class KernelProvider:
     ``scale_kernel`` each kernel is divided by :func:`kernel_scales` of its training set."""
 
     def __init__(self, X, covariates, sites, *, standardize=False, harmonize=False,
-                 scale_kernel=False):
+                 scale_kernel=True):
         self.X, self.cov, self.sites = X, covariates, sites
         self.Z = design_matrix(covariates, X.shape[0])
         self.standardize, self.harmonize = standardize, harmonize
@@ -130,13 +165,15 @@ class KernelProvider:
         return fit_preprocessing(self.X, self.Z, self.cov, self.sites, rows,
                                  standardize=self.standardize, harmonize=self.harmonize)
 
-    def kernels(self, masks, keep=None):
+    def kernels(self, masks, keep=None, y01=None):
         """Kernels (T, n, n) for training masks (T, n); ``keep`` (bool per mask) keeps what
-        :meth:`weights` needs. The scales applied are in the returned ``aux[2]``."""
+        :meth:`weights` needs; ``y01``: the labels the kernels will be fitted to (their
+        scales depend on them, :func:`kernel_scales`). The scales applied are in the returned
+        ``aux[2]``."""
         Ks, aux = self._kernels(masks, keep)
         scales = np.ones(len(masks))
         if self.scale_kernel:
-            scales = kernel_scales(Ks, masks)
+            scales = kernel_scales(Ks, masks, y01)
             Ks /= scales[:, None, None]
         return Ks, (*aux, scales)
 
@@ -221,7 +258,7 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C_grid=DEFAULT_C_GRID, cv=None, standardize=False, harmonize=False,
-                 calibration_folds=5, tol=1e-10, random_state=0, scale_kernel=False):
+                 calibration_folds=5, tol=1e-10, random_state=0, scale_kernel=True):
         self.C_grid = C_grid
         self.cv = cv
         self.standardize = standardize
@@ -258,7 +295,7 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
         cov, sites_a = check_groups(covariates, sites, X.shape[0], harmonize=self.harmonize)
         kern = KernelProvider(X, cov, sites_a, standardize=self.standardize,
                               harmonize=self.harmonize,
-                              scale_kernel=getattr(self, "scale_kernel", False))
+                              scale_kernel=getattr(self, "scale_kernel", True))
         split_groups = sites_a if groups is None else np.asarray(groups).astype(str)
         self.C_grid_ = grid
         self.cv_scores_ = None
@@ -275,7 +312,7 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
             for t, (tr, te) in enumerate(splits):
                 masks[t, tr] = True
                 tests[t, te] = True
-            Ks, _ = kern.kernels(masks)
+            Ks, _ = kern.kernels(masks, y01=y01)
             _, scores, _ = c_path_decisions(Ks, masks, tests, y01, grid, self.tol)
             self.cv_scores_ = scores.mean(0)
             self.C_ = float(grid[int(self.cv_scores_.argmax())])   # first max = smallest C
@@ -294,7 +331,7 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
             if all(np.unique(y01[m]).size == 2 for m in cal):
                 masks += cal
         masks = np.array(masks)
-        Ks, aux = kern.kernels(masks, keep=np.arange(len(masks)) == 0)
+        Ks, aux = kern.kernels(masks, keep=np.arange(len(masks)) == 0, y01=y01)
         Ktt, yy, w, idx, valid = gather(Ks, masks, y01)
         beta, b, _, _ = solve_dual(Ktt, yy, self.C_ * w, tol=self.tol)
         bfull = np.zeros((len(masks), n))

@@ -66,7 +66,7 @@ class NestedCVSettings:
     #: divide each training set's kernel by its mean squared row norm (KetaSVC docstring);
     #: off by default: exact, but ~10-20x slower (the all-at-bound problems of small C go to
     #: libsvm to reproduce its intercept; docs/benchmarks.md)
-    scale_kernel: bool = False
+    scale_kernel: bool = True
 
     def __post_init__(self):
         grid = tuple(sorted(float(c) for c in self.C_grid))
@@ -236,7 +236,7 @@ def _run(X, y, covariates, sites, estimator, cv, *, kern=None, details=True, pro
     if kern is None:
         kern = KernelProvider(X, covariates, sites, standardize=estimator.standardize,
                               harmonize=estimator.harmonize,
-                              scale_kernel=getattr(estimator, "scale_kernel", False))
+                              scale_kernel=getattr(estimator, "scale_kernel", True))
     decision = np.zeros((R, n))
     proba = np.full((R, n), np.nan)
     chosen = np.zeros((R, O))
@@ -259,7 +259,7 @@ def _run(X, y, covariates, sites, estimator, cv, *, kern=None, details=True, pro
         groups = np.array(groups)
         n_in = start[-1]
         keep = np.r_[np.zeros(n_in, bool), np.ones(O, bool)] if details else None
-        Ks, aux = kern.kernels(masks, keep)
+        Ks, aux = kern.kernels(masks, keep, y01=y)
         # ---- inner problems: whole C path
         f_in, scores, fb = c_path_decisions(Ks[:n_in], masks[:n_in], groups[:n_in], y, C_grid,
                                             estimator.tol)                  # scores (n_in, L)
@@ -415,8 +415,9 @@ def c_selection_summary(result, kernel_scale=None) -> dict:
             warning = (f"C was not really chosen: in {shares['share_flat_inner_curve']:.0%} of "
                        "the outer folds every C of the grid gave the same inner-CV balanced "
                        f"accuracy (ties go to the smallest C, {_grid_text(grid[0])})" + (
-                           "; --scale-kernel makes the grid span the regularisation path."
-                           if not result.settings.scale_kernel else "."))
+                           "; without --raw-c-grid the grid spans the regularisation path."
+                           if not result.settings.scale_kernel else
+                           ": the data do not prefer any C on the path."))
         else:
             for key, edge, fix in (("share_lower_edge", grid[0], "lower"),
                                    ("share_upper_edge", grid[-1], "higher")):

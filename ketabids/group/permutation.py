@@ -87,7 +87,7 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estima
     groups = _split_groups(groups, sites, y.size)
     kern = KernelProvider(X, covariates, sites, standardize=estimator.standardize,
                           harmonize=estimator.harmonize,
-                          scale_kernel=getattr(estimator, "scale_kernel", False))
+                          scale_kernel=getattr(estimator, "scale_kernel", True))
 
     def decisions(labels):
         return _run(X, labels, covariates, sites, estimator, cv, kern=kern,

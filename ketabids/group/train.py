@@ -77,7 +77,7 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
                     atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True,
                     overwrite: bool = False, run_record: dict | None = None,
                     outer_cv: str = "stratified", group_column: str | None = None,
-                    audit: bool = True, scale_kernel: bool = False) -> dict:
+                    audit: bool = True, scale_kernel: bool = True) -> dict:
     """Train: repeated nested CV, permutation test, final model, maps and report.
 
     Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
@@ -91,8 +91,9 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
     groups per outer fold, inner CV grouped alike, labels permuted within groups); the groups
     are ``group_column`` (default ``site_column``), e.g. a cohort column for leave-cohort-out.
     ``audit``: the site and confound audit (:mod:`ketabids.group.audit`). ``scale_kernel``:
-    divide each training set's kernel by its mean squared row norm so that the C grid spans
-    the regularisation path (:class:`~ketabids.group.estimator.KetaSVC`; slower).
+    divide each training set's kernel by its critical-C scale so that the C grid spans the
+    regularisation path (:func:`~ketabids.group.estimator.kernel_scales`; False: the grid's C
+    values on the unscaled kernel, ``--raw-c-grid``).
     ``run_record``: ``{"argv": [...], "config": {...}}`` of the command (default: this call's
     arguments) for ``OUTPUT_DIR/logs/``.
 
@@ -188,8 +189,9 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
                  "permutations": "labels permuted within " + (
                      "groups" if groups is not None else "sites" if cohort.sites is not None
                      else "the whole sample"),
-                 "kernel_scaling": "each training set's linear kernel divided by the mean "
-                 "squared norm of its preprocessed training rows" if settings.scale_kernel
+                 "kernel_scaling": "each training set's linear kernel divided by its "
+                 "critical-C scale, so that the grid's smallest C is twice the C below which "
+                 "every participant is a bounded support vector" if settings.scale_kernel
                  else None}
     site_table = None
     if cohort.sites is not None:
