@@ -427,3 +427,27 @@ def test_affine_moving_mask_needs_the_affine_stage(small_template, tmp_path, mon
         register_to_template(_subject(), small_template, type_of_transform="SyNOnly",
                              affine_moving_mask=mask)
     assert not any(tmp_path.iterdir())  # refused before any folder was made
+
+
+def test_import_ants_defers_the_helpers_ketabids_never_calls():
+    """``import_ants`` (a fresh process: ``ants`` not yet imported) loads neither statsmodels
+    nor scikit-learn, and the deferred names still work: ``ants.quantile`` (statsmodels, then
+    ``ANTsImage.quantile`` too), ``ants.plot``, ``ants.learn``, ``ants.math.quantile``."""
+    code = textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        from ketabids.anat.antsutil import import_ants
+        ants = import_ants()
+        before = {m: m in sys.modules for m in ("statsmodels", "sklearn", "ants.plotting")}
+        img = ants.from_numpy(np.arange(1000, dtype="float32").reshape(10, 10, 10))
+        q = float(ants.quantile(img, 0.5))
+        print(json.dumps({"before": before, "q": q, "method": float(img.quantile(0.5)),
+                          "math": callable(ants.math.quantile), "plot": callable(ants.plot),
+                          "learn": ants.learn.__name__, "same": import_ants() is ants}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=dict(os.environ))
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["before"] == {"statsmodels": False, "sklearn": False, "ants.plotting": False}
+    assert got["q"] == pytest.approx(499.5, abs=0.6) and got["method"] == got["q"]
+    assert got["math"] and got["plot"] and got["learn"] == "ants.learn" and got["same"]

@@ -11,11 +11,17 @@ temporary files) and round-trips.
 ANTs ignores ``random_seed=`` in :func:`ants.registration`; what counts is
 ``ants.config._random_seed`` (passed as ``--random-seed``) and ``ANTS_RANDOM_SEED`` (read by
 the ITK samplers). Bit-identical output needs 1 thread.
+
+:func:`import_ants` imports antspyx without its plotting, learning, deep-learning and contrib
+subpackages and its statsmodels-based ``ants.math.quantile`` (helpers ketabids never calls):
+they load on first use instead. Every ``ants`` import in ketabids goes through it.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import types
 
 import nibabel as nib
 import numpy as np
@@ -23,9 +29,103 @@ import numpy as np
 _LPS = np.diag([-1.0, -1.0, 1.0])
 
 
+#: antspyx subpackages whose import :func:`import_ants` defers to their first use
+LAZY_ANTS_SUBPACKAGES = ("plotting", "learn", "deeplearn", "contrib")
+#: antspyx module (statsmodels, pandas formulas) whose functions :func:`import_ants` replaces
+#: by stand-ins that import it on their first call
+LAZY_ANTS_MODULES = ("math.quantile",)
+
+
+class _DeferredModule(types.ModuleType):
+    """Stand-in for an antspyx module while ``ants`` loads: each name imported from it is a
+    function that imports the real module on its first call and calls the real function."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        full = self.__name__
+
+        def deferred(*args, **kwargs):
+            return getattr(_load_deferred(full), name)(*args, **kwargs)
+
+        deferred.__name__ = deferred.__qualname__ = name
+        deferred.__doc__ = f"``ants`` function ``{name}``, imported from ``{full}`` on first call."
+        return deferred
+
+
+def _load_deferred(full: str):
+    """Import the real antspyx module ``full``, keeping its parent's attribute as it was (a
+    package whose ``__init__`` rebinds the module's name to a function keeps the function)."""
+    import importlib
+
+    if full in sys.modules:
+        return sys.modules[full]
+    parent_name, _, child = full.rpartition(".")
+    parent = sys.modules[parent_name]
+    missing = object()
+    before = parent.__dict__.get(child, missing)
+    module = importlib.import_module(full)
+    if before is not missing:
+        parent.__dict__[child] = before
+    return module
+
+
+def _ants_getattr(name):
+    """``ants.<name>`` not found: import the deferred subpackages for real, then look again."""
+    import importlib
+
+    ants = sys.modules["ants"]
+    for sub in LAZY_ANTS_SUBPACKAGES:
+        module = importlib.import_module(f"ants.{sub}")
+        public = getattr(module, "__all__", None) or [
+            k for k in vars(module) if not k.startswith("_")]
+        for key in public:
+            ants.__dict__.setdefault(key, getattr(module, key))
+    ants.__dict__.pop("__getattr__", None)
+    if name in ants.__dict__:
+        return ants.__dict__[name]
+    raise AttributeError(f"module 'ants' has no attribute {name!r}")
+
+
+def import_ants():
+    """The ``ants`` module (antspyx), imported without :data:`LAZY_ANTS_SUBPACKAGES` and
+    :data:`LAZY_ANTS_MODULES`.
+
+    ``import ants`` loads every subpackage, among them plotting (matplotlib), learn
+    (scikit-learn), deeplearn and ``ants.math.quantile`` (statsmodels): ~2 CPU s per process
+    (more on a loaded machine), for functions ketabids never calls. Here the subpackages are
+    empty placeholders while ``ants`` loads and their names (``ants.plot``, ``ants.learn``, ...)
+    import them on first access; the functions of ``ants.math.quantile`` (``ants.quantile``,
+    ``ants.compcor``, ...) import it on their first call (``ANTsImage.quantile`` exists from
+    then on). When ``ants`` is already imported it is returned as it is.
+    """
+    if "ants" in sys.modules:
+        return sys.modules["ants"]
+    placeholders = {}
+    for sub in LAZY_ANTS_SUBPACKAGES + LAZY_ANTS_MODULES:
+        full = f"ants.{sub}"
+        if full not in sys.modules:
+            module = (types.ModuleType(full) if sub in LAZY_ANTS_SUBPACKAGES
+                      else _DeferredModule(full))
+            module.__all__ = []
+            placeholders[full] = sys.modules[full] = module
+    try:
+        import ants
+    finally:
+        for full, module in placeholders.items():
+            if sys.modules.get(full) is module:
+                del sys.modules[full]
+    for sub in LAZY_ANTS_SUBPACKAGES:
+        if ants.__dict__.get(sub) is placeholders.get(f"ants.{sub}"):
+            ants.__dict__.pop(sub, None)
+    if any(f"ants.{sub}" in placeholders for sub in LAZY_ANTS_SUBPACKAGES):
+        ants.__getattr__ = _ants_getattr
+    return ants
+
+
 def to_ants(img: nib.Nifti1Image, dtype=np.float32):
     """nibabel 3D image -> ANTsImage with the same voxels and world geometry."""
-    import ants
+    ants = import_ants()
 
     data = np.asarray(img.dataobj, dtype=dtype)
     if data.ndim != 3:
@@ -121,7 +221,7 @@ def ants_env(seed: int | None = None, omp_nthreads: int = 1):
     :func:`to_ants` counts): put every ANTs call of a step, conversions included, inside the
     block, or set ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` before the process starts.
     """
-    import ants
+    ants = import_ants()
 
     keys = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "ANTS_RANDOM_SEED")
     saved = {k: os.environ.get(k) for k in keys}

@@ -24,7 +24,14 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ketabids.anat.antsutil import ants_env, bounding_box, box_affine, make_image, to_ants
+from ketabids.anat.antsutil import (
+    ants_env,
+    bounding_box,
+    box_affine,
+    import_ants,
+    make_image,
+    to_ants,
+)
 from ketabids.anat.registration import apply_to_native, register_to_template
 from ketabids.anat.settings import ProcessingSettings
 
@@ -130,7 +137,7 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
 
     Intensities are shifted to be positive first (N4 works on log intensities) and shifted back.
     """
-    import ants
+    ants = import_ants()
 
     if shrink is None:
         zoom = float(min(np.sqrt((img.affine[:3, :3] ** 2).sum(0))))
@@ -253,7 +260,7 @@ def detect_skull_stripped(img: nib.Nifti1Image, fg: np.ndarray | None = None
 
 
 def _dilated_template_mask(template, resolution: float):
-    import ants
+    ants = import_ants()
 
     from ketabids.anat.registration import template_on_grid
 

@@ -66,7 +66,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ketabids.anat.antsutil import ants_env, bounding_box, box_affine, make_image, to_ants, to_nib
+from ketabids.anat.antsutil import (
+    ants_env,
+    bounding_box,
+    box_affine,
+    import_ants,
+    make_image,
+    to_ants,
+    to_nib,
+)
 from ketabids.anat.settings import MODES, ProcessingSettings
 from ketabids.io import atomic_path
 from ketabids.templates import derived_file
@@ -118,7 +126,7 @@ def template_on_grid(template_img, resolution: float, interp: str = "linear"):
     and resampling the 1 mm embedded template takes ~1.3 s per subject (both maps), reading a
     cached map back ~0.01 s.
     """
-    import ants
+    ants = import_ants()
 
     cached = None
     if isinstance(template_img, (str, Path)):
@@ -159,7 +167,7 @@ def cache_template_grids(template) -> list[Path]:
 def pad_background(img, mm: float):
     """``img`` (ANTs) with ``mm`` of background (its minimum value) added on every side; world
     coordinates are kept."""
-    import ants
+    ants = import_ants()
 
     width = [int(np.ceil(mm / s - 1e-6)) for s in img.spacing]
     return ants.pad_image(img, pad_width=[(w, w) for w in width], value=float(img.min()))
@@ -175,7 +183,7 @@ def crop_to_mask(img, mask, margin: int = CROP_MARGIN_VOX):
     only the affine part acts, as it does far from the brain on the whole grid. The cost of a
     SyN iteration is proportional to the number of fixed voxels.
     """
-    import ants
+    ants = import_ants()
 
     m = mask.numpy() > 0
     if not m.any():
@@ -191,13 +199,13 @@ def _grid_tag(resolution: float, interp: str) -> str:
 
 def _mask_on(mask, reference):
     """A mask (nibabel/ANTs/path) on ``reference``'s grid (ANTs, nearest neighbour)."""
-    import ants
+    ants = import_ants()
 
     return ants.resample_image_to_target(_as_ants(mask), reference, interp_type="nearestNeighbor")
 
 
 def _as_ants(img):
-    import ants
+    ants = import_ants()
 
     if isinstance(img, ants.ANTsImage):
         return img
@@ -236,7 +244,7 @@ def register_to_template(
     (a new temporary folder if None) as ``from-T1w_to-template_xfm.h5`` and
     ``from-template_to-T1w_xfm.h5``.
     """
-    import ants
+    ants = import_ants()
 
     settings = ProcessingSettings.for_mode(mode)
     res = settings.registration_mm
@@ -343,7 +351,7 @@ def register_to_template(
 def affine_determinant(path) -> float:
     """Determinant of the linear part of an ANTs affine transform file: subject volume per
     template volume (the transform maps template points to subject points)."""
-    import ants
+    ants = import_ants()
 
     params = np.asarray(ants.read_transform(str(path)).parameters, float)
     return float(np.linalg.det(params[:9].reshape(3, 3)))
@@ -354,7 +362,7 @@ def apply_to_template(img, result: RegistrationResult, template_img, *, interpol
     """Resample a subject-space image onto ``template_img``'s grid (a template map: path,
     nibabel or ANTs) with the forward transform. ``interpolation``: ``linear``,
     ``nearestNeighbor``, ``genericLabel``, ``lanczosWindowedSinc``..."""
-    import ants
+    ants = import_ants()
 
     fixed = _as_ants(template_img)
     with ants_env(None, omp_nthreads):
@@ -377,7 +385,7 @@ def apply_to_native(img, result: RegistrationResult, native_img, *, interpolatio
     segmentation works on the mask's box + 2 voxels); on AOMIC sub-0001 the box (+4) is 23 % of the
     256^3 grid.
     """
-    import ants
+    ants = import_ants()
 
     like = native_img if isinstance(native_img, nib.Nifti1Image) else None
     box = None
@@ -414,7 +422,7 @@ def jacobian_determinant(result: RegistrationResult, template_img, *, omp_nthrea
     then computed by ITK (:func:`ants.create_jacobian_determinant_image`), which accounts for
     voxel directions.
     """
-    import ants
+    ants = import_ants()
 
     fixed = _as_ants(template_img)
     tmp = Path(tempfile.mkdtemp(prefix="ketabids-jac-"))
