@@ -34,7 +34,7 @@ FOV_KEEP_MM = 180.0
 #: happen: shorter extensions are left alone. The registration copes with ~5 cm of neck below
 #: the head (the demo phantoms' field of view has 196-216 mm of head and neck below the top of
 #: the head, i.e. 16-36 mm beyond the cut; AOMIC sub-0001 184 mm); 110 mm more sent the brain
-#: mask ~70 mm down (issue 25)
+#: mask ~70 mm down
 FOV_MIN_CUT_MM = 40.0
 #: smallest head cross-section (mm^2) that counts as head when looking for its top (ignores
 #: noise specks and hair above the scalp)

@@ -45,32 +45,13 @@ pipeline: GM/WM Dice 0.918/0.910 (Atropos 0.914/0.931 with the old N4). No MRF: 
 MRF (beta 0.5) changed Dice by < 0.002 on the real scan. The EM is deterministic (no seed) and
 takes ~5 s on a 1 mm brain instead of Atropos' ~30 s.
 
-The boundary (issue 27, 2026-12-07): with ``w = 1`` GM ran low against every reference (AOMIC:
--2.9 % of FAST's GM by hard labels, -5.2 % by fractions) and most on phantoms where every voxel
-is a mixture (:mod:`ketabids.demo.tpm_phantom`). The cause is the share of the two boundary
-classes: with ``sqrt(pi_a pi_b)`` a GM/WM voxel with ``pi = 0.5 / 0.5`` gets a third of the
-prior for the mixture, the pure classes take the boundary voxels, the shared variance grows
-with them (SD 73 for a noise of 30 on a bias-free 2 mm phantom) and the widened pure WM
-Gaussian takes voxels with 20-30 % GM. Letting EM learn the five weights (as SPM learns its
-mixing proportions) gave the mixtures 60 % of the prior mass on AOMIC but emptied pure CSF
-(CSF -36 %, GM hard labels +8 %); doubling the mixtures' prior keeps the template's say per
-voxel. Measured on the segmentation alone (same inputs; AOMIC: the pipeline's tissue-N4
-image, mask and priors, against FAST; phantom: 2 mm, priors carried by the pose only, true
-mask), ``w`` = 1 / 1.5 / 2 / 3:
-
-* AOMIC GM/WM Dice .852/.906, .861/.909, .867/.911, .869/.912; GM by hard labels -2.9, -1.0,
-  +1.3, +4.7 %; GM by fractions -5.2, -3.5, -1.5, +0.8 %; CSF (hard) +9.5, +1.8, -6.5,
-  -17.4 %;
-* tpm phantom (3T contrast, no bias) GM -2.3 % -> -0.9 % (w = 2), GM/WM Dice .927/.948 ->
-  .936/.952; with a 15 % bias field after the head-wide N4: GM -2.8 / -6.6 % (two seeds) ->
-  -1.5 / -6.0 %: the rest is the bias N4 leaves on a phantom with no sharp tissue peaks
-  (log-residual SD 0.03-0.07 after either N4), not the mixture.
-
-Not kept: the means and variance updated from the mixture voxels too (the exact M step of the
-uniform-share model: no change, < 1 %), an in-EM bias field (Gaussian-smoothed residuals of
-the pure voxels, 40-60 mm: < 1 %), a weaker or stronger template prior (prior^0.5: -1 %;
-no prior: GM -6 to -14 %), and the true means and SD (oracle: GM +6 %, hard labels within
-1 %, so the hard labels' 0.5 threshold is not the cause).
+The two boundary classes (CSF/GM, GM/WM) get twice the template prior of their classes
+(``MIXTURE_PRIOR_WEIGHT``): with ``sqrt(pi_a pi_b)`` alone a GM/WM voxel with ``pi = 0.5 / 0.5``
+gets a third of the prior for the mixture, the pure classes take the boundary voxels, the
+shared variance grows with them and the widened pure WM Gaussian takes voxels that are 20-30 %
+GM, so GM runs low. Learning the five weights by EM instead (as SPM learns its mixing
+proportions) empties pure CSF on real scans. The measurements behind the weight are in
+``docs/benchmarks.md`` ("The GM/WM boundary").
 """
 from __future__ import annotations
 

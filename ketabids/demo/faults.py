@@ -19,7 +19,7 @@ Each generator reproduces a failure seen in real cohorts:
 :data:`FAULTS` maps a short name to each generator with its default arguments.
 
 Ordinary scanner inputs that the participant level must handle (the scan made with them should
-give the volumes of the scan it was made from and pass QC; issue 25), in :data:`HANDLED`:
+give the volumes of the scan it was made from and pass QC), in :data:`HANDLED`:
 
 * :func:`extend_neck`: 110 mm of neck and shoulders added below the field of view (a long
   inferior field of view);

@@ -347,7 +347,7 @@ TABLES: dict[str, dict] = {
     },
 }
 
-# ---- issue 23: CV schemes, C selection, site metrics and the site/confound audit -------------
+# ---- CV schemes, C selection, site metrics and the site/confound audit -------------
 TABLES["cv_folds.tsv"].update({
     "at_lower_edge": {"LongName": "C at the grid's lower edge",
                       "Description": "1 when the chosen C is the smallest value of the grid "

@@ -17,7 +17,7 @@ background: 0.49-0.57 on the phantoms, 0.79 and 0.88 on two real scans, 0.88 on 
 image, so no threshold separates them), FBER (-1 for skull-stripped input), WM2MAX, SNR per
 tissue, INU median, the log-Jacobian percentiles and the tissue medians, ``fov_cropped_mm`` (a
 long field of view is cropped, not a fault) and ``intensity_max_ratio`` (spikes are truncated:
-20 voxels at 1e6 change TIV and GM by < 1 %, issue 25).
+20 voxels at 1e6 change TIV and GM by < 1 %).
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ RULES: tuple[Rule, ...] = (
     Rule("intensity_truncated_fraction", "above", warn=0.01,
          label="voxels beyond the head's intensity range", unit="%", scale=100.0, digits=2,
          source="ours: truncation at the head's 99.9th percentile clips ~0.1 % of the head's "
-                "voxel count by construction; measured (issue 25, on the conformed scans) "
+                "voxel count by construction; measured (on the conformed scans) "
                 "0-0.10 % on the three real scans, 0.096-0.10 % on demo phantoms and every QC "
                 "fault, spikes and a 110 mm neck extension change it by < 0.01 %; 10x that "
                 "means bright voxels outside the head (artefacts, ghosts)",
