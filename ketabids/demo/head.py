@@ -113,7 +113,8 @@ def _head_model(mask_path: str):
     return layers, affine
 
 
-def _rotation(angles_deg) -> np.ndarray:
+def rotation_matrix(angles_deg) -> np.ndarray:
+    """3 x 3 rotation ``Rz Ry Rx`` for angles (degrees) about x, y and z."""
     ax, ay, az = np.deg2rad(angles_deg)
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
     ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
@@ -238,7 +239,7 @@ def simulate_subject(
     s = float(head_scale)
     angles = rng.uniform(-max_rotation, max_rotation, 3)
     shift = rng.uniform(-max_translation, max_translation, 3)
-    rot = _rotation(angles)
+    rot = rotation_matrix(angles)
 
     share = float(np.clip(effect_volume_share, 0.0, 1.0))
     factor = gm_factor(

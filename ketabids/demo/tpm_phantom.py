@@ -28,6 +28,8 @@ from dataclasses import field as dataclass_field
 
 import numpy as np
 
+from ketabids.demo.head import rotation_matrix
+
 #: T1 contrasts: tissue means relative to WM (GM/WM ratio 0.62 for a 3T MPRAGE-like contrast,
 #: 0.70 and 0.80 for flatter ones, e.g. 1.5T or a short inversion time)
 CONTRASTS = {
@@ -66,14 +68,6 @@ class TPMPhantom:
         """Hard truth in the ``dseg`` order (1 GM, 2 WM, 3 CSF; 0 outside the mask)."""
         stack = np.stack([np.asarray(x.dataobj) for x in (self.gm, self.wm, self.csf)])
         return np.where(np.asarray(self.brain_mask.dataobj) > 0, np.argmax(stack, 0) + 1, 0)
-
-
-def _rotation(angles_deg) -> np.ndarray:
-    ax, ay, az = np.deg2rad(angles_deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def plane_wave_field(points, rng, *, sd: float, waves: int = 6,
@@ -153,7 +147,7 @@ def tpm_phantom(*, seed: int = 0, resolution: float = 1.0, contrast: str | dict 
     s = float(rng.uniform(0.92, 1.08) if head_scale is None else head_scale)
     angles = rng.uniform(-max_rotation, max_rotation, 3)
     shift = rng.uniform(-5.0, 5.0, 3)
-    rot = _rotation(angles)
+    rot = rotation_matrix(angles)
 
     # native grid: axis-aligned (RAS) box around the transformed template brain box
     brain = (maps["gm"] + maps["wm"] + maps["csf"]) > 0.01
