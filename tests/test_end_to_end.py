@@ -44,7 +44,7 @@ def test_group_train_then_predict_through_cli(tmp_path, capsys):
     before = _tree_state(bids)
 
     protocol = ["--n-repeats", "2", "--n-outer", "5", "--n-inner", "3",
-                "--c-grid", "0.01", "0.1", "1", "--n-permutations", "19", "--seed", "3",
+                "--n-permutations", "19", "--seed", "3",
                 "--skip-bids-validation"]
     label = ["--response-from", "madrs_pre", "madrs_24h"]
     assert main([str(bids), str(out), "group", *label, "--include", "arm=ketamine",
