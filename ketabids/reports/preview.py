@@ -170,7 +170,6 @@ def screenshot(page, png, *, width: int = 1280, height: int = 1400, hide: str = 
     (:func:`console_errors`). No network: the pages are self-contained and Chromium runs with
     background networking off, in a throw-away profile. ``colours``: palette size of the saved
     PNG (smaller files; None keeps the RGB screenshot)."""
-    import io
     import subprocess
     import tempfile
 
@@ -194,12 +193,8 @@ def screenshot(page, png, *, width: int = 1280, height: int = 1400, hide: str = 
                                f"{run.returncode}): {run.stderr.strip()[-500:]}")
         data = raw.read_bytes()
     if colours:
-        from PIL import Image as PILImage
+        from ketabids.reports.figures import quantize_png
 
-        with PILImage.open(io.BytesIO(data)) as im:
-            buf = io.BytesIO()
-            im.convert("RGB").quantize(colours, method=PILImage.Quantize.MEDIANCUT).save(
-                buf, format="PNG", optimize=True)
-            data = buf.getvalue()
+        data = quantize_png(data, colours)
     png.write_bytes(data)
     return console_errors(run.stderr)
