@@ -53,13 +53,76 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
                  omp_nthreads=1, seed=None, name="anat_wf"):
     """Conform, bias-correct, skull-strip, normalise, segment and modulate one T1w.
 
-    Inputs: ``t1w``. Outputs: native ``t1w_preproc``, ``t1w_mask``, ``t1w_dseg``,
-    ``t1w_tpms`` (GM, WM, CSF), ``t1w_bias`` (N4 bias field); template-space ``std_t1w``,
-    ``std_tpms`` and ``std_mod`` (GM, WM), ``std_jacobian``; ``anat2std_xfm``/``std2anat_xfm``
-    (.h5); ``volumes`` (TSV); ``regional`` (TSV, with an atlas); ``skull_stripped``;
-    ``conform_notes`` (conform's and prepare's notes); ``prepare_info`` (JSON: truncation,
-    field-of-view crop). Native outputs are on the conformed grid (the input's, or 1 mm for
-    sub-millimetre input), whatever field of view the processing used.
+    The steps and their order are those of the module docstring; the brain extraction's
+    registration to the template is also the spatial normalisation. Native outputs are on the
+    conformed grid (the input's, or 1 mm for sub-millimetre input), whatever field of view the
+    processing used.
+
+    Workflow Graph
+        .. workflow::
+            :graph2use: orig
+            :simple_form: yes
+
+            from ketabids.workflows.anatomical import init_anat_wf
+            wf = init_anat_wf()
+
+    Parameters
+    ----------
+    template : str
+        Template to normalise to (:func:`ketabids.templates.get_template`): its priors drive
+        the brain extraction and the segmentation.
+    fast : bool
+        ``True``: the ``fast`` processing mode (:class:`ketabids.anat.settings.ProcessingSettings`:
+        coarser registration and tissue N4, 2 mm template-space maps), for demos and CI.
+    atlas : Atlas or None
+        An atlas in template space: adds regional GM volumes (the ``regional`` output).
+    omp_nthreads : int
+        ANTs (ITK) threads of each heavy node; also its ``n_procs`` for the scheduler.
+    seed : int or None
+        Seed of the registration's random sampling (reproducible with ``omp_nthreads=1``).
+    name : str
+        Name of the workflow.
+
+    Returns
+    -------
+    LiterateWorkflow
+        The workflow, with its methods text in ``__desc__``.
+
+    Inputs
+    ------
+    t1w
+        The input T1w (NIfTI), read by content (:data:`INPUT_HASH`).
+
+    Outputs
+    -------
+    t1w_preproc
+        Conformed (RAS+, float32), N4-corrected T1w.
+    t1w_mask
+        Brain mask.
+    t1w_dseg
+        Tissue labels (1 GM, 2 WM, 3 CSF).
+    t1w_tpms
+        GM, WM and CSF partial-volume fraction maps, in that order.
+    t1w_bias
+        The head-wide N4 bias field.
+    std_t1w
+        T1w resampled to the template.
+    std_tpms, std_mod
+        GM and WM fractions in template space, plain and Jacobian-modulated (VBM maps).
+    std_jacobian
+        Jacobian determinant of the warp, in template space.
+    anat2std_xfm, std2anat_xfm
+        ANTs composite transforms (``.h5``) T1w -> template and back.
+    volumes
+        TSV of TIV, GM, WM and CSF volumes (mL).
+    regional
+        TSV of GM volume per atlas region (with ``atlas``).
+    skull_stripped
+        Whether the input was detected as already skull-stripped.
+    conform_notes
+        Notes of the conform and prepare steps, for the report.
+    prepare_info
+        JSON of the intensity truncation and field-of-view crop (read by the QC).
     """
     settings = ProcessingSettings.for_fast(fast)
     resolution = settings.template_resolution

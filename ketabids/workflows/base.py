@@ -59,9 +59,47 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
                         name="ketabids_participant_wf"):
     """All subjects: one ``single_subject_<key>_wf`` per T1w, one report per subject.
 
-    ``qc=False`` leaves out the QC node and its output (benchmarks compare the two).
-    ``notes``: subject -> lines for its report (e.g. a session left out by the input checks),
-    shown in its first section."""
+    Each subject ends in a ``done_<sub>`` node (:func:`done_node_name`) that runs when every
+    one of its outputs is written: the runner publishes the subject then.
+
+    Workflow Graph
+        .. workflow::
+            :graph2use: orig
+            :simple_form: yes
+
+            from ketabids.bids.layout import T1wInput
+            from ketabids.workflows.base import init_participant_wf
+            wf = init_participant_wf(
+                inputs=[T1wInput(subject="01", session=None,
+                                 t1w="bids/sub-01/anat/sub-01_T1w.nii.gz")],
+                output_dir="out", bids_dir="bids")
+
+    Parameters
+    ----------
+    inputs : list of T1wInput
+        The T1w images to process (one per subject and session), as selected and checked by
+        the runner.
+    output_dir : str or os.PathLike
+        Root the sinks write into (the runner's staging folder).
+    bids_dir : str or os.PathLike
+        The input dataset (for the ``bids:raw:`` URIs of the sidecars).
+    template, fast, atlas, omp_nthreads, seed
+        As :func:`ketabids.workflows.anatomical.init_anat_wf`.
+    settings : dict or None
+        The run's options, shown in each report.
+    qc : bool
+        ``False`` leaves out the QC node and its output (benchmarks compare the two).
+    notes : dict or None
+        Subject label -> lines for its report (e.g. a session left out by the input checks),
+        shown in its first section.
+    name : str
+        Name of the workflow.
+
+    Returns
+    -------
+    LiterateWorkflow
+        The participant graph (no inputnode: every input is set at build time).
+    """
     workflow = Workflow(name=name)
     subjects: dict[str, list[T1wInput]] = {}
     for item in inputs:
@@ -117,8 +155,40 @@ def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
                            template="MNI152NLin2009aSym", fast=False, atlas: Atlas | None = None,
                            omp_nthreads=1, seed=None, skipped=(), qc=True, notes=(),
                            name=None):
-    """One T1w of one subject (one session): processing, QC, outputs and its report section
-    (``notes``: further lines for it)."""
+    """One T1w of one subject (one session): processing, QC, outputs and its report section.
+
+    Parameters
+    ----------
+    subject : str
+        Participant label, without ``sub-``.
+    session : str or None
+        Session label, without ``ses-``.
+    t1w : str or os.PathLike
+        The T1w to process.
+    output_dir, bids_dir
+        As :func:`init_participant_wf`.
+    template, fast, atlas, omp_nthreads, seed
+        As :func:`ketabids.workflows.anatomical.init_anat_wf`.
+    skipped : sequence of str
+        Further T1w images of this subject and session that were not used (named in the
+        report and the methods text).
+    qc : bool
+        ``False`` leaves out the QC node and the QC record.
+    notes : sequence of str
+        Further lines for this T1w's report section.
+    name : str or None
+        Name of the workflow (default ``single_subject_<sub>[_ses<ses>]_wf``).
+
+    Returns
+    -------
+    LiterateWorkflow
+        The workflow, its methods text in ``__desc__``.
+
+    Outputs
+    -------
+    report_section
+        This T1w's HTML section of the subject's report.
+    """
     name = name or f"single_subject_{subject}{'_ses' + session if session else ''}_wf"
     resolution = ProcessingSettings.for_fast(fast).template_resolution
     workflow = Workflow(name=name)

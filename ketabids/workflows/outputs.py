@@ -42,7 +42,58 @@ def _sink(name, *, output_dir, source_file, raw_sources, mapnode_fields=None, **
 
 
 def init_ds_anat_wf(*, output_dir, source_file, raw_sources, name="ds_anat_wf"):
-    """Native-space outputs: preprocessed T1w, brain mask, dseg and tissue probability maps."""
+    """Native-space outputs: preprocessed T1w, brain mask, dseg and tissue probability maps.
+
+    Workflow Graph
+        .. workflow::
+            :graph2use: orig
+            :simple_form: yes
+
+            from ketabids.workflows.outputs import init_ds_anat_wf
+            wf = init_ds_anat_wf(output_dir=".", source_file="sub-01_T1w.nii.gz",
+                                 raw_sources=["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"])
+
+    Parameters
+    ----------
+    output_dir : str or os.PathLike
+        Root of the derivative dataset the sinks write into (the runner passes a staging
+        folder, moved into OUTPUT_DIR when the subject is complete).
+    source_file : str or os.PathLike
+        The input T1w: its entities (``sub``, ``ses``, ``acq``, ...) name the outputs.
+    raw_sources : list of str
+        ``bids:raw:`` URIs of the input files, written as ``RawSources`` in the sidecars.
+    name : str
+        Name of the workflow.
+
+    Returns
+    -------
+    LiterateWorkflow
+        The sub-workflow (no ``__desc__``: writing adds nothing to the methods).
+
+    Inputs
+    ------
+    t1w_preproc
+        Conformed, bias-corrected T1w (``desc-preproc_T1w``).
+    t1w_mask
+        Brain mask (``desc-brain_mask``, uint8).
+    t1w_dseg
+        Tissue labels 1 GM, 2 WM, 3 CSF (``dseg``, uint8).
+    t1w_tpms
+        GM, WM and CSF fraction maps, in that order (``label-<L>_probseg``).
+    skull_stripped
+        Whether the input was already skull-stripped (recorded in the T1w's sidecar).
+
+    Outputs
+    -------
+    t1w_preproc, t1w_mask, t1w_dseg, t1w_tpms
+        Paths of the written files.
+
+    Examples
+    --------
+    >>> wf = init_ds_anat_wf(output_dir="out", source_file="sub-01_T1w.nii.gz", raw_sources=[])
+    >>> sorted(wf.list_node_names())  # doctest: +NORMALIZE_WHITESPACE
+    ['ds_t1w_dseg', 'ds_t1w_mask', 'ds_t1w_preproc', 'ds_t1w_tpms', 'inputnode', 'outputnode']
+    """
     workflow = Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "t1w_preproc", "t1w_mask", "t1w_dseg", "t1w_tpms", "skull_stripped"]), name="inputnode")
@@ -84,7 +135,60 @@ def init_ds_anat_wf(*, output_dir, source_file, raw_sources, name="ds_anat_wf"):
 
 def init_ds_template_wf(*, output_dir, source_file, raw_sources, template, resolution,
                         name="ds_template_wf"):
-    """Template-space outputs: T1w, GM/WM maps (plain and modulated) and both transforms."""
+    """Template-space outputs: T1w, GM/WM maps (plain and modulated) and both transforms.
+
+    The modulated maps' sidecars state ``Modulation: jacobian`` and how to turn a map into a
+    volume (sum x voxel volume = native tissue volume).
+
+    Workflow Graph
+        .. workflow::
+            :graph2use: orig
+            :simple_form: yes
+
+            from ketabids.workflows.outputs import init_ds_template_wf
+            wf = init_ds_template_wf(output_dir=".", source_file="sub-01_T1w.nii.gz",
+                                     raw_sources=[], template="MNI152NLin2009aSym",
+                                     resolution=1)
+
+    Parameters
+    ----------
+    output_dir : str or os.PathLike
+        Root of the derivative dataset the sinks write into (the runner passes a staging
+        folder, moved into OUTPUT_DIR when the subject is complete).
+    source_file : str or os.PathLike
+        The input T1w: its entities (``sub``, ``ses``, ``acq``, ...) name the outputs.
+    raw_sources : list of str
+        ``bids:raw:`` URIs of the input files, written as ``RawSources`` in the sidecars.
+    template : str
+        Template name: the ``space-`` entity and the ``to``/``from`` of the transforms.
+    resolution : int
+        Grid (mm) of the template-space maps, recorded as ``Resolution`` in the sidecars.
+    name : str
+        Name of the workflow.
+
+    Returns
+    -------
+    LiterateWorkflow
+        The sub-workflow.
+
+    Inputs
+    ------
+    std_t1w
+        T1w resampled to the template.
+    std_tpms
+        GM and WM fractions resampled to the template (not modulated).
+    std_mod
+        GM and WM fractions warped and multiplied by the Jacobian determinant (VBM maps).
+    anat2std_xfm, std2anat_xfm
+        ANTs composite transforms (``.h5``) T1w -> template and back.
+    skull_stripped
+        Whether the input was already skull-stripped.
+
+    Outputs
+    -------
+    std_t1w, std_tpms, std_mod, anat2std_xfm, std2anat_xfm
+        Paths of the written files.
+    """
     workflow = Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "std_t1w", "std_tpms", "std_mod", "anat2std_xfm", "std2anat_xfm", "skull_stripped"]),
@@ -143,7 +247,53 @@ def init_ds_template_wf(*, output_dir, source_file, raw_sources, template, resol
 
 def init_ds_volumes_wf(*, output_dir, source_file, raw_sources, template, atlas_name=None,
                        name="ds_volumes_wf"):
-    """Volume tables: ``desc-volumes_morph.tsv`` and, with an atlas, regional GM volumes."""
+    """Volume tables: ``desc-volumes_morph.tsv`` and, with an atlas, regional GM volumes.
+
+    Parameters
+    ----------
+    output_dir : str or os.PathLike
+        Root of the derivative dataset the sinks write into (the runner passes a staging
+        folder, moved into OUTPUT_DIR when the subject is complete).
+    source_file : str or os.PathLike
+        The input T1w: its entities (``sub``, ``ses``, ``acq``, ...) name the outputs.
+    raw_sources : list of str
+        ``bids:raw:`` URIs of the input files, written as ``RawSources`` in the sidecars.
+    template : str
+        Template name (``space-`` entity of the regional table).
+    atlas_name : str or None
+        Name of the atlas (``seg-`` entity); ``None``: no regional table and no ``regional``
+        field.
+    name : str
+        Name of the workflow.
+
+    Returns
+    -------
+    LiterateWorkflow
+        The sub-workflow.
+
+    Inputs
+    ------
+    volumes
+        TSV of ``tiv_ml``, ``gm_ml``, ``wm_ml``, ``csf_ml``.
+    regional
+        TSV of GM volume per atlas region (only with ``atlas_name``).
+
+    Outputs
+    -------
+    volumes, regional
+        Paths of the written tables.
+
+    Examples
+    --------
+    >>> wf = init_ds_volumes_wf(output_dir="out", source_file="sub-01_T1w.nii.gz",
+    ...                         raw_sources=[], template="MNI152NLin2009aSym")
+    >>> sorted(wf.list_node_names())
+    ['ds_volumes', 'inputnode', 'outputnode']
+    >>> wf = init_ds_volumes_wf(output_dir="out", source_file="sub-01_T1w.nii.gz",
+    ...                         raw_sources=[], template="MNI152NLin2009aSym", atlas_name="HO")
+    >>> sorted(wf.list_node_names())
+    ['ds_regional', 'ds_volumes', 'inputnode', 'outputnode']
+    """
     workflow = Workflow(name=name)
     fields = ["volumes"] + (["regional"] if atlas_name else [])
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
@@ -172,7 +322,32 @@ def init_ds_volumes_wf(*, output_dir, source_file, raw_sources, template, atlas_
 
 
 def init_ds_report_wf(*, output_dir, subject, name="ds_report_wf"):
-    """The subject's HTML report, ``sub-<label>.html`` at the dataset root."""
+    """The subject's HTML report, ``sub-<label>.html`` at the dataset root.
+
+    Parameters
+    ----------
+    output_dir : str or os.PathLike
+        Root of the derivative dataset.
+    subject : str
+        Participant label, without ``sub-``.
+    name : str
+        Name of the workflow.
+
+    Returns
+    -------
+    LiterateWorkflow
+        The sub-workflow.
+
+    Inputs
+    ------
+    report
+        The assembled HTML report (all sessions of the subject).
+
+    Outputs
+    -------
+    report
+        Path of the written ``sub-<label>.html``.
+    """
     workflow = Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["report"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["report"]), name="outputnode")
@@ -188,9 +363,40 @@ def init_ds_report_wf(*, output_dir, subject, name="ds_report_wf"):
 
 
 def init_ds_qc_wf(*, output_dir, source_file, raw_sources, name="ds_qc_wf"):
-    """The subject's QC record, ``sub-X[_ses-Y]_desc-qc_metrics.json`` (no sidecar: the JSON
-    is its own description; ``qc.json`` at the root is the data dictionary, and
-    :data:`ketabids.qc.table.QC_BIDSIGNORE` keeps the validator quiet about the name)."""
+    """The subject's QC record, ``sub-X[_ses-Y]_desc-qc_metrics.json``.
+
+    No sidecar: the JSON is its own description; ``qc.json`` at the root is the data
+    dictionary, and :data:`ketabids.qc.table.QC_BIDSIGNORE` keeps the validator quiet about the
+    name.
+
+    Parameters
+    ----------
+    output_dir : str or os.PathLike
+        Root of the derivative dataset the sinks write into (the runner passes a staging
+        folder, moved into OUTPUT_DIR when the subject is complete).
+    source_file : str or os.PathLike
+        The input T1w: its entities (``sub``, ``ses``, ``acq``, ...) name the outputs.
+    raw_sources : list of str
+        ``bids:raw:`` URIs of the input files, written as ``RawSources`` in the sidecars.
+    name : str
+        Name of the workflow.
+
+    Returns
+    -------
+    LiterateWorkflow
+        The sub-workflow.
+
+    Inputs
+    ------
+    qc_metrics
+        The QC record (JSON: verdict, reasons, every metric) from
+        :class:`ketabids.interfaces.qc.SubjectQC`.
+
+    Outputs
+    -------
+    qc_metrics
+        Path of the written record.
+    """
     workflow = Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["qc_metrics"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["qc_metrics"]), name="outputnode")
