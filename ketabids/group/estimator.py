@@ -47,8 +47,41 @@ DEFAULT_C_GRID = tuple(float(2.0 ** k) for k in range(-6, 5))
 
 
 def check_groups(covariates, sites, n, *, harmonize=False):
-    """Covariates as (n, k) floats or None and sites as (n,) strings or None; ComBat
-    (``harmonize``) needs the site of every participant (the one place this is checked)."""
+    """Check and convert the covariates and sites given to :class:`KetaSVC`.
+
+    This is the one place that checks that ComBat has the site of every participant.
+
+    Parameters
+    ----------
+    covariates : array-like of shape (n, k) or (n,), or None
+        Covariates, numeric (categorical ones already one-hot encoded).
+    sites : array-like of shape (n,) or None
+        Site of each participant.
+    n : int
+        Number of participants (rows of the features).
+    harmonize : bool
+        Whether ComBat will be fitted (then ``sites`` is required).
+
+    Returns
+    -------
+    covariates : ndarray of shape (n, k) or None
+        Float covariates.
+    sites : ndarray of shape (n,) or None
+        Sites as strings.
+
+    Raises
+    ------
+    BadDataError
+        Non-finite covariates, or a number of sites other than ``n``.
+    UsageError
+        ``harmonize`` without ``sites``.
+
+    Examples
+    --------
+    >>> cov, sites = check_groups([1, 2, 3], ["A", "A", "B"], 3)
+    >>> cov.shape, sites.tolist()
+    ((3, 1), ['A', 'A', 'B'])
+    """
     if covariates is not None:
         covariates = np.asarray(covariates, float).reshape(n, -1)
         if not np.isfinite(covariates).all():
@@ -64,7 +97,29 @@ def check_groups(covariates, sites, n, *, harmonize=False):
 
 
 def linear_kernel(X, chunk=16384):
-    """``X X^T`` in float64, accumulated over voxel chunks (no float64 copy of X)."""
+    """The linear kernel ``X X^T`` in float64, accumulated over voxel chunks.
+
+    Summing chunk products keeps memory at one float64 chunk instead of a float64 copy of a
+    float32 ``X`` (VBM features: n x ~200,000).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+        Features (any float dtype).
+    chunk : int
+        Columns per chunk.
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+        The Gram matrix.
+
+    Examples
+    --------
+    >>> X = np.arange(6, dtype=np.float32).reshape(2, 3)
+    >>> linear_kernel(X, chunk=2).tolist()
+    [[5.0, 14.0], [14.0, 50.0]]
+    """
     n, p = X.shape
     K = np.zeros((n, n))
     for start in range(0, p, chunk):
@@ -79,14 +134,28 @@ CRITICAL_C = 2.0 ** -7
 
 
 def critical_gap(K, y01, mask) -> np.ndarray:
-    """``max_{i in R} g_i - min_{i in N} g_i`` with ``g = K (y * w)`` over the training rows
-    (``R``/``N``: responders / non-responders of ``mask``; ``y`` = +-1, ``w`` the balanced class
-    weights), for a batch: ``K`` (T, n, n), ``y01`` (n,) or (T, n), ``mask`` (T, n).
+    """The gap ``max_{i in R} g_i - min_{i in N} g_i``, ``g = K (y * w)``, of training sets.
 
-    Below ``C = 2 / gap`` every training participant is a bounded support vector (all
-    ``alpha_i = C w_i`` satisfy the KKT conditions ``y_i f_i <= 1`` for some intercept): the
-    model is the balanced class-mean direction whatever C, and only the intercept moves. That
-    is the critical C; from it up to the hard margin lies the regularisation path.
+    ``R``/``N`` are the responders / non-responders of ``mask``, ``y`` = +-1 and ``w`` the
+    balanced class weights. Below ``C = 2 / gap`` every training participant is a bounded
+    support vector (all ``alpha_i = C w_i`` satisfy the KKT conditions ``y_i f_i <= 1`` for some
+    intercept): the model is the balanced class-mean direction whatever C, and only the
+    intercept moves. That is the critical C; from it up to the hard margin lies the
+    regularisation path.
+
+    Parameters
+    ----------
+    K : ndarray of shape (T, n, n)
+        One kernel per training set.
+    y01 : ndarray of shape (n,) or (T, n)
+        Labels, 1 = responder, 0 = non-responder.
+    mask : ndarray of shape (T, n)
+        Training rows of each set.
+
+    Returns
+    -------
+    ndarray of shape (T,)
+        The gap of each training set (NaN or inf when a class is absent).
     """
     mask = np.asarray(mask, bool)
     y01 = np.broadcast_to(np.asarray(y01), mask.shape)
@@ -108,7 +177,28 @@ def kernel_scales(Ks, masks, y01=None) -> np.ndarray:
     Without it, p >> n VBM features put every C of the grid on the hard-margin solution. Without
     labels (the audit's multi-class site model): the mean squared norm of the training rows,
     ``mean(diag(K_t))``. Only training rows enter (no leakage); 1 where the scale is not a
-    positive number.
+    positive number. The measurements behind the scaling: ``docs/benchmarks.md``
+    ("Site-robust validation and C selection").
+
+    Parameters
+    ----------
+    Ks : ndarray of shape (T, n, n)
+        One kernel per training set.
+    masks : ndarray of shape (T, n)
+        Training rows of each set.
+    y01 : ndarray of shape (n,) or (T, n), or None
+        Labels (1/0); ``None``: the label-free scale.
+
+    Returns
+    -------
+    ndarray of shape (T,)
+        Positive scales.
+
+    Examples
+    --------
+    >>> K = np.diag([1.0, 4.0, 9.0])[None]
+    >>> kernel_scales(K, np.ones((1, 3), bool)).tolist()  # mean squared norm of the rows
+    [4.666666666666667]
     """
     masks = np.asarray(masks, bool)
     if y01 is None:
@@ -120,15 +210,42 @@ def kernel_scales(Ks, masks, y01=None) -> np.ndarray:
 
 
 class KernelScaler(TransformerMixin, BaseEstimator):
-    """Divide features by ``sqrt(scale_)``, the :func:`kernel_scales` of the training rows
-    (with ``y``: the critical-C scale; without: the mean squared norm of the rows).
+    """Divide features by ``sqrt(scale_)``, the :func:`kernel_scales` of the training rows.
 
     The feature-space counterpart of ``KetaSVC(scale_kernel=True)`` (its last preprocessing
-    step, fitted within every training set); scikit-learn pipelines use it to reproduce the
-    engine (tests/test_group_nested.py).
+    step, fitted within every training set): in a scikit-learn pipeline before
+    ``SVC(kernel="linear")`` it reproduces the engine's models, which the tests check.
+
+    Attributes
+    ----------
+    scale_ : float
+        With ``y`` at fit: the critical-C scale (the scaled data's critical C is
+        :data:`CRITICAL_C`); without: the mean squared norm of the training rows.
+    n_features_in_ : int
+        Number of features seen at fit.
+
+    Examples
+    --------
+    >>> X = np.array([[1.0, 0.0], [0.0, 2.0]])
+    >>> KernelScaler().fit(X).scale_
+    2.5
     """
 
     def fit(self, X, y=None):
+        """Compute ``scale_`` from the rows of ``X`` (and, if given, the labels ``y``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Training features (already preprocessed).
+        y : array-like of shape (n,) or None
+            Binary labels; the larger value is the positive class.
+
+        Returns
+        -------
+        KernelScaler
+            self.
+        """
         X = validate_data(self, X, dtype=np.float64)
         K = (X @ X.T)[None]
         mask = np.ones((1, X.shape[0]), bool)
@@ -141,15 +258,42 @@ class KernelScaler(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X):
+        """Features divided by ``sqrt(scale_)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Features with the columns seen at fit.
+
+        Returns
+        -------
+        ndarray of shape (n, p)
+            Scaled features (float64).
+        """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         return X / np.sqrt(self.scale_)
 
 
 class KernelProvider:
-    """Kernels of the preprocessed data for many training sets: linear sample-space maps of
-    one ``K = X X^T`` (no ComBat, no z-scoring), else one kernel per training set; with
-    ``scale_kernel`` each kernel is divided by :func:`kernel_scales` of its training set."""
+    """Kernels of the preprocessed data for many training sets.
+
+    Without ComBat and z-scoring the preprocessing is a linear map of sample space, so every
+    training set's kernel derives from one ``K = X X^T``; otherwise each training set gets its
+    own. With ``scale_kernel`` each kernel is divided by :func:`kernel_scales` of its training
+    set.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+        Features.
+    covariates : ndarray of shape (n, k) or None
+        Covariates regressed out within each training set.
+    sites : ndarray of shape (n,) or None
+        Sites (for ComBat).
+    standardize, harmonize, scale_kernel : bool
+        As :class:`KetaSVC`.
+    """
 
     def __init__(self, X, covariates, sites, *, standardize=False, harmonize=False,
                  scale_kernel=True):
@@ -204,7 +348,30 @@ class KernelProvider:
 
 
 def gather(Ks, masks, y):
-    """Padded training sub-kernels (T, m, m), labels (+-1, 0 pad), weights, index (T, m)."""
+    """The training sub-kernels of ``masks``, padded to one size for the batched solver.
+
+    Parameters
+    ----------
+    Ks : ndarray of shape (T, n, n)
+        Kernels.
+    masks : ndarray of shape (T, n)
+        Training rows of each set.
+    y : ndarray of shape (n,)
+        Labels 1/0.
+
+    Returns
+    -------
+    Ktt : ndarray of shape (T, m, m)
+        Training sub-kernels (``m`` = the largest training set).
+    yy : ndarray of shape (T, m)
+        Labels +-1, 0 in the padding.
+    w : ndarray of shape (T, m)
+        Balanced class weights, 0 in the padding.
+    idx : ndarray of shape (T, m)
+        Row of each entry in the full data.
+    valid : ndarray of shape (T, m)
+        False in the padding.
+    """
     T = len(masks)
     sizes = masks.sum(1)
     m = int(sizes.max())
@@ -225,8 +392,27 @@ def gather(Ks, masks, y):
 def c_path_decisions(Ks, masks, tests, y, C_grid, tol):
     """Fit every training mask at every C of the (ascending) grid and score its test rows.
 
-    Returns decision values of all rows (T, L, n), balanced accuracy on ``tests`` (T, L) and the
-    number of libsvm fallbacks.
+    Parameters
+    ----------
+    Ks : ndarray of shape (T, n, n)
+        Kernels of the preprocessed data, one per training set.
+    masks, tests : ndarray of shape (T, n)
+        Training and test rows of each split.
+    y : ndarray of shape (n,)
+        Labels 1/0.
+    C_grid : ndarray of shape (L,)
+        Ascending C values.
+    tol : float
+        Tolerance of the dual solver.
+
+    Returns
+    -------
+    decisions : ndarray of shape (T, L, n)
+        Decision values of every row.
+    bac : ndarray of shape (T, L)
+        Balanced accuracy on the test rows.
+    fallbacks : int
+        Number of problems handed to libsvm.
     """
     n = y.size
     Ktt, yy, w, idx, valid = gather(Ks, masks, y)
@@ -240,6 +426,28 @@ def c_path_decisions(Ks, masks, tests, y, C_grid, tol):
 
 
 def check_c_grid(C_grid) -> np.ndarray:
+    """The C grid, sorted ascending.
+
+    Parameters
+    ----------
+    C_grid : float or sequence of float
+        C values.
+
+    Returns
+    -------
+    ndarray
+        Sorted float C values.
+
+    Raises
+    ------
+    ValueError
+        An empty grid or a C that is not positive.
+
+    Examples
+    --------
+    >>> check_c_grid([1, 0.25]).tolist()
+    [0.25, 1.0]
+    """
     grid = np.asarray(sorted(float(c) for c in np.atleast_1d(C_grid)))
     if not grid.size or grid.min() <= 0:
         raise ValueError(f"C_grid {tuple(grid)}: C values must be positive")
@@ -249,12 +457,68 @@ def check_c_grid(C_grid) -> np.ndarray:
 class KetaSVC(ClassifierMixin, BaseEstimator):
     """Linear SVC (balanced class weights) with in-fold preprocessing and C chosen by inner CV.
 
-    See the module docstring. Fitted attributes: ``C_`` (chosen), ``C_grid_``, ``cv_scores_``
-    (mean inner balanced accuracy per C; None for a one-value grid), ``coef_``, ``intercept_``,
-    ``dual_coef_``, ``support_``, the preprocessing parameters, ``kernel_scale_`` (the mean
-    squared norm of the preprocessed training rows the kernel was divided by, None without
-    ``scale_kernel``; ``coef_`` includes it) and the Platt sigmoid; numpy arrays and python
-    scalars only (skops-safe).
+    The steps are those of the module docstring. Every fitted attribute is a numpy array or a
+    python scalar, so that skops can save and load the model without trusting custom types.
+
+    Parameters
+    ----------
+    C_grid : sequence of float
+        C values searched by the inner CV (default 2^-6 .. 2^4, :data:`DEFAULT_C_GRID`); one
+        value skips the search.
+    cv : int, cross-validation splitter or None
+        Inner CV (``None``: ``StratifiedKFold(5)``); called as ``cv.split(X, y, groups)``.
+    standardize : bool
+        z-score every feature (fitted within each training set).
+    harmonize : bool
+        ComBat across sites (fitted within each training set); ``fit`` then needs ``sites``.
+    calibration_folds : int
+        Folds of the stratified CV whose decision values fit the Platt sigmoid (at most the
+        smaller class size; below 2 the sigmoid is fitted in-sample).
+    tol : float
+        Tolerance of the exact dual solver.
+    random_state : int
+        Seed of the calibration folds.
+    scale_kernel : bool
+        Divide each training set's kernel by its critical-C scale (:func:`kernel_scales`), so
+        that the C grid spans the regularisation path; ``False`` uses the raw kernel.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (2,)
+        The labels; ``classes_[1]`` is the positive class (responder).
+    C_ : float
+        The chosen C (ties: the smallest).
+    C_grid_ : ndarray
+        The sorted grid.
+    cv_scores_ : ndarray or None
+        Mean inner balanced accuracy per C (None for a one-value grid).
+    coef_ : ndarray of shape (1, p)
+        Primal weights in the preprocessed feature space (the kernel scale included).
+    intercept_ : ndarray of shape (1,)
+        Intercept.
+    dual_coef_, support_ : ndarray
+        Non-zero dual coefficients ``alpha_i y_i`` and their training rows.
+    kernel_scale_ : float or None
+        The scale the final model's kernel was divided by (None without ``scale_kernel``).
+    cov_coef_, scale_, combat_, n_covariates_
+        Fitted preprocessing (covariate regression, z-scoring, ComBat).
+    platt_a_, platt_b_ : float
+        Platt sigmoid of ``predict_proba``.
+
+    See Also
+    --------
+    KernelScaler : the kernel scaling in feature space, for scikit-learn pipelines.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 20)
+    >>> X = rng.normal(size=(40, 30)) + 1.5 * y[:, None] * (np.arange(30) < 5)
+    >>> clf = KetaSVC(C_grid=(0.125, 1.0)).fit(X, y)
+    >>> clf.C_ in (0.125, 1.0), clf.coef_.shape
+    (True, (1, 30))
+    >>> bool((clf.predict(X) == y).mean() > 0.9)
+    True
     """
 
     def __init__(self, C_grid=DEFAULT_C_GRID, cv=None, standardize=False, harmonize=False,
@@ -277,9 +541,32 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, covariates=None, sites=None, groups=None):
         """Select C by inner CV (``cv`` split with ``groups``, default ``sites``) and refit.
 
-        ``covariates`` (n, k): regressed out within every training set; ``sites`` (n,): ComBat
-        with ``harmonize``, stratification by the default splitter, groups of group splitters
-        unless ``groups`` (n,) is given (e.g. a cohort column for leave-cohort-out).
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Features (e.g. smoothed, modulated GM maps in the analysis mask).
+        y : array-like of shape (n,)
+            Binary labels.
+        covariates : array-like of shape (n, k) or None
+            Regressed out of the features within every training set.
+        sites : array-like of shape (n,) or None
+            Site of each participant: ComBat with ``harmonize``, stratification by the
+            default splitter, groups of group splitters unless ``groups`` is given.
+        groups : array-like of shape (n,) or None
+            Groups of the inner splits (e.g. a cohort column for leave-cohort-out).
+
+        Returns
+        -------
+        KetaSVC
+            self, fitted.
+
+        Raises
+        ------
+        ValueError
+            Labels not binary, a C that is not positive, or no inner training set with both
+            classes.
+        BadDataError, UsageError
+            From :func:`check_groups`.
         """
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
         check_classification_targets(y)
@@ -361,7 +648,27 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
         self.platt_a_, self.platt_b_ = platt_fit(fcv, y01)
 
     def transform_features(self, X, covariates=None, sites=None):
-        """Features after the fitted preprocessing (the space of ``coef_``)."""
+        """Features after the fitted preprocessing (the space of ``coef_``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Features.
+        covariates : array-like of shape (n, k) or None
+            Required when the model was fitted with covariates (same columns).
+        sites : array-like of shape (n,) or None
+            Required when the model harmonises sites.
+
+        Returns
+        -------
+        ndarray of shape (n, p)
+            Preprocessed features.
+
+        Raises
+        ------
+        ValueError
+            Covariates or sites missing where the model needs them.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         n = X.shape[0]
@@ -380,14 +687,50 @@ class KetaSVC(ClassifierMixin, BaseEstimator):
         return apply_preprocessing(X, design_matrix(cov, n), cov, sites_a, params)
 
     def decision_function(self, X, covariates=None, sites=None):
+        """Signed distance to the hyperplane (> 0: ``classes_[1]``, responder).
+
+        Parameters
+        ----------
+        X, covariates, sites
+            As :meth:`transform_features`.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            Decision values.
+        """
         Xt = self.transform_features(X, covariates, sites)
         return Xt @ self.coef_[0] + self.intercept_[0]
 
     def predict(self, X, covariates=None, sites=None):
+        """Predicted labels (``classes_[1]`` where the decision value is > 0).
+
+        Parameters
+        ----------
+        X, covariates, sites
+            As :meth:`transform_features`.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            Labels.
+        """
         d = self.decision_function(X, covariates, sites)
         return self.classes_[(d > 0).astype(int)]
 
     def predict_proba(self, X, covariates=None, sites=None):
+        """Probabilities of both classes from the Platt sigmoid of the decision values.
+
+        Parameters
+        ----------
+        X, covariates, sites
+            As :meth:`transform_features`.
+
+        Returns
+        -------
+        ndarray of shape (n, 2)
+            Columns in the order of ``classes_``.
+        """
         p1 = platt_predict(self.decision_function(X, covariates, sites), self.platt_a_,
                            self.platt_b_)
         return np.column_stack([1 - p1, p1])
