@@ -19,8 +19,9 @@ solves the equality-constrained KKT system of all problems with one batched LU
 (``numpy.linalg.solve``) and moves variables whose bound or multiplier sign is violated. It ends
 at the exact optimum of each problem (KKT verified on the unregularised system, tolerance
 ``kkt_tol`` in decision units); the rare problem that does not converge is handed to libsvm
-itself (public ``SVC(kernel='precomputed')``). The intercept follows libsvm's rule (mean over free support vectors, else the midpoint of
-the feasible interval), so decision values equal libsvm's to its tolerance. A problem whose
+itself (public ``SVC(kernel='precomputed')``). The intercept follows libsvm's rule (mean over
+free support vectors, else the midpoint of the feasible interval), so decision values equal
+libsvm's to its tolerance. A problem whose
 optimum has no free support vector (every alpha at 0 or C, typical for very small C) has a whole
 interval of optimal intercepts; libsvm's pick then depends on its iteration order, so such
 problems are handed to libsvm to reproduce it.
@@ -40,7 +41,22 @@ __all__ = ["balanced_weights", "solve_dual", "solve_c_path", "libsvm_solve", "pl
 def balanced_weights(y01, valid=None):
     """Per-sample class weights ``n / (2 n_c)`` (scikit-learn ``class_weight='balanced'``).
 
-    ``y01`` is (..., m) of 0/1; entries where ``valid`` is False get weight 0.
+    Parameters
+    ----------
+    y01 : array-like of shape (..., m)
+        Labels 0/1 (the last axis holds one problem's samples).
+    valid : array-like of bool, same shape, or None
+        Samples that count; the others (padding) get weight 0.
+
+    Returns
+    -------
+    ndarray of the shape of ``y01``
+        The weights.
+
+    Examples
+    --------
+    >>> balanced_weights([1, 0, 0, 0]).tolist()
+    [2.0, 0.6666666666666666, 0.6666666666666666, 0.6666666666666666]
     """
     y01 = np.asarray(y01)
     if valid is None:
@@ -145,13 +161,30 @@ def _kkt_ok(K, yy, lo, hi, beta, b, kkt_tol):
 
 
 def libsvm_solve(K, y_pm, upper, tol):
-    """One problem through libsvm (``SVC(kernel='precomputed')``, public API); returns beta
-    (m,), b. Padding entries (``y_pm == 0``) get beta 0.
+    """Solve one SVC dual with libsvm (``SVC(kernel='precomputed')``, public API).
 
     libsvm caches kernel rows in float32: below ~1e-8 its stopping rule may never be met; then
     retry at 1e-7 instead of spinning to its 10^7-iteration limit. (Calling scikit-learn's
     private libsvm binding directly saves ~5 ms per call but ~4 % of a nested CV, where only
     ~2 of ~5,600 problems reach libsvm: benchmarks/group.py ``libsvm``.)
+
+    Parameters
+    ----------
+    K : ndarray of shape (m, m)
+        Kernel (padding rows and columns ignored).
+    y_pm : ndarray of shape (m,)
+        Labels +-1; 0 marks padding.
+    upper : ndarray of shape (m,)
+        Per-sample C_i (the class-weighted upper bounds of alpha).
+    tol : float
+        libsvm's stopping tolerance.
+
+    Returns
+    -------
+    beta : ndarray of shape (m,)
+        ``alpha * y`` (0 in the padding).
+    b : float
+        Intercept.
     """
     import warnings
 
@@ -181,15 +214,33 @@ def solve_dual(K, yy, upper, *, status=None, tol=1e-10, kkt_tol=1e-9, max_iter=6
 
     Parameters
     ----------
-    K : (B, m, m) kernels (padding rows/columns arbitrary)
-    yy : (B, m) labels in {-1, +1}; 0 marks padding
-    upper : (B, m) per-sample C_i (alpha upper bounds)
-    status : optional (B, m) int8 warm start (0 = alpha at 0 side, 1 free, 2 at C side, in beta
-        terms: 0 = beta at its lower bound, 2 = at its upper bound)
+    K : ndarray of shape (B, m, m)
+        Kernels (padding rows and columns arbitrary).
+    yy : ndarray of shape (B, m)
+        Labels in {-1, +1}; 0 marks padding.
+    upper : ndarray of shape (B, m)
+        Per-sample C_i (upper bounds of alpha).
+    status : ndarray of int8, shape (B, m), or None
+        Warm start, in beta terms: 0 = beta at its lower bound, 1 free, 2 at its upper bound.
+    tol : float
+        Tolerance handed to libsvm for the problems it solves.
+    kkt_tol : float
+        Tolerance of the KKT check, in decision units.
+    max_iter : int
+        Active-set iterations before a problem goes to libsvm.
+    ridge : float
+        Ridge added to the KKT systems for numerical stability.
 
     Returns
     -------
-    beta (B, m), b (B,), status (B, m), n_fallback (int)
+    beta : ndarray of shape (B, m)
+        ``alpha * y`` of each problem.
+    b : ndarray of shape (B,)
+        Intercepts (libsvm's rule).
+    status : ndarray of shape (B, m)
+        Final active sets (a warm start for the next C).
+    n_fallback : int
+        Number of problems solved by libsvm.
     """
     K = np.asarray(K, float)
     yy = np.asarray(yy, float)
@@ -221,8 +272,32 @@ def solve_dual(K, yy, upper, *, status=None, tol=1e-10, kkt_tol=1e-9, max_iter=6
 def solve_c_path(K, yy, weights, C_grid, *, chunk=256, **kw):
     """Solutions for every C of an ascending grid, reusing solutions down the path.
 
-    K (T, m, m), yy (T, m) in {-1, 0, +1}, weights (T, m) class weights (0 = padding).
-    Returns beta (T, L, m), b (T, L) and the number of libsvm fallbacks.
+    The grid is walked from its largest C down; a solution with no alpha at its upper bound is
+    kept for the next (smaller) C while it stays feasible (module docstring).
+
+    Parameters
+    ----------
+    K : ndarray of shape (T, m, m)
+        Kernels.
+    yy : ndarray of shape (T, m)
+        Labels in {-1, 0, +1} (0 = padding).
+    weights : ndarray of shape (T, m)
+        Class weights (0 = padding): C_i = C * weights.
+    C_grid : array-like of shape (L,)
+        Ascending C values.
+    chunk : int
+        Problems per batched solve (bounds memory).
+    **kw
+        Passed to :func:`solve_dual`.
+
+    Returns
+    -------
+    beta : ndarray of shape (T, L, m)
+        Dual solutions.
+    b : ndarray of shape (T, L)
+        Intercepts.
+    n_fallback : int
+        Number of problems solved by libsvm.
     """
     C_grid = np.asarray(C_grid, float)
     T, m = yy.shape
@@ -261,7 +336,21 @@ def residual_kernels(K, Z, train_masks):
     fitted on T maps the data by ``M = I - Z G`` with ``G = pinv(Z_T) S_T`` (n x n, sample
     space), so the kernel of the residuals is ``M K M^T``. With Z = 1 this is fold-wise centring.
 
-    K (n, n); Z (n, q); train_masks (T, n) bool. Returns (T, n, n) kernels and G (T, q, n).
+    Parameters
+    ----------
+    K : ndarray of shape (n, n)
+        Linear kernel of the raw features.
+    Z : ndarray of shape (n, q)
+        Design matrix ``[1, covariates]``.
+    train_masks : ndarray of bool, shape (T, n)
+        Training rows of each set.
+
+    Returns
+    -------
+    kernels : ndarray of shape (T, n, n)
+        ``M K M^T`` of each training set.
+    G : ndarray of shape (T, q, n)
+        The maps ``G`` (for the primal weights).
     """
     masks = np.asarray(train_masks, bool)
     Zm = Z[None, :, :] * masks[:, :, None]          # (T, n, q), rows outside T zeroed
@@ -281,7 +370,28 @@ def residual_kernels(K, Z, train_masks):
 def platt_fit(decision, y01, max_iter=100):
     """Fit P(y=1|f) = 1 / (1 + exp(A f + B)) by Newton's method with Platt's target smoothing.
 
-    Returns (A, B). Used on out-of-sample (inner-CV) decision values only.
+    Used on out-of-sample (inner-CV) decision values only: in-sample SVC decision values are
+    too well separated to calibrate.
+
+    Parameters
+    ----------
+    decision : array-like of shape (n,)
+        Decision values.
+    y01 : array-like of shape (n,)
+        Labels 1/0.
+    max_iter : int
+        Newton iterations.
+
+    Returns
+    -------
+    A, B : float
+        The sigmoid's parameters (A < 0 when larger decisions mean responder).
+
+    Examples
+    --------
+    >>> A, B = platt_fit([-2.0, -1.0, 1.0, 2.0, -0.5, 0.5], [0, 0, 1, 1, 1, 0])
+    >>> bool(A < 0)
+    True
     """
     f = np.asarray(decision, float)
     y = np.asarray(y01)
@@ -331,7 +441,25 @@ def platt_fit(decision, y01, max_iter=100):
 
 
 def platt_predict(decision, A, B):
-    """P(y = 1) = 1 / (1 + exp(A f + B)), computed stably."""
+    """P(y = 1) = 1 / (1 + exp(A f + B)), computed stably.
+
+    Parameters
+    ----------
+    decision : array-like of shape (n,)
+        Decision values.
+    A, B : float
+        From :func:`platt_fit`.
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        Probabilities of the positive class.
+
+    Examples
+    --------
+    >>> platt_predict([0.0, 1000.0], -1.0, 0.0).round(3).tolist()
+    [0.5, 1.0]
+    """
     z = np.asarray(decision, float) * A + B
     return np.where(z >= 0, np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))),
                     1 / (1 + np.exp(-np.abs(z))))
