@@ -21,10 +21,9 @@ at the exact optimum of each problem (KKT verified on the unregularised system, 
 ``kkt_tol`` in decision units); the rare problem that does not converge is handed to libsvm
 itself (public ``SVC(kernel='precomputed')``). The intercept follows libsvm's rule (mean over
 free support vectors, else the midpoint of the feasible interval), so decision values equal
-libsvm's to its tolerance. A problem whose
-optimum has no free support vector (every alpha at 0 or C, typical for very small C) has a whole
-interval of optimal intercepts; libsvm's pick then depends on its iteration order, so such
-problems are handed to libsvm to reproduce it.
+libsvm's to its tolerance. A problem whose optimum has no free support vector (every alpha at 0
+or C, typical for very small C) has a whole interval of optimal intercepts; libsvm's pick then
+depends on its iteration order, so such problems are handed to libsvm to reproduce it.
 
 Along a C path a solution with no variable at its upper bound is also the solution for every
 smaller C down to ``max(alpha_i / w_i)`` (its KKT conditions do not involve C), so in the
