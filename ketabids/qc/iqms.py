@@ -59,8 +59,25 @@ def zooms(img) -> tuple[float, ...]:
 
 
 def mad(values: np.ndarray) -> float:
-    """Normalised median absolute deviation: ``1.4826 * median(|x - median(x)|)`` (a sigma
-    estimate for normal data; statsmodels' ``mad``, used by MRIQC)."""
+    """Normalised median absolute deviation: ``1.4826 * median(|x - median(x)|)``.
+
+    A sigma estimate for normal data (statsmodels' ``mad``, used by MRIQC).
+
+    Parameters
+    ----------
+    values : array-like
+        Intensities.
+
+    Returns
+    -------
+    float
+        The normalised MAD (0 for no values).
+
+    Examples
+    --------
+    >>> round(mad(np.array([1.0, 2.0, 3.0, 4.0, 100.0])), 4)
+    1.4826
+    """
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         return 0.0
@@ -68,7 +85,24 @@ def mad(values: np.ndarray) -> float:
 
 
 def tissue_stats(values: np.ndarray) -> dict:
-    """Summary of one region (MRIQC ``summary_stats``): mean, stdv, median, mad, p05, p95, n."""
+    """Summary of one region (MRIQC ``summary_stats``): mean, stdv, median, mad, p05, p95, n.
+
+    Parameters
+    ----------
+    values : array-like
+        Intensities of the region's voxels.
+
+    Returns
+    -------
+    dict
+        ``mean``, ``stdv`` (population standard deviation), ``median``, ``mad``
+        (:func:`mad`), ``p05``, ``p95``, ``n``; all 0 for an empty region.
+
+    Examples
+    --------
+    >>> tissue_stats(np.array([1.0, 3.0]))["stdv"]
+    1.0
+    """
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         return {"mean": 0.0, "stdv": 0.0, "median": 0.0, "mad": 0.0, "p05": 0.0, "p95": 0.0,
@@ -169,25 +203,81 @@ def head_mask_of(img: nib.Nifti1Image) -> np.ndarray:
 # the MRIQC formulas
 # --------------------------------------------------------------------------------------------
 def snr(mu_fg: float, sigma_fg: float, n: float) -> float:
-    """SNR of one tissue (MRIQC ``snr``): ``mu_F / (sigma_F * sqrt(n / (n - 1)))`` with
-    ``mu_F`` the tissue median (as MRIQC passes it) and ``sigma_F`` its standard deviation."""
+    """SNR of one tissue (MRIQC ``snr``): ``mu_F / (sigma_F * sqrt(n / (n - 1)))``.
+
+    Parameters
+    ----------
+    mu_fg : float
+        Tissue median (as MRIQC passes it).
+    sigma_fg : float
+        Tissue standard deviation.
+    n : float
+        Number of voxels.
+
+    Returns
+    -------
+    float
+        The SNR; NaN for fewer than 2 voxels or no spread. Higher is better.
+
+    Examples
+    --------
+    >>> round(snr(100.0, 10.0, 101), 4)
+    9.9504
+    """
     if n < 2 or sigma_fg <= 0:
         return float("nan")
     return float(mu_fg / (sigma_fg * sqrt(n / (n - 1))))
 
 
 def cnr(mu_wm: float, mu_gm: float, sigma_air: float, sigma_wm: float, sigma_gm: float) -> float:
-    """Contrast-to-noise ratio (Magnotta & Friedman 2006; MRIQC ``cnr``):
-    ``|mu_GM - mu_WM| / sqrt(sigma_air^2 + sigma_WM^2 + sigma_GM^2)``; mu = tissue medians,
-    sigma = standard deviations (MRIQC). Higher is better."""
+    """Contrast-to-noise ratio (Magnotta & Friedman 2006; MRIQC ``cnr``).
+
+    ``|mu_GM - mu_WM| / sqrt(sigma_air^2 + sigma_WM^2 + sigma_GM^2)``, with tissue medians and
+    standard deviations (as MRIQC).
+
+    Parameters
+    ----------
+    mu_wm, mu_gm : float
+        WM and GM medians.
+    sigma_air, sigma_wm, sigma_gm : float
+        Standard deviations of air, WM and GM.
+
+    Returns
+    -------
+    float
+        The CNR; NaN when every sigma is 0. Higher is better.
+
+    Examples
+    --------
+    >>> cnr(100.0, 70.0, 0.0, 6.0, 8.0)
+    3.0
+    """
     denom = sqrt(sigma_air ** 2 + sigma_gm ** 2 + sigma_wm ** 2)
     return float(abs(mu_wm - mu_gm) / denom) if denom > 0 else float("nan")
 
 
 def cjv(mu_wm: float, mu_gm: float, sigma_wm: float, sigma_gm: float) -> float:
-    """Coefficient of joint variation (Ganzetti et al. 2016; MRIQC ``cjv``):
-    ``(sigma_WM + sigma_GM) / |mu_WM - mu_GM|``; MRIQC passes medians and MADs. Lower is
-    better (head motion, strong INU)."""
+    """Coefficient of joint variation (Ganzetti et al. 2016; MRIQC ``cjv``).
+
+    ``(sigma_WM + sigma_GM) / |mu_WM - mu_GM|``; MRIQC passes medians and MADs.
+
+    Parameters
+    ----------
+    mu_wm, mu_gm : float
+        WM and GM medians.
+    sigma_wm, sigma_gm : float
+        WM and GM spreads (MADs).
+
+    Returns
+    -------
+    float
+        The CJV; inf when the medians are equal. Lower is better (head motion, strong INU).
+
+    Examples
+    --------
+    >>> cjv(100.0, 80.0, 4.0, 6.0)
+    0.5
+    """
     diff = abs(mu_wm - mu_gm)
     return float((sigma_wm + sigma_gm) / diff) if diff > 0 else float("inf")
 
@@ -196,8 +286,28 @@ def efc(data: np.ndarray, frame: np.ndarray | None = None) -> float:
     """Entropy focus criterion (Atkinson et al. 1997; MRIQC ``efc``), over the voxels not in
     ``frame``: with ``B = sqrt(sum x_j^2)``,
     ``E = -sum (x_j / B) ln(x_j / B)`` normalised by its maximum for N voxels,
-    ``EFC = E / E_max``, ``E_max = sqrt(N) ln(sqrt(N))`` (all voxels equal). 0 = all energy in one
-    voxel, 1 = uniform; lower is better (ghosting, blurring)."""
+    ``EFC = E / E_max``, ``E_max = sqrt(N) ln(sqrt(N))`` (all voxels equal).
+
+    Parameters
+    ----------
+    data : ndarray
+        Image (non-negative).
+    frame : ndarray of bool or None
+        Empty frame to leave out (:func:`frame_mask`).
+
+    Returns
+    -------
+    float
+        0 = all energy in one voxel, 1 = uniform; lower is better (ghosting, blurring). NaN
+        for fewer than 2 voxels or an all-zero image.
+
+    Examples
+    --------
+    >>> round(efc(np.ones(16)), 6)
+    1.0
+    >>> abs(efc(np.array([0.0, 0.0, 0.0, 5.0])))
+    0.0
+    """
     x = np.asarray(data, dtype=np.float32)
     if frame is not None:
         x = x[~frame]
@@ -216,9 +326,31 @@ def efc(data: np.ndarray, frame: np.ndarray | None = None) -> float:
 
 
 def fber(data: np.ndarray, head: np.ndarray, frame: np.ndarray | None = None) -> float:
-    """Foreground-background energy ratio (Shehzad et al. 2015; MRIQC ``fber``):
-    ``median(|x|^2 in head) / median(|x|^2 outside head and frame)``; -1 when the background
-    energy is < 1e-3 (no signal outside the head: skull-stripped input). Higher is better."""
+    """Foreground-background energy ratio (Shehzad et al. 2015; MRIQC ``fber``).
+
+    ``median(|x|^2 in head) / median(|x|^2 outside head and frame)``.
+
+    Parameters
+    ----------
+    data : ndarray
+        Image.
+    head : ndarray
+        Head mask (foreground).
+    frame : ndarray of bool or None
+        Empty frame, left out of the background.
+
+    Returns
+    -------
+    float
+        The ratio (higher is better); -1 when the background energy is < 1e-3 (no signal
+        outside the head: skull-stripped input) or there is no background.
+
+    Examples
+    --------
+    >>> data = np.array([10.0, 10.0, 1.0, 1.0])
+    >>> fber(data, np.array([True, True, False, False]))
+    100.0
+    """
     data = np.asarray(data, dtype=np.float32)
     head = _as_bool(head)
     # median(|x|^2) = median(|x|)^2 (a monotone map keeps the median; NumPy averages the two
@@ -239,8 +371,26 @@ def fber(data: np.ndarray, head: np.ndarray, frame: np.ndarray | None = None) ->
 
 
 def wm2max(data: np.ndarray, mu_wm: float) -> float:
-    """White-matter-to-max ratio (MRIQC ``wm2max``): ``median(WM) / P99.95(image)``; around
-    0.6-0.8 is expected, low values mean long bright tails (vessels, fat)."""
+    """White-matter-to-max ratio (MRIQC ``wm2max``): ``median(WM) / P99.95(image)``.
+
+    Parameters
+    ----------
+    data : ndarray
+        Image.
+    mu_wm : float
+        WM median.
+
+    Returns
+    -------
+    float
+        The ratio: around 0.6-0.8 is expected, low values mean long bright tails (vessels,
+        fat); NaN when the 99.95th percentile is not positive.
+
+    Examples
+    --------
+    >>> wm2max(np.full(10, 200.0), 150.0)
+    0.75
+    """
     # ravel in memory order: no copy of a Fortran-ordered NIfTI array (a percentile does not
     # depend on the order of the values)
     top = float(np.percentile(np.asarray(data).ravel(order="K"), 99.95))
@@ -248,9 +398,29 @@ def wm2max(data: np.ndarray, mu_wm: float) -> float:
 
 
 def inu_stats(bias: np.ndarray, mask: np.ndarray) -> dict:
-    """Summary of the N4 bias field inside ``mask`` (MRIQC ``StructuralQC``, ``inu``):
+    """Summary of the N4 bias field inside ``mask`` (MRIQC ``StructuralQC``, ``inu``).
+
     ``inu_med = median(b)``, ``inu_range = |P95(b) - P5(b)|``. MRIQC takes the mask of its
-    segmentation (``segdata > 0``, i.e. the brain); values near 1 / small ranges are better."""
+    segmentation (``segdata > 0``, i.e. the brain).
+
+    Parameters
+    ----------
+    bias : ndarray
+        The N4 bias field.
+    mask : ndarray
+        Brain mask on the same grid.
+
+    Returns
+    -------
+    dict
+        ``inu_med`` and ``inu_range`` (NaN for an empty mask); a median near 1 and a small
+        range are better.
+
+    Examples
+    --------
+    >>> inu_stats(np.array([0.9, 1.0, 1.1, 5.0]), np.array([1, 1, 1, 0]))["inu_med"]
+    1.0
+    """
     b = np.asarray(bias)[np.asarray(mask) > 0].astype(np.float64)  # cast the brain only
     if b.size == 0:
         return {"inu_med": float("nan"), "inu_range": float("nan")}
@@ -273,13 +443,30 @@ def _nonnegative(data: np.ndarray) -> np.ndarray:
 def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -> dict:
     """MRIQC-style IQMs of one T1w (``StructuralQC`` recipe).
 
-    ``t1w``: the INU-corrected T1w (nibabel image or array; negative values -> 0);
-    ``brain_mask``: brain mask; ``tpms``: ``{"GM", "WM", "CSF"}`` probability maps on the same
-    grid; ``head_mask``: head mask (default: :func:`head_mask_of` ``t1w``); ``bias``: the N4 bias field (optional: without it ``inu_*`` are NaN).
-
     SNR per tissue uses the tissue median and standard deviation (MRIQC), ``snr_total`` is the
     mean of the three; CNR uses medians and standard deviations with sigma_air the standard
-    deviation of the air; CJV uses medians and MADs; WM2MAX the WM median.
+    deviation of the air; CJV uses medians and MADs; WM2MAX the WM median. Differences from
+    MRIQC are listed in the module docstring.
+
+    Parameters
+    ----------
+    t1w : nibabel image, path or ndarray
+        The INU-corrected T1w (negative values are set to 0).
+    brain_mask : nibabel image, path or ndarray
+        Brain mask on the same grid.
+    tpms : dict
+        ``{"GM", "WM", "CSF"}`` -> probability (fraction) maps on the same grid.
+    head_mask : nibabel image, path, ndarray or None
+        Head mask; ``None``: :func:`head_mask_of` the T1w.
+    bias : nibabel image, path, ndarray or None
+        The N4 bias field; ``None``: ``inu_*`` are NaN.
+
+    Returns
+    -------
+    dict
+        ``snr_csf``, ``snr_gm``, ``snr_wm``, ``snr_total``, ``cnr``, ``cjv``, ``efc``, ``fber``,
+        ``wm2max``, ``inu_med``, ``inu_range``, ``summary_{csf,gm,wm}_median`` and
+        ``summary_bg_stdv`` (floats).
     """
     data = _nonnegative(as_array(t1w))
     brain = as_array(brain_mask) > 0
