@@ -29,10 +29,35 @@ LEVELS = ("pass", "warn", "fail")
 
 @dataclass(frozen=True)
 class Rule:
-    """``kind``: ``"above"`` (bad when value > threshold), ``"below"`` (bad when value <
-    threshold), ``"outside"`` (thresholds are ``(low, high)`` ranges), ``"true"`` / ``"false"``
-    (bad when the flag has that value; ``fail``/``warn`` = True marks the level).
-    ``label`` and ``unit`` and ``scale`` format the reason (``value * scale``)."""
+    """The pass/warn/fail rule of one QC metric.
+
+    Parameters
+    ----------
+    metric : str
+        Key of the metric in the QC record.
+    kind : {"above", "below", "outside", "true", "false"}
+        ``"above"``: bad when value > threshold; ``"below"``: bad when value < threshold;
+        ``"outside"``: thresholds are ``(low, high)`` ranges; ``"true"`` / ``"false"``: bad
+        when the flag has that value (``fail``/``warn`` = True marks the level).
+    warn, fail : float, tuple of float, bool or None
+        Thresholds of each level (``None``: the level does not apply).
+    label, unit : str
+        How the reason names the metric and its unit.
+    scale : float
+        Factor from the metric to the value shown in the reason (e.g. 100 for %).
+    digits : int
+        Decimals shown in the reason.
+    source : str
+        Where the thresholds come from (a measurement or a reference).
+    description : str
+        What the metric measures (data dictionary, report).
+
+    Examples
+    --------
+    >>> rule = Rule("cnr", "below", warn=1.0, fail=0.5, label="CNR")
+    >>> rule.level(0.7), rule.reason(0.7)
+    ('warn', 'CNR 0.7')
+    """
 
     metric: str
     kind: str
@@ -62,7 +87,23 @@ class Rule:
         raise ValueError(f"rule {self.metric}: unknown kind {self.kind!r}")
 
     def level(self, value) -> str:
-        """``"pass"``, ``"warn"`` or ``"fail"`` for ``value``; ``"pass"`` if missing."""
+        """The level of ``value``.
+
+        Parameters
+        ----------
+        value : float, bool, None
+            The metric's value.
+
+        Returns
+        -------
+        str
+            ``"pass"``, ``"warn"`` or ``"fail"``; ``"pass"`` for a missing or non-finite value.
+
+        Raises
+        ------
+        ValueError
+            An unknown ``kind``.
+        """
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             return "pass"
         if self._bad(value, self.fail):
@@ -72,7 +113,18 @@ class Rule:
         return "pass"
 
     def reason(self, value) -> str:
-        """A short reason, e.g. ``"slice thickness 6 mm"``."""
+        """A short reason, e.g. ``"slice thickness 6 mm"``.
+
+        Parameters
+        ----------
+        value : float or bool
+            The metric's value.
+
+        Returns
+        -------
+        str
+            The label, with the scaled value and unit for numeric rules.
+        """
         label = self.label or self.metric.replace("_", " ")
         if self.kind in ("true", "false"):
             return label
@@ -199,9 +251,28 @@ RULES_BY_METRIC = {rule.metric: rule for rule in RULES}
 
 
 def assess(metrics: dict, rules=RULES) -> tuple[str, list[str]]:
-    """``(verdict, reasons)``: verdict in ``{"pass", "warn", "fail"}``; reasons are short
-    strings, fails first (e.g. ``["slice thickness 6 mm"]``).
+    """The QC verdict of one scan and its reasons.
 
+    The verdict is the worst level over the rules; a processing error is a fail; missing or
+    non-finite metrics are skipped.
+
+    Parameters
+    ----------
+    metrics : dict
+        Metric name -> value (a QC record, e.g. ``sub-X_desc-qc_metrics.json``'s metrics), with
+        an optional ``"error"`` (processing failed).
+    rules : sequence of Rule
+        The rules applied (default :data:`RULES`).
+
+    Returns
+    -------
+    verdict : str
+        ``"pass"``, ``"warn"`` or ``"fail"``.
+    reasons : list of str
+        Short reasons, fails first (e.g. ``["slice thickness 6 mm"]``).
+
+    Examples
+    --------
     >>> assess({"slice_thickness_mm": 6.0})
     ('fail', ['slice thickness 6 mm'])
     >>> assess({"slice_thickness_mm": 1.0, "cnr": 2.1})
@@ -225,6 +296,18 @@ def assess(metrics: dict, rules=RULES) -> tuple[str, list[str]]:
 
 
 def rules_table() -> list[dict]:
-    """The rules as plain dicts (for the data dictionary, the report and the README)."""
+    """The rules as plain dicts, for the data dictionary, the report and the docs.
+
+    Returns
+    -------
+    list of dict
+        One dict per rule of :data:`RULES`: ``metric``, ``kind``, ``warn``, ``fail``,
+        ``description``, ``source``.
+
+    Examples
+    --------
+    >>> rules_table()[0]["metric"]
+    'orientation_missing'
+    """
     return [{"metric": r.metric, "kind": r.kind, "warn": r.warn, "fail": r.fail,
              "description": r.description, "source": r.source} for r in RULES]
