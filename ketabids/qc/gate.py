@@ -51,20 +51,56 @@ __all__ = ["QC_POLICIES", "ReviewDecision", "QCGate", "read_exclude_file", "read
 
 @dataclass(frozen=True)
 class ReviewDecision:
-    """One row of the exclusion file: ``session`` None = every session of the participant."""
+    """One row of the exclusion file.
+
+    Parameters
+    ----------
+    participant_id : str
+        ``sub-<label>``.
+    session : str or None
+        ``ses-<label>``; ``None``: every session of the participant.
+    reason : str
+        Why the scan is excluded (goes into the report and the model manifest).
+    """
 
     participant_id: str
     session: str | None
     reason: str
 
     def matches(self, subject: str, session: str | None) -> bool:
+        """Whether this decision applies to ``subject`` (with or without ``sub-``) and
+        ``session`` (with or without ``ses-``, or None).
+
+        Examples
+        --------
+        >>> ReviewDecision("sub-01", None, "motion").matches("01", "2")
+        True
+        """
         return self.participant_id == _sub(subject) and (
             self.session is None or self.session == _ses(session))
 
 
 @dataclass
 class QCGate:
-    """What the gate decided for one cohort (recorded in manifests and reports)."""
+    """What the gate decided for one cohort (recorded in manifests and reports).
+
+    Built by :func:`open_gate` and filled by :func:`pass_gate`.
+
+    Attributes
+    ----------
+    policy : str
+        The ``--qc-policy`` (:data:`QC_POLICIES`).
+    exclude_file, exclude_file_sha256 : str or None
+        The exclusion file and its SHA-256.
+    decisions : list of ReviewDecision
+        The rows of the exclusion file.
+    verdicts : dict
+        participant_id -> ``{"session", "verdict" (None = no record), "reasons"}`` for every
+        candidate.
+    excluded : list of dict
+        ``{"participant_id", "session", "reason", "by": "qc" | "review"}`` of each scan left
+        out.
+    """
 
     policy: str = "exclude"
     exclude_file: str | None = None
@@ -84,11 +120,13 @@ class QCGate:
 
     @property
     def no_record(self) -> list[str]:
+        """Participants without a QC record (none under the ``ignore`` policy)."""
         if self.policy == "ignore":
             return []
         return [pid for pid, rec in self.verdicts.items() if rec["verdict"] is None]
 
     def counts(self) -> dict:
+        """Number of candidates per verdict: ``pass``, ``warn``, ``fail``, ``no_record``."""
         counts = {"pass": 0, "warn": 0, "fail": 0, "no_record": 0}
         if self.policy != "ignore":
             for rec in self.verdicts.values():
@@ -142,10 +180,30 @@ def _sha256(path: Path) -> str:
 def read_exclude_file(path, *, known_participants, roots=()) -> list[ReviewDecision]:
     """Read and check an exclusion TSV; every problem is one :class:`BadDataError` naming it.
 
-    ``known_participants``: labels of participants.tsv (with or without ``sub-``); ``roots``:
-    folders in which a named session must exist (``<root>/sub-X/ses-Y``), e.g. BIDS_DIR and
-    OUTPUT_DIR. A ``rating`` column (the export of ``qc.html``) keeps the rows rated
-    ``exclude``; their reason is ``reason``, else ``comment``, else "rated exclude in qc.html".
+    A ``rating`` column (the export of ``qc.html``) keeps the rows rated ``exclude``; their
+    reason is ``reason``, else ``comment``, else "rated exclude in qc.html".
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The TSV: ``participant_id``, ``reason``, optional ``session`` (``n/a`` or empty =
+        every session).
+    known_participants : iterable of str
+        Labels of participants.tsv (with or without ``sub-``).
+    roots : iterable of path
+        Folders in which a named session must exist (``<root>/sub-X/ses-Y``), e.g. BIDS_DIR
+        and OUTPUT_DIR; empty: sessions are not checked.
+
+    Returns
+    -------
+    list of ReviewDecision
+        One per row to exclude, in file order.
+
+    Raises
+    ------
+    BadDataError
+        An unreadable file, a missing column, a row without participant or reason, an unknown
+        participant or session; the message names the file, the line and the fix.
     """
     import pandas as pd
 
@@ -200,7 +258,23 @@ def read_exclude_file(path, *, known_participants, roots=()) -> list[ReviewDecis
 
 
 def read_verdict(output_dir, subject: str, session: str | None = None) -> dict | None:
-    """``{"verdict", "reasons"}`` from a subject's QC JSON, or None without a (readable) one."""
+    """The QC verdict of one scan, from its per-subject QC JSON.
+
+    Parameters
+    ----------
+    output_dir : str or os.PathLike
+        The participant level's OUTPUT_DIR.
+    subject : str
+        Participant label.
+    session : str or None
+        Session label.
+
+    Returns
+    -------
+    dict or None
+        ``{"verdict", "reasons"}``; ``None`` when there is no record, or it is unreadable or
+        holds no pass/warn/fail verdict (a warning is logged for the last two).
+    """
     from ketabids.qc.table import qc_json_path
 
     path = qc_json_path(output_dir, subject, session)
@@ -221,8 +295,31 @@ def read_verdict(output_dir, subject: str, session: str | None = None) -> dict |
 
 def open_gate(*, policy: str = "exclude", exclude_file=None, known_participants=(),
               roots=()) -> QCGate:
-    """A gate with its policy and the review decisions read and checked (call it before any
-    long work: a bad exclusion file fails at once)."""
+    """A gate with its policy and the review decisions read and checked.
+
+    Call it before any long work, so that a bad exclusion file fails at once.
+
+    Parameters
+    ----------
+    policy : {"exclude", "warn", "ignore"}
+        What a QC verdict does (module docstring).
+    exclude_file : path or None
+        The review decisions (:func:`read_exclude_file`).
+    known_participants, roots
+        As :func:`read_exclude_file`.
+
+    Returns
+    -------
+    QCGate
+        With ``policy``, ``decisions`` and the file's name and SHA-256; no verdict read yet.
+
+    Raises
+    ------
+    UsageError
+        An unknown policy.
+    BadDataError
+        A bad exclusion file.
+    """
     if policy not in QC_POLICIES:
         raise UsageError(f"--qc-policy {policy!r} is unknown; use one of {', '.join(QC_POLICIES)}")
     gate = QCGate(policy=policy)
@@ -236,9 +333,25 @@ def open_gate(*, policy: str = "exclude", exclude_file=None, known_participants=
 
 
 def pass_gate(gate: QCGate, candidates: dict, *, output_dir) -> list:
-    """Split ``candidates`` (``{subject: session or None}``, in cohort order): returns the kept
-    subjects, records every decision in ``gate`` and logs what it did (one summary line, one
-    warning line per kind of problem)."""
+    """Split the candidates into kept and left out, recording every decision in ``gate``.
+
+    Logs one summary line and one warning line per kind of problem (failures kept under
+    ``warn``, scans without a QC record).
+
+    Parameters
+    ----------
+    gate : QCGate
+        From :func:`open_gate`; filled in place (``verdicts``, ``excluded``).
+    candidates : dict
+        ``{subject: session or None}``, in cohort order.
+    output_dir : str or os.PathLike
+        Where the QC records are (:func:`read_verdict`).
+
+    Returns
+    -------
+    list of str
+        The kept subjects, in cohort order.
+    """
     kept = []
     for subject, session in candidates.items():
         pid, ses = _sub(subject), _ses(session)
@@ -277,7 +390,27 @@ def pass_gate(gate: QCGate, candidates: dict, *, output_dir) -> list:
 
 def apply_qc_gate(candidates: dict, *, output_dir, policy: str = "exclude",
                   exclude_file=None, known_participants=(), roots=()) -> tuple[list, QCGate]:
-    """:func:`open_gate` then :func:`pass_gate`: ``(kept subjects, gate)``."""
+    """:func:`open_gate` then :func:`pass_gate`, in one call.
+
+    Parameters
+    ----------
+    candidates, output_dir
+        As :func:`pass_gate`.
+    policy, exclude_file, known_participants, roots
+        As :func:`open_gate`.
+
+    Returns
+    -------
+    kept : list of str
+        The kept subjects.
+    gate : QCGate
+        Every decision, for the manifest and the report.
+
+    Raises
+    ------
+    UsageError, BadDataError
+        As :func:`open_gate`.
+    """
     gate = open_gate(policy=policy, exclude_file=exclude_file,
                      known_participants=known_participants, roots=roots)
     return pass_gate(gate, candidates, output_dir=output_dir), gate
