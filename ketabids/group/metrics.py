@@ -29,7 +29,30 @@ METRICS = ("bac", "sensitivity", "specificity", "auc", "ppv", "npv", "accuracy",
 
 
 def wilson_interval(k, n, confidence=0.95):
-    """Wilson score interval for k successes out of n (nan, nan when n == 0)."""
+    """Wilson score interval for k successes out of n.
+
+    Used for proportions of one prediction per participant: unlike the normal interval it
+    stays inside [0, 1] and keeps its coverage near 0 and 1 with a few dozen participants.
+
+    Parameters
+    ----------
+    k : int
+        Successes.
+    n : int
+        Trials.
+    confidence : float
+        Coverage of the interval.
+
+    Returns
+    -------
+    low, high : float
+        The interval (NaN, NaN when ``n == 0``).
+
+    Examples
+    --------
+    >>> [round(float(v), 4) for v in wilson_interval(5, 10)]
+    [0.2366, 0.7634]
+    """
     if n == 0:
         return np.nan, np.nan
     z = stats.norm.ppf(0.5 + confidence / 2)
@@ -41,7 +64,25 @@ def wilson_interval(k, n, confidence=0.95):
 
 
 def roc_auc(y_true, score):
-    """Area under the ROC curve (Mann-Whitney, ties count 1/2)."""
+    """Area under the ROC curve (Mann-Whitney, ties count 1/2).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Labels 1/0.
+    score : array-like of shape (n,)
+        Decision values or probabilities (larger = more likely 1).
+
+    Returns
+    -------
+    float
+        The AUC; NaN when a class is absent.
+
+    Examples
+    --------
+    >>> roc_auc([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9])
+    0.75
+    """
     y_true = np.asarray(y_true)
     r = stats.rankdata(score)
     n1 = int((y_true == 1).sum())
@@ -52,7 +93,28 @@ def roc_auc(y_true, score):
 
 
 def delong_interval(y_true, score, confidence=0.95):
-    """AUC and DeLong (1988) normal interval, clipped to [0, 1]."""
+    """AUC and DeLong (1988) normal interval, clipped to [0, 1].
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Labels 1/0.
+    score : array-like of shape (n,)
+        Decision values or probabilities.
+    confidence : float
+        Coverage of the interval.
+
+    Returns
+    -------
+    auc, low, high : float
+        The AUC and its interval (NaN bounds with fewer than 2 members in a class).
+
+    Examples
+    --------
+    >>> auc, low, high = delong_interval([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.7, 0.3, 0.8, 0.9])
+    >>> round(auc, 3), low < auc < high
+    (0.889, True)
+    """
     y_true = np.asarray(y_true)
     pos = np.asarray(score)[y_true == 1]
     neg = np.asarray(score)[y_true == 0]
@@ -69,10 +131,24 @@ def delong_interval(y_true, score, confidence=0.95):
 
 
 def balanced_accuracy_sets(y_true, pred, groups):
-    """Balanced accuracy of many predictions on many row sets at once: mean recall over the
-    classes present (as scikit-learn), ``(sensitivity + specificity) / 2`` when both are.
+    """Balanced accuracy of many predictions on many row sets at once.
 
-    ``y_true`` (n,) 0/1; ``pred`` (T, L, n) bool; ``groups`` (T, n) bool rows scored -> (T, L).
+    Mean recall over the classes present (as scikit-learn): ``(sensitivity + specificity) / 2``
+    when both are. Vectorised for the inner CV, which scores every C of every split together.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Labels 1/0.
+    pred : array-like of bool, shape (T, L, n)
+        Predictions (e.g. T splits x L values of C).
+    groups : array-like of bool, shape (T, n)
+        Rows scored in each of the T sets.
+
+    Returns
+    -------
+    ndarray of shape (T, L)
+        Balanced accuracies.
     """
     y_true = np.asarray(y_true)
     groups = np.asarray(groups, bool)
@@ -91,8 +167,22 @@ def balanced_accuracy_sets(y_true, pred, groups):
 
 
 def balanced_accuracy(y_true, pred):
-    """Mean recall over the classes present (as scikit-learn); ``pred`` 0/1 or bool.
+    """Balanced accuracy: mean recall over the classes present (as scikit-learn).
 
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Labels 1/0.
+    pred : array-like of shape (n,)
+        Predictions, 0/1 or bool.
+
+    Returns
+    -------
+    float
+        The balanced accuracy.
+
+    Examples
+    --------
     >>> balanced_accuracy([0, 0, 1, 1], [0, 1, 1, 1])
     0.75
     """
@@ -167,10 +257,41 @@ def _cluster_bootstrap(y, dec2, proba2, threshold, n_boot, rng):
 
 def classification_metrics(y_true, decision, proba=None, *, threshold=0.0, confidence=0.95,
                            n_bootstrap=2000, random_state=0):
-    """Metrics with intervals; one row per metric.
+    """Every classification metric with its 95% interval; one row per metric.
 
-    ``decision`` (n,) -> aggregation "single"; (n_repeats, n) -> "pooled" over repeats.
-    Columns: metric, aggregation, estimate, ci_low, ci_high, method.
+    The intervals are those of the module docstring: for one prediction per participant,
+    Wilson (proportions), DeLong (AUC) and a stratified bootstrap (BAC, Brier); for pooled CV
+    repeats, a stratified subject-cluster bootstrap for all.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Labels 1/0.
+    decision : array-like of shape (n,) or (n_repeats, n)
+        Decision values: 1-D gives aggregation ``single``, 2-D ``pooled`` over repeats.
+    proba : array-like of the shape of ``decision``, or None
+        Probabilities of response (for the Brier score; NaN without).
+    threshold : float
+        Decision values above it are predicted responders.
+    confidence : float
+        Coverage of the intervals.
+    n_bootstrap : int
+        Bootstrap resamples.
+    random_state : int
+        Seed of the bootstrap.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``metric`` (bac, sensitivity, specificity, auc, ppv, npv, accuracy, brier),
+        ``aggregation``, ``estimate``, ``ci_low``, ``ci_high``, ``method``; proportions 0-1.
+
+    Examples
+    --------
+    >>> table = classification_metrics([0, 0, 1, 1], [-1.0, 0.5, 0.2, 2.0], n_bootstrap=200)
+    >>> row = table.set_index("metric").loc["bac"]
+    >>> float(row["estimate"]), row["method"]
+    (0.75, 'stratified bootstrap over subjects')
     """
     y = np.asarray(y_true).astype(np.int64)
     dec = np.asarray(decision, float)
@@ -217,7 +338,25 @@ def _per_repeat(y, dec, proba):
 
 
 def repeat_metrics(y_true, decision, proba=None):
-    """Mean of per-repeat metrics with the across-repeat 2.5-97.5 percentile range."""
+    """Mean of per-repeat metrics with the across-repeat 2.5-97.5 percentile range.
+
+    The range shows the variability due to the random CV partition only, not the sampling
+    uncertainty (module docstring).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Labels 1/0.
+    decision : array-like of shape (n_repeats, n)
+        Out-of-fold decision values of each repeat.
+    proba : array-like of shape (n_repeats, n) or None
+        Out-of-fold probabilities.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`classification_metrics`, aggregation ``mean_over_repeats``.
+    """
     y = np.asarray(y_true).astype(np.int64)
     per = _per_repeat(y, np.asarray(decision, float), proba)
     rows = []
@@ -233,7 +372,26 @@ def repeat_metrics(y_true, decision, proba=None):
 
 
 def per_fold_table(y, decision, proba, fold_of, chosen_C, inner_bac):
-    """Tidy table: one row per (repeat, outer fold)."""
+    """Tidy table of the outer folds: one row per (repeat, outer fold).
+
+    Parameters
+    ----------
+    y : ndarray of shape (n,)
+        Labels 1/0.
+    decision, proba : ndarray of shape (n_repeats, n)
+        Out-of-fold decision values and probabilities.
+    fold_of : ndarray of shape (n_repeats, n)
+        Outer fold of each participant in each repeat.
+    chosen_C, inner_bac : ndarray of shape (n_repeats, n_outer)
+        C chosen by each fold's inner CV and its inner balanced accuracy.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``repeat``, ``fold`` (0-based), ``n_train``, ``n_test``, ``n_train_pos``,
+        ``n_test_pos``, ``C``, ``inner_bac``, ``bac``, ``sensitivity``, ``specificity``,
+        ``auc``, ``brier``.
+    """
     rows = []
     R, n = decision.shape
     for r in range(R):
@@ -260,10 +418,25 @@ def calibration_table(y, proba, n_bins: int | None = None) -> pd.DataFrame:
     ``n_bins`` groups of (nearly) equal size, so no bin holds one person.
 
     ``n_bins`` defaults to ``n // 10`` clipped to 2..10 (about 10 participants per bin).
-    Columns ``bin_low, bin_high`` (lowest and highest probability in the bin), ``n``,
-    ``mean_predicted``, ``observed_rate``; the Brier score ``mean((p - y)^2)`` is in the
-    metrics tables.
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        Labels 1/0.
+    proba : array-like of shape (n,)
+        Predicted probabilities of response (clipped to [0, 1]).
+    n_bins : int or None
+        Number of bins; ``None``: ``n // 10`` clipped to 2..10 (about 10 participants per
+        bin).
 
+    Returns
+    -------
+    pandas.DataFrame
+        ``bin_low``, ``bin_high`` (lowest and highest probability in the bin), ``n``,
+        ``mean_predicted``, ``observed_rate``; the Brier score ``mean((p - y)^2)`` is in the
+        metrics tables.
+
+    Examples
+    --------
     >>> calibration_table([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], n_bins=2)["observed_rate"].tolist()
     [0.0, 1.0]
     """
@@ -284,7 +457,13 @@ def calibration_table(y, proba, n_bins: int | None = None) -> pd.DataFrame:
 
 
 def finite_or_none(value):
-    """``float(value)``, or None when it is missing or not finite (JSON-friendly)."""
+    """``float(value)``, or None when it is missing or not finite (JSON-friendly).
+
+    Examples
+    --------
+    >>> finite_or_none("0.5"), finite_or_none(float("nan")), finite_or_none(None)
+    (0.5, None, None)
+    """
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -306,6 +485,20 @@ _AGGREGATION_TEXT = {
 def format_p(p, n_permutations) -> str:
     """A permutation p-value as text; at its floor ``1/(N+1)`` it says so.
 
+    Parameters
+    ----------
+    p : float or None
+        The p-value.
+    n_permutations : int
+        Number of permutations (0: no test).
+
+    Returns
+    -------
+    str
+        The text shown in reports, logs and the demo table.
+
+    Examples
+    --------
     >>> format_p(1 / 201, 200)
     'p <= 0.005 (floor of 200 permutations)'
     >>> format_p(0.0423, 200)
@@ -322,7 +515,25 @@ def format_p(p, n_permutations) -> str:
 
 
 def small_class_warning(n_responders: int, n_nonresponders: int) -> str | None:
-    """A warning when a class has fewer than :data:`SMALL_CLASS` members, else None."""
+    """A warning when a class has fewer than :data:`SMALL_CLASS` members, else None.
+
+    Parameters
+    ----------
+    n_responders, n_nonresponders : int
+        Class sizes.
+
+    Returns
+    -------
+    str or None
+        The warning text.
+
+    Examples
+    --------
+    >>> small_class_warning(12, 15) is None
+    True
+    >>> small_class_warning(4, 15).split(":")[0]
+    'Small sample'
+    """
     small = [(k, name) for k, name in ((n_responders, "responders"),
                                        (n_nonresponders, "non-responders")) if k < SMALL_CLASS]
     if not small:
@@ -335,13 +546,34 @@ def small_class_warning(n_responders: int, n_nonresponders: int) -> str | None:
 
 def headline_metric(metrics: pd.DataFrame, *, aggregation: str, y, p=None,
                     n_permutations: int = 0, n_repeats: int | None = None) -> dict:
-    """THE headline result of an analysis: balanced accuracy of ``aggregation`` (training:
-    ``pooled`` = all out-of-fold predictions of all repeats; prediction: ``single``) with its
-    95 % interval from ``metrics`` and the permutation p-value of that same statistic.
+    """THE headline result of an analysis: one balanced accuracy, its interval and its p.
 
-    Keys: ``metric`` ("bac"), ``name``, ``aggregation``, ``description``, ``estimate``,
-    ``ci_low``, ``ci_high``, ``ci_method``, ``p``, ``n_permutations``, ``p_text``, ``n``,
-    ``n_responders``, ``n_nonresponders``, ``warning`` (None or text), ``text`` (one line).
+    The same dict feeds ``metrics.json``, the report, the closing log line and the demo
+    table, so the figure a user quotes is the same everywhere.
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame
+        From :func:`classification_metrics` (and :func:`repeat_metrics`).
+    aggregation : str
+        The row to report: ``pooled`` (training: all out-of-fold predictions of all repeats)
+        or ``single`` (prediction).
+    y : array-like of shape (n,)
+        Labels 1/0 (class sizes).
+    p : float or None
+        Permutation p-value of that same statistic.
+    n_permutations : int
+        Number of permutations behind ``p``.
+    n_repeats : int or None
+        CV repeats (for the description).
+
+    Returns
+    -------
+    dict
+        ``metric`` ("bac"), ``name``, ``aggregation``, ``description``, ``estimate``,
+        ``ci_low``, ``ci_high``, ``ci_method``, ``p``, ``n_permutations``, ``p_text``, ``n``,
+        ``n_responders``, ``n_nonresponders``, ``warning`` (None or text), ``text`` (one line,
+        :func:`format_headline`).
     """
     y = np.asarray(y).astype(int)
     row = metrics[(metrics["metric"] == HEADLINE_METRIC)
@@ -367,8 +599,19 @@ def _pct(value) -> str:
 
 
 def format_headline(h: dict) -> str:
-    """One line: ``balanced accuracy 72.2% (95% CI 60.0-83.3%; pooled ...), p ..., n = 30 (15
-    responders)``; the same text in the report, the closing log line and the demo table."""
+    """The headline as one line, the same in the report, the closing log line and the demo.
+
+    Parameters
+    ----------
+    h : dict
+        From :func:`headline_metric`.
+
+    Returns
+    -------
+    str
+        E.g. ``balanced accuracy 72.2% (95% CI 60.0%-83.3%; pooled ...), p ..., n = 30 (15
+        responders, 15 non-responders)``.
+    """
     return (f"{h['name']} {_pct(h['estimate'])} (95% CI {_pct(h['ci_low'])}-"
             f"{_pct(h['ci_high'])}; {h['description']}), {h['p_text']}, n = {h['n']} "
             f"({h['n_responders']} responders, {h['n_nonresponders']} non-responders)")
