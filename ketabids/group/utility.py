@@ -36,8 +36,31 @@ DECISION_CURVE_COLUMNS = ["threshold", "net_benefit_model", "net_benefit_treat_a
 def decision_curve(y, proba, thresholds=None) -> pd.DataFrame:
     """Net benefit of the model, treat-all and treat-none at each threshold probability.
 
-    ``proba`` (n,) or (n_repeats, n) (pooled); a participant is treated when ``proba >= pt``.
+    A participant is treated when ``proba >= pt``; formulas in the module docstring.
 
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        Outcomes 1/0 (responder / non-responder).
+    proba : array-like of shape (n,) or (n_repeats, n)
+        Predicted probabilities of response; 2-D: counts pooled over repeats.
+    thresholds : array-like or None
+        Threshold probabilities, strictly between 0 and 1 (default 0.01 to 0.99,
+        :data:`DEFAULT_THRESHOLDS`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``threshold``, ``net_benefit_model``, ``net_benefit_treat_all``,
+        ``net_benefit_treat_none`` (the columns of ``decision_curve.tsv``).
+
+    Raises
+    ------
+    ValueError
+        ``proba`` of another length than ``y``, or a threshold outside (0, 1).
+
+    Examples
+    --------
     >>> t = decision_curve([0, 1, 1, 0], [0.1, 0.9, 0.8, 0.3], thresholds=[0.2, 0.5])
     >>> t["net_benefit_model"].round(4).tolist(), t["net_benefit_treat_all"].round(4).tolist()
     ([0.4375, 0.5], [0.375, 0.0])
@@ -64,11 +87,27 @@ def decision_curve(y, proba, thresholds=None) -> pd.DataFrame:
 
 
 def calibration_intercept_slope(y, proba, *, confidence: float = 0.95) -> dict:
-    """Calibration-in-the-large and calibration slope (module docstring) of probabilities
-    ``proba`` against outcomes ``y``: ``{"calibration_in_the_large": {"value", "ci_low",
-    "ci_high"}, "calibration_slope": {...}, "method": "..."}``; None values when the outcome
-    has one class only.
+    """Calibration-in-the-large and calibration slope of predicted probabilities.
 
+    Definitions in the module docstring (Van Calster et al. 2019).
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        Outcomes 1/0.
+    proba : array-like of shape (n,)
+        Predicted probabilities of response.
+    confidence : float
+        Coverage of the Wald intervals.
+
+    Returns
+    -------
+    dict
+        ``{"calibration_in_the_large": {"value", "ci_low", "ci_high"}, "calibration_slope":
+        {...}, "method": str}``; the values are None when the outcome has one class only.
+
+    Examples
+    --------
     >>> rng = np.random.default_rng(0)
     >>> lp = rng.normal(0, 2, 20000)
     >>> y = rng.random(20000) < 1 / (1 + np.exp(-0.5 * lp))     # true slope 0.5
