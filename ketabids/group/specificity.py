@@ -52,9 +52,23 @@ RELEVANT_LOG_ODDS = 0.5
 
 
 def trained_arm(arm_column: str, trained_include) -> str | None:
-    """The arm the model was trained on, when its training rule kept one value of
-    ``arm_column`` (``--include arm=ketamine``), else None (case as written in the rule).
+    """The arm the model was trained on, read from its training rule.
 
+    Parameters
+    ----------
+    arm_column : str
+        The participants.tsv column holding the arm.
+    trained_include : iterable of str or None
+        The model's ``--include`` rules (``COL=VALUE``, ``COL!=VALUE``).
+
+    Returns
+    -------
+    str or None
+        The one value of ``arm_column`` the rules kept (case as written in the rule), else
+        None.
+
+    Examples
+    --------
     >>> trained_arm("arm", ["arm=ketamine", "site!=B"])
     'ketamine'
     >>> trained_arm("arm", ["arm!=saline"]) is None
@@ -71,15 +85,37 @@ def trained_arm(arm_column: str, trained_include) -> str | None:
 
 def resolve_arms(arm_column: str, values, *, treatment_arm: str | None = None,
                  trained_include=()) -> tuple[str, str]:
-    """``(treatment arm, reference arm)`` among ``values`` (the arm of every participant
-    analysed), checked so that the arms cannot be swapped by mistake.
+    """The treatment and reference arms, checked so that they cannot be swapped by mistake.
 
     The treatment arm is the one the model was trained on when its training rule says so
     (``--include ARM=VALUE``); ``treatment_arm`` must then agree. Otherwise ``treatment_arm``
-    is required. Exactly two arms must be present. Raises :class:`~ketabids.errors.UsageError`
-    (one line naming the column, its values and the fix). Values compare case-insensitively;
-    the spelling of ``values`` is returned.
+    is required. Exactly two arms must be present. Values compare case-insensitively; the
+    spelling of ``values`` is returned.
 
+    Parameters
+    ----------
+    arm_column : str
+        The column holding the arm (for the messages).
+    values : iterable
+        The arm of every participant analysed.
+    treatment_arm : str or None
+        ``--treatment-arm``.
+    trained_include : iterable of str
+        The model's ``--include`` rules (:func:`trained_arm`).
+
+    Returns
+    -------
+    treatment, reference : str
+        The two arms.
+
+    Raises
+    ------
+    UsageError
+        Not exactly two arms, a treatment arm that contradicts the training rule, is missing
+        or is not among the arms; one line naming the column, its values and the fix.
+
+    Examples
+    --------
     >>> resolve_arms("arm", ["Ketamine", "saline", "saline"], trained_include=["arm=ketamine"])
     ('Ketamine', 'saline')
     """
@@ -117,8 +153,31 @@ def resolve_arms(arm_column: str, values, *, treatment_arm: str | None = None,
 
 def metrics_by_arm(y, decision, arm, *, arms, proba=None, n_bootstrap=2000,
                    random_state=0) -> pd.DataFrame:
-    """One row per arm (in the order of ``arms``): :data:`BY_ARM_COLUMNS`; BAC and AUC (and
-    their intervals) are NaN in an arm without both classes."""
+    """Metrics of each arm (the rows of ``metrics_by_arm.tsv``).
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        Outcomes 1/0.
+    decision : array-like of shape (n,)
+        Decision values of the frozen model (> 0: predicted responder).
+    arm : array-like of shape (n,)
+        Arm of each participant.
+    arms : sequence of str
+        The arms to report, in row order (treatment first).
+    proba : array-like of shape (n,) or None
+        Probabilities (for the Brier score of the underlying metrics).
+    n_bootstrap : int
+        Bootstrap resamples of the BAC intervals.
+    random_state : int
+        Seed of the bootstrap.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per arm, columns :data:`BY_ARM_COLUMNS`; BAC and AUC (and their intervals)
+        are NaN in an arm without both classes.
+    """
     y = np.asarray(y).astype(int)
     decision = np.asarray(decision, float)
     arm = np.asarray(arm).astype(str)
@@ -156,12 +215,32 @@ def _weighted_bac_auc(w, y, pred, psi, pos, neg):
 
 def arm_differences(y, decision, is_treatment, *, n_bootstrap=2000, n_permutations=1000,
                     random_state=0, confidence=0.95) -> dict:
-    """BAC and AUC differences (treatment - reference) with a bootstrap interval stratified by
-    arm and label and a two-sided permutation p (arm labels permuted within label class).
+    """BAC and AUC differences (treatment - reference) with a bootstrap interval and a p.
 
-    Returns ``{"bac_difference" | "auc_difference": {"estimate", "ci_low", "ci_high",
-    "p_value", "null": array, "boot": array}, "n_bootstrap", "n_permutations"}``. The same
-    ``random_state`` gives the same intervals and p-values.
+    The bootstrap is stratified by arm and label; the two-sided permutation p permutes the arm
+    labels within each label class (module docstring). The same ``random_state`` gives the
+    same intervals and p-values.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        Outcomes 1/0.
+    decision : array-like of shape (n,)
+        Decision values (> 0: predicted responder).
+    is_treatment : array-like of bool, shape (n,)
+        True in the treatment arm.
+    n_bootstrap, n_permutations : int
+        Resamples of the interval and of the null distribution.
+    random_state : int
+        Seed.
+    confidence : float
+        Coverage of the intervals.
+
+    Returns
+    -------
+    dict
+        ``{"bac_difference" | "auc_difference": {"estimate", "ci_low", "ci_high", "p_value",
+        "null": array, "boot": array}, "n_bootstrap", "n_permutations"}``.
     """
     y = np.asarray(y).astype(int)
     d = np.asarray(decision, float)
@@ -208,13 +287,30 @@ def arm_differences(y, decision, is_treatment, *, n_bootstrap=2000, n_permutatio
 
 
 def interaction_test(y, decision, is_treatment, *, confidence=0.95) -> dict:
-    """``logit P(y) = b0 + b1 z + b2 arm + b3 z arm`` (see the module docstring).
+    """The ``decision x arm`` interaction: ``logit P(y) = b0 + b1 z + b2 arm + b3 z arm``.
 
-    Returns ``{"interaction_log_odds", "slope_reference_arm", "slope_treatment_arm":
-    {"estimate", "ci_low", "ci_high", "p_value"}, "method", "scale"}``: ``b3`` with its
-    profile-likelihood interval and likelihood-ratio p (penalised with Firth: both agree);
-    the slope of each arm (``b1``, ``b1 + b3``: log odds ratio per SD of the decision value)
-    with Wald interval and p; ``scale`` = the SD used for ``z``.
+    ``z`` is the decision value standardised over the cohort (module docstring). ``b3`` gets a
+    profile-likelihood interval and a likelihood-ratio p (penalised with Firth when an arm is
+    separated: both agree); the slope of each arm (``b1``, ``b1 + b3``: log odds ratio per SD
+    of the decision value) a Wald interval and p.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        Outcomes 1/0 (both classes in each arm).
+    decision : array-like of shape (n,)
+        Decision values.
+    is_treatment : array-like of bool, shape (n,)
+        True in the treatment arm.
+    confidence : float
+        Coverage of the intervals.
+
+    Returns
+    -------
+    dict
+        ``{"interaction_log_odds", "slope_reference_arm", "slope_treatment_arm": {"estimate",
+        "ci_low", "ci_high", "p_value"}, "method": "maximum likelihood" or "Firth", "scale": SD
+        used for z}``.
     """
     y = np.asarray(y).astype(float)
     d = np.asarray(decision, float)
@@ -249,8 +345,23 @@ def interaction_test(y, decision, is_treatment, *, confidence=0.95) -> dict:
 
 @dataclass
 class SpecificityResult:
-    """What :func:`specificity_analysis` found: ``by_arm`` (metrics_by_arm.tsv), ``table``
-    (specificity.tsv), the two arms and the plain-language ``interpretation``."""
+    """What :func:`specificity_analysis` found.
+
+    Attributes
+    ----------
+    treatment_arm, reference_arm : str
+        The two arms.
+    by_arm : pandas.DataFrame
+        ``metrics_by_arm.tsv`` (:func:`metrics_by_arm`).
+    table : pandas.DataFrame
+        ``specificity.tsv``: columns :data:`TABLE_COLUMNS`, rows ``bac_difference``,
+        ``auc_difference``, ``interaction_log_odds``, ``slope_treatment_arm``,
+        ``slope_reference_arm``.
+    interpretation : str
+        Plain-language reading (:func:`interpret`).
+    settings : dict
+        Resamples, seed, confidence, logistic method, the decision SD, alpha.
+    """
 
     treatment_arm: str
     reference_arm: str
@@ -286,7 +397,25 @@ def _fmt_p(p) -> str:
 
 def interpret(table: pd.DataFrame, by_arm: pd.DataFrame, *, treatment_arm: str,
               reference_arm: str, alpha: float = ALPHA) -> str:
-    """Plain sentences: what the result means and what it cannot mean at this n."""
+    """Plain sentences: what the result means and what it cannot mean at this n.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        ``specificity.tsv`` (:attr:`SpecificityResult.table`).
+    by_arm : pandas.DataFrame
+        ``metrics_by_arm.tsv``.
+    treatment_arm, reference_arm : str
+        The arms' names, as written in the sentences.
+    alpha : float
+        Significance level.
+
+    Returns
+    -------
+    str
+        A few sentences for the report and ``metrics.json``: predictive, prognostic or not
+        shown, with the figures, and a caution when a class of an arm is small.
+    """
     r = table.set_index("analysis")
     inter, bac = r.loc["interaction_log_odds"], r.loc["bac_difference"]
     ref_slope = r.loc["slope_reference_arm"]
@@ -349,10 +478,42 @@ def interpret(table: pd.DataFrame, by_arm: pd.DataFrame, *, treatment_arm: str,
 def specificity_analysis(y, decision, arm, *, treatment_arm: str, reference_arm: str,
                          proba=None, n_bootstrap: int = 2000, n_permutations: int = 1000,
                          random_state: int = 0, confidence: float = 0.95) -> SpecificityResult:
-    """Per-arm metrics, arm differences and the ``decision x arm`` interaction (module
-    docstring). ``arm`` holds each participant's arm; only ``treatment_arm`` and
-    ``reference_arm`` may occur. Deterministic for ``random_state``.
+    """Per-arm metrics, arm differences and the ``decision x arm`` interaction.
 
+    The three analyses of the module docstring, and their interpretation. Deterministic for
+    ``random_state``.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        Outcomes 1/0.
+    decision : array-like of shape (n,)
+        Decision values of the frozen model.
+    arm : array-like of shape (n,)
+        Each participant's arm; only ``treatment_arm`` and ``reference_arm`` may occur.
+    treatment_arm, reference_arm : str
+        From :func:`resolve_arms`.
+    proba : array-like of shape (n,) or None
+        Probabilities of response.
+    n_bootstrap, n_permutations : int
+        Resamples of the intervals and of the permutation test.
+    random_state : int
+        Seed.
+    confidence : float
+        Coverage of the intervals.
+
+    Returns
+    -------
+    SpecificityResult
+        The tables, the interpretation and the settings.
+
+    Raises
+    ------
+    ValueError
+        Another arm in ``arm``, or the same name for both arms.
+
+    Examples
+    --------
     >>> rng = np.random.default_rng(0)
     >>> arm = np.repeat(["ketamine", "saline"], 150)
     >>> d = rng.normal(size=300)
