@@ -282,8 +282,34 @@ def _masked_t1w(name: str, resolution: int, files: dict) -> Path:
 
 
 def get_template(name: str = DEFAULT_TEMPLATE, resolution: int = 1) -> Template:
-    """Return the :class:`Template` ``name`` at ``resolution`` mm (1 or 2), without downloading.
+    """The template ``name`` at ``resolution`` mm, without downloading anything.
 
+    The default is embedded (derived files made on first use and cached, module docstring);
+    any other name must already be in TemplateFlow's cache.
+
+    Parameters
+    ----------
+    name : str
+        Template name (``--template``): :data:`DEFAULT_TEMPLATE` or a TemplateFlow template.
+    resolution : int
+        Grid in mm, 1 or 2.
+
+    Returns
+    -------
+    Template
+        Paths to the T1w, brain-extracted T1w, brain mask and GM/WM/CSF probability maps.
+
+    Raises
+    ------
+    UsageError
+        A resolution other than 1 or 2, or a name TemplateFlow does not know (the message
+        suggests close names).
+    MissingInputError
+        A TemplateFlow template (or one of its files) that is not cached; the message gives
+        the command that fetches it.
+
+    Examples
+    --------
     >>> tpl = get_template()
     >>> tpl.name, tpl.resolution, tpl.skull_stripped
     ('MNI152NLin2009aSym', 1, True)
