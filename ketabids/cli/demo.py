@@ -56,8 +56,19 @@ def _fmt(value, pct=True):
 
 
 def specificity_row(summary: dict | None) -> str | None:
-    """The table's specificity line from a ``--arm-column`` prediction's summary: BAC
-    difference between arms with its interval and permutation p, interaction p."""
+    """The table's specificity line from a ``--arm-column`` prediction's summary.
+
+    Parameters
+    ----------
+    summary : dict or None
+        The prediction run's summary (its ``specificity`` block, as in ``metrics.json``).
+
+    Returns
+    -------
+    str or None
+        BAC difference between arms with its interval and permutation p, and the interaction
+        p; None without a specificity block.
+    """
     spec = (summary or {}).get("specificity")
     if not spec:
         return None
@@ -77,9 +88,21 @@ def specificity_row(summary: dict | None) -> str | None:
 
 
 def results_table(rows: dict, specificity: str | None = None) -> str:
-    """Plain-text table: each analysis' headline result (:func:`ketabids.group.metrics.
-    headline_metric`: the same numbers as its metrics.json ``headline`` and its report) beside
-    the paper's figures for the same analysis (:data:`ketabids.demo.published.PUBLISHED`)."""
+    """Plain-text table of each analysis' headline beside the paper's figures.
+
+    Parameters
+    ----------
+    rows : dict
+        Analysis name -> its headline (:func:`ketabids.group.metrics.headline_metric`: the same
+        numbers as its ``metrics.json`` ``headline`` and its report).
+    specificity : str or None
+        A last line (:func:`specificity_row`).
+
+    Returns
+    -------
+    str
+        The table; the paper's columns come from :data:`ketabids.demo.published.PUBLISHED`.
+    """
     ours = {name: (f"{_fmt(h.get('estimate'))} ({_fmt(h.get('ci_low'))}-"
                    f"{_fmt(h.get('ci_high'))})", h.get("p_text") or "-")
             for name, h in rows.items()}
@@ -121,7 +144,26 @@ def _headline(summary: dict) -> dict:
 
 
 def run_demo(opts) -> dict:
-    """Run the demo described in the module docstring; ``opts`` is the demo parser's namespace."""
+    """Run the demo described in the module docstring.
+
+    Parameters
+    ----------
+    opts : argparse.Namespace
+        From :func:`get_demo_parser`.
+
+    Returns
+    -------
+    dict
+        ``failed`` (empty), and ``cohort`` (``--generate-only``) or ``results`` (analysis name
+        -> headline) and ``specificity`` (the trial prediction's block, or None).
+
+    Raises
+    ------
+    UsageError
+        A cohort too small for the analyses (:func:`plan_demo`), before any work.
+    KetabidsError
+        A step of the pipeline failed (its exit code).
+    """
     from ketabids.demo.cohort import generate_demo
 
     out = Path(opts.output_dir).expanduser().resolve()
@@ -207,9 +249,19 @@ def _n_external_saline(opts) -> int:
 
 @dataclass(frozen=True)
 class DemoFolds:
-    """The cross-validation the demo's training uses: the study's protocol (the group level's
-    defaults, :class:`~ketabids.group.nested.NestedCVSettings`), with the outer and inner fold
-    counts reduced to what the discovery ketamine arm supports (:func:`fit_folds`)."""
+    """The cross-validation the demo's training uses.
+
+    The study's protocol (the group level's defaults,
+    :class:`~ketabids.group.nested.NestedCVSettings`), with the outer and inner fold counts
+    reduced to what the discovery ketamine arm supports (:func:`fit_folds`).
+
+    Attributes
+    ----------
+    n_repeats, n_outer, n_inner : int
+        The CV protocol.
+    n_responders, n_non_responders : int
+        Class sizes of the training cohort.
+    """
 
     n_repeats: int
     n_outer: int
@@ -219,6 +271,7 @@ class DemoFolds:
 
     @property
     def reduced(self) -> bool:
+        """Whether the fold counts are below the study's."""
         from ketabids.group.nested import NestedCVSettings
 
         study = NestedCVSettings()
@@ -230,6 +283,7 @@ class DemoFolds:
                 "--n-inner", str(self.n_inner)]
 
     def describe(self) -> str:
+        """One sentence for the log and the demo's output, saying when folds were reduced."""
         from ketabids.group.nested import NestedCVSettings
 
         study = NestedCVSettings()
@@ -272,15 +326,32 @@ def _scheme_fits(y, sites, settings) -> bool:
 
 
 def fit_folds(participants, *, seed: int = 0) -> DemoFolds:
-    """The most outer folds (up to the study's 10), then the most inner folds (up to 5), that
-    the demo's training cohort supports: the discovery ketamine arm, labelled by the group
-    level's rule (``--response-from madrs_pre madrs_24h``), stratified by ``site`` as the demo's
-    ``--site-column site`` does, seeded by ``seed`` as its ``--seed``. The fold counts pass the
-    group level's own rule (:func:`ketabids.group.cv.check_fold_counts`) and every training set
-    of its actual partitions holds both classes (:func:`_scheme_fits`), so the training cannot
-    refuse or fail on them (unless QC leaves scans out). Raises
-    :class:`~ketabids.errors.UsageError` when no nested CV fits (fewer than 2 outer and 2
-    inner folds).
+    """The most outer folds (up to the study's 10), then inner folds (up to 5), that fit.
+
+    The training cohort is the discovery ketamine arm, labelled by the group level's rule
+    (``--response-from madrs_pre madrs_24h``), stratified by ``site`` as the demo's
+    ``--site-column site`` does, seeded as its ``--seed``. The fold counts pass the group
+    level's own rule (:func:`ketabids.group.cv.check_fold_counts`) and every training set of
+    its actual partitions holds both classes (:func:`_scheme_fits`), so the training cannot
+    refuse or fail on them (unless QC leaves scans out).
+
+    Parameters
+    ----------
+    participants : pandas.DataFrame
+        The discovery ``participants.tsv`` (columns ``arm``, ``site``, ``madrs_pre``,
+        ``madrs_24h``).
+    seed : int
+        The demo's ``--seed``.
+
+    Returns
+    -------
+    DemoFolds
+        The folds.
+
+    Raises
+    ------
+    UsageError
+        No nested CV fits (fewer than 2 outer and 2 inner folds).
     """
     import numpy as np
 
@@ -307,10 +378,27 @@ def fit_folds(participants, *, seed: int = 0) -> DemoFolds:
 
 
 def plan_demo(opts, kwargs: dict) -> DemoFolds:
-    """Check, before any work, that the cohort ``generate_demo(**kwargs)`` would write supports
-    the demo's analyses; returns the training's folds (:func:`fit_folds`). Raises
-    :class:`~ketabids.errors.UsageError` (exit 64) naming the smallest ``--n-discovery`` that
-    works with the other options, or a saline arm that would be empty."""
+    """Check, before any work, that the demo's cohort supports its analyses.
+
+    Parameters
+    ----------
+    opts : argparse.Namespace
+        The demo's options (``n_discovery``, ``saline_fraction``, ``seed``).
+    kwargs : dict
+        The arguments :func:`ketabids.demo.cohort.generate_demo` will get (the tables are
+        computed without writing images).
+
+    Returns
+    -------
+    DemoFolds
+        The training's folds (:func:`fit_folds`).
+
+    Raises
+    ------
+    UsageError
+        Exit 64, naming the smallest ``--n-discovery`` that works with the other options, or
+        a saline arm that would be empty.
+    """
     from ketabids.demo.cohort import demo_tables
 
     def folds_for(n):
@@ -343,7 +431,13 @@ def _fits(folds_for, n) -> bool:
 
 
 def get_demo_parser() -> argparse.ArgumentParser:
-    """Parser of ``ketabids demo OUTPUT_DIR``."""
+    """Parser of ``ketabids demo OUTPUT_DIR``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser (``ketabids demo --help`` prints it).
+    """
     parser = Parser(
         prog="ketabids demo",
         description="Generate a synthetic ketamine study (discovery cohort with ketamine and "
@@ -387,7 +481,25 @@ def get_demo_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str]) -> RunResult:
-    """``ketabids demo OUTPUT_DIR [options]`` in this process."""
+    """``ketabids demo OUTPUT_DIR [options]`` in this process.
+
+    Parameters
+    ----------
+    argv : list of str
+        The arguments after ``demo``.
+
+    Returns
+    -------
+    RunResult
+        Exit code (BIDS-App convention, :mod:`ketabids.errors`) and summary; errors are
+        reported as one line, not raised.
+
+    Examples
+    --------
+    >>> run(["--help"]).exit_code  # doctest: +ELLIPSIS
+    usage: ketabids demo ...
+    0
+    """
     def _demo(argv):
         opts = get_demo_parser().parse_args(argv)
         setup_logging(opts.verbose)

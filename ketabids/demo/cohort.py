@@ -47,8 +47,16 @@ DEMO_EFFECT_SIZE = 0.2
 class DemoCohort:
     """What :func:`generate_demo` wrote.
 
-    ``bids``/``truth``: cohort name -> folder; ``participants``/``truth_tables``: cohort name ->
-    DataFrame (participants.tsv content / truth.tsv content); ``options``: the call's options.
+    Attributes
+    ----------
+    root : Path
+        The demo folder.
+    bids, truth : dict
+        Cohort name (``discovery``, ``external``) -> its BIDS folder / ground-truth folder.
+    participants, truth_tables : dict
+        Cohort name -> DataFrame (``participants.tsv`` / ``truth.tsv`` content).
+    options : dict
+        The call's options.
     """
 
     root: Path
@@ -252,43 +260,56 @@ def generate_demo(
 ) -> DemoCohort:
     """Write the demo: two raw BIDS datasets of T1w phantoms plus their ground truth.
 
-    Options (all keyword-only):
+    Every file is written atomically; re-running with the same options into the same folder
+    rewrites identical bytes (``truth/demo_options.json`` records the options).
 
-    ``n_discovery`` (40)
-        participants of the discovery dataset (``out_dir/bids/discovery``), ``sub-001``...
-    ``n_external`` (20)
-        participants of the external-validation dataset (``out_dir/bids/external``),
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        Folder of the demo: ``bids/<cohort>``, ``truth/``.
+    n_discovery : int
+        Participants of the discovery dataset (``out_dir/bids/discovery``), ``sub-001``...
+    n_external : int
+        Participants of the external-validation dataset (``out_dir/bids/external``),
         ``sub-ext001``...; 0 skips it.
-    ``n_external_saline`` (0)
-        saline participants added to the external dataset (same scanner, numbered after the
+    n_external_saline : int
+        Saline participants added to the external dataset (same scanner, numbered after the
         ketamine ones, images without effect, ``saline_response_rate``): the external cohort
         becomes a two-arm trial for the treatment-specificity analysis (``--arm-column arm``).
         The ketamine participants' rows and images do not depend on it.
-    ``saline_fraction`` (0.25)
-        share of the discovery participants in the saline arm (the external set is
-        ketamine unless ``n_external_saline``).
-    ``discovery_sites`` (("A", "B")) / ``external_site`` ("C")
-        scanner profiles (keys of :data:`SCANNERS`: A Siemens 3 T, B GE 3 T, C Philips 1.5 T
-        with lower GM/WM contrast, more noise and a stronger bias field).
-    ``effect_size`` (0.2)
-        relative GM difference planted between ketamine responders and non-responders
+    saline_fraction : float
+        Share of the discovery participants in the saline arm, in [0, 1).
+    discovery_sites : sequence of str
+        Scanner profiles of the discovery sites (keys of :data:`SCANNERS`: A Siemens 3 T, B GE
+        3 T, C Philips 1.5 T with lower GM/WM contrast, more noise and a stronger bias field).
+    external_site : str
+        Scanner profile of the external site.
+    effect_size : float
+        Relative GM difference planted between ketamine responders and non-responders
         (frontal +, cerebellar -; half as GM probability, half as local volume change, see
         :func:`ketabids.demo.head.simulate_subject`); 0 plants nothing.
-    ``ketamine_response_rate`` (0.45) / ``saline_response_rate`` (0.2)
-        exact shares of responders (MADRS drop >= 50 % at 24 h) per arm.
-    ``resolution`` (2.0)
-        T1w voxel size in mm (2 mm: ~1 s per subject; 1 mm: ~10 s and realistic).
-    ``null`` (False)
-        plant the image effect by an independent coin flip: labels unrelated to the images.
-    ``seed`` (0)
-        everything is a deterministic function of it (same bytes for the same options).
-    ``nprocs`` (1)
-        participants simulated in parallel processes; the output does not depend on it.
+    ketamine_response_rate, saline_response_rate : float
+        Exact shares of responders (MADRS drop >= 50 % at 24 h) per arm.
+    resolution : float
+        T1w voxel size in mm, 0.5 to 4 (2 mm: quick; 1 mm: realistic).
+    null : bool
+        Plant the image effect by an independent coin flip: labels unrelated to the images.
+    seed : int
+        Everything is a deterministic function of it (same bytes for the same options).
+    nprocs : int
+        Participants simulated in parallel processes; the output does not depend on it.
 
-    Every file is written atomically; re-running with the same options into the same folder
-    rewrites identical bytes (``truth/demo_options.json`` records the options; a folder holding
-    a demo made with other options is refused with :class:`~ketabids.errors.OutputError`).
-    Returns a :class:`DemoCohort`.
+    Returns
+    -------
+    DemoCohort
+        The folders written and their tables.
+
+    Raises
+    ------
+    UsageError
+        An option out of range or an unknown site.
+    OutputError
+        ``out_dir`` holds a demo made with other options.
     """
     from ketabids.errors import OutputError, UsageError
     from ketabids.templates import get_template
