@@ -50,11 +50,24 @@ def _seed(random_state) -> tuple:
 class StratifiedFolds(BaseCrossValidator):
     """K folds stratified by label and, when ``groups`` are given, by group (site) too.
 
-    ``split(X, y, groups)`` yields ``n_splits`` train/test index pairs per repeat; with
-    ``n_repeats=None`` one partition drawn with ``numpy.random.default_rng(random_state)``, else
-    ``n_repeats`` partitions, repeat ``r`` drawn with ``default_rng([*random_state, r])``.
-    ``random_state`` is an int or a tuple of ints. :meth:`spawn` derives an independent splitter
-    (the engine gives every outer training set its own inner folds this way).
+    A scikit-learn splitter. :meth:`spawn` derives an independent splitter (the engine gives
+    every outer training set its own inner folds this way).
+
+    Parameters
+    ----------
+    n_splits : int
+        Folds per partition.
+    n_repeats : int or None
+        ``None``: one partition drawn with ``numpy.random.default_rng(random_state)``; else
+        ``n_repeats`` partitions, repeat ``r`` drawn with ``default_rng([*random_state, r])``.
+    random_state : int or tuple of int
+        Seed.
+
+    Examples
+    --------
+    >>> y = [0, 0, 0, 1, 1, 1]
+    >>> [sorted(np.asarray(y)[test].tolist()) for _, test in StratifiedFolds(3).split(None, y)]
+    [[0, 1], [0, 1], [0, 1]]
     """
 
     def __init__(self, n_splits=5, n_repeats=None, random_state=0):
@@ -63,9 +76,26 @@ class StratifiedFolds(BaseCrossValidator):
         self.random_state = random_state
 
     def get_n_splits(self, X=None, y=None, groups=None):
+        """Number of splits: ``n_splits`` times the number of repeats."""
         return int(self.n_splits) * (1 if self.n_repeats is None else int(self.n_repeats))
 
     def split(self, X, y, groups=None):
+        """Train/test indices, ``n_splits`` pairs per repeat.
+
+        Parameters
+        ----------
+        X : array-like or None
+            Ignored (the folds depend on ``y`` and ``groups`` only).
+        y : array-like of shape (n,)
+            Labels.
+        groups : array-like of shape (n,) or None
+            Sites: each fold gets a share of every site x label cell.
+
+        Yields
+        ------
+        train, test : ndarray
+            Row indices.
+        """
         y = np.asarray(y)
         seeds = ([_seed(self.random_state)] if self.n_repeats is None else
                  [(*_seed(self.random_state), r) for r in range(int(self.n_repeats))])
@@ -185,9 +215,12 @@ def group_folds(y, groups, k, rng) -> np.ndarray:
 
 
 class GroupFolds(StratifiedFolds):
-    """K folds of whole groups (sites, cohorts), label-balanced as far as groups allow
-    (:func:`group_folds`); repeats and :meth:`spawn` as :class:`StratifiedFolds`. A training
-    set with a single group (nothing to group by) falls back to label-stratified folds."""
+    """K folds of whole groups (sites, cohorts), label-balanced as far as groups allow.
+
+    Folds from :func:`group_folds`; parameters, repeats and :meth:`spawn` as
+    :class:`StratifiedFolds`. A training set with a single group (nothing to group by) falls
+    back to label-stratified folds. ``split`` needs ``groups`` (:class:`UsageError` without).
+    """
 
     def split(self, X, y, groups=None):
         if groups is None:
@@ -211,10 +244,19 @@ class GroupFolds(StratifiedFolds):
 
 
 class LeaveGroupOut(StratifiedFolds):
-    """One fold per group (leave-one-site-out / leave-one-cohort-out), folds in sorted group
-    order; deterministic, so one repeat. A training set with a single group (leave-site-out
-    inner CV with two sites) falls back to ``n_splits`` label-stratified folds, seeded like
-    :class:`StratifiedFolds`."""
+    """One fold per group (leave-one-site-out / leave-one-cohort-out), in sorted group order.
+
+    Deterministic, so one repeat (``n_repeats`` is ignored). A training set with a single
+    group (leave-site-out inner CV with two sites) falls back to ``n_splits`` label-stratified
+    folds, seeded like :class:`StratifiedFolds`. ``split`` needs ``groups``
+    (:class:`UsageError` without).
+
+    Examples
+    --------
+    >>> cv = LeaveGroupOut()
+    >>> [test.tolist() for _, test in cv.split(None, [0, 1, 0, 1], ["B", "A", "B", "A"])]
+    [[1, 3], [0, 2]]
+    """
 
     def __init__(self, n_splits=5, n_repeats=None, random_state=0):
         super().__init__(n_splits, None, random_state)

@@ -157,8 +157,26 @@ def apply_combat(X, sites, params, covariates=None):
 class CovariateRegressor(TransformerMixin, BaseEstimator):
     """Residualise features on covariates + intercept, fitted on the rows given to ``fit``.
 
-    Column convention: the LAST ``n_covariates`` columns of X are covariates; they are dropped
-    from the output. With ``n_covariates=0`` this is feature centring.
+    The scikit-learn counterpart of the engine's in-fold covariate regression (the tests'
+    reference pipeline). Column convention: the LAST ``n_covariates`` columns of X are
+    covariates; they are dropped from the output. With ``n_covariates=0`` this is feature
+    centring.
+
+    Parameters
+    ----------
+    n_covariates : int
+        Number of trailing covariate columns.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (1 + n_covariates, p)
+        Regression coefficients of each feature on ``[1, covariates]``.
+
+    Examples
+    --------
+    >>> X = np.array([[1.0, 0.0], [3.0, 1.0], [5.0, 2.0]])   # feature = 1 + 2 x covariate
+    >>> CovariateRegressor(n_covariates=1).fit_transform(X).round(12).ravel().tolist()
+    [0.0, 0.0, 0.0]
     """
 
     def __init__(self, n_covariates=0):
@@ -182,9 +200,22 @@ class CovariateRegressor(TransformerMixin, BaseEstimator):
 
 
 class ComBatTransformer(TransformerMixin, BaseEstimator):
-    """ComBat with column convention: the last column of X holds integer site codes, the
-    ``n_covariates`` columns before it hold covariates (kept in the output, for a following
-    :class:`CovariateRegressor`)."""
+    """ComBat site harmonisation as a scikit-learn transformer (the tests' reference pipeline).
+
+    Column convention: the last column of X holds integer site codes, the ``n_covariates``
+    columns before it hold covariates (kept in the output, for a following
+    :class:`CovariateRegressor`); the site column is dropped.
+
+    Parameters
+    ----------
+    n_covariates : int
+        Number of covariate columns before the site column (preserved by ComBat).
+
+    Attributes
+    ----------
+    params_ : dict
+        The fitted ComBat parameters (:func:`fit_combat`).
+    """
 
     def __init__(self, n_covariates=0):
         self.n_covariates = n_covariates
