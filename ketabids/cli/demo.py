@@ -1,6 +1,6 @@
 """``ketabids demo OUTPUT_DIR``: the whole study on a synthetic cohort, one command.
 
-1. :func:`ketabids.demo.generate_demo` writes two BIDS datasets (``bids/discovery`` with a
+1. :func:`ketabids.demo.cohort.generate_demo` writes two BIDS datasets (``bids/discovery`` with a
    ketamine and a saline arm, ``bids/external`` from another scanner, a ketamine and a saline
    arm too) and their ground truth.
 2. The participant level runs on both (fast mode) into ``derivatives/<cohort>``.
