@@ -22,6 +22,20 @@ __all__ = ["WeightMaps", "weight_maps", "haufe_pattern", "region_table"]
 
 @dataclass
 class WeightMaps:
+    """Voxel-wise summaries of the outer-fold models' weights (:func:`weight_maps`).
+
+    Attributes
+    ----------
+    mean : ndarray of shape (p,)
+        Mean weight (``desc-weight_statmap``): a filter, not where GM differs.
+    cv_ratio : ndarray of shape (p,)
+        Mean / standard error over the models (``desc-cvratio_statmap``): a stability index.
+    sign_consistency : ndarray of shape (p,)
+        Share of models whose weight has the mean's sign (``desc-signconsistency_statmap``).
+    n_models : int
+        Number of outer models.
+    """
+
     mean: np.ndarray
     cv_ratio: np.ndarray
     sign_consistency: np.ndarray
@@ -29,7 +43,25 @@ class WeightMaps:
 
 
 def weight_maps(result) -> WeightMaps:
-    """Mean weight map, CV ratio and sign consistency over all outer models of a result."""
+    """Mean weight map, CV ratio and sign consistency over all outer models of a result.
+
+    Parameters
+    ----------
+    result : NestedCVResult
+        A nested CV's result (its ``weights``, one row per outer model).
+
+    Returns
+    -------
+    WeightMaps
+        float32 maps; the CV ratio is 0 where the weights do not vary and NaN-free.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> maps = weight_maps(SimpleNamespace(weights=[[1.0, -1.0], [3.0, 1.0]]))
+    >>> maps.mean.tolist(), maps.sign_consistency.tolist()
+    ([2.0, 0.0], [1.0, 0.0])
+    """
     W = np.asarray(result.weights, np.float64)
     m = W.shape[0]
     mean = W.mean(0)
@@ -43,11 +75,29 @@ def weight_maps(result) -> WeightMaps:
 
 
 def haufe_pattern(model, X, covariates=None, sites=None, normalize=True, weights=None):
-    """Haufe activation pattern of a fitted :class:`~ketabids.group.nested.KetaSVC`.
+    """Haufe activation pattern of a fitted :class:`~ketabids.group.estimator.KetaSVC`.
 
-    X is transformed with the model's own preprocessing; ``weights`` overrides ``model.coef_``
-    (e.g. the mean CV weight map). Returns a (p,) float64 vector; positive = higher in
-    responders (for class 1 = responder).
+    Weights of a linear model are filters; the pattern ``Cov(X) w / Var(w^T x)`` (Haufe et al.
+    2014) says how each feature co-varies with the model's output, which is what can be
+    interpreted and shown (module docstring).
+
+    Parameters
+    ----------
+    model : KetaSVC
+        The fitted model (its preprocessing transforms ``X``).
+    X : array-like of shape (n, p)
+        Features of the participants the pattern is computed on.
+    covariates, sites
+        As :meth:`KetaSVC.transform_features`.
+    normalize : bool
+        Divide by the variance of the model's output (Haufe's normalisation).
+    weights : array-like of shape (p,) or None
+        Weights to use instead of ``model.coef_`` (e.g. the mean CV weight map).
+
+    Returns
+    -------
+    ndarray of shape (p,)
+        The pattern (float64); positive = higher in responders (class 1).
     """
     Xt = model.transform_features(X, covariates, sites)
     w = model.coef_[0] if weights is None else np.asarray(weights, float)
@@ -65,8 +115,35 @@ def region_table(atlas_labels, pattern, *, names=None, maps: WeightMaps | None =
                  top=None):
     """Per-region summary sorted by |mean pattern| (label 0 = background, dropped).
 
-    Columns: label, name, n_voxels, mean_pattern, sign, mean_weight, mean_cv_ratio,
-    mean_sign_consistency.
+    Parameters
+    ----------
+    atlas_labels : array-like of int
+        Atlas label of each feature (voxel), same length as ``pattern``.
+    pattern : array-like
+        The Haufe pattern (:func:`haufe_pattern`).
+    names : dict or None
+        Label -> region name (default: the label as text).
+    maps : WeightMaps or None
+        Adds the regions' mean weight, CV ratio and sign consistency.
+    top : int or None
+        Keep only the first ``top`` regions.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``label``, ``name``, ``n_voxels``, ``mean_pattern``, ``sign`` (+/-) and, with
+        ``maps``, ``mean_weight``, ``mean_cv_ratio``, ``mean_sign_consistency``.
+
+    Raises
+    ------
+    ValueError
+        Labels and pattern of different lengths.
+
+    Examples
+    --------
+    >>> region_table([0, 1, 1, 2], [9.0, 0.5, 1.5, -3.0], names={1: "frontal"})[
+    ...     ["name", "n_voxels", "mean_pattern", "sign"]].values.tolist()
+    [['2', 1, -3.0, '-'], ['frontal', 2, 1.0, '+']]
     """
     lab = np.asarray(atlas_labels).astype(np.int64).ravel()
     pat = np.asarray(pattern, float).ravel()

@@ -23,6 +23,22 @@ __all__ = ["PermutationResult", "permutation_test", "external_permutation_test",
 
 @dataclass
 class PermutationResult:
+    """A permutation test's observed statistics, null distributions and p-values.
+
+    Attributes
+    ----------
+    observed_bac, observed_auc : float
+        The statistics on the true labels.
+    null_bac, null_auc : ndarray of shape (n_permutations,)
+        The same statistics under permuted labels.
+    p_bac, p_auc : float
+        ``(1 + #(null >= observed)) / (1 + n_permutations)``.
+    n_permutations : int
+        Number of permutations.
+    random_state : int
+        Seed.
+    """
+
     observed_bac: float
     observed_auc: float
     null_bac: np.ndarray
@@ -38,6 +54,7 @@ class PermutationResult:
                              "null_bac": self.null_bac, "null_auc": self.null_auc})
 
     def as_dict(self):
+        """Every field, the null distributions as lists (JSON-friendly)."""
         d = asdict(self)
         d["null_bac"] = self.null_bac.tolist()
         d["null_auc"] = self.null_auc.tolist()
@@ -50,7 +67,29 @@ def _p(null, obs):
 
 
 def permute_within(y, groups, rng):
-    """A permutation of y within each group (whole sample if groups is None)."""
+    """A permutation of y within each group (whole sample if groups is None).
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        Labels.
+    groups : ndarray of shape (n,) or None
+        Sites or CV groups: each keeps its own labels, shuffled among its members.
+    rng : numpy.random.Generator
+        Random generator.
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        Permuted labels.
+
+    Examples
+    --------
+    >>> y = np.array([1, 0, 1, 0]); sites = np.array(["A", "A", "B", "B"])
+    >>> yp = permute_within(y, sites, np.random.default_rng(0))
+    >>> [int(yp[sites == s].sum()) for s in ("A", "B")]
+    [1, 1]
+    """
     y = np.asarray(y)
     if groups is None:
         return y[rng.permutation(y.size)]
@@ -70,12 +109,36 @@ def _pooled_bac_auc(y, dec):
 def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estimator=None,
                      cv=None, n_permutations=1000, random_state=0, progress=None, observed=None,
                      n_jobs=1, groups=None):
-    """Nested-CV permutation test; see module docstring. Returns :class:`PermutationResult`.
+    """Nested-CV permutation test: every permutation re-runs the whole nested CV.
 
-    ``settings``, ``estimator`` and ``cv`` as in :func:`~ketabids.group.nested.nested_cv`;
-    ``observed``: its result (else the nested CV is run once more). Results do not depend on
-    ``n_jobs`` (each permutation has its own seeded generator). ``groups``: the folds' groups
-    (default ``sites``); labels are permuted within them.
+    Tests the pooled BAC and AUC of the out-of-fold decisions (module docstring). Results do
+    not depend on ``n_jobs`` (each permutation has its own seeded generator).
+
+    Parameters
+    ----------
+    X : array-like of shape (n, p)
+        Features.
+    y : array-like of shape (n,)
+        Labels 1/0.
+    covariates, sites, settings, estimator, cv
+        As :func:`~ketabids.group.nested.nested_cv`.
+    n_permutations : int
+        Number of permutations.
+    random_state : int
+        Seed (permutation ``k`` uses ``default_rng([random_state, 7, k])``).
+    progress : callable or None
+        Called as ``progress(done, total)`` after each permutation.
+    observed : NestedCVResult or None
+        The nested CV on the true labels (else it is run once more).
+    n_jobs : int
+        Threads.
+    groups : array-like of shape (n,) or None
+        The folds' groups (default ``sites``); labels are permuted within them.
+
+    Returns
+    -------
+    PermutationResult
+        Observed statistics, null distributions and p-values.
     """
     from ketabids.group.estimator import KernelProvider
     from ketabids.group.nested import _plan, _run, _split_groups, check_inputs
@@ -124,7 +187,35 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estima
 
 def external_permutation_test(y_true, decision, *, n_permutations=1000, random_state=0,
                               groups=None, threshold=0.0):
-    """Frozen model on a new cohort: permute the cohort's labels (within ``groups``)."""
+    """Permutation test of a frozen model on a new cohort: its decisions fixed, labels permuted.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Labels 1/0 of the cohort.
+    decision : array-like of shape (n,)
+        The model's decision values.
+    n_permutations : int
+        Number of permutations.
+    random_state : int
+        Seed.
+    groups : array-like of shape (n,) or None
+        Sites: labels are permuted within them.
+    threshold : float
+        Decision values above it are predicted responders.
+
+    Returns
+    -------
+    PermutationResult
+        Observed BAC and AUC, null distributions and p-values.
+
+    Examples
+    --------
+    >>> res = external_permutation_test([0, 0, 0, 1, 1, 1], [-2, -1, -0.5, 0.5, 1, 2],
+    ...                                 n_permutations=99)
+    >>> res.observed_bac, res.p_bac < 0.1
+    (1.0, True)
+    """
     y = np.asarray(y_true).astype(np.int64)
     d = np.asarray(decision, float)
     rng = np.random.default_rng(random_state)
