@@ -49,7 +49,33 @@ EDGE_WARNING_SHARE = 0.5
 
 @dataclass(frozen=True)
 class NestedCVSettings:
-    """The study's protocol: repeated stratified nested CV (all fitted preprocessing in-fold)."""
+    """The study's protocol: repeated stratified nested CV (all fitted preprocessing in-fold).
+
+    The defaults are the study's: 10 repeats of 10 outer and 5 inner folds, C = 2^-6 .. 2^4.
+
+    Parameters
+    ----------
+    n_repeats, n_outer, n_inner : int
+        Repeats of the outer CV, outer folds (>= 2) and inner folds (>= 2).
+    C_grid : tuple of float
+        C values searched by the inner CV (sorted; positive).
+    standardize, harmonize : bool
+        z-scoring and ComBat, fitted within every training set.
+    random_state : int
+        Seeds the folds, the calibration and the bootstrap intervals.
+    tol : float
+        Tolerance of the dual solver.
+    scheme : str
+        Outer scheme, one of :data:`~ketabids.group.cv.OUTER_SCHEMES`.
+    scale_kernel : bool
+        Scale each training set's kernel so that the C grid spans the regularisation path
+        (:class:`~ketabids.group.estimator.KetaSVC`).
+
+    Raises
+    ------
+    UsageError
+        Fold counts below their minimum, an unknown scheme or a C that is not positive.
+    """
 
     n_repeats: int = 10
     n_outer: int = 10
@@ -63,9 +89,9 @@ class NestedCVSettings:
     #: same way: label-stratified (by site too when sites are given), one group per fold
     #: (``n_outer`` unused, one repeat: the partition is deterministic), k folds of groups
     scheme: str = "stratified"
-    #: divide each training set's kernel by its mean squared row norm (KetaSVC docstring);
-    #: off by default: exact, but ~10-20x slower (the all-at-bound problems of small C go to
-    #: libsvm to reproduce its intercept; docs/benchmarks.md)
+    #: divide each training set's kernel by its critical-C scale (KetaSVC docstring); exact,
+    #: but slower (the all-at-bound problems of small C go to libsvm to reproduce its
+    #: intercept; docs/benchmarks.md, "Site-robust validation and C selection")
     scale_kernel: bool = True
 
     def __post_init__(self):
@@ -80,6 +106,7 @@ class NestedCVSettings:
             raise UsageError("C grid values must be positive")
 
     def as_dict(self):
+        """Every setting (the grid as a list), for manifests and ``metrics.json``."""
         d = asdict(self)
         d["C_grid"] = list(self.C_grid)
         return d
@@ -122,8 +149,45 @@ class NestedCVSettings:
 
 @dataclass
 class NestedCVResult:
-    """Everything a nested CV produced: tables (metrics, per fold, per subject), out-of-fold
-    decisions and probabilities (n_repeats, n), folds, chosen C, outer-model weights."""
+    """Everything a nested CV produced.
+
+    Attributes
+    ----------
+    metrics : pandas.DataFrame
+        Every metric with its interval, aggregations ``pooled``, ``mean_over_repeats`` and
+        ``consensus`` (:func:`~ketabids.group.metrics.classification_metrics`).
+    folds : pandas.DataFrame
+        One row per (repeat, outer fold): sizes, chosen C, inner and outer scores, C-selection
+        flags (``cv_folds.tsv``).
+    subjects : pandas.DataFrame
+        One row per participant: mean out-of-fold decision and probability, consensus
+        prediction, repeats predicted correctly.
+    confusion : ndarray of shape (2, 2)
+        ``[[tn, fp], [fn, tp]]`` over all repeats.
+    decision, proba : ndarray of shape (n_repeats, n)
+        Out-of-fold decision values and probabilities.
+    fold_of : ndarray of shape (n_repeats, n)
+        Outer test fold of each participant.
+    chosen_C : ndarray of shape (n_repeats, n_outer)
+        C chosen by each outer fold's inner CV.
+    weights : ndarray of shape (n_repeats * n_outer, p)
+        Primal weights of the outer models.
+    intercepts : ndarray of shape (n_repeats * n_outer,)
+        Their intercepts.
+    cv_hash : str
+        Hash of the folds and settings (the same hash = the same CV).
+    settings : NestedCVSettings
+        The protocol.
+    y : ndarray of shape (n,)
+        Labels.
+    n_fallback : int
+        Problems solved by libsvm.
+    inner_scores : ndarray or None
+        Mean inner balanced accuracy per (repeat, outer fold, C).
+    groups : ndarray or None
+        The groups the folds were made of (sites or ``--group-column``), None when not
+        grouped.
+    """
 
     metrics: pd.DataFrame
     folds: pd.DataFrame
@@ -150,14 +214,17 @@ class NestedCVResult:
 
     @property
     def bac_pooled(self):
+        """Pooled out-of-fold balanced accuracy (the headline estimate)."""
         return self._metric("bac", "pooled")
 
     @property
     def auc_pooled(self):
+        """Pooled out-of-fold AUC."""
         return self._metric("auc", "pooled")
 
     @property
     def bac_mean(self):
+        """Mean of the repeats' balanced accuracies."""
         return self._metric("bac", "mean_over_repeats")
 
 
@@ -327,12 +394,45 @@ def _plan(settings, estimator, cv):
 
 def nested_cv(X, y, *, covariates=None, sites=None, settings=None, estimator=None, cv=None,
               progress=None, groups=None):
-    """Repeated nested CV (see the module docstring): ``cv`` the outer splitter, ``estimator``
-    a :class:`KetaSVC` whose ``cv`` is the inner splitter (defaults from ``settings``); both
-    split by ``groups`` (default ``sites``: e.g. a cohort column for leave-cohort-out).
+    """Repeated nested CV (module docstring): out-of-fold predictions of every participant.
 
-    ``settings.random_state`` also seeds the bootstrap intervals; ``progress(done, total)`` is
-    called after every repeat. Returns :class:`NestedCVResult`.
+    Every fitted step (preprocessing, C selection, model) sees only the outer training set.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, p)
+        Features (e.g. smoothed, modulated GM maps inside the analysis mask); n >= 4.
+    y : array-like of shape (n,)
+        Labels 0/1 (1 = responder), both classes present.
+    covariates : array-like of shape (n, k) or None
+        Regressed out within every training set.
+    sites : array-like of shape (n,) or None
+        Sites: stratification, ComBat, default groups.
+    settings : NestedCVSettings or None
+        The protocol (default: the study's); ``settings.random_state`` also seeds the
+        bootstrap intervals.
+    estimator : KetaSVC or None
+        The classifier, its ``cv`` the inner splitter (default ``settings.estimator()``).
+    cv : cross-validation splitter or None
+        The outer splitter (default ``settings.outer_cv()``); its test sets must partition
+        the participants in each repeat.
+    progress : callable or None
+        Called as ``progress(done, total)`` after every repeat.
+    groups : array-like of shape (n,) or None
+        Groups both splitters split by (default ``sites``; e.g. a cohort column for
+        leave-cohort-out).
+
+    Returns
+    -------
+    NestedCVResult
+        Metrics, per-fold and per-participant tables, decisions, weights and the CV hash.
+
+    Raises
+    ------
+    BadDataError
+        Features or labels unusable (shape, NaN, not 0/1, one class).
+    UsageError
+        A scheme the class counts or groups cannot support.
     """
     settings, estimator, cv, extra = _plan(settings, estimator, cv)
     X, y, covariates, sites = check_inputs(X, y, covariates, sites,
@@ -434,10 +534,28 @@ def c_selection_summary(result, kernel_scale=None) -> dict:
 # final model
 # ---------------------------------------------------------------------------------------------
 def fit_final_model(X, y, *, covariates=None, sites=None, settings=None, groups=None):
-    """The final model: :meth:`KetaSVC.fit` on all subjects, C chosen by the inner CV of the
-    scheme (:meth:`NestedCVSettings.inner_cv`) over ALL subjects (seeded ``[random_state,
-    99991]``; same grid, mean BAC, ties -> smallest C; in-fold preprocessing; split by
-    ``groups``, default ``sites``), Platt calibration over ``n_inner`` folds."""
+    """The final model: :meth:`KetaSVC.fit` on all participants.
+
+    C is chosen by the inner CV of the scheme (:meth:`NestedCVSettings.inner_cv`) over ALL
+    participants (seeded ``[random_state, 99991]``; same grid, mean BAC, ties -> smallest C;
+    in-fold preprocessing; split by ``groups``, default ``sites``); Platt calibration over
+    ``n_inner`` folds. Its performance is the nested CV's, not its in-sample fit.
+
+    Parameters
+    ----------
+    X, y, covariates, sites, settings, groups
+        As :func:`nested_cv`.
+
+    Returns
+    -------
+    KetaSVC
+        The fitted model (the one saved with skops).
+
+    Raises
+    ------
+    BadDataError, UsageError
+        As :func:`nested_cv`.
+    """
     settings = NestedCVSettings() if settings is None else settings
     X, y, covariates, sites = check_inputs(X, y, covariates, sites, None, settings.estimator())
     model = settings.estimator(cv=settings.inner_cv((settings.random_state, 99991)),
