@@ -88,7 +88,7 @@ def haufe_pattern(model, X, covariates=None, sites=None, normalize=True, weights
     X : array-like of shape (n, p)
         Features of the participants the pattern is computed on.
     covariates, sites
-        As :meth:`KetaSVC.transform_features`.
+        As :meth:`~ketabids.group.estimator.KetaSVC.transform_features`.
     normalize : bool
         Divide by the variance of the model's output (Haufe's normalisation).
     weights : array-like of shape (p,) or None
