@@ -63,7 +63,13 @@ def smooth_map(img, *, fwhm_mm: float = FWHM_MM, step_mm: float = STEP_MM) -> np
 
 
 def robust_z(values) -> np.ndarray:
-    """``(x - median) / (1.4826 MAD)``; 0 everywhere if MAD is 0."""
+    """``(x - median) / (1.4826 MAD)``; 0 everywhere if MAD is 0.
+
+    Examples
+    --------
+    >>> robust_z([1.0, 2.0, 3.0]).round(3).tolist()
+    [-0.674, 0.0, 0.674]
+    """
     x = np.asarray(values, dtype=np.float64)
     med = np.median(x)
     mad = _MAD_TO_SIGMA * np.median(np.abs(x - med))
@@ -90,13 +96,36 @@ def mean_correlations(maps: np.ndarray) -> np.ndarray:
 
 def sample_homogeneity(maps, ids, *, voxel_ml: float | None = None, fwhm_mm: float = FWHM_MM,
                        step_mm: float = STEP_MM, totals=None) -> pd.DataFrame:
-    """One row per subject: ``id``, ``mean_corr``, ``mean_corr_z``, ``total_ml``,
-    ``total_z``, ``flagged`` (bool), ``reason``.
+    """CAT12-style sample homogeneity: each map's mean correlation with the others, outliers.
 
-    ``maps``: modulated GM images or paths (same template grid), or already smoothed arrays;
-    ``voxel_ml``: voxel volume of the original maps (read from the first image if None);
-    ``totals``: the maps' totals in mL when ``maps`` are smoothed arrays (e.g. from
-    :func:`smoothed_maps_cached`; otherwise ``sum x voxel_ml`` of each array).
+    A subject is flagged (for a look, not excluded) when its mean correlation is a low outlier
+    (below Q1 - 1.5 IQR with a robust z below -2), its map total is far from the others'
+    (robust z beyond 3.5), or its map duplicates another's; the first two need >= 5 maps.
+
+    Parameters
+    ----------
+    maps : sequence
+        Modulated GM images or paths (same template grid), or already smoothed arrays.
+    ids : sequence of str
+        One id per map.
+    voxel_ml : float or None
+        Voxel volume of the original maps (read from each image if None).
+    fwhm_mm, step_mm : float
+        Smoothing and subsampling of the maps (:func:`smooth_map`).
+    totals : sequence of float or None
+        The maps' totals in mL when ``maps`` are smoothed arrays (e.g. from
+        :func:`smoothed_maps_cached`; otherwise ``sum x voxel_ml`` of each array).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per subject: ``id``, ``mean_corr``, ``mean_corr_z``, ``total_ml``,
+        ``total_z``, ``flagged`` (bool), ``reason``; ``attrs["fence"]`` holds the Tukey fence.
+
+    Raises
+    ------
+    ValueError
+        As many maps as ids, on one grid, are required.
     """
     maps = list(maps)
     ids = [str(i) for i in ids]

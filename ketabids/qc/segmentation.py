@@ -14,11 +14,9 @@
   rim (within :data:`RIM_MM` of its edge: the mask minus its erosion) brighter than the median
   WM intensity. A correct intracranial mask ends in CSF and dura (darker than GM) or cortex;
   a mask that leaked through the skull takes in scalp fat and marrow, brighter than WM on a T1w.
-  Measured: <= 0.001 on 59 demo phantoms and <= 0.003 on the real scans and their rotated
-  copies; 0.156 on an external demo phantom whose mask leaked (TIV 2024 mL, truth 1420 mL) and
-  0.055 on the rotated seg3d copy whose mask leaked into scalp and neck (1744 mL against
-  1328 mL), which every other rule let through (TIV below its fail threshold, tissue shares,
-  template overlap and correlation in range).
+  It catches leaked masks that every other rule lets through (TIV below its fail threshold,
+  tissue shares, template overlap and correlation in range); the values on phantoms, real
+  scans and leaked masks are in ``docs/benchmarks.md`` ("Quality control").
 """
 from __future__ import annotations
 
@@ -42,8 +40,34 @@ def _voxel_ml(img) -> float:
 
 
 def tissue_metrics(tpms: dict) -> dict:
-    """``tiv_ml``, ``gm_ml``, ``wm_ml``, ``csf_ml``, ``icvs_gm``, ``icvs_wm``, ``icvs_csf``,
-    ``gm_brain_fraction`` from the native ``{"GM", "WM", "CSF"}`` probability images."""
+    """Tissue volumes and fractions from the native tissue maps (module docstring).
+
+    Parameters
+    ----------
+    tpms : dict
+        ``{"GM", "WM", "CSF"}`` -> probability (fraction) images or paths (the voxel size is
+        read from them).
+
+    Returns
+    -------
+    dict
+        ``tiv_ml``, ``gm_ml``, ``wm_ml``, ``csf_ml``, ``icvs_gm``, ``icvs_wm``, ``icvs_csf``,
+        ``gm_brain_fraction`` (NaN fractions for an empty segmentation).
+
+    Raises
+    ------
+    TypeError
+        Bare arrays (no voxel size).
+
+    Examples
+    --------
+    >>> aff = np.diag([10.0, 10.0, 10.0, 1.0])                  # 1 mL voxels
+    >>> maps = {k: nib.Nifti1Image(np.full((2, 2, 2), v, np.float32), aff)
+    ...         for k, v in (("GM", 0.5), ("WM", 0.25), ("CSF", 0.25))}
+    >>> m = tissue_metrics(maps)
+    >>> round(m["tiv_ml"], 6), round(m["icvs_gm"], 6), round(m["gm_brain_fraction"], 3)
+    (8.0, 0.5, 0.667)
+    """
     vols = {k: float(np.sum(as_array(tpms[k]), dtype=np.float64)) * _voxel_ml(tpms[k])
             for k in ("GM", "WM", "CSF")}
     tiv = sum(vols.values())
@@ -56,8 +80,28 @@ def tissue_metrics(tpms: dict) -> dict:
 
 
 def contrast_from_medians(median_wm: float, median_gm: float, median_csf: float) -> dict:
-    """The contrast keys of :func:`contrast_metrics` from given tissue medians (e.g. the IQMs'
-    ``summary_*_median``, which use the same > 0.85 masks, eroded)."""
+    """The contrast keys of :func:`contrast_metrics` from given tissue medians.
+
+    Parameters
+    ----------
+    median_wm, median_gm, median_csf : float
+        Tissue medians (e.g. the IQMs' ``summary_*_median``, which use the same > 0.85 masks,
+        eroded).
+
+    Returns
+    -------
+    dict
+        ``median_wm``, ``median_gm``, ``median_csf``, ``contrast_wm_gm``, ``contrast_gm_csf``
+        (NaN for a denominator that is not positive), ``t1_contrast_order``.
+
+    Examples
+    --------
+    >>> c = contrast_from_medians(120.0, 80.0, 40.0)
+    >>> c["contrast_wm_gm"], c["t1_contrast_order"]
+    (1.5, True)
+    >>> contrast_from_medians(40.0, 80.0, 120.0)["t1_contrast_order"]      # T2-like
+    False
+    """
     ratio = (lambda a, b: a / b if b and np.isfinite(b) and b > 0 else float("nan"))
     return {"median_wm": median_wm, "median_gm": median_gm, "median_csf": median_csf,
             "contrast_wm_gm": ratio(median_wm, median_gm),
@@ -68,8 +112,20 @@ def contrast_from_medians(median_wm: float, median_gm: float, median_csf: float)
 def contrast_metrics(t1w, tpms: dict, brain_mask=None) -> dict:
     """Tissue medians of ``t1w`` and the contrast ratios (module docstring).
 
-    Keys: ``median_wm``, ``median_gm``, ``median_csf``, ``contrast_wm_gm``,
-    ``contrast_gm_csf``, ``t1_contrast_order`` (bool: WM > GM > CSF)."""
+    Parameters
+    ----------
+    t1w : nibabel image, path or ndarray
+        The T1w.
+    tpms : dict
+        ``{"GM", "WM", "CSF"}`` -> probability maps on the same grid (tissue = > 0.85).
+    brain_mask : nibabel image, path, ndarray or None
+        Restricts the tissue masks.
+
+    Returns
+    -------
+    dict
+        As :func:`contrast_from_medians`: ``t1_contrast_order`` is True for WM > GM > CSF.
+    """
     data = as_array(t1w)
     brain = np.ones(data.shape, bool) if brain_mask is None else as_array(brain_mask) > 0
     med = {}
@@ -80,11 +136,27 @@ def contrast_metrics(t1w, tpms: dict, brain_mask=None) -> dict:
 
 
 def mask_rim_bright(t1w, brain_mask, median_wm: float, rim_mm: float = RIM_MM) -> float:
-    """Share of the brain mask's outer rim (voxels within ``rim_mm`` of its edge) brighter than
-    ``median_wm`` (module docstring); NaN for an empty mask or an undefined WM median.
+    """Share of the brain mask's outer rim brighter than the median WM (module docstring).
 
     The rim is the mask minus its erosion by ``round(rim_mm / smallest voxel size)`` voxels
-    (6-connected, at least one), computed on the mask's bounding box."""
+    (6-connected, at least one), computed on the mask's bounding box.
+
+    Parameters
+    ----------
+    t1w : nibabel image or path
+        The T1w (its voxel size sets the rim's thickness in voxels).
+    brain_mask : nibabel image, path or ndarray
+        Brain mask on the same grid.
+    median_wm : float
+        Median WM intensity of the T1w.
+    rim_mm : float
+        Thickness of the rim (mm).
+
+    Returns
+    -------
+    float
+        The share, 0-1; NaN for an empty mask or an undefined WM median.
+    """
     if not isinstance(t1w, nib.spatialimages.SpatialImage):
         t1w = nib.load(str(t1w))
     mask = as_array(brain_mask) > 0
