@@ -197,3 +197,23 @@ def test_gm_volume_on_a_partial_volume_phantom_is_unbiased(tpm_phantom_2mm):
     # the old prior, for the record of what the test guards
     old = segment_tissues(ph.t1w, ph.brain_mask, ph.priors_affine, mixture_weight=1.0)[0]["GM"]
     assert float(np.asarray(old.dataobj, np.float64).sum() * vox) < 0.98 * ph.volumes["gm_ml"]
+
+
+@pytest.mark.parametrize("seed, contrast", [(2, "flat"), (3, "mprage15t")])
+def test_gm_volume_on_flatter_contrasts(seed, contrast):
+    """The same on the generator's two flatter contrasts (GM/WM 0.80 and 0.70; RAS/LIA by
+    seed), no bias field: the segmentation alone gave GM -0.8 % / -1.4 %, GM/WM Dice
+    .923/.914 and .928/.935 (``benchmarks/tpm_n4.py``, input "none"). The tissue N4 of the
+    pipeline takes GM to -6.8 / -5.7 % on these bias-free images (docs/benchmarks.md): that
+    is the N4's, not the segmentation's."""
+    from ketabids.demo.tpm_phantom import tpm_phantom
+
+    ph = tpm_phantom(seed=seed, resolution=2.0, contrast=contrast, bias=0.0,
+                     orientation=("RAS", "LIA")[seed % 2 == 0])
+    probs, dseg, _ = segment_tissues(ph.t1w, ph.brain_mask, ph.priors_affine)
+    gm = float(np.asarray(probs["GM"].dataobj, np.float64).sum() * 2.0 ** 3 / 1000)
+    assert gm == pytest.approx(ph.volumes["gm_ml"], rel=0.025), (gm, ph.volumes["gm_ml"])
+    labels, truth = np.asarray(dseg.dataobj), ph.truth_labels()
+    for value in (1, 2):
+        a, b = labels == value, truth == value
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.90
