@@ -244,3 +244,22 @@ def test_flicker_blend_keeps_hover_and_captions_under_strips():
     assert "style=" not in block
     assert block.count("<figure><div class=\"flicker\"") == 2
     assert block.count("</div><figcaption>") == 2  # each caption right under its strip
+
+
+def test_strip_png_compression_level_does_not_change_the_page():
+    """The strips' intermediate PNG is written at zlib level 1 (to save CPU): the page stores
+    them re-encoded with a palette, which must be the same bytes as from a level-6 PNG."""
+    from ketabids.reports.figures import png_uri, pyplot
+    from ketabids.reports.participant import compact_uri
+
+    plt = pyplot()
+
+    def figure():
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.imshow(np.random.default_rng(0).random((40, 60)), cmap="gray")
+        ax.contour(np.random.default_rng(1).random((40, 60)), levels=[0.5], colors="lime")
+        return fig
+
+    fast, default = (png_uri(figure(), dpi=100, compress_level=level) for level in (1, 6))
+    assert fast != default  # the two intermediate PNGs differ (compression)...
+    assert compact_uri(fast) == compact_uri(default)  # ...the pixels, hence the page, do not

@@ -49,16 +49,20 @@ def quantize_png(data: bytes, colours: int) -> bytes:
     return out.getvalue()
 
 
-def png_uri(fig, *, dpi: int = 90, facecolor=None, tight: bool = True) -> str:
+def png_uri(fig, *, dpi: int = 90, facecolor=None, tight: bool = True,
+            compress_level: int = 6) -> str:
     """``fig`` as a ``data:image/png;base64,...`` URI (closed afterwards; no timestamp in the
     PNG, so the same figure gives the same bytes). ``tight=False`` keeps the figure's canvas
-    (one draw less; two figures of one layout then overlay pixel for pixel)."""
+    (one draw less; two figures of one layout then overlay pixel for pixel).
+    ``compress_level``: zlib level of the PNG (1 for a PNG that is re-encoded anyway, e.g. with
+    a palette by :func:`quantize_png`: the same pixels, less CPU)."""
     plt = pyplot()
     buf = io.BytesIO()
     kwargs = {"facecolor": facecolor} if facecolor is not None else {}
     if tight:
         kwargs["bbox_inches"] = "tight"
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, **kwargs)
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None},
+                pil_kwargs={"compress_level": compress_level}, **kwargs)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -97,8 +101,10 @@ def png_image(fig, *, scale: int = PNG_SCALE, facecolor=None, colours: int | Non
     plt = pyplot()
     buf = io.BytesIO()
     kwargs = {"facecolor": facecolor} if facecolor is not None else {}
+    # a PNG re-encoded with a palette below is written with the quickest zlib level first
     fig.savefig(buf, format="png", dpi=CSS_DPI * scale, metadata={"Software": None},
-                bbox_inches="tight", **kwargs)
+                bbox_inches="tight", pil_kwargs={"compress_level": 1 if colours else 6},
+                **kwargs)
     plt.close(fig)
     data = buf.getvalue()
     if colours:

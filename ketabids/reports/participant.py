@@ -105,8 +105,9 @@ _ZOOM = ("<div id='zoom' onclick=\"this.classList.remove('on')\" role='dialog' "
 
 def _png(fig) -> str:
     """The figure as a PNG data URI, with a fixed canvas (no tight bounding box), so two
-    figures of the same layout overlay pixel for pixel."""
-    return png_uri(fig, dpi=STRIP_DPI, facecolor="black", tight=False)
+    figures of the same layout overlay pixel for pixel; zlib level 1, since the page stores
+    every strip re-encoded with a palette (:func:`compact_uri`: the same bytes in the page)."""
+    return png_uri(fig, dpi=STRIP_DPI, facecolor="black", tight=False, compress_level=1)
 
 
 def _cuts(mask: np.ndarray, n: int = N_CUTS) -> list[list[int]]:
@@ -378,20 +379,16 @@ def compact_uri(uri: str, colours: int = 256) -> str:
     2.5 times smaller, the grey levels and contour colours stay (a strip holds a few hundred
     distinct colours, mostly anti-aliasing); other URIs unchanged."""
     import base64
-    import io
+
+    from ketabids.reports.figures import quantize_png
 
     if not uri.startswith("data:image/png;base64,"):
         return uri
-    from PIL import Image as PILImage
-
     try:
-        with PILImage.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as im:
-            buf = io.BytesIO()
-            im.convert("RGB").quantize(colours, method=PILImage.Quantize.MEDIANCUT).save(
-                buf, format="PNG", optimize=True)
+        data = quantize_png(base64.b64decode(uri.split(",", 1)[1]), colours)
     except (OSError, ValueError):
         return uri
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _img(uri: str, alt: str, *, cls="fig", title="", zoom=True) -> str:
