@@ -134,6 +134,43 @@ def test_qc_metrics_that_predict_response_are_flagged(rng):
     assert table.set_index("check").loc["leave_site_out_bac", "status"] == "info"
 
 
+def test_audit_on_the_training_kernel_equals_the_audit_on_its_own(rng):
+    """The training shares its X X^T with the permutations and the audit (and the audit's QC
+    nested CV skips scikit-learn's input checks): every number equals a computation from
+    scratch, check by check."""
+    from ketabids.group.audit import _numeric_matrix, site_predictability
+    from ketabids.group.estimator import linear_kernel
+    from ketabids.group.permutation import permutation_test
+
+    n, p = 60, 800
+    sites = _sites(n, 3)
+    y = np.tile([0, 1, 1, 0, 0], n // 5)
+    X = rng.standard_normal((n, p)) + 0.4 * rng.standard_normal((3, p))[np.arange(n) % 3]
+    X[:, :80] += 0.3 * (2 * y[:, None] - 1)
+    cov = rng.normal(45, 10, (n, 1))
+    variables = pd.DataFrame({"age": cov[:, 0], "sex": rng.choice(["F", "M"], n)})
+    qc = pd.DataFrame({"cjv": rng.normal(0.4, 0.05, n), "cnr": rng.normal(3, 0.3, n)})
+    settings = NestedCVSettings(**SETTINGS)
+    gram = linear_kernel(X)
+    kw = dict(covariates=cov, sites=sites, settings=settings)
+    res = nested_cv(X, y, gram=gram, **kw)
+    assert np.array_equal(res.decision, nested_cv(X, y, **kw).decision)
+    perm = dict(n_permutations=3, observed=res, **kw)
+    assert np.array_equal(permutation_test(X, y, gram=gram, **perm).null_bac,
+                          permutation_test(X, y, **perm).null_bac)
+    table, _, _ = run_audit(X, y, result=res, gram=gram, variables=variables, qc=qc, **kw)
+    rows = table.set_index("check")["value"]
+    loso = nested_cv(X, y, covariates=cov, sites=sites,
+                     settings=NestedCVSettings(**SETTINGS, scheme="leave-site-out"))
+    assert rows["leave_site_out_bac"] == loso.bac_pooled
+    assert rows["site_predictability"] == site_predictability(
+        X, sites, covariates=cov, n_folds=settings.n_outer)["bac"]
+    Q, _ = _numeric_matrix(pd.concat([variables, qc], axis=1))
+    qres = nested_cv(Q, y, sites=sites, settings=NestedCVSettings(**SETTINGS, standardize=True))
+    assert rows["qc_covariates_only_bac"] == qres.bac_pooled
+    assert table.equals(run_audit(X, y, result=res, variables=variables, qc=qc, **kw)[0])
+
+
 def test_kernel_scaling_makes_the_c_grid_choose():
     """VBM-like features (p >> n, GM fractions ~0.5 +- 0.05): unscaled, every C of the default
     grid is the hard-margin solution (flat inner curves, lower edge, warning); scaled, the

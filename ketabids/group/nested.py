@@ -228,7 +228,7 @@ def scheme_hash(outer, inner, settings, n, extra=None):
 # the engine
 # ---------------------------------------------------------------------------------------------
 def _run(X, y, covariates, sites, estimator, cv, *, kern=None, details=True, progress=None,
-         groups=None):
+         groups=None, gram=None):
     n = y.size
     C_grid = check_c_grid(estimator.C_grid)
     outer, inner = make_scheme(y, sites, estimator=estimator, cv=cv, groups=groups)
@@ -236,7 +236,8 @@ def _run(X, y, covariates, sites, estimator, cv, *, kern=None, details=True, pro
     if kern is None:
         kern = KernelProvider(X, covariates, sites, standardize=estimator.standardize,
                               harmonize=estimator.harmonize,
-                              scale_kernel=getattr(estimator, "scale_kernel", True))
+                              scale_kernel=getattr(estimator, "scale_kernel", True),
+                              gram=gram)
     decision = np.zeros((R, n))
     proba = np.full((R, n), np.nan)
     chosen = np.zeros((R, O))
@@ -326,13 +327,15 @@ def _plan(settings, estimator, cv):
 
 
 def nested_cv(X, y, *, covariates=None, sites=None, settings=None, estimator=None, cv=None,
-              progress=None, groups=None):
+              progress=None, groups=None, gram=None):
     """Repeated nested CV (see the module docstring): ``cv`` the outer splitter, ``estimator``
     a :class:`KetaSVC` whose ``cv`` is the inner splitter (defaults from ``settings``); both
     split by ``groups`` (default ``sites``: e.g. a cohort column for leave-cohort-out).
 
     ``settings.random_state`` also seeds the bootstrap intervals; ``progress(done, total)`` is
-    called after every repeat. Returns :class:`NestedCVResult`.
+    called after every repeat. ``gram``: ``X X^T`` when the caller has it
+    (:func:`~ketabids.group.estimator.linear_kernel`; training, permutations and the audit
+    share one). Returns :class:`NestedCVResult`.
     """
     settings, estimator, cv, extra = _plan(settings, estimator, cv)
     X, y, covariates, sites = check_inputs(X, y, covariates, sites,
@@ -340,7 +343,7 @@ def nested_cv(X, y, *, covariates=None, sites=None, settings=None, estimator=Non
                                            estimator)
     groups = _split_groups(groups, sites, y.size)
     res = _run(X, y, covariates, sites, estimator, cv, details=True, progress=progress,
-               groups=groups)
+               groups=groups, gram=gram)
     outer, inner = res["scheme"]
     dec, proba = res["decision"], res["proba"]
     metrics = pd.concat([

@@ -69,13 +69,14 @@ def _pooled_bac_auc(y, dec):
 
 def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estimator=None,
                      cv=None, n_permutations=1000, random_state=0, progress=None, observed=None,
-                     n_jobs=1, groups=None):
+                     n_jobs=1, groups=None, gram=None):
     """Nested-CV permutation test; see module docstring. Returns :class:`PermutationResult`.
 
     ``settings``, ``estimator`` and ``cv`` as in :func:`~ketabids.group.nested.nested_cv`;
     ``observed``: its result (else the nested CV is run once more). Results do not depend on
     ``n_jobs`` (each permutation has its own seeded generator). ``groups``: the folds' groups
-    (default ``sites``); labels are permuted within them.
+    (default ``sites``); labels are permuted within them. ``gram``: ``X X^T`` when the
+    caller has it (as :func:`~ketabids.group.nested.nested_cv`).
     """
     from ketabids.group.estimator import KernelProvider
     from ketabids.group.nested import _plan, _run, _split_groups, check_inputs
@@ -87,7 +88,7 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estima
     groups = _split_groups(groups, sites, y.size)
     kern = KernelProvider(X, covariates, sites, standardize=estimator.standardize,
                           harmonize=estimator.harmonize,
-                          scale_kernel=getattr(estimator, "scale_kernel", True))
+                          scale_kernel=getattr(estimator, "scale_kernel", True), gram=gram)
 
     def decisions(labels):
         return _run(X, labels, covariates, sites, estimator, cv, kern=kern,
