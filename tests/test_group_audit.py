@@ -211,6 +211,31 @@ def test_schemes_refused_with_the_largest_valid_value(rng):
     check_scheme(y, np.repeat(["a", "b"], 30), NestedCVSettings(scheme="leave-site-out"))
 
 
+def test_fold_counts_checked_on_the_engines_own_partitions(rng):
+    """Counting the smaller class per outer training set is not enough: stratified by site, the
+    deal can leave an inner training set with one class (the engine then failed). The check
+    draws the engine's partitions and names fold counts that work; those train."""
+    y = np.array([1] * 4 + [0] * 6)
+    sites = np.array(["A", "B"] * 5)
+    settings = NestedCVSettings(n_repeats=10, n_outer=4, n_inner=2, random_state=29)
+    _, inner = __import__("ketabids.group.nested", fromlist=["make_scheme"]).make_scheme(
+        y, sites, settings)
+    one_class = [(r, o) for r in range(10) for o in range(4) for i in range(2)
+                 if np.unique(y[(inner[r, o] >= 0) & (inner[r, o] != i)]).size < 2]
+    assert one_class                                   # the case is real
+    with pytest.raises(UsageError, match=r"^--n-inner 2: an inner training set \(repeat "
+                       r"\d+, outer fold \d+\) holds participants of one class only .*; use "
+                       r"--n-outer 3 --n-inner 2$"):
+        check_scheme(y, sites, settings)
+    with pytest.raises(UsageError, match=r"use --n-inner 2 \(the largest that works\)$"):
+        check_scheme(y, sites, NestedCVSettings(n_repeats=10, n_outer=3, n_inner=3,
+                                                random_state=29))
+    fixed = NestedCVSettings(n_repeats=10, n_outer=3, n_inner=2, random_state=29)
+    check_scheme(y, sites, fixed)
+    X = rng.standard_normal((10, 30))
+    assert nested_cv(X, y, sites=sites, settings=fixed).decision.shape == (10, 10)
+
+
 def test_permutations_stay_within_groups(rng):
     from ketabids.group.permutation import permutation_test
 
