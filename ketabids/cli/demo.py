@@ -327,7 +327,7 @@ def get_demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path)
     parser.add_argument("--n-discovery", type=positive_int, default=40,
                         help="discovery cohort size (both arms)")
-    parser.add_argument("--n-external", type=positive_int, default=20,
+    parser.add_argument("--n-external", type=positive_int, default=30,
                         help="external cohort's ketamine arm (another scanner)")
     parser.add_argument("--n-external-saline", type=nonneg_int, default=None,
                         help="saline participants added to the external cohort (same scanner): "
