@@ -49,8 +49,12 @@ def main(argv=None):
 
     from ketabids.group.audit import run_audit
     from ketabids.group.estimator import linear_kernel
-    from ketabids.group.nested import (NestedCVSettings, c_selection_summary, fit_final_model,
-                                       nested_cv)
+    from ketabids.group.nested import (
+        NestedCVSettings,
+        c_selection_summary,
+        fit_final_model,
+        nested_cv,
+    )
     from ketabids.group.permutation import permutation_test
 
     print(f"cores: {os.cpu_count()}, load avg at start: {load():.1f}")

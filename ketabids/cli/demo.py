@@ -138,7 +138,8 @@ def run_demo(opts) -> dict:
                                  if k not in ("resolution", "null", "nprocs", "effect_size")})
         LOGGER.info("%s", folds.describe())
     cohort = generate_demo(out, **kwargs)
-    LOGGER.info("synthetic cohort written to %s (%.0f s)", out / "bids", time.monotonic() - started)
+    LOGGER.info("synthetic cohort written to %s (%.0f s)", out / "bids",
+                time.monotonic() - started)
     if opts.generate_only:
         print(f"BIDS datasets: {out / 'bids'}\nground truth: {out / 'truth'}")
         return {"failed": [], "cohort": cohort}
@@ -249,7 +250,8 @@ def fit_folds(participants, *, seed: int = 0) -> DemoFolds:
     level's rule (``--response-from madrs_pre madrs_24h``), stratified by ``site`` as the demo's
     ``--site-column site`` does, seeded by ``seed`` as its ``--seed``. The fold counts pass the
     group level's own check (:func:`ketabids.group.cv.check_fold_counts`: every training set
-    of its actual partitions holds both classes), so the training cannot refuse or fail on them (unless QC leaves scans out). Raises
+    of its actual partitions holds both classes), so the training cannot refuse or fail on
+    them (unless QC leaves scans out). Raises
     :class:`~ketabids.errors.UsageError` when no nested CV fits (fewer than 2 outer and 2
     inner folds).
     """
