@@ -475,15 +475,27 @@ def test_demo_folds_fit_every_accepted_cohort_size(seed):
 def test_demo_of_the_issue_gets_fitted_folds():
     """``--n-discovery 16 --n-external 6``: the study's 5 inner folds do not fit (the group level
     refused them after the participant level); the demo now picks folds that do, and says so.
-    The smallest demo (10) gets 3 outer / 2 inner folds: 4 / 2, which the group level's fold
-    count rule accepts, crashed its training on an inner training set of one class."""
+    The smallest demo (10) gets 3 outer / 2 inner folds: 4 / 2 leaves an inner training set
+    of one class, and the group level's own check refuses it up front, naming 3 / 2."""
     folds = _plan("--n-discovery", "16", "--n-external", "6")[2]
     assert folds.reduced and folds.n_inner < 5
     text = folds.describe()
     assert f"{folds.n_outer} outer folds, {folds.n_inner} inner folds" in text
     assert "reduced" in text and "responders" in text
-    smallest = _plan("--n-discovery", "10", "--n-external", "1")[2]
+    opts, kwargs, smallest = _plan("--n-discovery", "10", "--n-external", "1")
     assert (smallest.n_outer, smallest.n_inner) == (3, 2)
+    import numpy as np
+
+    from ketabids.demo.cohort import demo_tables
+    from ketabids.errors import UsageError
+    from ketabids.group.labels import is_response
+    from ketabids.group.nested import NestedCVSettings, check_scheme
+
+    table = demo_tables(**kwargs)["discovery"]
+    ket = table[table["arm"] == "ketamine"]
+    y = np.asarray(is_response(ket["madrs_pre"], ket["madrs_24h"])).astype(int)
+    with pytest.raises(UsageError, match="one class only.*use --n-outer 3 --n-inner 2$"):
+        check_scheme(y, ket["site"].to_numpy(), NestedCVSettings(n_outer=4, n_inner=2))
 
 
 def test_demo_refuses_an_unsupported_size_before_any_work(tmp_path, capsys):

@@ -134,6 +134,43 @@ def test_qc_metrics_that_predict_response_are_flagged(rng):
     assert table.set_index("check").loc["leave_site_out_bac", "status"] == "info"
 
 
+def test_audit_on_the_training_kernel_equals_the_audit_on_its_own(rng):
+    """The training shares its X X^T with the permutations and the audit (and the audit's QC
+    nested CV skips scikit-learn's input checks): every number equals a computation from
+    scratch, check by check."""
+    from ketabids.group.audit import _numeric_matrix, site_predictability
+    from ketabids.group.estimator import linear_kernel
+    from ketabids.group.permutation import permutation_test
+
+    n, p = 60, 800
+    sites = _sites(n, 3)
+    y = np.tile([0, 1, 1, 0, 0], n // 5)
+    X = rng.standard_normal((n, p)) + 0.4 * rng.standard_normal((3, p))[np.arange(n) % 3]
+    X[:, :80] += 0.3 * (2 * y[:, None] - 1)
+    cov = rng.normal(45, 10, (n, 1))
+    variables = pd.DataFrame({"age": cov[:, 0], "sex": rng.choice(["F", "M"], n)})
+    qc = pd.DataFrame({"cjv": rng.normal(0.4, 0.05, n), "cnr": rng.normal(3, 0.3, n)})
+    settings = NestedCVSettings(**SETTINGS)
+    gram = linear_kernel(X)
+    kw = dict(covariates=cov, sites=sites, settings=settings)
+    res = nested_cv(X, y, gram=gram, **kw)
+    assert np.array_equal(res.decision, nested_cv(X, y, **kw).decision)
+    perm = dict(n_permutations=3, observed=res, **kw)
+    assert np.array_equal(permutation_test(X, y, gram=gram, **perm).null_bac,
+                          permutation_test(X, y, **perm).null_bac)
+    table, _, _ = run_audit(X, y, result=res, gram=gram, variables=variables, qc=qc, **kw)
+    rows = table.set_index("check")["value"]
+    loso = nested_cv(X, y, covariates=cov, sites=sites,
+                     settings=NestedCVSettings(**SETTINGS, scheme="leave-site-out"))
+    assert rows["leave_site_out_bac"] == loso.bac_pooled
+    assert rows["site_predictability"] == site_predictability(
+        X, sites, covariates=cov, n_folds=settings.n_outer)["bac"]
+    Q, _ = _numeric_matrix(pd.concat([variables, qc], axis=1))
+    qres = nested_cv(Q, y, sites=sites, settings=NestedCVSettings(**SETTINGS, standardize=True))
+    assert rows["qc_covariates_only_bac"] == qres.bac_pooled
+    assert table.equals(run_audit(X, y, result=res, variables=variables, qc=qc, **kw)[0])
+
+
 def test_kernel_scaling_makes_the_c_grid_choose():
     """VBM-like features (p >> n, GM fractions ~0.5 +- 0.05): unscaled, every C of the default
     grid is the hard-margin solution (flat inner curves, lower edge, warning); scaled, the
@@ -172,6 +209,31 @@ def test_schemes_refused_with_the_largest_valid_value(rng):
     check_scheme(y, sites, NestedCVSettings(n_outer=3, n_inner=2, scheme="group-kfold"))
     # two sites: leave-site-out trains on one site; its inner CV falls back to stratified folds
     check_scheme(y, np.repeat(["a", "b"], 30), NestedCVSettings(scheme="leave-site-out"))
+
+
+def test_fold_counts_checked_on_the_engines_own_partitions(rng):
+    """Counting the smaller class per outer training set is not enough: stratified by site, the
+    deal can leave an inner training set with one class (the engine then failed). The check
+    draws the engine's partitions and names fold counts that work; those train."""
+    y = np.array([1] * 4 + [0] * 6)
+    sites = np.array(["A", "B"] * 5)
+    settings = NestedCVSettings(n_repeats=10, n_outer=4, n_inner=2, random_state=29)
+    _, inner = __import__("ketabids.group.nested", fromlist=["make_scheme"]).make_scheme(
+        y, sites, settings)
+    one_class = [(r, o) for r in range(10) for o in range(4) for i in range(2)
+                 if np.unique(y[(inner[r, o] >= 0) & (inner[r, o] != i)]).size < 2]
+    assert one_class                                   # the case is real
+    with pytest.raises(UsageError, match=r"^--n-inner 2: an inner training set \(repeat "
+                       r"\d+, outer fold \d+\) holds participants of one class only .*; use "
+                       r"--n-outer 3 --n-inner 2$"):
+        check_scheme(y, sites, settings)
+    with pytest.raises(UsageError, match=r"use --n-inner 2 \(the largest that works\)$"):
+        check_scheme(y, sites, NestedCVSettings(n_repeats=10, n_outer=3, n_inner=3,
+                                                random_state=29))
+    fixed = NestedCVSettings(n_repeats=10, n_outer=3, n_inner=2, random_state=29)
+    check_scheme(y, sites, fixed)
+    X = rng.standard_normal((10, 30))
+    assert nested_cv(X, y, sites=sites, settings=fixed).decision.shape == (10, 10)
 
 
 def test_permutations_stay_within_groups(rng):

@@ -210,3 +210,54 @@ def test_interpretation_names_which_test_found_what():
     text = interpret(table(0.31, 0.47, 0.3), by_arm, treatment_arm="ketamine",
                      reference_arm="saline")
     assert text.startswith("This sample does not show") and "the specificity is small" in text
+
+
+# ------------------------------------------------------------------------------- the demo
+def _demo_decisions(null: bool, effect_size=0.1, seed=0):
+    """The demo's cohorts at its default sizes and response rates (``demo_tables``: 40
+    discovery, 3/4 ketamine; external trial 30 ketamine + 30 saline, 45 % / 35 % responders) as
+    synthetic template-space GM maps (the generator of ``write_synthetic_derivatives``; effect
+    0.1, about what the participant level recovers of the demo's 0.2); the group level's final
+    model (default grid, kernel scaling) trained on the discovery ketamine arm; its decision
+    values on the external trial."""
+    from ketabids.demo.cohort import demo_tables
+    from ketabids.demo.participants import planted_label
+    from ketabids.demo.phantom import simulate_template_gm, subject_rng, template_maps
+    from ketabids.group.labels import is_response
+    from ketabids.group.nested import NestedCVSettings, fit_final_model
+    from ketabids.templates import get_template
+
+    tables = demo_tables(seed=seed, n_external_saline=30)
+    template = get_template(resolution=2)
+    mask = template_maps(template)[0]["gm"] > 0.2
+    null_rng = np.random.default_rng([seed, 7919])
+
+    def cohort(table):
+        X = np.stack([simulate_template_gm(
+            template, seed=subject_rng(seed, row.participant_id), effect_size=effect_size,
+            responder=planted_label(row._asdict(), null=null, rng=null_rng), age=row.age,
+            site=row.site)[mask] for row in table.itertuples()])
+        return X, np.asarray(is_response(table.madrs_pre, table.madrs_24h)).astype(int)
+
+    disc = tables["discovery"]
+    X, y = cohort(disc[disc.arm == "ketamine"])
+    model = fit_final_model(X, y, settings=NestedCVSettings(n_inner=5))
+    trial = tables["external"]
+    Xe, ye = cohort(trial)
+    return ye, model.decision_function(Xe), trial.arm.to_numpy()
+
+
+@pytest.mark.slow
+def test_demo_trial_detects_the_ketamine_specific_effect_and_not_the_null():
+    """Known truth at the demo's default sizes: the planted effect is ketamine-only, so the
+    decision x arm interaction is detected (p < 0.05); with ``--null`` (images unrelated to
+    response) it is not."""
+    y, d, arm = _demo_decisions(null=False)
+    assert (arm == "saline").sum() == 30 and y[arm == "saline"].sum() == round(0.35 * 30)
+    inter = interaction_test(y, d, arm == "ketamine")["interaction_log_odds"]
+    print(f"demo trial: interaction {inter}")
+    assert inter["p_value"] < 0.05 and inter["estimate"] > 0
+    y, d, arm = _demo_decisions(null=True)
+    null = interaction_test(y, d, arm == "ketamine")["interaction_log_odds"]
+    print(f"demo trial, --null: interaction {null}")
+    assert null["p_value"] >= 0.05

@@ -180,7 +180,8 @@ def run_demo(opts) -> dict:
                                  if k not in ("resolution", "null", "nprocs", "effect_size")})
         LOGGER.info("%s", folds.describe())
     cohort = generate_demo(out, **kwargs)
-    LOGGER.info("synthetic cohort written to %s (%.0f s)", out / "bids", time.monotonic() - started)
+    LOGGER.info("synthetic cohort written to %s (%.0f s)", out / "bids",
+                time.monotonic() - started)
     if opts.generate_only:
         print(f"BIDS datasets: {out / 'bids'}\nground truth: {out / 'truth'}")
         return {"failed": [], "cohort": cohort}
@@ -297,43 +298,15 @@ class DemoFolds:
         return text
 
 
-def _scheme_fits(y, sites, settings) -> bool:
-    """Every training set of the group level's own partitions holds both classes: the inner
-    ones of every outer fold (:func:`ketabids.group.nested.make_scheme`) and those of the final
-    model's C search over all participants. (:func:`ketabids.group.cv.check_fold_counts`
-    counts the smaller class per outer training set only: measured, 4 outer / 2 inner folds on
-    4 + 4 participants at two sites passed it and the training then crashed on an inner
-    training set of one class.)"""
-    import numpy as np
-
-    from ketabids.group.cv import StratifiedFolds, fold_partitions
-    from ketabids.group.nested import make_scheme
-
-    try:
-        outer, inner = make_scheme(y, sites, settings)
-    except UsageError:  # an outer training set of one class
-        return False
-    for r in range(inner.shape[0]):
-        for o in range(inner.shape[1]):
-            for i in range(int(inner[r, o].max()) + 1):
-                train = (inner[r, o] >= 0) & (inner[r, o] != i)
-                if np.unique(y[train]).size < 2:
-                    return False
-    final = fold_partitions(StratifiedFolds(settings.n_inner,
-                                            random_state=(settings.random_state, 99991)),
-                            np.zeros((y.size, 1)), y, sites)[0]
-    return all(np.unique(y[final != i]).size == 2 for i in range(settings.n_inner))
-
-
 def fit_folds(participants, *, seed: int = 0) -> DemoFolds:
     """The most outer folds (up to the study's 10), then inner folds (up to 5), that fit.
 
     The training cohort is the discovery ketamine arm, labelled by the group level's rule
     (``--response-from madrs_pre madrs_24h``), stratified by ``site`` as the demo's
     ``--site-column site`` does, seeded as its ``--seed``. The fold counts pass the group
-    level's own rule (:func:`ketabids.group.cv.check_fold_counts`) and every training set of
-    its actual partitions holds both classes (:func:`_scheme_fits`), so the training cannot
-    refuse or fail on them (unless QC leaves scans out).
+    level's own check (:func:`ketabids.group.cv.check_fold_counts`: every training set of its
+    actual partitions holds both classes), so the training cannot refuse or fail on them
+    (unless QC leaves scans out).
 
     Parameters
     ----------
@@ -355,7 +328,7 @@ def fit_folds(participants, *, seed: int = 0) -> DemoFolds:
     """
     import numpy as np
 
-    from ketabids.group.cv import check_fold_counts, max_folds
+    from ketabids.group.cv import check_fold_counts, max_folds, one_class_inner_set
     from ketabids.group.labels import is_response
     from ketabids.group.nested import NestedCVSettings
 
@@ -368,8 +341,8 @@ def fit_folds(participants, *, seed: int = 0) -> DemoFolds:
         _, max_inner = max_folds(y, n_outer, sites, study.random_state, study.n_repeats)
         for n_inner in range(min(study.n_inner, max_inner), 1, -1):
             settings = replace(study, n_outer=n_outer, n_inner=n_inner)
-            check_fold_counts(y, settings, sites)
-            if _scheme_fits(y, sites, settings):
+            if one_class_inner_set(y, settings, sites) is None:
+                check_fold_counts(y, settings, sites)       # the training's check: passes
                 return DemoFolds(settings.n_repeats, n_outer, n_inner, n_yes, n_no)
     raise UsageError(
         f"the discovery ketamine arm would have {n_yes} responders and {n_no} non-responders, "
@@ -450,7 +423,7 @@ def get_demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path)
     parser.add_argument("--n-discovery", type=positive_int, default=40,
                         help="discovery cohort size (both arms)")
-    parser.add_argument("--n-external", type=positive_int, default=20,
+    parser.add_argument("--n-external", type=positive_int, default=30,
                         help="external cohort's ketamine arm (another scanner)")
     parser.add_argument("--n-external-saline", type=nonneg_int, default=None,
                         help="saline participants added to the external cohort (same scanner): "

@@ -20,7 +20,7 @@ def make_participants_table(
     saline_fraction: float = 0.0,
     site="A",
     ketamine_response_rate: float = 0.45,
-    saline_response_rate: float = 0.2,
+    saline_response_rate: float = 0.35,
     label_prefix: str = "",
     start: int = 1,
 ):

@@ -36,6 +36,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import sklearn
 from scipy import stats
 
 from ketabids.errors import UsageError
@@ -105,13 +106,14 @@ def metrics_by_site(y, decision, sites, *, random_state=0) -> pd.DataFrame:
 # site predictability
 # ---------------------------------------------------------------------------------------------
 def site_predictability(X, sites, *, covariates=None, n_folds=10, random_state=0,
-                        standardize=False, scale_kernel=True) -> dict:
+                        standardize=False, scale_kernel=True, gram=None) -> dict:
     """Balanced accuracy (mean recall over sites) of predicting the site from the features.
 
     Linear SVC (``C = 1``, balanced class weights, one-vs-one as libsvm) on the kernel of the
     in-fold preprocessed features (covariate regression / z-scoring / kernel scaling fitted on
     each training set; no ComBat: it would remove what is measured), ``n_folds`` folds
-    stratified by site. Returns ``{"bac", "chance", "n_sites", "n_folds"}``.
+    stratified by site. ``gram``: ``X X^T`` when the caller has it (the training's).
+    Returns ``{"bac", "chance", "n_sites", "n_folds"}``.
     """
     from sklearn.svm import SVC
 
@@ -129,7 +131,7 @@ def site_predictability(X, sites, *, covariates=None, n_folds=10, random_state=0
     for t, (tr, _) in enumerate(splits):
         masks[t, tr] = True
     kern = KernelProvider(np.asarray(X), covariates, None, standardize=standardize,
-                          scale_kernel=scale_kernel)
+                          scale_kernel=scale_kernel, gram=gram)
     Ks, _ = kern.kernels(masks)
     pred = np.empty(codes.size, np.int64)
     for t, (tr, te) in enumerate(splits):
@@ -204,21 +206,26 @@ def _pooled(result, name):
 
 def run_audit(X, y, *, result, settings, covariates=None, sites=None, groups=None,
               variables: pd.DataFrame | None = None, qc: pd.DataFrame | None = None,
-              random_state=0, progress=None) -> tuple[pd.DataFrame, list[str], dict]:
+              random_state=0, progress=None, gram=None
+              ) -> tuple[pd.DataFrame, list[str], dict]:
     """All checks of the module docstring for a training run.
 
     ``result``: the headline :class:`~ketabids.group.nested.NestedCVResult`; ``settings`` its
     :class:`~ketabids.group.nested.NestedCVSettings`; ``variables``: participant variables
-    (age, sex, TIV, ...; rows in the order of ``y``); ``qc``: QC metrics (same rows).
+    (age, sex, TIV, ...; rows in the order of ``y``); ``qc``: QC metrics (same rows);
+    ``gram``: ``X X^T`` when the training computed it (else computed here, as needed).
     Returns (audit table, warning sentences, extra results ``{"leave_site_out": result or
     None}``).
     """
+    from ketabids.group.estimator import linear_kernel
     from ketabids.group.nested import check_scheme, nested_cv
 
     y = np.asarray(y).astype(int)
     rows, extra = [], {"leave_site_out": None}
     head = _pooled(result, "bac")
     n_sites = 0 if sites is None else int(np.unique(sites).size)
+    if gram is None and n_sites >= 2 and not settings.standardize:
+        gram = linear_kernel(np.asarray(X))      # one X X^T for the two checks that need it
 
     # 1. leave-site-out beside the headline
     if settings.scheme == "leave-site-out":
@@ -228,7 +235,8 @@ def run_audit(X, y, *, result, settings, covariates=None, sites=None, groups=Non
         loso_settings = replace(settings, scheme="leave-site-out")
         try:
             check_scheme(y, sites, loso_settings)
-            loso = nested_cv(X, y, covariates=covariates, sites=sites, settings=loso_settings)
+            loso = nested_cv(X, y, covariates=covariates, sites=sites, settings=loso_settings,
+                             gram=gram)
         except UsageError as exc:
             rows.append({"check": "leave_site_out_bac", "value": np.nan, "reference": head[0],
                          "status": "info", "detail": f"not computable: {exc}"})
@@ -273,7 +281,8 @@ def run_audit(X, y, *, result, settings, covariates=None, sites=None, groups=Non
                      "detail": f"responders per site: {shares}; {test} p = "
                      f"{site_label_p:.2g}"})
         sp = site_predictability(X, sites, covariates=covariates, n_folds=settings.n_outer,
-                                 random_state=random_state, standardize=settings.standardize)
+                                 random_state=random_state, standardize=settings.standardize,
+                                 gram=gram)
         predictable = np.isfinite(sp["bac"]) and sp["bac"] >= sp["chance"] + SITE_MARGIN
         status = ("warn" if predictable and site_label_p < 0.05 else
                   "info" if predictable else "pass")
@@ -312,7 +321,11 @@ def run_audit(X, y, *, result, settings, covariates=None, sites=None, groups=Non
         if Q is not None:
             qsettings = replace(settings, standardize=True, harmonize=False)
             try:
-                qres = nested_cv(Q, y, sites=sites, settings=qsettings, groups=groups)
+                # libsvm solves many of these low-rank problems: skip scikit-learn's per-call
+                # input checks (the inputs are the engine's own finite arrays; same results)
+                with sklearn.config_context(assume_finite=True,
+                                            skip_parameter_validation=True):
+                    qres = nested_cv(Q, y, sites=sites, settings=qsettings, groups=groups)
             except UsageError as exc:
                 rows.append({"check": "qc_covariates_only_bac", "value": np.nan,
                              "reference": 0.5, "status": "info",

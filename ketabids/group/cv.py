@@ -16,7 +16,8 @@ from sklearn.model_selection import BaseCrossValidator
 from ketabids.errors import UsageError
 
 __all__ = ["StratifiedFolds", "stratified_folds", "fold_partitions", "spawn", "max_folds",
-           "check_fold_counts", "GroupFolds", "LeaveGroupOut", "group_folds", "OUTER_SCHEMES"]
+           "check_fold_counts", "one_class_inner_set", "GroupFolds", "LeaveGroupOut",
+           "group_folds", "OUTER_SCHEMES"]
 
 #: ``--outer-cv`` values: label-stratified folds (the study), one site (group) per outer fold,
 #: k folds of whole sites (groups).
@@ -170,7 +171,14 @@ def max_folds(y, n_outer: int, groups=None, random_state=0, n_repeats: int = 1
 
 def check_fold_counts(y, settings, groups=None) -> None:
     """Refuse (exit 64) outer/inner fold counts the class counts cannot support, naming the
-    largest valid value, before any feature is computed."""
+    largest valid value, before any feature is computed.
+
+    Counting is not enough: with strata (sites) the round-robin deal can put every participant
+    of the smaller class of an outer training set into one inner fold, so the partitions the
+    engine will use are drawn (:func:`ketabids.group.nested.make_scheme`, and those of the final
+    model's C search, seeded ``[random_state, 99991]``) and every inner training set must hold
+    both classes; otherwise the largest ``--n-inner`` whose partitions do is named.
+    """
     n_outer, n_inner = int(settings.n_outer), int(settings.n_inner)
     max_outer, max_inner = max_folds(y, n_outer, groups, settings.random_state,
                                      settings.n_repeats)
@@ -179,11 +187,56 @@ def check_fold_counts(y, settings, groups=None) -> None:
                          f"so every test fold cannot hold both classes; use --n-outer "
                          f"{max_outer} or less")
     if n_inner > max_inner:
-        fix = (f"use --n-inner {max_inner} or less" if max_inner >= 2
-               else "use a smaller --n-outer")
-        raise UsageError(f"--n-inner {n_inner}: the smallest outer training set has "
-                         f"{max_inner} participants of the smaller class; {fix} (or fewer "
-                         "--n-outer folds)")
+        where = (f"the smallest outer training set has {max_inner} participants of the "
+                 "smaller class")
+    else:
+        where = one_class_inner_set(y, settings, groups)
+        if where is None:
+            return
+        where += (" holds participants of one class only (folds stratified by label"
+                  + (" and site)" if groups is not None else ")"))
+    from dataclasses import replace
+
+    def works(o, k):
+        return one_class_inner_set(y, replace(settings, n_outer=o, n_inner=k), groups) is None
+
+    def inner_max(o):
+        return max_folds(y, o, groups, settings.random_state, settings.n_repeats)[1]
+
+    inner = next((k for k in range(min(n_inner - 1, max_inner), 1, -1) if works(n_outer, k)),
+                 None)
+    outer = None if inner else next(
+        ((o, k) for o in range(max_outer, 1, -1) if o != n_outer
+         for k in range(min(n_inner, inner_max(o)), 1, -1) if works(o, k)), None)
+    fix = (f"use --n-inner {inner} (the largest that works)" if inner else
+           f"use --n-outer {outer[0]} --n-inner {outer[1]}" if outer else
+           "no fold counts work with this --seed; try another --seed or more participants")
+    raise UsageError(f"--n-inner {n_inner}: {where}; {fix}")
+
+
+def one_class_inner_set(y, settings, groups=None) -> str | None:
+    """Where the stratified nested CV of ``settings`` would train on one class: the first
+    inner training set of the engine's own partitions (repeat, outer fold) or of the final
+    model's C search holding one class, as words; None when every one holds both."""
+    from ketabids.group.nested import make_scheme
+
+    y = np.asarray(y).astype(int)
+    try:
+        _, inner = make_scheme(y, groups, settings)
+    except UsageError:
+        return "an outer training set"
+    for r in range(inner.shape[0]):
+        for o in range(inner.shape[1]):
+            rows = inner[r, o] >= 0
+            for i in range(int(inner[r, o].max()) + 1):
+                if np.unique(y[rows & (inner[r, o] != i)]).size < 2:
+                    return f"an inner training set (repeat {r + 1}, outer fold {o + 1})"
+    final = fold_partitions(StratifiedFolds(int(settings.n_inner),
+                                            random_state=(settings.random_state, 99991)),
+                            np.zeros((y.size, 1)), y, groups)[0]
+    if any(np.unique(y[final != i]).size < 2 for i in range(int(settings.n_inner))):
+        return "an inner training set of the final model's C search"
+    return None
 
 
 def group_folds(y, groups, k, rng) -> np.ndarray:

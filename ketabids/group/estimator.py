@@ -293,17 +293,20 @@ class KernelProvider:
         Sites (for ComBat).
     standardize, harmonize, scale_kernel : bool
         As :class:`KetaSVC`.
+    gram : ndarray of shape (n, n) or None
+        ``X X^T`` when the caller already has it (:func:`linear_kernel` of the same X; used
+        as is, not copied).
     """
 
     def __init__(self, X, covariates, sites, *, standardize=False, harmonize=False,
-                 scale_kernel=True):
+                 scale_kernel=True, gram=None):
         self.X, self.cov, self.sites = X, covariates, sites
         self.Z = design_matrix(covariates, X.shape[0])
         self.standardize, self.harmonize = standardize, harmonize
         self.scale_kernel = bool(scale_kernel)
         self.per_fold = standardize or harmonize
         if not self.per_fold:
-            self.K = linear_kernel(X)
+            self.K = linear_kernel(X) if gram is None else gram
 
     def fit_params(self, rows):
         return fit_preprocessing(self.X, self.Z, self.cov, self.sites, rows,

@@ -295,7 +295,7 @@ def scheme_hash(outer, inner, settings, n, extra=None):
 # the engine
 # ---------------------------------------------------------------------------------------------
 def _run(X, y, covariates, sites, estimator, cv, *, kern=None, details=True, progress=None,
-         groups=None):
+         groups=None, gram=None):
     n = y.size
     C_grid = check_c_grid(estimator.C_grid)
     outer, inner = make_scheme(y, sites, estimator=estimator, cv=cv, groups=groups)
@@ -303,7 +303,8 @@ def _run(X, y, covariates, sites, estimator, cv, *, kern=None, details=True, pro
     if kern is None:
         kern = KernelProvider(X, covariates, sites, standardize=estimator.standardize,
                               harmonize=estimator.harmonize,
-                              scale_kernel=getattr(estimator, "scale_kernel", True))
+                              scale_kernel=getattr(estimator, "scale_kernel", True),
+                              gram=gram)
     decision = np.zeros((R, n))
     proba = np.full((R, n), np.nan)
     chosen = np.zeros((R, O))
@@ -393,7 +394,7 @@ def _plan(settings, estimator, cv):
 
 
 def nested_cv(X, y, *, covariates=None, sites=None, settings=None, estimator=None, cv=None,
-              progress=None, groups=None):
+              progress=None, groups=None, gram=None):
     """Repeated nested CV (module docstring): out-of-fold predictions of every participant.
 
     Every fitted step (preprocessing, C selection, model) sees only the outer training set.
@@ -421,6 +422,9 @@ def nested_cv(X, y, *, covariates=None, sites=None, settings=None, estimator=Non
     groups : array-like of shape (n,) or None
         Groups both splitters split by (default ``sites``; e.g. a cohort column for
         leave-cohort-out).
+    gram : ndarray of shape (n, n) or None
+        ``X X^T`` when the caller has it (:func:`~ketabids.group.estimator.linear_kernel`;
+        training, permutations and the audit share one).
 
     Returns
     -------
@@ -440,7 +444,7 @@ def nested_cv(X, y, *, covariates=None, sites=None, settings=None, estimator=Non
                                            estimator)
     groups = _split_groups(groups, sites, y.size)
     res = _run(X, y, covariates, sites, estimator, cv, details=True, progress=progress,
-               groups=groups)
+               groups=groups, gram=gram)
     outer, inner = res["scheme"]
     dec, proba = res["decision"], res["proba"]
     metrics = pd.concat([

@@ -108,7 +108,7 @@ def _pooled_bac_auc(y, dec):
 
 def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estimator=None,
                      cv=None, n_permutations=1000, random_state=0, progress=None, observed=None,
-                     n_jobs=1, groups=None):
+                     n_jobs=1, groups=None, gram=None):
     """Nested-CV permutation test: every permutation re-runs the whole nested CV.
 
     Tests the pooled BAC and AUC of the out-of-fold decisions (module docstring). Results do
@@ -134,6 +134,8 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estima
         Threads.
     groups : array-like of shape (n,) or None
         The folds' groups (default ``sites``); labels are permuted within them.
+    gram : ndarray of shape (n, n) or None
+        ``X X^T`` when the caller has it (as :func:`~ketabids.group.nested.nested_cv`).
 
     Returns
     -------
@@ -150,7 +152,7 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estima
     groups = _split_groups(groups, sites, y.size)
     kern = KernelProvider(X, covariates, sites, standardize=estimator.standardize,
                           harmonize=estimator.harmonize,
-                          scale_kernel=getattr(estimator, "scale_kernel", True))
+                          scale_kernel=getattr(estimator, "scale_kernel", True), gram=gram)
 
     def decisions(labels):
         return _run(X, labels, covariates, sites, estimator, cv, kern=kern,

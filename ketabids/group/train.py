@@ -44,7 +44,7 @@ from ketabids.group import labels as lab
 from ketabids.group import model_io
 from ketabids.group.audit import metrics_by_site, run_audit
 from ketabids.group.cohort import build_cohort, warn_excluded
-from ketabids.group.estimator import DEFAULT_C_GRID
+from ketabids.group.estimator import DEFAULT_C_GRID, linear_kernel
 from ketabids.group.interpretation import haufe_pattern, region_table, weight_maps
 from ketabids.group.dictionaries import write_sidecars
 from ketabids.group.metrics import (calibration_table, finite_or_none, format_headline,
@@ -161,16 +161,19 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
 
     X, y = features.X, cohort.y
     t_cv = time.monotonic()
+    # one X X^T for the nested CV, the permutations and the audit (not with per-fold scaling)
+    gram = None if settings.standardize or settings.harmonize else linear_kernel(X)
     result = nested_cv(X, y, covariates=cohort.covariates, sites=cohort.sites,
                        settings=settings, groups=groups,
-                       progress=Progress("nested CV", progress))
+                       progress=Progress("nested CV", progress), gram=gram)
     t_cv = time.monotonic() - t_cv
     perm = None
     if n_permutations:
         perm = permutation_test(
             X, y, covariates=cohort.covariates, sites=cohort.sites, settings=settings,
             n_permutations=int(n_permutations), random_state=int(seed), observed=result,
-            n_jobs=int(nprocs), progress=Progress("permutations", progress), groups=groups)
+            n_jobs=int(nprocs), progress=Progress("permutations", progress), groups=groups,
+            gram=gram)
     final = fit_final_model(X, y, covariates=cohort.covariates, sites=cohort.sites,
                             settings=settings, groups=groups)
     c_sel = c_selection_summary(result, kernel_scale=getattr(final, "kernel_scale_", None))
@@ -203,7 +206,7 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
         audit_table, audit_warnings, extra = run_audit(
             X, y, result=result, settings=settings, covariates=cohort.covariates,
             sites=cohort.sites, groups=groups, variables=variables, qc=qc_metrics,
-            random_state=int(seed), progress=Progress("audit", progress))
+            random_state=int(seed), progress=Progress("audit", progress), gram=gram)
         if extra["leave_site_out"] is not None:
             loso_h = headline_metric(extra["leave_site_out"].metrics, aggregation="pooled",
                                      y=y, n_repeats=1)

@@ -482,7 +482,7 @@ def model_card(folder) -> str:
     lines += [f"- {w}" for w in warnings] if warnings else ["- None raised by this run."]
     if run.audit is not None:
         lines += ["", "Audit checks (`audit.tsv`):", "",
-                  _md_table(run.audit.fillna("n/a"))]
+                  _md_table(run.audit.astype(object).fillna("n/a"))]
     lines += ["", "## Caveats", "",
               "- Cross-validated estimates from one cohort are optimistic for other scanners "
               "and populations; external validation (ketabids group predict on an independent "
