@@ -140,3 +140,57 @@ def test_a_truncated_session_fails_alone(session_run):
     assert "ses-2 was not processed" in (out / "sub-01.html").read_text()
     # the published subject's work folder is gone; nothing of a failed subject to keep
     assert not (session_run["work"] / "ketabids_participant_wf").exists()
+
+
+@pytest.fixture(scope="module")
+def crash_run(tmp_path_factory):
+    """sub-01 with a good ses-1 and a ses-2 that passes the input checks but makes a node of
+    the graph raise (a 6 x 6 x 6 image of noise), and a good sub-02."""
+    import nibabel as nib
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("session_crash")
+    bids = phantom_bids(root / "bids", {"02": "good"})
+    for session in ("1", "2"):
+        folder = bids / "sub-01" / f"ses-{session}" / "anat"
+        folder.mkdir(parents=True)
+        target = folder / f"sub-01_ses-{session}_T1w.nii.gz"
+        if session == "1":
+            add_t1w(bids, "01", kind="good", seed=1).rename(target)
+        else:
+            noise = np.random.default_rng(2).uniform(0, 100, (6, 6, 6)).astype(np.float32)
+            nib.save(nib.Nifti1Image(noise, np.diag([3.0, 3.0, 3.0, 1.0])), target)
+        (folder / f"sub-01_ses-{session}_T1w.json").write_text(json.dumps(SIDECAR))
+    for leftover in (bids / "sub-01" / "anat").iterdir():
+        leftover.unlink()
+    (bids / "sub-01" / "anat").rmdir()
+    tmp = root / "TMPDIR"
+    tmp.mkdir()
+    out, work = root / "out", root / "work"
+    res = run_process(bids, out, "participant", "-w", work, "--skip-bids-validation",
+                      "--nprocs", "2", *FAST, tmpdir=tmp, timeout=900)
+    return {"res": res, "out": out, "work": work}
+
+
+def test_a_session_that_crashes_in_the_graph_fails_alone(crash_run):
+    res, out = crash_run["res"], crash_run["out"]
+    assert res.code == 1, res.err[-3000:]  # "some failed"
+    # both subjects published, sub-01 with its good session only
+    for anat in (out / "sub-01" / "ses-1" / "anat", out / "sub-02" / "anat"):
+        assert list(anat.glob("*_space-*_label-GM_desc-modulated_probseg.nii.gz")), res.err
+    assert not (out / "sub-01" / "ses-2").exists()
+    # one error line for the session, naming the step; the subject's progress line says done
+    lines = [ln for ln in res.err.splitlines() if "sub-01" in ln and "failed" in ln]
+    assert len(lines) == 1 and "ses-2 failed: processing failed in anat_wf." in lines[0], \
+        res.err[-3000:]
+    assert any("sub-01 done, QC" in ln for ln in res.err.splitlines()), res.err[-3000:]
+    assert "2 of 2 subject(s) done (1 session(s) failed)" in res.err
+    # its traceback is kept apart from the subject's (which is published: no failure of it)
+    crashes = list((out / "logs" / "sub-01" / "ses-2").glob("crash-*"))
+    assert crashes and not list((out / "logs" / "sub-01").glob("crash-*"))
+    import pandas as pd
+
+    qc = pd.read_csv(out / "qc.tsv", sep="\t")
+    rows = {(r.participant_id, r.session): r.verdict for r in qc.itertuples()}
+    assert rows[("sub-01", "ses-2")] == "fail" and rows[("sub-01", "ses-1")] != "fail"
+    assert "ses-2 was not processed: processing failed in" in (out / "sub-01.html").read_text()
