@@ -194,3 +194,36 @@ def test_a_session_that_crashes_in_the_graph_fails_alone(crash_run):
     rows = {(r.participant_id, r.session): r.verdict for r in qc.itertuples()}
     assert rows[("sub-01", "ses-2")] == "fail" and rows[("sub-01", "ses-1")] != "fail"
     assert "ses-2 was not processed: processing failed in" in (out / "sub-01.html").read_text()
+
+
+def test_crashed_sessions_attributes_crash_files_by_their_node(tmp_path):
+    """No graph: crash files as Nipype writes them (first line ``Node: <full name>``)."""
+    import time
+
+    from ketabids.bids.layout import T1wInput
+    from ketabids.runner.participant import crashed_sessions
+
+    items = [T1wInput("01", s, f"sub-01_ses-{s}_T1w.nii.gz") for s in ("1", "2")] + \
+        [T1wInput("02", s, f"sub-02_ses-{s}_T1w.nii.gz") for s in ("1", "2")] + \
+        [T1wInput("03", None, "sub-03_T1w.nii.gz")]
+    logs = tmp_path / "logs"
+
+    def crash(subject, node, name):
+        folder = logs / f"sub-{subject}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"crash-{name}.txt").write_text(
+            f"Node: ketabids_participant_wf.{node}\nWorking directory: x\n\n"
+            "Traceback (most recent call last):\nValueError: image too small\n")
+
+    started = time.time()
+    crash("01", "single_subject_01_ses2_wf.anat_wf.n4", "a")  # one session of two: isolated
+    crash("02", "single_subject_02_ses1_wf.anat_wf.n4", "b")  # both sessions: the subject fails
+    crash("02", "single_subject_02_ses2_wf.anat_wf.n4", "c")
+    crash("03", "single_subject_03_wf.anat_wf.n4", "d")  # no sessions: the subject fails
+    found = crashed_sessions(items, logs, started)
+    assert list(found) == [items[1]]
+    line, files = found[items[1]]
+    assert line == "processing failed in anat_wf.n4: ValueError: image too small"
+    assert [f.parent for f in files] == [logs / "sub-01" / "ses-2"]
+    assert not list((logs / "sub-01").glob("crash-*"))
+    assert len(list((logs / "sub-02").glob("crash-*"))) == 2
