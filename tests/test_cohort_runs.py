@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
+from ketabids.anat.prepare import prepare_t1w as _PREPARE
 from tests.robustness.conftest import complete_subjects, files_under, run_process
 from tests.robustness.data import SIDECAR, add_t1w, phantom_bids
 
@@ -142,12 +144,38 @@ def test_a_truncated_session_fails_alone(session_run):
     assert not (session_run["work"] / "ketabids_participant_wf").exists()
 
 
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+#: the shape of the image that makes a node of the graph raise (it passes the input checks)
+_CRASHING_SHAPE = (7, 8, 9)
+
+
+def _prepare_or_raise(img):
+    """The prepare step, raising for an image of :data:`_CRASHING_SHAPE` (a crash inside the
+    graph; every real input the pipeline was given so far went through it)."""
+    if img.shape[:3] == _CRASHING_SHAPE:
+        raise ValueError("injected failure for the test image")
+    return _PREPARE(img)
+
+
+
 @pytest.fixture(scope="module")
 def crash_run(tmp_path_factory):
-    """sub-01 with a good ses-1 and a ses-2 that passes the input checks but makes a node of
-    the graph raise (a 6 x 6 x 6 image of noise), and a good sub-02."""
+    """sub-01 with a good ses-1 and a ses-2 that passes the input checks but makes the prepare
+    node raise, and a good sub-02; in this process (serial plugin), with the prepare step
+    replaced by one that raises on that image."""
     import nibabel as nib
     import numpy as np
+
+    from ketabids.cli.app import _exit_code_of
+    from ketabids.runner import run_participant
 
     root = tmp_path_factory.mktemp("session_crash")
     bids = phantom_bids(root / "bids", {"02": "good"})
@@ -158,42 +186,59 @@ def crash_run(tmp_path_factory):
         if session == "1":
             add_t1w(bids, "01", kind="good", seed=1).rename(target)
         else:
-            noise = np.random.default_rng(2).uniform(0, 100, (6, 6, 6)).astype(np.float32)
-            nib.save(nib.Nifti1Image(noise, np.diag([3.0, 3.0, 3.0, 1.0])), target)
+            noise = np.random.default_rng(2).uniform(0, 100, _CRASHING_SHAPE)
+            nib.save(nib.Nifti1Image(noise.astype(np.float32), np.diag([3.0, 3.0, 3.0, 1.0])),
+                     target)
         (folder / f"sub-01_ses-{session}_T1w.json").write_text(json.dumps(SIDECAR))
     for leftover in (bids / "sub-01" / "anat").iterdir():
         leftover.unlink()
     (bids / "sub-01" / "anat").rmdir()
-    tmp = root / "TMPDIR"
-    tmp.mkdir()
     out, work = root / "out", root / "work"
-    res = run_process(bids, out, "participant", "-w", work, "--skip-bids-validation",
-                      "--nprocs", "2", *FAST, tmpdir=tmp, timeout=900)
-    return {"res": res, "out": out, "work": work}
+    handler = _Lines()
+    logger = logging.getLogger("ketabids")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("NIPYPE_NO_ET", "1")
+            mp.setattr("ketabids.anat.prepare.prepare_t1w", _prepare_or_raise)
+            summary = run_participant(bids_dir=bids, output_dir=out, work_dir=work,
+                                      subjects=["01", "02"], sessions=None, bids_filters=None,
+                                      fast=True, seed=3, nprocs=1, omp_nthreads=1)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    return {"summary": summary, "code": _exit_code_of(summary), "out": out, "work": work,
+            "lines": handler.lines}
 
 
 def test_a_session_that_crashes_in_the_graph_fails_alone(crash_run):
-    res, out = crash_run["res"], crash_run["out"]
-    assert res.code == 1, res.err[-3000:]  # "some failed"
+    out, summary, lines = crash_run["out"], crash_run["summary"], crash_run["lines"]
+    assert crash_run["code"] == 1, summary  # "some failed"
+    assert summary["ok"] == ["01", "02"] and not summary["failed"], summary
     # both subjects published, sub-01 with its good session only
     for anat in (out / "sub-01" / "ses-1" / "anat", out / "sub-02" / "anat"):
-        assert list(anat.glob("*_space-*_label-GM_desc-modulated_probseg.nii.gz")), res.err
+        assert list(anat.glob("*_space-*_label-GM_desc-modulated_probseg.nii.gz")), lines
     assert not (out / "sub-01" / "ses-2").exists()
     # one error line for the session, naming the step; the subject's progress line says done
-    lines = [ln for ln in res.err.splitlines() if "sub-01" in ln and "failed" in ln]
-    assert len(lines) == 1 and "ses-2 failed: processing failed in anat_wf." in lines[0], \
-        res.err[-3000:]
-    assert any("sub-01 done, QC" in ln for ln in res.err.splitlines()), res.err[-3000:]
-    assert "2 of 2 subject(s) done (1 session(s) failed)" in res.err
-    # its traceback is kept apart from the subject's (which is published: no failure of it)
+    failed = [ln for ln in lines if "sub-01" in ln and "failed" in ln]
+    assert len(failed) == 1 and "ses-2 failed: processing failed in anat_wf.prepare: " \
+        "ValueError: injected failure" in failed[0], lines
+    assert any(ln.startswith("sub-01 done, QC") for ln in lines), lines
+    assert any("2 of 2 subject(s) done (1 session(s) failed)" in ln for ln in lines), lines
+    # its traceback is kept apart from the subject's (which is published: not a failure)
     crashes = list((out / "logs" / "sub-01" / "ses-2").glob("crash-*"))
     assert crashes and not list((out / "logs" / "sub-01").glob("crash-*"))
+    assert str(crashes[0]) in summary["failed_sessions"]["01"]["ses-2"]
     import pandas as pd
 
     qc = pd.read_csv(out / "qc.tsv", sep="\t")
     rows = {(r.participant_id, r.session): r.verdict for r in qc.itertuples()}
     assert rows[("sub-01", "ses-2")] == "fail" and rows[("sub-01", "ses-1")] != "fail"
     assert "ses-2 was not processed: processing failed in" in (out / "sub-01.html").read_text()
+    # the published subjects' work folders are gone
+    assert not list((crash_run["work"] / "ketabids_participant_wf").glob("*_wf"))
 
 
 def test_crashed_sessions_attributes_crash_files_by_their_node(tmp_path):
