@@ -272,3 +272,49 @@ def test_crashed_sessions_attributes_crash_files_by_their_node(tmp_path):
     assert [f.parent for f in files] == [logs / "sub-01" / "ses-2"]
     assert not list((logs / "sub-01").glob("crash-*"))
     assert len(list((logs / "sub-02").glob("crash-*"))) == 2
+
+
+class _Graph:
+    """What :class:`ketabids.runner.progress.Progress` reads of a workflow."""
+
+    def __init__(self, names):
+        from types import SimpleNamespace
+
+        self.name = "wf"
+        self.nodes = {n: SimpleNamespace(interface=None, fullname=f"wf.{n}", name=n)
+                      for n in names}
+
+    def list_node_names(self):
+        return list(self.nodes)
+
+    def get_node(self, name):
+        return self.nodes[name]
+
+
+def test_progress_waits_for_a_subject_whose_session_failed_and_retries_it():
+    from ketabids.runner.progress import Progress
+
+    class _Log:
+        def __init__(self):
+            self.lines = []
+
+        def info(self, fmt, *args):
+            self.lines.append(fmt % args)
+
+        error = warning = info
+
+    ses1, ses2 = "single_subject_01_ses1_wf.anat_wf.n4", "single_subject_01_ses2_wf.anat_wf.n4"
+    first = _Graph([ses1, ses2, "report_01", "done_01", "single_subject_02_wf.anat_wf.n4"])
+    log = _Log()
+    progress = Progress(first, ["01", "02"], logger=log)
+    progress(first.nodes[ses2], "exception")  # one session of two: no line, the subject waits
+    progress(first.nodes[ses1], "end")
+    assert log.lines == [] and progress.failed_sessions == {"01": {
+        "single_subject_01_ses2_wf": "single_subject_01_ses2_wf.anat_wf.n4"}}
+    progress(first.nodes["single_subject_02_wf.anat_wf.n4"], "exception")  # no sessions
+    assert log.lines[-1].startswith("sub-02 failed in single_subject_02_wf.anat_wf.n4")
+    again = _Graph([ses1, "report_01", "done_01"])
+    progress.retry(again, ["01"])
+    for name in again.nodes:  # cached nodes end again
+        progress(again.nodes[name], "end")
+    assert log.lines[-1] == "sub-01 done, no QC (2/2)" and len(log.lines) == 2
