@@ -146,7 +146,7 @@ RULES: tuple[Rule, ...] = (
                             "90-degree-rotated header 1.40-1.73 in four runs (its template "
                             "correlation varied 0.26-0.45 between runs: a registration that "
                             "cannot turn the head back fails differently each time), both "
-                            "orientation codes 0 1.46, 40 mm slab 2.93",
+                            "orientation codes 0 1.46-1.65, 40 mm slab 2.90-2.93",
          description="largest / smallest scaling of the affine fitted to the registration "
                      "in the template brain (a wrong orientation stretches the template)"),
     Rule("jac_folded_fraction", "above", warn=0.001, fail=0.01, label="folded voxels",
