@@ -6,8 +6,10 @@ The 0.5 mm copy is the conformed 1 mm scan resampled (trilinear) onto a 0.5 mm g
 same field of view (512^3 for AOMIC), stored as int16 like a scanner's. ketabids conforms it back
 to 1 mm (:func:`ketabids.anat.conform.resample_coarser`), so time and memory should stay close to
 the 1 mm scan's. Reported: wall seconds, peak RSS (GB, GNU time's maximum resident set of the
-CLI process tree's largest process), TIV and GM, medians over ``--repeats``, and the ratios
-0.5 mm / 1 mm. Not a pass/fail test.
+CLI process tree's largest process), CPU seconds (user + system of the CLI's process tree),
+the 1-minute load average (mean of its values at the start and end of each run: the machine may
+be shared), TIV and GM, medians over ``--repeats``, and the ratios 0.5 mm / 1 mm. Not a
+pass/fail test.
 
     python benchmarks/submm.py --repeats 2 [--data ../shared/data] [--fast]
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -50,6 +54,12 @@ def half_mm_copy(img):
     return result
 
 
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished (waited-for) children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv=None):
     import nibabel as nib
 
@@ -71,9 +81,13 @@ def main(argv=None):
         tmp = Path(tmp)
         for rep in range(args.repeats):
             for label, img in (("1mm", one), ("0.5mm", half)):
+                load0 = os.getloadavg()[0]
+                cpu0 = _children_cpu_s()
                 res = run_cli(img, label.replace(".", "p"), tmp / f"r{rep}", fast=args.fast,
                               omp_nthreads=args.omp_nthreads)
-                row = {"wall_s": res["wall_s"], "peak_gb": res["peak_gb"],
+                row = {"cpu_s": _children_cpu_s() - cpu0, "wall_s": res["wall_s"],
+                       "peak_gb": res["peak_gb"],
+                       "load": (load0 + os.getloadavg()[0]) / 2.0,
                        "tiv_ml": res["volumes"]["tiv_ml"], "gm_ml": res["volumes"]["gm_ml"],
                        "mask_shape": list(res["mask"].shape)}
                 if label == "1mm":
@@ -85,13 +99,15 @@ def main(argv=None):
     med = {label: {k: statistics.median(r[k] for r in runs)
                    for k in runs[0] if isinstance(runs[0][k], (int, float))}
            for label, runs in rows.items()}
-    print("| input | wall s | peak GB | TIV mL | GM mL | runs |")
-    print("|---|---|---|---|---|---|")
+    print("| input | CPU s | wall s | peak GB | TIV mL | GM mL | load (1 min) "
+          "| CPU s of each run |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, m in med.items():
-        walls = ", ".join(f"{r['wall_s']:.0f}" for r in rows[label])
-        print(f"| {label} | {m['wall_s']:.0f} | {m['peak_gb']:.2f} | {m['tiv_ml']:.0f} | "
-              f"{m['gm_ml']:.0f} | {walls} |")
-    ratio = {k: med["0.5mm"][k] / med["1mm"][k] for k in ("wall_s", "peak_gb", "tiv_ml", "gm_ml")}
+        cpus = ", ".join(f"{r['cpu_s']:.0f}" for r in rows[label])
+        print(f"| {label} | {m['cpu_s']:.0f} | {m['wall_s']:.0f} | {m['peak_gb']:.2f} | "
+              f"{m['tiv_ml']:.0f} | {m['gm_ml']:.0f} | {m['load']:.1f} | {cpus} |")
+    ratio = {k: med["0.5mm"][k] / med["1mm"][k]
+             for k in ("cpu_s", "wall_s", "peak_gb", "tiv_ml", "gm_ml")}
     print("ratios 0.5 mm / 1 mm:", {k: round(v, 3) for k, v in ratio.items()})
     if "dice_gm" in med["1mm"]:
         print("1 mm vs fMRIPrep:", {k: round(v, 3) for k, v in med["1mm"].items()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
+from ketabids.anat.prepare import prepare_t1w as _PREPARE
 from tests.robustness.conftest import complete_subjects, files_under, run_process
 from tests.robustness.data import SIDECAR, add_t1w, phantom_bids
 
@@ -140,3 +142,179 @@ def test_a_truncated_session_fails_alone(session_run):
     assert "ses-2 was not processed" in (out / "sub-01.html").read_text()
     # the published subject's work folder is gone; nothing of a failed subject to keep
     assert not (session_run["work"] / "ketabids_participant_wf").exists()
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+#: the shape of the image that makes a node of the graph raise (it passes the input checks)
+_CRASHING_SHAPE = (7, 8, 9)
+
+
+def _prepare_or_raise(img):
+    """The prepare step, raising for an image of :data:`_CRASHING_SHAPE` (a crash inside the
+    graph; every real input the pipeline was given so far went through it)."""
+    if img.shape[:3] == _CRASHING_SHAPE:
+        raise ValueError("injected failure for the test image")
+    return _PREPARE(img)
+
+
+
+@pytest.fixture(scope="module")
+def crash_run(tmp_path_factory):
+    """sub-01 with a good ses-1 and a ses-2 that passes the input checks but makes the prepare
+    node raise, and a good sub-02; in this process (serial plugin), with the prepare step
+    replaced by one that raises on that image."""
+    import nibabel as nib
+    import numpy as np
+
+    from ketabids.cli.app import _exit_code_of
+    from ketabids.runner import run_participant
+
+    root = tmp_path_factory.mktemp("session_crash")
+    bids = phantom_bids(root / "bids", {"02": "good"})
+    for session in ("1", "2"):
+        folder = bids / "sub-01" / f"ses-{session}" / "anat"
+        folder.mkdir(parents=True)
+        target = folder / f"sub-01_ses-{session}_T1w.nii.gz"
+        if session == "1":
+            add_t1w(bids, "01", kind="good", seed=1).rename(target)
+        else:
+            noise = np.random.default_rng(2).uniform(0, 100, _CRASHING_SHAPE)
+            nib.save(nib.Nifti1Image(noise.astype(np.float32), np.diag([3.0, 3.0, 3.0, 1.0])),
+                     target)
+        (folder / f"sub-01_ses-{session}_T1w.json").write_text(json.dumps(SIDECAR))
+    for leftover in (bids / "sub-01" / "anat").iterdir():
+        leftover.unlink()
+    (bids / "sub-01" / "anat").rmdir()
+    out, work = root / "out", root / "work"
+    handler = _Lines()
+    logger = logging.getLogger("ketabids")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("NIPYPE_NO_ET", "1")
+            mp.setattr("ketabids.anat.prepare.prepare_t1w", _prepare_or_raise)
+            summary = run_participant(bids_dir=bids, output_dir=out, work_dir=work,
+                                      subjects=["01", "02"], sessions=None, bids_filters=None,
+                                      fast=True, seed=3, nprocs=1, omp_nthreads=1)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    return {"summary": summary, "code": _exit_code_of(summary), "out": out, "work": work,
+            "lines": handler.lines}
+
+
+def test_a_session_that_crashes_in_the_graph_fails_alone(crash_run):
+    out, summary, lines = crash_run["out"], crash_run["summary"], crash_run["lines"]
+    assert crash_run["code"] == 1, summary  # "some failed"
+    assert summary["ok"] == ["01", "02"] and not summary["failed"], summary
+    # both subjects published, sub-01 with its good session only
+    for anat in (out / "sub-01" / "ses-1" / "anat", out / "sub-02" / "anat"):
+        assert list(anat.glob("*_space-*_label-GM_desc-modulated_probseg.nii.gz")), lines
+    assert not (out / "sub-01" / "ses-2").exists()
+    # one error line for the session, naming the step; the subject's progress line says done
+    failed = [ln for ln in lines if "sub-01" in ln and "failed" in ln]
+    assert len(failed) == 1 and "ses-2 failed: processing failed in anat_wf.prepare: " \
+        "ValueError: injected failure" in failed[0], lines
+    assert any(ln.startswith("sub-01 done, QC") for ln in lines), lines
+    assert any("2 of 2 subject(s) done (1 session(s) failed)" in ln for ln in lines), lines
+    # its traceback is kept apart from the subject's (which is published: not a failure)
+    crashes = list((out / "logs" / "sub-01" / "ses-2").glob("crash-*"))
+    assert crashes and not list((out / "logs" / "sub-01").glob("crash-*"))
+    assert str(crashes[0]) in summary["failed_sessions"]["01"]["ses-2"]
+    import pandas as pd
+
+    qc = pd.read_csv(out / "qc.tsv", sep="\t")
+    rows = {(r.participant_id, r.session): r.verdict for r in qc.itertuples()}
+    assert rows[("sub-01", "ses-2")] == "fail" and rows[("sub-01", "ses-1")] != "fail"
+    assert "ses-2 was not processed: processing failed in" in (out / "sub-01.html").read_text()
+    # the published subjects' work folders are gone
+    assert not list((crash_run["work"] / "ketabids_participant_wf").glob("*_wf"))
+
+
+def test_crashed_sessions_attributes_crash_files_by_their_node(tmp_path):
+    """No graph: crash files as Nipype writes them (first line ``Node: <full name>``)."""
+    import time
+
+    from ketabids.bids.layout import T1wInput
+    from ketabids.runner.participant import crashed_sessions
+
+    items = [T1wInput("01", s, f"sub-01_ses-{s}_T1w.nii.gz") for s in ("1", "2")] + \
+        [T1wInput("02", s, f"sub-02_ses-{s}_T1w.nii.gz") for s in ("1", "2")] + \
+        [T1wInput("03", None, "sub-03_T1w.nii.gz")]
+    logs = tmp_path / "logs"
+
+    def crash(subject, node, name):
+        folder = logs / f"sub-{subject}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"crash-{name}.txt").write_text(
+            f"Node: ketabids_participant_wf.{node}\nWorking directory: x\n\n"
+            "Traceback (most recent call last):\nValueError: image too small\n")
+
+    started = time.time()
+    crash("01", "single_subject_01_ses2_wf.anat_wf.n4", "a")  # one session of two: isolated
+    crash("02", "single_subject_02_ses1_wf.anat_wf.n4", "b")  # both sessions: the subject fails
+    crash("02", "single_subject_02_ses2_wf.anat_wf.n4", "c")
+    crash("03", "single_subject_03_wf.anat_wf.n4", "d")  # no sessions: the subject fails
+    found = crashed_sessions(items, logs, started)
+    assert list(found) == [items[1]]
+    line, files = found[items[1]]
+    assert line == "processing failed in anat_wf.n4: ValueError: image too small"
+    assert [f.parent for f in files] == [logs / "sub-01" / "ses-2"]
+    assert not list((logs / "sub-01").glob("crash-*"))
+    assert len(list((logs / "sub-02").glob("crash-*"))) == 2
+
+
+class _Graph:
+    """What :class:`ketabids.runner.progress.Progress` reads of a workflow."""
+
+    def __init__(self, names):
+        from types import SimpleNamespace
+
+        self.name = "wf"
+        self.nodes = {n: SimpleNamespace(interface=None, fullname=f"wf.{n}", name=n)
+                      for n in names}
+
+    def list_node_names(self):
+        return list(self.nodes)
+
+    def get_node(self, name):
+        return self.nodes[name]
+
+
+def test_progress_waits_for_a_subject_whose_session_failed_and_retries_it():
+    from ketabids.runner.progress import Progress
+
+    class _Log:
+        def __init__(self):
+            self.lines = []
+
+        def info(self, fmt, *args):
+            self.lines.append(fmt % args)
+
+        error = warning = info
+
+    ses1, ses2 = "single_subject_01_ses1_wf.anat_wf.n4", "single_subject_01_ses2_wf.anat_wf.n4"
+    first = _Graph([ses1, ses2, "report_01", "done_01", "single_subject_02_wf.anat_wf.n4"])
+    log = _Log()
+    progress = Progress(first, ["01", "02"], logger=log)
+    progress(first.nodes[ses2], "exception")  # one session of two: no line, the subject waits
+    progress(first.nodes[ses1], "end")
+    assert log.lines == [] and progress.failed_sessions == {"01": {
+        "single_subject_01_ses2_wf": "single_subject_01_ses2_wf.anat_wf.n4"}}
+    progress(first.nodes["single_subject_02_wf.anat_wf.n4"], "exception")  # no sessions
+    assert log.lines[-1].startswith("sub-02 failed in single_subject_02_wf.anat_wf.n4")
+    again = _Graph([ses1, "report_01", "done_01"])
+    progress.retry(again, ["01"])
+    for name in again.nodes:  # cached nodes end again
+        progress(again.nodes[name], "end")
+    assert log.lines[-1] == "sub-01 done, no QC (2/2)" and len(log.lines) == 2

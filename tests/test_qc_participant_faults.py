@@ -13,7 +13,6 @@ import html
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -74,21 +73,20 @@ def run(tmp_path_factory):
     return {"out": base / "out", "summary": summary, "table": table, "lines": handler.lines}
 
 
-# Known regression, left for the next session: the 90-degree-rotated header reached a template
-# correlation of 0.45 (a warn; the fail threshold is 0.4) in one clean-clone run of this round's
-# participant level, where it used to fail at ~0.1. Not strict: it still fails in other runs.
-_ROTATED = pytest.mark.xfail(reason="rotated header: template correlation 0.45 warns instead of "
-                             "failing after this round's participant-level changes",
-                             strict=False)
-
-
-@pytest.mark.parametrize("label", [pytest.param(x, marks=_ROTATED) if x == "rotated" else x
-                                   for x in sorted(FAULTS)])
+@pytest.mark.parametrize("label", sorted(FAULTS))
 def test_fault_fails_in_qc_table_and_progress(run, label):
     assert run["table"].loc[f"sub-{label}", "verdict"] == "fail", \
         run["table"].loc[f"sub-{label}", "reasons"]
     lines = [ln for ln in run["lines"] if ln.startswith(f"sub-{label} ")]
     assert len(lines) == 1 and "QC fail" in lines[0], lines
+
+
+def test_rotated_header_fails_for_its_orientation(run):
+    """The reason names the orientation, whatever the template correlation of that run (it
+    varied 0.26-0.45 between runs: a registration that cannot turn the head back fails
+    differently each time)."""
+    reasons = run["table"].loc["sub-rotated", "reasons"]
+    assert "header orientation wrong?" in reasons, reasons
 
 
 def test_thick_slices_at_least_warn(run):
@@ -120,4 +118,5 @@ def test_closing_line_and_cohort_page(run):
     assert all((run["out"] / f"sub-{label}.html").is_file() for label in [*FAULTS, "good"])
     for subject in run["summary"]["failed"]:
         page = (run["out"] / f"sub-{subject}.html").read_text()
-        assert 'id="errors"' in page and html.escape(run["summary"]["errors"][subject])[:40] in page
+        error = html.escape(run["summary"]["errors"][subject])[:40]
+        assert 'id="errors"' in page and error in page

@@ -191,6 +191,16 @@ RULES: tuple[Rule, ...] = (
                             "0.17 (slab 0.17, codes 0 0.15, rotated 0.11, blank 0.03, "
                             "inverted -0.36)",
          description="Pearson r of the normalised T1w and the template T1w in the brain"),
+    Rule("registration_anisotropy", "above", warn=1.25, fail=1.3,
+         label="the template fits only stretched (header orientation wrong?): ratio",
+         digits=2,
+         source=_MEASURED + ": phantoms and test runs 1.01-1.07, real AOMIC 1.18 (default); "
+                            "90-degree-rotated header 1.40-1.73 in four runs (its template "
+                            "correlation varied 0.26-0.45 between runs: a registration that "
+                            "cannot turn the head back fails differently each time), both "
+                            "orientation codes 0 1.46-1.65, 40 mm slab 2.90-2.93",
+         description="largest / smallest scaling of the affine fitted to the registration "
+                     "in the template brain (a wrong orientation stretches the template)"),
     Rule("jac_folded_fraction", "above", warn=0.001, fail=0.01, label="folded voxels",
          unit="%", scale=100.0, digits=2,
          source=_MEASURED + ": 0 on every phantom, real scan and fault (SyN is diffeomorphic); "

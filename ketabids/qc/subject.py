@@ -12,7 +12,7 @@ import time
 import nibabel as nib
 import numpy as np
 
-from ketabids.qc.coverage import registration_metrics, warp_to_template
+from ketabids.qc.coverage import registration_metrics, registration_shape, warp_to_template
 from ketabids.qc.header import header_metrics
 from ketabids.qc.iqms import anatomical_iqms
 from ketabids.qc.segmentation import contrast_from_medians, mask_rim_bright, tissue_metrics
@@ -154,7 +154,8 @@ def compute_subject_qc(*, raw_t1w, t1w, brain_mask, tpms: dict, bias=None,
     ``std_t1w``: the normalised T1w on a grid of that template (optional; warped otherwise).
 
     Cost: one ANTs resampling (field of view + brain mask in one image: ``v = F + B``, B inside
-    F, so ``F = v >= 0.5`` and ``B = v >= 1.5``), the rest is NumPy.
+    F, so ``F = v >= 0.5`` and ``B = v >= 1.5``) and one point mapping (the registration's
+    shape, :func:`ketabids.qc.coverage.registration_shape`); the rest is NumPy.
     """
     start = time.perf_counter()
     cpu = time.process_time()
@@ -190,6 +191,7 @@ def compute_subject_qc(*, raw_t1w, t1w, brain_mask, tpms: dict, bias=None,
             out.update(registration_metrics(
                 template_mask=tpl_mask, warped_fov=warped, warped_brain_mask=(warped >= 1.5),
                 jacobian=jac, std_t1w=std, template_t1w=get("tpl_brain")))
+            out.update(registration_shape(anat2std_xfm, tpl_mask, omp_nthreads=omp_nthreads))
     out["qc_seconds"] = round(time.perf_counter() - start, 3)
     out["qc_cpu_seconds"] = round(time.process_time() - cpu, 3)
     return out

@@ -39,7 +39,8 @@ METRIC_ORDER = [
     "qform_sform_angle_deg", "zoom_x", "zoom_y", "zoom_z", "slice_thickness_mm",
     "voxel_anisotropy", "voxel_volume_mm3", "fov_mm_x", "fov_mm_y", "fov_mm_z", "fov_min_mm",
     "fov_cropped_mm", "intensity_truncated_fraction", "intensity_max_ratio",
-    "fov_coverage", "brain_dice", "template_correlation", "jac_folded_fraction", "logjac_p01",
+    "fov_coverage", "brain_dice", "template_correlation", "registration_anisotropy",
+    "registration_rotation_deg", "jac_folded_fraction", "logjac_p01",
     "logjac_p99", "logjac_range", "logjac_median",
     "mask_rim_bright",
     "t1_contrast_order", "median_wm", "median_gm", "median_csf", "contrast_wm_gm",
@@ -83,6 +84,11 @@ DESCRIPTIONS = {
     "brain_dice": "Dice overlap of the warped brain mask and the template brain mask",
     "template_correlation": "Pearson r of the normalised T1w and the template T1w in the "
                             "template brain mask",
+    "registration_anisotropy": "Largest / smallest scaling of the affine fitted to the "
+                               "registration in the template brain (a wrong orientation in "
+                               "the header stretches the template to fit the head)",
+    "registration_rotation_deg": "Rotation (degrees) of the affine fitted to the registration "
+                                 "in the template brain: head vs template orientation",
     "jac_folded_fraction": "Share of template brain voxels with Jacobian determinant <= 0",
     "logjac_p01": "1st percentile of ln det(J) in the template brain",
     "logjac_p99": "99th percentile of ln det(J) in the template brain",

@@ -243,6 +243,58 @@ def _run_graph(*, started, inputs, all_inputs, missing, unusable, failed_session
         LOGGER.warning("%d session(s) left out, their subjects' other sessions run: unusable "
                        "input (see the end of the log)",
                        sum(len(v) for v in failed_sessions.values()))
+    error = _execute(workflow, plugin, plugin_args, logs, subjects, started)
+    if error is None:  # plugins without status callbacks (SLURM...): publish now
+        publisher.publish_remaining(subjects, failed=())
+    # --- sessions isolated inside the graph (begin) ---------------------------------------
+    # a session whose nodes crashed costs only that session: its subject's other sessions run
+    # again without it (their finished nodes are cached: only the report and sinks rerun)
+    if error is not None:
+        crashed = crashed_sessions(inputs, logs, started, published=publisher.published)
+        if crashed:
+            rerun = [i for i in inputs if i.subject in {c.subject for c in crashed}
+                     and i not in crashed]
+            for item, (line, crash_files) in crashed.items():
+                failed_sessions.setdefault(item.subject, {})[f"ses-{item.session}"] = \
+                    f"{line} (details: {crash_files[0]})"
+                shutil.rmtree(stage_root / f"sub-{item.subject}" / f"ses-{item.session}",
+                              ignore_errors=True)  # what its sinks staged before the crash
+            rerun_subjects = sorted({i.subject for i in rerun})
+            notes = {subject: [f"{session} was not processed: {line}"
+                               for session, line in sorted(sessions.items())]
+                     for subject, sessions in failed_sessions.items()}
+            again = init_participant_wf(inputs=rerun, output_dir=stage_root, bids_dir=bids_dir,
+                                        template=template, fast=fast, atlas=atlas_spec,
+                                        omp_nthreads=omp_nthreads, seed=seed,
+                                        settings=settings, notes=notes, name=PARTICIPANT_WF)
+            again.base_dir = str(work_dir)
+            configure_workflow(again, crashdump_dirs=crashdirs, default_crashdump=logs)
+            progress.retry(again, rerun_subjects)
+            args = plugin_args
+            if "job_group" in plugin_args:
+                args = dict(plugin_args, job_group=SubjectOf(rerun_subjects, again.name))
+            LOGGER.info("%d session(s) failed; their subjects' other sessions are completed",
+                        len(crashed))
+            if _execute(again, plugin, args, logs, subjects, started) is None:
+                publisher.publish_remaining(rerun_subjects, failed=())
+    # --- sessions isolated inside the graph (end) -----------------------------------------
+    cleaner.clean([s for s in subjects if s in publisher.published
+                   and s not in progress.failed and s not in cleaner.removed])
+    _raise_if_no_space(error, publisher, output_dir, work_dir, started)
+    summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, error,
+                       unusable=unusable, published=publisher.published,
+                       publish_errors=publisher.errors, failed_sessions=failed_sessions,
+                       input_errors={i.t1w: e for i, e in bad.items()})
+    summary["logs"] = str(_write_logs(output_dir, run_record, workflow))
+    _log_summary(summary, output_dir)
+    # failed subjects: QC record + report; then qc.tsv, qc.json, qc.html and the QC summary
+    return finish_participant(summary, inputs=all_inputs, output_dir=output_dir,
+                              progress=progress)
+
+
+def _execute(workflow, plugin, plugin_args, logs, subjects, started):
+    """Run the graph; node failures are returned (attributed to subjects afterwards), a stop
+    the user asked for (SIGTERM/SIGINT) raises without crash files."""
     error = None
     with _quiet_when_terminating():
         try:
@@ -256,20 +308,49 @@ def _run_graph(*, started, inputs, all_inputs, missing, unusable, failed_session
     if io.terminating() is not None:  # a SIGTERM that Nipype caught as a node failure
         remove_stop_crash_files(logs, subjects, started)
         raise Terminated(io.terminating())
-    if error is None:  # plugins without status callbacks (SLURM...): publish now
-        publisher.publish_remaining(subjects, failed=())
-    cleaner.clean([s for s in subjects if s in publisher.published
-                   and s not in progress.failed and s not in cleaner.removed])
-    _raise_if_no_space(error, publisher, output_dir, work_dir, started)
-    summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, error,
-                       unusable=unusable, published=publisher.published,
-                       publish_errors=publisher.errors, failed_sessions=failed_sessions,
-                       input_errors={i.t1w: e for i, e in bad.items()})
-    summary["logs"] = str(_write_logs(output_dir, run_record, workflow))
-    _log_summary(summary, output_dir)
-    # failed subjects: QC record + report; then qc.tsv, qc.json, qc.html and the QC summary
-    return finish_participant(summary, inputs=all_inputs, output_dir=output_dir,
-                              progress=progress)
+    return error
+
+
+def crashed_sessions(inputs, logs: Path, since: float, *, published=()) -> dict:
+    """The sessions of multi-session subjects whose own nodes crashed in this run while another
+    session of the subject did not: ``{input: (one-line error, crash files)}``. Each crash file
+    of this run (``logs/sub-<label>/crash-*``, newer than ``since``) names its node on its first
+    line (``Node: <workflow>.single_subject_<key>_wf...``); the files of such a session are
+    moved to ``logs/sub-<label>/ses-<label>/`` (they stay when the subject is published, and
+    are no longer its subject's failure). A subject with a crash outside its sessions' workflows
+    (its report), or none of whose sessions is left, is not listed: it fails whole."""
+    by_subject: dict[str, list] = {}
+    for item in inputs:
+        by_subject.setdefault(item.subject, []).append(item)
+    found = {}
+    for subject, items in by_subject.items():
+        folder = Path(logs) / f"sub-{subject}"
+        if len(items) < 2 or subject in published or not folder.is_dir():
+            continue
+        elements = {f"single_subject_{i.key.replace('-', '')}_wf": i for i in items}
+        crashes: dict = {}
+        outside = False
+        for crash in sorted(folder.glob("crash-*")):
+            try:
+                if crash.stat().st_mtime < since - 1:
+                    continue
+                first = crash.read_text(errors="replace").split("\n", 1)[0]
+            except OSError:
+                continue
+            parts = first.removeprefix("Node: ").strip().split(".")
+            item = elements.get(parts[1]) if len(parts) > 2 else None
+            if item is None:
+                outside = True
+            else:
+                crashes.setdefault(item, (".".join(parts[2:]), []))[1].append(crash)
+        if outside or not crashes or len(crashes) == len(items):
+            continue
+        for item, (node, files) in crashes.items():
+            target = folder / f"ses-{item.session}"
+            target.mkdir(exist_ok=True)
+            moved = [Path(shutil.move(str(f), str(target / f.name))) for f in files]
+            found[item] = (f"processing failed in {node}: {_first_error(str(moved[0]))}", moved)
+    return found
 
 
 class _Chain:

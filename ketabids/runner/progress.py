@@ -84,6 +84,8 @@ class Progress:
         self.total = sum(1 for names in self.expected.values() if names)
         self.verdicts: dict[str, tuple[str, list[str]]] = {}
         self.failed: dict[str, str] = {}
+        #: subject -> {session workflow: failed node} (subjects with several sessions)
+        self.failed_sessions: dict[str, dict[str, str]] = {}
         self.finished_steps: dict[str, list[str]] = {s: [] for s in self.subjects}
         self.done: list[str] = []
         self.logger = logger
@@ -134,6 +136,15 @@ class Progress:
             if subject in self.done:
                 return
             if status == "exception":  # also a MapNode sub-job: its MapNode never ends then
+                top = name.split(".")[0]
+                if top.startswith("single_subject_") and len(
+                        {n.split(".")[0] for n in self.expected[subject]
+                         if n.startswith("single_subject_")}) > 1:
+                    # one session of several: the runner completes the others without it
+                    # (retry); no line yet
+                    self.failed_sessions.setdefault(subject, {})[top] = \
+                        name.removesuffix(".<mapflow>")
+                    return
                 self.failed[subject] = name.removesuffix(".<mapflow>")
                 self._finish(subject)
                 return
@@ -157,8 +168,27 @@ class Progress:
                 if subject in self.done or not self.expected[subject]:
                     continue
                 if subject in failed:
-                    self.failed.setdefault(subject, "an unknown step")
+                    sessions = list(self.failed_sessions.get(subject, {}).values())
+                    self.failed.setdefault(subject, sessions[0] if sessions else
+                                           "an unknown step")
                 self._finish(subject)
+
+    def retry(self, workflow, subjects) -> None:
+        """Expect the nodes of ``subjects`` in ``workflow`` (the same graph rebuilt without
+        the sessions that crashed: finished nodes end again, as cached): their line comes
+        when it ends."""
+        subjects = set(subjects)
+        with self._lock:
+            for subject in subjects:
+                self.expected[subject] = set()
+                self.verdicts.pop(subject, None)
+                self.finished_steps[subject] = []
+            for name in workflow.list_node_names():
+                subject = _subject_of(name.split(".")[0], self.subjects)
+                if subject in subjects and not _identity(workflow.get_node(name)):
+                    self.expected[subject].add(name)
+            for subject in subjects:
+                self.pending[subject] = set(self.expected[subject])
 
     def _read_verdict(self, subject, name, node):
         from nipype.interfaces.base import isdefined

@@ -71,6 +71,10 @@ def clear_stale_logs(output_dir: Path, subject: str) -> list[Path]:
     if not logs.is_dir():
         return []
     stale = list(logs.glob("crash-*"))
+    # a session that failed alone keeps its crash files in logs/sub-<label>/ses-<label>/
+    # until it is published
+    stale += [p for p in logs.glob("ses-*/crash-*")
+              if (Path(output_dir) / f"sub-{subject}" / p.parent.name).is_dir()]
     for record in (Path(output_dir) / f"sub-{subject}").glob("**/anat/*_desc-qc_metrics.json"):
         if (logs / record.name).is_file():
             stale.append(logs / record.name)
@@ -81,10 +85,11 @@ def clear_stale_logs(output_dir: Path, subject: str) -> list[Path]:
             removed.append(path)
         except OSError as exc:
             LOGGER.warning("stale log %s not removed: %s", path, exc)
-    try:
-        logs.rmdir()
-    except OSError:
-        pass
+    for folder in [*logs.glob("ses-*"), logs]:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
     return removed
 
 
