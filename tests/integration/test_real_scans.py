@@ -18,7 +18,7 @@ from ketabids.anat.antsutil import make_image
 from ketabids.templates import get_template
 from ketabids.testing import rotated_rebiased, run_anat_wf
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-t1w"
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real-t1w"
 SCANS = {
     "aomic-piop2_sub-0001_T1w.nii.gz": False,
     "seg3d_T1w.nii.gz": False,

@@ -1,5 +1,5 @@
 """QC of one processed T1w from its files (the whole-pipeline cases, a good phantom passing and
-every fault failing, run through the participant level in test_qc_participant_faults.py)."""
+every fault failing, run through the participant level in tests/integration/test_qc_participant_faults.py)."""
 from __future__ import annotations
 
 import nibabel as nib
@@ -7,7 +7,7 @@ import numpy as np
 
 from ketabids.qc.rules import assess
 from ketabids.qc.subject import compute_subject_qc, sample_on_grid
-from tests.test_qc_metrics import synthetic_head
+from tests.qc.test_metrics import synthetic_head
 
 
 def test_compute_subject_qc_without_registration(tmp_path):

@@ -16,7 +16,7 @@ from ketabids.qc import header, iqms, segmentation
 from ketabids.qc.rules import RULES, assess
 from ketabids.qc.table import (QC_BIDSIGNORE, qc_json_path, read_qc_table, rebuild_qc_table,
                                write_subject_qc)
-from tests.test_qc_metrics import synthetic_head
+from tests.qc.test_metrics import synthetic_head
 
 
 def _metrics(img, maps, mask):

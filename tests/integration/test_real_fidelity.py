@@ -16,7 +16,7 @@ import pytest
 
 from ketabids.anat.antsutil import make_image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 REAL = DATA / "real-t1w" / "aomic-piop2_sub-0001_T1w.nii.gz"
 REF = DATA / "reference-fmriprep"

@@ -2,8 +2,8 @@
 
 File names are parsed from the source of the group writers (ketabids/group/train.py,
 predict.py and model_io.py); columns come from the engine functions that produce the tables. The
-files of a real run (participant + train + predict) are checked in tests/test_outputs_contract.py
-(every .tsv/.nii.gz has its .json) and tests/test_group_run.py (the exact train listing).
+files of a real run (participant + train + predict) are checked in tests/integration/test_outputs_contract.py
+(every .tsv/.nii.gz has its .json) and tests/group/test_train_predict.py (the exact train listing).
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""Metrics with intervals and permutation tests for frozen models."""
+"""Metrics with intervals (the permutation tests are in test_permutation.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_auc_score
 
-from ketabids.group import classification_metrics, external_permutation_test
+from ketabids.group import classification_metrics
 from ketabids.group.metrics import delong_interval, wilson_interval
 
 
@@ -50,18 +50,3 @@ def test_pooled_cluster_bootstrap_is_wider_than_naive(rng):
     # bootstrap AUC centre near the estimate
     assert pooled.loc["auc", "ci_low"] < pooled.loc["auc", "estimate"] < pooled.loc["auc",
                                                                                   "ci_high"]
-
-
-def test_external_permutation_test(rng):
-    n = 60
-    y = (rng.random(n) < 0.5).astype(int)
-    good = rng.standard_normal(n) + 1.5 * (2 * y - 1)
-    res = external_permutation_test(y, good, n_permutations=999, random_state=1)
-    assert res.p_bac == pytest.approx(1 / 1000) and res.p_auc == pytest.approx(1 / 1000)
-    ps = [external_permutation_test(y, rng.standard_normal(n), n_permutations=199,
-                                    random_state=s).p_auc for s in range(40)]
-    assert 0.3 < np.mean(ps) < 0.7                      # ~uniform under the null
-    # within-group permutation keeps each group's label counts
-    groups = np.repeat(["a", "b"], n // 2)
-    r2 = external_permutation_test(y, good, n_permutations=50, groups=groups)
-    assert r2.null_bac.shape == (50,) and r2.as_dict()["n_permutations"] == 50

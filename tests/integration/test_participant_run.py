@@ -23,7 +23,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 TEMPLATE = "MNI152NLin2009aSym"
-EXPECTED = Path(__file__).parent / "data" / "participant_outputs.txt"
+EXPECTED = Path(__file__).parents[1] / "data" / "participant_outputs.txt"
 
 
 def phantom_t1w(seed: int = 0, zoom: float = 3.0, shift=(2.0, -3.0, 1.0)):

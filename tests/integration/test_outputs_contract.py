@@ -25,7 +25,6 @@ import pytest
 from ketabids.cli import main
 
 pytestmark = pytest.mark.slow
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def _cohort_bids(root: Path, table: pd.DataFrame) -> Path:
@@ -40,7 +39,7 @@ def _cohort_bids(root: Path, table: pd.DataFrame) -> Path:
 def outputs(tmp_path_factory):
     from ketabids.demo.derivatives import write_synthetic_derivatives
     from ketabids.demo.participants import make_participants_table
-    from test_participant_run import make_phantom_bids
+    from tests.integration.test_participant_run import make_phantom_bids
 
     base = tmp_path_factory.mktemp("contract")
     out = base / "out"
