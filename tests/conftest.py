@@ -1,7 +1,9 @@
 """Shared fixtures: seeded rng, real scans (skip when absent), generated BIDS trees."""
 from __future__ import annotations
 
+import functools
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,3 +38,32 @@ def bids_tree(tmp_path):
         return make_bids_tree(tmp_path / "bids", spec, **kwargs)
 
     return _make
+
+
+@functools.lru_cache(maxsize=None)
+def _has_module_fixture(path: Path) -> bool:
+    """Whether a test file defines a module-scoped fixture (read from its source)."""
+    try:
+        return _MODULE_FIXTURE.search(path.read_text(encoding="utf-8")) is not None
+    except OSError:
+        return False
+
+
+_MODULE_FIXTURE = re.compile(r"@pytest\.fixture\(\s*scope\s*=\s*[\"']module[\"']")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's ``--dist load`` (the default here), except that the tests of a file with a
+    module-scoped fixture (one participant run, one group run, one preview serving several
+    tests) go to one worker as one unit: plain load balancing had every worker build its own
+    copy of such a fixture. Largest units first (xdist's loadscope order)."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if _has_module_fixture(config.rootpath / path) else nodeid
+
+    return SharedFixtureScheduling(config, log)

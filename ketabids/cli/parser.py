@@ -36,7 +36,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 #: ``--outer-cv`` choices: ketabids.group.cv.OUTER_SCHEMES, spelled out so that the parser does
-#: not import scikit-learn (tests/test_group_audit.py checks that they are the same)
+#: not import scikit-learn (tests/group/test_audit.py checks that they are the same)
 OUTER_SCHEMES = ("stratified", "leave-site-out", "group-kfold")
 
 

@@ -125,7 +125,7 @@ class KernelScaler(TransformerMixin, BaseEstimator):
 
     The feature-space counterpart of ``KetaSVC(scale_kernel=True)`` (its last preprocessing
     step, fitted within every training set); scikit-learn pipelines use it to reproduce the
-    engine (tests/test_group_nested.py).
+    engine (tests/group/test_nested.py).
     """
 
     def fit(self, X, y=None):

@@ -16,7 +16,7 @@ regression -> z-scoring, fitted on the training rows of every inner and outer sp
 Speed and exactness: all inner problems of a repeat are solved together along the C path and
 all outer problems in one batch, in kernel space (:class:`~ketabids.group.estimator.
 KernelProvider`); out-of-fold decision values equal those of a plain scikit-learn Pipeline +
-GridSearchCV on the same folds (tests/test_group_nested.py).
+GridSearchCV on the same folds (tests/group/test_nested.py).
 
 Probabilities: in each outer fold a Platt sigmoid is fitted on the inner-CV (out-of-sample)
 decision values of the outer training rows at the chosen C and applied to the outer test rows;

@@ -77,6 +77,6 @@ def test_phantom_with_neck_or_spikes_gives_the_same_volumes(tmp_path):
 
 @pytest.mark.slow
 def test_real_scan_with_neck_or_spikes_gives_the_same_volumes(real_t1w_dir, tmp_path):
-    from test_real_scans import _downsample
+    from tests.integration.test_real_scans import _downsample
 
     _check(_runs(_downsample(real_t1w_dir / "aomic-piop2_sub-0001_T1w.nii.gz"), tmp_path))
