@@ -125,8 +125,8 @@ def test_atomic_files_honour_umask(tmp_path, umask002):
 def test_clean_stale_removes_dead_writers_tmp_files(tmp_path):
     dead = tmp_path / f".x.nii.gz.{_host()}-{_dead_pid()}-abcd.tmp.nii.gz"
     mine = tmp_path / f".x.nii.gz.{io._owner_tag()}-efgh.tmp.nii.gz"
-    foreign_old = tmp_path / f".y.tsv.otherhost-12-ijkl.tmp"
-    foreign_new = tmp_path / f".z.tsv.otherhost-13-mnop.tmp"
+    foreign_old = tmp_path / ".y.tsv.otherhost-12-ijkl.tmp"
+    foreign_new = tmp_path / ".z.tsv.otherhost-13-mnop.tmp"
     keep = tmp_path / ".bidsignore"
     for p in (dead, mine, foreign_old, foreign_new, keep):
         p.write_text("x")

@@ -13,7 +13,8 @@ def _ellipsoid(scale=1.0):
     ijk = np.indices(SHAPE).astype(np.float32)
     centre = (np.array(SHAPE, np.float32) - 1) / 2
     radii = centre * 0.8 * scale
-    return np.sqrt((((ijk - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0))
+    c, rad = centre[:, None, None, None], radii[:, None, None, None]
+    return np.sqrt((((ijk - c) / rad) ** 2).sum(0))
 
 
 def _head(noise=0.03, seed=0):

@@ -63,7 +63,8 @@ def test_any_orientation_becomes_ras_without_changing_world_mapping(tmp_path, da
 
 def test_oblique_affine_is_kept(tmp_path, data):
     theta = np.deg2rad(12)
-    rot = np.array([[1, 0, 0], [0, np.cos(theta), -np.sin(theta)], [0, np.sin(theta), np.cos(theta)]])
+    rot = np.array([[1, 0, 0], [0, np.cos(theta), -np.sin(theta)],
+                    [0, np.sin(theta), np.cos(theta)]])
     aff = np.eye(4)
     aff[:3, :3] = rot
     out, info = conform_t1w(_save(tmp_path, _img(data, aff)))

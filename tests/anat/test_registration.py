@@ -27,7 +27,8 @@ def _phantom(affine, shape=SHAPE):
     xyz = (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape(3, *shape)
     r = np.sqrt((xyz[0] / 26) ** 2 + (xyz[1] / 31) ** 2 + (xyz[2] / 27) ** 2)
     blob = np.sqrt(((xyz[0] - 8) / 7) ** 2 + ((xyz[1] + 10) / 6) ** 2 + ((xyz[2] - 5) / 6) ** 2)
-    img = np.where(r < 1, 600.0, 0.0) + np.where(r < 0.6, 250.0, 0.0) - np.where(blob < 1, 300.0, 0.0)
+    img = (np.where(r < 1, 600.0, 0.0) + np.where(r < 0.6, 250.0, 0.0)
+           - np.where(blob < 1, 300.0, 0.0))
     from scipy import ndimage
 
     return ndimage.gaussian_filter(np.clip(img, 0, None), 0.7).astype(np.float32), r < 1
@@ -71,7 +72,8 @@ def _subject(scale=1.08, shift=(3.0, -2.0, 1.5)):
 @pytest.mark.slow
 def test_registration_recovers_scaling_and_maps_both_ways(small_template, tmp_path):
     subject = _subject()
-    result = register_to_template(subject, small_template, mode="default", seed=1, out_dir=tmp_path)
+    result = register_to_template(subject, small_template, mode="default", seed=1,
+                                  out_dir=tmp_path)
     assert [p.name for p in result.forward_transforms] == ["from-T1w_to-template_xfm.h5"]
     assert all(p.is_file() for p in result.forward_transforms + result.inverse_transforms)
     tpl = nib.load(small_template.brain)
@@ -111,13 +113,15 @@ _DETERMINISM = textwrap.dedent(
 @pytest.mark.slow
 def test_seeded_single_thread_runs_are_bit_identical(small_template, tmp_path):
     """Threads are fixed per process, so each run is a fresh process with 1 ITK thread."""
-    fields = {k: str(v) if hasattr(v, "is_file") else v for k, v in small_template.__dict__.items()}
+    fields = {k: str(v) if hasattr(v, "is_file") else v
+              for k, v in small_template.__dict__.items()}
     env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
     here = os.path.dirname(__file__)
     hashes = []
     for run in range(2):
         out = subprocess.run(
-            [sys.executable, "-c", _DETERMINISM, here, json.dumps(fields), str(tmp_path / str(run))],
+            [sys.executable, "-c", _DETERMINISM, here, json.dumps(fields),
+             str(tmp_path / str(run))],
             env=env, capture_output=True, text=True, check=True,
         )
         hashes.append(out.stdout.strip().splitlines()[-1])
@@ -127,7 +131,8 @@ def test_seeded_single_thread_runs_are_bit_identical(small_template, tmp_path):
 def test_ants_env_restores_environment():
     import ants
 
-    before = {k: os.environ.get(k) for k in ("ANTS_RANDOM_SEED", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")}
+    before = {k: os.environ.get(k)
+              for k in ("ANTS_RANDOM_SEED", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")}
     seed_before = ants.config._random_seed
     with pytest.raises(RuntimeError):
         with ants_env(seed=5, omp_nthreads=3):
@@ -281,7 +286,8 @@ def test_affine_determinant_reads_the_linear_part(tmp_path):
 
 
 @pytest.mark.parametrize("planted", ["whole", "masked"])
-def test_affine_candidates_keep_the_smaller_scaling(small_template, tmp_path, monkeypatch, planted):
+def test_affine_candidates_keep_the_smaller_scaling(small_template, tmp_path, monkeypatch,
+                                                    planted):
     """With ``affine_moving_mask`` the affine stage runs on the whole subject and on the
     masked one; the candidate that scales the template less is the one SyN starts from.
     One candidate's result is replaced by a 1.5x scaling (a template brain stretched over the

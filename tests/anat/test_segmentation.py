@@ -22,7 +22,8 @@ def three_tissues():
     rng = np.random.default_rng(1)
     ijk = np.indices(SHAPE).astype(np.float32)
     centre = (np.array(SHAPE, np.float32) - 1) / 2
-    r = np.sqrt((((ijk - centre[:, None, None, None]) / (centre[:, None, None, None] - 1)) ** 2).sum(0))
+    c = centre[:, None, None, None]
+    r = np.sqrt((((ijk - c) / (c - 1)) ** 2).sum(0))
     truth = np.select([r < 0.45, r < 0.75, r < 0.95], [3, 2, 1], 0).astype(np.uint8)
     means = np.array([0, 200, 600, 850], np.float32)
     img = means[truth] + rng.normal(0, 40, SHAPE).astype(np.float32)

@@ -38,7 +38,8 @@ def grids():
     s_aff[:3, 3] = [-15, -16, -17]
     t_aff = np.diag([1.5, 1.5, 1.5, 1.0])
     t_aff[:3, 3] = [-20, -21, -22]
-    native = make_image(_blob((30, 32, 34), s_aff, np.array([1.0, -1.0, 0.0]), np.array([9, 8, 7])), s_aff)
+    native = make_image(_blob((30, 32, 34), s_aff, np.array([1.0, -1.0, 0.0]),
+                              np.array([9, 8, 7])), s_aff)
     template = make_image(np.zeros((27, 29, 31), np.float32), t_aff)
     return native, template
 
@@ -58,7 +59,8 @@ def test_modulation_conserves_native_volume(tmp_path, grids):
     vox_t = 1.5**3
     native_ml = native.get_fdata().sum() * 1.0
     # without modulation the volume shrinks by det(SCALE); with it, it is conserved
-    assert unmod.get_fdata().sum() * vox_t == pytest.approx(native_ml / np.linalg.det(SCALE), rel=0.02)
+    assert unmod.get_fdata().sum() * vox_t == pytest.approx(native_ml / np.linalg.det(SCALE),
+                                                            rel=0.02)
     assert mod.get_fdata().sum() * vox_t == pytest.approx(native_ml, rel=0.02)
     assert unmod.get_fdata().max() <= 1.0 and mod.get_fdata().min() >= 0.0
 
@@ -121,7 +123,8 @@ def test_regional_volumes_sum_per_label_and_resample_atlas():
     out2 = regional_volumes(make_image(gm, aff), coarse, labels)
     assert out2["gm_ml"].sum() == pytest.approx(out["gm_ml"].sum(), rel=0.35)
     with pytest.raises(ValueError, match="index"):
-        regional_volumes(make_image(gm, aff), make_image(atlas, aff), labels.rename(columns={"index": "id"}))
+        regional_volumes(make_image(gm, aff), make_image(atlas, aff),
+                         labels.rename(columns={"index": "id"}))
 
 
 def test_apply_to_native_within_a_box_equals_the_full_grid_resampling(tmp_path, grids):

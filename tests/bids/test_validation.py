@@ -1,4 +1,5 @@
-"""ketabids.bids.validation: the official BIDS validator, run offline, summarised, errors raised."""
+"""ketabids.bids.validation: the official BIDS validator, run offline, summarised, errors
+raised."""
 import json
 import os
 import stat
@@ -9,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ketabids.errors import BIDSValidationError, ExitCode, KetabidsError, MissingInputError
 from ketabids.bids.validation import find_validator, parse_report, validate_bids
+from ketabids.errors import BIDSValidationError, ExitCode, KetabidsError, MissingInputError
 
 
 def _nifti(path: Path) -> None:
@@ -129,7 +130,8 @@ def test_parse_report_groups_and_formats():
             ]
             + [{"code": f"W{i}", "severity": "warning"} for i in range(4)],
             "codeMessages": {
-                "NOT_INCLUDED": "Files with such naming scheme are not part of BIDS specification. "
+                "NOT_INCLUDED": "Files with such naming scheme are not part of BIDS "
+                "specification. "
                 "This error is most commonly caused by typos.\nMore text.",
             },
         },

@@ -85,7 +85,8 @@ def test_usage_errors(argv, code, capsys):
 
 
 def test_missing_bids_dir(tmp_path, capsys):
-    assert main([str(tmp_path / "nope"), str(tmp_path / "out"), "participant"]) == ExitCode.NO_INPUT
+    code = main([str(tmp_path / "nope"), str(tmp_path / "out"), "participant"])
+    assert code == ExitCode.NO_INPUT
     assert "nope" in capsys.readouterr().err
 
 

@@ -42,7 +42,8 @@ def _data(img):
 
 
 def _validator():
-    exe = shutil.which("bids-validator-deno") or str(Path(sys.executable).parent / "bids-validator-deno")
+    exe = (shutil.which("bids-validator-deno")
+           or str(Path(sys.executable).parent / "bids-validator-deno"))
     return exe if Path(exe).is_file() else None
 
 
@@ -98,7 +99,8 @@ def test_tissue_contrast_skull_and_neck(tpl2):
     subject = simulate_subject(tpl2, seed=7, orientation="LIA", bias_strength=0.0)
     canon = nib.as_closest_canonical(subject.t1w)
     t1 = np.asarray(canon.dataobj, dtype=np.float64)
-    maps = {k: np.asarray(nib.as_closest_canonical(getattr(subject, k)).dataobj) for k in ("gm", "wm", "csf")}
+    maps = {k: np.asarray(nib.as_closest_canonical(getattr(subject, k)).dataobj)
+            for k in ("gm", "wm", "csf")}
     mask = np.asarray(nib.as_closest_canonical(subject.brain_mask).dataobj) > 0
     med = {k: np.median(t1[maps[k] > 0.95]) for k in maps}
     assert med["csf"] < med["gm"] < med["wm"]
@@ -158,7 +160,8 @@ def test_planted_effect_survives_imaging(tpl2):
             tpl2, seed=300 + i, responder=label, effect_size=0.15, skull=False, warp_mm=0.5
         )
         gm = _data(s.template_gm)
-        ratio[label].append(np.log(gm[regions["frontal"]].mean() / gm[regions["cerebellar"]].mean()))
+        ratio[label].append(np.log(gm[regions["frontal"]].mean()
+                                   / gm[regions["cerebellar"]].mean()))
     t, p = stats.ttest_ind(ratio[True], ratio[False])
     assert t > 0 and p < 0.01
 
@@ -311,7 +314,8 @@ def test_default_demo_truth_is_learnable(tmp_path):
     Xd, td = features("discovery")
     Xe, te = features("external")
     codes = {
-        "".join(nib.aff2axcodes(nib.load(demo.bids["discovery"] / s / "anat" / f"{s}_T1w.nii.gz").affine))
+        "".join(nib.aff2axcodes(
+            nib.load(demo.bids["discovery"] / s / "anat" / f"{s}_T1w.nii.gz").affine))
         for s in td.participant_id
     }
     assert len(codes) >= 4

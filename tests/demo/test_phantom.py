@@ -292,7 +292,8 @@ def test_write_synthetic_derivatives_is_deterministic(tmp_path):
     assert a.equals(b)
     desc = json.loads((tmp_path / "a" / "dataset_description.json").read_text())
     assert "SourceDatasets" not in desc  # no BIDS dataset given: nothing to cite
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
+                   if p.is_file())
     assert len(files) == 2 + 4 * 3
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
@@ -300,7 +301,8 @@ def test_write_synthetic_derivatives_is_deterministic(tmp_path):
     assert (tmp_path / "a" / nii).read_bytes() != (tmp_path / "c" / nii).read_bytes()
     # a subject's map does not depend on who else is in the table
     write_synthetic_derivatives(None, tmp_path / "d", participants=table.iloc[[2]], seed=9)
-    last = [r for r in files if r.name.endswith(".nii.gz") and table.participant_id.iloc[2] in str(r)][0]
+    last = [r for r in files
+            if r.name.endswith(".nii.gz") and table.participant_id.iloc[2] in str(r)][0]
     assert (tmp_path / "a" / last).read_bytes() == (tmp_path / "d" / last).read_bytes()
 
 

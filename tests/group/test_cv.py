@@ -8,10 +8,17 @@ from sklearn.model_selection import GroupKFold, RepeatedStratifiedKFold, Shuffle
 
 from ketabids.errors import UsageError
 from ketabids.group import NestedCVSettings
-from ketabids.group.cv import (GroupFolds, LeaveGroupOut, StratifiedFolds, check_fold_counts,
-                               fold_partitions, group_folds, max_folds, stratified_folds)
+from ketabids.group.cv import (
+    GroupFolds,
+    LeaveGroupOut,
+    StratifiedFolds,
+    check_fold_counts,
+    fold_partitions,
+    group_folds,
+    max_folds,
+    stratified_folds,
+)
 from ketabids.group.nested import make_scheme
-
 
 
 def test_stratified_folds_balanced(rng):

@@ -2,8 +2,9 @@
 
 File names are parsed from the source of the group writers (ketabids/group/train.py,
 predict.py and model_io.py); columns come from the engine functions that produce the tables. The
-files of a real run (participant + train + predict) are checked in tests/integration/test_outputs_contract.py
-(every .tsv/.nii.gz has its .json) and tests/group/test_train_predict.py (the exact train listing).
+files of a real run (participant + train + predict) are checked in
+tests/integration/test_outputs_contract.py (every .tsv/.nii.gz has its .json) and
+tests/group/test_train_predict.py (the exact train listing).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from ketabids.group.metrics import calibration_table
 
 
 def _written_names() -> tuple[set[str], set[str], dict[str, list[str]]]:
-    """(TSV names, statmap descs, {tsv: columns of DataFrame literals}) from the writers' source."""
+    """(TSV names, statmap descs, {tsv: columns of DataFrame literals}) from the writers'
+    source."""
     trees = [ast.parse(inspect.getsource(module)) for module in (group_train, group_predict)]
     tsvs, descs, literal_columns = set(), set(), {}
     for node in (n for tree in trees for n in ast.walk(tree)):

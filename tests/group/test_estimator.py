@@ -11,14 +11,18 @@ from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from ketabids.group import KetaSVC, NestedCVSettings, fit_final_model
-from ketabids.group.estimator import (CRITICAL_C, KernelScaler, critical_gap, kernel_scales,
-                                      linear_kernel)
+from ketabids.group.estimator import (
+    CRITICAL_C,
+    KernelScaler,
+    critical_gap,
+    kernel_scales,
+    linear_kernel,
+)
 from ketabids.group.kernels import balanced_weights
 from ketabids.group.preprocessing import ComBatTransformer, CovariateRegressor
 from tests.group.reference import TOL
 from tests.group.reference import cohort as _cohort
 from tests.group.reference import sklearn_pipeline as _pipeline
-
 
 
 def test_linear_kernel_is_x_xt_in_float64_whatever_the_chunk(rng):

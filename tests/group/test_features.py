@@ -1,4 +1,5 @@
-"""Features: smoothing/resampling equivalences, map discovery through pybids, consistency checks."""
+"""Features: smoothing/resampling equivalences, map discovery through pybids, consistency
+checks."""
 from __future__ import annotations
 
 import json

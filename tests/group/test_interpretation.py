@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 from sklearn.svm import SVC
 
-from ketabids.group import (KetaSVC, NestedCVSettings, haufe_pattern, nested_cv, region_table,
-                            weight_maps)
+from ketabids.group import (
+    KetaSVC,
+    NestedCVSettings,
+    haufe_pattern,
+    nested_cv,
+    region_table,
+    weight_maps,
+)
 
 
 def _data(rng, n=60, p=200):

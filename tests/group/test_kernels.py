@@ -3,15 +3,19 @@ against libsvm, explicit residualisation and a generic optimiser."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from scipy.optimize import minimize
 from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_sample_weight
 
-from ketabids.group.kernels import (balanced_weights, libsvm_solve, platt_fit, platt_predict,
-                                    residual_kernels, solve_c_path)
+from ketabids.group.kernels import (
+    balanced_weights,
+    libsvm_solve,
+    platt_fit,
+    platt_predict,
+    residual_kernels,
+    solve_c_path,
+)
 from tests.group.reference import TOL
-
 
 
 def test_solver_matches_libsvm_on_soft_and_hard_margins(rng):
@@ -38,8 +42,8 @@ def test_solver_matches_libsvm_on_soft_and_hard_margins(rng):
             ref_beta[ref.support_] = ref.dual_coef_[0]
             up = C * balanced_weights(y01[i])
 
-            def kkt(beta, b):        # max |margin residual| of free support vectors
-                g = K[i] @ beta + b - yy
+            def kkt(beta, b, Ki=K[i], yy=yy, up=up):  # max |margin residual| of free SVs
+                g = Ki @ beta + b - yy
                 free = (np.abs(beta) > 1e-9 * up) & (np.abs(beta) < up * (1 - 1e-9))
                 return np.abs(g[free]).max() if free.any() else 0.0
 

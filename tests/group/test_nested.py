@@ -12,7 +12,6 @@ from tests.group.reference import cohort as _cohort
 from tests.group.reference import sklearn_pipeline as _pipeline
 
 
-
 def _reference(X, y, cov, sites, settings):
     """Straightforward feature-space pipeline + GridSearchCV on the same folds."""
     outer, inner = make_scheme(y, sites, settings)

@@ -11,7 +11,6 @@ from ketabids.group.permutation import permutation_test, permute_within
 from tests.group.reference import cohort
 
 
-
 def test_external_permutation_test(rng):
     n = 60
     y = (rng.random(n) < 0.5).astype(int)

@@ -6,10 +6,15 @@ import numpy as np
 from sklearn.linear_model import LinearRegression
 from sklearn.preprocessing import StandardScaler
 
-from ketabids.group.preprocessing import (ComBatTransformer, CovariateRegressor,
-                                          apply_combat, apply_preprocessing, design_matrix,
-                                          fit_combat, fit_preprocessing)
-
+from ketabids.group.preprocessing import (
+    ComBatTransformer,
+    CovariateRegressor,
+    apply_combat,
+    apply_preprocessing,
+    design_matrix,
+    fit_combat,
+    fit_preprocessing,
+)
 
 
 def test_combat_removes_site_effects_and_unseen_site_rule():

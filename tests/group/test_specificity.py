@@ -8,8 +8,13 @@ from scipy import special
 
 from ketabids.group.logistic import fit_logistic, likelihood_ratio_p
 from ketabids.group.metrics import balanced_accuracy, classification_metrics, roc_auc
-from ketabids.group.specificity import (BY_ARM_COLUMNS, TABLE_COLUMNS, arm_differences,
-                                        interaction_test, specificity_analysis)
+from ketabids.group.specificity import (
+    BY_ARM_COLUMNS,
+    TABLE_COLUMNS,
+    arm_differences,
+    interaction_test,
+    specificity_analysis,
+)
 
 
 def two_arms(seed, n=150, treatment_slope=2.5, reference_slope=0.0, intercept=-0.3):

@@ -1,9 +1,9 @@
 """Group level end to end on synthetic cohorts: train, predict, nulls, determinism, user errors.
 
-Cohorts come from ``ketabids.demo.derivatives.write_synthetic_derivatives`` (template-space maps with a
-planted frontal/cerebellar effect for ketamine responders, none in the saline arm); protocols
-are reduced (2 x 5-fold outer, 3-fold inner, 4 C values) so the whole module runs in about a
-minute or two.
+Cohorts come from ``ketabids.demo.derivatives.write_synthetic_derivatives`` (template-space maps
+with a planted frontal/cerebellar effect for ketamine responders, none in the saline arm);
+protocols are reduced (2 x 5-fold outer, 3-fold inner, 4 C values) so the whole module runs in
+about a minute or two.
 """
 from __future__ import annotations
 

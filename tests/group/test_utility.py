@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 from scipy import special
 
-from ketabids.group.utility import (DECISION_CURVE_COLUMNS, calibration_intercept_slope,
-                                    decision_curve)
+from ketabids.group.utility import (
+    DECISION_CURVE_COLUMNS,
+    calibration_intercept_slope,
+    decision_curve,
+)
 
 
 @pytest.fixture

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter1d
 
-from ketabids.group import (NestedCVSettings, fit_final_model, haufe_pattern, nested_cv,
-                            permutation_test, region_table, weight_maps)
+from ketabids.group import (
+    NestedCVSettings,
+    fit_final_model,
+    haufe_pattern,
+    nested_cv,
+    permutation_test,
+    region_table,
+    weight_maps,
+)
 
 REGIONS = {1: "frontal", 2: "cerebellar", **{k: f"other{k}" for k in range(3, 11)}}
 

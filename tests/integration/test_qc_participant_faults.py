@@ -13,7 +13,6 @@ import html
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -120,4 +119,5 @@ def test_closing_line_and_cohort_page(run):
     assert all((run["out"] / f"sub-{label}.html").is_file() for label in [*FAULTS, "good"])
     for subject in run["summary"]["failed"]:
         page = (run["out"] / f"sub-{subject}.html").read_text()
-        assert 'id="errors"' in page and html.escape(run["summary"]["errors"][subject])[:40] in page
+        error = html.escape(run["summary"]["errors"][subject])[:40]
+        assert 'id="errors"' in page and error in page

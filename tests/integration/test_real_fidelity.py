@@ -23,7 +23,8 @@ REF = DATA / "reference-fmriprep"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("real_fidelity", ROOT / "benchmarks" / "real_fidelity.py")
+    spec = importlib.util.spec_from_file_location("real_fidelity",
+                                                  ROOT / "benchmarks" / "real_fidelity.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ketabids.errors import BadDataError
 from ketabids.bids.derivatives import derivative_relpath, source_entities
+from ketabids.errors import BadDataError
 from ketabids.interfaces.bids import DerivativesDataSink
 
 SRC = "/bids/sub-01/ses-A/anat/sub-01_ses-A_run-2_T1w.nii.gz"

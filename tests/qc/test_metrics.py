@@ -182,7 +182,8 @@ def test_mask_rim_bright_sees_a_mask_that_leaked_into_the_scalp():
     rim; the rim is 2 mm whatever the voxel size."""
     shape = (72, 72, 72)
     r = np.sqrt(((np.indices(shape) - 35.5) ** 2).sum(0))
-    t1 = np.select([r < 15, r < 22, r < 25, r < 29, r < 33], [800.0, 600.0, 250.0, 40.0, 950.0], 0.0)
+    t1 = np.select([r < 15, r < 22, r < 25, r < 29, r < 33],
+                   [800.0, 600.0, 250.0, 40.0, 950.0], 0.0)
     img = nib.Nifti1Image(t1.astype(np.float32), np.eye(4))
     good = segmentation.mask_rim_bright(img, r < 25, 800.0)
     leaked = segmentation.mask_rim_bright(img, r < 33, 800.0)

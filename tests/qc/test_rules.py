@@ -14,8 +14,13 @@ import pytest
 from ketabids.demo import faults
 from ketabids.qc import header, iqms, segmentation
 from ketabids.qc.rules import RULES, assess
-from ketabids.qc.table import (QC_BIDSIGNORE, qc_json_path, read_qc_table, rebuild_qc_table,
-                               write_subject_qc)
+from ketabids.qc.table import (
+    QC_BIDSIGNORE,
+    qc_json_path,
+    read_qc_table,
+    rebuild_qc_table,
+    write_subject_qc,
+)
 from tests.qc.test_metrics import synthetic_head
 
 

@@ -1,5 +1,6 @@
 """QC of one processed T1w from its files (the whole-pipeline cases, a good phantom passing and
-every fault failing, run through the participant level in tests/integration/test_qc_participant_faults.py)."""
+every fault failing, run through the participant level in
+tests/integration/test_qc_participant_faults.py)."""
 from __future__ import annotations
 
 import nibabel as nib

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ketabids.reports import group as report
 from ketabids.group.metrics import calibration_table
 from ketabids.group.progress import Progress
+from ketabids.reports import group as report
 
 
 def test_calibration_table_uses_quantile_bins():

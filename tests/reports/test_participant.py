@@ -54,7 +54,8 @@ def test_segmentation_and_normalisation_figures():
                              affine @ np.diag([2, 2, 2, 1]))
     coarse_wm = nib.Nifti1Image((6 - dist[::2, ::2, ::2]).clip(0, 1).astype("float32"),
                                 coarse.affine)
-    assert _png_size(plot_normalisation(t1w, coarse, coarse_wm, coarse)["template"][2].uri)[0] > 700
+    strip = plot_normalisation(t1w, coarse, coarse_wm, coarse)["template"][2]
+    assert _png_size(strip.uri)[0] > 700
 
 
 def test_report_is_self_contained_and_escaped():

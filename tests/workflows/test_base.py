@@ -7,9 +7,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ketabids.errors import MissingInputError
 from ketabids.anat.atlas import Atlas, resolve_atlas
 from ketabids.bids.layout import T1wInput, collect_t1w
+from ketabids.errors import MissingInputError
 from ketabids.workflows.anatomical import init_anat_wf
 from ketabids.workflows.base import init_participant_wf
 
