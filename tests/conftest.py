@@ -86,6 +86,7 @@ def _shared_fixture_groups(path: Path) -> dict[str, str]:
     return {name: root(min(fixtures)) for name, fixtures in tests.items() if fixtures}
 
 
+@pytest.hookimpl(optionalhook=True)  # without pytest-xdist: unused
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's ``--dist load`` (the default here), except that tests sharing a
     module-scoped fixture (one participant run, one group run, one preview serving several
