@@ -138,7 +138,8 @@ def run_demo(opts) -> dict:
                                  if k not in ("resolution", "null", "nprocs", "effect_size")})
         LOGGER.info("%s", folds.describe())
     cohort = generate_demo(out, **kwargs)
-    LOGGER.info("synthetic cohort written to %s (%.0f s)", out / "bids", time.monotonic() - started)
+    LOGGER.info("synthetic cohort written to %s (%.0f s)", out / "bids",
+                time.monotonic() - started)
     if opts.generate_only:
         print(f"BIDS datasets: {out / 'bids'}\nground truth: {out / 'truth'}")
         return {"failed": [], "cohort": cohort}
