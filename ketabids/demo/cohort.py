@@ -325,7 +325,8 @@ def generate_demo(
         "seed": seed,
     }
     tables = demo_tables(n_discovery=n_discovery, n_external=n_external,
-                         n_external_saline=n_external_saline, saline_fraction=saline_fraction, discovery_sites=discovery_sites,
+                         n_external_saline=n_external_saline, saline_fraction=saline_fraction,
+                         discovery_sites=discovery_sites,
                          external_site=external_site,
                          ketamine_response_rate=ketamine_response_rate,
                          saline_response_rate=saline_response_rate, seed=seed)
