@@ -19,9 +19,10 @@ solves the equality-constrained KKT system of all problems with one batched LU
 (``numpy.linalg.solve``) and moves variables whose bound or multiplier sign is violated. It ends
 at the exact optimum of each problem (KKT verified on the unregularised system, tolerance
 ``kkt_tol`` in decision units); the rare problem that does not converge is handed to libsvm
-itself (public ``SVC(kernel='precomputed')``). The intercept follows libsvm's rule (mean over free support vectors, else the midpoint of
-the feasible interval), so decision values equal libsvm's to its tolerance. A problem whose
-optimum has no free support vector (every alpha at 0 or C, typical for very small C) has a whole
+itself (public ``SVC(kernel='precomputed')``). The intercept follows libsvm's rule (mean over free
+support vectors, else the midpoint of the feasible interval), so decision values equal libsvm's to
+its tolerance. A problem whose optimum has no free support vector (every alpha at 0 or C, typical
+for very small C) has a whole
 interval of optimal intercepts; libsvm's pick then depends on its iteration order, so such
 problems are handed to libsvm to reproduce it.
 

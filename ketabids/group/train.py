@@ -44,19 +44,27 @@ from ketabids.group import labels as lab
 from ketabids.group import model_io
 from ketabids.group.audit import metrics_by_site, run_audit
 from ketabids.group.cohort import build_cohort, warn_excluded
+from ketabids.group.dictionaries import write_sidecars
 from ketabids.group.estimator import DEFAULT_C_GRID
 from ketabids.group.interpretation import haufe_pattern, region_table, weight_maps
-from ketabids.group.dictionaries import write_sidecars
-from ketabids.group.metrics import (calibration_table, finite_or_none, format_headline,
-                                    headline_metric)
-from ketabids.group.nested import (NestedCVSettings, c_selection_summary, check_scheme,
-                                   fit_final_model, nested_cv)
+from ketabids.group.metrics import (
+    calibration_table,
+    finite_or_none,
+    format_headline,
+    headline_metric,
+)
+from ketabids.group.nested import (
+    NestedCVSettings,
+    c_selection_summary,
+    check_scheme,
+    fit_final_model,
+    nested_cv,
+)
 from ketabids.group.permutation import permutation_test
 from ketabids.group.progress import Progress
 from ketabids.group.publish import listing, refuse_existing, run_lock, staged
 from ketabids.group.utility import decision_curve
-from ketabids.io import save_nifti
-from ketabids.io import jsonable, write_json, write_tsv
+from ketabids.io import jsonable, save_nifti, write_json, write_tsv
 from ketabids.reports.study import write_study_report
 
 LOGGER = logging.getLogger("ketabids")
@@ -82,8 +90,8 @@ def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layou
 
     Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
     "n_responders", "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
-    "metrics": {"bac" (= the headline, pooled), "bac_pooled", "bac_mean", "auc"}, "headline" (THE result:
-    :func:`ketabids.group.metrics.headline_metric`), "logs", "cv_hash", "tables",
+    "metrics": {"bac" (= the headline, pooled), "bac_pooled", "bac_mean", "auc"}, "headline"
+    (THE result: :func:`ketabids.group.metrics.headline_metric`), "logs", "cv_hash", "tables",
     "cv_scheme", "c_selection", "audit_warnings", "leave_site_out" (headline-style result of
     the audit's leave-site-out CV, or None)}``.
 
