@@ -275,7 +275,8 @@ def anatomical_iqms(t1w, *, brain_mask, tpms: dict, head_mask=None, bias=None) -
 
     ``t1w``: the INU-corrected T1w (nibabel image or array; negative values -> 0);
     ``brain_mask``: brain mask; ``tpms``: ``{"GM", "WM", "CSF"}`` probability maps on the same
-    grid; ``head_mask``: head mask (default: :func:`head_mask_of` ``t1w``); ``bias``: the N4 bias field (optional: without it ``inu_*`` are NaN).
+    grid; ``head_mask``: head mask (default: :func:`head_mask_of` ``t1w``); ``bias``: the N4 bias
+    field (optional: without it ``inu_*`` are NaN).
 
     SNR per tissue uses the tissue median and standard deviation (MRIQC), ``snr_total`` is the
     mean of the three; CNR uses medians and standard deviations with sigma_air the standard

@@ -58,7 +58,9 @@ def tissue_metrics(tpms: dict) -> dict:
 def contrast_from_medians(median_wm: float, median_gm: float, median_csf: float) -> dict:
     """The contrast keys of :func:`contrast_metrics` from given tissue medians (e.g. the IQMs'
     ``summary_*_median``, which use the same > 0.85 masks, eroded)."""
-    ratio = (lambda a, b: a / b if b and np.isfinite(b) and b > 0 else float("nan"))
+    def ratio(a, b):
+        return a / b if b and np.isfinite(b) and b > 0 else float("nan")
+
     return {"median_wm": median_wm, "median_gm": median_gm, "median_csf": median_csf,
             "contrast_wm_gm": ratio(median_wm, median_gm),
             "contrast_gm_csf": ratio(median_gm, median_csf),
