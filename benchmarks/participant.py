@@ -30,7 +30,8 @@ import numpy as np
 
 from ketabids.anat.segmentation import LABELS
 
-GM, WM, CSF = ({abbr: value for value, (_, abbr) in LABELS.items()}[t] for t in ("GM", "WM", "CSF"))
+GM, WM, CSF = ({abbr: value for value, (_, abbr) in LABELS.items()}[t]
+              for t in ("GM", "WM", "CSF"))
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-t1w"
 
 
@@ -187,12 +188,14 @@ def main(argv=None):
             print("| step | wall s (median) | min | max |\n|---|---|---|---|")
             for s in steps:
                 vals = [r["timings"][s] for r in runs]
-                print(f"| {s} | {statistics.median(vals):.1f} | {min(vals):.1f} | {max(vals):.1f} |")
+                print(f"| {s} | {statistics.median(vals):.1f} | {min(vals):.1f} | "
+                      f"{max(vals):.1f} |")
             print(f"| peak memory GB | {statistics.median(r['peak_gb'] for r in runs):.2f} | | |")
             print("| accuracy | median | min | max |\n|---|---|---|---|")
             for key in runs[0]["accuracy"]:
                 vals = [float(r["accuracy"][key]) for r in runs]
-                print(f"| {key} | {statistics.median(vals):.3f} | {min(vals):.3f} | {max(vals):.3f} |")
+                print(f"| {key} | {statistics.median(vals):.3f} | {min(vals):.3f} | "
+                      f"{max(vals):.3f} |")
     print(f"\nload average at end: {os.getloadavg()}")
     return 0
 

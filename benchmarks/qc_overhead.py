@@ -23,7 +23,6 @@ from pathlib import Path
 
 
 def _phantom_bids(root: Path, seed: int, resolution: float) -> Path:
-    import nibabel as nib
 
     from ketabids.demo.head import simulate_subject
 
@@ -46,8 +45,8 @@ def _bids_with(root: Path, img) -> Path:
 
 def _node_seconds(work: Path) -> dict[str, float]:
     """Nipype's recorded duration of every node that ran under ``work``."""
-    import pickle
     import gzip
+    import pickle
 
     out = {}
     for path in work.rglob("result_*.pklz"):

@@ -6,10 +6,10 @@ phantom and real scan must pass or warn, every fault must fail (thick slices: at
 Usage (each part optional)::
 
     python benchmarks/qc_thresholds.py \
-        --demo /work/baseline-demo                       # derivatives/<set>/ + work/<set>/ (fast)
-        --real OUT WORK BIDS                             # a participant run on real scans (default)
-        --faults [--fault-seed 3]                        # phantom + every fault of
-                                                         # ketabids.demo.faults, processed in fast
+        --demo /work/baseline-demo                      # derivatives/<set>/ + work/<set>/ (fast)
+        --real OUT WORK BIDS                            # a participant run on real scans (default)
+        --faults [--fault-seed 3]                       # phantom + every fault of
+                                                        # ketabids.demo.faults, processed in fast
                                                          # mode in this process (ANTs)
         --json results.json
 

@@ -14,7 +14,8 @@ Runs the participant level as users do (the ``ketabids`` CLI, one subject per ca
 and prints one table: Dice GM/WM/CSF/brain against the reference, GM/WM/CSF volumes and their
 relative differences (from ketabids' fractions and from its hard labels), the total modulated
 GM against the native GM, TIV against the reference brain-mask volume, phantom Dice and
-modulated-GM error, wall time and peak memory (max RSS of the CLI process tree) per run. Not a pass/fail test.
+modulated-GM error, wall time and peak memory (max RSS of the CLI process tree) per run. Not a
+pass/fail test.
 
     python benchmarks/real_fidelity.py --modes default fast [--scans aomic seg3d stroke]
         [--rotated] [--phantoms 1] [--generators head tpm] [--phantom-mm 1]
@@ -77,8 +78,9 @@ def labels_on_grid(img, shape, affine) -> np.ndarray:
 
     src = np.asarray(img.dataobj)
     vox2vox = np.linalg.inv(img.affine) @ affine
-    return ndimage.affine_transform(src, vox2vox[:3, :3], vox2vox[:3, 3], output_shape=tuple(shape),
-                                    order=0, mode="constant", cval=0).astype(src.dtype)
+    return ndimage.affine_transform(src, vox2vox[:3, :3], vox2vox[:3, 3],
+                                    output_shape=tuple(shape), order=0, mode="constant",
+                                    cval=0).astype(src.dtype)
 
 
 def dice(a, b) -> float:
@@ -183,7 +185,8 @@ def phantom_accuracy(dseg, mask, volumes: dict, modulated_gm, subject) -> dict:
         "dice_gm": dice(ours == KETABIDS_LABELS["GM"], truth == 1),
         "dice_wm": dice(ours == KETABIDS_LABELS["WM"], truth == 2),
         "dice_brain": dice(np.asarray(mask.dataobj) > 0, true_mask),
-        "rel_gm": volumes["gm_ml"] / tv["gm_ml"] - 1, "rel_tiv": volumes["tiv_ml"] / tv["tiv_ml"] - 1,
+        "rel_gm": volumes["gm_ml"] / tv["gm_ml"] - 1,
+        "rel_tiv": volumes["tiv_ml"] / tv["tiv_ml"] - 1,
         "rel_mod_gm": mod_total / tv["gm_ml"] - 1,
     }
 
@@ -234,7 +237,8 @@ def run_cli(t1w_img, label: str, workdir: Path, *, fast: bool, nprocs: int = 1,
     return {
         "dseg": nib.load(anat / f"sub-{label}_dseg.nii.gz"),
         "mask": nib.load(anat / f"sub-{label}_desc-brain_mask.nii.gz"),
-        "modulated_gm": next(anat.glob(f"sub-{label}_space-*_label-GM_desc-modulated_probseg.nii.gz")),
+        "modulated_gm": next(anat.glob(
+            f"sub-{label}_space-*_label-GM_desc-modulated_probseg.nii.gz")),
         "volumes": {k: float(v) for k, v in vols.items()},
         "wall_s": wall, "peak_gb": peak,
     }
@@ -246,7 +250,8 @@ def _walls(walls: list[float]) -> str:
 
 
 def _median_rows(rows: list[dict]) -> dict:
-    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    keys = [k for k, v in rows[0].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
     out = {k: statistics.median(r[k] for r in rows) for k in keys}
     out.update({k: v for k, v in rows[0].items() if k not in out})
     return out
@@ -326,7 +331,8 @@ def main(argv=None) -> list[dict]:
                         row.update(phantom_accuracy(res["dseg"], res["mask"], res["volumes"],
                                                     res["modulated_gm"], truth))
                     elif label in REFERENCES:  # (a rotated copy no longer matches its reference)
-                        ref = [nib.load(DATA / "reference-fmriprep" / f) for f in REFERENCES[label]]
+                        ref = [nib.load(DATA / "reference-fmriprep" / f)
+                               for f in REFERENCES[label]]
                         cmp = compare_to_reference(res["dseg"], res["mask"], *ref,
                                                    volumes=res["volumes"])
                         row.update({k: v for k, v in cmp.items() if k.startswith("dice")})
@@ -336,7 +342,8 @@ def main(argv=None) -> list[dict]:
                     walls = [r["wall_s"] for r in runs]
                     speed.append({"subject": label, "mode": mode, "walls": walls,
                                   "baseline_walls": base_walls,
-                                  "ratio": statistics.median(walls) / statistics.median(base_walls)})
+                                  "ratio": (statistics.median(walls)
+                                            / statistics.median(base_walls))})
                 rows.append(_median_rows(runs))
                 print(json.dumps(rows[-1], default=float), file=sys.stderr, flush=True)
     # consistency of the rotated copies with their originals (same mode)

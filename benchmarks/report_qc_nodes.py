@@ -97,7 +97,8 @@ def compare_outputs(a: Path, b: Path) -> dict:
             figures.append({"shape": (fa.shape, fb.shape)})
             continue
         diff = abs(fa[..., :3].astype(float) - fb[..., :3]).max(-1)
-        figures.append({"differ": float((diff > 0).mean()), "differ_25": float((diff > .25).mean())})
+        figures.append({"differ": float((diff > 0).mean()),
+                        "differ_25": float((diff > .25).mean())})
     return {"qc_keys_differing": keys, "figures": figures}
 
 

@@ -6,7 +6,8 @@ download. The files nilearn does not ship (brain mask, CSF prior, 2 mm versions)
 those deterministically and cached as NIfTI files:
 
 * brain mask = voxels where the (already brain-extracted) T1w is non-zero, holes filled;
-* CSF prior = ``clip(mask - GM - WM, 0, 1)``: what is inside the brain mask and is neither GM nor WM;
+* CSF prior = ``clip(mask - GM - WM, 0, 1)``: what is inside the brain mask and is neither GM
+  nor WM;
 * ``resolution=2``: every map resampled onto a 2 mm grid with the same origin (linear
   interpolation for probabilities and the T1w, nearest neighbour for the mask).
 
@@ -112,7 +113,8 @@ def derived_file(source: str | os.PathLike, tag: str) -> Path | None:
     """
     source = Path(source).resolve()
     stat = source.stat()
-    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}|{tag}".encode()).hexdigest()[:12]
+    stamp = f"{source}|{stat.st_size}|{stat.st_mtime_ns}|{tag}"
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
     stem = source.name.removesuffix(".gz").removesuffix(".nii")
     rel = f"templates/derived/{stem}_{tag}_{key}.nii.gz"
     root = _cached([rel])  # pre-generated (a container's read-only cache) or written before
@@ -213,7 +215,8 @@ def _templateflow(name: str, resolution: int) -> Template:
     try:
         from templateflow import api as tf
     except Exception as exc:  # pragma: no cover - broken install
-        raise MissingInputError(f"templateflow cannot be imported ({exc}); pip install templateflow")
+        raise MissingInputError(f"templateflow cannot be imported ({exc}); "
+                                "pip install templateflow")
 
     if name not in tf.templates():
         import difflib

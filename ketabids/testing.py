@@ -1,7 +1,8 @@
 """Helpers for tests and examples: tiny BIDS trees generated from a dict.
 
 >>> import tempfile
->>> root = make_bids_tree(tempfile.mkdtemp(), {"01": {"anat": ["T1w"]}, "02": {"ses-a": {"anat": ["T1w"]}}})
+>>> root = make_bids_tree(tempfile.mkdtemp(),
+...                       {"01": {"anat": ["T1w"]}, "02": {"ses-a": {"anat": ["T1w"]}}})
 >>> sorted(str(p.relative_to(root)) for p in root.rglob("*.nii.gz"))
 ['sub-01/anat/sub-01_T1w.nii.gz', 'sub-02/ses-a/anat/sub-02_ses-a_T1w.nii.gz']
 """
@@ -122,8 +123,8 @@ def run_anat_wf(t1w, *, template: str = "MNI152NLin2009aSym", fast: bool = True,
 
     ``t1w``: a path or a nibabel image (saved to ``base_dir`` first). Returns the values of the
     workflow's ``outputnode`` (file paths: ``t1w_preproc``, ``t1w_mask``, ``t1w_dseg``,
-    ``t1w_tpms``, ``std_mod``, ``volumes``, ...; ``regional`` with an atlas), plus ``runtime_s``: wall seconds of each node
-    (Nipype's runtime record of the node, keyed by node name).
+    ``t1w_tpms``, ``std_mod``, ``volumes``, ...; ``regional`` with an atlas), plus ``runtime_s``:
+    wall seconds of each node (Nipype's runtime record of the node, keyed by node name).
     """
     import nibabel as nib
 

@@ -131,7 +131,8 @@ def test_templateflow_prefetch_covers_what_templates_py_reads(monkeypatch):
 
 @pytest.mark.slow
 def test_template_pregeneration_line_runs(tmp_path, monkeypatch):
-    """The Dockerfile's get_template line (embedded default part) works and fills KETABIDS_CACHE."""
+    """The Dockerfile's get_template line (embedded default part) works and fills
+    KETABIDS_CACHE."""
     steps = _instructions(DOCKERFILE.read_text())
     runs = [a for k, a in steps if k == "RUN" and "get_template" in a]
     code = _python_c(runs[0])
@@ -214,7 +215,8 @@ def test_circleci_workflow_deploys_on_tags_only():
     deploy = jobs["deploy"]
     assert deploy["filters"]["branches"]["ignore"] == "/.*/"
     tag_re = re.compile(deploy["filters"]["tags"]["only"].strip("/"))
-    assert tag_re.fullmatch("v0.1.0") and tag_re.fullmatch("1.2.3") and not tag_re.fullmatch("main")
+    assert tag_re.fullmatch("v0.1.0") and tag_re.fullmatch("1.2.3")
+    assert not tag_re.fullmatch("main")
     assert set(deploy["requires"]) == {"demo", "test"}
 
     def upstream(name):  # a job runs on tags only if every job it needs does
@@ -337,7 +339,8 @@ def test_descriptor_options_match_cli(descriptor, parser):
     for flag, item in described.items():
         action = cli[flag]
         assert (item["type"] == "Flag") == (action.nargs == 0), flag
-        is_list = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1)
+        is_list = action.nargs in ("+", "*") or (isinstance(action.nargs, int)
+                                                 and action.nargs > 1)
         assert bool(item.get("list")) == is_list, flag
         if is_list and isinstance(action.nargs, int):
             assert item["min-list-entries"] == item["max-list-entries"] == action.nargs, flag

@@ -11,7 +11,8 @@
   must not settle on the scalp-to-air edge); the template brain mask is carried back
   through the inverse transform (linear, threshold 0.5), then holes filled and the largest
   component kept, then extended into the surrounding CSF (:func:`intracranial_mask`) so the
-  mask, and TIV, include sulcal and extra-cerebral CSF as SPM/CAT12 and fMRIPrep count them. The same registration is returned so it can be reused for normalisation.
+  mask, and TIV, include sulcal and extra-cerebral CSF as SPM/CAT12 and fMRIPrep count them. The
+  same registration is returned so it can be reused for normalisation.
 * Already skull-stripped input is detected *before* registration: the foreground (voxels above
   1 % of the 99th intensity percentile, largest component, holes filled) is smaller than
   ``STRIPPED_MAX_ML`` and >= 95 % of the voxels outside it hold one single value (zero fill). Then
@@ -120,9 +121,9 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
     sixth of the brain against ~325 mid-brain, GM 178 against ~205. The segmentation's input is
     therefore corrected again inside the brain mask with :data:`TISSUE_N4_SPLINE_MM` /
     :data:`TISSUE_N4_ITERATIONS` and the GM + WM priors as ``weight`` (with the WM prior alone
-    as weight the field in the top sixth was 0.88 of its mean). Measured with the same segmentation (partial-volume mixture,
-    :mod:`ketabids.anat.segmentation`), GM/WM Dice against FAST and GM/WM volume error
-    (AOMIC) | phantom GM/WM Dice and GM error (1 mm, truth known):
+    as weight the field in the top sixth was 0.88 of its mean). Measured with the same
+    segmentation (partial-volume mixture, :mod:`ketabids.anat.segmentation`), GM/WM Dice against
+    FAST and GM/WM volume error (AOMIC) | phantom GM/WM Dice and GM error (1 mm, truth known):
 
     * one-span field inside the mask: .832/.893, GM -5.5 %, WM -6.0 % | .925/.924, GM -1.4 %;
     * 200 mm x 4 levels weighted by the GM + WM priors: .851/.906, -5.2 %, -1.6 % |
@@ -153,8 +154,8 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
     sub_aff = box_affine(img.affine, box)
     mb = m[box]
     with ants_env(None, omp_nthreads):  # to_ants is an ITK call: inside, so threads are set
-        a_img = to_ants(make_image(np.where(mb, data[box] + shift, 0).astype(np.float32, copy=False),
-                                   sub_aff))
+        shifted = np.where(mb, data[box] + shift, 0).astype(np.float32, copy=False)
+        a_img = to_ants(make_image(shifted, sub_aff))
         a_mask = to_ants(make_image(mb.astype(np.float32), sub_aff))
         a_weight = None
         if weight is not None:
@@ -193,8 +194,8 @@ def intracranial_mask(img: nib.Nifti1Image, mask: np.ndarray, *, ring_mm: float 
     ``ring_mm`` of it (Euclidean distance) are added when brighter than ``floor x`` the median
     intensity inside the mask: CSF on a T1w sits at ~0.55 of that median, bone and air below
     ~0.3; then the component touching the brain is kept and holes are filled. The segmentation
-    labels the added voxels (mostly CSF), so the GM map stays clean while TIV = GM + WM + CSF counts
-    the fluid. Measured on AOMIC sub-0001 against fMRIPrep's mask (1444 mL): Dice 0.950 ->
+    labels the added voxels (mostly CSF), so the GM map stays clean while TIV = GM + WM + CSF
+    counts the fluid. Measured on AOMIC sub-0001 against fMRIPrep's mask (1444 mL): Dice 0.950 ->
     0.971, volume 1329 -> 1445 mL, reference GM outside the mask 58 -> 12 mL; a 3 mm ring
     overshoots (1498 mL, Dice 0.969). Through the CLI (default mode): mask Dice 0.971, TIV
     1443 mL (-0.1 %); on the 1 mm phantom brain-mask Dice 0.992, TIV +1.2 % of the truth.
@@ -256,7 +257,8 @@ def detect_skull_stripped(img: nib.Nifti1Image, fg: np.ndarray | None = None
         _, counts = np.unique(outside, return_counts=True)
         at_min = float(counts.max() / outside.size)
     stripped = bool(fg_ml < STRIPPED_MAX_ML and at_min >= 0.95)
-    return stripped, {"foreground_ml": round(fg_ml, 1), "background_at_min_fraction": round(at_min, 4)}
+    return stripped, {"foreground_ml": round(fg_ml, 1),
+                      "background_at_min_fraction": round(at_min, 4)}
 
 
 def _dilated_template_mask(template, resolution: float):
@@ -269,8 +271,8 @@ def _dilated_template_mask(template, resolution: float):
     return ants.iMath(ants.threshold_image(m, 0.5, 1e9), "MD", radius)
 
 
-def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed: int | None = None,
-                  omp_nthreads: int = 1, out_dir=None):
+def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default",
+                  seed: int | None = None, omp_nthreads: int = 1, out_dir=None):
     """Brain mask of ``img`` (bias-corrected T1w, nibabel) by registration to ``template``.
 
     Returns ``(mask, info, registration)``: uint8 mask on ``img``'s grid; ``info`` with
@@ -319,7 +321,8 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default", seed
         "method": ("input already skull-stripped: mask = its non-background voxels"
                    if stripped else
                    f"template brain mask carried back from a {res:g} mm affine+SyN registration "
-                   f"(subject padded with {reg.info['background_pad_mm'] or 0:g} mm of background; "
+                   f"(subject padded with {reg.info['background_pad_mm'] or 0:g} mm of "
+                   "background; "
                    f"metric masked by the template brain mask dilated {DILATE_MM:g} mm; the "
                    "affine stage run on the whole head and on the head deeper than "
                    f"{HEAD_INTERIOR_MM:g} mm, the smaller scaling kept), extended "

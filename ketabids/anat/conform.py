@@ -199,7 +199,8 @@ def conform_t1w(in_file, *, resample: bool = True) -> tuple[nib.Nifti1Image, dic
         notes.append("oblique acquisition: kept the oblique affine (no resampling)")
     if zooms.max() / zooms.min() > 1.01:
         notes.append(
-            f"anisotropic voxels {tuple(round(float(z), 3) for z in zooms)} mm kept (no resampling)")
+            f"anisotropic voxels {tuple(round(float(z), 3) for z in zooms)} mm kept "
+            "(no resampling)")
 
     ornt = nib.orientations.io_orientation(affine)
     ras = nib.orientations.axcodes2ornt("RAS")

@@ -260,8 +260,9 @@ def register_to_template(
         moving = _as_ants(moving_img)
         if min(moving.spacing) < 0.8 * res:
             # same grid spacing as the fixed image: ANTs shrink factors and smoothing sigmas are in
-            # voxels of each image, so a 1 mm subject against a 2 mm template would be smoothed half
-            # as much as the template at every level (measured: brain-mask Dice 0.885 vs 0.99).
+            # voxels of each image, so a 1 mm subject against a 2 mm template would be smoothed
+            # half as much as the template at every level (measured: brain-mask Dice 0.885 vs
+            # 0.99).
             moving = ants.resample_image(moving, (res,) * 3, use_voxels=False, interp_type=0)
         if PAD_MM:
             moving = pad_background(moving, PAD_MM)
@@ -273,7 +274,8 @@ def register_to_template(
         mmask = None
         if moving_mask is not None:
             mmask = _mask_on(moving_mask, moving)
-        out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ketabids-reg-"))
+        out_dir = (Path(out_dir) if out_dir is not None
+                   else Path(tempfile.mkdtemp(prefix="ketabids-reg-")))
         out_dir.mkdir(parents=True, exist_ok=True)
         prefix = str(out_dir / "reg_")
         kwargs = dict(
@@ -285,7 +287,9 @@ def register_to_template(
         )
         init = None
         if initial_transform is not None:
-            init = [str(p) for p in (initial_transform if isinstance(initial_transform, (list, tuple)) else [initial_transform])]
+            transforms = (initial_transform if isinstance(initial_transform, (list, tuple))
+                          else [initial_transform])
+            init = [str(p) for p in transforms]
         run_kind = kind
         affine_files, affine_info = [], None
         if affine_moving_mask is not None:

@@ -41,9 +41,10 @@ class ProcessingSettings:
     resampled to it); ``reg_iterations``: SyN iterations per level (shrink factors
     2^(n-1)..1 of that grid); ``syn_metric``/``syn_sampling``: SyN metric and its bins;
     ``n4_grid_mm``: spacing of the grid the head-wide N4 fits the bias field on;
-    ``tissue_n4_grid_mm``: the same for the tissue N4 inside the brain mask; ``template_resolution``:
-    grid (mm) of the template-space outputs; ``syn_grad_step``: SyN's gradient step (the largest
-    update of an iteration, in voxels of the level's grid); ``syn_update_variance``: variance
+    ``tissue_n4_grid_mm``: the same for the tissue N4 inside the brain mask;
+    ``template_resolution``: grid (mm) of the template-space outputs; ``syn_grad_step``: SyN's
+    gradient step (the largest update of an iteration, in voxels of the level's grid);
+    ``syn_update_variance``: variance
     (voxels^2 of the level's grid) of the Gaussian that smooths SyN's update field
     (antsRegistration's ``SyN[step, updateFieldVariance, 0]``).
 

@@ -40,9 +40,10 @@ def modulate(native_probseg, result: RegistrationResult, template_img, *, jacobi
     """Warp a native probability map to ``template_img``'s grid and modulate it.
 
     ``template_img``: any template map on the output grid (e.g. ``template.gm`` of the chosen
-    resolution). ``jacobian``: a precomputed :func:`~ketabids.anat.registration.jacobian_determinant`
-    on that grid (computed here if None; pass it to share it between GM and WM).
-    Returns ``(unmodulated, modulated)`` float32 images; negative determinants (folding) are
+    resolution). ``jacobian``: a precomputed
+    :func:`~ketabids.anat.registration.jacobian_determinant` on that grid (computed here if None;
+    pass it to share it between GM and WM). Returns ``(unmodulated, modulated)`` float32 images;
+    negative determinants (folding) are
     clipped to 0.
     """
     native = _load(native_probseg)
@@ -94,6 +95,7 @@ def regional_volumes(modulated_gm, atlas_img, labels: pd.DataFrame) -> pd.DataFr
     g = np.asarray(gm.dataobj, dtype=np.float64)
     vox = _vox_ml(gm)
     idx = labels["index"].astype(int).to_numpy()
-    sums = np.bincount(a[a > 0].ravel(), weights=g[a > 0].ravel(), minlength=int(max(idx.max(), a.max()) + 1))
+    sums = np.bincount(a[a > 0].ravel(), weights=g[a > 0].ravel(),
+                       minlength=int(max(idx.max(), a.max()) + 1))
     return pd.DataFrame({"index": idx, "name": labels["name"].to_numpy(),
                          "gm_ml": sums[idx] * vox})

@@ -113,7 +113,8 @@ def derivative_description(bids_dir: Path) -> dict:
     }
 
 
-def write_derivative_description(output_dir: str | os.PathLike, bids_dir: str | os.PathLike) -> Path:
+def write_derivative_description(output_dir: str | os.PathLike,
+                                 bids_dir: str | os.PathLike) -> Path:
     """Write OUTPUT_DIR/dataset_description.json (and README) once, atomically.
 
     An existing, readable description is never rewritten with different content (a later run

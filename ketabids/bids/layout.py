@@ -28,7 +28,8 @@ def check_bids_dir(bids_dir: str | os.PathLike) -> Path:
     """Resolve BIDS_DIR and check it is a dataset root (has ``dataset_description.json``)."""
     path = Path(bids_dir).expanduser().resolve()
     if not path.is_dir():
-        raise MissingInputError(f"{path}: BIDS_DIR does not exist; give the root of a BIDS dataset")
+        raise MissingInputError(f"{path}: BIDS_DIR does not exist; give the root of a BIDS "
+                                "dataset")
     if not (path / "dataset_description.json").is_file():
         raise MissingInputError(
             f"{path}: no dataset_description.json, so this is not the root of a BIDS dataset; "

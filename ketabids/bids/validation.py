@@ -62,7 +62,8 @@ class Issue:
         )
         if self.files:
             shown = ", ".join(self.files[:max_files])
-            more = f" and {len(self.files) - max_files} more" if len(self.files) > max_files else ""
+            more = (f" and {len(self.files) - max_files} more" if len(self.files) > max_files
+                    else "")
             line += f"\n    files: {shown}{more}"
         return line
 

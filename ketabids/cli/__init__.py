@@ -10,7 +10,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ketabids``, ``run.py`` and ``python -m ketabids``; returns the exit code."""
+    """Entry point of ``ketabids``, ``run.py`` and ``python -m ketabids``.
+
+    Returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
         from ketabids.cli import demo

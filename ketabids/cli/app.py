@@ -1,11 +1,12 @@
-"""Command line: ``ketabids BIDS_DIR OUTPUT_DIR {participant,group} [options]`` and ``ketabids demo``.
+"""Command line: ``ketabids BIDS_DIR OUTPUT_DIR {participant,group} [options]`` and
+``ketabids demo``.
 
 :func:`run` parses (:func:`ketabids.cli.parser.get_parser`), checks the options (here, once:
 :func:`check_options`, and the dataset checks of :mod:`ketabids.bids.layout`) and hands keyword
-arguments to :func:`ketabids.runner.run_participant`, :func:`ketabids.group.train.run_group_train` or
-:func:`ketabids.group.predict.run_group_predict`. Errors become one line
-on stderr and a BIDS-App exit code (see :class:`ketabids.errors.ExitCode`); :func:`guarded` is
-that one error path.
+arguments to :func:`ketabids.runner.run_participant`,
+:func:`ketabids.group.train.run_group_train` or :func:`ketabids.group.predict.run_group_predict`.
+Errors become one line on stderr and a BIDS-App exit code (see :class:`ketabids.errors.ExitCode`);
+:func:`guarded` is that one error path.
 """
 from __future__ import annotations
 
@@ -122,7 +123,8 @@ def check_options(opts, parser=None) -> None:
         value = getattr(opts, option)
         if value is not None and not Path(value).exists():
             raise MissingInputError(f"{value}: --{option.replace('_', '-')} file does not exist")
-    if opts.analysis_level == "group" and not opts.model and not (opts.target or opts.response_from):
+    if (opts.analysis_level == "group" and not opts.model
+            and not (opts.target or opts.response_from)):
         raise UsageError(
             "group training needs a label: --target COLUMN or --response-from BEFORE AFTER "
             "(e.g. --response-from madrs_pre madrs_24h)"

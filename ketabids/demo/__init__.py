@@ -6,7 +6,8 @@
   orientation, field of view);
 * :mod:`~ketabids.demo.participants`: the ``participants.tsv`` table and the planted labels;
 * :mod:`~ketabids.demo.scanners`: the sites' scanner profiles;
-* :mod:`~ketabids.demo.cohort`: the BIDS cohort writer (:func:`~ketabids.demo.cohort.generate_demo`);
+* :mod:`~ketabids.demo.cohort`: the BIDS cohort writer
+  (:func:`~ketabids.demo.cohort.generate_demo`);
 * :mod:`~ketabids.demo.derivatives`: synthetic (perfect) participant-level derivatives for tests;
 * :mod:`~ketabids.demo.published`: the study's published figures.
 """

@@ -27,8 +27,7 @@ from ketabids.demo.phantom import (
     template_volumes,
 )
 from ketabids.group.labels import is_response
-from ketabids.io import save_nifti
-from ketabids.io import write_json, write_tsv
+from ketabids.io import save_nifti, write_json, write_tsv
 
 
 def synthetic_description(bids_dir=None) -> dict:

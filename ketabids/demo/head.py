@@ -9,7 +9,8 @@ kept in a :class:`SimulatedSubject`. Deterministic for a seed, and for any threa
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import numpy as np
 
@@ -94,7 +95,8 @@ def _head_model(mask_path: str):
     layers = {
         "csf": band(dist, 0.0, 2.0) * near,
         "skull": band(dist, 2.0, 7.0),
-        "fat": band(dist, 7.0, 11.0) * (depth > 0) + (neck & ~near & (depth <= 5.0) & (depth > 1.5)),
+        "fat": (band(dist, 7.0, 11.0) * (depth > 0)
+                + (neck & ~near & (depth <= 5.0) & (depth > 1.5))),
         "skin": ((head & ~brain) & (depth <= 1.5)).astype(np.float32),
     }
     vert = ((x / 11.0) ** 2 + ((y + 42.0) / 13.0) ** 2 <= 1.0) & neck & ~near & (depth > 5.0)
@@ -253,13 +255,15 @@ def simulate_subject(
     nat = rot @ (s * corners) + shift[:, None]
     lo = np.floor(nat.min(1) / resolution) * resolution - 2 * resolution
     hi = np.ceil(nat.max(1) / resolution) * resolution + 2 * resolution
-    axes = [np.arange(lo[i], hi[i] + resolution / 2, resolution, dtype=np.float32) for i in range(3)]
+    axes = [np.arange(lo[i], hi[i] + resolution / 2, resolution, dtype=np.float32)
+            for i in range(3)]
     shape = tuple(a.size for a in axes)
     n_aff = np.diag([resolution] * 3 + [1.0])
     n_aff[:3, 3] = lo
 
     # smooth displacement w(x) (native world, mm) and det(I + dw/dx)
-    disp = np.stack([smooth_field(axes, rng, fwhm=warp_fwhm) * np.float32(warp_mm) for _ in range(3)])
+    disp = np.stack([smooth_field(axes, rng, fwhm=warp_fwhm) * np.float32(warp_mm)
+                     for _ in range(3)])
     if responder is not None and effect_size and share:
         add_effect_deformation(
             disp, axes, rot=rot, scale=s, shift=shift,
@@ -290,7 +294,8 @@ def simulate_subject(
     native = {k: np.clip(_sample(tissues[k], t_aff, pts), 0.0, 1.0) for k in ("gm", "wm", "csf")}
     tissue_sum = native["gm"] + native["wm"] + native["csf"]
     brain = tissue_sum >= 0.5  # GM + WM + CSF priors add up to the template brain mask
-    img = contrast["gm"] * native["gm"] + contrast["wm"] * native["wm"] + contrast["csf"] * native["csf"]
+    img = (contrast["gm"] * native["gm"] + contrast["wm"] * native["wm"]
+           + contrast["csf"] * native["csf"])
     if skull:
         layers, h_aff = _head_model(str(template.mask))
         head_tpl = np.zeros(next(iter(layers.values())).shape, dtype=np.float32)

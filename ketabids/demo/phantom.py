@@ -315,7 +315,8 @@ def subject_tissues(template=None, *, factor: np.ndarray, age: float = REFERENCE
     gm = np.minimum(gm0 * factor, total)
     wm = np.minimum(wm, total - gm)
     csf = np.clip(total - gm - wm, 0.0, None)
-    return {"gm": gm.astype(np.float32), "wm": wm.astype(np.float32), "csf": csf.astype(np.float32)}
+    return {"gm": gm.astype(np.float32), "wm": wm.astype(np.float32),
+            "csf": csf.astype(np.float32)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ Terms used below:
 * **out-of-fold**: computed by a model that did not see the participant (outer CV test fold).
 
 The file names and columns are those written by :mod:`ketabids.group.train`
-(``group/train/``) and :mod:`ketabids.group.predict` (``group/predict-<name>/``). ``permutations.tsv`` means different
-things in the two folders: pass the path (or ``mode``) to get the right one.
+(``group/train/``) and :mod:`ketabids.group.predict` (``group/predict-<name>/``).
+``permutations.tsv`` means different things in the two folders: pass the path (or ``mode``) to get
+the right one.
 """
 from __future__ import annotations
 

@@ -176,6 +176,7 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estima
     else:
         # threads: the batched LAPACK/BLAS calls release the GIL; 1 BLAS thread per worker
         from concurrent.futures import ThreadPoolExecutor
+
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1), ThreadPoolExecutor(n_jobs) as pool:

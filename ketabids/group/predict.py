@@ -25,10 +25,14 @@ from ketabids.group import features as feat
 from ketabids.group import labels as lab
 from ketabids.group import model_io
 from ketabids.group.cohort import build_cohort, check_compatibility, warn_excluded
-from ketabids.group.estimator import KetaSVC
 from ketabids.group.dictionaries import write_sidecars
-from ketabids.group.metrics import (calibration_table, classification_metrics, finite_or_none,
-                                    headline_metric)
+from ketabids.group.estimator import KetaSVC
+from ketabids.group.metrics import (
+    calibration_table,
+    classification_metrics,
+    finite_or_none,
+    headline_metric,
+)
 from ketabids.group.permutation import external_permutation_test
 from ketabids.group.publish import listing, run_lock, staged
 from ketabids.group.specificity import resolve_arms, specificity_analysis

@@ -2,9 +2,10 @@
 
 Each interface calls one function of :mod:`ketabids.anat.conform`, :mod:`ketabids.anat.prepare`,
 :mod:`ketabids.anat.brain`,
-:mod:`ketabids.anat.segmentation`, :mod:`ketabids.anat.registration` or :mod:`ketabids.anat.vbm` and writes its
-results into the node's working folder (``fname_presuffix(..., newpath=runtime.cwd)``). No maths
-here: see the modules named above. Templates travel between nodes as (name, resolution) and are
+:mod:`ketabids.anat.segmentation`, :mod:`ketabids.anat.registration` or :mod:`ketabids.anat.vbm`
+and writes its results into the node's working folder (``fname_presuffix(...,
+newpath=runtime.cwd)``). No maths here: see the modules named above. Templates travel between nodes
+as (name, resolution) and are
 resolved with :func:`ketabids.templates.get_template` (cached files, no download).
 """
 from __future__ import annotations
@@ -36,9 +37,10 @@ def _save(img, like: str, suffix: str, cwd: str, dtype=None, compress: bool = Tr
     (mm units, optional cast).
 
     Uncompressed ``.nii`` is for the large intermediates of the heavy steps: the derivative
-    sinks re-encode every NIfTI as ``.nii.gz`` (:class:`ketabids.interfaces.bids.DerivativesDataSink`),
-    so only the working directory sees it. Measured on a 256^3 float32 image: 0.71 s to write
-    gzipped (level 1), 0.25 s uncompressed; each later read is ~0.2 s quicker too. Cost: ~64 MB
+    sinks re-encode every NIfTI as ``.nii.gz``
+    (:class:`ketabids.interfaces.bids.DerivativesDataSink`), so only the working directory sees it.
+    Measured on a 256^3 float32 image: 0.71 s to write gzipped (level 1), 0.25 s uncompressed; each
+    later read is ~0.2 s quicker too. Cost: ~64 MB
     of working directory per 256^3 image instead of ~15-25 MB."""
     out = fname_presuffix(like, suffix=suffix, newpath=cwd, use_ext=False)
     out = out.removesuffix(".nii").removesuffix(".nii.gz") + (".nii.gz" if compress else ".nii")
@@ -222,7 +224,8 @@ class N4BiasCorrect(SimpleInterface):
         mask = nib.load(self.inputs.in_mask) if isdefined(self.inputs.in_mask) else None
         weight = None
         if isdefined(self.inputs.in_weights) and self.inputs.in_weights:
-            total = sum(np.asarray(nib.load(f).dataobj, np.float32) for f in self.inputs.in_weights)
+            total = sum(np.asarray(nib.load(f).dataobj, np.float32)
+                        for f in self.inputs.in_weights)
             weight = nib.Nifti1Image(total, img.affine)
         corrected, bias = n4_bias_correct(img, mask, weight=weight, shrink=self.inputs.shrink,
                                           grid_mm=self.inputs.grid_mm,
@@ -352,7 +355,8 @@ class _WarpPriorsOutputSpec(TraitedSpec):
 
 
 class WarpPriors(SimpleInterface):
-    """Template GM/WM/CSF priors into T1w space (:func:`ketabids.anat.registration.apply_to_native`)."""
+    """Template GM/WM/CSF priors into T1w space
+    (:func:`ketabids.anat.registration.apply_to_native`)."""
 
     input_spec = _WarpPriorsInputSpec
     output_spec = _WarpPriorsOutputSpec
@@ -433,8 +437,9 @@ class _ModulateOutputSpec(TraitedSpec):
 
 
 class Modulate(SimpleInterface):
-    """Warp tissue maps to the template with Jacobian modulation (:func:`ketabids.anat.vbm.modulate`;
-    the Jacobian determinant is computed once for all maps)."""
+    """Warp tissue maps to the template with Jacobian modulation
+    (:func:`ketabids.anat.vbm.modulate`; the Jacobian determinant is computed once for all
+    maps)."""
 
     input_spec = _ModulateInputSpec
     output_spec = _ModulateOutputSpec
@@ -473,7 +478,8 @@ class _TableOutputSpec(TraitedSpec):
 
 
 class TissueVolumes(SimpleInterface):
-    """Total intracranial, GM, WM and CSF volumes in mL (:func:`ketabids.anat.vbm.tissue_volumes`)."""
+    """Total intracranial, GM, WM and CSF volumes in mL
+    (:func:`ketabids.anat.vbm.tissue_volumes`)."""
 
     input_spec = _VolumesInputSpec
     output_spec = _TableOutputSpec

@@ -47,6 +47,7 @@ from nipype.interfaces.base import (
 from ketabids.bids.derivatives import derivative_relpath
 from ketabids.io import atomic_write_bytes
 
+
 def _split_ext(path: str) -> tuple[str, str]:
     name = Path(path).name
     for ext in (".nii.gz", ".tsv.gz"):

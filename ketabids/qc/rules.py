@@ -131,7 +131,8 @@ class Rule:
         shown = value * self.scale
         text = f"{shown:.{self.digits}f}".rstrip("0").rstrip(".") if self.digits else \
             f"{shown:.0f}"
-        return f"{label} {text}{(' ' + self.unit) if self.unit and self.unit != '%' else self.unit}"
+        unit = (' ' + self.unit) if self.unit and self.unit != '%' else self.unit
+        return f"{label} {text}{unit}"
 
 
 _MEASURED = "measured (benchmarks/qc_thresholds.py: phantoms, real scans, faults)"
@@ -208,7 +209,8 @@ RULES: tuple[Rule, ...] = (
          description="share of template brain voxels with det(J) <= 0"),
     Rule("logjac_range", "above", warn=3.0, fail=5.0, label="log-Jacobian range", digits=1,
          source=_MEASURED + ": phantoms 0.61-2.00 (fast), real 1.37-2.41 (default), faults "
-                            "<= 1.44; a guard above the real maximum", description="P99 - P1 of ln det(J) in the template brain"),
+                            "<= 1.44; a guard above the real maximum",
+         description="P99 - P1 of ln det(J) in the template brain"),
     # ---- segmentation ----------------------------------------------------------------------
     Rule("mask_rim_bright", "above", warn=0.02, fail=0.04,
          label="bright voxels at the brain-mask edge (a leak into the scalp?)", unit="%",
@@ -225,7 +227,8 @@ RULES: tuple[Rule, ...] = (
          source="T1 weighting: WM brighter than GM brighter than CSF (a T2-like image is "
                 "inverted)", description="median WM > median GM > median CSF"),
     Rule("contrast_wm_gm", "below", warn=1.08, fail=1.0, label="WM/GM contrast", digits=2,
-         source=_MEASURED + ": phantoms 1.34-2.01, real >= 1.39; inverted 0.25, rotated 0.82", description="median WM / median GM intensity"),
+         source=_MEASURED + ": phantoms 1.34-2.01, real >= 1.39; inverted 0.25, rotated 0.82",
+         description="median WM / median GM intensity"),
     Rule("tiv_ml", "outside", warn=(1000.0, 2000.0), fail=(850.0, 2200.0), label="TIV",
          unit="mL", digits=0,
          source="adult TIV ~1100-2000 mL (real-t1w MANIFEST plausibility range; e.g. Malone "

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -135,8 +135,9 @@ def _label(value: str | None, prefix: str) -> str | None:
 def qc_json_path(output_dir, subject: str, session: str | None = None, *,
                  failed: bool = False) -> Path:
     """``OUTPUT_DIR/sub-X/[ses-Y/]anat/sub-X[_ses-Y]_desc-qc_metrics.json``; for a subject
-    whose processing failed (``failed``), ``OUTPUT_DIR/logs/sub-X/sub-X[_ses-Y]_desc-qc_metrics.json``
-    beside its crash files, so a failed subject leaves no derivative folder."""
+    whose processing failed (``failed``),
+    ``OUTPUT_DIR/logs/sub-X/sub-X[_ses-Y]_desc-qc_metrics.json`` beside its crash files, so a
+    failed subject leaves no derivative folder."""
     sub = _label(subject, "sub-")
     ses = _label(session, "ses-")
     name = f"{sub}{'_' + ses if ses else ''}_desc-qc_metrics.json"

@@ -653,7 +653,8 @@ def failure_report(path, *, subject, error, crash_files=(), finished_steps=(), f
              f"<title>ketabids: sub-{esc(subject)} (failed)</title><style>{_CSS}</style>",
              "</head><body>", subject_nav(subject),
              f"<h1>ketabids report: sub-{esc(subject)}</h1>",
-             '<p class="verdict fail" data-verdict="fail"><b>QC fail</b>: processing failed; this subject has no '
+             '<p class="verdict fail" data-verdict="fail"><b>QC fail</b>: processing failed; '
+             "this subject has no "
              "derivatives and is left out of the group level.</p>",
              '<h2 id="errors">Errors</h2>',
              f'<p class="error"><b>Error:</b> <code>{esc(first)}</code></p>']

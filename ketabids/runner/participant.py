@@ -16,8 +16,11 @@ from pathlib import Path
 from ketabids import io
 from ketabids.anat.atlas import resolve_atlas
 from ketabids.anat.settings import ProcessingSettings
-from ketabids.bids.derivatives import (write_bidsignore, write_derivative_description,
-                                       write_dseg_lut)
+from ketabids.bids.derivatives import (
+    write_bidsignore,
+    write_derivative_description,
+    write_dseg_lut,
+)
 from ketabids.bids.layout import collect_t1w
 from ketabids.errors import BadDataError, NoDataError, OutputError, Terminated
 from ketabids.io import check_writable

@@ -1,8 +1,9 @@
 """Every write into OUTPUT_DIR happens here, through :class:`DerivativesDataSink` nodes.
 
 One ``init_ds_*_wf`` per group of outputs (sMRIPrep's ``workflows/outputs.py`` layout). Names
-follow :func:`ketabids.bids.derivatives.derivative_relpath`; ``Sources`` point inside the derivative dataset (``bids::``
-URIs), ``RawSources`` at the input T1w (``bids:raw:`` URI, ``raw`` being the input dataset).
+follow :func:`ketabids.bids.derivatives.derivative_relpath`; ``Sources`` point inside the
+derivative dataset (``bids::`` URIs), ``RawSources`` at the input T1w (``bids:raw:`` URI, ``raw``
+being the input dataset).
 """
 from __future__ import annotations
 
@@ -115,8 +116,8 @@ def init_ds_anat_wf(*, output_dir, source_file, raw_sources, name="ds_anat_wf"):
                                        "order; look-up table: dseg.tsv at the root)"), **common)
     ds_t1w_tpms = _sink("ds_t1w_tpms", suffix="probseg", sources=[preproc_uri],
                         mapnode_fields=["in_file", "label"], meta_dict=dict(
-                            native, Description="Tissue fraction map (partial-volume mixture with template "
-                                      "priors)"), **common)
+                            native, Description="Tissue fraction map (partial-volume "
+                                                "mixture with template priors)"), **common)
     ds_t1w_tpms.inputs.label = TPM_LABELS
 
     workflow.connect([

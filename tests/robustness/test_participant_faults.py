@@ -123,7 +123,8 @@ def test_closing_line_without_reports_when_none_succeeded(only_bad_run):
 # --------------------------------------------------------------------------- findings 6, 8
 def _derivative_written(out) -> bool:
     """A derivative of sub-01 exists: staged (the run is mid-way) or published."""
-    return any(out.glob(".*stage*/sub-01/**/*.nii.gz*")) or any((out / "sub-01").rglob("*.nii.gz*"))
+    return (any(out.glob(".*stage*/sub-01/**/*.nii.gz*"))
+            or any((out / "sub-01").rglob("*.nii.gz*")))
 
 
 def _start_until_a_derivative(tmp_path):
