@@ -306,8 +306,7 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
             "filtered_out_by_include": cohort.filtered_out, "qc": cohort.qc.as_dict(),
             "cv_scheme": cv_scheme, "c_selection": c_sel,
             "audit_warnings": audit_warnings if audit else None,
-            "leave_site_out": loso_h,
-            "timing": {"nested_cv_s": round(t_cv, 3), "audit_s": round(t_audit, 3)}})
+            "leave_site_out": loso_h})
         from ketabids.reports import group as report
 
         report.write_train_report(
@@ -320,7 +319,9 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
         write_sidecars(stage, mode="train", template=template, resolution=analysis_resolution)
     write_bidsignore(output_dir)
     tables = listing(final_dir)
-    logs = _write_logs(output_dir, run_record, options, manifest, rule, h)
+    logs = _write_logs(output_dir, run_record, options, manifest, rule, h,
+                       timings={"features_s": round(t_feat, 3), "nested_cv_s": round(t_cv, 3),
+                                "audit_s": round(t_audit, 3)})
     closing = h["text"]
     if loso_h is not None:
         closing += f"; leave-site-out {_pct(loso_h['estimate'])}"
@@ -409,7 +410,8 @@ def _audit_variables(cohort, output_dir):
     return variables, qframe[cols].apply(pd.to_numeric, errors="coerce")
 
 
-def _write_logs(output_dir, run_record, options, manifest, rule, h, *, level="group-train"):
+def _write_logs(output_dir, run_record, options, manifest, rule, h, *, level="group-train",
+                timings=None):
     """``OUTPUT_DIR/logs/<level>-*``: command, resolved options, versions, citation files."""
     import sys
 
@@ -421,7 +423,8 @@ def _write_logs(output_dir, run_record, options, manifest, rule, h, *, level="gr
         manifest, n_permutations=h["n_permutations"], label_rule=rule.describe()))
     return write_run_logs(output_dir, level=level, argv=record.get("argv") or sys.argv,
                           config=record.get("config") or jsonable(options),
-                          versions=model_io.software_versions(), methods=methods)
+                          versions=model_io.software_versions(), methods=methods,
+                          timings=timings)
 
 
 def _selection(model) -> dict:
