@@ -30,7 +30,7 @@ from pathlib import Path
 from ketabids.errors import OutputError
 from ketabids.io import atomic_write_text, write_json
 
-__all__ = ["write_run_logs", "run_folder_name", "LOGS_DIR"]
+__all__ = ["write_run_logs", "write_run_record", "run_folder_name", "LOGS_DIR"]
 
 LOGS_DIR = "logs"
 _LEVEL_RE = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
@@ -103,3 +103,18 @@ def write_run_logs(output_dir: str | os.PathLike, *, level: str, argv, config: d
                               "make OUTPUT_DIR writable or free some space") from exc
         raise
     return final
+
+
+def write_run_record(output_dir: str | os.PathLike, *, level: str, record: dict,
+                     versions: dict, methods: str | None = None,
+                     timings: dict | None = None) -> Path:
+    """The run record of any level (participant, group-train, group-predict): ``record`` is
+    a run configuration's :meth:`~ketabids.config.ParticipantConfig.record` (``{"argv",
+    "config"}``; without ``argv``, this process's command line); see :func:`write_run_logs`."""
+    import sys
+
+    from ketabids.io import jsonable
+
+    return write_run_logs(output_dir, level=level, argv=record.get("argv") or sys.argv,
+                          config=jsonable(record.get("config") or {}), versions=versions,
+                          methods=methods, timings=timings)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ketabids import __version__
 from ketabids.errors import UsageError
 from ketabids.qc.gate import QC_POLICIES
+from ketabids.templates import DEFAULT_TEMPLATE
 
 
 class Parser(argparse.ArgumentParser):
@@ -125,7 +126,7 @@ def get_parser() -> argparse.ArgumentParser:
                      "and permutations")
 
     anat = parser.add_argument_group("Participant level")
-    anat.add_argument("--template", default="MNI152NLin2009aSym",
+    anat.add_argument("--template", default=DEFAULT_TEMPLATE,
                       help="template space: the embedded MNI ICBM 2009a symmetric default, or a "
                       "cached TemplateFlow template (e.g. MNI152NLin2009cAsym)")
     anat.add_argument("--fast", action="store_true",

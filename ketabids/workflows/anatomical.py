@@ -36,6 +36,7 @@ from ketabids.interfaces.anatomical import (
     TissueVolumes,
     WarpPriors,
 )
+from ketabids.templates import DEFAULT_TEMPLATE
 from ketabids.workflows import LiterateWorkflow as Workflow
 
 #: Nipype execution settings of the node that reads the user's T1w (the only user file the
@@ -49,8 +50,8 @@ _MEM_GB = {"prepare": 1.0, "n4": 1.0, "brain_extraction": 2.0, "warp_priors": 1.
            "segmentation": 1.5, "modulate": 2.5}
 
 
-def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | None = None,
-                 omp_nthreads=1, seed=None, name="anat_wf"):
+def init_anat_wf(*, template=DEFAULT_TEMPLATE, processing: ProcessingSettings | None = None,
+                 atlas: Atlas | None = None, omp_nthreads=1, seed=None, name="anat_wf"):
     """Conform, bias-correct, skull-strip, normalise, segment and modulate one T1w.
 
     Inputs: ``t1w``. Outputs: native ``t1w_preproc``, ``t1w_mask``, ``t1w_dseg``,
@@ -59,9 +60,10 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
     (.h5); ``volumes`` (TSV); ``regional`` (TSV, with an atlas); ``skull_stripped``;
     ``conform_notes`` (conform's and prepare's notes); ``prepare_info`` (JSON: truncation,
     field-of-view crop). Native outputs are on the conformed grid (the input's, or 1 mm for
-    sub-millimetre input), whatever field of view the processing used.
+    sub-millimetre input), whatever field of view the processing used. ``processing``: the
+    processing mode's settings (default mode when None).
     """
-    settings = ProcessingSettings.for_fast(fast)
+    settings = processing or ProcessingSettings.for_fast(False)
     resolution = settings.template_resolution
     workflow = Workflow(name=name)
     workflow.__desc__ = (
@@ -77,7 +79,7 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
         f"{template} template (Fonov et al., 2009) with an affine followed by a symmetric image "
         "normalisation (SyN, Avants et al., 2008) registration of ANTs on a "
         f"{settings.registration_mm:g} mm template grid (Mattes mutual information"
-        f"{', fast reduced-iteration settings' if fast else ''}; the T1w padded with "
+        f"{', fast reduced-iteration settings' if settings.fast else ''}; the T1w padded with "
         f"{PAD_MM or 0:g} mm of background), the similarity metric being "
         "restricted to the dilated template brain mask; the affine stage was run on the whole "
         f"head and on the head deeper than {HEAD_INTERIOR_MM:g} mm below its surface, and the "
