@@ -62,6 +62,7 @@ def _node_seconds(work: Path) -> dict[str, float]:
 
 
 def one_run(bids: Path, base: Path, *, qc: bool, fast: bool, omp_nthreads: int) -> dict:
+    from ketabids.anat.settings import ProcessingSettings
     from ketabids.bids.derivatives import write_bidsignore, write_derivative_description
     from ketabids.bids.layout import collect_t1w, load_layout
     from ketabids.runner.config import configure_workflow, itk_threads, run_workflow
@@ -75,7 +76,8 @@ def one_run(bids: Path, base: Path, *, qc: bool, fast: bool, omp_nthreads: int) 
     write_bidsignore(out)
     with itk_threads(omp_nthreads):
         start = time.perf_counter()
-        wf = init_participant_wf(inputs=inputs, output_dir=out, bids_dir=bids, fast=fast,
+        wf = init_participant_wf(inputs=inputs, output_dir=out, bids_dir=bids,
+                                 processing=ProcessingSettings.for_fast(fast),
                                  omp_nthreads=omp_nthreads, seed=1, qc=qc)
         wf.base_dir = str(work)
         configure_workflow(wf, crashdump_dirs={}, default_crashdump=out / "logs")

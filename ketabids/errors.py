@@ -79,7 +79,8 @@ class OutputExistsError(OutputError):
 
 
 class Terminated(BaseException):
-    """SIGTERM/SIGHUP arrived (raised by the handler :func:`ketabids.io.run_temp_dir` installs).
+    """SIGTERM/SIGHUP arrived (raised by the handler that
+    :func:`ketabids.runner.signals.run_temp_dir` installs).
 
     A ``BaseException`` like ``KeyboardInterrupt``, so ``except Exception`` in the pipeline does
     not swallow it and every ``finally`` on the way out runs; the command line prints one line

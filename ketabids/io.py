@@ -1,4 +1,4 @@
-"""Safe output: atomic files, staged folders, disk-full translation, run-scoped temp folders.
+"""Safe output: atomic files, staged folders, disk-full translation.
 
 Files: write under a temporary name in the same folder, then ``os.replace`` (:func:`atomic_path`).
 Readers never see a half-written file, parallel jobs writing the same path never interleave, and
@@ -11,9 +11,8 @@ beside its destination and renames it into place at the end: it appears complete
 :func:`exclusive_lock` keeps two runs from writing one folder at once.
 
 Faults: :func:`disk_full` turns ``ENOSPC``/``EDQUOT`` into :class:`~ketabids.errors.OutputError`
-(exit 73) with one line naming the folder and the space needed; :func:`run_temp_dir` gives a
-run (or one node) its own temporary folder -- ``tempfile``, ``$TMPDIR`` and child processes point
-at it -- removed at exit, on SIGTERM included (:class:`~ketabids.errors.Terminated`).
+(exit 73) with one line naming the folder and the space needed. (A run's own temporary folder
+and its SIGTERM handling are :mod:`ketabids.runner.signals`.)
 Every file and folder made here honours the process umask.
 """
 from __future__ import annotations
@@ -25,16 +24,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ketabids.errors import OutputError, OutputExistsError, Terminated
+from ketabids.errors import OutputError, OutputExistsError
 
 #: errno values meaning "the file system is full" (ENOSPC) or "the user's quota is" (EDQUOT)
 NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
@@ -520,83 +517,3 @@ def check_writable(folder: str | os.PathLike, what: str) -> Path:
         raise OutputError(f"{path}: cannot {verb} {what} ({exc.strerror} in {existing}); choose "
                           "a writable folder or fix its permissions") from exc
     return path
-
-
-# ----------------------------------------------------------------------------- temp folders
-_TEMP_VARS = ("TMPDIR", "TEMP", "TMP")
-
-
-#: signals received by this process's handler (see :func:`terminating`)
-_RECEIVED: list[int] = []
-
-
-def terminating() -> int | None:
-    """The signal (SIGTERM/SIGHUP) that asked this run to stop, or None. Libraries may catch
-    the :class:`~ketabids.errors.Terminated` raised by the handler (Nipype records any exception
-    of an interface as a node failure); code after them asks this instead."""
-    return _RECEIVED[-1] if _RECEIVED else None
-
-
-def _terminated_handler(owner_pid: int):
-    """SIGTERM/SIGHUP handler: :class:`~ketabids.errors.Terminated` in the process that
-    installed it; forked workers (Nipype's MultiProc pool inherits the handler) simply die with
-    the signal, quietly, so the main process alone cleans up and prints one line."""
-
-    def handler(signum, frame):  # noqa: ARG001 - signal handler API
-        if os.getpid() != owner_pid:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        _RECEIVED.append(int(signum))
-        raise Terminated(signum)
-
-    return handler
-
-
-@contextlib.contextmanager
-def run_temp_dir(base: str | os.PathLike | None = None, *, prefix: str = "ketabids-tmp-",
-                 signals: bool = True):
-    """A temporary folder for everything this run (or this block) writes through
-    :mod:`tempfile`: ``tempfile.tempdir`` and ``$TMPDIR``/``$TEMP``/``$TMP`` (inherited by
-    worker processes, so ANTs' ``mktemp`` files (antspyx names them with ``tempfile.mktemp``) land
-    there) point at a new folder under ``base`` (default: the current temp folder) until the
-    block ends; then the folder is deleted and the previous settings come back.
-
-    With ``signals`` (main thread only) SIGTERM and SIGHUP raise
-    :class:`~ketabids.errors.Terminated` in the block, so cleanup (this one, and every
-    ``finally``/:func:`staged_dir` inside) runs when a scheduler or a user ends the job.
-
-    >>> import os, tempfile
-    >>> with run_temp_dir() as tmp:
-    ...     inside = tempfile.mkstemp()[1]
-    ...     print(inside.startswith(str(tmp)), os.environ["TMPDIR"] == str(tmp))
-    True True
-    >>> os.path.exists(inside)
-    False
-    """
-    parent = Path(base) if base is not None else Path(tempfile.gettempdir())
-    _mkdirs(parent)
-    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{_owner_tag()}-", dir=parent))
-    saved_env = {k: os.environ.get(k) for k in _TEMP_VARS}
-    saved_tempdir = tempfile.tempdir
-    handlers = {}
-    if signals and threading.current_thread() is threading.main_thread():
-        _RECEIVED.clear()
-        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if sig is not None:
-                handlers[sig] = signal.signal(sig, _terminated_handler(os.getpid()))
-    try:
-        for key in _TEMP_VARS:
-            os.environ[key] = str(folder)
-        tempfile.tempdir = str(folder)
-        yield folder
-    finally:
-        tempfile.tempdir = saved_tempdir
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(folder, ignore_errors=True)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)

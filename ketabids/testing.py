@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ketabids.templates import DEFAULT_TEMPLATE
+
 
 def tiny_t1w(shape=(7, 8, 9), zooms=(1.0, 1.0, 1.0), seed=0):
     """A small float32 NIfTI with a bright blob, units set (validator-friendly)."""
@@ -116,7 +118,7 @@ def rotated_rebiased(img, degrees: float = 10.0, bias: float = 0.15, pad: int = 
     return make_image((data * (1 + x)).astype(np.float32), aff)
 
 
-def run_anat_wf(t1w, *, template: str = "MNI152NLin2009aSym", fast: bool = True,
+def run_anat_wf(t1w, *, template: str = DEFAULT_TEMPLATE, fast: bool = True,
                 seed: int | None = None, omp_nthreads: int = 1, base_dir, atlas=None) -> dict:
     """Run THE anatomical workflow (:func:`ketabids.workflows.anatomical.init_anat_wf`) on one
     T1w in this process (Nipype's Linear plugin) and return its outputs.
@@ -137,7 +139,10 @@ def run_anat_wf(t1w, *, template: str = "MNI152NLin2009aSym", fast: bool = True,
         path = base_dir / "sub-input_T1w.nii.gz"
         nib.save(t1w, path)
         t1w = path
-    workflow = init_anat_wf(template=template, fast=fast, atlas=atlas,
+    from ketabids.anat.settings import ProcessingSettings
+
+    workflow = init_anat_wf(template=template, processing=ProcessingSettings.for_fast(fast),
+                            atlas=atlas,
                             omp_nthreads=omp_nthreads, seed=seed)
     workflow.base_dir = str(base_dir)
     workflow.inputs.inputnode.t1w = str(Path(t1w).resolve())

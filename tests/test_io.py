@@ -15,6 +15,7 @@ import pytest
 
 from ketabids import io
 from ketabids.errors import ExitCode, OutputError, OutputExistsError, Terminated
+from ketabids.runner.signals import run_temp_dir
 
 
 @pytest.fixture
@@ -237,7 +238,7 @@ def test_run_temp_dir_redirects_and_cleans(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)
     before = tempfile.gettempdir()
-    with io.run_temp_dir(tmp_path / "work") as folder:
+    with run_temp_dir(tmp_path / "work") as folder:
         assert folder.parent == tmp_path / "work"
         assert tempfile.gettempdir() == str(folder) == os.environ["TMPDIR"]
         # a child process (a MultiProc worker, an ANTs call) inherits the folder
@@ -254,7 +255,7 @@ def test_run_temp_dir_redirects_and_cleans(tmp_path, monkeypatch):
 def test_run_temp_dir_sigterm_cleans_up(tmp_path):
     seen = {}
     with pytest.raises(Terminated) as info:
-        with io.run_temp_dir(tmp_path) as folder:
+        with run_temp_dir(tmp_path) as folder:
             seen["folder"] = folder
             (folder / "antsr1prob01.nii.gz").write_text("x")
             os.kill(os.getpid(), signal.SIGTERM)
@@ -270,10 +271,10 @@ def test_run_temp_dir_sigterm_in_a_process(tmp_path):
     """A process killed with SIGTERM inside ``run_temp_dir`` leaves nothing in its TMPDIR."""
     code = (
         "import time, tempfile, sys\n"
-        "from ketabids import io\n"
         "from ketabids.errors import Terminated\n"
+        "from ketabids.runner.signals import run_temp_dir\n"
         "try:\n"
-        "    with io.run_temp_dir():\n"
+        "    with run_temp_dir():\n"
         "        open(tempfile.mktemp(prefix='antsr', suffix='prob01.nii.gz'), 'w').write('x')\n"
         "        print('ready', flush=True)\n"
         "        time.sleep(60)\n"

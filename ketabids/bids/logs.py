@@ -10,6 +10,7 @@ of record in its ``logs/``)::
         CITATION.md      methods paragraph with numbered references  } from
         CITATION.bib     the references as BibTeX                     } ketabids.reports.citation
         CITATION.html    both as a small HTML page                    } (when methods are given)
+        timings.json     wall times of the run's steps, in seconds (when given)
 
 The folder is written under a hidden staging name inside ``logs/`` and renamed at the end, so
 it is complete or absent, never partial; parallel jobs never collide (the id is random). The
@@ -29,7 +30,7 @@ from pathlib import Path
 from ketabids.errors import OutputError
 from ketabids.io import atomic_write_text, write_json
 
-__all__ = ["write_run_logs", "run_folder_name", "LOGS_DIR"]
+__all__ = ["write_run_logs", "write_run_record", "run_folder_name", "LOGS_DIR"]
 
 LOGS_DIR = "logs"
 _LEVEL_RE = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
@@ -54,15 +55,17 @@ def run_folder_name(level: str, *, now: datetime | None = None, run_id: str | No
 
 
 def write_run_logs(output_dir: str | os.PathLike, *, level: str, argv, config: dict,
-                   versions: dict, methods: str | None = None, now: datetime | None = None,
-                   run_id: str | None = None) -> Path:
+                   versions: dict, methods: str | None = None, timings: dict | None = None,
+                   now: datetime | None = None, run_id: str | None = None) -> Path:
     """Write one run's record under ``OUTPUT_DIR/logs/`` and return its folder.
 
     ``argv``: the whole command line as a list (e.g. ``["ketabids", "/data", "/out",
     "participant", "--fast"]``). ``config``: the resolved options (made JSON-able: paths become
     strings). ``methods``: the methods text with author-year citations (the participant
     workflow's ``visit_desc()`` or :func:`ketabids.reports.citation.group_methods`); without it
-    no CITATION files are written. ``now``/``run_id`` fix the folder name (tests).
+    no CITATION files are written. ``timings``: wall times of the run's steps (``timings.json``:
+    they differ between two identical runs, so they live here, not among the outputs).
+    ``now``/``run_id`` fix the folder name (tests).
 
     Raises :class:`~ketabids.errors.OutputError` (exit 73) when the folder cannot be written;
     nothing is left behind then.
@@ -85,6 +88,8 @@ def write_run_logs(output_dir: str | os.PathLike, *, level: str, argv, config: d
         atomic_write_text(stage / "command.txt", shlex.join(str(a) for a in argv) + "\n")
         write_json(stage / "config.json", config)
         write_json(stage / "versions.json", versions)
+        if timings:
+            write_json(stage / "timings.json", timings)
         if methods:
             cited = boilerplate(methods)
             atomic_write_text(stage / "CITATION.md", cited.markdown)
@@ -98,3 +103,18 @@ def write_run_logs(output_dir: str | os.PathLike, *, level: str, argv, config: d
                               "make OUTPUT_DIR writable or free some space") from exc
         raise
     return final
+
+
+def write_run_record(output_dir: str | os.PathLike, *, level: str, record: dict,
+                     versions: dict, methods: str | None = None,
+                     timings: dict | None = None) -> Path:
+    """The run record of any level (participant, group-train, group-predict): ``record`` is
+    a run configuration's :meth:`~ketabids.config.ParticipantConfig.record` (``{"argv",
+    "config"}``; without ``argv``, this process's command line); see :func:`write_run_logs`."""
+    import sys
+
+    from ketabids.io import jsonable
+
+    return write_run_logs(output_dir, level=level, argv=record.get("argv") or sys.argv,
+                          config=jsonable(record.get("config") or {}), versions=versions,
+                          methods=methods, timings=timings)

@@ -2,11 +2,12 @@
 ``ketabids demo``.
 
 :func:`run` parses (:func:`ketabids.cli.parser.get_parser`), checks the options (here, once:
-:func:`check_options`, and the dataset checks of :mod:`ketabids.bids.layout`) and hands keyword
-arguments to :func:`ketabids.runner.run_participant`,
+:func:`check_cli_options`, and the dataset checks of :mod:`ketabids.bids.layout`), builds the
+run's configuration once (:func:`build_config`: a :mod:`ketabids.config` object, which checks
+its values as the Python API does) and hands it to :func:`ketabids.runner.run_participant`,
 :func:`ketabids.group.train.run_group_train` or :func:`ketabids.group.predict.run_group_predict`.
-Errors become one line on stderr and a BIDS-App exit code (see :class:`ketabids.errors.ExitCode`);
-:func:`guarded` is that one error path.
+Errors become one line on stderr and a BIDS-App exit code (see
+:class:`ketabids.errors.ExitCode`); :func:`guarded` is that one error path.
 """
 from __future__ import annotations
 
@@ -99,8 +100,10 @@ def check_mode_options(opts, parser=None) -> None:
                 "are used (see ketabids_model.json beside the model): drop the option")
 
 
-def check_options(opts, parser=None) -> None:
-    """Cross-option checks argparse cannot express (the only place options are checked)."""
+def check_cli_options(opts, parser=None) -> None:
+    """The command line's checks argparse cannot express: options given together, options of
+    the other level, files that must exist (the values themselves are checked by the
+    configuration objects, :mod:`ketabids.config`, as for the Python API)."""
     if opts.analysis_level not in LEVELS:
         raise UnknownLevelError(
             f"analysis level {opts.analysis_level!r} is unknown; use 'participant' or 'group'"
@@ -159,47 +162,75 @@ def _run_bids_app(opts, argv=()) -> dict:
     LOGGER.info("%d participant(s) selected: %s", len(subjects), " ".join(subjects[:20])
                 + (" ..." if len(subjects) > 20 else ""))
 
+    config = build_config(opts, bids_dir=bids_dir, output_dir=output_dir, subjects=subjects,
+                          sessions=sessions, bids_filters=filters,
+                          run_record=run_record(argv, opts))
     if opts.analysis_level == "participant":
         from ketabids.runner import run_participant
 
-        return run_participant(
-            bids_dir=bids_dir, output_dir=output_dir, work_dir=opts.work_dir,
-            keep_work=opts.keep_work, subjects=subjects,
-            sessions=sessions, bids_filters=filters, template=opts.template, fast=opts.fast,
-            atlas=opts.atlas, atlas_labels=opts.atlas_labels, nprocs=opts.nprocs,
-            omp_nthreads=opts.omp_nthreads, mem_gb=opts.mem_gb, seed=opts.seed,
-            plugin_file=opts.nipype_plugin_file, layout=layout,
-            run_record=run_record(argv, opts),
-        )
-
-    label_options = dict(
-        target=opts.target,
-        response_from=tuple(opts.response_from) if opts.response_from else None,
-        response_threshold=opts.response_threshold,
-        include=list(opts.include),
-        qc_policy=opts.qc_policy, exclude_file=opts.exclude_file,  # who passes the QC gate
-    )
-    common = dict(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
-                  layout=layout, n_permutations=opts.n_permutations, nprocs=opts.nprocs,
-                  seed=opts.seed, run_record=run_record(argv, opts), **label_options)
-    from ketabids.io import run_temp_dir
+        return run_participant(config, layout=layout)
+    from ketabids.runner.signals import run_temp_dir
 
     # temporary files of the group level (joblib, matplotlib...) in a per-run folder removed at
     # exit, SIGTERM included (staged outputs are then discarded too)
     with run_temp_dir(signals=True):
-        return _run_group(opts, common)
+        if opts.model:
+            from ketabids.group.predict import run_group_predict
+
+            return run_group_predict(config, layout=layout)
+        from ketabids.group.train import run_group_train
+
+        return run_group_train(config, layout=layout)
 
 
-def _run_group(opts, common) -> dict:
+def build_config(opts, *, bids_dir, output_dir, subjects, sessions, bids_filters=None,
+                 run_record=None):
+    """The configuration of this command, built once from the parsed options.
+
+    Parameters
+    ----------
+    opts : argparse.Namespace
+        The parsed options (:func:`ketabids.cli.parser.get_parser`), checked by
+        :func:`check_cli_options`.
+    bids_dir, output_dir : Path
+        The checked dataset and output folders.
+    subjects, sessions : list of str
+        The selected participants and sessions.
+    bids_filters : dict, optional
+        The ``--bids-filter-file`` content.
+    run_record : dict, optional
+        ``{"argv", "config"}`` for ``OUTPUT_DIR/logs/`` (:func:`run_record`).
+
+    Returns
+    -------
+    ParticipantConfig, TrainConfig or PredictConfig
+        The participant level's; with ``--model`` a prediction's; else a training's.
+    """
+    from ketabids.config import ParticipantConfig, PredictConfig, TrainConfig
+
+    if opts.analysis_level == "participant":
+        from ketabids.anat.settings import ProcessingSettings
+
+        return ParticipantConfig(
+            bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
+            bids_filters=bids_filters, work_dir=opts.work_dir, keep_work=opts.keep_work,
+            template=opts.template, processing=ProcessingSettings.for_fast(opts.fast),
+            atlas=opts.atlas, atlas_labels=opts.atlas_labels, nprocs=opts.nprocs,
+            omp_nthreads=opts.omp_nthreads, mem_gb=opts.mem_gb, seed=opts.seed,
+            plugin_file=opts.nipype_plugin_file, run_record=run_record)
+    common = dict(
+        bids_dir=bids_dir, output_dir=output_dir, subjects=subjects, sessions=sessions,
+        target=opts.target,
+        response_from=tuple(opts.response_from) if opts.response_from else None,
+        response_threshold=opts.response_threshold, include=list(opts.include),
+        qc_policy=opts.qc_policy, exclude_file=opts.exclude_file,  # who passes the QC gate
+        n_permutations=opts.n_permutations, nprocs=opts.nprocs, seed=opts.seed,
+        run_record=run_record)
     if opts.model:
-        from ketabids.group.predict import run_group_predict
-
-        return run_group_predict(model=opts.model, name=opts.prediction_name,
-                                 arm_column=opts.arm_column, treatment_arm=opts.treatment_arm,
-                                 **common)
-    from ketabids.group.train import run_group_train
-
-    return run_group_train(
+        return PredictConfig(model=opts.model, name=opts.prediction_name,
+                             arm_column=opts.arm_column, treatment_arm=opts.treatment_arm,
+                             **common)
+    return TrainConfig(
         progress=True, overwrite=opts.overwrite,
         covariates=list(opts.covariates), site_column=opts.site_column, combat=opts.combat,
         standardize=opts.standardize, smoothing_fwhm=opts.smoothing_fwhm,
@@ -207,9 +238,7 @@ def _run_group(opts, common) -> dict:
         n_repeats=opts.n_repeats, n_outer=opts.n_outer, n_inner=opts.n_inner,
         c_grid=opts.c_grid, atlas=opts.atlas, atlas_labels=opts.atlas_labels,
         outer_cv=opts.outer_cv, group_column=opts.group_column, audit=not opts.skip_audit,
-        scale_kernel=not opts.raw_c_grid,
-        **common,
-    )
+        scale_kernel=not opts.raw_c_grid, **common)
 
 
 @dataclass(frozen=True)
@@ -323,7 +352,7 @@ def _parse_and_run(argv: list[str], site: CrashSite | None = None) -> dict:
         site.output_dir = Path(opts.output_dir).expanduser().absolute()
         site.work_dir = Path(opts.work_dir).expanduser().absolute() if opts.work_dir else None
     setup_logging(opts.verbose)
-    check_options(opts, parser)
+    check_cli_options(opts, parser)
     return _run_bids_app(opts, argv)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from ketabids import __version__
 from ketabids.errors import UsageError
 from ketabids.qc.gate import QC_POLICIES
+from ketabids.templates import DEFAULT_TEMPLATE
 
 
 class Parser(argparse.ArgumentParser):
@@ -125,7 +126,7 @@ def get_parser() -> argparse.ArgumentParser:
                      "and permutations")
 
     anat = parser.add_argument_group("Participant level")
-    anat.add_argument("--template", default="MNI152NLin2009aSym",
+    anat.add_argument("--template", default=DEFAULT_TEMPLATE,
                       help="template space: the embedded MNI ICBM 2009a symmetric default, or a "
                       "cached TemplateFlow template (e.g. MNI152NLin2009cAsym)")
     anat.add_argument("--fast", action="store_true",
@@ -141,7 +142,8 @@ def get_parser() -> argparse.ArgumentParser:
 
     grp = parser.add_argument_group("Group level: labels and covariates")
     grp.add_argument("--model", type=Path, metavar="FILE",
-                     help="apply this frozen model (.skops from a training run) instead of training")
+                     help="apply this frozen model (.skops from a training run) instead of "
+                     "training")
     grp.add_argument("--prediction-name", metavar="NAME",
                      help="name of the prediction run folder group/predict-NAME (default: from "
                      "the dataset name and --include filters)")
@@ -153,7 +155,8 @@ def get_parser() -> argparse.ArgumentParser:
     grp.add_argument("--response-threshold", type=fraction, default=0.5,
                      help="relative score drop that counts as response")
     grp.add_argument("--include", nargs="+", type=column_filter, default=[], metavar="COL=VALUE",
-                     help="keep only participants.tsv rows matching all of these (also COL!=VALUE)")
+                     help="keep only participants.tsv rows matching all of these "
+                     "(also COL!=VALUE)")
     grp.add_argument("--covariates", nargs="+", default=[], metavar="COLUMN",
                      help="covariates regressed out within folds (participants.tsv columns, or "
                      "'tiv' from the participant volumes)")

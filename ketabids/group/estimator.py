@@ -34,8 +34,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ketabids.errors import BadDataError, UsageError
 from ketabids.group.cv import stratified_folds
-from ketabids.group.kernels import (balanced_weights, platt_fit, platt_predict,
-                                    residual_kernels, solve_c_path, solve_dual)
+from ketabids.group.kernels import (
+    balanced_weights,
+    platt_fit,
+    platt_predict,
+    residual_kernels,
+    solve_c_path,
+    solve_dual,
+)
 from ketabids.group.metrics import balanced_accuracy_sets
 from ketabids.group.preprocessing import apply_preprocessing, design_matrix, fit_preprocessing
 

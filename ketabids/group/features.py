@@ -38,6 +38,7 @@ import numpy as np
 
 from ketabids.errors import BadDataError, MissingInputError, NoDataError
 from ketabids.group.labels import Exclusion
+from ketabids.templates import DEFAULT_TEMPLATE
 
 LOGGER = logging.getLogger("ketabids")
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -47,7 +48,7 @@ FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 class FeatureSettings:
     """Everything that defines the features (stored in the model manifest)."""
 
-    template: str = "MNI152NLin2009aSym"
+    template: str = DEFAULT_TEMPLATE
     smoothing_fwhm: float = 8.0
     analysis_resolution: float = 2.0
     mask_source: str = "template"  # "template" or "sample-mean" (what was actually used)

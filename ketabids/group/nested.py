@@ -32,10 +32,23 @@ import numpy as np
 import pandas as pd
 
 from ketabids.errors import BadDataError, UsageError
-from ketabids.group.cv import (OUTER_SCHEMES, GroupFolds, LeaveGroupOut, StratifiedFolds,
-                               fold_partitions, spawn)
-from ketabids.group.estimator import (DEFAULT_C_GRID, KernelProvider, KetaSVC,
-                                      c_path_decisions, check_c_grid, check_groups, gather)
+from ketabids.group.cv import (
+    OUTER_SCHEMES,
+    GroupFolds,
+    LeaveGroupOut,
+    StratifiedFolds,
+    fold_partitions,
+    spawn,
+)
+from ketabids.group.estimator import (
+    DEFAULT_C_GRID,
+    KernelProvider,
+    KetaSVC,
+    c_path_decisions,
+    check_c_grid,
+    check_groups,
+    gather,
+)
 from ketabids.group.kernels import platt_fit, platt_predict, solve_dual
 from ketabids.group.metrics import classification_metrics, per_fold_table, repeat_metrics
 

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ketabids.bids.derivatives import write_bidsignore
+from ketabids.bids.logs import write_run_record
+from ketabids.config import PredictConfig
 from ketabids.errors import UsageError
 from ketabids.group import features as feat
 from ketabids.group import labels as lab
@@ -60,13 +62,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "cohort"
 
 
-def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessions=None,
-                      layout=None, target=None, response_from=None, response_threshold=0.5,
-                      qc_policy: str = "exclude", exclude_file=None,
-                      include=(), n_permutations=1000, nprocs=1, seed=0,
-                      name: str | None = None, arm_column: str | None = None,
-                      treatment_arm: str | None = None,
-                      run_record: dict | None = None) -> dict:
+def run_group_predict(config: PredictConfig | None = None, *, layout=None, **options) -> dict:
     """Apply a frozen model to a cohort; with labels, evaluate it (metrics, permutation p).
 
     Participants whose scan fails QC get no prediction (``qc_policy``, ``exclude_file``: see
@@ -77,17 +73,47 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
     specificity analysis compares the two arms present (``treatment_arm``: the arm the model
     predicts response to; by default the arm of the model's training rule, e.g. ``--include
     arm=ketamine``; see :func:`ketabids.group.specificity.resolve_arms`).
-    Returns ``{"output_dir", "report", "predictions", "n", "n_subjects" (= n), "n_excluded",
-    "labelled", "bac", "auc", "p_bac", "p_auc", "metrics": {"bac", "auc"}, "model_sha256",
-    "tables", "specificity" (the metrics.json block or None), "calibration",
-    "headline" (THE result: :func:`ketabids.group.metrics.headline_metric`, None
-    without labels), "logs"}`` (metrics None without labels). ``run_record``: ``{"argv",
-    "config"}`` of the command for ``OUTPUT_DIR/logs/`` (default: this call's arguments).
+
+    Parameters
+    ----------
+    config : PredictConfig, optional
+        Every setting of the prediction (:class:`ketabids.config.PredictConfig`).
+    layout : bids.BIDSLayout, optional
+        The dataset's layout when the caller already loaded it.
+    **options
+        Instead of ``config``: its fields as keyword arguments (``PredictConfig(**options)``).
+
+    Returns
+    -------
+    dict
+        ``{"output_dir", "report", "predictions", "n", "n_subjects" (= n), "n_excluded",
+        "labelled", "bac", "auc", "p_bac", "p_auc", "metrics": {"bac", "auc"},
+        "model_sha256", "tables", "specificity" (the metrics.json block or None),
+        "calibration", "headline" (THE result: :func:`ketabids.group.metrics.headline_metric`,
+        None without labels), "logs"}`` (metrics None without labels).
+
+    Raises
+    ------
+    ketabids.errors.UsageError
+        Contradictory options (:meth:`ketabids.config.PredictConfig.check`), arm options that
+        do not fit the data.
+    ketabids.errors.MissingInputError
+        The model file cannot be found or verified (:func:`ketabids.group.model_io.load_model`).
+    ketabids.errors.BadDataError
+        A cohort the model cannot be applied to (template, grid, covariates).
     """
-    options = {k: v for k, v in locals().items() if k not in ("layout", "run_record")}
+    from ketabids.group.train import _config
+
+    config = _config(PredictConfig, config, options)
     t0 = time.monotonic()
-    if n_permutations < 0:
-        raise UsageError("--n-permutations must be >= 0")
+    bids_dir, output_dir, model = config.bids_dir, config.output_dir, config.model
+    subjects, sessions, include, name = (config.subjects, config.sessions, config.include,
+                                         config.name)
+    target, response_from, response_threshold = (config.target, config.response_from,
+                                                  config.response_threshold)
+    qc_policy, exclude_file = config.qc_policy, config.exclude_file
+    n_permutations, nprocs, seed = config.n_permutations, config.nprocs, config.seed
+    arm_column, treatment_arm = config.arm_column, config.treatment_arm
     loaded = model_io.load_model(model, expected_class=KetaSVC)
     manifest = loaded.manifest
     bids_dir, output_dir = Path(bids_dir), Path(output_dir)
@@ -107,8 +133,6 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
     labelled = bool(rule.target or rule.response_from)
     if arm_column:
         _check_arm_options(bids_dir, arm_column, treatment_arm, labelled)
-    elif treatment_arm:
-        raise UsageError("--treatment-arm names an arm of --arm-column: give --arm-column too")
     fs = manifest["features"]
     site = manifest.get("site", {})
     # the model's site column: required with ComBat, else used (when present) to permute
@@ -238,8 +262,10 @@ def run_group_predict(*, bids_dir, output_dir, model: str, subjects=None, sessio
         write_sidecars(stage, mode="predict")
     write_bidsignore(output_dir)
     tables = listing(final_dir)
-    logs = _write_logs(output_dir, run_record, options, manifest, loaded.path, len(ids), perm,
-                       spec)
+    logs = write_run_record(output_dir, level="group-predict", record=config.record(),
+                            versions=model_io.software_versions(),
+                            methods=predict_methods(manifest, loaded.path, len(ids), perm,
+                                                    spec))
     LOGGER.info("group prediction done: %s; report: %s",
                 h["text"] if h else f"{len(ids)} participants predicted (no labels: no metrics)",
                 final_dir / "report.html")
@@ -285,15 +311,10 @@ def _evidence_blocks(calibration, spec) -> dict:
     return out
 
 
-def _write_logs(output_dir, run_record, options, manifest, model_path, n, perm, spec=None):
-    """``OUTPUT_DIR/logs/group-predict-*``: command, options, versions, citation files."""
-    import sys
-
-    from ketabids.bids.logs import write_run_logs
-    from ketabids.io import jsonable
+def predict_methods(manifest, model_path, n, perm, spec=None) -> str:
+    """The methods text of a prediction run (the training's, then what this run did)."""
     from ketabids.reports.citation import group_methods, settings_from_manifest
 
-    record = run_record or {}
     methods = group_methods(settings_from_manifest(manifest))
     methods += (f" The frozen model ({Path(model_path).name}, SHA-256 "
                 f"{manifest.get('model_sha256', '')[:16]}) was applied, without retraining, to "
@@ -307,7 +328,4 @@ def _write_logs(output_dir, run_record, options, manifest, model_path, n, perm, 
                     "(bootstrap stratified by arm and label; arm labels permuted within label "
                     "class) and by the decision x arm interaction of a logistic model of "
                     "response.")
-    return write_run_logs(output_dir, level="group-predict",
-                          argv=record.get("argv") or sys.argv,
-                          config=record.get("config") or jsonable(options),
-                          versions=model_io.software_versions(), methods=methods)
+    return methods

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,25 +39,29 @@ import pandas as pd
 
 from ketabids.anat import atlas as atlas_mod
 from ketabids.bids.derivatives import write_bidsignore
+from ketabids.bids.logs import write_run_record
+from ketabids.config import TrainConfig
 from ketabids.errors import BadDataError, UsageError
 from ketabids.group import features as feat
 from ketabids.group import labels as lab
 from ketabids.group import model_io
 from ketabids.group.audit import metrics_by_site, run_audit
 from ketabids.group.cohort import build_cohort, warn_excluded
-from ketabids.group.estimator import DEFAULT_C_GRID, linear_kernel
-from ketabids.group.interpretation import haufe_pattern, region_table, weight_maps
 from ketabids.group.dictionaries import write_sidecars
-from ketabids.group.metrics import (calibration_table, finite_or_none, format_headline,
-                                    headline_metric)
-from ketabids.group.nested import (NestedCVSettings, c_selection_summary, check_scheme,
-                                   fit_final_model, nested_cv)
+from ketabids.group.estimator import linear_kernel
+from ketabids.group.interpretation import haufe_pattern, region_table, weight_maps
+from ketabids.group.metrics import (
+    calibration_table,
+    finite_or_none,
+    format_headline,
+    headline_metric,
+)
+from ketabids.group.nested import c_selection_summary, check_scheme, fit_final_model, nested_cv
 from ketabids.group.permutation import permutation_test
 from ketabids.group.progress import Progress
 from ketabids.group.publish import listing, refuse_existing, run_lock, staged
 from ketabids.group.utility import decision_curve
-from ketabids.io import save_nifti
-from ketabids.io import jsonable, write_json, write_tsv
+from ketabids.io import jsonable, save_nifti, write_json, write_tsv
 from ketabids.reports.study import write_study_report
 
 LOGGER = logging.getLogger("ketabids")
@@ -66,93 +71,114 @@ FLOAT_FORMAT = "%.6g"
 __all__ = ["run_group_train", "FLOAT_FORMAT"]
 
 
-def run_group_train(*, bids_dir, output_dir, subjects=None, sessions=None, layout=None,
-                    target: str | None = None, response_from: tuple[str, str] | None = None,
-                    response_threshold: float = 0.5, include=(), covariates=(),
-                    qc_policy: str = "exclude", exclude_file=None,
-                    site_column: str | None = None, combat: bool = False,
-                    standardize: bool = False, smoothing_fwhm: float = 8.0,
-                    analysis_resolution: float = 2.0, template: str = "MNI152NLin2009aSym",
-                    n_repeats=10, n_outer=10, n_inner=5, c_grid=None, n_permutations=1000,
-                    atlas=None, atlas_labels=None, nprocs=1, seed=0, progress=True,
-                    overwrite: bool = False, run_record: dict | None = None,
-                    outer_cv: str = "stratified", group_column: str | None = None,
-                    audit: bool = True, scale_kernel: bool = True) -> dict:
+def run_group_train(config: TrainConfig | None = None, *, layout=None, **options) -> dict:
     """Train: repeated nested CV, permutation test, final model, maps and report.
 
-    Returns ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
-    "n_responders", "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
-    "metrics": {"bac" (= the headline, pooled), "bac_pooled", "bac_mean", "auc"}, "headline" (THE result:
-    :func:`ketabids.group.metrics.headline_metric`), "logs", "cv_hash", "tables",
-    "cv_scheme", "c_selection", "audit_warnings", "leave_site_out" (headline-style result of
-    the audit's leave-site-out CV, or None)}``.
+    Parameters
+    ----------
+    config : TrainConfig, optional
+        Every setting of the training (:class:`ketabids.config.TrainConfig`).
+    layout : bids.BIDSLayout, optional
+        The dataset's layout when the caller already loaded it.
+    **options
+        Instead of ``config``: its fields as keyword arguments (``TrainConfig(**options)``).
 
-    ``outer_cv``: ``stratified`` (the study), ``leave-site-out`` or ``group-kfold`` (whole
-    groups per outer fold, inner CV grouped alike, labels permuted within groups); the groups
-    are ``group_column`` (default ``site_column``), e.g. a cohort column for leave-cohort-out.
-    ``audit``: the site and confound audit (:mod:`ketabids.group.audit`). ``scale_kernel``:
-    divide each training set's kernel by its critical-C scale so that the C grid spans the
-    regularisation path (:func:`~ketabids.group.estimator.kernel_scales`; False: the grid's C
-    values on the unscaled kernel, ``--raw-c-grid``).
-    ``run_record``: ``{"argv": [...], "config": {...}}`` of the command (default: this call's
-    arguments) for ``OUTPUT_DIR/logs/``.
+    Returns
+    -------
+    dict
+        ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
+        "n_responders", "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
+        "metrics": {"bac" (= the headline, pooled), "bac_pooled", "bac_mean", "auc"},
+        "headline" (THE result: :func:`ketabids.group.metrics.headline_metric`), "logs",
+        "cv_hash", "tables", "cv_scheme", "c_selection", "audit_warnings", "leave_site_out"
+        (headline-style result of the audit's leave-site-out CV, or None)}``.
 
+    Raises
+    ------
+    ketabids.errors.UsageError
+        Contradictory options (:meth:`ketabids.config.TrainConfig.check`), an existing
+        ``group/train`` without ``overwrite``.
+    ketabids.errors.BadDataError
+        Labels, covariates or groups that cannot be used (one class only, missing values...).
+    ketabids.errors.OutputError
+        Another training holds the lock on OUTPUT_DIR (exit 73).
+
+    Notes
+    -----
     An existing ``group/train`` is replaced only with ``overwrite`` (checked before any work);
     two trainings into one OUTPUT_DIR cannot run at once (a lock; the second gets exit 73).
     """
-    options = {k: v for k, v in locals().items() if k not in ("layout", "run_record")}
+    config = _config(TrainConfig, config, options)
     t0 = time.monotonic()
-    final_dir = Path(output_dir) / "group" / "train"
-    rule = lab.make_label_rule(target=target, response_from=response_from,
-                               response_threshold=response_threshold, include=include)
-    if smoothing_fwhm < 0 or analysis_resolution <= 0:
-        raise UsageError("--smoothing-fwhm must be >= 0 and --analysis-resolution > 0 (mm)")
-    if n_permutations < 0:
-        raise UsageError("--n-permutations must be >= 0")
-    output_dir, bids_dir = Path(output_dir), Path(bids_dir)
-    c_grid = tuple(float(c) for c in (c_grid or DEFAULT_C_GRID))
-    settings = NestedCVSettings(
-        n_repeats=int(n_repeats), n_outer=int(n_outer), n_inner=int(n_inner), C_grid=c_grid,
-        standardize=bool(standardize), harmonize=bool(combat), random_state=int(seed),
-        scheme=str(outer_cv), scale_kernel=bool(scale_kernel))
-    if group_column and not settings.grouped:
-        raise UsageError(f"--group-column {group_column} groups the folds of --outer-cv "
-                         "leave-site-out or group-kfold; add one of them or drop --group-column")
-    if settings.grouped and not (group_column or site_column):
-        raise UsageError(f"--outer-cv {outer_cv} needs groups: --site-column COLUMN (or "
-                         "--group-column COLUMN, e.g. a cohort column)")
-
-    cohort = build_cohort(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects,
-                          sessions=sessions, layout=layout, template=template, rule=rule,
-                          covariates=covariates, site_column=site_column,
-                          qc_policy=qc_policy, exclude_file=exclude_file)
+    output_dir, bids_dir = Path(config.output_dir), Path(config.bids_dir)
+    final_dir = output_dir / "group" / "train"
+    rule = lab.make_label_rule(target=config.target, response_from=config.response_from,
+                               response_threshold=config.response_threshold,
+                               include=config.include)
+    settings = config.cv_settings()
+    cohort = build_cohort(bids_dir=bids_dir, output_dir=output_dir, subjects=config.subjects,
+                          sessions=config.sessions, layout=layout, template=config.template,
+                          rule=rule, covariates=config.covariates,
+                          site_column=config.site_column, qc_policy=config.qc_policy,
+                          exclude_file=config.exclude_file)
     warn_excluded(cohort.excluded)
     if len(set(cohort.y.tolist())) < 2:
         raise BadDataError(f"all {len(cohort.y)} included participants have the same label "
                            f"({rule.describe()}); training needs responders and non-responders")
-    groups = _group_labels(cohort, group_column) if settings.grouped else None
+    groups = _group_labels(cohort, config.group_column) if settings.grouped else None
     check_scheme(cohort.y, cohort.sites, settings, groups)
     # before any work (features, CV): input errors above are reported first
-    refuse_existing(final_dir, overwrite=overwrite, what="group/train")
+    refuse_existing(final_dir, overwrite=config.overwrite, what="group/train")
     with run_lock(output_dir, "train"):
-        refuse_existing(final_dir, overwrite=overwrite, what="group/train")  # made meanwhile
-        return _train(
-            t0=t0, cohort=cohort, rule=rule, settings=settings, final_dir=final_dir,
-            overwrite=overwrite, template=template, smoothing_fwhm=smoothing_fwhm,
-            analysis_resolution=analysis_resolution, n_permutations=n_permutations,
-            atlas=atlas, atlas_labels=atlas_labels, nprocs=nprocs, seed=seed,
-            progress=progress, covariates=covariates, site_column=site_column, combat=combat,
-            output_dir=Path(output_dir), run_record=run_record, options=options,
-            groups=groups, group_column=group_column or (site_column if settings.grouped
-                                                         else None), audit=audit)
+        # made meanwhile
+        refuse_existing(final_dir, overwrite=config.overwrite, what="group/train")
+        training = _fit(config, cohort, settings, groups)
+        return _write_training(config, training, cohort=cohort, rule=rule,
+                               final_dir=final_dir, t0=t0)
 
 
-def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smoothing_fwhm,
-           analysis_resolution, n_permutations, atlas, atlas_labels, nprocs, seed, progress,
-           covariates, site_column, combat, output_dir, run_record, options, groups=None,
-           group_column=None, audit=True) -> dict:
-    fsettings = feat.FeatureSettings(template=template, smoothing_fwhm=float(smoothing_fwhm),
-                                     analysis_resolution=float(analysis_resolution))
+def _config(cls, config, options):
+    """``config``, or ``cls(**options)`` when the caller gave the fields as keywords."""
+    if config is not None and options:
+        raise UsageError(f"give a {cls.__name__} or its fields as keywords, not both "
+                         f"({', '.join(sorted(options))})")
+    if config is None:
+        return cls(**options)
+    if not isinstance(config, cls):
+        raise UsageError(f"expected a {cls.__name__}, got {type(config).__name__}")
+    return config
+
+
+@dataclass(frozen=True)
+class Training:
+    """What a training computed, before anything is written (:func:`_fit`)."""
+
+    features: feat.Features
+    settings: object
+    result: object
+    perm: object
+    final: object
+    c_selection: dict
+    cv_scheme: dict
+    site_table: pd.DataFrame | None
+    audit_table: pd.DataFrame | None
+    audit_warnings: list
+    leave_site_out: dict | None
+    final_decision: np.ndarray
+    final_proba: np.ndarray
+    weight_maps: object
+    pattern: np.ndarray
+    regions: pd.DataFrame | None
+    headline: dict
+    timings: dict
+
+
+def _fit(config: TrainConfig, cohort, settings, groups) -> Training:
+    """The computation of a training: features, nested CV, permutations, final model, audit,
+    maps (nothing written)."""
+    seed, nprocs, progress = config.seed, config.nprocs, config.progress
+    group_column = config.group_column or (config.site_column if settings.grouped else None)
+    fsettings = config.feature_settings()
     t_feat = time.monotonic()
     features = feat.compute_features(cohort.maps, settings=fsettings,
                                      nprocs=feat.default_nprocs(nprocs))
@@ -168,10 +194,10 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
                        progress=Progress("nested CV", progress), gram=gram)
     t_cv = time.monotonic() - t_cv
     perm = None
-    if n_permutations:
+    if config.n_permutations:
         perm = permutation_test(
             X, y, covariates=cohort.covariates, sites=cohort.sites, settings=settings,
-            n_permutations=int(n_permutations), random_state=int(seed), observed=result,
+            n_permutations=int(config.n_permutations), random_state=int(seed), observed=result,
             n_jobs=int(nprocs), progress=Progress("permutations", progress), groups=groups,
             gram=gram)
     final = fit_final_model(X, y, covariates=cohort.covariates, sites=cohort.sites,
@@ -200,9 +226,9 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
     if cohort.sites is not None:
         site_table = metrics_by_site(y, result.decision, cohort.sites, random_state=int(seed))
     audit_table, audit_warnings, loso_h, t_audit = None, [], None, 0.0
-    if audit:
+    if config.audit:
         t_audit = time.monotonic()
-        variables, qc_metrics = _audit_variables(cohort, output_dir)
+        variables, qc_metrics = _audit_variables(cohort, Path(config.output_dir))
         audit_table, audit_warnings, extra = run_audit(
             X, y, result=result, settings=settings, covariates=cohort.covariates,
             sites=cohort.sites, groups=groups, variables=variables, qc=qc_metrics,
@@ -222,8 +248,8 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
     wmaps = weight_maps(result)
     pattern = haufe_pattern(final, X, covariates=cohort.covariates, sites=cohort.sites)
     regions = None
-    if atlas:
-        regions = _region_table(atlas, atlas_labels, features, pattern, wmaps)
+    if config.atlas:
+        regions = _region_table(config.atlas, config.atlas_labels, features, pattern, wmaps)
 
     h = headline_metric(result.metrics, aggregation="pooled", y=y,
                         p=perm.p_bac if perm else None,
@@ -231,7 +257,34 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
                         n_repeats=int(result.decision.shape[0]))
     if h["warning"]:
         LOGGER.warning("%s", h["warning"])
-    with staged(final_dir, overwrite=overwrite) as stage:
+    return Training(
+        features=features, settings=settings, result=result, perm=perm, final=final,
+        c_selection=c_sel, cv_scheme=cv_scheme, site_table=site_table, audit_table=audit_table,
+        audit_warnings=audit_warnings, leave_site_out=loso_h, final_decision=final_decision,
+        final_proba=final_proba, weight_maps=wmaps, pattern=pattern, regions=regions,
+        headline=h, timings={"features_s": round(t_feat, 3), "nested_cv_s": round(t_cv, 3),
+                             "audit_s": round(t_audit, 3)})
+
+
+def _write_training(config: TrainConfig, training: Training, *, cohort, rule, final_dir,
+                    t0) -> dict:
+    """Write ``group/train/`` (staged: all or nothing) and the run record; the summary."""
+    features, settings, result, perm = (training.features, training.settings, training.result,
+                                        training.perm)
+    final, c_sel, cv_scheme, h = (training.final, training.c_selection, training.cv_scheme,
+                                  training.headline)
+    site_table, audit_table, audit_warnings, loso_h = (
+        training.site_table, training.audit_table, training.audit_warnings,
+        training.leave_site_out)
+    final_decision, final_proba, wmaps, pattern, regions = (
+        training.final_decision, training.final_proba, training.weight_maps, training.pattern,
+        training.regions)
+    template, analysis_resolution = config.template, config.analysis_resolution
+    site_column, covariates, combat = config.site_column, config.covariates, config.combat
+    output_dir = Path(config.output_dir)
+    fsettings = config.feature_settings()
+    y = cohort.y
+    with staged(final_dir, overwrite=config.overwrite) as stage:
         ids = cohort.participant_ids
         cohort_tsv = cohort.table_tsv(site_column)
         write_tsv(cohort_tsv, stage / "cohort.tsv", float_format=FLOAT_FORMAT)
@@ -308,9 +361,8 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
             "n_responders": int(y.sum()), "excluded": [e.__dict__ for e in cohort.excluded],
             "filtered_out_by_include": cohort.filtered_out, "qc": cohort.qc.as_dict(),
             "cv_scheme": cv_scheme, "c_selection": c_sel,
-            "audit_warnings": audit_warnings if audit else None,
-            "leave_site_out": loso_h,
-            "timing": {"nested_cv_s": round(t_cv, 3), "audit_s": round(t_audit, 3)}})
+            "audit_warnings": audit_warnings if config.audit else None,
+            "leave_site_out": loso_h})
         from ketabids.reports import group as report
 
         report.write_train_report(
@@ -323,7 +375,10 @@ def _train(*, t0, cohort, rule, settings, final_dir, overwrite, template, smooth
         write_sidecars(stage, mode="train", template=template, resolution=analysis_resolution)
     write_bidsignore(output_dir)
     tables = listing(final_dir)
-    logs = _write_logs(output_dir, run_record, options, manifest, rule, h)
+    logs = write_run_record(output_dir, level="group-train", record=config.record(),
+                            versions=model_io.software_versions(),
+                            methods=train_methods(manifest, rule, h),
+                            timings=training.timings)
     closing = h["text"]
     if loso_h is not None:
         closing += f"; leave-site-out {_pct(loso_h['estimate'])}"
@@ -412,19 +467,12 @@ def _audit_variables(cohort, output_dir):
     return variables, qframe[cols].apply(pd.to_numeric, errors="coerce")
 
 
-def _write_logs(output_dir, run_record, options, manifest, rule, h, *, level="group-train"):
-    """``OUTPUT_DIR/logs/<level>-*``: command, resolved options, versions, citation files."""
-    import sys
-
-    from ketabids.bids.logs import write_run_logs
+def train_methods(manifest, rule, h) -> str:
+    """The methods text of a training (:func:`ketabids.reports.citation.group_methods`)."""
     from ketabids.reports.citation import group_methods, settings_from_manifest
 
-    record = run_record or {}
-    methods = group_methods(settings_from_manifest(
+    return group_methods(settings_from_manifest(
         manifest, n_permutations=h["n_permutations"], label_rule=rule.describe()))
-    return write_run_logs(output_dir, level=level, argv=record.get("argv") or sys.argv,
-                          config=record.get("config") or jsonable(options),
-                          versions=model_io.software_versions(), methods=methods)
 
 
 def _selection(model) -> dict:

@@ -28,6 +28,7 @@ from nipype.utils.filemanip import fname_presuffix
 
 from ketabids.anat.settings import MODES, ProcessingSettings
 from ketabids.io import write_json, write_tsv
+from ketabids.templates import DEFAULT_TEMPLATE
 
 TISSUES = ("GM", "WM", "CSF")
 
@@ -71,7 +72,7 @@ def _template(name, resolution):
 
 
 class _TemplateInputSpec(BaseInterfaceInputSpec):
-    template = traits.Str("MNI152NLin2009aSym", usedefault=True, desc="template name")
+    template = traits.Str(DEFAULT_TEMPLATE, usedefault=True, desc="template name")
     template_resolution = traits.Enum(1, 2, usedefault=True, desc="template grid (mm)")
     omp_nthreads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
 

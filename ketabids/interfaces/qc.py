@@ -21,6 +21,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ketabids.templates import DEFAULT_TEMPLATE
+
 
 class _SubjectQCInputSpec(BaseInterfaceInputSpec):
     subject = traits.Str(mandatory=True, desc="participant label (without sub-)")
@@ -32,7 +34,7 @@ class _SubjectQCInputSpec(BaseInterfaceInputSpec):
     tpms = InputMultiObject(File(exists=True), mandatory=True,
                             desc="native GM, WM, CSF probability maps, in this order")
     anat2std_xfm = File(exists=True, desc="T1w -> template transform (.h5)")
-    template = traits.Str("MNI152NLin2009aSym", usedefault=True, desc="template name")
+    template = traits.Str(DEFAULT_TEMPLATE, usedefault=True, desc="template name")
     template_resolution = traits.Enum(1, 2, usedefault=True, desc="template grid (mm)")
     jacobian = File(exists=True, desc="Jacobian determinant on the template grid")
     std_t1w = File(exists=True, desc="normalised T1w on the template grid")

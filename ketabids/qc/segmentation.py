@@ -102,7 +102,9 @@ def contrast_from_medians(median_wm: float, median_gm: float, median_csf: float)
     >>> contrast_from_medians(40.0, 80.0, 120.0)["t1_contrast_order"]      # T2-like
     False
     """
-    ratio = (lambda a, b: a / b if b and np.isfinite(b) and b > 0 else float("nan"))
+    def ratio(a, b):
+        return a / b if b and np.isfinite(b) and b > 0 else float("nan")
+
     return {"median_wm": median_wm, "median_gm": median_gm, "median_csf": median_csf,
             "contrast_wm_gm": ratio(median_wm, median_gm),
             "contrast_gm_csf": ratio(median_gm, median_csf),

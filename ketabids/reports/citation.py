@@ -362,7 +362,9 @@ def group_methods(settings: dict) -> str:
     >>> "(Haufe et al., 2014)" in text and "200 label permutations" in text
     True
     """
-    s = {"template": "MNI152NLin2009aSym", "smoothing_fwhm": 8.0, "analysis_resolution": 2.0,
+    from ketabids.templates import DEFAULT_TEMPLATE
+
+    s = {"template": DEFAULT_TEMPLATE, "smoothing_fwhm": 8.0, "analysis_resolution": 2.0,
          "mask_source": "template", "mask_threshold": 0.2, "n_repeats": 10, "n_outer": 10,
          "n_inner": 5, "c_grid": [2.0 ** k for k in range(-6, 5)], "covariates": [],
          "site_column": None, "combat": False, "standardize": False, "n_permutations": 1000,

@@ -35,19 +35,20 @@ from nipype.pipeline.plugins.multiproc import MultiProcPlugin as _NipypeMultiPro
 
 class SubjectOf:
     """``node -> subject label`` (None for nodes of no subject) for the participant graph
-    ``top`` (its name) whose subjects are ``subjects``: the top-level element a node belongs to
-    (``single_subject_<label>[_ses<session>]_wf``, ``report_<label>``, ``done_<label>``...) names
-    it. A MapNode's sub-jobs are found by their folder. Picklable (Nipype pickles plugin
-    arguments with MapNodes).
+    ``top`` (its name): ``elements`` maps each top-level element of a subject (e.g.
+    ``single_subject_<label>[_ses<session>]_wf``, ``done_<label>``: the graph's
+    :meth:`~ketabids.workflows.base.ParticipantManifest.element_subjects`) to its label. A
+    MapNode's sub-jobs are found by their folder. Picklable (Nipype pickles plugin arguments
+    with MapNodes).
 
     >>> from types import SimpleNamespace as Node
-    >>> of = SubjectOf(["1", "10"], "wf")
+    >>> of = SubjectOf({"single_subject_10_wf": "10", "done_1": "1"}, "wf")
     >>> of(Node(fullname="wf.single_subject_10_wf.anat_wf.n4")), of(Node(fullname="wf.done_1"))
     ('10', '1')
     """
 
-    def __init__(self, subjects, top: str):
-        self.subjects = sorted({str(s) for s in subjects}, key=lambda s: (-len(s), s))
+    def __init__(self, elements: dict[str, str], top: str):
+        self.elements = dict(elements)
         self.top = top
 
     def element(self, node) -> str | None:
@@ -60,10 +61,7 @@ class SubjectOf:
         return None
 
     def __call__(self, node) -> str | None:
-        from ketabids.runner.progress import _subject_of
-
-        element = self.element(node)
-        return None if element is None else _subject_of(element, self.subjects)
+        return self.elements.get(self.element(node))
 
 
 class MultiProcPlugin(_NipypeMultiProc):

@@ -1,9 +1,12 @@
 """The participant level run: inputs checked, graph built and run, subjects published.
 
-:func:`run_participant` is what the command line calls (options are checked there, once): it
-builds :func:`ketabids.workflows.base.init_participant_wf`, runs it and returns a summary in
-which failed subjects are listed (a failing subject does not stop the others). A subject failed
-when this run left crash files in its log folder (``OUTPUT_DIR/logs/sub-<label>/``).
+:func:`run_participant` takes a :class:`ketabids.config.ParticipantConfig` (built once by the
+command line): it builds :func:`ketabids.workflows.base.init_participant_wf`, runs it and
+returns a summary in which failed subjects are listed (a failing subject does not stop the
+others). What the runner knows of the graph (each subject's elements, done node, QC nodes, the
+methods text) comes from the workflow's :class:`~ketabids.workflows.base.ParticipantManifest`.
+A subject failed when this run left crash files in its log folder
+(``OUTPUT_DIR/logs/sub-<label>/``).
 """
 from __future__ import annotations
 
@@ -15,83 +18,97 @@ from pathlib import Path
 
 from ketabids import io
 from ketabids.anat.atlas import resolve_atlas
-from ketabids.anat.settings import ProcessingSettings
 from ketabids.bids.derivatives import (
     write_bidsignore,
     write_derivative_description,
     write_dseg_lut,
 )
 from ketabids.bids.layout import collect_t1w
-from ketabids.errors import BadDataError, NoDataError, OutputError, Terminated
+from ketabids.bids.logs import write_run_record
+from ketabids.config import ParticipantConfig
+from ketabids.errors import (
+    BadDataError,
+    NoDataError,
+    OutputError,
+    Terminated,
+    UsageError,
+)
 from ketabids.io import check_writable
-from ketabids.runner.config import configure_workflow, itk_threads, plugin_settings, run_workflow
+from ketabids.runner.config import (
+    configure_workflow,
+    itk_threads,
+    plugin_settings,
+    run_workflow,
+)
 from ketabids.runner.multiproc import SubjectOf
 from ketabids.runner.progress import Progress, finish_participant
 from ketabids.runner.publish import SubjectPublisher, new_stage_root
+from ketabids.runner.signals import run_temp_dir, terminating
 from ketabids.runner.workdir import (
     WorkCleaner,
     default_work_dir,
     remove_empty_work,
     remove_stop_crash_files,
 )
-from ketabids.workflows.base import done_node_name, init_participant_wf
+from ketabids.versions import software_versions
+from ketabids.workflows.base import IMAGING_STACK, init_participant_wf
 
 LOGGER = logging.getLogger("ketabids")
 #: name of the participant workflow (its folder in the work folder)
 PARTICIPANT_WF = "ketabids_participant_wf"
 
 
-def run_participant(*, bids_dir, output_dir, work_dir=None, subjects: list[str],
-                    sessions: list[str] | None, bids_filters: dict | None,
-                    template: str = "MNI152NLin2009aSym", fast: bool = False,
-                    atlas: str | None = None, atlas_labels: str | None = None, nprocs: int = 1,
-                    omp_nthreads: int = 1, mem_gb: float | None = None, seed: int | None = None,
-                    plugin_file: str | None = None, layout=None, keep_work: bool = False,
-                    run_record: dict | None = None) -> dict:
-    """Run the participant level for ``subjects`` and return a summary.
-
-    ``work_dir`` (default ``$TMPDIR/ketabids_work``): Nipype's work folder. A subject's part
-    of it is removed once its derivatives are published, unless ``keep_work``; a failed
-    subject's is kept, so rerunning resumes it (:mod:`ketabids.runner.workdir`).
-
-    ``run_record`` (``{"argv": [...], "config": {...}}`` of the command; default: this call's
-    arguments) goes to ``OUTPUT_DIR/logs/participant-*`` with the software versions and the
-    workflow's methods text as citation files (:func:`ketabids.bids.logs.write_run_logs`).
-
-    Summary keys: ``ok`` and ``failed`` (subject labels), ``unusable`` (subjects whose input
-    failed the checks before the graph), ``failed_sessions`` (subject processed with its other
-    sessions -> ``{"ses-<label>": one-line error}`` of the sessions left out),
-    ``crash_files`` (subject -> crash files of this run), ``errors`` (subject -> one line),
-    ``reports`` (subject -> HTML path), ``inputs`` (subject -> T1w files used),
-    ``input_errors`` (T1w file -> its failed input check), ``elapsed_s``, ``work_dir``,
-    ``plugin``. User errors raise :mod:`ketabids.errors` exceptions; a subject (or session)
-    whose input is unusable or whose processing crashes is listed in ``failed`` (or
-    ``failed_sessions``) and does not stop the others.
+def run_participant(config: ParticipantConfig | None = None, *, layout=None,
+                    **options) -> dict:
+    """Run the participant level and return a summary.
 
     Nothing is created (OUTPUT_DIR, work folder) before the inputs pass their checks. Outputs
     are staged and published per subject as it finishes (:mod:`ketabids.runner.publish`);
     temporary files live in a per-run folder under the work folder, removed at exit, SIGTERM
-    included (:func:`ketabids.io.run_temp_dir`).
+    included (:func:`ketabids.runner.signals.run_temp_dir`). A subject's part of the work
+    folder is removed once its derivatives are published, unless ``keep_work``; a failed
+    subject's is kept, so rerunning resumes it (:mod:`ketabids.runner.workdir`). The run
+    record (command, options, versions, the workflow's methods text as citation files) goes
+    to ``OUTPUT_DIR/logs/participant-*`` (:func:`ketabids.bids.logs.write_run_record`).
+
+    Parameters
+    ----------
+    config : ParticipantConfig, optional
+        Every setting of the run (:class:`ketabids.config.ParticipantConfig`).
+    layout : bids.BIDSLayout, optional
+        The dataset's layout when the caller already loaded it.
+    **options
+        Instead of ``config``: its fields as keyword arguments
+        (``ParticipantConfig(**options)``).
+
+    Returns
+    -------
+    dict
+        ``ok`` and ``failed`` (subject labels), ``unusable`` (subjects whose input failed the
+        checks before the graph), ``failed_sessions`` (subject processed with its other
+        sessions -> ``{"ses-<label>": one-line error}`` of the sessions left out),
+        ``crash_files`` (subject -> crash files of this run), ``errors`` (subject -> one
+        line), ``reports`` (subject -> HTML path), ``inputs`` (subject -> T1w files used),
+        ``input_errors`` (T1w file -> its failed input check), ``elapsed_s``, ``work_dir``,
+        ``plugin``, ``logs``, ``qc``. A subject (or session) whose input is unusable or whose
+        processing crashes is listed in ``failed`` (or ``failed_sessions``) and does not stop
+        the others.
+
+    Raises
+    ------
+    ketabids.errors.KetabidsError
+        User errors with their BIDS-App exit code: no T1w selected (:class:`NoDataError`), an
+        unknown template (:class:`MissingInputError`), an unwritable or full OUTPUT_DIR or
+        work folder (:class:`OutputError`), a SIGTERM (:class:`Terminated`).
     """
-    options = {k: v for k, v in locals().items() if k not in ("layout", "run_record")}
-    started = time.time()
-    bids_dir = Path(bids_dir).expanduser().resolve()
-    output_dir = Path(output_dir).expanduser().resolve()
-    default_work = work_dir is None
-    work_dir = default_work_dir() if default_work else Path(work_dir).expanduser().resolve()
-    for folder, what in ((output_dir, "OUTPUT_DIR"), (work_dir, "--work-dir")):
-        check_writable(folder, what)  # probe only: exit 73 naming the folder, before any work
-    # ITK reads its thread count once per process, at its first call: set it before anything
-    # here touches ANTs (template preparation included) and before the MultiProc workers start
-    with itk_threads(omp_nthreads):
-        return _run(started=started, bids_dir=bids_dir, output_dir=output_dir,
-                    work_dir=work_dir, subjects=subjects, sessions=sessions,
-                    bids_filters=bids_filters, template=template, fast=fast, atlas=atlas,
-                    atlas_labels=atlas_labels, nprocs=nprocs, omp_nthreads=omp_nthreads,
-                    mem_gb=mem_gb, seed=seed, plugin_file=plugin_file, layout=layout,
-                    keep_work=keep_work, default_work=default_work,
-                    run_record={"argv": (run_record or {}).get("argv"),
-                                "config": (run_record or {}).get("config") or options})
+    return _ParticipantRun(_config(config, options), layout=layout).run()
+
+
+def _config(config, options) -> ParticipantConfig:
+    if config is not None and options:
+        raise UsageError("give a ParticipantConfig or its fields as keywords, not both "
+                         f"({', '.join(sorted(options))})")
+    return config if config is not None else ParticipantConfig(**options)
 
 
 def check_inputs(inputs) -> tuple[list, dict]:
@@ -140,197 +157,239 @@ def _make_folders(*folders: Path) -> None:
                               "folder") from exc
 
 
-def _run(*, started, bids_dir, output_dir, work_dir, subjects, sessions, bids_filters, template,
-         fast, atlas, atlas_labels, nprocs, omp_nthreads, mem_gb, seed, plugin_file, layout,
-         keep_work, default_work, run_record):
-    from ketabids.templates import get_template
+class _ParticipantRun:
+    """One participant run: its configuration, folders and inputs, then its graph."""
 
-    resolution = ProcessingSettings.for_fast(fast).template_resolution
-    get_template(template, resolution)  # fails early (MissingInputError) if not available
-    atlas_spec = resolve_atlas(atlas, atlas_labels)
-    plugin, plugin_args = plugin_settings(nprocs=nprocs, mem_gb=mem_gb, plugin_file=plugin_file)
+    def __init__(self, config: ParticipantConfig, *, layout=None):
+        self.started = time.time()
+        self.config = config
+        self.layout = layout
+        self.bids_dir = Path(config.bids_dir).expanduser().resolve()
+        self.output_dir = Path(config.output_dir).expanduser().resolve()
+        self.default_work = config.work_dir is None
+        self.work_dir = default_work_dir() if self.default_work else \
+            Path(config.work_dir).expanduser().resolve()
 
-    if layout is None:
-        from ketabids.bids.layout import load_layout
+    def run(self) -> dict:
+        for folder, what in ((self.output_dir, "OUTPUT_DIR"), (self.work_dir, "--work-dir")):
+            check_writable(folder, what)  # probe only: exit 73 naming the folder, before work
+        # ITK reads its thread count once per process, at its first call: set it before
+        # anything here touches ANTs (template preparation included) and before the MultiProc
+        # workers start
+        with itk_threads(self.config.omp_nthreads):
+            return self._prepare()
 
-        layout = load_layout(bids_dir)
-    subjects = [str(s).removeprefix("sub-") for s in (subjects or layout.get_subjects())]
-    all_inputs = collect_t1w(layout, subjects, sessions=sessions, bids_filters=bids_filters)
-    if not all_inputs:
-        raise NoDataError(f"{bids_dir}: no T1w image selected for sub-{', sub-'.join(subjects)} "
-                          "(check --participant-label, --session-label, --bids-filter-file)")
-    missing = sorted(set(subjects) - {i.subject for i in all_inputs})
-    inputs, bad = check_inputs(all_inputs)
-    unusable, failed_sessions = split_failures(inputs, bad)
-    if not inputs:  # nothing to run: nothing is created
-        summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, None,
-                           unusable=unusable, published=[],
-                           input_errors={i.t1w: e for i, e in bad.items()})
-        _log_summary(summary, output_dir)
-        return summary
+    def _prepare(self) -> dict:
+        from ketabids.templates import get_template
 
-    _make_folders(output_dir, work_dir)
-    io.clean_stale(output_dir, recursive=True)  # staging and temporary files of killed runs
-    with io.disk_full(output_dir):
-        write_derivative_description(output_dir, bids_dir)
-        write_bidsignore(output_dir)
-        write_dseg_lut(output_dir)
+        config, output_dir, work_dir = self.config, self.output_dir, self.work_dir
+        resolution = config.processing.template_resolution
+        get_template(config.template, resolution)  # fails early (MissingInputError)
+        self.atlas = resolve_atlas(config.atlas, config.atlas_labels)
+        self.plugin, self.plugin_args = plugin_settings(
+            nprocs=config.nprocs, mem_gb=config.mem_gb, plugin_file=config.plugin_file)
 
-    settings = {
-        "template": template, "template resolution (mm)": resolution,
-        "mode": "fast" if fast else "default", "atlas": atlas_spec.name if atlas_spec else None,
-        "seed": seed, "nprocs": nprocs, "omp_nthreads": omp_nthreads, "mem_gb": mem_gb,
-        "plugin": plugin, "bids_filters": bids_filters or {}, "sessions": sessions,
-    }
-    # temporary files of this run (ANTs' mktemp files in the worker processes included) go to
-    # WORK_DIR/ketabids-tmp-<host>-<pid>-*, removed at exit; SIGTERM raises Terminated here
-    try:
-        with io.run_temp_dir(base=work_dir, signals=True):
-            stage_root = new_stage_root(output_dir)
-            try:
-                return _run_graph(
-                    started=started, inputs=inputs, all_inputs=all_inputs, missing=missing,
-                    unusable=unusable, failed_sessions=failed_sessions, bad=bad,
-                    stage_root=stage_root, output_dir=output_dir, work_dir=work_dir,
-                    bids_dir=bids_dir, template=template, fast=fast, atlas_spec=atlas_spec,
-                    omp_nthreads=omp_nthreads, seed=seed, settings=settings, plugin=plugin,
-                    plugin_args=plugin_args, keep_work=keep_work, run_record=run_record)
-            finally:
-                shutil.rmtree(stage_root, ignore_errors=True)  # failed subjects leave nothing
-    finally:
-        remove_empty_work(work_dir, PARTICIPANT_WF, default=default_work)
+        layout = self.layout
+        if layout is None:
+            from ketabids.bids.layout import load_layout
 
+            layout = load_layout(self.bids_dir)
+        subjects = [str(s).removeprefix("sub-") for s in (config.subjects
+                                                          or layout.get_subjects())]
+        all_inputs = collect_t1w(layout, subjects, sessions=config.sessions,
+                                 bids_filters=config.bids_filters)
+        if not all_inputs:
+            raise NoDataError(f"{self.bids_dir}: no T1w image selected for "
+                              f"sub-{', sub-'.join(subjects)} (check --participant-label, "
+                              "--session-label, --bids-filter-file)")
+        self.all_inputs = all_inputs
+        self.missing = sorted(set(subjects) - {i.subject for i in all_inputs})
+        self.inputs, self.bad = check_inputs(all_inputs)
+        self.unusable, self.failed_sessions = split_failures(self.inputs, self.bad)
+        if not self.inputs:  # nothing to run: nothing is created
+            summary = self._summary(None, published=[])
+            _log_summary(summary, output_dir)
+            return summary
 
-def _run_graph(*, started, inputs, all_inputs, missing, unusable, failed_sessions, bad,
-               stage_root, output_dir, work_dir, bids_dir, template, fast, atlas_spec,
-               omp_nthreads, seed, settings, plugin, plugin_args, keep_work,
-               run_record) -> dict:
-    notes = {subject: [f"{session} was not processed: {error}"
-                       for session, error in sorted(sessions.items())]
-             for subject, sessions in failed_sessions.items()}
-    workflow = init_participant_wf(inputs=inputs, output_dir=stage_root, bids_dir=bids_dir,
-                                   template=template, fast=fast, atlas=atlas_spec,
-                                   omp_nthreads=omp_nthreads, seed=seed, settings=settings,
-                                   notes=notes, name=PARTICIPANT_WF)
-    workflow.base_dir = str(work_dir)
-    logs = output_dir / "logs"
-    crashdirs = {}
-    subjects = sorted({i.subject for i in inputs})
-    for item in inputs:
-        folder = logs / f"sub-{item.subject}"
-        crashdirs[f"single_subject_{item.key.replace('-', '')}_wf"] = folder
-        for name in (f"merge_{item.subject}", f"report_{item.subject}",
-                     f"ds_report_{item.subject}_wf", done_node_name(item.subject)):
-            crashdirs[name] = folder
-    configure_workflow(workflow, crashdump_dirs=crashdirs, default_crashdump=logs)
-    publisher = SubjectPublisher(stage_root, output_dir,
-                                 {done_node_name(s): s for s in subjects})
-    progress = Progress(workflow, [i.subject for i in inputs])  # a line per finished subject
-    folders: dict[str, list[str]] = {}
-    for name, folder in crashdirs.items():  # top-level graph elements of each subject
-        folders.setdefault(folder.name.removeprefix("sub-"), []).append(name)
-    cleaner = WorkCleaner(work_dir / workflow.name, folders, publisher, progress,
-                          keep=keep_work)
-    if plugin in ("MultiProc", "Linear"):  # subject-major, a line and a publication each
-        plugin_args = dict(plugin_args, status_callback=_Chain(publisher, progress, cleaner),
-                           job_group=SubjectOf(subjects, workflow.name))
+        _make_folders(output_dir, work_dir)
+        io.clean_stale(output_dir, recursive=True)  # staging and temporary files of killed runs
+        with io.disk_full(output_dir):
+            write_derivative_description(output_dir, self.bids_dir)
+            write_bidsignore(output_dir)
+            write_dseg_lut(output_dir)
 
-    LOGGER.info("participant level: %d T1w image(s) of %d subject(s), plugin %s %s",
-                len(inputs), len(subjects), plugin,
-                {k: v for k, v in plugin_args.items() if k not in ("status_callback",
-                                                                     "job_group")})
-    if unusable:
-        LOGGER.warning("%d subject(s) left out: unusable input (see the end of the log)",
-                       len(unusable))
-    if failed_sessions:
-        LOGGER.warning("%d session(s) left out, their subjects' other sessions run: unusable "
-                       "input (see the end of the log)",
-                       sum(len(v) for v in failed_sessions.values()))
-    error = _execute(workflow, plugin, plugin_args, logs, subjects, started)
-    if error is None:  # plugins without status callbacks (SLURM...): publish now
-        publisher.publish_remaining(subjects, failed=())
-    # --- sessions isolated inside the graph (begin) ---------------------------------------
-    # a session whose nodes crashed costs only that session: its subject's other sessions run
-    # again without it (their finished nodes are cached: only the report and sinks rerun)
-    if error is not None:
-        crashed = crashed_sessions(inputs, logs, started, published=publisher.published)
-        if crashed:
-            rerun = [i for i in inputs if i.subject in {c.subject for c in crashed}
-                     and i not in crashed]
-            for item, (line, crash_files) in crashed.items():
-                failed_sessions.setdefault(item.subject, {})[f"ses-{item.session}"] = \
-                    f"{line} (details: {crash_files[0]})"
-                shutil.rmtree(stage_root / f"sub-{item.subject}" / f"ses-{item.session}",
-                              ignore_errors=True)  # what its sinks staged before the crash
-            rerun_subjects = sorted({i.subject for i in rerun})
-            notes = {subject: [f"{session} was not processed: {line}"
-                               for session, line in sorted(sessions.items())]
-                     for subject, sessions in failed_sessions.items()}
-            again = init_participant_wf(inputs=rerun, output_dir=stage_root, bids_dir=bids_dir,
-                                        template=template, fast=fast, atlas=atlas_spec,
-                                        omp_nthreads=omp_nthreads, seed=seed,
-                                        settings=settings, notes=notes, name=PARTICIPANT_WF)
-            again.base_dir = str(work_dir)
-            configure_workflow(again, crashdump_dirs=crashdirs, default_crashdump=logs)
-            progress.retry(again, rerun_subjects)
-            args = plugin_args
-            if "job_group" in plugin_args:
-                args = dict(plugin_args, job_group=SubjectOf(rerun_subjects, again.name))
-            LOGGER.info("%d session(s) failed; their subjects' other sessions are completed",
-                        len(crashed))
-            if _execute(again, plugin, args, logs, subjects, started) is None:
-                publisher.publish_remaining(rerun_subjects, failed=())
-    # --- sessions isolated inside the graph (end) -----------------------------------------
-    cleaner.clean([s for s in subjects if s in publisher.published
-                   and s not in progress.failed and s not in cleaner.removed])
-    _raise_if_no_space(error, publisher, output_dir, work_dir, started)
-    summary = _summary(all_inputs, missing, output_dir, work_dir, started, plugin, error,
-                       unusable=unusable, published=publisher.published,
-                       publish_errors=publisher.errors, failed_sessions=failed_sessions,
-                       input_errors={i.t1w: e for i, e in bad.items()})
-    summary["logs"] = str(_write_logs(output_dir, run_record, workflow))
-    _log_summary(summary, output_dir)
-    # failed subjects: QC record + report; then qc.tsv, qc.json, qc.html and the QC summary
-    return finish_participant(summary, inputs=all_inputs, output_dir=output_dir,
-                              progress=progress)
-
-
-def _execute(workflow, plugin, plugin_args, logs, subjects, started):
-    """Run the graph; node failures are returned (attributed to subjects afterwards), a stop
-    the user asked for (SIGTERM/SIGINT) raises without crash files."""
-    error = None
-    with _quiet_when_terminating():
+        # temporary files of this run (ANTs' mktemp files in the worker processes included) go
+        # to WORK_DIR/ketabids-tmp-<host>-<pid>-*, removed at exit; SIGTERM raises Terminated
         try:
-            run_workflow(workflow, plugin, plugin_args)
-        except Exception as exc:  # node failures: attributed to subjects below
-            error = exc
-            LOGGER.debug("some nodes failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
-        except (KeyboardInterrupt, Terminated):  # a stop the user asked for is not a crash
+            with run_temp_dir(base=work_dir, signals=True):
+                stage_root = new_stage_root(output_dir)
+                try:
+                    return self._run_graph(stage_root)
+                finally:
+                    shutil.rmtree(stage_root, ignore_errors=True)  # failed subjects: nothing
+        finally:
+            remove_empty_work(work_dir, PARTICIPANT_WF, default=self.default_work)
+
+    def report_settings(self) -> dict:
+        """The settings each subject's report lists."""
+        config = self.config
+        return {
+            "template": config.template,
+            "template resolution (mm)": config.processing.template_resolution,
+            "mode": config.processing.mode, "atlas": self.atlas.name if self.atlas else None,
+            "seed": config.seed, "nprocs": config.nprocs, "omp_nthreads": config.omp_nthreads,
+            "mem_gb": config.mem_gb, "plugin": self.plugin,
+            "bids_filters": config.bids_filters or {},
+            "sessions": list(config.sessions) if config.sessions is not None else None,
+        }
+
+    def _summary(self, error, *, published, publish_errors=None) -> dict:
+        return _summary(self.all_inputs, self.missing, self.output_dir, self.work_dir,
+                        self.started, self.plugin, error, unusable=self.unusable,
+                        published=published, publish_errors=publish_errors,
+                        failed_sessions=self.failed_sessions,
+                        input_errors={i.t1w: e for i, e in self.bad.items()})
+
+    def _run_graph(self, stage_root: Path) -> dict:
+        config, inputs, output_dir = self.config, self.inputs, self.output_dir
+        work_dir, started, plugin = self.work_dir, self.started, self.plugin
+        notes = {subject: [f"{session} was not processed: {error}"
+                           for session, error in sorted(sessions.items())]
+                 for subject, sessions in self.failed_sessions.items()}
+        workflow = init_participant_wf(
+            inputs=inputs, output_dir=stage_root, bids_dir=self.bids_dir,
+            template=config.template, processing=config.processing, atlas=self.atlas,
+            omp_nthreads=config.omp_nthreads, seed=config.seed,
+            settings=self.report_settings(), notes=notes, name=PARTICIPANT_WF)
+        manifest = workflow.manifest
+        workflow.base_dir = str(work_dir)
+        logs = output_dir / "logs"
+        folders = manifest.elements()  # subject -> its top-level graph elements
+        crashdirs = {element: logs / f"sub-{subject}"
+                     for subject, elements in folders.items() for element in elements}
+        configure_workflow(workflow, crashdump_dirs=crashdirs, default_crashdump=logs)
+        subjects = sorted(folders)
+        publisher = SubjectPublisher(stage_root, output_dir, manifest.done_nodes())
+        progress = Progress(workflow, manifest)  # a line per finished subject
+        cleaner = WorkCleaner(work_dir / workflow.name, folders, publisher, progress,
+                              keep=config.keep_work)
+        plugin_args = self.plugin_args
+        if plugin in ("MultiProc", "Linear"):  # subject-major, a line and a publication each
+            plugin_args = dict(plugin_args, status_callback=_Chain(publisher, progress, cleaner),
+                               job_group=SubjectOf(manifest.element_subjects(),
+                                                   workflow.name))
+
+        LOGGER.info("participant level: %d T1w image(s) of %d subject(s), plugin %s %s",
+                    len(inputs), len(subjects), plugin,
+                    {k: v for k, v in plugin_args.items() if k not in ("status_callback",
+                                                                         "job_group")})
+        if self.unusable:
+            LOGGER.warning("%d subject(s) left out: unusable input (see the end of the log)",
+                           len(self.unusable))
+        if self.failed_sessions:
+            LOGGER.warning("%d session(s) left out, their subjects' other sessions run: "
+                           "unusable input (see the end of the log)",
+                           sum(len(v) for v in self.failed_sessions.values()))
+        error = self._execute(workflow, plugin_args)
+        if error is None:  # plugins without status callbacks (SLURM...): publish now
+            publisher.publish_remaining(subjects, failed=())
+        else:
+            self._isolate_sessions(stage_root, manifest, publisher, progress, crashdirs)
+        cleaner.clean([s for s in subjects if s in publisher.published
+                       and s not in progress.failed and s not in cleaner.removed])
+        _raise_if_no_space(error, publisher, output_dir, work_dir, started)
+        summary = self._summary(error, published=publisher.published,
+                                publish_errors=publisher.errors)
+        summary["logs"] = str(write_run_record(
+            output_dir, level="participant", record=config.record(),
+            versions=software_versions(*IMAGING_STACK), methods=manifest.methods))
+        _log_summary(summary, output_dir)
+        # failed subjects: QC record + report; then qc.tsv, qc.json, qc.html and the QC summary
+        return finish_participant(summary, inputs=self.all_inputs, output_dir=output_dir,
+                                  progress=progress)
+
+    def _isolate_sessions(self, stage_root, manifest, publisher, progress, crashdirs) -> None:
+        """A session whose nodes crashed costs only that session: its subject's other sessions
+        run again without it (their finished nodes are cached: only the report and the sinks
+        rerun), and the subject is published with them."""
+        config, logs = self.config, self.output_dir / "logs"
+        crashed = crashed_sessions(self.inputs, manifest, logs, self.started,
+                                   published=publisher.published)
+        if not crashed:
+            return
+        for item, (line, crash_files) in crashed.items():
+            self.failed_sessions.setdefault(item.subject, {})[f"ses-{item.session}"] = \
+                f"{line} (details: {crash_files[0]})"
+            shutil.rmtree(stage_root / f"sub-{item.subject}" / f"ses-{item.session}",
+                          ignore_errors=True)  # what its sinks staged before the crash
+        rerun = [i for i in self.inputs if i.subject in {c.subject for c in crashed}
+                 and i not in crashed]
+        rerun_subjects = sorted({i.subject for i in rerun})
+        notes = {subject: [f"{session} was not processed: {line}"
+                           for session, line in sorted(sessions.items())]
+                 for subject, sessions in self.failed_sessions.items()}
+        again = init_participant_wf(
+            inputs=rerun, output_dir=stage_root, bids_dir=self.bids_dir,
+            template=config.template, processing=config.processing, atlas=self.atlas,
+            omp_nthreads=config.omp_nthreads, seed=config.seed,
+            settings=self.report_settings(), notes=notes, name=PARTICIPANT_WF)
+        again.base_dir = str(self.work_dir)
+        configure_workflow(again, crashdump_dirs=crashdirs, default_crashdump=logs)
+        progress.retry(again, rerun_subjects)
+        plugin_args = self.plugin_args
+        if self.plugin in ("MultiProc", "Linear"):
+            plugin_args = dict(plugin_args, status_callback=_Chain(publisher, progress),
+                               job_group=SubjectOf(again.manifest.element_subjects(),
+                                                   again.name))
+        LOGGER.info("%d session(s) failed; their subjects' other sessions are completed",
+                    len(crashed))
+        if self._execute(again, plugin_args) is None:
+            publisher.publish_remaining(rerun_subjects, failed=())
+
+    def _execute(self, workflow, plugin_args):
+        """Run the graph; node failures are returned (attributed to subjects afterwards), a
+        stop the user asked for (SIGTERM/SIGINT) raises without crash files."""
+        logs, started = self.output_dir / "logs", self.started
+        subjects = sorted(workflow.manifest.elements())
+        error = None
+        with _quiet_when_terminating():
+            try:
+                run_workflow(workflow, self.plugin, plugin_args)
+            except Exception as exc:  # node failures: attributed to subjects afterwards
+                error = exc
+                LOGGER.debug("some nodes failed: %s",
+                             str(exc).splitlines()[0] if str(exc) else exc)
+            except (KeyboardInterrupt, Terminated):  # a stop the user asked for: no crash
+                remove_stop_crash_files(logs, subjects, started)
+                raise
+        if terminating() is not None:  # a SIGTERM that Nipype caught as a node failure
             remove_stop_crash_files(logs, subjects, started)
-            raise
-    if io.terminating() is not None:  # a SIGTERM that Nipype caught as a node failure
-        remove_stop_crash_files(logs, subjects, started)
-        raise Terminated(io.terminating())
-    return error
+            raise Terminated(terminating())
+        return error
 
 
-def crashed_sessions(inputs, logs: Path, since: float, *, published=()) -> dict:
+def crashed_sessions(inputs, manifest, logs: Path, since: float, *, published=()) -> dict:
     """The sessions of multi-session subjects whose own nodes crashed in this run while another
-    session of the subject did not: ``{input: (one-line error, crash files)}``. Each crash file
-    of this run (``logs/sub-<label>/crash-*``, newer than ``since``) names its node on its first
-    line (``Node: <workflow>.single_subject_<key>_wf...``); the files of such a session are
-    moved to ``logs/sub-<label>/ses-<label>/`` (they stay when the subject is published, and
-    are no longer its subject's failure). A subject with a crash outside its sessions' workflows
-    (its report), or none of whose sessions is left, is not listed: it fails whole."""
+    session of the subject did not: ``{input: (one-line error, crash files)}``.
+
+    Each crash file of this run (``logs/sub-<label>/crash-*``, newer than ``since``) names its
+    node on its first line (``Node: <workflow>.<element>...``); ``manifest`` (the graph's
+    :class:`~ketabids.workflows.base.ParticipantManifest`) says which session an element
+    processes. The files of such a session are moved to ``logs/sub-<label>/ses-<label>/``
+    (they stay when the subject is published, and are no longer its subject's failure). A
+    subject with a crash outside its sessions' workflows (its report), or none of whose
+    sessions is left, is not listed: it fails whole.
+    """
     by_subject: dict[str, list] = {}
     for item in inputs:
         by_subject.setdefault(item.subject, []).append(item)
+    session_of = manifest.session_elements()  # element -> (subject, session)
     found = {}
     for subject, items in by_subject.items():
         folder = Path(logs) / f"sub-{subject}"
         if len(items) < 2 or subject in published or not folder.is_dir():
             continue
-        elements = {f"single_subject_{i.key.replace('-', '')}_wf": i for i in items}
+        by_session = {(i.subject, i.session or ""): i for i in items}
         crashes: dict = {}
         outside = False
         for crash in sorted(folder.glob("crash-*")):
@@ -341,7 +400,7 @@ def crashed_sessions(inputs, logs: Path, since: float, *, published=()) -> dict:
             except OSError:
                 continue
             parts = first.removeprefix("Node: ").strip().split(".")
-            item = elements.get(parts[1]) if len(parts) > 2 else None
+            item = by_session.get(session_of.get(parts[1])) if len(parts) > 2 else None
             if item is None:
                 outside = True
             else:
@@ -374,7 +433,7 @@ class _NipypeTerminalFilter(logging.Filter):
     reports the termination it caught inside a node as a crash)."""
 
     def filter(self, record):
-        if io.terminating() is not None:
+        if terminating() is not None:
             return False
         message = record.getMessage()
         if "Traceback" in message:
@@ -416,25 +475,6 @@ def _raise_if_no_space(error, publisher, output_dir, work_dir, started) -> None:
                                                                   for t in texts)
     folder, what = (work_dir, "--work-dir") if in_work else (output_dir, "OUTPUT_DIR")
     raise io.no_space_error(folder, what=what)
-
-
-def _write_logs(output_dir: Path, run_record: dict, workflow) -> Path:
-    """``OUTPUT_DIR/logs/participant-*``: command, resolved options, versions, citation."""
-    import sys
-
-    from ketabids.bids.logs import write_run_logs
-    from ketabids.io import jsonable
-    from ketabids.versions import software_versions
-    from ketabids.workflows.base import IMAGING_STACK
-
-    # the methods of one subject's workflow (every subject's is the same text)
-    subject_wfs = [node for node in workflow._graph.nodes
-                   if node.name.startswith("single_subject_") and hasattr(node, "visit_desc")]
-    methods = subject_wfs[0].visit_desc() if subject_wfs else workflow.visit_desc()
-    return write_run_logs(output_dir, level="participant",
-                          argv=run_record.get("argv") or sys.argv,
-                          config=jsonable(run_record.get("config") or {}),
-                          versions=software_versions(*IMAGING_STACK), methods=methods)
 
 
 def _log_summary(summary: dict, output_dir: Path) -> None:

@@ -1,8 +1,9 @@
 """Progress of a participant run and what happens after it: QC lines, cohort QC, failure reports.
 
 :class:`Progress` is a Nipype status callback (``plugin_args["status_callback"]``, honoured by
-the Linear and MultiProc plugins): it knows which nodes belong to which subject, reads the
-verdict of each ``subject_qc`` node when it ends, and logs one line when a subject's last node
+the Linear and MultiProc plugins): it knows which nodes belong to which subject and which are
+QC nodes from the graph's manifest (:class:`ketabids.workflows.base.ParticipantManifest`),
+reads the verdict of each QC node when it ends, and logs one line when a subject's last node
 has ended (or one of its nodes failed)::
 
     sub-07 done, QC warn: slice thickness 6 mm (12/99, ~40 min left)
@@ -29,23 +30,6 @@ from pathlib import Path
 
 LOGGER = logging.getLogger("ketabids")
 
-#: name of the QC node in each single-subject workflow (ketabids.workflows.base)
-QC_NODE = "subject_qc"
-
-
-def _subject_of(top: str, subjects: list[str]) -> str | None:
-    """The subject a top-level graph element belongs to (``single_subject_<key>_wf``,
-    ``merge_<sub>``, ``report_<sub>``, ``ds_report_<sub>_wf``, ``done_<sub>`` ...)."""
-    for subject in subjects:
-        if top.startswith(f"single_subject_{subject}_wf") or \
-                top.startswith(f"single_subject_{subject}_ses"):
-            return subject
-    for subject in subjects:
-        if top.endswith(f"_{subject}") or top.endswith(f"_{subject}_wf"):
-            return subject
-    return None
-
-
 def _identity(node) -> bool:
     from nipype.interfaces.utility import IdentityInterface
 
@@ -64,20 +48,25 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Nipype status callback: one log line per finished subject, with its QC verdict.
 
-    ``workflow``: the participant graph (before it runs); ``subjects``: participant labels.
+    ``workflow``: the participant graph (before it runs); ``manifest``: its
+    :class:`~ketabids.workflows.base.ParticipantManifest` (default ``workflow.manifest``).
     After the run, :attr:`verdicts` (subject -> (verdict, reasons)), :attr:`failed`
     (subject -> failed node), :attr:`finished_steps` (subject -> nodes that ended) hold what
     was seen.
     """
 
-    def __init__(self, workflow, subjects, *, logger=LOGGER, clock=time.monotonic):
-        self.subjects = sorted({str(s) for s in subjects}, key=lambda s: (-len(s), s))
+    def __init__(self, workflow, manifest=None, *, logger=LOGGER, clock=time.monotonic):
+        self.manifest = manifest or workflow.manifest
+        self._subject_of = self.manifest.element_subjects()
+        self._sessions = self.manifest.session_elements()
+        self.subjects = sorted((graph.subject for graph in self.manifest.subjects),
+                               key=lambda s: (-len(s), s))
         self.top = workflow.name
         self.expected: dict[str, set[str]] = {s: set() for s in self.subjects}
         for name in workflow.list_node_names():
             if _identity(workflow.get_node(name)):
                 continue  # Nipype removes IdentityInterface nodes from the graph it runs
-            subject = _subject_of(name.split(".")[0], self.subjects)
+            subject = self._subject_of.get(name.split(".")[0])
             if subject is not None:
                 self.expected[subject].add(name)
         self.pending = {s: set(names) for s, names in self.expected.items()}
@@ -129,7 +118,7 @@ class Progress:
         if status not in ("end", "exception"):
             return
         name = self._relname(node)
-        subject = _subject_of(name.split(".")[0], self.subjects)
+        subject = self._subject_of.get(name.split(".")[0])
         if subject is None:
             return  # nodes of no subject
         with self._lock:
@@ -137,9 +126,9 @@ class Progress:
                 return
             if status == "exception":  # also a MapNode sub-job: its MapNode never ends then
                 top = name.split(".")[0]
-                if top.startswith("single_subject_") and len(
-                        {n.split(".")[0] for n in self.expected[subject]
-                         if n.startswith("single_subject_")}) > 1:
+                if top in self._sessions and sum(
+                        1 for element in {n.split(".")[0] for n in self.expected[subject]}
+                        if element in self._sessions) > 1:
                     # one session of several: the runner completes the others without it
                     # (retry); no line yet
                     self.failed_sessions.setdefault(subject, {})[top] = \
@@ -152,9 +141,10 @@ class Progress:
                 return  # MapNode sub-jobs that ended
             self.finished_steps[subject].append(name)
             self.pending[subject].discard(name)
-            if name.rsplit(".", 1)[-1] == QC_NODE:
+            qc = self.manifest.qc_session(name)
+            if qc is not None:
                 try:
-                    self._read_verdict(subject, name, node)
+                    self._read_verdict(subject, qc[1], node)
                 except Exception as exc:  # noqa: BLE001 - the line then says "no QC"
                     LOGGER.debug("QC verdict of %s not read: %s", name, exc)
             if not self.pending[subject]:
@@ -175,22 +165,23 @@ class Progress:
 
     def retry(self, workflow, subjects) -> None:
         """Expect the nodes of ``subjects`` in ``workflow`` (the same graph rebuilt without
-        the sessions that crashed: finished nodes end again, as cached): their line comes
-        when it ends."""
+        the sessions that crashed, with its manifest: finished nodes end again, as cached):
+        their line comes when it ends."""
         subjects = set(subjects)
+        subject_of = workflow.manifest.element_subjects()
         with self._lock:
             for subject in subjects:
                 self.expected[subject] = set()
                 self.verdicts.pop(subject, None)
                 self.finished_steps[subject] = []
             for name in workflow.list_node_names():
-                subject = _subject_of(name.split(".")[0], self.subjects)
+                subject = subject_of.get(name.split(".")[0])
                 if subject in subjects and not _identity(workflow.get_node(name)):
                     self.expected[subject].add(name)
             for subject in subjects:
                 self.pending[subject] = set(self.expected[subject])
 
-    def _read_verdict(self, subject, name, node):
+    def _read_verdict(self, subject, session, node):
         from nipype.interfaces.base import isdefined
 
         outputs = node.result.outputs
@@ -202,8 +193,6 @@ class Progress:
 
             record = json.loads(Path(outputs.out_file).read_text())
             verdict, reasons = str(record["verdict"]), [str(r) for r in record["reasons"]]
-        session = name.split(".")[0].removeprefix(f"single_subject_{subject}")
-        session = session.removesuffix("_wf").removeprefix("_ses")
         if session:
             reasons = [f"ses-{session}: {r}" for r in reasons]
         old_verdict, old_reasons = self.verdicts.get(subject, ("pass", []))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ketabids import io
 from ketabids.errors import Terminated
+from ketabids.runner.signals import terminating
 
 LOGGER = logging.getLogger("ketabids")
 
@@ -125,7 +126,7 @@ class SubjectPublisher:
         self.errors: dict[str, BaseException] = {}
 
     def __call__(self, node, status):
-        signum = io.terminating()
+        signum = terminating()
         if signum is not None:  # Nipype turned the SIGTERM into a node failure: stop here
             raise Terminated(signum)
         subject = self.done.get(getattr(node, "name", None))

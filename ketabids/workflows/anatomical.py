@@ -36,6 +36,7 @@ from ketabids.interfaces.anatomical import (
     TissueVolumes,
     WarpPriors,
 )
+from ketabids.templates import DEFAULT_TEMPLATE
 from ketabids.workflows import LiterateWorkflow as Workflow
 
 #: Nipype execution settings of the node that reads the user's T1w (the only user file the
@@ -49,8 +50,8 @@ _MEM_GB = {"prepare": 1.0, "n4": 1.0, "brain_extraction": 2.0, "warp_priors": 1.
            "segmentation": 1.5, "modulate": 2.5}
 
 
-def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | None = None,
-                 omp_nthreads=1, seed=None, name="anat_wf"):
+def init_anat_wf(*, template=DEFAULT_TEMPLATE, processing: ProcessingSettings | None = None,
+                 atlas: Atlas | None = None, omp_nthreads=1, seed=None, name="anat_wf"):
     """Conform, bias-correct, skull-strip, normalise, segment and modulate one T1w.
 
     The steps and their order are those of the module docstring; the brain extraction's
@@ -71,9 +72,10 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
     template : str
         Template to normalise to (:func:`ketabids.templates.get_template`): its priors drive
         the brain extraction and the segmentation.
-    fast : bool
-        ``True``: the ``fast`` processing mode (:class:`ketabids.anat.settings.ProcessingSettings`:
-        coarser registration and tissue N4, 2 mm template-space maps), for demos and CI.
+    processing : ProcessingSettings or None
+        The processing mode's settings (:class:`ketabids.anat.settings.ProcessingSettings`;
+        ``ProcessingSettings.for_fast(True)``: coarser registration and tissue N4, 2 mm
+        template-space maps, for demos and CI); the default mode when None.
     atlas : Atlas or None
         An atlas in template space: adds regional GM volumes (the ``regional`` output).
     omp_nthreads : int
@@ -124,7 +126,7 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
     prepare_info
         JSON of the intensity truncation and field-of-view crop (read by the QC).
     """
-    settings = ProcessingSettings.for_fast(fast)
+    settings = processing or ProcessingSettings.for_fast(False)
     resolution = settings.template_resolution
     workflow = Workflow(name=name)
     workflow.__desc__ = (
@@ -140,7 +142,7 @@ def init_anat_wf(*, template="MNI152NLin2009aSym", fast=False, atlas: Atlas | No
         f"{template} template (Fonov et al., 2009) with an affine followed by a symmetric image "
         "normalisation (SyN, Avants et al., 2008) registration of ANTs on a "
         f"{settings.registration_mm:g} mm template grid (Mattes mutual information"
-        f"{', fast reduced-iteration settings' if fast else ''}; the T1w padded with "
+        f"{', fast reduced-iteration settings' if settings.fast else ''}; the T1w padded with "
         f"{PAD_MM or 0:g} mm of background), the similarity metric being "
         "restricted to the dilated template brain mask; the affine stage was run on the whole "
         f"head and on the head deeper than {HEAD_INTERIOR_MM:g} mm below its surface, and the "

@@ -19,11 +19,16 @@ Graph (node names equal variable names; see the work directory)::
 The sinks write under ``output_dir``; the runner passes a staging folder there and moves a
 subject into OUTPUT_DIR when its ``done_<sub>`` node ends (all-or-nothing publishing).
 
+The runner never spells these names: :func:`init_participant_wf` exposes a
+:class:`ParticipantManifest` (``workflow.manifest``): per subject its top-level elements, its
+done node and its QC nodes, and the methods text.
+
 Graph factories only: running them is :mod:`ketabids.runner`; the anatomical steps are
 :mod:`ketabids.workflows.anatomical`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -37,6 +42,7 @@ from ketabids.bids.layout import T1wInput
 from ketabids.interfaces.bids import DerivativesDataSink
 from ketabids.interfaces.qc import SubjectQC
 from ketabids.interfaces.reports import AssembleReport, ReportSection
+from ketabids.templates import DEFAULT_TEMPLATE
 from ketabids.versions import software_versions
 from ketabids.workflows import LiterateWorkflow as Workflow
 from ketabids.workflows.anatomical import init_anat_wf
@@ -50,17 +56,81 @@ from ketabids.workflows.outputs import (
 
 #: Packages whose versions the report and methods text record (besides ketabids.versions.CORE).
 IMAGING_STACK = ("nipype", "antspyx", "pybids", "templateflow")
+#: Name of the QC node in each single-subject workflow.
+QC_NODE = "subject_qc"
+
+
+@dataclass(frozen=True)
+class SubjectGraph:
+    """One subject's part of the participant graph, as the runner needs it.
+
+    ``elements``: names of its top-level elements (its crash files go to its log folder; its
+    work folders are these); ``done``: the node that ends when every output of the subject is
+    written; ``qc``: dotted name of each QC node (relative to the participant workflow) ->
+    its session label (``""`` without sessions); ``sessions``: name of each element that
+    processes one T1w -> its session label (``""`` without sessions).
+    """
+
+    subject: str
+    elements: tuple[str, ...]
+    done: str
+    qc: dict
+    sessions: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParticipantManifest:
+    """What the runner needs to know about a participant graph, so that it never spells a
+    node name: the subjects' parts (:class:`SubjectGraph`) and the methods text (every
+    subject's workflow has the same)."""
+
+    subjects: tuple[SubjectGraph, ...]
+    methods: str
+
+    def subject_of(self, element: str) -> str | None:
+        """The subject a top-level element (e.g. ``single_subject_01_sesA_wf``) belongs to."""
+        return self.element_subjects().get(element)
+
+    def element_subjects(self) -> dict[str, str]:
+        """Each subject's top-level element -> the subject."""
+        return {element: graph.subject for graph in self.subjects
+                for element in graph.elements}
+
+    def session_elements(self) -> dict[str, tuple[str, str]]:
+        """Each element that processes one T1w -> ``(subject, session)`` (session ``""``
+        without sessions)."""
+        return {element: (graph.subject, session) for graph in self.subjects
+                for element, session in graph.sessions.items()}
+
+    def done_nodes(self) -> dict[str, str]:
+        """Name of each subject's done node -> the subject."""
+        return {graph.done: graph.subject for graph in self.subjects}
+
+    def elements(self) -> dict[str, list[str]]:
+        """Subject -> its top-level elements."""
+        return {graph.subject: list(graph.elements) for graph in self.subjects}
+
+    def qc_session(self, node_name: str) -> tuple[str, str] | None:
+        """``(subject, session)`` when ``node_name`` (dotted, relative to the participant
+        workflow) is a QC node, else None."""
+        for graph in self.subjects:
+            if node_name in graph.qc:
+                return graph.subject, graph.qc[node_name]
+        return None
 
 
 def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
-                        template="MNI152NLin2009aSym", fast=False, atlas: Atlas | None = None,
-                        omp_nthreads=1, seed=None, settings: dict | None = None, qc=True,
+                        template=DEFAULT_TEMPLATE, processing: ProcessingSettings | None = None,
+                        atlas: Atlas | None = None, omp_nthreads=1, seed=None,
+                        settings: dict | None = None, qc=True,
                         notes: dict[str, list[str]] | None = None,
                         name="ketabids_participant_wf"):
     """All subjects: one ``single_subject_<key>_wf`` per T1w, one report per subject.
 
-    Each subject ends in a ``done_<sub>`` node (:func:`done_node_name`) that runs when every
-    one of its outputs is written: the runner publishes the subject then.
+    Each subject ends in a done node that runs when every one of its outputs is written: the
+    runner publishes the subject then. The returned workflow's ``manifest`` attribute (a
+    :class:`ParticipantManifest`) names each subject's done, QC and crash-folder nodes and
+    carries the methods text, so the runner never spells a node name.
 
     Workflow Graph
         .. workflow::
@@ -83,7 +153,7 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
         Root the sinks write into (the runner's staging folder).
     bids_dir : str or os.PathLike
         The input dataset (for the ``bids:raw:`` URIs of the sidecars).
-    template, fast, atlas, omp_nthreads, seed
+    template, processing, atlas, omp_nthreads, seed
         As :func:`ketabids.workflows.anatomical.init_anat_wf`.
     settings : dict or None
         The run's options, shown in each report.
@@ -98,24 +168,29 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
     Returns
     -------
     LiterateWorkflow
-        The participant graph (no inputnode: every input is set at build time).
+        The participant graph (no inputnode: every input is set at build time), with its
+        ``manifest``.
     """
     workflow = Workflow(name=name)
     subjects: dict[str, list[T1wInput]] = {}
     for item in inputs:
         subjects.setdefault(item.subject, []).append(item)
+    graphs, run_methods = [], ""
     for subject, items in subjects.items():
         sections = []
         methods = ""
+        qc_nodes = {}
         for index, item in enumerate(items):
             single_subject_wf = init_single_subject_wf(
                 subject=item.subject, session=item.session, t1w=item.t1w, skipped=item.skipped,
-                output_dir=output_dir, bids_dir=bids_dir, template=template, fast=fast,
-                atlas=atlas, omp_nthreads=omp_nthreads, seed=seed, qc=qc,
+                output_dir=output_dir, bids_dir=bids_dir, template=template,
+                processing=processing, atlas=atlas, omp_nthreads=omp_nthreads, seed=seed, qc=qc,
                 notes=(notes or {}).get(subject, ()) if index == 0 else (),
                 name=f"single_subject_{item.key.replace('-', '')}_wf")
             methods = methods or single_subject_wf.visit_desc()
             sections.append(single_subject_wf)
+            if qc:
+                qc_nodes[f"{single_subject_wf.name}.{QC_NODE}"] = item.session or ""
         merge = pe.Node(niu.Merge(len(sections)), name=f"merge_{subject}",
                         run_without_submitting=True)
         report = pe.Node(AssembleReport(subject=subject, methods=methods,
@@ -137,6 +212,14 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
                        run_without_submitting=True)
         for index, (source, port) in enumerate(sinks, start=1):
             workflow.connect(source, port, done, f"in{index}")
+        graphs.append(SubjectGraph(
+            subject=subject, done=done.name, qc=qc_nodes,
+            sessions={wf.name: item.session or "" for wf, item in zip(sections, items)},
+            elements=(*(wf.name for wf in sections), merge.name, report.name,
+                      ds_report_wf.name, done.name)))
+        run_methods = run_methods or methods  # every subject's text is the same
+    workflow.manifest = ParticipantManifest(subjects=tuple(graphs),
+                                            methods=run_methods or workflow.visit_desc())
     return workflow
 
 
@@ -152,9 +235,10 @@ def sink_nodes(workflow) -> list[str]:
 
 
 def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
-                           template="MNI152NLin2009aSym", fast=False, atlas: Atlas | None = None,
-                           omp_nthreads=1, seed=None, skipped=(), qc=True, notes=(),
-                           name=None):
+                           template=DEFAULT_TEMPLATE,
+                           processing: ProcessingSettings | None = None,
+                           atlas: Atlas | None = None, omp_nthreads=1, seed=None, skipped=(),
+                           qc=True, notes=(), name=None):
     """One T1w of one subject (one session): processing, QC, outputs and its report section.
 
     Parameters
@@ -167,7 +251,7 @@ def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
         The T1w to process.
     output_dir, bids_dir
         As :func:`init_participant_wf`.
-    template, fast, atlas, omp_nthreads, seed
+    template, processing, atlas, omp_nthreads, seed
         As :func:`ketabids.workflows.anatomical.init_anat_wf`.
     skipped : sequence of str
         Further T1w images of this subject and session that were not used (named in the
@@ -190,7 +274,8 @@ def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
         This T1w's HTML section of the subject's report.
     """
     name = name or f"single_subject_{subject}{'_ses' + session if session else ''}_wf"
-    resolution = ProcessingSettings.for_fast(fast).template_resolution
+    processing = processing or ProcessingSettings.for_fast(False)
+    resolution = processing.template_resolution
     workflow = Workflow(name=name)
     workflow.__desc__ = (
         f"Results included in this report come from preprocessing performed with ketabids "
@@ -203,7 +288,7 @@ def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
     bidssrc.inputs.t1w = str(t1w)
     outputnode = pe.Node(niu.IdentityInterface(fields=["report_section"]), name="outputnode")
 
-    anat_wf = init_anat_wf(template=template, fast=fast, atlas=atlas,
+    anat_wf = init_anat_wf(template=template, processing=processing, atlas=atlas,
                            omp_nthreads=omp_nthreads, seed=seed)
     raw = [raw_uri(t1w, bids_dir)]
     common = dict(output_dir=output_dir, source_file=t1w, raw_sources=raw)
@@ -252,7 +337,7 @@ def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
         subject_qc = pe.Node(SubjectQC(subject=subject, session=session or "",
                                        template=template, template_resolution=resolution,
                                        omp_nthreads=omp_nthreads),
-                             name="subject_qc", n_procs=omp_nthreads, mem_gb=1.0)
+                             name=QC_NODE, n_procs=omp_nthreads, mem_gb=1.0)
         ds_qc_wf = init_ds_qc_wf(**common)
         workflow.connect([
             (bidssrc, subject_qc, [("t1w", "raw_t1w")]),

@@ -31,8 +31,8 @@ def captured(monkeypatch):
     calls = {}
 
     def recorder(name, result=None):
-        def _run(**kwargs):
-            calls[name] = kwargs
+        def _run(config, **kwargs):  # the run configuration, built once by the CLI
+            calls[name] = config
             return result if result is not None else {"failed": []}
         return _run
 
@@ -166,11 +166,12 @@ def test_participant_dispatch(dataset, tmp_path, captured):
                  "--participant-label", str(labels), "--fast", "--seed", "7",
                  "--omp-nthreads", "1", "-w", str(tmp_path / "work")])
     assert code == 0
-    kwargs = captured["participant"]
-    assert kwargs["subjects"] == ["01", "02"]  # sorted, sub- stripped, comments ignored
-    assert kwargs["fast"] is True and kwargs["seed"] == 7
-    assert kwargs["work_dir"] == (tmp_path / "work").resolve()
-    assert kwargs["keep_work"] is False  # a published subject's work folder is removed
+    config = captured["participant"]
+    assert config.subjects == ("01", "02")  # sorted, sub- stripped, comments ignored
+    assert config.fast is True and config.processing.mode == "fast" and config.seed == 7
+    assert config.work_dir == (tmp_path / "work").resolve()
+    assert config.keep_work is False  # a published subject's work folder is removed
+    assert config.record()["argv"][:3] == ["ketabids", str(dataset), str(out)]
     # the runner writes dataset_description.json, once: not the command line
     assert not (out / "dataset_description.json").exists()
 
@@ -179,7 +180,7 @@ def test_failed_subjects_give_exit_1(dataset, tmp_path, monkeypatch):
     import ketabids.runner as participant
 
     monkeypatch.setattr(participant, "run_participant",
-                        lambda **kw: {"succeeded": ["01"], "failed": ["02"]})
+                        lambda *a, **kw: {"succeeded": ["01"], "failed": ["02"]})
     assert main([str(dataset), str(tmp_path / "out"), "participant",
                  "--skip-bids-validation"]) == ExitCode.FAILURE
 
@@ -190,18 +191,19 @@ def test_group_dispatch(dataset, tmp_path, captured):
                  "--response-from", "madrs_pre", "madrs_24h", "--include", "arm=ketamine",
                  "--covariates", "age", "tiv", "--n-permutations", "10"]) == 0
     train = captured["train"]
-    assert train["response_from"] == ("madrs_pre", "madrs_24h")
-    assert train["include"] == ["arm=ketamine"] and train["covariates"] == ["age", "tiv"]
+    assert train.response_from == ("madrs_pre", "madrs_24h")
+    assert train.include == ("arm=ketamine",) and train.covariates == ("age", "tiv")
+    assert train.n_permutations == 10 and train.template == "MNI152NLin2009aSym"
     model = tmp_path / "m.skops"
     model.write_bytes(b"x")
     assert main([str(dataset), str(out), "group", "--skip-bids-validation",
                  "--model", str(model), "--target", "response"]) == 0
-    assert captured["predict"]["model"] == model
-    assert captured["predict"]["arm_column"] is None
+    assert captured["predict"].model == model
+    assert captured["predict"].arm_column is None
     assert main([str(dataset), str(out), "group", "--skip-bids-validation", "--model", str(model),
                  "--target", "response", "--arm-column", "arm", "--treatment-arm",
                  "ketamine"]) == 0
-    assert (captured["predict"]["arm_column"], captured["predict"]["treatment_arm"]) == \
+    assert (captured["predict"].arm_column, captured["predict"].treatment_arm) == \
         ("arm", "ketamine")
 
 
@@ -209,7 +211,7 @@ def test_session_labels_strip_prefix(bids_tree, tmp_path, captured):
     root = bids_tree({"01": {"ses-a": {"anat": ["T1w"]}, "ses-b": {"anat": ["T1w"]}}})
     assert main([str(root), str(tmp_path / "out"), "participant", "--skip-bids-validation",
                  "--session-label", "ses-b"]) == 0
-    assert captured["participant"]["sessions"] == ["b"]
+    assert captured["participant"].sessions == ("b",)
 
 
 def test_bids_dir_is_never_written(dataset, tmp_path, captured):

@@ -346,19 +346,16 @@ def test_demo_table_has_a_leave_site_out_row(rng):
     assert lines[3].endswith("| not reported")
 
 
-def test_cli_passes_the_cv_options_and_refuses_them_with_a_model(monkeypatch):
-    import ketabids.group.train as train_mod
-    from ketabids.cli.app import _run_group, check_mode_options
+def test_cli_passes_the_cv_options_and_refuses_them_with_a_model():
+    from ketabids.cli.app import build_config, check_mode_options
     from ketabids.cli.parser import get_parser
 
-    seen = {}
-    monkeypatch.setattr(train_mod, "run_group_train", lambda **kw: seen.update(kw) or {})
     parser = get_parser()
     opts = parser.parse_args(["bids", "out", "group", "--outer-cv", "group-kfold",
                               "--group-column", "cohort", "--raw-c-grid", "--skip-audit"])
     check_mode_options(opts, parser)
-    _run_group(opts, {})
-    assert (seen["outer_cv"], seen["group_column"], seen["scale_kernel"], seen["audit"]) == \
+    seen = build_config(opts, bids_dir="bids", output_dir="out", subjects=[], sessions=None)
+    assert (seen.outer_cv, seen.group_column, seen.scale_kernel, seen.audit) == \
         ("group-kfold", "cohort", False, False)
     for extra in (["--outer-cv", "leave-site-out"], ["--group-column", "c"], ["--raw-c-grid"]):
         with pytest.raises(UsageError, match="applies to training"):

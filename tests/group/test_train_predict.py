@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -108,6 +109,10 @@ def test_train_recovers_planted_effect(study):
     assert "Haufe" in report and 'src="http' not in report
     assert "published" not in report        # the paper's figures belong to the demo table
     assert not any(p.name.startswith(".") for p in (study["out"] / "group").iterdir())
+    # wall times differ between identical runs: in the run record, not in the outputs
+    assert "timing" not in json.loads((train / "metrics.json").read_text())
+    timings = json.loads((Path(s["logs"]) / "timings.json").read_text())
+    assert set(timings) == {"features_s", "nested_cv_s", "audit_s"}
 
 
 def test_region_table_from_atlas(study):

@@ -265,7 +265,11 @@ def test_crashed_sessions_attributes_crash_files_by_their_node(tmp_path):
     crash("02", "single_subject_02_ses1_wf.anat_wf.n4", "b")  # both sessions: the subject fails
     crash("02", "single_subject_02_ses2_wf.anat_wf.n4", "c")
     crash("03", "single_subject_03_wf.anat_wf.n4", "d")  # no sessions: the subject fails
-    found = crashed_sessions(items, logs, started)
+    manifest = _manifest({
+        "01": {"single_subject_01_ses1_wf": "1", "single_subject_01_ses2_wf": "2"},
+        "02": {"single_subject_02_ses1_wf": "1", "single_subject_02_ses2_wf": "2"},
+        "03": {"single_subject_03_wf": ""}})
+    found = crashed_sessions(items, manifest, logs, started)
     assert list(found) == [items[1]]
     line, files = found[items[1]]
     assert line == "processing failed in anat_wf.n4: ValueError: image too small"
@@ -274,13 +278,26 @@ def test_crashed_sessions_attributes_crash_files_by_their_node(tmp_path):
     assert len(list((logs / "sub-02").glob("crash-*"))) == 2
 
 
+def _manifest(sessions):
+    """A participant graph's manifest: subject -> {session element: session label}; each
+    subject also has ``report_<sub>`` and ``done_<sub>`` elements."""
+    from ketabids.workflows.base import ParticipantManifest, SubjectGraph
+
+    return ParticipantManifest(subjects=tuple(
+        SubjectGraph(subject=subject, elements=(*elements, f"report_{subject}",
+                                                f"done_{subject}"),
+                     done=f"done_{subject}", qc={}, sessions=elements)
+        for subject, elements in sessions.items()), methods="")
+
+
 class _Graph:
     """What :class:`ketabids.runner.progress.Progress` reads of a workflow."""
 
-    def __init__(self, names):
+    def __init__(self, names, manifest):
         from types import SimpleNamespace
 
         self.name = "wf"
+        self.manifest = manifest
         self.nodes = {n: SimpleNamespace(interface=None, fullname=f"wf.{n}", name=n)
                       for n in names}
 
@@ -304,16 +321,20 @@ def test_progress_waits_for_a_subject_whose_session_failed_and_retries_it():
         error = warning = info
 
     ses1, ses2 = "single_subject_01_ses1_wf.anat_wf.n4", "single_subject_01_ses2_wf.anat_wf.n4"
-    first = _Graph([ses1, ses2, "report_01", "done_01", "single_subject_02_wf.anat_wf.n4"])
+    sessions = {"01": {"single_subject_01_ses1_wf": "1", "single_subject_01_ses2_wf": "2"},
+                "02": {"single_subject_02_wf": ""}}
+    first = _Graph([ses1, ses2, "report_01", "done_01", "single_subject_02_wf.anat_wf.n4"],
+                   _manifest(sessions))
     log = _Log()
-    progress = Progress(first, ["01", "02"], logger=log)
+    progress = Progress(first, logger=log)
     progress(first.nodes[ses2], "exception")  # one session of two: no line, the subject waits
     progress(first.nodes[ses1], "end")
     assert log.lines == [] and progress.failed_sessions == {"01": {
         "single_subject_01_ses2_wf": "single_subject_01_ses2_wf.anat_wf.n4"}}
     progress(first.nodes["single_subject_02_wf.anat_wf.n4"], "exception")  # no sessions
     assert log.lines[-1].startswith("sub-02 failed in single_subject_02_wf.anat_wf.n4")
-    again = _Graph([ses1, "report_01", "done_01"])
+    again = _Graph([ses1, "report_01", "done_01"],
+                   _manifest({"01": {"single_subject_01_ses1_wf": "1"}}))
     progress.retry(again, ["01"])
     for name in again.nodes:  # cached nodes end again
         progress(again.nodes[name], "end")

@@ -122,7 +122,7 @@ def run(tmp_path_factory):
     atlas = _toy_atlas(base / "atlas")
     # --keep-work: the rerun tests below check that finished steps are reused, not rewritten
     kwargs = dict(bids_dir=bids, output_dir=out, work_dir=work, subjects=["01", "02", "03"],
-                  sessions=None, bids_filters=None, fast=True, seed=7, omp_nthreads=1,
+                  sessions=None, bids_filters=None, processing="fast", seed=7, omp_nthreads=1,
                   atlas=str(atlas), keep_work=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NIPYPE_NO_ET", "1")
@@ -264,7 +264,7 @@ _RUN_ONE = """
 import sys
 from ketabids.runner import run_participant
 s = run_participant(bids_dir=sys.argv[1], output_dir=sys.argv[2], work_dir=sys.argv[3],
-                    subjects=["01"], sessions=None, bids_filters=None, fast=True, seed=11,
+                    subjects=["01"], sessions=None, bids_filters=None, processing="fast", seed=11,
                     omp_nthreads=1)
 assert s["ok"] == ["01"], s
 """
@@ -319,7 +319,7 @@ def test_skull_stripped_input_is_reported(real_t1w_dir, tmp_path):
         mp.setenv("NIPYPE_NO_ET", "1")
         summary = run_participant(bids_dir=bids, output_dir=tmp_path / "out",
                                   work_dir=tmp_path / "work", subjects=["stroke"],
-                                  sessions=None, bids_filters=None, fast=True, seed=1,
+                                  sessions=None, bids_filters=None, processing="fast", seed=1,
                                   omp_nthreads=1)
     assert summary["ok"] == ["stroke"], summary
     out = tmp_path / "out"

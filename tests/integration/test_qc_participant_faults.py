@@ -63,7 +63,7 @@ def run(tmp_path_factory):
             mp.setenv("NIPYPE_NO_ET", "1")
             summary = run_participant(bids_dir=bids, output_dir=base / "out",
                                       work_dir=base / "work", subjects=sorted(images),
-                                      sessions=None, bids_filters=None, fast=True, seed=1,
+                                      sessions=None, bids_filters=None, processing="fast", seed=1,
                                       nprocs=2, omp_nthreads=1)
     finally:
         logger.removeHandler(handler)

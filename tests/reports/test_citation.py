@@ -152,12 +152,13 @@ def test_group_methods_state_the_settings():
 
 def test_participant_workflow_methods_are_fully_cited(tmp_path):
     """The real __desc__ texts: every author-year citation is known and numbered."""
+    from ketabids.anat.settings import ProcessingSettings
     from ketabids.workflows import base
 
     wf = base.init_single_subject_wf(subject="01", session=None,
                                      t1w=tmp_path / "bids/sub-01/anat/sub-01_T1w.nii.gz",
                                      output_dir=tmp_path / "out", bids_dir=tmp_path / "bids",
-                                     fast=True)
+                                     processing=ProcessingSettings.for_fast(True))
     methods = wf.visit_desc()
     assert "(Tustison et al., 2010)" in methods
     assert cit.unknown_citations(methods) == []

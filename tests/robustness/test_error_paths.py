@@ -79,12 +79,12 @@ def test_sigterm_inside_run_temp_dir_is_143(cli, small_bids, tmp_path, monkeypat
     """SIGTERM during the run: one line, exit 143, the run's temp folder gone."""
     import ketabids.runner.participant as participant
 
-    def killed(**kwargs):
+    def killed(self, stage_root):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
         raise AssertionError("SIGTERM did not interrupt")
 
-    monkeypatch.setattr(participant, "_run_graph", killed)
+    monkeypatch.setattr(participant._ParticipantRun, "_run_graph", killed)
     res = cli(small_bids, tmp_path / "out", "participant", "-w", tmp_path / "work",
               "--skip-bids-validation")
     assert res.code == 143 and "Traceback" not in res.err

@@ -71,12 +71,18 @@ def _cohort(base_dir, steps=4):
     return wf
 
 
+def _elements():
+    """The toy cohort's top-level elements -> their subject (what the manifest gives)."""
+    return {name: s for s in SUBJECTS
+            for name in (f"single_subject_{s}_wf", f"done_{s}", f"report_{s}")}
+
+
 class _Events:
     """Status callback recording (subject, node name, status) in order."""
 
     def __init__(self):
         self.events = []
-        self.of = SubjectOf(SUBJECTS, "cohort_wf")
+        self.of = SubjectOf(_elements(), "cohort_wf")
 
     def __call__(self, node, status):
         self.events.append((self.of(node), node.name, status, time.monotonic()))
@@ -98,7 +104,7 @@ def _run(plugin_cls, tmp_path, **args):
     events = _Events()
     plugin_args = {"status_callback": events, **args}
     if plugin_cls in (MultiProcPlugin, LinearPlugin):
-        plugin_args["job_group"] = SubjectOf(SUBJECTS, "cohort_wf")
+        plugin_args["job_group"] = SubjectOf(_elements(), "cohort_wf")
     _cohort(tmp_path).run(plugin=plugin_cls(plugin_args=plugin_args))
     return events
 
@@ -147,7 +153,7 @@ def test_multiproc_priority_prefers_the_earliest_started_subject():
     from types import SimpleNamespace as Node
 
     plugin = MultiProcPlugin(plugin_args={"n_procs": 2, "raise_insufficient": False,
-                                          "job_group": SubjectOf(SUBJECTS, "wf")})
+                                          "job_group": SubjectOf(_elements(), "wf")})
     plugin._mark_started(Node(fullname="wf.single_subject_03_wf.anat_wf.n4"))
     plugin._mark_started(Node(fullname="wf.single_subject_01_wf.anat_wf.n4"))
     plugin.procs = [Node(fullname=f"wf.{name}") for name in

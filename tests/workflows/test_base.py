@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ketabids.anat.atlas import Atlas, resolve_atlas
+from ketabids.anat.settings import ProcessingSettings
 from ketabids.bids.layout import T1wInput, collect_t1w
 from ketabids.errors import MissingInputError
 from ketabids.workflows.anatomical import init_anat_wf
@@ -47,7 +48,9 @@ def test_participant_wf_builds(tmp_path, fast, atlas, sessions, template):
         labels.write_text("index\tname\n1\ta\n")
         atlas = Atlas(atlas, str(image), str(labels))
     wf = init_participant_wf(inputs=inputs, output_dir=tmp_path / "out", bids_dir="/bids",
-                             template=template, fast=fast, atlas=atlas, omp_nthreads=2, seed=3)
+                             template=template, processing=ProcessingSettings.for_fast(fast),
+                             atlas=atlas,
+                             omp_nthreads=2, seed=3)
     names = wf.list_node_names()
     keys = sorted({i.key.replace("-", "") for i in inputs})
     tops = sorted({n.split(".")[0] for n in names if n.startswith("single_subject_")})
@@ -87,7 +90,7 @@ def test_participant_wf_builds(tmp_path, fast, atlas, sessions, template):
 def test_anat_wf_step_order():
     """The one step order: head N4 -> brain extraction (whose registration is reused by every
     warp) -> priors -> N4 inside the mask weighted by the GM + WM priors -> segmentation."""
-    wf = init_anat_wf(fast=True, seed=5, omp_nthreads=1)
+    wf = init_anat_wf(processing=ProcessingSettings.for_fast(True), seed=5, omp_nthreads=1)
 
     def sources(node_name, field):
         node = wf.get_node(node_name)
@@ -124,7 +127,7 @@ def test_anat_wf_step_order():
 
 
 def test_anat_wf_outputs_connected():
-    wf = init_anat_wf(fast=True)
+    wf = init_anat_wf(processing=ProcessingSettings.for_fast(True))
     outputnode = wf.get_node("outputnode")
     connected = {c[1] for _, _, d in wf._graph.in_edges(outputnode, data=True)
                  for c in d["connect"]}

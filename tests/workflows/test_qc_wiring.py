@@ -18,9 +18,10 @@ import pytest
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ketabids.anat.settings import ProcessingSettings
 from ketabids.bids.layout import T1wInput
 from ketabids.runner.progress import Progress, finish_participant
-from ketabids.workflows.base import init_participant_wf
+from ketabids.workflows.base import ParticipantManifest, SubjectGraph, init_participant_wf
 
 
 def _inputs():
@@ -31,7 +32,7 @@ def _inputs():
 @pytest.mark.parametrize("qc", [True, False])
 def test_qc_node_and_sink_in_the_graph(tmp_path, qc):
     wf = init_participant_wf(inputs=_inputs(), output_dir=tmp_path / "out", bids_dir="/bids",
-                             fast=True, qc=qc)
+                             processing=ProcessingSettings.for_fast(True), qc=qc)
     names = set(wf.list_node_names())
     for key in ("01", "02_sesa"):
         prefix = f"single_subject_{key}_wf."
@@ -86,6 +87,10 @@ def _toy_graph(base):
         report = pe.Node(niu.Function(function=_same, input_names=["x"],
                                       output_names=["y"]), name=f"report_{subject}")
         top.connect(single, "subject_qc.verdict", report, "x")
+    top.manifest = ParticipantManifest(subjects=tuple(
+        SubjectGraph(subject=s, done=f"report_{s}", qc={f"single_subject_{s}_wf.subject_qc": ""},
+                     elements=(f"single_subject_{s}_wf", f"report_{s}")) for s in ("01", "02")),
+        methods="")
     return top
 
 
@@ -102,18 +107,18 @@ class _Recorder:
 def test_progress_lines_from_a_real_run(tmp_path, caplog):
     top = _toy_graph(tmp_path)
     ticks = iter(range(0, 1000, 60))
-    progress = Progress(top, ["01", "02"], clock=lambda: next(ticks))
+    progress = Progress(top, clock=lambda: next(ticks))
     assert progress.total == 2
     log = _Recorder()
     # one subject's steps all ended in 120 s, all of the other's to run (MultiProc, one by one)
     clock = iter([0, 120])
-    eta = Progress(top, ["01", "02"], clock=lambda: next(clock), logger=log)
+    eta = Progress(top, clock=lambda: next(clock), logger=log)
     eta.verdicts["01"] = ("pass", [])
     eta.pending["01"].clear()
     eta._finish("01")
     # subjects ending together (the Linear plugin): 150 s, 02 has one of its steps to run
     clock = iter([0, 150])
-    eta = Progress(top, ["01", "02"], clock=lambda: next(clock), logger=log)
+    eta = Progress(top, clock=lambda: next(clock), logger=log)
     eta.verdicts["01"] = ("pass", [])
     eta.pending["01"].clear()
     eta.pending["02"] = {sorted(eta.expected["02"])[0]}
@@ -123,7 +128,7 @@ def test_progress_lines_from_a_real_run(tmp_path, caplog):
                                     f"sub-01 done, QC pass (1/2, ~{150 / (2 * n - 1):.0f} s left)"]
     # two of five subjects finished at 320 s: 160 s per subject, 3 left
     clock = iter([0, 200, 320])
-    eta = Progress(top, ["01", "02"], clock=lambda: next(clock), logger=log)
+    eta = Progress(top, clock=lambda: next(clock), logger=log)
     eta.total = 5  # the toy graph has two subjects: three more stand for a cohort
     eta.verdicts["01"] = eta.verdicts["02"] = ("pass", [])
     eta._finish("01")
@@ -222,7 +227,7 @@ def test_cached_smoothing_gives_the_same_homogeneity(tmp_path, rng):
 def test_progress_attributes_a_failed_mapnode_subjob_and_flushes(tmp_path):
     top = _toy_graph(tmp_path)
     log = _Recorder()
-    progress = Progress(top, ["01", "02"], clock=lambda: 0, logger=log)
+    progress = Progress(top, clock=lambda: 0, logger=log)
 
     class SubJob:  # what MultiProc hands the callback for a MapNode's sub-job
         fullname = name = "_ds_t1w_tpms0"
