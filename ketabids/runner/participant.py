@@ -250,9 +250,10 @@ class _ParticipantRun:
                         failed_sessions=self.failed_sessions,
                         input_errors={i.t1w: e for i, e in self.bad.items()})
 
-    def _run_graph(self, stage_root: Path) -> dict:
-        config, inputs, output_dir = self.config, self.inputs, self.output_dir
-        work_dir, started, plugin = self.work_dir, self.started, self.plugin
+    def _build_graph(self, inputs, stage_root: Path):
+        """The participant graph of ``inputs``, writing into ``stage_root``; each subject's
+        report names the sessions left out so far (:attr:`failed_sessions`)."""
+        config = self.config
         notes = {subject: [f"{session} was not processed: {error}"
                            for session, error in sorted(sessions.items())]
                  for subject, sessions in self.failed_sessions.items()}
@@ -261,8 +262,14 @@ class _ParticipantRun:
             template=config.template, processing=config.processing, atlas=self.atlas,
             omp_nthreads=config.omp_nthreads, seed=config.seed,
             settings=self.report_settings(), notes=notes, name=PARTICIPANT_WF)
+        workflow.base_dir = str(self.work_dir)
+        return workflow
+
+    def _run_graph(self, stage_root: Path) -> dict:
+        config, inputs, output_dir = self.config, self.inputs, self.output_dir
+        work_dir, started, plugin = self.work_dir, self.started, self.plugin
+        workflow = self._build_graph(inputs, stage_root)
         manifest = workflow.manifest
-        workflow.base_dir = str(work_dir)
         logs = output_dir / "logs"
         folders = manifest.elements()  # subject -> its top-level graph elements
         crashdirs = {element: logs / f"sub-{subject}"
@@ -312,7 +319,7 @@ class _ParticipantRun:
         """A session whose nodes crashed costs only that session: its subject's other sessions
         run again without it (their finished nodes are cached: only the report and the sinks
         rerun), and the subject is published with them."""
-        config, logs = self.config, self.output_dir / "logs"
+        logs = self.output_dir / "logs"
         crashed = crashed_sessions(self.inputs, manifest, logs, self.started,
                                    published=publisher.published)
         if not crashed:
@@ -325,15 +332,7 @@ class _ParticipantRun:
         rerun = [i for i in self.inputs if i.subject in {c.subject for c in crashed}
                  and i not in crashed]
         rerun_subjects = sorted({i.subject for i in rerun})
-        notes = {subject: [f"{session} was not processed: {line}"
-                           for session, line in sorted(sessions.items())]
-                 for subject, sessions in self.failed_sessions.items()}
-        again = init_participant_wf(
-            inputs=rerun, output_dir=stage_root, bids_dir=self.bids_dir,
-            template=config.template, processing=config.processing, atlas=self.atlas,
-            omp_nthreads=config.omp_nthreads, seed=config.seed,
-            settings=self.report_settings(), notes=notes, name=PARTICIPANT_WF)
-        again.base_dir = str(self.work_dir)
+        again = self._build_graph(rerun, stage_root)
         configure_workflow(again, crashdump_dirs=crashdirs, default_crashdump=logs)
         progress.retry(again, rerun_subjects)
         plugin_args = self.plugin_args

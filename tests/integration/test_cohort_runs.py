@@ -205,7 +205,7 @@ def crash_run(tmp_path_factory):
             mp.setattr("ketabids.anat.prepare.prepare_t1w", _prepare_or_raise)
             summary = run_participant(bids_dir=bids, output_dir=out, work_dir=work,
                                       subjects=["01", "02"], sessions=None, bids_filters=None,
-                                      fast=True, seed=3, nprocs=1, omp_nthreads=1)
+                                      processing="fast", seed=3, nprocs=1, omp_nthreads=1)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
