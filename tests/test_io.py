@@ -1,4 +1,4 @@
-"""Unit tests of the fail-safe output helpers in ketabids.io (issue 11): staged folders, stale
+"""Unit tests of the fail-safe output helpers in ketabids.io: staged folders, stale
 staging cleanup, locks, disk-full translation, writability checks, run-scoped temp folders."""
 from __future__ import annotations
 

@@ -142,8 +142,8 @@ RULES: tuple[Rule, ...] = (
     # ---- header of the raw input -----------------------------------------------------------
     Rule("orientation_missing", "true", fail=True,
          label="orientation missing (qform and sform codes 0)",
-         source="NIfTI-1 standard (code 0: no orientation, readers assume RAS); issue 10 "
-                "measured TIV +58 % on such a scan",
+         source="NIfTI-1 standard (code 0: no orientation, readers assume RAS); measured "
+                "TIV +58 % on such a scan (docs/benchmarks.md)",
          description="both qform_code and sform_code are 0"),
     Rule("qform_sform_shift_mm", "above", warn=1.0, label="qform/sform disagree by",
          unit="mm", digits=1,
@@ -155,8 +155,9 @@ RULES: tuple[Rule, ...] = (
          description="rotation angle between qform and sform"),
     Rule("slice_thickness_mm", "above", warn=2.0, fail=4.0, label="slice thickness",
          unit="mm", digits=1,
-         source="ours: 2 mm = ketabids' registration grid (finer detail is not used); issue 10 "
-                "measured at 6 mm: TIV and GM -10 % and a flipped prediction",
+         source="ours: 2 mm = ketabids' registration grid (finer detail is not used); "
+                "measured at 6 mm: TIV and GM -10 % and a flipped prediction "
+                "(docs/benchmarks.md)",
          description="largest voxel size"),
     Rule("voxel_anisotropy", "above", warn=2.0, label="voxel anisotropy", digits=1,
          source="ours: as slice_thickness_mm", description="largest / smallest voxel size"),

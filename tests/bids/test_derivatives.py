@@ -33,7 +33,7 @@ def test_description_written_once(tmp_path, caplog, monkeypatch):
     import logging
 
     monkeypatch.setattr(logging.getLogger("ketabids"), "propagate", True)  # the CLI turns it off
-    """A second run from another BIDS_DIR never rewrites the description (issue 11, #12)."""
+    """A second run from another BIDS_DIR never rewrites the description."""
     out = tmp_path / "out"
     out.mkdir()
     for name in ("raw1", "raw2"):

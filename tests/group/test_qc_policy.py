@@ -1,4 +1,4 @@
-"""The group level honours QC (issue 10): failing scans are left out of training and prediction
+"""The group level honours QC: failing scans are left out of training and prediction
 by default and listed everywhere; --qc-policy warn/ignore and --exclude-file change that.
 
 Cohorts are synthetic derivatives

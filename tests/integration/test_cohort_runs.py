@@ -1,4 +1,4 @@
-"""Cohort runs as labs run them (issue 25): OUTPUT_DIR in BIDS_DIR/derivatives/, sessions
+"""Cohort runs as labs run them: OUTPUT_DIR in BIDS_DIR/derivatives/, sessions
 isolated like subjects, and work folders that do not pile up in $TMPDIR.
 
 Each run is ``python -m ketabids ... participant --fast`` in a subprocess on 3 mm phantoms, with

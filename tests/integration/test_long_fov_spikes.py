@@ -1,6 +1,6 @@
 """Ordinary scanner inputs through THE anatomical workflow (fast mode): a long inferior field of
 view (110 mm of neck and shoulders added below the head) and intensity spikes (20 voxels at
-1e6) give the volumes of the scan they were made from, and QC passes (issue 25).
+1e6) give the volumes of the scan they were made from, and QC passes.
 
 On a 2 mm demo phantom (always) and on the real AOMIC scan downsampled to 2 mm (skipped when
 ../shared/data/real-t1w is absent). Measured 2026-12-07 (docs/benchmarks.md): neck TIV -0.2 %

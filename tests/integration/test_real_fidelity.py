@@ -1,11 +1,11 @@
 """Segmentation fidelity on a real scan against fMRIPrep's (FSL FAST) segmentation of it.
 
 The participant level runs as users run it (the CLI, default mode, one subject) on
-AOMIC-PIOP2 sub-0001 from ``../shared/data`` (skipped when absent). Before issue 13 (Atropos,
-one-span N4, mask without its CSF ring): GM/WM/brain Dice 0.802/0.857/0.950, WM -18 %, TIV -8 %
-of the reference mask; after: 0.851/0.906/0.971, WM -1.7 %, GM -5.1 %, TIV -0.3 %. The margins
-fail on a return to any part of the old method (see benchmarks/real_fidelity.py for the
-figures). The comparison itself is checked on synthetic labels.
+AOMIC-PIOP2 sub-0001 from ``../shared/data`` (skipped when absent). The margins sit between
+the figures of the partial-volume method and those of an Atropos segmentation with a one-span
+N4 and a mask without its CSF ring (GM/WM/brain Dice 0.802/0.857/0.950; docs/benchmarks.md,
+"Segmentation against a reference"), so they fail on a return to any part of that method. The
+comparison itself is checked on synthetic labels.
 """
 import importlib.util
 from pathlib import Path

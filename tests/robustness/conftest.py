@@ -1,4 +1,4 @@
-"""Fixtures of the robustness suite (issue 11): black-box runs of the command line.
+"""Fixtures of the robustness suite: black-box runs of the command line.
 
 Every test drives ``ketabids`` the way a user does: ``ketabids.cli.main(argv)`` in this process
 (:func:`cli`), or ``python -m ketabids`` in a subprocess (:func:`run_process`) where a process

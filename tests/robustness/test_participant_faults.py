@@ -160,7 +160,7 @@ def test_sigterm_cleans_up(tmp_path):
     assert "Traceback" not in log, log[-3000:]
     assert [p for p in subject_folders(out) if p not in complete_subjects(out)] == []
     assert stray_files(out) == [] and files_under(tmp) == []
-    # a stop the user asked for is not a crash: no traceback file (issue 25)
+    # a stop the user asked for is not a crash: no traceback file
     assert list(out.glob("logs/**/crash-*")) == []
 
 
