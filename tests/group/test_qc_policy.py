@@ -290,7 +290,8 @@ def test_cli_passes_qc_options(cohort_dirs, tmp_path, monkeypatch):
     from ketabids.cli import main
 
     seen = {}
-    monkeypatch.setattr(group_train, "run_group_train", lambda **kw: seen.update(kw) or {})
+    monkeypatch.setattr(group_train, "run_group_train",
+                        lambda config, **kw: seen.update(vars(config)) or {})
     ex = _tsv(tmp_path / "ex.tsv", "participant_id\treason\nsub-001\tx\n")
     assert main([str(cohort_dirs["bids"]), str(tmp_path / "o"), "group",
                  "--skip-bids-validation", "--target", "arm", "--qc-policy", "warn",
