@@ -23,12 +23,22 @@ subjects: 282 collections, 74 ms each, so 21 s of a 78 s run, during which no jo
 submitted. :class:`MultiProcPlugin` freezes the objects alive at the start of a round
 (:func:`gc.freeze`) so that collection walks only the young ones, then unfreezes them: nothing
 is leaked, and cycles among the older objects are left to Python's automatic collections.
+
+**Polling.** Nipype's scheduling loop wakes every ``poll_sleep_duration`` (short here, so that
+a cohort's many short nodes follow each other without idle gaps: :data:`~ketabids.runner.config.
+POLL_SLEEP_S`) and each time sums the columns of its job-dependency matrix (a sparse
+jobs x jobs matrix) twice to find the ready jobs. With a cohort's thousand-odd jobs those sums
+kept the main process busy about a third of a core while the workers computed. Here the
+matrix (:class:`_DependencyMatrix`) keeps its column sums until a job finishes or a MapNode
+adds jobs: the loop's answers are the same, computed once per change instead of per wake-up
+(docs/benchmarks.md, "Scheduling").
 """
 from __future__ import annotations
 
 import gc
 from pathlib import Path
 
+import scipy.sparse as ssp
 from nipype.pipeline.plugins.linear import LinearPlugin as _NipypeLinear
 from nipype.pipeline.plugins.multiproc import MultiProcPlugin as _NipypeMultiProc
 
@@ -64,6 +74,30 @@ class SubjectOf:
         return self.elements.get(self.element(node))
 
 
+class _DependencyMatrix(ssp.lil_matrix):
+    """Nipype's job-dependency matrix (row = a job, column = the jobs waiting on it), whose
+    column sums (``sum(0)``: the unfinished dependencies of each job) are kept until it
+    changes: through ``__setitem__``, or :meth:`changed` for writes through a row view (Nipype's
+    ``_task_finished_cb``). Shares the rows of the matrix it wraps."""
+
+    _column_sums = None
+
+    def sum(self, axis=None, dtype=None, out=None):
+        if axis != 0 or dtype is not None or out is not None:
+            return super().sum(axis=axis, dtype=dtype, out=out)
+        if self._column_sums is None:
+            self._column_sums = super().sum(axis=0)
+        return self._column_sums
+
+    def __setitem__(self, index, value):
+        self._column_sums = None
+        super().__setitem__(index, value)
+
+    def changed(self) -> None:
+        """Forget the column sums (after a write that bypassed ``__setitem__``)."""
+        self._column_sums = None
+
+
 class MultiProcPlugin(_NipypeMultiProc):
     """Nipype's ``MultiProc`` plugin, subject-major, whose per-round ``gc.collect()`` skips old
     objects (see the module docstring).
@@ -81,6 +115,21 @@ class MultiProcPlugin(_NipypeMultiProc):
         super().__init__(plugin_args=plugin_args)
         self._group_of = (plugin_args or {}).get("job_group")
         self.started: dict[str, int] = {}  # subject -> order in which it started
+
+    @property
+    def depidx(self):
+        """Nipype's job-dependency matrix, as a :class:`_DependencyMatrix`."""
+        return self._depidx
+
+    @depidx.setter
+    def depidx(self, value):
+        if value is not None and not isinstance(value, _DependencyMatrix):
+            value = _DependencyMatrix(value)
+        self._depidx = value
+
+    def _task_finished_cb(self, jobid, cached=False):
+        super()._task_finished_cb(jobid, cached=cached)
+        self._depidx.changed()  # Nipype zeroes the job's row through a row view
 
     def priority(self, node) -> tuple:
         """Sort key of a ready job (smaller first)."""

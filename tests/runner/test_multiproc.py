@@ -16,6 +16,10 @@ def _add_one(x):
     return x + 1
 
 
+def _total(x):
+    return sum(x)
+
+
 def _step(x):
     import time
 
@@ -163,3 +167,41 @@ def test_multiproc_priority_prefers_the_earliest_started_subject():
     assert [plugin.procs[j].fullname.split(".")[1] for j in order] == [
         "other_node", "single_subject_03_wf", "done_01", "report_01", "single_subject_02_wf",
         "single_subject_04_wf"]
+
+
+def test_multiproc_dependency_sums_match_the_matrix_at_every_wake_up(tmp_path, monkeypatch):
+    """The kept column sums are those of the matrix as it stands, at every loop wake-up, on a
+    graph whose MapNode adds jobs while it runs; the graph's results are Nipype's."""
+    import numpy as np
+    import scipy.sparse as ssp
+
+    from ketabids.runner import multiproc
+
+    checked = []
+    kept_sum = multiproc._DependencyMatrix.sum
+
+    def checking_sum(self, axis=None, dtype=None, out=None):
+        value = kept_sum(self, axis=axis, dtype=dtype, out=out)
+        if axis == 0:
+            checked.append(np.array_equal(value, ssp.lil_matrix.sum(self, axis=0)))
+        return value
+
+    monkeypatch.setattr(multiproc._DependencyMatrix, "sum", checking_sum)
+    wf = pe.Workflow(name="mapped_wf", base_dir=str(tmp_path))
+    first = pe.Node(niu.Function(function=_add_one, input_names=["x"], output_names=["x"]),
+                    name="first")
+    first.inputs.x = 0
+    mapped = pe.MapNode(niu.Function(function=_step, input_names=["x"], output_names=["x"]),
+                        iterfield=["x"], name="mapped")
+    mapped.inputs.x = [10, 20, 30]
+    last = pe.Node(niu.Function(function=_total, input_names=["x"], output_names=["total"]),
+                   name="last")
+    wf.connect(mapped, "x", last, "x")
+    wf.add_nodes([first])
+    wf.config["execution"].update({"poll_sleep_duration": 0.01, "crashdump_dir": str(tmp_path),
+                                   "create_report": False})
+    graph = wf.run(plugin=MultiProcPlugin(plugin_args={"n_procs": 2,
+                                                       "raise_insufficient": False}))
+    results = {node.name: node.result.outputs for node in graph.nodes()}
+    assert results["last"].total == 63 and results["first"].x == 1
+    assert len(checked) > 10 and all(checked)
