@@ -32,6 +32,8 @@ from string import Template
 import numpy as np
 import pandas as pd
 
+from ketabids.bids.derivatives import sidecar_name
+from ketabids.config import LabelRule
 from ketabids.io import atomic_write_text
 from ketabids.reports.figures import Image
 from ketabids.reports.group_figures import (
@@ -46,6 +48,7 @@ from ketabids.reports.group_figures import (
     fig_roc,
     fig_slices,
 )
+from ketabids.stats import roc_auc
 
 __all__ = ["write_train_report", "write_predict_report", "methods_paragraph",
            "c_selection_summary", "axial_cuts", "fig_brain", "fig_confusion",
@@ -147,8 +150,6 @@ def _section(anchor: str, title: str, body: str) -> str:
 def _files_section(folder: Path, *, extra: tuple[str, ...] = ()) -> str:
     """Links to every TSV / JSON / NIfTI of the analysis folder (data dictionaries included:
     each ``.tsv`` gets ``.json`` next to it), to ``qc.html`` and the participants' reports."""
-    from ketabids.group.dictionaries import sidecar_name
-
     names = {p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
     names |= set(extra)
     for name in list(names):
@@ -351,8 +352,6 @@ def _site_section(folder: Path, *, y=None, decision=None, sites=None, site_colum
         return _section("sites", "Per site", note + _table(table))
     if sites is None or y is None or decision is None:
         return ""
-    from ketabids.group.metrics import roc_auc
-
     rows = []
     sites = np.asarray(sites).astype(str)
     y, decision = np.asarray(y, int), np.asarray(decision, float)
@@ -593,8 +592,6 @@ def _brier(metrics) -> float | None:
 
 
 def _label_text(labels: dict) -> str:
-    from ketabids.group.labels import LabelRule
-
     return LabelRule(target=labels.get("target"),
                      response_from=tuple(labels["response_from"]) if labels.get("response_from")
                      else None, response_threshold=labels.get("response_threshold", 0.5),
