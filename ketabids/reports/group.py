@@ -25,6 +25,7 @@ from __future__ import annotations
 import html
 import json
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -50,7 +51,7 @@ from ketabids.reports.group_figures import (
 )
 from ketabids.stats import roc_auc
 
-__all__ = ["write_train_report", "write_predict_report", "methods_paragraph",
+__all__ = ["RunResults", "write_train_report", "write_predict_report", "methods_paragraph",
            "c_selection_summary", "axial_cuts", "fig_brain", "fig_confusion",
            "fig_decision_curve", "fig_decisions", "fig_decisions_unlabelled",
            "fig_permutation", "fig_reliability", "fig_roc", "fig_slices"]
@@ -433,10 +434,62 @@ def _nav(items) -> str:
 
 
 # ------------------------------------------------------------------------------- reports
-def write_train_report(path, *, cohort, rule, features, result, perm, calibration, maps,
-                       regions, manifest, headline=None, site_column=None, elapsed=0.0) -> None:
+@dataclass(frozen=True, eq=False)
+class RunResults:
+    """What a training or a prediction hands its report, beside the files of its folder.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        The participants analysed and those left out (:func:`ketabids.group.cohort.build_cohort`).
+    rule : LabelRule
+        How the labels were obtained.
+    manifest : dict
+        The model's manifest.
+    perm : PermutationResult, optional
+        The permutation test (None: none run).
+    calibration : DataFrame, optional
+        The reliability table.
+    headline : dict, optional
+        The headline metric (:func:`ketabids.group.metrics.headline_metric`).
+    elapsed : float
+        Run time in seconds.
+    """
+
+    cohort: object
+    rule: object
+    manifest: dict
+    perm: object = None
+    calibration: object = None
+    headline: dict | None = None
+    elapsed: float = 0.0
+
+
+def write_train_report(path, run: RunResults, *, features, result, maps, regions,
+                       site_column=None) -> None:
     """The training report (see the module docstring). Files of :data:`OPTIONAL_FILES` and
-    the optional blocks of ``metrics.json`` in ``path``'s folder are rendered when present."""
+    the optional blocks of ``metrics.json`` in ``path``'s folder are rendered when present.
+
+    Parameters
+    ----------
+    path : path
+        The report's file (``report.html`` of the staged training folder).
+    run : RunResults
+        Cohort, labels, manifest, permutation test, calibration, headline and run time.
+    features : Features
+        The feature matrix and its mask (:mod:`ketabids.group.features`).
+    result : NestedCVResult
+        The nested CV.
+    maps : dict
+        Map name -> NIfTI image (weight maps and pattern).
+    regions : DataFrame or None
+        The region table (with an atlas).
+    site_column : str, optional
+        The ``participants.tsv`` column of the sites.
+    """
+    cohort, rule, manifest, perm, calibration, headline, elapsed = (
+        run.cohort, run.rule, run.manifest, run.perm, run.calibration, run.headline,
+        run.elapsed)
     folder = Path(path).parent
     y = cohort.y
     brier = _brier(result.metrics)
@@ -751,9 +804,28 @@ def _model_name(model_path, manifest) -> str:
             f"trained {manifest.get('created', 'n/a')} on n = {manifest['training']['n']})")
 
 
-def write_predict_report(path, *, cohort, rule, manifest, model_path, predictions, metrics, perm,
-                         calibration, notes, headline=None, elapsed=0.0) -> None:
-    """The prediction report (frozen model on a new cohort)."""
+def write_predict_report(path, run: RunResults, *, model_path, predictions, metrics,
+                         notes) -> None:
+    """The prediction report (frozen model on a new cohort).
+
+    Parameters
+    ----------
+    path : path
+        The report's file (``report.html`` of the staged prediction folder).
+    run : RunResults
+        Cohort, labels, manifest, permutation test, calibration, headline and run time.
+    model_path : path
+        The model applied.
+    predictions : DataFrame
+        One row per participant.
+    metrics : DataFrame or None
+        The metrics (labelled cohorts).
+    notes : list of str
+        Warnings shown above the results.
+    """
+    cohort, rule, manifest, perm, calibration, headline, elapsed = (
+        run.cohort, run.rule, run.manifest, run.perm, run.calibration, run.headline,
+        run.elapsed)
     folder = Path(path).parent
     body = [_nav([("files", "Files"), ("cohort", "Cohort"), ("performance", "Performance"),
                   ("arms", "Arms"), ("participants", "Per participant"),

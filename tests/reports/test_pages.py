@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ketabids.reports.figures import png_size
 from ketabids.demo.preview import CHROMIUM, build_preview, screenshot
+from ketabids.reports.figures import png_size
 
 pytestmark = pytest.mark.slow
 
