@@ -13,10 +13,8 @@ def roc_auc(y_true, score):
 
     Parameters
     ----------
-    y_true : array-like of shape (n,)
-        Labels 1/0.
-    score : array-like of shape (n,)
-        Decision values or probabilities (larger = more likely 1).
+    y_true, score : array-like of shape (n,)
+        Labels 1/0 and decision values or probabilities (larger = more likely 1).
 
     Returns
     -------

@@ -472,10 +472,9 @@ def write_train_report(path, run: RunResults, *, features, result, maps, regions
 
     Parameters
     ----------
-    path : path
-        The report's file (``report.html`` of the staged training folder).
-    run : RunResults
-        Cohort, labels, manifest, permutation test, calibration, headline and run time.
+    path, run
+        The report's file (``report.html`` of the staged training folder) and the run's
+        :class:`RunResults`.
     features : Features
         The feature matrix and its mask (:mod:`ketabids.group.features`).
     result : NestedCVResult
@@ -810,10 +809,8 @@ def write_predict_report(path, run: RunResults, *, model_path, predictions, metr
 
     Parameters
     ----------
-    path : path
-        The report's file (``report.html`` of the staged prediction folder).
-    run : RunResults
-        Cohort, labels, manifest, permutation test, calibration, headline and run time.
+    path, run
+        As :func:`write_train_report` (the staged prediction folder's ``report.html``).
     model_path : path
         The model applied.
     predictions : DataFrame
