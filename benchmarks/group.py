@@ -102,7 +102,7 @@ def side_by_side(n=60, p=20_000, repeats=3):
 def libsvm_calls(n=40, p=20_000, n_permutations=10):
     """How often the engine hands a problem to libsvm, and what those calls cost."""
     import ketabids.group.kernels as kernels
-    from ketabids.group import NestedCVSettings, permutation_test
+    from ketabids.group import CVData, NestedCVSettings, permutation_test
 
     X, y, cov = cohort(n, p, seed=2)
     s = NestedCVSettings(n_outer=min(10, int(np.bincount(y).min())))
@@ -119,7 +119,8 @@ def libsvm_calls(n=40, p=20_000, n_permutations=10):
     kernels.libsvm_solve = timed
     try:
         t0 = time.perf_counter()
-        permutation_test(X, y, covariates=cov, settings=s, n_permutations=n_permutations)
+        permutation_test(CVData(X, y, covariates=cov), settings=s,
+                         n_permutations=n_permutations)
         total = time.perf_counter() - t0
     finally:
         kernels.libsvm_solve = solve
@@ -132,7 +133,7 @@ def libsvm_calls(n=40, p=20_000, n_permutations=10):
 
 
 def full_protocol(n=150, p=200_000, n_permutations=1000, n_jobs=2):
-    from ketabids.group import NestedCVSettings, nested_cv, permutation_test
+    from ketabids.group import CVData, NestedCVSettings, nested_cv, permutation_test
 
     X, y, cov = cohort(n, p, seed=2)
     s = NestedCVSettings()
@@ -152,8 +153,9 @@ def full_protocol(n=150, p=200_000, n_permutations=1000, n_jobs=2):
                   flush=True)
             last[0] = now
 
-    perm = permutation_test(X, y, covariates=cov, settings=s, n_permutations=n_permutations,
-                            observed=res, progress=progress, n_jobs=n_jobs, random_state=1)
+    perm = permutation_test(CVData(X, y, covariates=cov), settings=s,
+                            n_permutations=n_permutations, observed=res, progress=progress,
+                            n_jobs=n_jobs, random_state=1)
     t_perm = time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"{n_permutations} full-pipeline permutations: {t_perm:.0f} s "

@@ -50,6 +50,7 @@ def main(argv=None):
     from ketabids.group.audit import run_audit
     from ketabids.group.estimator import linear_kernel
     from ketabids.group.nested import (
+        CVData,
         NestedCVSettings,
         c_selection_summary,
         fit_final_model,
@@ -78,13 +79,13 @@ def main(argv=None):
         res = nested_cv(X, y, settings=s, gram=gram, **kw)
         c2 = time.process_time()
         if a.n_permutations:
-            permutation_test(X, y, settings=s, n_permutations=a.n_permutations, observed=res,
-                             n_jobs=a.n_jobs, gram=gram, **kw)
+            permutation_test(CVData(X, y, gram=gram, **kw), settings=s,
+                             n_permutations=a.n_permutations, observed=res, n_jobs=a.n_jobs)
         c3 = time.process_time()
         fit_final_model(X, y, settings=s, **kw)
         c4 = time.process_time()
-        table, warnings, _ = run_audit(X, y, result=res, settings=s, variables=variables,
-                                       qc=qc, gram=gram, **kw)
+        table, warnings, _ = run_audit(CVData(X, y, gram=gram, **kw), result=res, settings=s,
+                                       variables=variables, qc=qc)
         c5 = time.process_time()
         tables.append(table)
         for k, v in zip(fig, (c1 - c0, c2 - c1, (c3 - c2) / max(a.n_permutations, 1), c4 - c3,
@@ -111,8 +112,8 @@ def main(argv=None):
             c0 = time.process_time()
             res = nested_cv(X, y, settings=s, gram=gram, **kw)
             c1 = time.process_time()
-            permutation_test(X, y, settings=s, n_permutations=a.n_permutations, observed=res,
-                             n_jobs=a.n_jobs, gram=gram, **kw)
+            permutation_test(CVData(X, y, gram=gram, **kw), settings=s,
+                             n_permutations=a.n_permutations, observed=res, n_jobs=a.n_jobs)
             per = (time.process_time() - c1) / max(a.n_permutations, 1)
             c = c_selection_summary(res)
             print(f"kernel scaled={scaled}: nested CV {c1 - c0:.1f} CPU s, {per:.2f} CPU s per "

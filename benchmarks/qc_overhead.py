@@ -4,7 +4,7 @@ For each repeat, the participant graph (:func:`ketabids.workflows.base.init_part
 Linear plugin, ``--omp-nthreads`` threads: the BIDS-App's graph) runs on the same T1w twice,
 from fresh work and output folders: once with ``qc=False`` (no ``subject_qc`` node, no QC
 sink) and once with QC plus the end-of-run cohort update
-(:func:`ketabids.runner.progress.update_cohort_qc`: qc.tsv, qc.json, qc.html). The order
+(:func:`ketabids.runner.cohort_qc.update_cohort_qc`: qc.tsv, qc.json, qc.html). The order
 alternates between repeats so that drift of the shared machine hits both. Printed: the median
 wall seconds of each variant, their ratio, and the QC node's own duration (Nipype's runtime
 record) as a share of the sum of all node durations of the run (less sensitive to other load
@@ -65,8 +65,9 @@ def one_run(bids: Path, base: Path, *, qc: bool, fast: bool, omp_nthreads: int) 
     from ketabids.anat.settings import ProcessingSettings
     from ketabids.bids.derivatives import write_bidsignore, write_derivative_description
     from ketabids.bids.layout import collect_t1w, load_layout
+    from ketabids.config import ParticipantConfig
+    from ketabids.runner.cohort_qc import update_cohort_qc
     from ketabids.runner.config import configure_workflow, itk_threads, run_workflow
-    from ketabids.runner.progress import update_cohort_qc
     from ketabids.workflows.base import init_participant_wf
 
     out, work = base / "out", base / "work"
@@ -76,9 +77,10 @@ def one_run(bids: Path, base: Path, *, qc: bool, fast: bool, omp_nthreads: int) 
     write_bidsignore(out)
     with itk_threads(omp_nthreads):
         start = time.perf_counter()
-        wf = init_participant_wf(inputs=inputs, output_dir=out, bids_dir=bids,
-                                 processing=ProcessingSettings.for_fast(fast),
-                                 omp_nthreads=omp_nthreads, seed=1, qc=qc)
+        config = ParticipantConfig(bids_dir=bids, output_dir=out,
+                                   processing=ProcessingSettings.for_fast(fast),
+                                   omp_nthreads=omp_nthreads, seed=1)
+        wf = init_participant_wf(inputs=inputs, config=config, qc=qc)
         wf.base_dir = str(work)
         configure_workflow(wf, crashdump_dirs={}, default_crashdump=out / "logs")
         run_workflow(wf, "Linear", {})

@@ -1,6 +1,6 @@
 """Make the README's screenshots: the participant report, qc.html and the training report.
 
-Builds small realistic outputs (``ketabids.reports.preview.build_preview``: a synthetic
+Builds small realistic outputs (``ketabids.demo.preview.build_preview``: a synthetic
 60-participant cohort with a planted effect, two sites, reduced training protocol; about 2-3
 minutes on 2 cores) unless ``--from`` names an existing preview folder, then renders each page
 with headless Chromium (Debian's ``chromium`` package: ``apt-get install -y chromium``) into
@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ketabids.reports.preview import CHROMIUM, build_preview, screenshot
+from ketabids.demo.preview import CHROMIUM, build_preview, screenshot
 
 #: page -> (file name in docs/, window height in CSS px, CSS selector of what to leave out)
 SHOTS = {

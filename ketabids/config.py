@@ -25,7 +25,39 @@ from ketabids.anat.settings import ProcessingSettings
 from ketabids.errors import UsageError
 from ketabids.templates import DEFAULT_TEMPLATE
 
-__all__ = ["ParticipantConfig", "TrainConfig", "PredictConfig"]
+__all__ = ["ParticipantConfig", "TrainConfig", "PredictConfig", "LabelRule"]
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """How labels are obtained; stored in the model manifest and shown in reports."""
+
+    target: str | None = None
+    response_from: tuple[str, str] | None = None
+    response_threshold: float = 0.5
+    include: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One sentence for reports and the methods paragraph."""
+        if self.response_from:
+            pre, post = self.response_from
+            text = (f"response = relative drop ({pre} - {post}) / {pre} >= "
+                    f"{self.response_threshold:g}")
+        elif self.target:
+            text = f"response = binary column '{self.target}'"
+        else:
+            text = "no labels"
+        if self.include:
+            text += "; rows kept where " + " and ".join(self.include)
+        return text
+
+    def as_dict(self) -> dict:
+        return {
+            "target": self.target,
+            "response_from": list(self.response_from) if self.response_from else None,
+            "response_threshold": self.response_threshold,
+            "include": list(self.include),
+        }
 
 
 class _RunConfig:

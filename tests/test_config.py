@@ -80,8 +80,8 @@ def test_participant_manifest_names_what_the_runner_needs(tmp_path):
     inputs = [T1wInput("01", None, "/bids/sub-01/anat/sub-01_T1w.nii.gz"),
               T1wInput("02", "a", "/bids/sub-02/ses-a/anat/sub-02_ses-a_T1w.nii.gz"),
               T1wInput("02", "b", "/bids/sub-02/ses-b/anat/sub-02_ses-b_T1w.nii.gz")]
-    wf = init_participant_wf(inputs=inputs, output_dir=tmp_path, bids_dir="/bids",
-                             processing=ProcessingSettings.for_fast(True))
+    config = ParticipantConfig(bids_dir="/bids", output_dir=tmp_path, processing="fast")
+    wf = init_participant_wf(inputs=inputs, config=config)
     manifest = wf.manifest
     names = set(wf.list_node_names())
     tops = {name.split(".")[0] for name in names}
@@ -101,6 +101,5 @@ def test_participant_manifest_names_what_the_runner_needs(tmp_path):
     assert manifest.qc_session("single_subject_01_wf.anat_wf.n4") is None
     single = wf.get_node("single_subject_01_wf")
     assert manifest.methods == single.visit_desc() and "N4" in manifest.methods
-    without_qc = init_participant_wf(inputs=inputs[:1], output_dir=tmp_path,
-                                     bids_dir="/bids", qc=False)
+    without_qc = init_participant_wf(inputs=inputs[:1], config=config, qc=False)
     assert without_qc.manifest.subjects[0].qc == {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from ketabids import __version__
 from ketabids.io import atomic_write_text
@@ -39,6 +39,9 @@ BIDSIGNORE = ["*_xfm.h5", "*_morph.tsv", "*_morph.json", "*.html", "logs/", "/gr
 
 #: Name of the dseg look-up table at the output root: it applies by inheritance to every
 #: ``sub-*_dseg.nii.gz`` (BIDS), as sMRIPrep's/fMRIPrep's ``dseg.tsv``.
+#: The frozen model of ``group/train`` and its manifest (:mod:`ketabids.group.model_io`).
+MODEL_NAME = "ketabids_model.skops"
+MANIFEST_NAME = "ketabids_model.json"
 DSEG_LUT = "dseg.tsv"
 #: The sidecar of :data:`DSEG_LUT` (column dictionary).
 DSEG_LUT_DICTIONARY = {
@@ -252,3 +255,16 @@ def raw_uri(source_file, bids_dir) -> str:
     except ValueError:
         rel = Path(source_file).name
     return f"bids:raw:{rel}"
+
+
+def sidecar_name(filename: str) -> str:
+    """The sidecar's file name: ``.tsv``/``.nii.gz``/``.nii`` replaced by ``.json``.
+
+    >>> sidecar_name("space-MNI152NLin2009aSym_desc-weight_statmap.nii.gz")
+    'space-MNI152NLin2009aSym_desc-weight_statmap.json'
+    """
+    name = PurePath(filename).name
+    for ext in (".nii.gz", ".nii", ".tsv"):
+        if name.endswith(ext):
+            return name[: -len(ext)] + ".json"
+    raise ValueError(f"{filename}: only .tsv and NIfTI files get a JSON sidecar")

@@ -15,14 +15,21 @@ from ketabids.group.cv import GroupFolds, LeaveGroupOut, StratifiedFolds
 from ketabids.group.estimator import DEFAULT_C_GRID, KetaSVC
 from ketabids.group.interpretation import WeightMaps, haufe_pattern, region_table, weight_maps
 from ketabids.group.metrics import balanced_accuracy, calibration_table, classification_metrics
-from ketabids.group.nested import NestedCVResult, NestedCVSettings, fit_final_model, nested_cv
+from ketabids.group.nested import (
+    CVData,
+    NestedCVResult,
+    NestedCVSettings,
+    fit_final_model,
+    nested_cv,
+)
 from ketabids.group.permutation import (
     PermutationResult,
     external_permutation_test,
     permutation_test,
 )
 
-__all__ = ["DEFAULT_C_GRID", "NestedCVSettings", "NestedCVResult", "nested_cv", "KetaSVC",
+__all__ = ["DEFAULT_C_GRID", "CVData", "NestedCVSettings", "NestedCVResult", "nested_cv",
+           "KetaSVC",
            "StratifiedFolds", "GroupFolds", "LeaveGroupOut", "fit_final_model",
            "classification_metrics", "balanced_accuracy",
            "calibration_table", "PermutationResult", "permutation_test",

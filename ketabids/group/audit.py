@@ -204,23 +204,42 @@ def _pooled(result, name):
     return float(row.estimate), float(row.ci_low), float(row.ci_high)
 
 
-def run_audit(X, y, *, result, settings, covariates=None, sites=None, groups=None,
-              variables: pd.DataFrame | None = None, qc: pd.DataFrame | None = None,
-              random_state=0, progress=None, gram=None
+def run_audit(data, *, result, settings, variables: pd.DataFrame | None = None,
+              qc: pd.DataFrame | None = None, random_state=0, progress=None
               ) -> tuple[pd.DataFrame, list[str], dict]:
     """All checks of the module docstring for a training run.
 
-    ``result``: the headline :class:`~ketabids.group.nested.NestedCVResult`; ``settings`` its
-    :class:`~ketabids.group.nested.NestedCVSettings`; ``variables``: participant variables
-    (age, sex, TIV, ...; rows in the order of ``y``); ``qc``: QC metrics (same rows);
-    ``gram``: ``X X^T`` when the training computed it (else computed here, as needed).
-    Returns (audit table, warning sentences, extra results ``{"leave_site_out": result or
-    None}``).
+    Parameters
+    ----------
+    data : CVData
+        The training's features, labels, covariates, sites, groups and ``X X^T`` when the
+        training computed it (else computed here, as needed)
+        (:class:`~ketabids.group.nested.CVData`).
+    result : NestedCVResult
+        The headline nested CV.
+    settings : NestedCVSettings
+        Its settings.
+    variables : DataFrame, optional
+        Participant variables (age, sex, TIV, ...; rows in the order of ``data.y``).
+    qc : DataFrame, optional
+        QC metrics (same rows).
+    random_state : int
+        Seed of the site-predictability CV.
+    progress : callable, optional
+        Called as ``progress(done, 4)`` after each check.
+
+    Returns
+    -------
+    tuple
+        (audit table, warning sentences, extra results ``{"leave_site_out": result or
+        None}``).
     """
     from ketabids.group.estimator import linear_kernel
     from ketabids.group.nested import check_scheme, nested_cv
 
-    y = np.asarray(y).astype(int)
+    X, covariates, sites, groups, gram = (data.X, data.covariates, data.sites, data.groups,
+                                          data.gram)
+    y = np.asarray(data.y).astype(int)
     rows, extra = [], {"leave_site_out": None}
     head = _pooled(result, "bac")
     n_sites = 0 if sites is None else int(np.unique(sites).size)

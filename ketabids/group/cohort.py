@@ -72,12 +72,38 @@ class Cohort:
                                                      if c not in columns])
 
 
-def build_cohort(*, bids_dir, output_dir, subjects, sessions, layout, template, rule,
-                 covariates=(), site_column=None, encoding=None, qc_policy="exclude",
-                 exclude_file=None) -> Cohort:
+def build_cohort(config, *, template, rule, covariates=(), site_column=None, encoding=None,
+                 layout=None) -> Cohort:
     """Select participants, find their maps, labels, covariates; pass them through the QC gate
-    (``qc_policy``, ``exclude_file``: :func:`ketabids.qc.gate.apply_qc_gate`); list everyone
-    left out, with the reason."""
+    (:func:`ketabids.qc.gate.open_gate`); list everyone left out, with the reason.
+
+    Parameters
+    ----------
+    config : TrainConfig or PredictConfig
+        The run's configuration: its ``bids_dir``, ``output_dir``, ``subjects``, ``sessions``,
+        ``qc_policy`` and ``exclude_file`` (:mod:`ketabids.config`).
+    template : str
+        Template of the GM maps.
+    rule : LabelRule
+        How labels are obtained (no target: an unlabelled cohort).
+    covariates : sequence of str
+        Covariate names (``tiv`` from the volumes tables, others from ``participants.tsv``).
+    site_column : str, optional
+        Column of ``participants.tsv`` naming each participant's site.
+    encoding : dict, optional
+        A trained model's covariate encoding, applied as it was (prediction).
+    layout : BIDSLayout, optional
+        A layout of OUTPUT_DIR already built.
+
+    Returns
+    -------
+    Cohort
+        The participants analysed, their maps, labels, covariates and sites, and everyone left
+        out with the reason.
+    """
+    bids_dir, output_dir = Path(config.bids_dir), Path(config.output_dir)
+    subjects, sessions = config.subjects, config.sessions
+    qc_policy, exclude_file = config.qc_policy, config.exclude_file
     table = lab.read_participants(bids_dir)
     gate = open_gate(policy=qc_policy, exclude_file=exclude_file,
                      known_participants=list(table.index), roots=(bids_dir, output_dir))

@@ -27,6 +27,8 @@ import copy
 import re
 from pathlib import PurePath
 
+from ketabids.bids.derivatives import sidecar_name
+
 __all__ = ["sidecar_for", "sidecar_name", "write_sidecars", "TABLES", "MAPS"]
 
 _BINARY = {"0": "non-responder (negative class)", "1": "responder (positive class)"}
@@ -522,19 +524,6 @@ _STATMAP_RE = re.compile(r"(?:^|_)desc-(?P<desc>[a-z0-9]+)_statmap\.nii(?:\.gz)?
 _SPACE_RE = re.compile(r"(?:^|_)space-(?P<space>[A-Za-z0-9]+)")
 _MASK_RE = re.compile(r"(?:^|_)mask\.nii(?:\.gz)?$")
 _INDICATOR_RE = re.compile(r"^(?P<name>.+)\[(?P<level>.+)\]$")
-
-
-def sidecar_name(filename: str) -> str:
-    """The sidecar's file name: ``.tsv``/``.nii.gz``/``.nii`` replaced by ``.json``.
-
-    >>> sidecar_name("space-MNI152NLin2009aSym_desc-weight_statmap.nii.gz")
-    'space-MNI152NLin2009aSym_desc-weight_statmap.json'
-    """
-    name = PurePath(filename).name
-    for ext in (".nii.gz", ".nii", ".tsv"):
-        if name.endswith(ext):
-            return name[: -len(ext)] + ".json"
-    raise ValueError(f"{filename}: only .tsv and NIfTI files get a JSON sidecar")
 
 
 def _mode_of(path: PurePath, mode: str | None) -> str:

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ketabids.stats import format_p, roc_auc
+
 __all__ = ["classification_metrics", "repeat_metrics", "per_fold_table", "roc_auc",
            "balanced_accuracy", "balanced_accuracy_sets", "wilson_interval", "delong_interval",
            "calibration_table", "finite_or_none", "headline_metric", "format_p",
@@ -61,35 +63,6 @@ def wilson_interval(k, n, confidence=0.95):
     centre = (p + z * z / (2 * n)) / den
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def roc_auc(y_true, score):
-    """Area under the ROC curve (Mann-Whitney, ties count 1/2).
-
-    Parameters
-    ----------
-    y_true : array-like of shape (n,)
-        Labels 1/0.
-    score : array-like of shape (n,)
-        Decision values or probabilities (larger = more likely 1).
-
-    Returns
-    -------
-    float
-        The AUC; NaN when a class is absent.
-
-    Examples
-    --------
-    >>> roc_auc([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9])
-    0.75
-    """
-    y_true = np.asarray(y_true)
-    r = stats.rankdata(score)
-    n1 = int((y_true == 1).sum())
-    n0 = y_true.size - n1
-    if n1 == 0 or n0 == 0:
-        return np.nan
-    return float((r[y_true == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def delong_interval(y_true, score, confidence=0.95):
@@ -480,38 +453,6 @@ _AGGREGATION_TEXT = {
     "pooled": "pooled out-of-fold predictions of all {repeats} CV repeats",
     "single": "frozen model, one prediction per participant",
 }
-
-
-def format_p(p, n_permutations) -> str:
-    """A permutation p-value as text; at its floor ``1/(N+1)`` it says so.
-
-    Parameters
-    ----------
-    p : float or None
-        The p-value.
-    n_permutations : int
-        Number of permutations (0: no test).
-
-    Returns
-    -------
-    str
-        The text shown in reports, logs and the demo table.
-
-    Examples
-    --------
-    >>> format_p(1 / 201, 200)
-    'p <= 0.005 (floor of 200 permutations)'
-    >>> format_p(0.0423, 200)
-    'p = 0.042 (200 permutations)'
-    >>> format_p(None, 0)
-    'no permutation test'
-    """
-    if p is None or not n_permutations:
-        return "no permutation test"
-    floor = 1.0 / (int(n_permutations) + 1)
-    if float(p) <= floor * (1 + 1e-9):
-        return f"p <= {floor:.2g} (floor of {int(n_permutations)} permutations)"
-    return f"p = {float(p):.2g} ({int(n_permutations)} permutations)"
 
 
 def small_class_warning(n_responders: int, n_nonresponders: int) -> str | None:

@@ -33,13 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ketabids.bids.derivatives import MANIFEST_NAME, MODEL_NAME
 from ketabids.errors import BadDataError, MissingInputError
 from ketabids.io import atomic_path, save_nifti, sha256_file, write_json
 
 FORMAT = "ketabids-model"
 FORMAT_VERSION = 1
-MODEL_NAME = "ketabids_model.skops"
-MANIFEST_NAME = "ketabids_model.json"
 #: The mask's name in models of ketabids 0.1.0 (not a valid BIDS name); still accepted.
 MASK_NAME = "ketabids_mask.nii.gz"
 

@@ -52,12 +52,43 @@ from ketabids.group.estimator import (
 from ketabids.group.kernels import platt_fit, platt_predict, solve_dual
 from ketabids.group.metrics import classification_metrics, per_fold_table, repeat_metrics
 
-__all__ = ["NestedCVSettings", "NestedCVResult", "nested_cv", "fit_final_model", "make_scheme",
+__all__ = ["CVData", "NestedCVSettings", "NestedCVResult", "nested_cv", "fit_final_model",
+           "make_scheme",
            "check_inputs", "check_scheme", "c_selection_summary", "EDGE_WARNING_SHARE"]
 
 #: A C at one edge of the grid (or a flat inner curve) in more than this share of the outer
 #: folds is a warning (metrics.json ``c_selection``, the log, the closing line).
 EDGE_WARNING_SHARE = 0.5
+
+
+@dataclass(frozen=True, eq=False)
+class CVData:
+    """The participants a cross-validation runs on, as the permutation test and the audit
+    re-run it (:func:`~ketabids.group.permutation.permutation_test`,
+    :func:`~ketabids.group.audit.run_audit`).
+
+    Parameters
+    ----------
+    X : array-like of shape (n, p)
+        Features.
+    y : array-like of shape (n,)
+        Labels 1/0.
+    covariates : array-like of shape (n, k) or None
+        Covariates regressed out of the features inside each training set.
+    sites : array-like of shape (n,) or None
+        Site of each participant.
+    groups : array-like of shape (n,) or None
+        The folds' groups (default ``sites``).
+    gram : ndarray of shape (n, n) or None
+        ``X X^T`` when the caller has it (as :func:`nested_cv`).
+    """
+
+    X: object
+    y: object
+    covariates: object = None
+    sites: object = None
+    groups: object = None
+    gram: object = None
 
 
 @dataclass(frozen=True)

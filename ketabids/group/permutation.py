@@ -106,9 +106,8 @@ def _pooled_bac_auc(y, dec):
     return balanced_accuracy(yy, dec.ravel() > 0), roc_auc(yy, dec.ravel())
 
 
-def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estimator=None,
-                     cv=None, n_permutations=1000, random_state=0, progress=None, observed=None,
-                     n_jobs=1, groups=None, gram=None):
+def permutation_test(data, *, settings=None, estimator=None, cv=None, n_permutations=1000,
+                     random_state=0, progress=None, observed=None, n_jobs=1):
     """Nested-CV permutation test: every permutation re-runs the whole nested CV.
 
     Tests the pooled BAC and AUC of the out-of-fold decisions (module docstring). Results do
@@ -116,11 +115,11 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estima
 
     Parameters
     ----------
-    X : array-like of shape (n, p)
-        Features.
-    y : array-like of shape (n,)
-        Labels 1/0.
-    covariates, sites, settings, estimator, cv
+    data : CVData
+        Features, labels, covariates, sites, groups (labels are permuted within the groups,
+        default the sites) and ``X X^T`` when the caller has it
+        (:class:`~ketabids.group.nested.CVData`).
+    settings, estimator, cv
         As :func:`~ketabids.group.nested.nested_cv`.
     n_permutations : int
         Number of permutations.
@@ -132,10 +131,6 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estima
         The nested CV on the true labels (else it is run once more).
     n_jobs : int
         Threads.
-    groups : array-like of shape (n,) or None
-        The folds' groups (default ``sites``); labels are permuted within them.
-    gram : ndarray of shape (n, n) or None
-        ``X X^T`` when the caller has it (as :func:`~ketabids.group.nested.nested_cv`).
 
     Returns
     -------
@@ -145,6 +140,7 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estima
     from ketabids.group.estimator import KernelProvider
     from ketabids.group.nested import _plan, _run, _split_groups, check_inputs
 
+    X, y, covariates, sites, groups = data.X, data.y, data.covariates, data.sites, data.groups
     settings, estimator, cv, extra = _plan(settings, estimator, cv)
     X, y, covariates, sites = check_inputs(X, y, covariates, sites,
                                            settings if "outer_cv" not in extra else None,
@@ -152,7 +148,8 @@ def permutation_test(X, y, *, covariates=None, sites=None, settings=None, estima
     groups = _split_groups(groups, sites, y.size)
     kern = KernelProvider(X, covariates, sites, standardize=estimator.standardize,
                           harmonize=estimator.harmonize,
-                          scale_kernel=getattr(estimator, "scale_kernel", True), gram=gram)
+                          scale_kernel=getattr(estimator, "scale_kernel", True),
+                          gram=data.gram)
 
     def decisions(labels):
         return _run(X, labels, covariates, sites, estimator, cv, kern=kern,

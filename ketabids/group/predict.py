@@ -86,8 +86,8 @@ def run_group_predict(config: PredictConfig | None = None, *, layout=None, **opt
     Returns
     -------
     dict
-        ``{"output_dir", "report", "predictions", "n", "n_subjects" (= n), "n_excluded",
-        "labelled", "bac", "auc", "p_bac", "p_auc", "metrics": {"bac", "auc"},
+        ``{"output_dir", "report", "predictions", "n_subjects", "n_excluded",
+        "labelled", "bac", "auc", "p_bac", "p_auc",
         "model_sha256", "tables", "specificity" (the metrics.json block or None),
         "calibration", "headline" (THE result: :func:`ketabids.group.metrics.headline_metric`,
         None without labels), "logs"}`` (metrics None without labels).
@@ -107,11 +107,9 @@ def run_group_predict(config: PredictConfig | None = None, *, layout=None, **opt
     config = _config(PredictConfig, config, options)
     t0 = time.monotonic()
     bids_dir, output_dir, model = config.bids_dir, config.output_dir, config.model
-    subjects, sessions, include, name = (config.subjects, config.sessions, config.include,
-                                         config.name)
+    include, name = config.include, config.name
     target, response_from, response_threshold = (config.target, config.response_from,
                                                   config.response_threshold)
-    qc_policy, exclude_file = config.qc_policy, config.exclude_file
     n_permutations, nprocs, seed = config.n_permutations, config.nprocs, config.seed
     arm_column, treatment_arm = config.arm_column, config.treatment_arm
     loaded = model_io.load_model(model, expected_class=KetaSVC)
@@ -141,12 +139,9 @@ def run_group_predict(config: PredictConfig | None = None, *, layout=None, **opt
     if site_column and not site.get("combat") and \
             site_column not in lab.read_participants(bids_dir).columns:
         site_column = None
-    cohort = build_cohort(bids_dir=bids_dir, output_dir=output_dir, subjects=subjects,
-                          sessions=sessions, layout=layout, template=manifest["template"],
-                          rule=rule, covariates=manifest["covariates"]["names"],
-                          site_column=site_column,
-                          encoding=manifest["covariates"]["encoding"],
-                          qc_policy=qc_policy, exclude_file=exclude_file)
+    cohort = build_cohort(config, layout=layout, template=manifest["template"], rule=rule,
+                          covariates=manifest["covariates"]["names"], site_column=site_column,
+                          encoding=manifest["covariates"]["encoding"])
     warn_excluded(cohort.excluded)
     arms = None
     if arm_column:  # before any feature work: the arms of the participants predicted
@@ -256,9 +251,10 @@ def run_group_predict(config: PredictConfig | None = None, *, layout=None, **opt
         from ketabids.reports import group as report
 
         report.write_predict_report(
-            stage / "report.html", cohort=cohort, rule=rule, manifest=manifest,
-            model_path=loaded.path, predictions=pred, metrics=metrics, perm=perm,
-            calibration=calib, notes=notes, headline=h, elapsed=time.monotonic() - t0)
+            stage / "report.html", report.RunResults(
+                cohort=cohort, rule=rule, manifest=manifest, perm=perm, calibration=calib,
+                headline=h, elapsed=time.monotonic() - t0),
+            model_path=loaded.path, predictions=pred, metrics=metrics, notes=notes)
         write_sidecars(stage, mode="predict")
     write_bidsignore(output_dir)
     tables = listing(final_dir)
@@ -273,11 +269,10 @@ def run_group_predict(config: PredictConfig | None = None, *, layout=None, **opt
         "output_dir": str(final_dir),
         "report": str(final_dir / "report.html"),
         "predictions": str(final_dir / "predictions.tsv"),
-        "n": len(ids), "n_subjects": len(ids), "n_excluded": len(cohort.excluded),
+        "n_subjects": len(ids), "n_excluded": len(cohort.excluded),
         "qc": cohort.qc.as_dict(),
         "labelled": metrics is not None,
         **{k: headline.get(k) for k in ("bac", "auc", "p_bac", "p_auc")},
-        "metrics": {"bac": headline.get("bac"), "auc": headline.get("auc")},
         "model_sha256": manifest["model_sha256"],
         "tables": tables, "headline": h, "logs": str(logs),
         "specificity": spec.as_dict() if spec is not None else None,

@@ -56,7 +56,13 @@ from ketabids.group.metrics import (
     format_headline,
     headline_metric,
 )
-from ketabids.group.nested import c_selection_summary, check_scheme, fit_final_model, nested_cv
+from ketabids.group.nested import (
+    CVData,
+    c_selection_summary,
+    check_scheme,
+    fit_final_model,
+    nested_cv,
+)
 from ketabids.group.permutation import permutation_test
 from ketabids.group.progress import Progress
 from ketabids.group.publish import listing, refuse_existing, run_lock, staged
@@ -86,10 +92,9 @@ def run_group_train(config: TrainConfig | None = None, *, layout=None, **options
     Returns
     -------
     dict
-        ``{"output_dir", "report", "model", "manifest", "n", "n_subjects" (= n),
-        "n_responders", "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac", "p_auc",
-        "metrics": {"bac" (= the headline, pooled), "bac_pooled", "bac_mean", "auc"},
-        "headline" (THE result: :func:`ketabids.group.metrics.headline_metric`), "logs",
+        ``{"output_dir", "report", "model", "manifest", "n_subjects", "n_responders",
+        "n_excluded", "bac_mean", "bac_pooled", "auc", "p_bac",
+        "p_auc", "headline" (THE result: :func:`ketabids.group.metrics.headline_metric`), "logs",
         "cv_hash", "tables", "cv_scheme", "c_selection", "audit_warnings", "leave_site_out"
         (headline-style result of the audit's leave-site-out CV, or None)}``.
 
@@ -110,17 +115,14 @@ def run_group_train(config: TrainConfig | None = None, *, layout=None, **options
     """
     config = _config(TrainConfig, config, options)
     t0 = time.monotonic()
-    output_dir, bids_dir = Path(config.output_dir), Path(config.bids_dir)
+    output_dir = Path(config.output_dir)
     final_dir = output_dir / "group" / "train"
     rule = lab.make_label_rule(target=config.target, response_from=config.response_from,
                                response_threshold=config.response_threshold,
                                include=config.include)
     settings = config.cv_settings()
-    cohort = build_cohort(bids_dir=bids_dir, output_dir=output_dir, subjects=config.subjects,
-                          sessions=config.sessions, layout=layout, template=config.template,
-                          rule=rule, covariates=config.covariates,
-                          site_column=config.site_column, qc_policy=config.qc_policy,
-                          exclude_file=config.exclude_file)
+    cohort = build_cohort(config, layout=layout, template=config.template, rule=rule,
+                          covariates=config.covariates, site_column=config.site_column)
     warn_excluded(cohort.excluded)
     if len(set(cohort.y.tolist())) < 2:
         raise BadDataError(f"all {len(cohort.y)} included participants have the same label "
@@ -193,13 +195,14 @@ def _fit(config: TrainConfig, cohort, settings, groups) -> Training:
                        settings=settings, groups=groups,
                        progress=Progress("nested CV", progress), gram=gram)
     t_cv = time.monotonic() - t_cv
+    data = CVData(X, y, covariates=cohort.covariates, sites=cohort.sites, groups=groups,
+                  gram=gram)
     perm = None
     if config.n_permutations:
         perm = permutation_test(
-            X, y, covariates=cohort.covariates, sites=cohort.sites, settings=settings,
-            n_permutations=int(config.n_permutations), random_state=int(seed), observed=result,
-            n_jobs=int(nprocs), progress=Progress("permutations", progress), groups=groups,
-            gram=gram)
+            data, settings=settings, n_permutations=int(config.n_permutations),
+            random_state=int(seed), observed=result, n_jobs=int(nprocs),
+            progress=Progress("permutations", progress))
     final = fit_final_model(X, y, covariates=cohort.covariates, sites=cohort.sites,
                             settings=settings, groups=groups)
     c_sel = c_selection_summary(result, kernel_scale=getattr(final, "kernel_scale_", None))
@@ -230,9 +233,8 @@ def _fit(config: TrainConfig, cohort, settings, groups) -> Training:
         t_audit = time.monotonic()
         variables, qc_metrics = _audit_variables(cohort, Path(config.output_dir))
         audit_table, audit_warnings, extra = run_audit(
-            X, y, result=result, settings=settings, covariates=cohort.covariates,
-            sites=cohort.sites, groups=groups, variables=variables, qc=qc_metrics,
-            random_state=int(seed), progress=Progress("audit", progress), gram=gram)
+            data, result=result, settings=settings, variables=variables, qc=qc_metrics,
+            random_state=int(seed), progress=Progress("audit", progress))
         if extra["leave_site_out"] is not None:
             loso_h = headline_metric(extra["leave_site_out"].metrics, aggregation="pooled",
                                      y=y, n_repeats=1)
@@ -366,11 +368,13 @@ def _write_training(config: TrainConfig, training: Training, *, cohort, rule, fi
         from ketabids.reports import group as report
 
         report.write_train_report(
-            stage / "report.html", cohort=cohort, rule=rule, features=features, result=result,
-            perm=perm, calibration=calib, maps={k: features.to_image(np.asarray(v, np.float32))
-                                                for k, v in map_values.items()},
-            regions=regions, manifest=manifest, headline=h,
-            site_column=site_column, elapsed=time.monotonic() - t0)
+            stage / "report.html", report.RunResults(
+                cohort=cohort, rule=rule, manifest=manifest, perm=perm, calibration=calib,
+                headline=h, elapsed=time.monotonic() - t0),
+            features=features, result=result,
+            maps={k: features.to_image(np.asarray(v, np.float32))
+                  for k, v in map_values.items()},
+            regions=regions, site_column=site_column)
         write_study_report(stage)  # tripod_ai.tsv, model_card.md (from the files above)
         write_sidecars(stage, mode="train", template=template, resolution=analysis_resolution)
     write_bidsignore(output_dir)
@@ -392,11 +396,9 @@ def _write_training(config: TrainConfig, training: Training, *, cohort, rule, fi
         "report": str(final_dir / "report.html"),
         "model": str(final_dir / model_io.MODEL_NAME),
         "manifest": str(final_dir / model_io.MANIFEST_NAME),
-        "n": len(y), "n_subjects": len(y), "n_responders": int(y.sum()),
+        "n_subjects": len(y), "n_responders": int(y.sum()),
         "n_excluded": len(cohort.excluded), "qc": cohort.qc.as_dict(),
         **{k: headline.get(k) for k in ("bac_mean", "bac_pooled", "auc", "p_bac", "p_auc")},
-        "metrics": {"bac": h["estimate"], "bac_pooled": headline["bac_pooled"],
-                    "bac_mean": headline["bac_mean"], "auc": headline["auc"]},
         "headline": h, "logs": str(logs),
         "cv_hash": result.cv_hash,
         "tables": tables,

@@ -47,6 +47,7 @@ class ReportSection(SimpleInterface):
         import pandas as pd
 
         from ketabids.reports.participant import (
+            SectionFigures,
             plot_normalisation,
             plot_segmentation,
             render_section,
@@ -80,8 +81,10 @@ class ReportSection(SimpleInterface):
             qc = json.loads(Path(inputs.qc_metrics).read_text())
         text = render_section(subject=inputs.subject, session=inputs.session or None,
                               source_file=inputs.source_file, notes=notes,
-                              skull_stripped=inputs.skull_stripped, segmentation_png=seg_png,
-                              normalisation_png=norm_png, volumes=volumes, regional=regional,
+                              skull_stripped=inputs.skull_stripped,
+                              figures=SectionFigures(segmentation=seg_png,
+                                                     normalisation=norm_png),
+                              volumes=volumes, regional=regional,
                               template=inputs.template, qc=qc)
         out = Path(runtime.cwd) / "report_section.html"
         out.write_text(text, encoding="utf-8")

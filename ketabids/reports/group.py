@@ -25,6 +25,7 @@ from __future__ import annotations
 import html
 import json
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -32,6 +33,8 @@ from string import Template
 import numpy as np
 import pandas as pd
 
+from ketabids.bids.derivatives import sidecar_name
+from ketabids.config import LabelRule
 from ketabids.io import atomic_write_text
 from ketabids.reports.figures import Image
 from ketabids.reports.group_figures import (
@@ -46,8 +49,9 @@ from ketabids.reports.group_figures import (
     fig_roc,
     fig_slices,
 )
+from ketabids.stats import roc_auc
 
-__all__ = ["write_train_report", "write_predict_report", "methods_paragraph",
+__all__ = ["RunResults", "write_train_report", "write_predict_report", "methods_paragraph",
            "c_selection_summary", "axial_cuts", "fig_brain", "fig_confusion",
            "fig_decision_curve", "fig_decisions", "fig_decisions_unlabelled",
            "fig_permutation", "fig_reliability", "fig_roc", "fig_slices"]
@@ -147,8 +151,6 @@ def _section(anchor: str, title: str, body: str) -> str:
 def _files_section(folder: Path, *, extra: tuple[str, ...] = ()) -> str:
     """Links to every TSV / JSON / NIfTI of the analysis folder (data dictionaries included:
     each ``.tsv`` gets ``.json`` next to it), to ``qc.html`` and the participants' reports."""
-    from ketabids.group.dictionaries import sidecar_name
-
     names = {p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
     names |= set(extra)
     for name in list(names):
@@ -351,8 +353,6 @@ def _site_section(folder: Path, *, y=None, decision=None, sites=None, site_colum
         return _section("sites", "Per site", note + _table(table))
     if sites is None or y is None or decision is None:
         return ""
-    from ketabids.group.metrics import roc_auc
-
     rows = []
     sites = np.asarray(sites).astype(str)
     y, decision = np.asarray(y, int), np.asarray(decision, float)
@@ -434,10 +434,61 @@ def _nav(items) -> str:
 
 
 # ------------------------------------------------------------------------------- reports
-def write_train_report(path, *, cohort, rule, features, result, perm, calibration, maps,
-                       regions, manifest, headline=None, site_column=None, elapsed=0.0) -> None:
+@dataclass(frozen=True, eq=False)
+class RunResults:
+    """What a training or a prediction hands its report, beside the files of its folder.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        The participants analysed and those left out (:func:`ketabids.group.cohort.build_cohort`).
+    rule : LabelRule
+        How the labels were obtained.
+    manifest : dict
+        The model's manifest.
+    perm : PermutationResult, optional
+        The permutation test (None: none run).
+    calibration : DataFrame, optional
+        The reliability table.
+    headline : dict, optional
+        The headline metric (:func:`ketabids.group.metrics.headline_metric`).
+    elapsed : float
+        Run time in seconds.
+    """
+
+    cohort: object
+    rule: object
+    manifest: dict
+    perm: object = None
+    calibration: object = None
+    headline: dict | None = None
+    elapsed: float = 0.0
+
+
+def write_train_report(path, run: RunResults, *, features, result, maps, regions,
+                       site_column=None) -> None:
     """The training report (see the module docstring). Files of :data:`OPTIONAL_FILES` and
-    the optional blocks of ``metrics.json`` in ``path``'s folder are rendered when present."""
+    the optional blocks of ``metrics.json`` in ``path``'s folder are rendered when present.
+
+    Parameters
+    ----------
+    path, run
+        The report's file (``report.html`` of the staged training folder) and the run's
+        :class:`RunResults`.
+    features : Features
+        The feature matrix and its mask (:mod:`ketabids.group.features`).
+    result : NestedCVResult
+        The nested CV.
+    maps : dict
+        Map name -> NIfTI image (weight maps and pattern).
+    regions : DataFrame or None
+        The region table (with an atlas).
+    site_column : str, optional
+        The ``participants.tsv`` column of the sites.
+    """
+    cohort, rule, manifest, perm, calibration, headline, elapsed = (
+        run.cohort, run.rule, run.manifest, run.perm, run.calibration, run.headline,
+        run.elapsed)
     folder = Path(path).parent
     y = cohort.y
     brier = _brier(result.metrics)
@@ -593,8 +644,6 @@ def _brier(metrics) -> float | None:
 
 
 def _label_text(labels: dict) -> str:
-    from ketabids.group.labels import LabelRule
-
     return LabelRule(target=labels.get("target"),
                      response_from=tuple(labels["response_from"]) if labels.get("response_from")
                      else None, response_threshold=labels.get("response_threshold", 0.5),
@@ -754,9 +803,26 @@ def _model_name(model_path, manifest) -> str:
             f"trained {manifest.get('created', 'n/a')} on n = {manifest['training']['n']})")
 
 
-def write_predict_report(path, *, cohort, rule, manifest, model_path, predictions, metrics, perm,
-                         calibration, notes, headline=None, elapsed=0.0) -> None:
-    """The prediction report (frozen model on a new cohort)."""
+def write_predict_report(path, run: RunResults, *, model_path, predictions, metrics,
+                         notes) -> None:
+    """The prediction report (frozen model on a new cohort).
+
+    Parameters
+    ----------
+    path, run
+        As :func:`write_train_report` (the staged prediction folder's ``report.html``).
+    model_path : path
+        The model applied.
+    predictions : DataFrame
+        One row per participant.
+    metrics : DataFrame or None
+        The metrics (labelled cohorts).
+    notes : list of str
+        Warnings shown above the results.
+    """
+    cohort, rule, manifest, perm, calibration, headline, elapsed = (
+        run.cohort, run.rule, run.manifest, run.perm, run.calibration, run.headline,
+        run.elapsed)
     folder = Path(path).parent
     body = [_nav([("files", "Files"), ("cohort", "Cohort"), ("performance", "Performance"),
                   ("arms", "Arms"), ("participants", "Per participant"),

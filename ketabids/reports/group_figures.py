@@ -41,7 +41,7 @@ def fig_roc(y, decision_rows, *, label=None) -> Image:
     table, 3 decimals) and of each row (thin, when there are several)."""
     from sklearn.metrics import roc_curve
 
-    from ketabids.group.metrics import roc_auc
+    from ketabids.stats import roc_auc
 
     plt = pyplot()
     y = np.asarray(y)
@@ -85,7 +85,7 @@ def fig_permutation(null_bac, observed_bac, p_bac, null_auc=None, observed_auc=N
                     p_auc=None) -> Image:
     """Permutation null histograms with the observed value; the value and p are in the panel
     title (no legend over the bars)."""
-    from ketabids.group.metrics import format_p
+    from ketabids.stats import format_p
 
     plt = pyplot()
     panels = [("BAC", null_bac, observed_bac, p_bac)]

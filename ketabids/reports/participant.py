@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -536,15 +537,25 @@ def verdict_html(record: dict | None, title: str = "") -> str:
             + "</div>")
 
 
+@dataclass(frozen=True)
+class SectionFigures:
+    """The figures of one T1w's report section.
+
+    ``segmentation``: a data URI or a list of them (one strip per axis); ``normalisation``: a
+    data URI, a list, or ``{"subject": [...], "template": [...]}`` (then shown as a flicker).
+    """
+
+    segmentation: object = None
+    normalisation: object = None
+
+
 def render_section(*, subject, session=None, source_file, notes=(), skull_stripped=False,
-                   segmentation_png=None, normalisation_png=None, volumes=None, regional=None,
+                   figures: SectionFigures | None = None, volumes=None, regional=None,
                    template="", qc=None) -> str:
     """One T1w's part of the report (HTML fragment), opened by its QC verdict (``qc``: the
-    record of ``desc-qc_metrics.json``).
-
-    ``segmentation_png``: a data URI or a list of them (one strip per axis);
-    ``normalisation_png``: a data URI, a list, or ``{"subject": [...], "template": [...]}``
-    (then shown as a flicker)."""
+    record of ``desc-qc_metrics.json``); ``figures``: its :class:`SectionFigures`."""
+    figures = figures or SectionFigures()
+    segmentation_png, normalisation_png = figures.segmentation, figures.normalisation
     title = f"sub-{subject}" + (f" ses-{session}" if session else "")
     anchor = html.escape(title.replace(" ", "_"))
     parts = [f'<section id="{anchor}">', f"<h2>{title}</h2>", verdict_html(qc),

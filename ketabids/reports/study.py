@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ketabids.bids.derivatives import MANIFEST_NAME
 from ketabids.io import atomic_write_text, write_tsv
 
 __all__ = ["write_study_report", "tripod_ai_rows", "model_card", "TRIPOD_AI_ITEMS",
@@ -153,8 +154,6 @@ class _Run:
     """The records of one training run (read once)."""
 
     def __init__(self, folder):
-        from ketabids.group.model_io import MANIFEST_NAME
-
         self.folder = Path(folder)
         self.metrics = _read_json(self.folder, "metrics.json")
         self.manifest = _read_json(self.folder, MANIFEST_NAME)

@@ -11,6 +11,7 @@ A subject failed when this run left crash files in its log folder
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import time
@@ -34,6 +35,7 @@ from ketabids.errors import (
     UsageError,
 )
 from ketabids.io import check_writable
+from ketabids.runner.cohort_qc import finish_participant
 from ketabids.runner.config import (
     configure_workflow,
     itk_threads,
@@ -41,7 +43,7 @@ from ketabids.runner.config import (
     run_workflow,
 )
 from ketabids.runner.multiproc import SubjectOf
-from ketabids.runner.progress import Progress, finish_participant
+from ketabids.runner.progress import Progress
 from ketabids.runner.publish import SubjectPublisher, new_stage_root
 from ketabids.runner.signals import run_temp_dir, terminating
 from ketabids.runner.workdir import (
@@ -258,10 +260,9 @@ class _ParticipantRun:
                            for session, error in sorted(sessions.items())]
                  for subject, sessions in self.failed_sessions.items()}
         workflow = init_participant_wf(
-            inputs=inputs, output_dir=stage_root, bids_dir=self.bids_dir,
-            template=config.template, processing=config.processing, atlas=self.atlas,
-            omp_nthreads=config.omp_nthreads, seed=config.seed,
-            settings=self.report_settings(), notes=notes, name=PARTICIPANT_WF)
+            inputs=inputs, config=dataclasses.replace(config, bids_dir=self.bids_dir),
+            output_dir=stage_root, atlas=self.atlas, settings=self.report_settings(),
+            notes=notes, name=PARTICIPANT_WF)
         workflow.base_dir = str(self.work_dir)
         return workflow
 

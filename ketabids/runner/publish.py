@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ketabids import io
 from ketabids.errors import Terminated
+from ketabids.runner.cohort_qc import refresh_after_subject
 from ketabids.runner.signals import terminating
 
 LOGGER = logging.getLogger("ketabids")
@@ -97,18 +98,7 @@ def clear_stale_logs(output_dir: Path, subject: str) -> list[Path]:
 def after_publish(output_dir: Path, subject: str) -> None:
     """What runs after each published subject (in the main process, as subjects finish)."""
     clear_stale_logs(output_dir, subject)
-    # QC hook: the group QC table is rebuilt from the per-subject QC files (when the subject
-    # has one: no empty table before the QC node writes them)
-    if not any((Path(output_dir) / f"sub-{subject}").glob("**/*_desc-qc_metrics.json")):
-        return
-    try:
-        from ketabids.qc.table import rebuild_qc_table
-    except ImportError:
-        return
-    try:
-        rebuild_qc_table(output_dir)
-    except Exception as exc:  # noqa: BLE001 - a QC table problem never fails a subject
-        LOGGER.warning("QC table not updated after sub-%s: %s", subject, exc)
+    refresh_after_subject(output_dir, subject)
 
 
 class SubjectPublisher:

@@ -36,13 +36,12 @@ from nipype.pipeline import engine as pe
 
 from ketabids import __version__
 from ketabids.anat.atlas import Atlas
-from ketabids.anat.settings import ProcessingSettings
 from ketabids.bids.derivatives import raw_uri
 from ketabids.bids.layout import T1wInput
+from ketabids.config import ParticipantConfig
 from ketabids.interfaces.bids import DerivativesDataSink
 from ketabids.interfaces.qc import SubjectQC
 from ketabids.interfaces.reports import AssembleReport, ReportSection
-from ketabids.templates import DEFAULT_TEMPLATE
 from ketabids.versions import software_versions
 from ketabids.workflows import LiterateWorkflow as Workflow
 from ketabids.workflows.anatomical import init_anat_wf
@@ -119,10 +118,8 @@ class ParticipantManifest:
         return None
 
 
-def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
-                        template=DEFAULT_TEMPLATE, processing: ProcessingSettings | None = None,
-                        atlas: Atlas | None = None, omp_nthreads=1, seed=None,
-                        settings: dict | None = None, qc=True,
+def init_participant_wf(*, inputs: list[T1wInput], config: ParticipantConfig, output_dir=None,
+                        atlas: Atlas | None = None, settings: dict | None = None, qc=True,
                         notes: dict[str, list[str]] | None = None,
                         name="ketabids_participant_wf"):
     """All subjects: one ``single_subject_<key>_wf`` per T1w, one report per subject.
@@ -138,22 +135,26 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
             :simple_form: yes
 
             from ketabids.bids.layout import T1wInput
+            from ketabids.config import ParticipantConfig
             from ketabids.workflows.base import init_participant_wf
             wf = init_participant_wf(
                 inputs=[T1wInput(subject="01", session=None,
                                  t1w="bids/sub-01/anat/sub-01_T1w.nii.gz")],
-                output_dir="out", bids_dir="bids")
+                config=ParticipantConfig(bids_dir="bids", output_dir="out"))
 
     Parameters
     ----------
     inputs : list of T1wInput
         The T1w images to process (one per subject and session), as selected and checked by
         the runner.
-    output_dir : str or os.PathLike
-        Root the sinks write into (the runner's staging folder).
-    bids_dir : str or os.PathLike
-        The input dataset (for the ``bids:raw:`` URIs of the sidecars).
-    template, processing, atlas, omp_nthreads, seed
+    config : ParticipantConfig
+        The run's configuration: its ``bids_dir`` (for the ``bids:raw:`` URIs of the
+        sidecars), ``template``, ``processing``, ``omp_nthreads`` and ``seed`` (as
+        :func:`ketabids.workflows.anatomical.init_anat_wf`).
+    output_dir : str or os.PathLike, optional
+        Root the sinks write into (the runner's staging folder; default
+        ``config.output_dir``).
+    atlas : Atlas or None
         As :func:`ketabids.workflows.anatomical.init_anat_wf`.
     settings : dict or None
         The run's options, shown in each report.
@@ -171,6 +172,7 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
         The participant graph (no inputnode: every input is set at build time), with its
         ``manifest``.
     """
+    output_dir = config.output_dir if output_dir is None else output_dir
     workflow = Workflow(name=name)
     subjects: dict[str, list[T1wInput]] = {}
     for item in inputs:
@@ -183,8 +185,7 @@ def init_participant_wf(*, inputs: list[T1wInput], output_dir, bids_dir,
         for index, item in enumerate(items):
             single_subject_wf = init_single_subject_wf(
                 subject=item.subject, session=item.session, t1w=item.t1w, skipped=item.skipped,
-                output_dir=output_dir, bids_dir=bids_dir, template=template,
-                processing=processing, atlas=atlas, omp_nthreads=omp_nthreads, seed=seed, qc=qc,
+                config=config, output_dir=output_dir, atlas=atlas, qc=qc,
                 notes=(notes or {}).get(subject, ()) if index == 0 else (),
                 name=f"single_subject_{item.key.replace('-', '')}_wf")
             methods = methods or single_subject_wf.visit_desc()
@@ -234,11 +235,9 @@ def sink_nodes(workflow) -> list[str]:
             if isinstance(workflow.get_node(name).interface, DerivativesDataSink)]
 
 
-def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
-                           template=DEFAULT_TEMPLATE,
-                           processing: ProcessingSettings | None = None,
-                           atlas: Atlas | None = None, omp_nthreads=1, seed=None, skipped=(),
-                           qc=True, notes=(), name=None):
+def init_single_subject_wf(*, subject, session, t1w, config: ParticipantConfig,
+                           output_dir=None, atlas: Atlas | None = None, skipped=(), qc=True,
+                           notes=(), name=None):
     """One T1w of one subject (one session): processing, QC, outputs and its report section.
 
     Parameters
@@ -249,10 +248,8 @@ def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
         Session label, without ``ses-``.
     t1w : str or os.PathLike
         The T1w to process.
-    output_dir, bids_dir
+    config, output_dir, atlas
         As :func:`init_participant_wf`.
-    template, processing, atlas, omp_nthreads, seed
-        As :func:`ketabids.workflows.anatomical.init_anat_wf`.
     skipped : sequence of str
         Further T1w images of this subject and session that were not used (named in the
         report and the methods text).
@@ -274,7 +271,9 @@ def init_single_subject_wf(*, subject, session, t1w, output_dir, bids_dir,
         This T1w's HTML section of the subject's report.
     """
     name = name or f"single_subject_{subject}{'_ses' + session if session else ''}_wf"
-    processing = processing or ProcessingSettings.for_fast(False)
+    output_dir = config.output_dir if output_dir is None else output_dir
+    bids_dir, template, processing = config.bids_dir, config.template, config.processing
+    omp_nthreads, seed = config.omp_nthreads, config.seed
     resolution = processing.template_resolution
     workflow = Workflow(name=name)
     workflow.__desc__ = (

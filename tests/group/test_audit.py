@@ -16,6 +16,7 @@ import pytest
 from ketabids.errors import UsageError
 from ketabids.group.audit import decision_associations, metrics_by_site, run_audit
 from ketabids.group.nested import (
+    CVData,
     NestedCVSettings,
     c_selection_summary,
     check_scheme,
@@ -82,7 +83,7 @@ def test_site_confounded_cohort_is_caught(rng):
     res = nested_cv(X, y, sites=sites, settings=settings)
     assert res.bac_pooled > 0.7                      # stratified CV: a "good" classifier
     variables = pd.DataFrame({"age": rng.normal(45, 10, y.size)})
-    table, warnings, extra = run_audit(X, y, result=res, settings=settings, sites=sites,
+    table, warnings, extra = run_audit(CVData(X, y, sites=sites), result=res, settings=settings,
                                        variables=variables)
     rows = table.set_index("check")
     loso = rows.loc["leave_site_out_bac"]
@@ -104,7 +105,7 @@ def test_unconfounded_effect_survives_leave_site_out(rng):
     X += 0.3 * rng.standard_normal((3, p))[np.arange(n) % 3]    # scanner offsets
     settings = NestedCVSettings(**SETTINGS)
     res = nested_cv(X, y, sites=sites, settings=settings)
-    table, warnings, _ = run_audit(X, y, result=res, settings=settings, sites=sites)
+    table, warnings, _ = run_audit(CVData(X, y, sites=sites), result=res, settings=settings)
     loso = table.set_index("check").loc["leave_site_out_bac"]
     assert loso["value"] > 0.8 and loso["status"] == "pass"
     assert table.set_index("check").loc["response_rate_by_site", "status"] == "pass"
@@ -126,7 +127,7 @@ def test_qc_metrics_that_predict_response_are_flagged(rng):
                        "cnr": rng.normal(3, 0.3, n)})
     settings = NestedCVSettings(**SETTINGS)
     res = nested_cv(X, y, settings=settings)
-    table, warnings, _ = run_audit(X, y, result=res, settings=settings, qc=qc)
+    table, warnings, _ = run_audit(CVData(X, y), result=res, settings=settings, qc=qc)
     row = table.set_index("check").loc["qc_covariates_only_bac"]
     assert row["value"] > 0.75 and row["status"] == "warn" and "cjv, cnr" in row["detail"]
     assert any("QC metrics and covariates alone" in w for w in warnings)
@@ -155,10 +156,13 @@ def test_audit_on_the_training_kernel_equals_the_audit_on_its_own(rng):
     kw = dict(covariates=cov, sites=sites, settings=settings)
     res = nested_cv(X, y, gram=gram, **kw)
     assert np.array_equal(res.decision, nested_cv(X, y, **kw).decision)
-    perm = dict(n_permutations=3, observed=res, **kw)
-    assert np.array_equal(permutation_test(X, y, gram=gram, **perm).null_bac,
-                          permutation_test(X, y, **perm).null_bac)
-    table, _, _ = run_audit(X, y, result=res, gram=gram, variables=variables, qc=qc, **kw)
+    data, with_gram = CVData(X, y, covariates=cov, sites=sites), CVData(
+        X, y, covariates=cov, sites=sites, gram=gram)
+    perm = dict(n_permutations=3, observed=res, settings=settings)
+    assert np.array_equal(permutation_test(with_gram, **perm).null_bac,
+                          permutation_test(data, **perm).null_bac)
+    table, _, _ = run_audit(with_gram, result=res, variables=variables, qc=qc,
+                            settings=settings)
     rows = table.set_index("check")["value"]
     loso = nested_cv(X, y, covariates=cov, sites=sites,
                      settings=NestedCVSettings(**SETTINGS, scheme="leave-site-out"))
@@ -168,7 +172,8 @@ def test_audit_on_the_training_kernel_equals_the_audit_on_its_own(rng):
     Q, _ = _numeric_matrix(pd.concat([variables, qc], axis=1))
     qres = nested_cv(Q, y, sites=sites, settings=NestedCVSettings(**SETTINGS, standardize=True))
     assert rows["qc_covariates_only_bac"] == qres.bac_pooled
-    assert table.equals(run_audit(X, y, result=res, variables=variables, qc=qc, **kw)[0])
+    assert table.equals(run_audit(data, result=res, variables=variables, qc=qc,
+                                  settings=settings)[0])
 
 
 def test_kernel_scaling_makes_the_c_grid_choose():
@@ -254,8 +259,8 @@ def test_permutations_stay_within_groups(rng):
 
     perm_mod.permute_within = spy
     try:
-        permutation_test(X, y, sites=sites, settings=settings, n_permutations=3,
-                         groups=cohorts)
+        permutation_test(CVData(X, y, sites=sites, groups=cohorts), settings=settings,
+                         n_permutations=3)
     finally:
         perm_mod.permute_within = original
     assert len(seen) == 3 and all((g == cohorts).all() for g in seen)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from ketabids.group import NestedCVSettings, external_permutation_test, nested_cv
+from ketabids.group import CVData, NestedCVSettings, external_permutation_test, nested_cv
 from ketabids.group.permutation import permutation_test, permute_within
 from tests.group.reference import cohort
 
@@ -73,9 +73,11 @@ def test_nested_permutation_p_reaches_its_floor_on_a_separable_cohort(rng):
     s = NestedCVSettings(n_repeats=1, n_outer=4, n_inner=3, C_grid=(0.25, 1.0), random_state=1)
     res = nested_cv(X, y, covariates=cov, settings=s)
     assert res.bac_pooled == 1.0
-    perm = permutation_test(X, y, covariates=cov, settings=s, n_permutations=9, observed=res)
+    perm = permutation_test(CVData(X, y, covariates=cov), settings=s, n_permutations=9,
+                            observed=res)
     assert perm.p_bac == pytest.approx(1 / 10) and perm.p_auc == pytest.approx(1 / 10)
     assert perm.observed_bac == 1.0 and (perm.null_bac < 1.0).all()
-    again = permutation_test(X, y, covariates=cov, settings=s, n_permutations=9, n_jobs=2)
+    again = permutation_test(CVData(X, y, covariates=cov), settings=s, n_permutations=9,
+                             n_jobs=2)
     np.testing.assert_array_equal(again.null_bac, perm.null_bac)
     np.testing.assert_array_equal(again.null_auc, perm.null_auc)

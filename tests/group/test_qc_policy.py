@@ -15,6 +15,7 @@ import logging
 import pandas as pd
 import pytest
 
+from ketabids.config import TrainConfig
 from ketabids.errors import BadDataError, ExitCode, UsageError
 from ketabids.qc.gate import apply_qc_gate, read_exclude_file
 from ketabids.qc.table import write_subject_qc
@@ -170,7 +171,7 @@ def test_training_leaves_failing_scans_out_and_says_so(cohort_dirs, caplog):
         s = run_group_train(bids_dir=cohort_dirs["bids"], output_dir=out, **SMALL)
     # said once, as a log line (not also as a Python warning)
     assert sum("2 participant(s) left out" in r.getMessage() for r in caplog.records) == 1
-    assert s["n"] == 22 and s["n_excluded"] == 2
+    assert s["n_subjects"] == 22 and s["n_excluded"] == 2
     train = out / "group" / "train"
     cohort = _read(train / "cohort.tsv").set_index("participant_id")
     assert list(cohort.columns[:4]) == ["status", "reason", "qc_verdict", "qc_reasons"]
@@ -213,7 +214,7 @@ def test_warn_keeps_and_lists_ignore_keeps_and_records(cohort_dirs, tmp_path, ca
     with caplog.at_level(logging.INFO, logger="ketabids"):
         s = run_group_train(bids_dir=cohort_dirs["bids"], output_dir=out, qc_policy="warn",
                             **SMALL)
-    assert s["n"] == 24 and s["n_excluded"] == 0
+    assert s["n_subjects"] == 24 and s["n_excluded"] == 0
     train = out / "group" / "train"
     cohort = _read(train / "cohort.tsv").set_index("participant_id")
     assert (cohort["status"] == "included").all()
@@ -232,7 +233,7 @@ def test_warn_keeps_and_lists_ignore_keeps_and_records(cohort_dirs, tmp_path, ca
     with caplog.at_level(logging.INFO, logger="ketabids"):
         s = run_group_train(bids_dir=cohort_dirs["bids"], output_dir=out, qc_policy="ignore",
                             overwrite=True, **SMALL)
-    assert s["n"] == 24
+    assert s["n_subjects"] == 24
     qc = json.loads((train / "ketabids_model.json").read_text())["qc"]
     assert qc["policy"] == "ignore" and qc["kept_flagged"] == [] and qc["no_record"] == []
     cohort = _read(train / "cohort.tsv")
@@ -255,7 +256,7 @@ def test_exclude_file_and_prediction(cohort_dirs, tmp_path):
                                        f"{ids[5]}\tn/a\tmotion rings in the report\n"
                                        f"{ids[0]}\tn/a\tslab\n")
     s = run_group_train(bids_dir=cohort_dirs["bids"], output_dir=out, exclude_file=ex, **SMALL)
-    assert s["n"] == 21  # two QC fails (one also reviewed) and one reviewed pass
+    assert s["n_subjects"] == 21  # two QC fails (one also reviewed) and one reviewed pass
     train = out / "group" / "train"
     cohort = _read(train / "cohort.tsv").set_index("participant_id")
     assert cohort.loc[ids[5], "reason"] == \
@@ -270,7 +271,7 @@ def test_exclude_file_and_prediction(cohort_dirs, tmp_path):
     # prediction on the same derivatives: failing scans get no prediction and are listed
     p = run_group_predict(bids_dir=cohort_dirs["bids"], output_dir=out, model=s["model"],
                           n_permutations=0, name="qc")
-    assert p["n"] == 22 and p["n_excluded"] == 2
+    assert p["n_subjects"] == 22 and p["n_excluded"] == 2
     pred = pd.read_csv(p["predictions"], sep="\t")
     assert not set(ids[:2]) & set(pred["participant_id"])
     folder = out / "group" / "predict-qc"
@@ -281,7 +282,7 @@ def test_exclude_file_and_prediction(cohort_dirs, tmp_path):
     assert "QC fail: slice thickness 6 mm" in (folder / "report.html").read_text()
     p = run_group_predict(bids_dir=cohort_dirs["bids"], output_dir=out, model=s["model"],
                           n_permutations=0, name="qc-warn", qc_policy="warn")
-    assert p["n"] == 24
+    assert p["n_subjects"] == 24
 
 
 # ---------------------------------------------------------------------- the command line
@@ -331,6 +332,5 @@ def test_no_participant_left_after_the_gate(cohort_dirs, tmp_path):
     rule = lab.make_label_rule(response_from=("madrs_pre", "madrs_24h"))
     with pytest.raises(NoDataError, match="24 left out: sub-001 \\(QC fail: slice thickness "
                                           "6 mm\\)"):
-        build_cohort(bids_dir=cohort_dirs["bids"], output_dir=cohort_dirs["out"], subjects=None,
-                     sessions=None, layout=None, template="MNI152NLin2009aSym", rule=rule,
-                     exclude_file=ex)
+        build_cohort(TrainConfig(bids_dir=cohort_dirs["bids"], output_dir=cohort_dirs["out"],
+                                 exclude_file=ex), template="MNI152NLin2009aSym", rule=rule)

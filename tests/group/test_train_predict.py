@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ketabids.config import TrainConfig
 from ketabids.errors import BadDataError, MissingInputError, NoDataError, UsageError
 from ketabids.group import model_io
 from ketabids.group.predict import run_group_predict
@@ -81,7 +82,7 @@ def study(tmp_path_factory):
 def test_train_recovers_planted_effect(study):
     s = study["summary"]
     train = study["out"] / "group" / "train"
-    assert s["n"] == 100 and s["n_responders"] == 45 and s["n_excluded"] == 0
+    assert s["n_subjects"] == 100 and s["n_responders"] == 45 and s["n_excluded"] == 0
     assert s["bac_mean"] >= 0.8 and s["bac_pooled"] >= 0.8 and s["auc"] >= 0.85
     assert s["p_bac"] == pytest.approx(0.05)  # 19 permutations: the smallest p possible
     tables = {"cohort", "cv_predictions", "cv_folds", "metrics", "permutations",
@@ -159,7 +160,7 @@ def test_predict_external_cohort(study):
     s = run_group_predict(bids_dir=study["ext_bids"], output_dir=study["ext_out"],
                           model=study["summary"]["model"], include=["arm=ketamine"],
                           n_permutations=1000, seed=1)
-    assert s["labelled"] and s["n"] == 40
+    assert s["labelled"] and s["n_subjects"] == 40
     assert s["bac"] >= 0.70 and s["p_bac"] <= 0.05 and s["p_auc"] <= 0.05
     out = study["ext_out"] / "group" / "predict-bids-arm-ketamine"
     assert s["output_dir"] == str(out)
@@ -181,7 +182,7 @@ def test_saline_arm_and_null_labels_are_chance(study):
     s = run_group_predict(bids_dir=study["bids"], output_dir=study["out"],
                           model=study["summary"]["model"], include=["arm=saline"],
                           n_permutations=1000, seed=2)
-    assert s["n"] == 60 and abs(s["bac"] - 0.5) <= 0.15 and s["p_bac"] > 0.05
+    assert s["n_subjects"] == 60 and abs(s["bac"] - 0.5) <= 0.15 and s["p_bac"] > 0.05
     pred = pd.read_csv(study["out"] / "group" / "predict-bids-arm-saline" / "predictions.tsv",
                        sep="\t")
     decision = pred["decision"].to_numpy()
@@ -233,7 +234,7 @@ def test_predict_without_labels_and_unseen_category(study, tmp_path):
                                                           index=False)
     s = run_group_predict(bids_dir=bids, output_dir=study["ext_out"],
                           model=study["summary"]["model"], name="predict-nolab")
-    assert not s["labelled"] and s["bac"] is None and s["n"] == 40
+    assert not s["labelled"] and s["bac"] is None and s["n_subjects"] == 40
     assert "y_true" not in pd.read_csv(s["predictions"], sep="\t").columns
     table["sex"] = table["sex"].replace({"F": "X"})
     table.to_csv(bids / "participants.tsv", sep="\t", index=False)
@@ -288,9 +289,8 @@ def test_missing_maps_and_labels_are_listed(study, tmp_path, caplog, monkeypatch
     table.to_csv(bids / "participants.tsv", sep="\t", index=False, na_rep="n/a")
     shutil.rmtree(out / no_map)
     rule = lab.make_label_rule(response_from=("madrs_pre", "madrs_24h"), include=["arm=ketamine"])
-    cohort = build_cohort(bids_dir=bids, output_dir=out, subjects=None, sessions=None,
-                          layout=None, template="MNI152NLin2009aSym", rule=rule,
-                          covariates=["tiv"], site_column="site")
+    cohort = build_cohort(TrainConfig(bids_dir=bids, output_dir=out), rule=rule,
+                          template="MNI152NLin2009aSym", covariates=["tiv"], site_column="site")
     assert len(cohort.maps) == 98 and cohort.filtered_out == 60
     assert len(cohort.y) == 98 and cohort.covariates.shape == (98, 1)
     with caplog.at_level("WARNING", logger="ketabids"):
@@ -322,7 +322,7 @@ def test_combat_model_and_unseen_site(tmp_path):
     p = run_group_predict(bids_dir=ext_bids, output_dir=ext_out, model=s["model"],
                           n_permutations=0)
     report = (ext_out / "group" / "predict-bids" / "report.html").read_text()
-    assert p["n"] == 12 and "sites unseen at training (D)" in report
+    assert p["n_subjects"] == 12 and "sites unseen at training (D)" in report
     table = pd.read_csv(ext_bids / "participants.tsv", sep="\t").drop(columns=["site"])
     table.to_csv(ext_bids / "participants.tsv", sep="\t", index=False)
     with pytest.raises(MissingInputError, match="no column 'site'"):

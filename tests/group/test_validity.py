@@ -7,6 +7,7 @@ import pytest
 from scipy.ndimage import gaussian_filter1d
 
 from ketabids.group import (
+    CVData,
     NestedCVSettings,
     fit_final_model,
     haufe_pattern,
@@ -48,7 +49,7 @@ def test_planted_effect_found():
     s = NestedCVSettings(n_repeats=3, random_state=1)
     res = nested_cv(X, y, covariates=cov, settings=s)
     assert res.bac_pooled >= 0.80 and res.bac_mean >= 0.80
-    perm = permutation_test(X, y, covariates=cov, settings=NestedCVSettings(
+    perm = permutation_test(CVData(X, y, covariates=cov), settings=NestedCVSettings(
         n_repeats=1, random_state=1), n_permutations=99, random_state=2)
     assert perm.p_bac <= 0.01 and perm.p_auc <= 0.01
     assert perm.null_bac.mean() < 0.6
@@ -72,8 +73,8 @@ def test_null_cohorts_chance_level_and_calibrated():
     bacs, ps = [], []
     for seed in range(20):
         X, y, cov, _, _ = make_cohort(100 + seed, n=80, p=600, null=True)
-        perm = permutation_test(X, y, covariates=cov, settings=s, n_permutations=39,
-                                random_state=seed)
+        perm = permutation_test(CVData(X, y, covariates=cov), settings=s,
+                                n_permutations=39, random_state=seed)
         bacs.append(perm.observed_bac)
         ps.append(perm.p_bac)
     bacs, ps = np.array(bacs), np.array(ps)
@@ -88,8 +89,8 @@ def test_within_site_permutation_and_combat():
                          harmonize=True, random_state=0)
     res = nested_cv(X, y, covariates=cov, sites=sites, settings=s)
     assert res.bac_pooled >= 0.65
-    perm = permutation_test(X, y, covariates=cov, sites=sites, settings=s, n_permutations=9,
-                            observed=res)
+    perm = permutation_test(CVData(X, y, covariates=cov, sites=sites), settings=s,
+                            n_permutations=9, observed=res)
     assert perm.p_bac == pytest.approx(0.1)
 
 

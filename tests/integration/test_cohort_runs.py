@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 import pytest
 
 from ketabids.anat.prepare import prepare_t1w as _PREPARE
+from tests.logcapture import ketabids_log_lines
 from tests.robustness.conftest import complete_subjects, files_under, run_process
 from tests.robustness.data import SIDECAR, add_t1w, phantom_bids
 
@@ -144,15 +144,6 @@ def test_a_truncated_session_fails_alone(session_run):
     assert not (session_run["work"] / "ketabids_participant_wf").exists()
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 #: the shape of the image that makes a node of the graph raise (it passes the input checks)
 _CRASHING_SHAPE = (7, 8, 9)
 
@@ -194,23 +185,14 @@ def crash_run(tmp_path_factory):
         leftover.unlink()
     (bids / "sub-01" / "anat").rmdir()
     out, work = root / "out", root / "work"
-    handler = _Lines()
-    logger = logging.getLogger("ketabids")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("NIPYPE_NO_ET", "1")
-            mp.setattr("ketabids.anat.prepare.prepare_t1w", _prepare_or_raise)
-            summary = run_participant(bids_dir=bids, output_dir=out, work_dir=work,
-                                      subjects=["01", "02"], sessions=None, bids_filters=None,
-                                      processing="fast", seed=3, nprocs=1, omp_nthreads=1)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
+    with ketabids_log_lines() as lines, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NIPYPE_NO_ET", "1")
+        mp.setattr("ketabids.anat.prepare.prepare_t1w", _prepare_or_raise)
+        summary = run_participant(bids_dir=bids, output_dir=out, work_dir=work,
+                                  subjects=["01", "02"], sessions=None, bids_filters=None,
+                                  processing="fast", seed=3, nprocs=1, omp_nthreads=1)
     return {"summary": summary, "code": _exit_code_of(summary), "out": out, "work": work,
-            "lines": handler.lines}
+            "lines": lines}
 
 
 def test_a_session_that_crashes_in_the_graph_fails_alone(crash_run):

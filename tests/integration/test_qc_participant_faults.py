@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 import shutil
 
 import nibabel as nib
@@ -19,19 +18,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.logcapture import ketabids_log_lines
+
 pytestmark = pytest.mark.slow
 
 FAULTS = {"slab": "slab40mm", "nocodes": "orientation_codes0", "inverted": "contrast_inverted",
           "rotated": "rotated90_header", "blank": "nearly_blank"}
-
-
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")
@@ -53,24 +45,15 @@ def run(tmp_path_factory):
         nib.save(img, folder / f"sub-{label}_T1w.nii.gz")
     (bids / "dataset_description.json").write_text(json.dumps(
         {"Name": "qc faults", "BIDSVersion": "1.10.0", "DatasetType": "raw"}))
-    handler = _Lines()
-    logger = logging.getLogger("ketabids")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("NIPYPE_NO_ET", "1")
-            summary = run_participant(bids_dir=bids, output_dir=base / "out",
-                                      work_dir=base / "work", subjects=sorted(images),
-                                      sessions=None, bids_filters=None, processing="fast", seed=1,
-                                      nprocs=2, omp_nthreads=1)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
+    with ketabids_log_lines() as lines, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NIPYPE_NO_ET", "1")
+        summary = run_participant(bids_dir=bids, output_dir=base / "out",
+                                  work_dir=base / "work", subjects=sorted(images),
+                                  sessions=None, bids_filters=None, processing="fast", seed=1,
+                                  nprocs=2, omp_nthreads=1)
     shutil.rmtree(base / "work", ignore_errors=True)  # ~0.6 GB that no test here reads
     table = pd.read_csv(base / "out" / "qc.tsv", sep="\t").set_index("participant_id")
-    return {"out": base / "out", "summary": summary, "table": table, "lines": handler.lines}
+    return {"out": base / "out", "summary": summary, "table": table, "lines": lines}
 
 
 @pytest.mark.parametrize("label", sorted(FAULTS))

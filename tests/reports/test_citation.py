@@ -152,13 +152,14 @@ def test_group_methods_state_the_settings():
 
 def test_participant_workflow_methods_are_fully_cited(tmp_path):
     """The real __desc__ texts: every author-year citation is known and numbered."""
-    from ketabids.anat.settings import ProcessingSettings
+    from ketabids.config import ParticipantConfig
     from ketabids.workflows import base
 
     wf = base.init_single_subject_wf(subject="01", session=None,
                                      t1w=tmp_path / "bids/sub-01/anat/sub-01_T1w.nii.gz",
-                                     output_dir=tmp_path / "out", bids_dir=tmp_path / "bids",
-                                     processing=ProcessingSettings.for_fast(True))
+                                     config=ParticipantConfig(
+                                         bids_dir=tmp_path / "bids", output_dir=tmp_path / "out",
+                                         processing="fast"))
     methods = wf.visit_desc()
     assert "(Tustison et al., 2010)" in methods
     assert cit.unknown_citations(methods) == []

@@ -1,4 +1,4 @@
-"""Every page type, rendered from small realistic outputs (ketabids.reports.preview), checked with
+"""Every page type, rendered from small realistic outputs (ketabids.demo.preview), checked with
 an HTML parser: no image shown larger than its pixel size, every table of a group folder linked,
 a per-participant table, a per-site table (the preview has a site column), every threshold of
 every plotted QC metric drawn; headless Chromium renders each page without console errors (when
@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ketabids.demo.preview import CHROMIUM, build_preview, screenshot
 from ketabids.reports.figures import png_size
-from ketabids.reports.preview import CHROMIUM, build_preview, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -184,7 +184,7 @@ def test_pages_render_in_chromium_without_console_errors(preview, tmp_path):
     # "next subject" of sub-001's report: qc.html forwards to sub-002's report
     import subprocess
 
-    from ketabids.reports.preview import _CHROMIUM_FLAGS
+    from ketabids.demo.preview import _CHROMIUM_FLAGS
 
     run = subprocess.run([CHROMIUM, *_CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'p'}",
                           "--virtual-time-budget=3000", "--dump-dom",
@@ -194,7 +194,7 @@ def test_pages_render_in_chromium_without_console_errors(preview, tmp_path):
 
 
 def test_console_errors_are_detected():
-    from ketabids.reports.preview import console_errors
+    from ketabids.demo.preview import console_errors
 
     log = ('[1:2:INFO:CONSOLE(3)] "Uncaught ReferenceError: x is not defined", source: '
            'file:///a.html (3)\n[1:2:INFO:CONSOLE(4)] "fine", source: file:///a.html (4)')

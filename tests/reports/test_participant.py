@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 
 from ketabids.reports.participant import (
+    SectionFigures,
     assemble_report,
     plot_normalisation,
     plot_segmentation,
@@ -61,7 +62,7 @@ def test_segmentation_and_normalisation_figures():
 def test_report_is_self_contained_and_escaped():
     section = render_section(subject="01", session="2", source_file="sub-01_ses-2_T1w.nii.gz",
                              notes=["<script>alert(1)</script>"], skull_stripped=True,
-                             segmentation_png="data:image/png;base64,AAAA",
+                             figures=SectionFigures(segmentation="data:image/png;base64,AAAA"),
                              volumes=[{"tiv_ml": 1500.123, "gm_ml": 700.0}],
                              regional=[{"index": 1, "name": "frontal", "gm_ml": 10.5}])
     html = assemble_report(subject="01", sections=[section], methods="Methods & more.",
@@ -85,8 +86,9 @@ def test_report_shows_verdict_strips_flicker_and_errors():
     qc = {"verdict": "warn", "reasons": ["slice thickness 6 mm"],
           "error": "QC metrics failed: ValueError: x"}
     section = render_section(subject="07", source_file="sub-07_T1w.nii.gz",
-                             segmentation_png=strip, template="MNI152NLin2009aSym",
-                             normalisation_png={"subject": strip, "template": strip}, qc=qc)
+                             figures=SectionFigures(segmentation=strip, normalisation={
+                                 "subject": strip, "template": strip}),
+                             template="MNI152NLin2009aSym", qc=qc)
     page = assemble_report(subject="07", sections=[section])
     head = page.split("<section")[0]
     assert 'class="verdict warn"' in head and "QC warn" in head  # verdict at the top

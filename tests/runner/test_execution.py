@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from ketabids.bids.layout import T1wInput
+from ketabids.config import ParticipantConfig
 from ketabids.errors import BadDataError, UsageError
 from ketabids.runner.config import configure_workflow, plugin_settings
 from ketabids.workflows.base import init_participant_wf
@@ -31,7 +32,8 @@ def test_configure_workflow_is_local(tmp_path):
 
     before = {s: dict(nipype_config._sections[s]) for s in nipype_config._sections}
     inputs = [T1wInput(s, None, f"/bids/sub-{s}/anat/sub-{s}_T1w.nii.gz") for s in ("01", "02")]
-    wf = init_participant_wf(inputs=inputs, output_dir=tmp_path, bids_dir="/bids")
+    wf = init_participant_wf(inputs=inputs, config=ParticipantConfig(bids_dir="/bids",
+                                                                  output_dir=tmp_path))
     logs = tmp_path / "logs"
     configure_workflow(wf, crashdump_dirs={"single_subject_01_wf": logs / "sub-01",
                                            "single_subject_02_wf": logs / "sub-02"},

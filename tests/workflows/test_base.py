@@ -10,6 +10,7 @@ import pytest
 from ketabids.anat.atlas import Atlas, resolve_atlas
 from ketabids.anat.settings import ProcessingSettings
 from ketabids.bids.layout import T1wInput, collect_t1w
+from ketabids.config import ParticipantConfig
 from ketabids.errors import MissingInputError
 from ketabids.workflows.anatomical import init_anat_wf
 from ketabids.workflows.base import init_participant_wf
@@ -47,10 +48,10 @@ def test_participant_wf_builds(tmp_path, fast, atlas, sessions, template):
         nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), "int16"), np.eye(4)), image)
         labels.write_text("index\tname\n1\ta\n")
         atlas = Atlas(atlas, str(image), str(labels))
-    wf = init_participant_wf(inputs=inputs, output_dir=tmp_path / "out", bids_dir="/bids",
-                             template=template, processing=ProcessingSettings.for_fast(fast),
-                             atlas=atlas,
-                             omp_nthreads=2, seed=3)
+    config = ParticipantConfig(bids_dir="/bids", output_dir=tmp_path / "out",
+                               template=template, processing=ProcessingSettings.for_fast(fast),
+                               omp_nthreads=2, seed=3)
+    wf = init_participant_wf(inputs=inputs, config=config, atlas=atlas)
     names = wf.list_node_names()
     keys = sorted({i.key.replace("-", "") for i in inputs})
     tops = sorted({n.split(".")[0] for n in names if n.startswith("single_subject_")})

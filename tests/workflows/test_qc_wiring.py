@@ -18,9 +18,10 @@ import pytest
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ketabids.anat.settings import ProcessingSettings
 from ketabids.bids.layout import T1wInput
-from ketabids.runner.progress import Progress, finish_participant
+from ketabids.config import ParticipantConfig
+from ketabids.runner.cohort_qc import finish_participant
+from ketabids.runner.progress import Progress
 from ketabids.workflows.base import ParticipantManifest, SubjectGraph, init_participant_wf
 
 
@@ -31,8 +32,8 @@ def _inputs():
 
 @pytest.mark.parametrize("qc", [True, False])
 def test_qc_node_and_sink_in_the_graph(tmp_path, qc):
-    wf = init_participant_wf(inputs=_inputs(), output_dir=tmp_path / "out", bids_dir="/bids",
-                             processing=ProcessingSettings.for_fast(True), qc=qc)
+    wf = init_participant_wf(inputs=_inputs(), config=ParticipantConfig(
+        bids_dir="/bids", output_dir=tmp_path / "out", processing="fast"), qc=qc)
     names = set(wf.list_node_names())
     for key in ("01", "02_sesa"):
         prefix = f"single_subject_{key}_wf."

@@ -46,6 +46,7 @@ def _participant_pages(out: Path, subjects, qc_records: dict) -> list[Path]:
 
     from ketabids.io import atomic_write_text
     from ketabids.reports.participant import (
+        SectionFigures,
         assemble_report,
         dseg_labels,
         plot_normalisation,
@@ -68,7 +69,7 @@ def _participant_pages(out: Path, subjects, qc_records: dict) -> list[Path]:
     for subject in subjects:
         section = render_section(
             subject=subject, source_file=f"sub-{subject}/anat/sub-{subject}_T1w.nii.gz",
-            segmentation_png=seg, normalisation_png=norm, template=tpl.name,
+            figures=SectionFigures(segmentation=seg, normalisation=norm), template=tpl.name,
             volumes=[{k: qc_records[subject][k] for k in ("tiv_ml", "gm_ml")}],
             qc=qc_records[subject])
         page = assemble_report(
