@@ -46,7 +46,10 @@ class ProcessingSettings:
     gradient step (the largest update of an iteration, in voxels of the level's grid);
     ``syn_update_variance``: variance
     (voxels^2 of the level's grid) of the Gaussian that smooths SyN's update field
-    (antsRegistration's ``SyN[step, updateFieldVariance, 0]``).
+    (antsRegistration's ``SyN[step, updateFieldVariance, 0]``); ``syn_convergence``: SyN's
+    convergence test (threshold, window): a level stops once the slope of its metric over the
+    last ``window`` iterations is below ``threshold`` (ANTs' and fMRIPrep's ``1e-6, 10``;
+    antspyx fixes ``1e-7, 8``, which practically never stops a level early).
 
     >>> ProcessingSettings.for_mode("fast").template_resolution
     2
@@ -64,6 +67,7 @@ class ProcessingSettings:
     syn_sampling: int = 32
     syn_grad_step: float = 0.2
     syn_update_variance: float = 3.0
+    syn_convergence: tuple[float, int] = (1e-6, 10)
 
     @classmethod
     def for_mode(cls, mode: str) -> ProcessingSettings:
@@ -86,7 +90,8 @@ class ProcessingSettings:
         return {"resolution": self.registration_mm, "reg_iterations": self.reg_iterations,
                 "syn_metric": self.syn_metric, "syn_sampling": self.syn_sampling,
                 "syn_grad_step": self.syn_grad_step,
-                "syn_update_variance": self.syn_update_variance}
+                "syn_update_variance": self.syn_update_variance,
+                "syn_convergence": self.syn_convergence}
 
     def as_dict(self) -> dict:
         return asdict(self)
