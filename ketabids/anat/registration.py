@@ -15,12 +15,14 @@ Transforms live in world coordinates, so they apply to the full-resolution image
 
 Modes (numbers in :class:`~ketabids.anat.settings.ProcessingSettings`); the affine stage is
 the one antspyx runs before SyN (:data:`AFFINE_STAGE`: Mattes MI, up to 2100x1200x1200x0
-iterations at shrink factors 4x2x2x1 of the registration grid; for ``"SyN"`` antspyx fixes the
-stage's iterations, shrink factors and smoothing and ignores ``aff_iterations`` /
-``aff_shrink_factors`` / ``aff_smoothing_sigmas``, while ``aff_metric`` / ``aff_sampling`` /
-``aff_random_sampling_rate`` apply; ketabids keeps their defaults):
+iterations at shrink factors 4x2x2x1 of the registration grid). The affine + SyN (and SyN-only)
+registration is antspyx's ``"SyN"`` (``"SyNOnly"``) command line built here
+(:func:`syn_arguments`) and run through antspyx's library entry point (:func:`run_syn`), so
+that SyN's convergence test is the mode's (``syn_convergence``, ANTs' and fMRIPrep's
+``1e-6, 10``) and not antspyx's fixed ``1e-7, 8``; with ``1e-7, 8`` the transforms are
+``ants.registration``'s, bit for bit:
 
-* ``default``: 2 mm grid: affine at 8/4/4 mm, then SyN (Mattes MI) with 100x70x50x20
+* ``default``: 2 mm grid: affine at 8/4/4 mm, then SyN (Mattes MI) with up to 100x70x50x20
   iterations at 16/8/4/2 mm.
 * ``fast``: for demos/CI, reduced accuracy by design (``mode`` is recorded in every info dict):
   2.5 mm grid: affine at 10/5/5 mm, then SyN with 40x20x6 iterations at 10/5/2.5 mm, its

@@ -3,10 +3,11 @@
 :class:`ProcessingSettings` is the one place where a mode's numbers live; the registration,
 N4, the template-space output grid and the methods text read them from here.
 
-* ``default``: registration on a 2 mm grid (affine, then SyN with 100x70x50x20 iterations at
-  16/8/4/2 mm, antspyx's gradient step 0.2 and update-field variance 3 voxels^2), the head-wide
-  N4 fitted on an 8 mm grid, the tissue N4 (inside the brain mask, the segmentation's input) on
-  a 4 mm grid, template-space maps at 1 mm.
+* ``default``: registration on a 2 mm grid (affine, then SyN with up to 100x70x50x20 iterations
+  at 16/8/4/2 mm, each level stopped once converged (``1e-6`` over 10 iterations, as ANTs'
+  scripts and fMRIPrep), antspyx's gradient step 0.2 and update-field variance 3 voxels^2),
+  the head-wide N4 fitted on an 8 mm grid, the tissue N4 (inside the brain mask, the
+  segmentation's input) on a 4 mm grid, template-space maps at 1 mm.
 * ``fast``: for demos/CI, reduced accuracy by design: registration on a 2.5 mm grid (SyN
   40x20x6 at 10/5/2.5 mm, regularised as the default mode in millimetres: see below), the same
   head-wide N4 as the default mode, the tissue N4 on an 8 mm grid (5x quicker, GM/WM Dice
