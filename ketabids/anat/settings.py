@@ -123,8 +123,7 @@ _DEFAULT = ProcessingSettings(mode="default", registration_mm=2.0,
 _BY_MODE = {
     "default": _DEFAULT,
     # the fast mode keeps antspyx's convergence test: its 6-iteration finest level cannot stop
-    # within a 10-iteration window, and its coarse levels' early stops moved masks of cut
-    # fields of view (tests/anat/test_brain.py)
+    # within a 10-iteration window (little to save), and its outputs stay the ones measured
     "fast": _fast_from_default(_DEFAULT, registration_mm=2.5, reg_iterations=(40, 20, 6),
                                mode="fast", template_resolution=2, tissue_n4_grid_mm=8.0,
                                syn_convergence=(1e-7, 8)),
