@@ -41,8 +41,9 @@ SCANS = {
 
 
 def run_once(tree: Path, bids: Path, label: str, tmp: Path, *, mode: str, nprocs: int,
-             omp_nthreads: int, seed: int) -> dict:
-    """One participant run of ``tree``'s ``run.py`` in a fresh process: CPU and wall seconds."""
+             omp_nthreads: int, seed: int, keep: Path | None = None) -> dict:
+    """One participant run of ``tree``'s ``run.py`` in a fresh process: CPU and wall seconds.
+    ``keep``: the run's output folder is moved there (replacing it) instead of deleted."""
     out, work, stats = tmp / "out", tmp / "work", tmp / "time.txt"
     tmp.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(tree / "run.py"), str(bids), str(out), "participant",
@@ -58,6 +59,10 @@ def run_once(tree: Path, bids: Path, label: str, tmp: Path, *, mode: str, nprocs
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if keep is not None and out.is_dir():
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(out), str(keep))
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
     if proc.returncode != 0:
@@ -87,6 +92,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write the runs here")
+    ap.add_argument("--keep", type=Path, metavar="DIR",
+                    help="keep each version's last output folder as DIR/<input>-<version> "
+                         "(e.g. for benchmarks/real_fidelity.py's compare_to_reference)")
     args = ap.parse_args(argv)
 
     import nibabel as nib
@@ -122,7 +130,8 @@ def main(argv=None) -> list[dict]:
                 for which in order:
                     res = run_once(trees[which], bids, label, tmp / f"run-{which}",
                                    mode=args.mode, nprocs=args.nprocs,
-                                   omp_nthreads=args.omp_nthreads, seed=args.seed)
+                                   omp_nthreads=args.omp_nthreads, seed=args.seed,
+                                   keep=args.keep and args.keep / f"{label}-{which}")
                     res["load1"] = os.getloadavg()[0]
                     runs[which].append(res)
                     print(json.dumps({"input": label, "version": which, **res}),

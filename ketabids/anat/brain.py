@@ -271,11 +271,14 @@ def _dilated_template_mask(template, resolution: float):
     return ants.iMath(ants.threshold_image(m, 0.5, 1e9), "MD", radius)
 
 
-def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default",
-                  seed: int | None = None, omp_nthreads: int = 1, out_dir=None):
+def extract_brain(img: nib.Nifti1Image, template, *,
+                  processing: ProcessingSettings | None = None, seed: int | None = None,
+                  omp_nthreads: int = 1, out_dir=None):
     """Brain mask of ``img`` (bias-corrected T1w, nibabel) by registration to ``template``.
 
-    Returns ``(mask, info, registration)``: uint8 mask on ``img``'s grid; ``info`` with
+    ``processing``: the mode's :class:`~ketabids.anat.settings.ProcessingSettings` (None: the
+    default mode). Returns ``(mask, info, registration)``: uint8 mask on ``img``'s grid;
+    ``info`` with
     ``skull_stripped_input`` (bool), the detection evidence, ``brain_ml`` and ``mode``;
     ``registration``: the :class:`~ketabids.anat.registration.RegistrationResult` of the
     affine + SyN registration used (reuse it for normalisation and prior warping).
@@ -292,17 +295,18 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default",
     nothing); keeping the candidate that scales the template less catches both, at the cost of
     a second affine stage (docs/benchmarks.md, "Processing modes", has the measured masks).
     """
-    res = ProcessingSettings.for_mode(mode).registration_mm
+    processing = processing or ProcessingSettings.for_mode("default")
+    res = processing.registration_mm
     fg = head_foreground(img)
     stripped, evidence = detect_skull_stripped(img, fg)
     if stripped:
-        reg = register_to_template(img, template, mode=mode, seed=seed,
+        reg = register_to_template(img, template, processing=processing, seed=seed,
                                    omp_nthreads=omp_nthreads, out_dir=out_dir)
         mask = fg
     else:
         with ants_env(seed, omp_nthreads):  # ITK fixes its thread count at its first call
             metric_mask = _dilated_template_mask(template, res)
-        reg = register_to_template(img, template, mode=mode, mask=metric_mask,
+        reg = register_to_template(img, template, processing=processing, mask=metric_mask,
                                    affine_moving_mask=head_interior(img, fg, grid_mm=res),
                                    seed=seed, omp_nthreads=omp_nthreads, out_dir=out_dir)
         # carried back on the head's bounding box (+ FG_MARGIN_VOX) only: the brain lies inside
@@ -317,7 +321,7 @@ def extract_brain(img: nib.Nifti1Image, template, *, mode: str = "default",
         "skull_stripped_input": stripped,
         "detection": evidence,
         "brain_ml": round(float(mask.sum()) * voxel_ml(img), 1),
-        "mode": mode,
+        "mode": processing.mode,
         "method": ("input already skull-stripped: mask = its non-background voxels"
                    if stripped else
                    f"template brain mask carried back from a {res:g} mm affine+SyN registration "

@@ -15,12 +15,14 @@ Transforms live in world coordinates, so they apply to the full-resolution image
 
 Modes (numbers in :class:`~ketabids.anat.settings.ProcessingSettings`); the affine stage is
 the one antspyx runs before SyN (:data:`AFFINE_STAGE`: Mattes MI, up to 2100x1200x1200x0
-iterations at shrink factors 4x2x2x1 of the registration grid; for ``"SyN"`` antspyx fixes the
-stage's iterations, shrink factors and smoothing and ignores ``aff_iterations`` /
-``aff_shrink_factors`` / ``aff_smoothing_sigmas``, while ``aff_metric`` / ``aff_sampling`` /
-``aff_random_sampling_rate`` apply; ketabids keeps their defaults):
+iterations at shrink factors 4x2x2x1 of the registration grid). The affine + SyN (and SyN-only)
+registration is antspyx's ``"SyN"`` (``"SyNOnly"``) command line built here
+(:func:`syn_arguments`) and run through antspyx's library entry point (:func:`run_syn`), so
+that SyN's convergence test is the mode's (``syn_convergence``, ANTs' and fMRIPrep's
+``1e-6, 10``) and not antspyx's fixed ``1e-7, 8``; with ``1e-7, 8`` the transforms are
+``ants.registration``'s, bit for bit:
 
-* ``default``: 2 mm grid: affine at 8/4/4 mm, then SyN (Mattes MI) with 100x70x50x20
+* ``default``: 2 mm grid: affine at 8/4/4 mm, then SyN (Mattes MI) with up to 100x70x50x20
   iterations at 16/8/4/2 mm.
 * ``fast``: for demos/CI, reduced accuracy by design (``mode`` is recorded in every info dict):
   2.5 mm grid: affine at 10/5/5 mm, then SyN with 40x20x6 iterations at 10/5/2.5 mm, its
@@ -218,9 +220,8 @@ def register_to_template(
     moving_img,
     template,
     *,
-    mode: str = "default",
+    processing: ProcessingSettings | None = None,
     mask=None,
-    moving_mask=None,
     affine_moving_mask=None,
     type_of_transform: str | None = None,
     initial_transform=None,
@@ -231,8 +232,10 @@ def register_to_template(
     """Register ``moving_img`` (subject, nibabel) to ``template`` (a
     :class:`~ketabids.templates.Template`; its ``brain`` image is the target).
 
+    ``processing``: the mode's :class:`~ketabids.anat.settings.ProcessingSettings` (grid,
+    SyN iterations, step, variance, convergence; None: the default mode).
     ``mask``: template-space mask image (nibabel/ANTs/path) restricting the metric in all
-    stages. ``moving_mask``: subject-space mask (all stages). ``affine_moving_mask``: a
+    stages. ``affine_moving_mask``: a
     subject-space mask for a second affine stage (``"SyN"`` without ``initial_transform``
     only): the affine stage (:data:`AFFINE_STAGE`, seeded alike) runs as two antsRegistration
     calls of its own, without and with that mask, and SyN follows (``SyNOnly``) from the one
@@ -246,7 +249,7 @@ def register_to_template(
     """
     ants = import_ants()
 
-    settings = ProcessingSettings.for_mode(mode)
+    settings = processing or ProcessingSettings.for_mode("default")
     res = settings.registration_mm
     kind = type_of_transform or "SyN"
     if affine_moving_mask is not None and (kind != "SyN" or initial_transform is not None):
@@ -271,20 +274,10 @@ def register_to_template(
             fixed_mask = _mask_on(mask, fixed)
             if CROP_MARGIN_VOX is not None:
                 fixed, fixed_mask = crop_to_mask(fixed, fixed_mask, CROP_MARGIN_VOX)
-        mmask = None
-        if moving_mask is not None:
-            mmask = _mask_on(moving_mask, moving)
         out_dir = (Path(out_dir) if out_dir is not None
                    else Path(tempfile.mkdtemp(prefix="ketabids-reg-")))
         out_dir.mkdir(parents=True, exist_ok=True)
         prefix = str(out_dir / "reg_")
-        kwargs = dict(
-            reg_iterations=settings.reg_iterations,
-            syn_metric=settings.syn_metric,
-            syn_sampling=settings.syn_sampling,
-            grad_step=settings.syn_grad_step,
-            flow_sigma=settings.syn_update_variance,
-        )
         init = None
         if initial_transform is not None:
             transforms = (initial_transform if isinstance(initial_transform, (list, tuple))
@@ -315,18 +308,14 @@ def register_to_template(
             affine_info = {"determinants": {n: round(d, 4) for n, d in zip(names, dets)},
                            "kept": names[keep]}
             run_kind = "SyNOnly"
-        reg = ants.registration(
-            fixed,
-            moving,
-            type_of_transform=run_kind,
-            initial_transform=init,
-            outprefix=prefix,
-            mask=fixed_mask,
-            moving_mask=mmask,
-            mask_all_stages=fixed_mask is not None or mmask is not None,
-            write_composite_transform=True,
-            **kwargs,
-        )
+        if run_kind == "Affine":
+            reg = ants.registration(fixed, moving, type_of_transform="Affine", outprefix=prefix,
+                                    initial_transform=init, mask=fixed_mask,
+                                    mask_all_stages=fixed_mask is not None,
+                                    write_composite_transform=True)
+        else:
+            reg = run_syn(fixed, moving, settings, initial_transform=init, outprefix=prefix,
+                          mask=fixed_mask, affine_stage=run_kind == "SyN")
     fwd = out_dir / "from-T1w_to-template_xfm.h5"
     inv = out_dir / "from-template_to-T1w_xfm.h5"
     Path(reg["fwdtransforms"]).replace(fwd)
@@ -335,7 +324,7 @@ def register_to_template(
         path.unlink(missing_ok=True)
     warped = reg["warpedmovout"]
     info = {
-        "mode": mode,
+        "mode": settings.mode,
         "type_of_transform": kind,
         "resolution_mm": res,
         "settings": settings.registration_info(),
@@ -350,6 +339,86 @@ def register_to_template(
         "background_pad_mm": PAD_MM,
     }
     return RegistrationResult([fwd], [inv], to_nib(warped), info)
+
+
+def syn_arguments(fixed: str, moving: str, settings: ProcessingSettings, *, initial_transform,
+                  outprefix: str, outputs: tuple[str, str], mask: str = "NA",
+                  affine_stage: bool = True, seed: int | None = None) -> list[str]:
+    """The ``antsRegistration`` command line of the affine + SyN (``affine_stage``) or SyN-only
+    registration, images given as antspyx pointer strings (or file paths).
+
+    The stages are antspyx's ``"SyN"`` / ``"SyNOnly"`` (0.6) argument for argument (the affine
+    stage :data:`AFFINE_STAGE`, SyN ``[grad_step, update_variance, 0]`` with the Mattes metric
+    at shrink factors ``2^(n-1)..1`` and sigmas ``n-1..0`` voxels), except SyN's convergence
+    test, which antspyx fixes at ``[iterations, 1e-7, 8]`` (a level practically never stops
+    early) and which here is ``settings.syn_convergence`` (threshold, window): each level stops
+    once the metric's slope over the window falls below the threshold, as in ANTs' own
+    ``antsRegistrationSyN.sh`` and fMRIPrep's normalisation (``1e-6, 10``). With ``(1e-7, 8)``
+    the command is antspyx's. ``initial_transform``: transform files (applied first), or None
+    for the centre-of-mass alignment antspyx uses. ``outputs``: the warped moving and warped
+    fixed images. ``mask``: the fixed-side metric mask, in every stage.
+    """
+    n = len(settings.reg_iterations)
+    threshold, window = settings.syn_convergence
+    masks = f"[{mask},NA]"
+    if initial_transform:
+        init = list(initial_transform)
+    else:  # antspyx's: centres of mass aligned before an affine stage, identity before SyN only
+        init = [f"[{fixed},{moving},1]" if affine_stage else "Identity"]
+    args = ["--dimensionality", "3"]
+    for transform in init:
+        args += ["-r", transform]
+    if affine_stage:
+        args += [
+            "--metric", f"mattes[{fixed},{moving},1,32,regular,0.2]",
+            "--transform", AFFINE_STAGE["transform"],
+            "--convergence", "x".join(str(i) for i in AFFINE_STAGE["iterations"]),
+            "--smoothing-sigmas", "x".join(str(i) for i in AFFINE_STAGE["smoothing_sigmas_vox"]),
+            "--shrink-factors", "x".join(str(i) for i in AFFINE_STAGE["shrink_factors"]),
+            "-x", masks,
+        ]
+    args += [
+        "--metric", f"{settings.syn_metric}[{fixed},{moving},1,{settings.syn_sampling}]",
+        "--transform", f"SyN[{settings.syn_grad_step:f},{settings.syn_update_variance:f},"
+                       f"{0.0:f}]",
+        "--convergence", "[{},{:g},{}]".format(
+            "x".join(str(i) for i in settings.reg_iterations), threshold, window),
+        "--smoothing-sigmas", "x".join(str(n - 1 - i) for i in range(n)),
+        "--shrink-factors", "x".join(str(2 ** (n - 1 - i)) for i in range(n)),
+        "-u", "0",
+        "-z", "1",
+        "--output", f"[{outprefix},{outputs[0]},{outputs[1]}]",
+        "-x", masks,
+    ]
+    if seed is not None:
+        args += ["--random-seed", str(seed)]
+    return args + ["--float", "1", "--write-composite-transform", "1"]
+
+
+def run_syn(fixed, moving, settings: ProcessingSettings, *, initial_transform, outprefix: str,
+            mask=None, affine_stage: bool = True) -> dict:
+    """Run :func:`syn_arguments`' registration of ANTs images through antspyx's library entry
+    point (in-process, as ``ants.registration`` does, seeded by :func:`ants_env`'s seed).
+    Returns antspyx's keys: ``warpedmovout`` and the composite ``fwdtransforms`` /
+    ``invtransforms`` files."""
+    ants = import_ants()
+    from ants.internal import get_lib_fn, get_pointer_string, process_arguments
+
+    # every image handed over by pointer string stays referenced until the call returns
+    fixed, moving = fixed.clone("float"), moving.clone("float")
+    warped, warped_fixed = fixed.clone(), moving.clone()
+    binary = None if mask is None else mask != 0
+    args = syn_arguments(
+        get_pointer_string(fixed), get_pointer_string(moving), settings,
+        initial_transform=initial_transform, outprefix=outprefix,
+        outputs=(get_pointer_string(warped), get_pointer_string(warped_fixed)),
+        mask="NA" if binary is None else get_pointer_string(binary),
+        affine_stage=affine_stage, seed=ants.config._random_seed,
+    )
+    if get_lib_fn("antsRegistration")(process_arguments(args)) != 0:
+        raise RuntimeError(f"antsRegistration failed (output prefix {outprefix})")
+    return {"warpedmovout": warped, "fwdtransforms": f"{outprefix}Composite.h5",
+            "invtransforms": f"{outprefix}InverseComposite.h5"}
 
 
 def affine_determinant(path) -> float:

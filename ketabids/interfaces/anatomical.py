@@ -283,7 +283,9 @@ class ExtractBrain(SimpleInterface):
 
         img = _load_float(self.inputs.in_file)
         tpl = _template(self.inputs.template, self.inputs.template_resolution)
-        mask, info, reg = extract_brain(img, tpl, mode=self.inputs.mode, seed=self.inputs.seed,
+        mask, info, reg = extract_brain(img, tpl,
+                                        processing=ProcessingSettings.for_mode(self.inputs.mode),
+                                        seed=self.inputs.seed,
                                         omp_nthreads=self.inputs.omp_nthreads,
                                         out_dir=runtime.cwd)
         self._results["out_mask"] = _save(mask, self.inputs.in_file, "_mask", runtime.cwd,

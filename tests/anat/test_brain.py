@@ -219,16 +219,20 @@ def test_brain_extraction_of_a_cut_off_field_of_view(cut_phantom, tmp_path):
     the metric nothing) made this phantom's mask leak into the scalp (1819 mL, measured with the
     fast mode's earlier SyN setting, which gave 1280 / 1279 mL without it)."""
     from ketabids.anat.brain import extract_brain, voxel_ml
+    from ketabids.anat.settings import ProcessingSettings
     from ketabids.templates import get_template
 
+    fast = ProcessingSettings.for_mode("fast")
     img, truth, rotated = cut_phantom
     tpl = get_template(resolution=2)
-    mask, _, _ = extract_brain(img, tpl, mode="fast", seed=1, out_dir=tmp_path / "cut")
+    mask, _, _ = extract_brain(img, tpl, processing=fast, seed=1,
+                               out_dir=tmp_path / "cut")
     m = np.asarray(mask.dataobj) > 0
     dice = 2 * (m & truth).sum() / (m.sum() + truth.sum())
     assert dice > 0.96, dice
     assert m.sum() == pytest.approx(truth.sum(), rel=0.07)
-    mask_r, _, _ = extract_brain(rotated, tpl, mode="fast", seed=1, out_dir=tmp_path / "rot")
+    mask_r, _, _ = extract_brain(rotated, tpl, processing=fast, seed=1,
+                                 out_dir=tmp_path / "rot")
     vol = m.sum() * voxel_ml(img)
     vol_r = (np.asarray(mask_r.dataobj) > 0).sum() * voxel_ml(rotated)
     assert vol_r == pytest.approx(vol, rel=0.02), (vol, vol_r)

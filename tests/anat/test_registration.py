@@ -16,7 +16,10 @@ from ketabids.anat.registration import (
     jacobian_determinant,
     register_to_template,
 )
+from ketabids.anat.settings import ProcessingSettings
 from ketabids.templates import Template
+
+DEFAULT, FAST = ProcessingSettings.for_mode("default"), ProcessingSettings.for_mode("fast")
 
 SHAPE = (34, 40, 36)  # 2 mm grid: 6.8 x 8 x 7.2 cm
 
@@ -72,7 +75,7 @@ def _subject(scale=1.08, shift=(3.0, -2.0, 1.5)):
 @pytest.mark.slow
 def test_registration_recovers_scaling_and_maps_both_ways(small_template, tmp_path):
     subject = _subject()
-    result = register_to_template(subject, small_template, mode="default", seed=1,
+    result = register_to_template(subject, small_template, processing=DEFAULT, seed=1,
                                   out_dir=tmp_path)
     assert [p.name for p in result.forward_transforms] == ["from-T1w_to-template_xfm.h5"]
     assert all(p.is_file() for p in result.forward_transforms + result.inverse_transforms)
@@ -103,8 +106,10 @@ _DETERMINISM = textwrap.dedent(
     from test_registration import _subject
     from ketabids.templates import Template
     from ketabids.anat.registration import register_to_template
+    from ketabids.anat.settings import ProcessingSettings
     tpl = Template(**json.loads(sys.argv[2]))
-    res = register_to_template(_subject(), tpl, mode="fast", seed=7, out_dir=sys.argv[3])
+    res = register_to_template(_subject(), tpl, processing=ProcessingSettings.for_mode("fast"),
+                               seed=7, out_dir=sys.argv[3])
     print(hashlib.sha256(res.warped.get_fdata().tobytes()).hexdigest())
     """
 )
@@ -144,11 +149,11 @@ def test_ants_env_restores_environment():
     assert ants.config._random_seed == seed_before
 
 
-def test_unknown_mode_is_a_usage_error(small_template):
+def test_unknown_mode_is_a_usage_error():
     from ketabids.errors import UsageError
 
     with pytest.raises(UsageError, match="mode 'slow'"):
-        register_to_template(_subject(), small_template, mode="slow")
+        ProcessingSettings.for_mode("slow")
 
 
 def test_the_fast_mode_regularises_syn_as_the_default_mode_in_mm():
@@ -167,27 +172,58 @@ def test_the_fast_mode_regularises_syn_as_the_default_mode_in_mm():
 
 
 @pytest.mark.parametrize("mode", ["default", "fast"])
-def test_syn_runs_with_the_modes_step_and_update_variance(small_template, tmp_path, monkeypatch,
-                                                           mode):
-    import ants
-
-    from ketabids.anat.settings import ProcessingSettings
+def test_syn_runs_with_the_modes_step_variance_and_convergence(small_template, tmp_path,
+                                                               monkeypatch, mode):
+    from ketabids.anat import registration
 
     seen = []
-    real = ants.registration
+    real = registration.syn_arguments
 
     def spy(*args, **kwargs):
-        seen.append(kwargs)
-        return real(*args, **kwargs)
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
 
-    monkeypatch.setattr(ants, "registration", spy)
-    result = register_to_template(_subject(), small_template, mode=mode, seed=1,
-                                  out_dir=tmp_path)
+    monkeypatch.setattr(registration, "syn_arguments", spy)
     settings = ProcessingSettings.for_mode(mode)
-    (syn,) = [k for k in seen if k.get("type_of_transform") == "SyN"]
-    assert syn["flow_sigma"] == settings.syn_update_variance
-    assert syn["grad_step"] == settings.syn_grad_step
+    result = register_to_template(_subject(), small_template, processing=settings, seed=1,
+                                  out_dir=tmp_path)
+    (args,) = seen
+    syn = args[len(args) - 1 - args[::-1].index("--transform"):]  # the last stage's arguments
+    assert syn[1] == (f"SyN[{settings.syn_grad_step:f},{settings.syn_update_variance:f},"
+                      "0.000000]")
+    threshold, window = settings.syn_convergence
+    its = "x".join(str(i) for i in settings.reg_iterations)
+    assert syn[syn.index("--convergence") + 1] == f"[{its},{threshold:g},{window}]"
     assert result.info["settings"]["syn_update_variance"] == settings.syn_update_variance
+    assert result.info["settings"]["syn_convergence"] == settings.syn_convergence
+
+
+def test_syn_with_antspyx_convergence_is_antspyx_registration(small_template, tmp_path):
+    """With antspyx's own convergence test (1e-7, 8), the direct antsRegistration call gives
+    the transforms of ``ants.registration(type_of_transform="SyN")`` with the same settings
+    and seed (one ITK thread): the command line differs from antspyx's only where it says."""
+    from dataclasses import replace
+
+    import ants
+
+    from ketabids.anat.antsutil import to_ants
+    from ketabids.anat.registration import run_syn, template_on_grid
+
+    settings = replace(ProcessingSettings.for_mode("fast"), syn_convergence=(1e-7, 8))
+    with ants_env(seed=3, omp_nthreads=1):
+        fixed = template_on_grid(small_template.brain, settings.registration_mm)
+        moving = to_ants(_subject())
+        ours = run_syn(fixed, moving, settings, initial_transform=None,
+                       outprefix=str(tmp_path / "ours_"))
+        theirs = ants.registration(
+            fixed, moving, type_of_transform="SyN", outprefix=str(tmp_path / "theirs_"),
+            reg_iterations=settings.reg_iterations, grad_step=settings.syn_grad_step,
+            flow_sigma=settings.syn_update_variance, write_composite_transform=True)
+        warped = [ants.apply_transforms(fixed, moving, [out["fwdtransforms"]]).numpy()
+                  for out in (ours, theirs)]
+    assert np.ptp(warped[0]) > 0
+    np.testing.assert_array_equal(warped[0], warped[1])
+    np.testing.assert_array_equal(ours["warpedmovout"].numpy(), theirs["warpedmovout"].numpy())
 
 
 def test_seed_zero_reaches_ants_as_a_real_seed():
@@ -295,6 +331,7 @@ def test_affine_candidates_keep_the_smaller_scaling(small_template, tmp_path, mo
     1.08 scaling."""
     import ants
 
+    from ketabids.anat import registration
     from ketabids.anat.registration import affine_determinant
 
     real = ants.registration
@@ -307,14 +344,19 @@ def test_affine_candidates_keep_the_smaller_scaling(small_template, tmp_path, mo
             stretched = ants.create_ants_transform(transform_type="AffineTransform",
                                                    dimension=3, matrix=np.eye(3) * 1.5)
             ants.write_transform(stretched, out["fwdtransforms"][-1])
-        if type_of_transform == "SyNOnly":
-            seen["start"] = affine_determinant(kwargs["initial_transform"][-1])
         return out
 
+    real_syn = registration.run_syn
+
+    def syn_spy(*args, **kwargs):
+        seen["start"] = affine_determinant(kwargs["initial_transform"][-1])
+        return real_syn(*args, **kwargs)
+
     monkeypatch.setattr(ants, "registration", spy)
+    monkeypatch.setattr(registration, "run_syn", syn_spy)
     subject = _subject()
     inside = make_image(np.ones(subject.shape, np.uint8), subject.affine)
-    result = register_to_template(subject, small_template, mode="default", seed=1,
+    result = register_to_template(subject, small_template, processing=DEFAULT, seed=1,
                                   affine_moving_mask=inside, out_dir=tmp_path)
     candidates = result.info["affine_candidates"]
     assert candidates["kept"] == {"whole": "masked", "masked": "whole"}[planted]
@@ -347,7 +389,7 @@ def test_masked_registration_runs_on_the_cropped_template_and_covers_the_full_gr
     mask = np.asarray(nib.load(tpl.mask).dataobj) > 0
     with ants_env(None, 1):
         dilated = ants.iMath(ants.image_read(str(tpl.mask)), "MD", 2)
-    result = register_to_template(_subject(), tpl, mode="fast", mask=dilated, seed=3,
+    result = register_to_template(_subject(), tpl, processing=FAST, mask=dilated, seed=3,
                                   out_dir=tmp_path / "reg")
     box = bounding_box(dilated.numpy() > 0, CROP_MARGIN_VOX)
     # the fast mode's 2.5 mm grid: the cropped grid is smaller than the template's
@@ -412,7 +454,7 @@ def test_a_cut_field_of_view_registers_alike_whether_the_grid_stops_or_is_zero_f
         monkeypatch.setattr(registration, "PAD_MM", pad)
         out = []
         for name, img in (("cut", cut), ("filled", filled)):
-            result = register_to_template(img, small_template, mode="default", seed=1,
+            result = register_to_template(img, small_template, processing=DEFAULT, seed=1,
                                           out_dir=tmp_path / f"{name}-{pad}")
             m = apply_to_native(small_template.mask, result, filled)
             out.append(int((np.asarray(m.dataobj) >= 0.5).sum()))
