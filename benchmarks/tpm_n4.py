@@ -51,6 +51,8 @@ from ketabids.anat.segmentation import (
 from ketabids.demo.tpm_phantom import tpm_phantom
 
 INPUTS = ("none", "head", "pipeline", "mixture_n4", "pure_n4", "prior_n4")
+#: the candidate tissue N4s -> the ``prediction`` of :func:`class_informed_n4`
+PREDICTIONS = {"mixture_n4": "mixture", "pure_n4": "pure", "prior_n4": "priors"}
 
 
 def _arr(img):
@@ -103,7 +105,7 @@ def corrections(head, mask, priors, tissue_grid_mm: float, names) -> dict:
                                      grid_mm=tissue_grid_mm, spline_mm=TISSUE_N4_SPLINE_MM,
                                      iterations=TISSUE_N4_ITERATIONS)
         else:
-            img = class_informed_n4(head, mask, priors, prediction=name.split("_")[0],
+            img = class_informed_n4(head, mask, priors, prediction=PREDICTIONS[name],
                                     grid_mm=tissue_grid_mm)
         out[name] = (img, time.process_time() - t0)
     return out
@@ -113,11 +115,12 @@ def inputs(ph, tissue_grid_mm: float, names=INPUTS) -> dict:
     """The segmentation's candidate inputs ``names`` (module docstring) with CPU seconds."""
     t0 = time.process_time()
     head, _ = n4_bias_correct(ph.t1w, grid_mm=8.0)
+    head_cpu = time.process_time() - t0
     out = {"none": (ph.t1w, 0.0)} | corrections(
         head, ph.brain_mask, ph.priors_affine, tissue_grid_mm,
         [n for n in names if n != "none"])
     if "head" in out:
-        out["head"] = (head, time.process_time() - t0)
+        out["head"] = (head, head_cpu)
     return {k: v for k, v in out.items() if k in names}
 
 
