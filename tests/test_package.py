@@ -14,7 +14,6 @@ import ketabids
 PACKAGE_DIR = Path(ketabids.__file__).parent
 MAX_PARAMETERS = 10
 ALLOWED_OVER_MAX = {
-    "ketabids.anat.registration.register_to_template",
     "ketabids.demo.cohort.generate_demo",
     "ketabids.demo.head.simulate_subject",
 }

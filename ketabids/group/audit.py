@@ -23,9 +23,13 @@ detail``; status ``pass``, ``warn`` or ``info``):
   correlated (Pearson r; for site the share of variance between sites, eta squared, ANOVA).
   Warn when p < 0.05 / (number of such checks) (Bonferroni) and the effect is at least the
   reference (|r| >= 0.3, eta squared >= 0.06).
-* ``qc_covariates_only_bac``: the same nested CV (z-scored in-fold) on the QC metrics and the
-  covariates alone. Warn when its interval lies above 0.5: scan quality or demographics predict
-  response, and the imaging model may be learning them.
+* ``qc_covariates_only_bac``: the same nested CV (z-scored in-fold), one repeat of it (every
+  participant predicted once out of fold), on the QC metrics and the covariates alone. Warn when
+  its interval lies above 0.5: scan quality or demographics predict response, and the imaging
+  model may be learning them. One repeat because a few z-scored features give low-rank kernels
+  whose exact SVC solutions are slow at the large-C end of the grid: ten repeats made the audit
+  cost about 40 % of a 1000-permutation training (docs/benchmarks.md, "Site-robust validation
+  and C selection").
 
 :func:`metrics_by_site` is ``metrics_by_site.tsv`` of training and prediction runs.
 """
@@ -338,7 +342,7 @@ def run_audit(data, *, result, settings, variables: pd.DataFrame | None = None,
     if qc is not None or len(variables.columns):
         Q, used = _numeric_matrix(variables)
         if Q is not None:
-            qsettings = replace(settings, standardize=True, harmonize=False)
+            qsettings = replace(settings, standardize=True, harmonize=False, n_repeats=1)
             try:
                 # libsvm solves many of these low-rank problems: skip scikit-learn's per-call
                 # input checks (the inputs are the engine's own finite arrays; same results)
@@ -355,7 +359,8 @@ def run_audit(data, *, result, settings, variables: pd.DataFrame | None = None,
                 rows.append({
                     "check": "qc_covariates_only_bac", "value": est, "reference": 0.5,
                     "status": "warn" if above else "pass",
-                    "detail": f"the same nested CV on {', '.join(used)} alone: BAC {_pct(est)} "
+                    "detail": f"the same nested CV (one repeat) on {', '.join(used)} alone: BAC "
+                    f"{_pct(est)} "
                     f"(95% CI {_pct(lo)}-{_pct(hi)})" + (
                         "; scan quality or demographics predict response, the imaging model "
                         "may be learning them" if above else "")})

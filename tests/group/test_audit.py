@@ -170,7 +170,8 @@ def test_audit_on_the_training_kernel_equals_the_audit_on_its_own(rng):
     assert rows["site_predictability"] == site_predictability(
         X, sites, covariates=cov, n_folds=settings.n_outer)["bac"]
     Q, _ = _numeric_matrix(pd.concat([variables, qc], axis=1))
-    qres = nested_cv(Q, y, sites=sites, settings=NestedCVSettings(**SETTINGS, standardize=True))
+    qres = nested_cv(Q, y, sites=sites, settings=NestedCVSettings(
+        **{**SETTINGS, "n_repeats": 1}, standardize=True))
     assert rows["qc_covariates_only_bac"] == qres.bac_pooled
     assert table.equals(run_audit(data, result=res, variables=variables, qc=qc,
                                   settings=settings)[0])
