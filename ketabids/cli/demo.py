@@ -78,12 +78,12 @@ def specificity_row(summary: dict | None) -> str | None:
         return "n/a" if v is None else f"{100 * v:+.1f}"
 
     def p(v):
-        return "n/a" if v is None else (f"{v:.2g}" if v >= 0.001 else "< 0.001")
+        return "p n/a" if v is None else (f"p = {v:.2g}" if v >= 0.001 else "p < 0.001")
 
-    return (f"{'specificity (ext. trial)':<24} {summary.get('n', '-'):>4}  BAC "
+    return (f"{'specificity (ext. trial)':<24} {summary.get('n_subjects', '-'):>4}  BAC "
             f"{spec['treatment_arm']} - {spec['reference_arm']} {pts(bac['estimate'])} points "
-            f"(95% CI {pts(bac['ci_low'])} to {pts(bac['ci_high'])}), p = {p(bac['p_value'])}; "
-            f"decision x arm interaction p = {p(inter['p_value'])}  | paper: ketamine vs saline "
+            f"(95% CI {pts(bac['ci_low'])} to {pts(bac['ci_high'])}), {p(bac['p_value'])}; "
+            f"decision x arm interaction {p(inter['p_value'])}  | paper: ketamine vs saline "
             "cohorts compared by eye, not tested")
 
 

@@ -392,7 +392,8 @@ def _fmt_points(v) -> str:
 
 
 def _fmt_p(p) -> str:
-    return "n/a" if not np.isfinite(p) else (f"{p:.2g}" if p >= 0.001 else "< 0.001")
+    """``p = 0.03`` / ``p < 0.001`` / ``p n/a``."""
+    return "p n/a" if not np.isfinite(p) else (f"p = {p:.2g}" if p >= 0.001 else "p < 0.001")
 
 
 def interpret(table: pd.DataFrame, by_arm: pd.DataFrame, *, treatment_arm: str,
@@ -421,9 +422,9 @@ def interpret(table: pd.DataFrame, by_arm: pd.DataFrame, *, treatment_arm: str,
     ref_slope = r.loc["slope_reference_arm"]
     n = int(by_arm["n"].sum())
     smallest = int(by_arm[["n_responders", "n_nonresponders"]].to_numpy().min())
-    figures = (f"interaction p = {_fmt_p(inter['p_value'])}; BAC {treatment_arm} - "
+    figures = (f"interaction {_fmt_p(inter['p_value'])}; BAC {treatment_arm} - "
                f"{reference_arm} = {_fmt_points(bac['estimate'])} percentage points, 95% CI "
-               f"{_fmt_points(bac['ci_low'])} to {_fmt_points(bac['ci_high'])}, permutation p = "
+               f"{_fmt_points(bac['ci_low'])} to {_fmt_points(bac['ci_high'])}, permutation "
                f"{_fmt_p(bac['p_value'])}")
     significant = np.isfinite(inter["p_value"]) and inter["p_value"] < alpha
     if significant and inter["estimate"] > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -366,13 +367,14 @@ def test_results_table_gains_the_specificity_row(rng):
     arm = np.where(np.arange(40) < 20, "ketamine", "saline")
     spec = specificity_analysis(y, d, arm, treatment_arm="ketamine", reference_arm="saline",
                                 n_bootstrap=100, n_permutations=100).as_dict()
-    line = specificity_row({"n": 40, "specificity": spec})
+    line = specificity_row({"n_subjects": 40, "specificity": spec})
     bac = spec["bac_difference"]
     assert line.startswith("specificity (ext. trial)") and " 40  BAC ketamine - saline " in line
     assert f"{100 * bac['estimate']:+.1f} points (95% CI {100 * bac['ci_low']:+.1f} to " in line
-    assert "interaction p = " in line and "not tested" in line
-    assert specificity_row({"n": 40, "specificity": None}) is None and specificity_row(None) \
-        is None
+    assert "decision x arm interaction p " in line and "not tested" in line
+    assert re.search(r"interaction p (=|<) 0\.\d+  \|", line) and "p = <" not in line
+    assert specificity_row({"n_subjects": 40, "specificity": None}) is None
+    assert specificity_row(None) is None
     h = headline_metric(classification_metrics(y, d), aggregation="single", y=y)
     table = results_table({name: h for name in PUBLISHED}, line).splitlines()
     assert len(table) == 3 + len(PUBLISHED) and table[-1] == line
