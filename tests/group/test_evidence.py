@@ -57,7 +57,7 @@ def test_training_writes_the_out_of_fold_decision_curve(trained):
     assert list(curve.columns) == ["threshold", "net_benefit_model", "net_benefit_treat_all",
                                    "net_benefit_treat_none"]
     assert len(curve) == 99 and curve["threshold"].iloc[0] == 0.01
-    prevalence = trained["summary"]["n_responders"] / trained["summary"]["n"]
+    prevalence = trained["summary"]["n_responders"] / trained["summary"]["n_subjects"]
     assert curve["net_benefit_treat_all"].iloc[0] == pytest.approx(
         prevalence - (1 - prevalence) / 99, abs=1e-5)
     # a model that works beats both references somewhere in the middle

@@ -131,7 +131,7 @@ def test_brain_extraction_of_a_rotated_copy_does_not_depend_on_the_seed(tmp_path
         return n4_bias_correct(conform_t1w(img)[0], omp_nthreads=2)[0]
 
     def brain_ml(img, seed, name):  # transforms in tmp_path (by default: a new temp folder)
-        return extract_brain(img, tpl, mode="default", seed=seed, omp_nthreads=2,
+        return extract_brain(img, tpl, seed=seed, omp_nthreads=2,
                              out_dir=tmp_path / name)[1]["brain_ml"]
 
     original = brain_ml(corrected(nib.load(SEG3D)), 1, "original")
