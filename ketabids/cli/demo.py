@@ -69,17 +69,13 @@ def specificity_row(summary: dict | None) -> str | None:
         BAC difference between arms with its interval and permutation p, and the interaction
         p; None without a specificity block.
     """
+    from ketabids.group.specificity import format_p_value as p
+    from ketabids.group.specificity import format_points as pts
+
     spec = (summary or {}).get("specificity")
     if not spec:
         return None
     bac, inter = spec["bac_difference"], spec["interaction_log_odds"]
-
-    def pts(v):
-        return "n/a" if v is None else f"{100 * v:+.1f}"
-
-    def p(v):
-        return "p n/a" if v is None else (f"p = {v:.2g}" if v >= 0.001 else "p < 0.001")
-
     return (f"{'specificity (ext. trial)':<24} {summary.get('n_subjects', '-'):>4}  BAC "
             f"{spec['treatment_arm']} - {spec['reference_arm']} {pts(bac['estimate'])} points "
             f"(95% CI {pts(bac['ci_low'])} to {pts(bac['ci_high'])}), {p(bac['p_value'])}; "

@@ -26,10 +26,9 @@ detail``; status ``pass``, ``warn`` or ``info``):
 * ``qc_covariates_only_bac``: the same nested CV (z-scored in-fold), one repeat of it (every
   participant predicted once out of fold), on the QC metrics and the covariates alone. Warn when
   its interval lies above 0.5: scan quality or demographics predict response, and the imaging
-  model may be learning them. One repeat because a few z-scored features give low-rank kernels
-  whose exact SVC solutions are slow at the large-C end of the grid: ten repeats made the audit
-  cost about 40 % of a 1000-permutation training (docs/benchmarks.md, "Site-robust validation
-  and C selection").
+  model may be learning them. One repeat: a few z-scored features give low-rank kernels whose
+  exact SVC solutions are slow at the large-C end of the grid, and a screening check needs no
+  averaging over splits (cost: docs/benchmarks.md, "Site-robust validation and C selection").
 
 :func:`metrics_by_site` is ``metrics_by_site.tsv`` of training and prediction runs.
 """
@@ -360,8 +359,7 @@ def run_audit(data, *, result, settings, variables: pd.DataFrame | None = None,
                     "check": "qc_covariates_only_bac", "value": est, "reference": 0.5,
                     "status": "warn" if above else "pass",
                     "detail": f"the same nested CV (one repeat) on {', '.join(used)} alone: BAC "
-                    f"{_pct(est)} "
-                    f"(95% CI {_pct(lo)}-{_pct(hi)})" + (
+                    f"{_pct(est)} (95% CI {_pct(lo)}-{_pct(hi)})" + (
                         "; scan quality or demographics predict response, the imaging model "
                         "may be learning them" if above else "")})
     if progress is not None:

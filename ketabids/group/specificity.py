@@ -37,8 +37,8 @@ from ketabids.group.logistic import fit_logistic, likelihood_ratio_p, profile_in
 from ketabids.group.metrics import SMALL_CLASS, classification_metrics, finite_or_none
 
 __all__ = ["SpecificityResult", "specificity_analysis", "interaction_test", "arm_differences",
-           "metrics_by_arm", "resolve_arms", "trained_arm", "BY_ARM_COLUMNS", "TABLE_COLUMNS",
-           "ALPHA"]
+           "format_points", "format_p_value", "metrics_by_arm", "resolve_arms", "trained_arm",
+           "BY_ARM_COLUMNS", "TABLE_COLUMNS", "ALPHA"]
 
 #: Columns of metrics_by_arm.tsv and specificity.tsv (docs/schemas agreed with the report).
 BY_ARM_COLUMNS = ["arm", "n", "n_responders", "n_nonresponders", "n_predicted_responders", "bac",
@@ -387,13 +387,18 @@ def _fmt_num(v) -> str:
     return "n/a" if not np.isfinite(v) else f"{v:.2f}"
 
 
-def _fmt_points(v) -> str:
-    return "n/a" if not np.isfinite(v) else f"{100 * v:+.1f}"
+def format_points(v) -> str:
+    """A difference of proportions in signed percentage points (``+38.5``; ``n/a`` for None
+    or NaN): the reports', log's and demo table's form."""
+    return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:+.1f}"
 
 
-def _fmt_p(p) -> str:
-    """``p = 0.03`` / ``p < 0.001`` / ``p n/a``."""
-    return "p n/a" if not np.isfinite(p) else (f"p = {p:.2g}" if p >= 0.001 else "p < 0.001")
+def format_p_value(p) -> str:
+    """``p = 0.03`` / ``p < 0.001`` / ``p n/a`` (None or NaN): the reports', log's and demo
+    table's form."""
+    if p is None or not np.isfinite(p):
+        return "p n/a"
+    return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
 
 
 def interpret(table: pd.DataFrame, by_arm: pd.DataFrame, *, treatment_arm: str,
@@ -422,10 +427,10 @@ def interpret(table: pd.DataFrame, by_arm: pd.DataFrame, *, treatment_arm: str,
     ref_slope = r.loc["slope_reference_arm"]
     n = int(by_arm["n"].sum())
     smallest = int(by_arm[["n_responders", "n_nonresponders"]].to_numpy().min())
-    figures = (f"interaction {_fmt_p(inter['p_value'])}; BAC {treatment_arm} - "
-               f"{reference_arm} = {_fmt_points(bac['estimate'])} percentage points, 95% CI "
-               f"{_fmt_points(bac['ci_low'])} to {_fmt_points(bac['ci_high'])}, permutation "
-               f"{_fmt_p(bac['p_value'])}")
+    figures = (f"interaction {format_p_value(inter['p_value'])}; BAC {treatment_arm} - "
+               f"{reference_arm} = {format_points(bac['estimate'])} percentage points, 95% CI "
+               f"{format_points(bac['ci_low'])} to {format_points(bac['ci_high'])}, permutation "
+               f"{format_p_value(bac['p_value'])}")
     significant = np.isfinite(inter["p_value"]) and inter["p_value"] < alpha
     if significant and inter["estimate"] > 0:
         text = (f"The decision value tracks response more strongly in the {treatment_arm} arm "
