@@ -76,24 +76,31 @@ def _load(source: str, ignore: list[str]) -> tuple[dict, list[str]]:
     return hash_folder(path, ignore)
 
 
-#: simulate_subject argument sets hashed by ``phantoms`` (template resolution, keywords).
+#: simulate_subject argument sets hashed by ``phantoms``: template resolution, keywords
+#: (``traits``/``acquisition``/``pose`` as plain dicts of the config objects' fields).
 PHANTOM_CASES = {
     "defaults-2mm": (2, dict(seed=0)),
-    "responder-LIA": (2, dict(seed=7, responder=True, age=50, sex="M", orientation="LIA")),
+    "responder-LIA": (2, dict(seed=7, traits=dict(responder=True, age=50, sex="M"),
+                              acquisition=dict(orientation="LIA"))),
     "scanner-C-noskull-nowarp": (2, dict(
-        seed=3, responder=False, effect_size=0.1, resolution=2.0, skull=False, warp_mm=0.0,
-        contrast={"gm": 0.55, "wm": 0.88, "csf": 0.15, "fat": 0.85, "muscle": 0.35},
-        noise=0.045, bias_strength=0.3, head_scale=1.05)),
+        seed=3, traits=dict(responder=False, effect_size=0.1, head_scale=1.05),
+        acquisition=dict(resolution=2.0, skull=False, noise=0.045, bias_strength=0.3,
+                         contrast={"gm": 0.55, "wm": 0.88, "csf": 0.15, "fat": 0.85,
+                                   "muscle": 0.35}),
+        pose=dict(warp_mm=0.0))),
     "pose-warp-share": (2, dict(
-        seed=11, responder=True, max_rotation=10.0, max_translation=4.0, warp_mm=0.5,
-        warp_fwhm=40.0, variation=0.05, effect_volume_share=0.2, orientation="PIL")),
-    "1mm-PIL": (1, dict(seed=1, resolution=1.0, orientation="PIL")),
+        seed=11, traits=dict(responder=True, variation=0.05, effect_volume_share=0.2),
+        acquisition=dict(orientation="PIL"),
+        pose=dict(max_rotation=10.0, max_translation=4.0, warp_mm=0.5, warp_fwhm=40.0))),
+    "1mm-PIL": (1, dict(seed=1, acquisition=dict(resolution=1.0, orientation="PIL"))),
 }
 
 
-def _simulate(template, kwargs: dict):
-    from ketabids.demo.head import simulate_subject
+def _simulate(template, case: dict):
+    from ketabids.demo.head import Acquisition, PoseAndWarp, SubjectTraits, simulate_subject
 
+    configs = {"traits": SubjectTraits, "acquisition": Acquisition, "pose": PoseAndWarp}
+    kwargs = {k: configs[k](**v) if k in configs else v for k, v in case.items()}
     return simulate_subject(template, **kwargs)
 
 
