@@ -7,7 +7,11 @@ Two sub-commands:
     manifest saved by ``--save``) it compares the two: files identical, differing, present on
     one side only. ``--ignore GLOB`` (repeatable, matched against the relative path) leaves out
     files that legitimately vary from run to run (logs with timestamps, crash files); the
-    files left out are listed, never silently dropped. Exit 1 when anything differs.
+    files left out are listed, never silently dropped. ``--strip REGEX`` removes a part of
+    every relative path before pairing (e.g. the time stamp and run id of the run-log folders,
+    ``--strip='-\\d{8}T\\d{6}Z-[0-9a-f]{8}'`` for ``logs/participant-20261208T002017Z-4e70a333/``),
+    so that such files are still compared.
+    Exit 1 when anything differs.
 
 ``phantoms``
     Hashes the arrays, affines, volumes and drawn parameters of
@@ -30,6 +34,7 @@ import argparse
 import fnmatch
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -43,11 +48,36 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def hash_folder(root: Path, ignore: list[str] = ()) -> tuple[dict, list[str]]:
-    """``{relative path: sha256}`` of every file under ``root``, and the paths ignored."""
+def _strip(rels: list[str], patterns: list[str]) -> dict:
+    """``{relative path: path with the patterns removed}``; paths that then coincide (two runs'
+    log folders) get ``#1``, ``#2``... in the order of their original paths (time stamps sort
+    in time order)."""
+    out = {}
+    for rel in sorted(rels):
+        short = rel
+        for pattern in patterns:
+            short = re.sub(pattern, "", short)
+        out[rel] = short
+    counts = {}
+    for rel, short in out.items():
+        counts[short] = counts.get(short, 0) + 1
+    seen = {}
+    for rel, short in out.items():
+        if counts[short] > 1:
+            seen[short] = seen.get(short, 0) + 1
+            out[rel] = f"{short}#{seen[short]}"
+    return out
+
+
+def hash_folder(root: Path, ignore: list[str] = (), strip: list[str] = ()) -> tuple[dict, list]:
+    """``{relative path: sha256}`` of every file under ``root``, and the paths ignored.
+
+    ``strip``: regular expressions removed from each relative path (before ``ignore``)."""
+    files = {p.relative_to(root).as_posix(): p for p in Path(root).rglob("*") if p.is_file()}
+    names = _strip(list(files), strip)
     hashes, ignored = {}, []
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
+    for rel, path in sorted(files.items()):
+        rel = names[rel]
         if any(fnmatch.fnmatch(rel, pattern) for pattern in ignore):
             ignored.append(rel)
             continue
@@ -66,14 +96,15 @@ def compare(a: dict, b: dict) -> dict:
     }
 
 
-def _load(source: str, ignore: list[str]) -> tuple[dict, list[str]]:
+def _load(source: str, ignore: list[str], strip: list[str]) -> tuple[dict, list[str]]:
     path = Path(source)
     if path.is_file():  # a manifest saved by --save
         saved = json.loads(path.read_text())
-        hashes = {k: v for k, v in saved["hashes"].items()
-                  if not any(fnmatch.fnmatch(k, p) for p in ignore)}
+        names = _strip(list(saved["hashes"]), strip)
+        hashes = {names[k]: v for k, v in saved["hashes"].items()
+                  if not any(fnmatch.fnmatch(names[k], p) for p in ignore)}
         return hashes, sorted(set(saved["hashes"]) - set(hashes)) + saved.get("ignored", [])
-    return hash_folder(path, ignore)
+    return hash_folder(path, ignore, strip)
 
 
 #: simulate_subject argument sets hashed by ``phantoms``: template resolution, keywords
@@ -158,14 +189,16 @@ def main(argv=None) -> int:
     files.add_argument("second", nargs="?", help="folder or manifest to compare with")
     files.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                        help="relative paths that vary per run (repeatable; listed, not hashed)")
+    files.add_argument("--strip", action="append", default=[], metavar="REGEX",
+                       help="remove this from every relative path before pairing (repeatable)")
     files.add_argument("--save", help="write the first folder's hashes to this JSON file")
     phantoms = sub.add_parser("phantoms", help="hash simulate_subject for PHANTOM_CASES")
     phantoms.add_argument("--against", help="manifest saved by --save to compare with")
     phantoms.add_argument("--save", help="write the hashes to this JSON file")
     args = parser.parse_args(argv)
     if args.command == "files":
-        hashes, ignored = _load(args.first, args.ignore)
-        other = _load(args.second, args.ignore)[0] if args.second else None
+        hashes, ignored = _load(args.first, args.ignore, args.strip)
+        other = _load(args.second, args.ignore, args.strip)[0] if args.second else None
         return _report(hashes, ignored, other, args.save, "files")
     hashes = hash_phantoms()
     other = json.loads(Path(args.against).read_text())["hashes"] if args.against else None
