@@ -125,8 +125,10 @@ def one_run(kind: str, mode: str, seed: int, threads: int) -> dict:
         if kind == "phantom":
             res = 1.0 if mode == "default" else 2.0
             template = get_template(resolution=int(res))
-            subject = phantom.simulate_subject(template, seed=seed, resolution=res, skull=True,
-                                               orientation="LIA", max_rotation=10.0)
+            subject = phantom.simulate_subject(
+                template, seed=seed,
+                acquisition=phantom.Acquisition(resolution=res, orientation="LIA"),
+                pose=phantom.PoseAndWarp(max_rotation=10.0))
             raw = run_anat_wf(subject.t1w, fast=fast, seed=seed, omp_nthreads=threads,
                               base_dir=tmp)
             out = load_outputs(raw)

@@ -14,23 +14,23 @@ import argparse
 import statistics
 import time
 
-from ketabids.demo.head import simulate_subject
+from ketabids.demo.head import Acquisition, simulate_subject
 from ketabids.templates import get_template
 
 SETTINGS = {
-    "2 mm, skull": dict(resolution=2.0, skull=True, orientation="RAS"),
-    "1 mm, no skull, PIL": dict(resolution=1.0, skull=False, orientation="PIL"),
+    "2 mm, skull": Acquisition(resolution=2.0, skull=True, orientation="RAS"),
+    "1 mm, no skull, PIL": Acquisition(resolution=1.0, skull=False, orientation="PIL"),
 }
 
 
-def time_setting(kwargs: dict, repeats: int) -> list[float]:
+def time_setting(acquisition: Acquisition, repeats: int) -> list[float]:
     """Wall seconds of ``repeats`` phantoms (seeds 1..repeats) after one warm-up call."""
-    template = get_template(resolution=int(kwargs["resolution"]))
-    simulate_subject(template, seed=0, **kwargs)
+    template = get_template(resolution=int(acquisition.resolution))
+    simulate_subject(template, seed=0, acquisition=acquisition)
     times = []
     for seed in range(1, repeats + 1):
         start = time.perf_counter()
-        simulate_subject(template, seed=seed, **kwargs)
+        simulate_subject(template, seed=seed, acquisition=acquisition)
         times.append(time.perf_counter() - start)
     return times
 
@@ -41,8 +41,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     print("| phantom | median s | min s | max s |")
     print("|---|---|---|---|")
-    for label, kwargs in SETTINGS.items():
-        times = time_setting(kwargs, args.repeats)
+    for label, acquisition in SETTINGS.items():
+        times = time_setting(acquisition, args.repeats)
         print(f"| {label} | {statistics.median(times):.2f} | {min(times):.2f} "
               f"| {max(times):.2f} |")
 

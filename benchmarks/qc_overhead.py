@@ -24,9 +24,9 @@ from pathlib import Path
 
 def _phantom_bids(root: Path, seed: int, resolution: float) -> Path:
 
-    from ketabids.demo.head import simulate_subject
+    from ketabids.demo.head import Acquisition, simulate_subject
 
-    t1w = simulate_subject(seed=seed, resolution=resolution).t1w
+    t1w = simulate_subject(seed=seed, acquisition=Acquisition(resolution=resolution)).t1w
     return _bids_with(root, t1w)
 
 

@@ -100,10 +100,10 @@ def fault_results(seed: int = 3, omp_nthreads: int = 1) -> dict:
     import nibabel as nib
 
     from ketabids.demo.faults import FAULTS
-    from ketabids.demo.head import simulate_subject
+    from ketabids.demo.head import Acquisition, simulate_subject
     from ketabids.qc.header import header_metrics
 
-    good = simulate_subject(seed=seed, resolution=2.0).t1w
+    good = simulate_subject(seed=seed, acquisition=Acquisition(resolution=2.0)).t1w
     good = nib.Nifti1Image(np.asarray(good.dataobj, np.float32), good.affine)
     cases = {"good_phantom": good}
     cases.update({name: make(good) for name, make in FAULTS.items()})

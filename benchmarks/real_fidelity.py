@@ -297,12 +297,13 @@ def main(argv=None) -> list[dict]:
             if args.rotated:
                 subjects.append((f"{key}rot", rotated_rebiased(img), None))
         if args.phantoms and "head" in args.generators:
-            from ketabids.demo.head import simulate_subject
+            from ketabids.demo.head import Acquisition, simulate_subject
             from ketabids.templates import get_template
 
             tpl = get_template(resolution=1)
             for seed in range(1, args.phantoms + 1):
-                sub = simulate_subject(tpl, seed=seed, resolution=args.phantom_mm, skull=True)
+                sub = simulate_subject(tpl, seed=seed,
+                                       acquisition=Acquisition(resolution=args.phantom_mm))
                 subjects.append((f"phantom{seed}", sub.t1w, sub))
         if args.phantoms and "tpm" in args.generators:
             from ketabids.demo.tpm_phantom import CONTRASTS, tpm_phantom

@@ -109,12 +109,13 @@ def main(argv=None) -> list[dict]:
             continue
         inputs.append((key, nib.load(path)))
     if args.phantoms:
-        from ketabids.demo.head import simulate_subject
+        from ketabids.demo.head import Acquisition, simulate_subject
         from ketabids.templates import get_template
 
         tpl = get_template(resolution=1)
         for seed in range(1, args.phantoms + 1):
-            sub = simulate_subject(tpl, seed=seed, resolution=args.phantom_mm, skull=True)
+            sub = simulate_subject(tpl, seed=seed,
+                                   acquisition=Acquisition(resolution=args.phantom_mm))
             inputs.append((f"phantom{seed}", sub.t1w))
     trees = {"this": ROOT, "baseline": args.baseline.resolve()}
     results = []

@@ -164,18 +164,13 @@ def run_demo(opts) -> dict:
 
     out = Path(opts.output_dir).expanduser().resolve()
     started = time.monotonic()
-    kwargs = dict(n_discovery=opts.n_discovery, n_external=opts.n_external,
-                  n_external_saline=_n_external_saline(opts),
-                  saline_fraction=opts.saline_fraction, null=opts.null,
-                  resolution=opts.resolution, seed=opts.seed, nprocs=opts.nprocs)
-    if opts.effect_size is not None:
-        kwargs["effect_size"] = opts.effect_size
+    design = demo_design(opts)
     folds = None
     if not opts.generate_only:  # before any work: the training's folds fit this cohort
-        folds = plan_demo(opts, {k: v for k, v in kwargs.items()
-                                 if k not in ("resolution", "null", "nprocs", "effect_size")})
+        folds = plan_demo(opts, design)
         LOGGER.info("%s", folds.describe())
-    cohort = generate_demo(out, **kwargs)
+    cohort = generate_demo(out, design, resolution=opts.resolution, seed=opts.seed,
+                           nprocs=opts.nprocs)
     LOGGER.info("synthetic cohort written to %s (%.0f s)", out / "bids",
                 time.monotonic() - started)
     if opts.generate_only:
@@ -236,6 +231,28 @@ def run_demo(opts) -> dict:
     print(f"demo finished in {time.monotonic() - started:.0f} s")
     return {"failed": [], "results": rows,
             "specificity": (summaries.get("trial") or {}).get("specificity")}
+
+
+def demo_design(opts):
+    """The :class:`~ketabids.demo.cohort.DemoDesign` of the demo's options.
+
+    Parameters
+    ----------
+    opts : argparse.Namespace
+        From :func:`get_demo_parser`.
+
+    Returns
+    -------
+    DemoDesign
+        Sizes, saline share, ``--null`` and ``--effect-size`` (the generator's default when
+        not given); the other fields keep their defaults.
+    """
+    from ketabids.demo.cohort import DemoDesign
+
+    extra = {} if opts.effect_size is None else {"effect_size": opts.effect_size}
+    return DemoDesign(n_discovery=opts.n_discovery, n_external=opts.n_external,
+                      n_external_saline=_n_external_saline(opts),
+                      saline_fraction=opts.saline_fraction, null=opts.null, **extra)
 
 
 def _n_external_saline(opts) -> int:
@@ -346,16 +363,16 @@ def fit_folds(participants, *, seed: int = 0) -> DemoFolds:
         "each class); use a larger --n-discovery")
 
 
-def plan_demo(opts, kwargs: dict) -> DemoFolds:
+def plan_demo(opts, design) -> DemoFolds:
     """Check, before any work, that the demo's cohort supports its analyses.
 
     Parameters
     ----------
     opts : argparse.Namespace
         The demo's options (``n_discovery``, ``saline_fraction``, ``seed``).
-    kwargs : dict
-        The arguments :func:`ketabids.demo.cohort.generate_demo` will get (the tables are
-        computed without writing images).
+    design : DemoDesign
+        The cohort :func:`ketabids.demo.cohort.generate_demo` will write (its tables are
+        computed without writing images, :func:`ketabids.demo.cohort.demo_tables`).
 
     Returns
     -------
@@ -371,8 +388,8 @@ def plan_demo(opts, kwargs: dict) -> DemoFolds:
     from ketabids.demo.cohort import demo_tables
 
     def folds_for(n):
-        return fit_folds(demo_tables(**dict(kwargs, n_discovery=n))["discovery"],
-                         seed=opts.seed)
+        return fit_folds(demo_tables(replace(design, n_discovery=n), seed=opts.seed)
+                         ["discovery"], seed=opts.seed)
 
     try:
         folds = folds_for(opts.n_discovery)
@@ -382,7 +399,7 @@ def plan_demo(opts, kwargs: dict) -> DemoFolds:
         fix = f"use --n-discovery {smallest} or more" if smallest else str(exc)
         raise UsageError(f"--n-discovery {opts.n_discovery}: {str(exc).split(';')[0]}; {fix}"
                          ) from exc
-    discovery = demo_tables(**kwargs)["discovery"]
+    discovery = demo_tables(design, seed=opts.seed)["discovery"]
     if not (discovery["arm"] == "saline").any():
         raise UsageError(f"--n-discovery {opts.n_discovery} with --saline-fraction "
                          f"{opts.saline_fraction} gives no saline participant, and the demo "

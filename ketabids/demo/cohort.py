@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ketabids.bids.derivatives import BIDS_VERSION
-from ketabids.demo.head import ORIENTATIONS, simulate_subject
+from ketabids.demo.head import ORIENTATIONS, Acquisition, SubjectTraits, simulate_subject
 from ketabids.demo.participants import PARTICIPANTS_JSON, make_participants_table, planted_label
 from ketabids.demo.scanners import COMMON_SIDECAR, SCANNERS
 from ketabids.group.labels import is_response
@@ -172,13 +172,10 @@ def _write_subject(*, row: dict, label, bids_dir: Path, truth_dir: Path, seed: i
     subj = simulate_subject(
         template,
         seed=rng,
-        responder=label,
-        effect_size=effect_size,
-        age=float(row["age"]),
-        sex=row["sex"],
-        resolution=resolution,
-        orientation=orientation,
-        **scanner["simulation"],
+        traits=SubjectTraits(responder=label, effect_size=effect_size, age=float(row["age"]),
+                             sex=row["sex"]),
+        acquisition=Acquisition(resolution=resolution, orientation=orientation,
+                                **scanner["simulation"]),
     )
     anat = bids_dir / sub / "anat"
     save_nifti(subj.t1w, anat / f"{sub}_T1w.nii.gz")
@@ -210,67 +207,60 @@ def _write_subject(*, row: dict, label, bids_dir: Path, truth_dir: Path, seed: i
     }
 
 
-def demo_tables(**options) -> dict:
-    """The ``participants.tsv`` tables ``generate_demo(out_dir, **options)`` writes (cohort name
-    -> DataFrame; no ``external`` when it has no participant), computed without writing anything,
-    so a caller can check what the cohort supports (e.g. its cross-validation folds) before
-    any work. ``options``: keyword options of :func:`generate_demo` (its defaults apply)."""
-    import inspect
+def demo_tables(design: DemoDesign | None = None, *, seed: int = 0) -> dict:
+    """The ``participants.tsv`` tables :func:`generate_demo` writes, without writing anything.
 
+    So a caller can check what the cohort supports (e.g. its cross-validation folds) before
+    any work.
+
+    Parameters
+    ----------
+    design : DemoDesign or None
+        The cohort design (None: ``DemoDesign()``); only sizes, arms, sites and response
+        rates matter here.
+    seed : int
+        As for :func:`generate_demo`.
+
+    Returns
+    -------
+    dict
+        Cohort name -> DataFrame (no ``external`` when it has no participant).
+    """
     import pandas as pd
 
-    bound = inspect.signature(generate_demo).bind(None, **options)
-    bound.apply_defaults()
-    o = bound.arguments
+    d = design or DemoDesign()
     tables = {"discovery": make_participants_table(
-        o["n_discovery"], seed=o["seed"], saline_fraction=o["saline_fraction"],
-        site=list(o["discovery_sites"]), ketamine_response_rate=o["ketamine_response_rate"],
-        saline_response_rate=o["saline_response_rate"])}
+        d.n_discovery, seed=seed, saline_fraction=d.saline_fraction,
+        site=list(d.discovery_sites), ketamine_response_rate=d.ketamine_response_rate,
+        saline_response_rate=d.saline_response_rate)}
     external = []
-    if o["n_external"]:
+    if d.n_external:
         external.append(make_participants_table(
-            o["n_external"], seed=o["seed"] + 1_000_003, site=o["external_site"],
-            ketamine_response_rate=o["ketamine_response_rate"], label_prefix="ext"))
-    if o["n_external_saline"]:  # appended: the ketamine rows above stay as they are
+            d.n_external, seed=seed + 1_000_003, site=d.external_site,
+            ketamine_response_rate=d.ketamine_response_rate, label_prefix="ext"))
+    if d.n_external_saline:  # appended: the ketamine rows above stay as they are
         external.append(make_participants_table(
-            o["n_external_saline"], seed=o["seed"] + 2_000_003, saline_fraction=1.0,
-            site=o["external_site"], saline_response_rate=o["saline_response_rate"],
-            label_prefix="ext", start=o["n_external"] + 1))
+            d.n_external_saline, seed=seed + 2_000_003, saline_fraction=1.0,
+            site=d.external_site, saline_response_rate=d.saline_response_rate,
+            label_prefix="ext", start=d.n_external + 1))
     if external:
         tables["external"] = pd.concat(external, ignore_index=True)
     return tables
 
 
-def generate_demo(
-    out_dir,
-    *,
-    n_discovery: int = 40,
-    n_external: int = 30,
-    n_external_saline: int = 0,
-    saline_fraction: float = 0.25,
-    discovery_sites=("A", "B"),
-    external_site: str = "C",
-    effect_size: float = DEMO_EFFECT_SIZE,
-    ketamine_response_rate: float = 0.45,
-    saline_response_rate: float = 0.35,
-    resolution: float = 2.0,
-    null: bool = False,
-    seed: int = 0,
-    nprocs: int = 1,
-) -> DemoCohort:
-    """Write the demo: two raw BIDS datasets of T1w phantoms plus their ground truth.
+@dataclass(frozen=True)
+class DemoDesign:
+    """The demo's study design: cohort sizes, arms, sites, planted effect and response rates.
 
-    Every file is written atomically; re-running with the same options into the same folder
-    rewrites identical bytes (``truth/demo_options.json`` records the options).
+    Everything :func:`generate_demo` and :func:`demo_tables` need besides the seed, the voxel
+    size and the process count. Frozen: vary one field with :func:`dataclasses.replace`.
 
     Parameters
     ----------
-    out_dir : str or os.PathLike
-        Folder of the demo: ``bids/<cohort>``, ``truth/``.
     n_discovery : int
-        Participants of the discovery dataset (``out_dir/bids/discovery``), ``sub-001``...
+        Participants of the discovery dataset (``bids/discovery``), ``sub-001``...
     n_external : int
-        Participants of the external-validation dataset (``out_dir/bids/external``),
+        Participants of the external-validation dataset (``bids/external``),
         ``sub-ext001``...; 0 skips it.
     n_external_saline : int
         Saline participants added to the external dataset (same scanner, numbered after the
@@ -281,7 +271,8 @@ def generate_demo(
         Share of the discovery participants in the saline arm, in [0, 1).
     discovery_sites : sequence of str
         Scanner profiles of the discovery sites (keys of :data:`SCANNERS`: A Siemens 3 T, B GE
-        3 T, C Philips 1.5 T with lower GM/WM contrast, more noise and a stronger bias field).
+        3 T, C Philips 1.5 T with lower GM/WM contrast, more noise and a stronger bias field);
+        stored as a tuple.
     external_site : str
         Scanner profile of the external site.
     effect_size : float
@@ -294,10 +285,47 @@ def generate_demo(
         per arm, the decision x arm interaction of a model that separates the ketamine arm is
         detected with a simulated power of about 90 % (5 % under ``null``; docs/benchmarks.md);
         at 20 per arm about 78 %.
-    resolution : float
-        T1w voxel size in mm, 0.5 to 4 (2 mm: quick; 1 mm: realistic).
     null : bool
         Plant the image effect by an independent coin flip: labels unrelated to the images.
+    """
+
+    n_discovery: int = 40
+    n_external: int = 30
+    n_external_saline: int = 0
+    saline_fraction: float = 0.25
+    discovery_sites: tuple[str, ...] = ("A", "B")
+    external_site: str = "C"
+    effect_size: float = DEMO_EFFECT_SIZE
+    ketamine_response_rate: float = 0.45
+    saline_response_rate: float = 0.35
+    null: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "discovery_sites", tuple(self.discovery_sites))
+
+
+def generate_demo(
+    out_dir,
+    design: DemoDesign | None = None,
+    *,
+    resolution: float = 2.0,
+    seed: int = 0,
+    nprocs: int = 1,
+) -> DemoCohort:
+    """Write the demo: two raw BIDS datasets of T1w phantoms plus their ground truth.
+
+    ``generate_demo(out, DemoDesign(n_discovery=10, n_external=4))`` writes a small one.
+    Every file is written atomically; re-running with the same options into the same folder
+    rewrites identical bytes (``truth/demo_options.json`` records the options).
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        Folder of the demo: ``bids/<cohort>``, ``truth/``.
+    design : DemoDesign or None
+        Cohort sizes, arms, sites, planted effect, response rates (None: ``DemoDesign()``).
+    resolution : float
+        T1w voxel size in mm, 0.5 to 4 (2 mm: quick; 1 mm: realistic).
     seed : int
         Everything is a deterministic function of it (same bytes for the same options).
     nprocs : int
@@ -318,6 +346,9 @@ def generate_demo(
     from ketabids.errors import OutputError, UsageError
     from ketabids.templates import get_template
 
+    design = design or DemoDesign()
+    n_discovery, n_external = design.n_discovery, design.n_external
+    n_external_saline, saline_fraction = design.n_external_saline, design.saline_fraction
     if not 0.0 <= saline_fraction < 1.0:
         raise UsageError(f"saline_fraction {saline_fraction}: use a value in [0, 1)")
     if n_external_saline < 0:
@@ -329,7 +360,7 @@ def generate_demo(
         )
     if not 0.5 <= resolution <= 4.0:
         raise UsageError(f"resolution {resolution} mm: use a voxel size between 0.5 and 4 mm")
-    unknown = [s for s in (*discovery_sites, external_site) if s not in SCANNERS]
+    unknown = [s for s in (*design.discovery_sites, design.external_site) if s not in SCANNERS]
     if unknown:
         raise UsageError(f"unknown site(s) {unknown}: use {sorted(SCANNERS)}")
 
@@ -340,21 +371,16 @@ def generate_demo(
         "n_external": n_external,
         "n_external_saline": n_external_saline,
         "saline_fraction": saline_fraction,
-        "discovery_sites": list(discovery_sites),
-        "external_site": external_site,
-        "effect_size": effect_size,
-        "ketamine_response_rate": ketamine_response_rate,
-        "saline_response_rate": saline_response_rate,
+        "discovery_sites": list(design.discovery_sites),
+        "external_site": design.external_site,
+        "effect_size": design.effect_size,
+        "ketamine_response_rate": design.ketamine_response_rate,
+        "saline_response_rate": design.saline_response_rate,
         "resolution": resolution,
-        "null": null,
+        "null": design.null,
         "seed": seed,
     }
-    tables = demo_tables(n_discovery=n_discovery, n_external=n_external,
-                         n_external_saline=n_external_saline, saline_fraction=saline_fraction,
-                         discovery_sites=discovery_sites,
-                         external_site=external_site,
-                         ketamine_response_rate=ketamine_response_rate,
-                         saline_response_rate=saline_response_rate, seed=seed)
+    tables = demo_tables(design, seed=seed)
     cohorts = {
         "discovery": dict(
             table=tables["discovery"],
@@ -403,9 +429,9 @@ def generate_demo(
             description=spec["description"],
             seed=seed,
             cohort_key=spec["key"],
-            effect_size=effect_size,
+            effect_size=design.effect_size,
             resolution=resolution,
-            null=null,
+            null=design.null,
             orientations=ORIENTATIONS,
             template=template,
             nprocs=nprocs,

@@ -178,29 +178,107 @@ class SimulatedSubject:
     params: dict = dataclass_field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SubjectTraits:
+    """Who is imaged: the subject-level inputs of :func:`simulate_subject`.
+
+    Parameters
+    ----------
+    responder : bool or None
+        Planted label: True adds the responder GM pattern (frontal +, cerebellar -), False the
+        opposite, None nothing.
+    effect_size : float
+        Relative GM difference of the planted pattern (0 plants nothing).
+    effect_volume_share : float
+        Share of ``effect_size`` planted as a local volume change (expansion/compression in
+        the deformation) rather than as GM probability; clipped to [0, 1].
+    age : float
+        Years; drives the GM atrophy of :func:`~ketabids.demo.phantom.gm_factor`.
+    sex : str
+        ``"F"`` or ``"M"``; draws the head size when ``head_scale`` is None.
+    head_scale : float or None
+        Linear head-size factor ``s`` (None: drawn from ``sex``).
+    variation : float
+        SD of the individual smooth GM variation.
+    """
+
+    responder: bool | None = None
+    effect_size: float = DEFAULT_EFFECT_SIZE
+    effect_volume_share: float = 0.5
+    age: float = REFERENCE_AGE
+    sex: str = "F"
+    head_scale: float | None = None
+    variation: float = DEFAULT_VARIATION
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How the subject is imaged: grid, storage order and a scanner's contrast, noise and bias.
+
+    The demo's sites (:data:`ketabids.demo.scanners.SCANNERS`) give ``contrast``, ``noise``
+    and ``bias_strength`` per scanner.
+
+    Parameters
+    ----------
+    resolution : float
+        Isotropic voxel size of the native grid, mm.
+    orientation : str
+        Axis codes of the stored image (e.g. ``"RAS"``, ``"LIA"``; data and affine together).
+    skull : bool
+        Image the scalp/skull/neck model around the brain (False: brain tissues only).
+    contrast : dict or None
+        Tissue intensities (fraction of the WM-ish maximum) overriding
+        :data:`DEFAULT_CONTRAST`, by key (``gm``, ``wm``, ``csf``, ``fat``, ...).
+    noise : float
+        Rician noise SD as a fraction of the WM intensity.
+    bias_strength : float
+        Amplitude of the smooth multiplicative bias field ``exp(bias_strength * F)``.
+    """
+
+    resolution: float = 2.0
+    orientation: str = "RAS"
+    skull: bool = True
+    contrast: dict | None = None
+    noise: float = 0.03
+    bias_strength: float = 0.2
+
+
+@dataclass(frozen=True)
+class PoseAndWarp:
+    """Where the head lies in the scanner and how its shape departs from the template.
+
+    Parameters
+    ----------
+    max_rotation : float
+        Largest rotation per axis, degrees (drawn uniformly in +/- this).
+    max_translation : float
+        Largest translation per axis, mm (drawn uniformly in +/- this).
+    warp_mm : float
+        SD per component of the smooth non-linear displacement, mm (0: none).
+    warp_fwhm : float
+        Smoothness (FWHM, mm) of that displacement.
+    """
+
+    max_rotation: float = 6.0
+    max_translation: float = 8.0
+    warp_mm: float = 1.5
+    warp_fwhm: float = 60.0
+
+
 def simulate_subject(
     template=None,
     *,
     seed=0,
-    responder: bool | None = None,
-    effect_size: float = DEFAULT_EFFECT_SIZE,
-    age: float = REFERENCE_AGE,
-    sex: str = "F",
-    head_scale: float | None = None,
-    resolution: float = 2.0,
-    skull: bool = True,
-    orientation: str = "RAS",
-    bias_strength: float = 0.2,
-    noise: float = 0.03,
-    contrast: dict | None = None,
-    max_rotation: float = 6.0,
-    max_translation: float = 8.0,
-    warp_mm: float = 1.5,
-    warp_fwhm: float = 60.0,
-    variation: float = DEFAULT_VARIATION,
-    effect_volume_share: float = 0.5,
+    traits: SubjectTraits | None = None,
+    acquisition: Acquisition | None = None,
+    pose: PoseAndWarp | None = None,
 ) -> SimulatedSubject:
     """Simulate one native-space T1w and its ground truth (deterministic for ``seed``).
+
+    The subject (:class:`SubjectTraits`), its imaging (:class:`Acquisition`) and its pose
+    and deformation (:class:`PoseAndWarp`) each default to their class's defaults; vary one
+    field with e.g. ``Acquisition(resolution=1.0, orientation="LIA")``. The names below are
+    fields of these three.
 
     Steps, all in one pass of trilinear sampling (no repeated resampling):
 
@@ -227,26 +305,51 @@ def simulate_subject(
     Truth: native maps = template tissue maps sampled at ``y(x)``; the template-space modulated
     GM = subject GM x ``s**3 / det(I + dw/dx)`` evaluated at the inverse map (fixed-point
     iteration), so its sum equals the native GM volume up to discretisation (< 1 %).
+
+    Parameters
+    ----------
+    template : Template, str or None
+        Template whose tissue priors are imaged (None: the embedded one at 1 mm when
+        ``acquisition.resolution < 1.5``, else 2 mm).
+    seed : int, sequence of int or numpy.random.Generator
+        Every random draw comes from it.
+    traits : SubjectTraits or None
+        The subject (None: ``SubjectTraits()``).
+    acquisition : Acquisition or None
+        Grid, storage order, contrast, noise, bias (None: ``Acquisition()``).
+    pose : PoseAndWarp or None
+        Rotation, translation and smooth deformation ranges (None: ``PoseAndWarp()``).
+
+    Returns
+    -------
+    SimulatedSubject
+        The T1w, its ground truth and every drawn parameter.
     """
     from ketabids.templates import get_template
 
+    traits = traits or SubjectTraits()
+    acquisition = acquisition or Acquisition()
+    pose = pose or PoseAndWarp()
+    responder, effect_size, age = traits.responder, traits.effect_size, traits.age
+    resolution, orientation = acquisition.resolution, acquisition.orientation
     if template is None:
         template = get_template(resolution=1 if resolution < 1.5 else 2)
     template = resolve_template(template)
     maps, t_aff = template_maps(template)
-    contrast = {**DEFAULT_CONTRAST, **(contrast or {})}
+    contrast = {**DEFAULT_CONTRAST, **(acquisition.contrast or {})}
     rng = subject_rng(seed)
+    head_scale = traits.head_scale
     if head_scale is None:
-        head_scale = draw_head_scale(sex, rng, template)
+        head_scale = draw_head_scale(traits.sex, rng, template)
     s = float(head_scale)
-    angles = rng.uniform(-max_rotation, max_rotation, 3)
-    shift = rng.uniform(-max_translation, max_translation, 3)
+    angles = rng.uniform(-pose.max_rotation, pose.max_rotation, 3)
+    shift = rng.uniform(-pose.max_translation, pose.max_translation, 3)
     rot = rotation_matrix(angles)
 
-    share = float(np.clip(effect_volume_share, 0.0, 1.0))
+    share = float(np.clip(traits.effect_volume_share, 0.0, 1.0))
     factor = gm_factor(
         template, seed=rng, responder=responder, effect_size=effect_size * (1.0 - share),
-        age=age, variation=variation,
+        age=age, variation=traits.variation,
     )
     tissues = subject_tissues(template, factor=factor, age=age)
 
@@ -262,7 +365,8 @@ def simulate_subject(
     n_aff[:3, 3] = lo
 
     # smooth displacement w(x) (native world, mm) and det(I + dw/dx)
-    disp = np.stack([smooth_field(axes, rng, fwhm=warp_fwhm) * np.float32(warp_mm)
+    disp = np.stack([smooth_field(axes, rng, fwhm=pose.warp_fwhm)
+                     * np.float32(pose.warp_mm)
                      for _ in range(3)])
     if responder is not None and effect_size and share:
         add_effect_deformation(
@@ -296,16 +400,16 @@ def simulate_subject(
     brain = tissue_sum >= 0.5  # GM + WM + CSF priors add up to the template brain mask
     img = (contrast["gm"] * native["gm"] + contrast["wm"] * native["wm"]
            + contrast["csf"] * native["csf"])
-    if skull:
+    if acquisition.skull:
         layers, h_aff = _head_model(str(template.mask))
         head_tpl = np.zeros(next(iter(layers.values())).shape, dtype=np.float32)
         for name, frac in layers.items():
             head_tpl += np.float32(contrast[name]) * frac
         img += np.clip(1.0 - tissue_sum, 0.0, 1.0) * _sample(head_tpl, h_aff, pts)
     del pts
-    bias = np.exp(np.float32(bias_strength) * smooth_field(axes, rng, fwhm=150.0))
+    bias = np.exp(np.float32(acquisition.bias_strength) * smooth_field(axes, rng, fwhm=150.0))
     img *= bias
-    sigma = np.float32(noise * contrast["wm"])
+    sigma = np.float32(acquisition.noise * contrast["wm"])
     real = img + sigma * rng.standard_normal(shape, dtype=np.float32)
     imag = sigma * rng.standard_normal(shape, dtype=np.float32)
     img = np.sqrt(real * real + imag * imag)
@@ -348,17 +452,17 @@ def simulate_subject(
         "responder": responder,
         "effect_size": float(effect_size),
         "age": float(age),
-        "sex": str(sex),
+        "sex": str(traits.sex),
         "head_scale": s,
         "resolution": float(resolution),
         "orientation": orientation,
         "rotation_deg": [round(float(a), 4) for a in angles],
         "translation_mm": [round(float(a), 4) for a in shift],
-        "warp_mm": float(warp_mm),
-        "warp_fwhm": float(warp_fwhm),
+        "warp_mm": float(pose.warp_mm),
+        "warp_fwhm": float(pose.warp_fwhm),
         "effect_volume_share": share,
-        "bias_strength": float(bias_strength),
-        "noise": float(noise),
+        "bias_strength": float(acquisition.bias_strength),
+        "noise": float(acquisition.noise),
         "contrast": contrast,
         "template": template.space,
         "template_resolution": float(template.resolution),

@@ -135,6 +135,7 @@ def save_model(out_dir, estimator, *, mask: np.ndarray, affine: np.ndarray, mani
     }
     with atomic_path(out_dir / MODEL_NAME, suffix=".skops") as tmp:
         sio.dump(payload, tmp, compression=zipfile.ZIP_DEFLATED)
+        _canonical_zip(tmp)
         model_sha = sha256_file(tmp)
     img = nib.Nifti1Image(mask.astype(np.uint8), affine)
     img.header.set_xyzt_units("mm")
@@ -153,6 +154,56 @@ def save_model(out_dir, estimator, *, mask: np.ndarray, affine: np.ndarray, mani
     }
     write_json(out_dir / MANIFEST_NAME, full)
     return full
+
+
+#: Time stamp of every member of a saved .skops zip (the ZIP format's epoch).
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def _canonical_zip(path: Path) -> None:
+    """Rewrite a .skops zip so that the same model gives the same bytes in every run.
+
+    skops names each array member after the array's ``id()``, records ``id()`` as each
+    object's ``__id__`` in the schema and stamps every member with the time of writing, so two
+    runs of the same training wrote different .skops files (and model SHA-256s). Members are
+    renamed in the order skops wrote them (``0.npy``, ``1.npy``, ..., suffix kept) and the
+    schema's ``"file"`` references follow; each distinct ``__id__`` becomes 1, 2, ... in the
+    order of first appearance (what skops uses them for, finding shared objects, is kept);
+    every member gets :data:`ZIP_EPOCH`; contents and compression are unchanged.
+    """
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        data = {info.filename: zf.read(info) for info in infos}
+    names = {}
+    for info in infos:
+        if info.filename != "schema.json":
+            names[info.filename] = f"{len(names)}{Path(info.filename).suffix}"
+
+    ids = {}
+
+    def rename(node):
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                if k == "file" and isinstance(v, str):
+                    out[k] = names.get(v, v)
+                elif k == "__id__" and isinstance(v, int):
+                    out[k] = ids.setdefault(v, len(ids) + 1)
+                else:
+                    out[k] = rename(v)
+            return out
+        if isinstance(node, list):
+            return [rename(v) for v in node]
+        return node
+
+    schema = rename(json.loads(data["schema.json"]))
+    data["schema.json"] = json.dumps(schema, indent=2).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        for info in infos:
+            member = zipfile.ZipInfo(names.get(info.filename, info.filename), ZIP_EPOCH)
+            member.compress_type = info.compress_type
+            member.external_attr = info.external_attr
+            zf.writestr(member, data[info.filename])
 
 
 # ------------------------------------------------------------------------------------ load

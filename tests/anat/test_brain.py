@@ -194,10 +194,10 @@ def cut_phantom():
     the brain's height zero-filled, as on the seg3d scan), its true brain mask inside that field
     of view, and the copy rotated 10 degrees and resampled (the cut becomes a zero wedge inside
     the grid)."""
-    from ketabids.demo.head import simulate_subject
+    from ketabids.demo.head import Acquisition, simulate_subject
     from ketabids.testing import rotated_rebiased
 
-    sub = simulate_subject(seed=4, resolution=2.0, skull=True, orientation="RAS")
+    sub = simulate_subject(seed=4, acquisition=Acquisition(resolution=2.0, orientation="RAS"))
     data = np.asarray(sub.t1w.dataobj, np.float32)
     truth = np.asarray(sub.brain_mask.dataobj) > 0
     zs = np.nonzero(truth.any(axis=(0, 1)))[0]

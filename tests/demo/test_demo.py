@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -22,7 +23,7 @@ from sklearn.svm import SVC
 
 from ketabids.demo import cohort as dm
 from ketabids.demo import phantom as ph
-from ketabids.demo.head import simulate_subject
+from ketabids.demo.head import Acquisition, PoseAndWarp, SubjectTraits, simulate_subject
 from ketabids.demo.participants import PARTICIPANT_COLUMNS
 from ketabids.group.labels import is_response
 from ketabids.templates import get_template
@@ -35,7 +36,8 @@ def tpl2():
 
 @pytest.fixture(scope="module")
 def subject(tpl2):
-    return simulate_subject(tpl2, seed=7, responder=True, age=50, sex="M", orientation="LIA")
+    return simulate_subject(tpl2, seed=7, traits=SubjectTraits(responder=True, age=50, sex="M"),
+                            acquisition=Acquisition(orientation="LIA"))
 
 
 def _data(img):
@@ -90,14 +92,16 @@ def test_volume_bookkeeping(subject, tpl2):
     assert mask_ml == pytest.approx(vol["tiv_ml"], rel=0.03)
     # head size drives TIV: a 1.1 x head has 1.1**3 the volume
     # (no non-linear warp, whose local volume changes depend on the field of view)
-    small = simulate_subject(tpl2, seed=1, head_scale=1.0, skull=False, warp_mm=0.0)
-    big = simulate_subject(tpl2, seed=1, head_scale=1.1, skull=False, warp_mm=0.0)
+    kw = dict(acquisition=Acquisition(skull=False), pose=PoseAndWarp(warp_mm=0.0))
+    small = simulate_subject(tpl2, seed=1, traits=SubjectTraits(head_scale=1.0), **kw)
+    big = simulate_subject(tpl2, seed=1, traits=SubjectTraits(head_scale=1.1), **kw)
     ratio = big.volumes["tiv_ml"] / small.volumes["tiv_ml"]
     assert ratio == pytest.approx(1.1**3, rel=0.01)
 
 
 def test_tissue_contrast_skull_and_neck(tpl2):
-    subject = simulate_subject(tpl2, seed=7, orientation="LIA", bias_strength=0.0)
+    subject = simulate_subject(tpl2, seed=7,
+                               acquisition=Acquisition(orientation="LIA", bias_strength=0.0))
     canon = nib.as_closest_canonical(subject.t1w)
     t1 = np.asarray(canon.dataobj, dtype=np.float64)
     maps = {k: np.asarray(nib.as_closest_canonical(getattr(subject, k)).dataobj)
@@ -125,8 +129,10 @@ def test_tissue_contrast_skull_and_neck(tpl2):
 
 def test_subject_is_deterministic(tpl2, subject):
     a = subject
-    b = simulate_subject(tpl2, seed=7, responder=True, age=50, sex="M", orientation="LIA")
-    c = simulate_subject(tpl2, seed=8, responder=True, age=50, sex="M", orientation="LIA")
+    kw = dict(traits=SubjectTraits(responder=True, age=50, sex="M"),
+              acquisition=Acquisition(orientation="LIA"))
+    b = simulate_subject(tpl2, seed=7, **kw)
+    c = simulate_subject(tpl2, seed=8, **kw)
     assert a.t1w.to_bytes() == b.t1w.to_bytes()
     assert a.template_gm.to_bytes() == b.template_gm.to_bytes()
     assert a.params == b.params and a.volumes == b.volumes
@@ -136,14 +142,16 @@ def test_subject_is_deterministic(tpl2, subject):
 
 @pytest.fixture(scope="module")
 def ras_subject(tpl2):
-    return simulate_subject(tpl2, seed=2, orientation="RAS", skull=False, noise=0.0)
+    return simulate_subject(tpl2, seed=2,
+                            acquisition=Acquisition(orientation="RAS", skull=False, noise=0.0))
 
 
 @pytest.mark.parametrize("codes", ["LPS", "PIL", "ASL"])
 def test_orientation_is_consistent(tpl2, ras_subject, codes):
     """Another header orientation stores the same image: canonical data and affine agree."""
     ref = ras_subject
-    other = simulate_subject(tpl2, seed=2, orientation=codes, skull=False, noise=0.0)
+    other = simulate_subject(tpl2, seed=2,
+                             acquisition=Acquisition(orientation=codes, skull=False, noise=0.0))
     assert "".join(nib.aff2axcodes(other.t1w.affine)) == codes
     canon = nib.as_closest_canonical(other.t1w)
     assert np.allclose(canon.affine, ref.t1w.affine)
@@ -158,7 +166,8 @@ def test_planted_effect_survives_imaging(tpl2):
     for i in range(8):
         label = bool(i % 2)
         s = simulate_subject(
-            tpl2, seed=300 + i, responder=label, effect_size=0.15, skull=False, warp_mm=0.5
+            tpl2, seed=300 + i, traits=SubjectTraits(responder=label, effect_size=0.15),
+            acquisition=Acquisition(skull=False), pose=PoseAndWarp(warp_mm=0.5),
         )
         gm = _data(s.template_gm)
         ratio[label].append(np.log(gm[regions["frontal"]].mean()
@@ -172,11 +181,12 @@ def test_effect_as_probability_or_volume_change(tpl2, share):
     """Whether planted as GM probability (share 0) or local expansion (share 1), the true
     regional GM volume changes by ~effect_size/2 each way; the rest of the brain barely moves."""
     regions = ph.effect_regions(tpl2)
-    kw = dict(warp_mm=0.0, variation=0.0, skull=False, noise=0.0, effect_size=0.12)
-    base = _data(simulate_subject(tpl2, seed=5, responder=None, **kw).template_gm)
+    kw = dict(acquisition=Acquisition(skull=False, noise=0.0), pose=PoseAndWarp(warp_mm=0.0))
+    traits = SubjectTraits(variation=0.0, effect_size=0.12)
+    base = _data(simulate_subject(tpl2, seed=5, traits=traits, **kw).template_gm)
     resp = _data(
         simulate_subject(
-            tpl2, seed=5, responder=True, effect_volume_share=share, **kw
+            tpl2, seed=5, traits=replace(traits, responder=True, effect_volume_share=share), **kw
         ).template_gm
     )
     rest = ~(regions["frontal"] | regions["cerebellar"])
@@ -189,7 +199,7 @@ def test_effect_as_probability_or_volume_change(tpl2, share):
 @pytest.mark.slow
 def test_one_mm_subject(tmp_path):
     tpl1 = get_template(resolution=1)
-    s = simulate_subject(tpl1, seed=1, resolution=1.0, orientation="PIL")
+    s = simulate_subject(tpl1, seed=1, acquisition=Acquisition(resolution=1.0, orientation="PIL"))
     assert np.allclose(s.t1w.header.get_zooms(), 1.0)
     tpl_ml = _data(s.template_gm).astype(np.float64).sum() / 1000
     assert tpl_ml == pytest.approx(s.volumes["gm_ml"], rel=0.01)
@@ -199,10 +209,10 @@ def test_one_mm_subject(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    kw = dict(n_discovery=4, n_external=1, seed=4)
-    a = dm.generate_demo(root / "a", **kw)
-    dm.generate_demo(root / "b", nprocs=2, **kw)  # in parallel: must give the same bytes
-    dm.generate_demo(root / "c", n_discovery=1, n_external=0, seed=5)
+    design = dm.DemoDesign(n_discovery=4, n_external=1)
+    a = dm.generate_demo(root / "a", design, seed=4)
+    dm.generate_demo(root / "b", design, seed=4, nprocs=2)  # in parallel: the same bytes
+    dm.generate_demo(root / "c", dm.DemoDesign(n_discovery=1, n_external=0), seed=5)
     return root, a
 
 
@@ -273,11 +283,12 @@ def test_demo_rejects_bad_options(tmp_path):
     from ketabids.errors import UsageError
 
     with pytest.raises(UsageError, match="site"):
-        dm.generate_demo(tmp_path, n_discovery=2, n_external=0, discovery_sites=("Z",))
+        dm.generate_demo(tmp_path, dm.DemoDesign(n_discovery=2, n_external=0,
+                                                 discovery_sites=("Z",)))
     with pytest.raises(UsageError, match="saline_fraction"):
-        dm.generate_demo(tmp_path, n_discovery=2, saline_fraction=1.5)
+        dm.generate_demo(tmp_path, dm.DemoDesign(n_discovery=2, saline_fraction=1.5))
     with pytest.raises(UsageError, match="n_discovery"):
-        dm.generate_demo(tmp_path, n_discovery=0)
+        dm.generate_demo(tmp_path, dm.DemoDesign(n_discovery=0))
 
 
 @pytest.mark.slow
@@ -286,10 +297,10 @@ def test_demo_refuses_to_mix_demos(tmp_path, tiny_demo):
 
     root, _ = tiny_demo
     with pytest.raises(OutputError, match="other options"):
-        dm.generate_demo(root / "a", n_discovery=3, n_external=1, seed=4)
+        dm.generate_demo(root / "a", dm.DemoDesign(n_discovery=3, n_external=1), seed=4)
     (tmp_path / "bids").mkdir()
     with pytest.raises(OutputError, match="not written by generate_demo"):
-        dm.generate_demo(tmp_path, n_discovery=2, n_external=0)
+        dm.generate_demo(tmp_path, dm.DemoDesign(n_discovery=2, n_external=0))
 
 
 @pytest.mark.slow
@@ -384,9 +395,9 @@ def test_results_table_gains_the_specificity_row(rng):
 def test_external_saline_arm_leaves_the_ketamine_participants_unchanged(tmp_path):
     """--n-external-saline appends saline rows (numbered after the ketamine ones, no planted
     effect) to the external cohort; the ketamine rows and T1w images are byte-identical."""
-    kw = dict(n_discovery=1, n_external=2, seed=6)
-    plain = dm.generate_demo(tmp_path / "plain", **kw)
-    trial = dm.generate_demo(tmp_path / "trial", n_external_saline=2, **kw)
+    design = dm.DemoDesign(n_discovery=1, n_external=2)
+    plain = dm.generate_demo(tmp_path / "plain", design, seed=6)
+    trial = dm.generate_demo(tmp_path / "trial", replace(design, n_external_saline=2), seed=6)
     ext = trial.participants["external"]
     assert list(ext.participant_id) == ["sub-ext001", "sub-ext002", "sub-ext003", "sub-ext004"]
     assert list(ext.arm) == ["ketamine", "ketamine", "saline", "saline"]
@@ -401,16 +412,15 @@ def test_external_saline_arm_leaves_the_ketamine_participants_unchanged(tmp_path
     from ketabids.errors import UsageError
 
     with pytest.raises(UsageError, match="n_external_saline"):
-        dm.generate_demo(tmp_path / "bad", n_discovery=1, n_external_saline=-1)
+        dm.generate_demo(tmp_path / "bad", dm.DemoDesign(n_discovery=1, n_external_saline=-1))
 
 
 def _plan(*argv):
-    from ketabids.cli.demo import get_demo_parser, plan_demo
+    from ketabids.cli.demo import demo_design, get_demo_parser, plan_demo
 
     opts = get_demo_parser().parse_args(["out", *argv])
-    kwargs = dict(n_discovery=opts.n_discovery, n_external=opts.n_external,
-                  saline_fraction=opts.saline_fraction, seed=opts.seed)
-    return opts, kwargs, plan_demo(opts, kwargs)
+    design = demo_design(opts)
+    return opts, design, plan_demo(opts, design)
 
 
 def _fold_counts_hold(table, folds, seed):
@@ -456,13 +466,13 @@ def test_demo_folds_fit_every_accepted_cohort_size(seed):
     smallest = None
     for n in range(1, 61):
         try:
-            _, kwargs, folds = _plan("--n-discovery", str(n), "--seed", str(seed))
+            _, design, folds = _plan("--n-discovery", str(n), "--seed", str(seed))
         except UsageError as exc:
             assert smallest is None, f"--n-discovery {n} refused after {smallest} was accepted"
             refused = str(exc)
             continue
         smallest = smallest or n
-        table = demo_tables(**kwargs)["discovery"]
+        table = demo_tables(design, seed=seed)["discovery"]
         assert folds.n_repeats == 10 and 2 <= folds.n_inner <= 5 and 2 <= folds.n_outer <= 10
         assert _fold_counts_hold(table, folds, seed), (n, folds)
         if folds.n_outer < 10:  # one more outer fold would not work, whatever the inner
@@ -488,7 +498,7 @@ def test_demo_of_the_issue_gets_fitted_folds():
     text = folds.describe()
     assert f"{folds.n_outer} outer folds, {folds.n_inner} inner folds" in text
     assert "reduced" in text and "responders" in text
-    opts, kwargs, smallest = _plan("--n-discovery", "10", "--n-external", "1")
+    opts, design, smallest = _plan("--n-discovery", "10", "--n-external", "1")
     assert (smallest.n_outer, smallest.n_inner) == (3, 2)
     import numpy as np
 
@@ -497,7 +507,7 @@ def test_demo_of_the_issue_gets_fitted_folds():
     from ketabids.group.labels import is_response
     from ketabids.group.nested import NestedCVSettings, check_scheme
 
-    table = demo_tables(**kwargs)["discovery"]
+    table = demo_tables(design, seed=opts.seed)["discovery"]
     ket = table[table["arm"] == "ketamine"]
     y = np.asarray(is_response(ket["madrs_pre"], ket["madrs_24h"])).astype(int)
     with pytest.raises(UsageError, match="one class only.*use --n-outer 3 --n-inner 2$"):

@@ -68,6 +68,26 @@ def test_round_trip(saved):
         np.testing.assert_array_equal(loaded.affine, affine)
 
 
+
+def test_the_same_model_saves_the_same_bytes(saved, tmp_path):
+    """skops names arrays after their id() and stamps members with the time of writing: a copy
+    of the model (other arrays, other ids), saved later, must still give the same .skops bytes
+    and SHA-256, and load back to the same decisions."""
+    import copy
+
+    out, est, X, mask, affine, manifest = saved
+    clone = copy.deepcopy(est)  # both alive: every array has another id()
+    again = model_io.save_model(tmp_path / "again", clone, mask=mask, affine=affine,
+                                manifest={"template": "TPL", "note": np.float64(1.5)})
+    first = (out / model_io.MODEL_NAME).read_bytes()
+    assert (tmp_path / "again" / model_io.MODEL_NAME).read_bytes() == first
+    assert again["model_sha256"] == manifest["model_sha256"]
+    with zipfile.ZipFile(out / model_io.MODEL_NAME) as zf:
+        assert {info.date_time for info in zf.infolist()} == {model_io.ZIP_EPOCH}
+    loaded = model_io.load_model(tmp_path / "again")
+    np.testing.assert_array_equal(loaded.estimator.decision_function(X),
+                                  est.decision_function(X))
+
 def test_missing_model(tmp_path):
     with pytest.raises(MissingInputError, match="does not exist"):
         model_io.load_model(tmp_path / "nope.skops")

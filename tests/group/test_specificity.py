@@ -225,14 +225,14 @@ def _demo_decisions(null: bool, effect_size=0.1, seed=0):
     0.1, about what the participant level recovers of the demo's 0.2); the group level's final
     model (default grid, kernel scaling) trained on the discovery ketamine arm; its decision
     values on the external trial."""
-    from ketabids.demo.cohort import demo_tables
+    from ketabids.demo.cohort import DemoDesign, demo_tables
     from ketabids.demo.participants import planted_label
     from ketabids.demo.phantom import simulate_template_gm, subject_rng, template_maps
     from ketabids.group.labels import is_response
     from ketabids.group.nested import NestedCVSettings, fit_final_model
     from ketabids.templates import get_template
 
-    tables = demo_tables(seed=seed, n_external_saline=30)
+    tables = demo_tables(DemoDesign(n_external_saline=30), seed=seed)
     template = get_template(resolution=2)
     mask = template_maps(template)[0]["gm"] > 0.2
     null_rng = np.random.default_rng([seed, 7919])

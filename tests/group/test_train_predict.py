@@ -223,6 +223,9 @@ def test_rerun_same_seed_is_identical_and_replaces_cleanly(study, tmp_path):
     for name in ("cv_predictions.tsv", "cv_folds.tsv", "metrics.tsv", "final_model_decisions.tsv"):
         assert (train / name).read_text() == (
             study["out"] / "group" / "train" / name).read_text(), name
+    # the model file too: skops's id()-based member names and zip times are made canonical
+    assert (train / "ketabids_model.skops").read_bytes() == (
+        study["out"] / "group" / "train" / "ketabids_model.skops").read_bytes()
     assert sorted(p.name for p in (out / "group").iterdir()) == ["train"]
 
 

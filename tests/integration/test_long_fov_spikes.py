@@ -70,8 +70,10 @@ def _runs(img, base):
 def test_phantom_with_neck_or_spikes_gives_the_same_volumes(tmp_path):
     from ketabids.demo import head as phantom
 
-    subject = phantom.simulate_subject(get_template(resolution=2), seed=3, resolution=2.0,
-                                       skull=True, orientation="LPS", max_rotation=8.0)
+    subject = phantom.simulate_subject(
+        get_template(resolution=2), seed=3,
+        acquisition=phantom.Acquisition(resolution=2.0, orientation="LPS"),
+        pose=phantom.PoseAndWarp(max_rotation=8.0))
     _check(_runs(subject.t1w, tmp_path))
 
 

@@ -30,12 +30,12 @@ FAULTS = {"slab": "slab40mm", "nocodes": "orientation_codes0", "inverted": "cont
 def run(tmp_path_factory):
     from ketabids.demo.faults import FAULTS as GENERATORS
     from ketabids.demo.faults import thick_slices
-    from ketabids.demo.head import simulate_subject
+    from ketabids.demo.head import Acquisition, simulate_subject
     from ketabids.runner import run_participant
 
     base = tmp_path_factory.mktemp("qcfaults")
     bids = base / "bids"
-    good = simulate_subject(seed=3, resolution=2.0).t1w
+    good = simulate_subject(seed=3, acquisition=Acquisition(resolution=2.0)).t1w
     good = nib.Nifti1Image(np.asarray(good.dataobj, np.float32), good.affine)
     images = {"good": good, "thick": thick_slices(good)}
     images.update({label: GENERATORS[name](good) for label, name in FAULTS.items()})

@@ -51,8 +51,9 @@ def test_fast_mode_on_a_2mm_phantom(template2, tmp_path):
     from ketabids.anat.conform import conform_t1w
     from ketabids.demo import head as phantom
 
-    subject = phantom.simulate_subject(template2, seed=3, resolution=2.0, skull=True,
-                                       orientation="LPS", max_rotation=8.0)
+    subject = phantom.simulate_subject(
+        template2, seed=3, acquisition=phantom.Acquisition(resolution=2.0, orientation="LPS"),
+        pose=phantom.PoseAndWarp(max_rotation=8.0))
     out = _run(subject.t1w, 3, tmp_path)
 
     def conf(img):
