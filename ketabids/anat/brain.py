@@ -106,7 +106,7 @@ def head_foreground(img: nib.Nifti1Image, fraction: float = 0.1) -> np.ndarray:
 def tissue_n4_weight(wm_prior: nib.Nifti1Image) -> nib.Nifti1Image:
     """The tissue N4's confidence image: 1 where the registered WM prior exceeds
     :data:`TISSUE_N4_WM_THRESHOLD`, eroded by :data:`TISSUE_N4_ERODE_MM` (at least one voxel),
-    0 elsewhere (float32, ``wm_prior``'s grid).
+    0 elsewhere (float32, ``wm_prior``'s grid); the WM prior itself if no voxel is left.
 
     N4 fits its field, and sharpens its histogram, on the non-zero weights only: with deep WM
     alone the field is fitted to one tissue and the B-spline carries it into the cortex, so it
@@ -116,9 +116,13 @@ def tissue_n4_weight(wm_prior: nib.Nifti1Image) -> nib.Nifti1Image:
     points; AOMIC sub-0001's Dice with FAST is kept (docs/benchmarks.md, issue 27).
     """
     zoom = float(min(np.sqrt((wm_prior.affine[:3, :3] ** 2).sum(0))))
-    core = np.asarray(wm_prior.dataobj, np.float32) > TISSUE_N4_WM_THRESHOLD
-    core = ndimage.binary_erosion(core, iterations=max(1, int(round(TISSUE_N4_ERODE_MM / zoom))))
-    return make_image(core.astype(np.float32), wm_prior.affine)
+    wm = np.asarray(wm_prior.dataobj, np.float32)
+    core = ndimage.binary_erosion(wm > TISSUE_N4_WM_THRESHOLD,
+                                  iterations=max(1, int(round(TISSUE_N4_ERODE_MM / zoom))))
+    # no deep WM at all (a prior that never exceeds the threshold): the WM prior itself, so
+    # N4 still has voxels to fit
+    return make_image(core.astype(np.float32) if core.any() else np.clip(wm, 0, 1),
+                      wm_prior.affine)
 
 
 def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *,

@@ -286,6 +286,23 @@ def test_n4_applies_the_fitted_field_as_the_plain_formula(monkeypatch, with_mask
     assert ((img + shift) / ref_field - shift < lo)[m & (img > lo)].any()
 
 
+def test_tissue_n4_weight_is_the_eroded_deep_wm():
+    """The WM prior > 0.9, eroded by 2 mm (one 2 mm voxel, two 1 mm voxels); a prior with no
+    deep WM gives the prior itself (N4 keeps voxels to fit)."""
+    from ketabids.anat.brain import tissue_n4_weight
+
+    wm = np.zeros((12, 12, 12), np.float32)
+    wm[2:10, 2:10, 2:10] = 0.95
+    wm[2:10, 2:10, 2] = 0.85  # a face below the threshold
+    for mm, core in ((2.0, np.s_[3:9, 3:9, 4:9]), (1.0, np.s_[4:8, 4:8, 5:8])):
+        w = np.asarray(tissue_n4_weight(make_image(wm, np.diag([mm] * 3 + [1.0]))).dataobj)
+        ref = np.zeros_like(wm)
+        ref[core] = 1.0
+        assert np.array_equal(w, ref), mm
+    low = np.full((6, 6, 6), 0.5, np.float32)
+    assert np.array_equal(np.asarray(tissue_n4_weight(make_image(low, np.eye(4))).dataobj), low)
+
+
 @pytest.mark.parametrize("seed, contrast", [(3, "mprage15t")])
 def test_tissue_n4_does_not_take_the_gm_wm_composition_for_bias(seed, contrast):
     """Issue 27: on a bias-free phantom of the template-tissue-map generator (every voxel a
