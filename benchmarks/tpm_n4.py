@@ -8,9 +8,12 @@ on these inputs (``--inputs``):
 * ``none``: the phantom image itself;
 * ``head``: after the head-wide N4 (:func:`ketabids.anat.brain.n4_bias_correct`, the default
   mode's 8 mm grid, one span per axis);
-* ``pipeline``: after the head-wide N4 and the tissue N4 inside the mask (200 mm x 4 levels,
-  weighted by the GM + WM priors; ``--tissue-grid-mm`` 4 = default mode, 8 = fast), as the
-  participant workflow feeds the segmentation;
+* ``pipeline``: after the head-wide N4 and the tissue N4 inside the mask (200 mm x
+  ``len(TISSUE_N4_ITERATIONS)`` levels, weighted by :func:`ketabids.anat.brain
+  .tissue_n4_weight`; ``--tissue-grid-mm`` 4 = default mode, 8 = fast), as the participant
+  workflow feeds the segmentation;
+* ``old_pipeline``: the tissue N4 until issue 27 (200 mm x 4 levels, weighted by the GM + WM
+  priors);
 * ``mixture_n4``, ``pure_n4``, ``prior_n4``: candidate tissue N4s that see the composition
   (:func:`class_informed_n4`): the same N4 on the head-N4 image divided by the intensity
   predicted from the partial-volume mixture's fractions, from a three-class posterior (no
@@ -20,7 +23,7 @@ on these inputs (``--inputs``):
   pass's WM fraction > 0.95), so the field is fitted to one tissue; ``smooth3_n4``,
   ``smooth2_n4``: the GM + WM weight with 3 or 2 fitting levels instead of 4 (final spacing
   50 or 100 mm instead of 25 mm); ``wm_smooth3_n4``, ``wmpost_smooth3_n4``: both
-  (:func:`weighted_n4`).
+  (:func:`weighted_n4`; ``wm_smooth3_n4`` is the pipeline's since issue 27).
 
 Prints one JSON row per phantom and input: GM / WM volume error of the fractions against the
 truth (%), GM / WM Dice of the hard labels against the truth's argmax, the SD of the log
@@ -64,8 +67,11 @@ WEIGHTED = {
     "wm_n4": ("wm_core", 4), "wm2_n4": ("wm_squared", 4), "wmpost_n4": ("wm_posterior", 4),
     "smooth3_n4": ("gm_wm", 3), "smooth2_n4": ("gm_wm", 2),
     "wm_smooth3_n4": ("wm_core", 3), "wmpost_smooth3_n4": ("wm_posterior", 3),
+    "old_pipeline": ("gm_wm", 4),
 }
 INPUTS = ("none", "head", "pipeline", *PREDICTIONS, *WEIGHTED)
+#: the levels of the tissue N4 until issue 27, with which :func:`class_informed_n4` was measured
+OLD_TISSUE_N4_ITERATIONS = (50, 50, 50, 50)
 
 
 def _arr(img):
@@ -74,10 +80,6 @@ def _arr(img):
 
 def _dice(a, b) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
-
-
-def _priors_gm_wm(priors, affine):
-    return make_image((_arr(priors["GM"]) + _arr(priors["WM"])).astype(np.float32), affine)
 
 
 def class_informed_n4(head, mask, priors, *, prediction: str, grid_mm: float):
@@ -99,7 +101,7 @@ def class_informed_n4(head, mask, priors, *, prediction: str, grid_mm: float):
     w[m] = fractions[1] + fractions[2]
     _, field = n4_bias_correct(make_image(ratio, head.affine), mask,
                                weight=make_image(w, head.affine), grid_mm=grid_mm,
-                               spline_mm=TISSUE_N4_SPLINE_MM, iterations=TISSUE_N4_ITERATIONS)
+                               spline_mm=TISSUE_N4_SPLINE_MM, iterations=OLD_TISSUE_N4_ITERATIONS)
     b = _arr(field)
     b = np.where(m, b / np.median(b[m]), 1.0)
     return make_image(np.where(m & (b > 0), _arr(head) / np.where(b > 0, b, 1.0), _arr(head))
@@ -154,7 +156,7 @@ def corrections(head, mask, priors, tissue_grid_mm: float, names) -> dict:
         if name == "head":
             img = head
         elif name == "pipeline":
-            img, _ = n4_bias_correct(head, mask, weight=_priors_gm_wm(priors, head.affine),
+            img, _ = n4_bias_correct(head, mask, weight=tissue_n4_weight(priors["WM"]),
                                      grid_mm=tissue_grid_mm, spline_mm=TISSUE_N4_SPLINE_MM,
                                      iterations=TISSUE_N4_ITERATIONS)
         elif name in WEIGHTED:
