@@ -18,7 +18,13 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketabids.anat.atlas import Atlas
-from ketabids.anat.brain import HEAD_INTERIOR_MM, TISSUE_N4_ITERATIONS, TISSUE_N4_SPLINE_MM
+from ketabids.anat.brain import (
+    HEAD_INTERIOR_MM,
+    TISSUE_N4_ERODE_MM,
+    TISSUE_N4_ITERATIONS,
+    TISSUE_N4_SPLINE_MM,
+    TISSUE_N4_WM_THRESHOLD,
+)
 from ketabids.anat.conform import FINEST_MM, SUBMM_THRESHOLD_MM
 from ketabids.anat.prepare import FOV_KEEP_MM, FOV_MIN_CUT_MM, TRUNCATE_PERCENTILES
 from ketabids.anat.registration import PAD_MM
@@ -153,8 +159,9 @@ def init_anat_wf(*, template=DEFAULT_TEMPLATE, processing: ProcessingSettings | 
         "the forward and inverse transforms were kept. The template's grey-matter (GM), "
         "white-matter (WM) and cerebrospinal-fluid (CSF) probability maps were warped into the "
         "T1w space. The T1w was corrected again with N4 inside the brain mask, fitted on the deep "
-        "white matter (WM prior above 0.9, eroded by 2 mm; B-spline distance 200 mm, three "
-        "fitting levels), and segmented by a "
+        f"white matter (WM prior above {TISSUE_N4_WM_THRESHOLD:g}, eroded by "
+        f"{TISSUE_N4_ERODE_MM:g} mm; B-spline distance {TISSUE_N4_SPLINE_MM:g} mm, "
+        f"{len(TISSUE_N4_ITERATIONS)} fitting levels), and segmented by a "
         "Gaussian mixture of GM, WM and CSF with one shared variance, two partial-volume "
         "classes (CSF/GM and GM/WM) and the template priors as spatial "
         "priors, fitted by expectation-maximisation as in FSL FAST (Zhang et al., 2001); the "
