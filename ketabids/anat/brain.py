@@ -323,7 +323,10 @@ def extract_brain(img: nib.Nifti1Image, template, *,
     some seeds stretch the template brain over the head; the interior alone lets others leak
     (ITK drops the template points mapped outside a moving mask, so leaving the interior costs
     nothing); keeping the candidate that scales the template less catches both, at the cost of
-    a second affine stage (docs/benchmarks.md, "Processing modes", has the measured masks).
+    a second affine stage (docs/benchmarks.md, "Processing modes", has the measured masks),
+    unless that candidate fits the template brain clearly worse than the other: an affine
+    stage can also settle on a shrunken template that does not fit at all
+    (:func:`~ketabids.anat.registration.pick_affine_candidate`).
     """
     processing = processing or ProcessingSettings.for_mode("default")
     res = processing.registration_mm

@@ -37,7 +37,10 @@ brain-only template. With ``affine_moving_mask`` (a subject-space mask, the head
 its own, the same stage (:data:`AFFINE_STAGE`) on the whole subject and with that mask on the
 subject side; SyN continues from the candidate whose linear part has the smaller determinant
 (:func:`affine_determinant`: subject volume per template volume), so a template brain
-stretched over the whole head loses.
+stretched over the whole head loses, unless that candidate lines the brain up clearly worse
+than the other (:func:`affine_fit`, the correlation with the template brain lower by more than
+:data:`AFFINE_FIT_MARGIN`): an affine stage can also settle on a shrunken template brain that
+does not fit at all (a demo phantom: correlation -0.08 against 0.84).
 
 With ``mask`` the template grid is cropped to the mask's bounding box plus
 :data:`CROP_MARGIN_VOX` voxels (:func:`crop_to_mask`; 99x117x95 -> 89x106x86 at 2 mm): a SyN
@@ -99,6 +102,11 @@ PAD_MM: float | None = 20.0
 #: voxels of the registration grid kept around the metric mask when the template is cropped to
 #: it (:func:`crop_to_mask`); None: the whole template grid
 CROP_MARGIN_VOX: int | None = 3
+
+#: an affine candidate with the smaller determinant is passed over when its fit
+#: (:func:`affine_fit`) is below the other's by more than this; candidates that both fit differ
+#: by ~0.005 (docs/benchmarks.md, "Brain extraction: which affine candidate")
+AFFINE_FIT_MARGIN = 0.1
 
 
 @dataclass
@@ -239,8 +247,8 @@ def register_to_template(
     subject-space mask for a second affine stage (``"SyN"`` without ``initial_transform``
     only): the affine stage (:data:`AFFINE_STAGE`, seeded alike) runs as two antsRegistration
     calls of its own, without and with that mask, and SyN follows (``SyNOnly``) from the one
-    with the smaller determinant, folded into the composite files as before;
-    ``info["affine_candidates"]`` records both determinants and which was kept.
+    :func:`pick_affine_candidate` picks, folded into the composite files as before;
+    ``info["affine_candidates"]`` records both determinants, both fits and which was kept.
     ``type_of_transform``: ``"SyN"`` (affine + SyN, default), ``"Affine"`` or ``"SyNOnly"``
     (needs ``initial_transform``: list of transform files, applied first and folded into the
     composite). Transforms are written in ``out_dir``
@@ -287,7 +295,7 @@ def register_to_template(
         affine_files, affine_info = [], None
         if affine_moving_mask is not None:
             names = ("whole", "masked")
-            dets = []
+            dets, fits = [], []
             for name, subject_mask in zip(names, (None, _mask_on(affine_moving_mask, moving))):
                 affine = ants.registration(
                     fixed,
@@ -303,9 +311,11 @@ def register_to_template(
                 )
                 affine_files.append(Path(affine["fwdtransforms"][-1]))
                 dets.append(affine_determinant(affine_files[-1]))
-            keep = int(np.argmin(dets))
+                fits.append(affine_fit(fixed, moving, affine_files[-1]))
+            keep = pick_affine_candidate(dets, fits)
             init = [str(affine_files[keep])]
             affine_info = {"determinants": {n: round(d, 4) for n, d in zip(names, dets)},
+                           "correlations": {n: round(r, 4) for n, r in zip(names, fits)},
                            "kept": names[keep]}
             run_kind = "SyNOnly"
         if run_kind == "Affine":
@@ -419,6 +429,37 @@ def run_syn(fixed, moving, settings: ProcessingSettings, *, initial_transform, o
         raise RuntimeError(f"antsRegistration failed (output prefix {outprefix})")
     return {"warpedmovout": warped, "fwdtransforms": f"{outprefix}Composite.h5",
             "invtransforms": f"{outprefix}InverseComposite.h5"}
+
+
+def pick_affine_candidate(determinants, fits, margin: float = AFFINE_FIT_MARGIN) -> int:
+    """Index of the affine candidate SyN starts from: the smaller determinant (a template
+    brain stretched over the head loses), unless its fit is below the other's by more than
+    ``margin`` (a NaN fit counts as the worst).
+
+    >>> pick_affine_candidate([0.65, 0.64], [0.85, 0.84])
+    1
+    >>> pick_affine_candidate([0.65, 0.59], [0.84, -0.08])
+    0
+    """
+    fit = np.nan_to_num(np.asarray(fits, float), nan=-np.inf)
+    keep = int(np.argmin(determinants))
+    other = 1 - keep
+    return other if fit[keep] < fit[other] - margin else keep
+
+
+def affine_fit(fixed, moving, path) -> float:
+    """Pearson correlation of ``fixed`` (the template brain on the registration grid) and
+    ``moving`` resampled onto it by the affine transform file ``path``, inside the template
+    brain (``fixed > 0``): how well an affine candidate lines the subject's brain up."""
+    ants = import_ants()
+
+    warped = ants.apply_transforms(fixed, moving, [str(path)], interpolator="linear")
+    x, y = fixed.numpy(), warped.numpy()
+    inside = x > 0
+    xv, yv = x[inside].astype(np.float64), y[inside].astype(np.float64)
+    if xv.size < 3 or xv.std() == 0 or yv.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(xv, yv)[0, 1])
 
 
 def affine_determinant(path) -> float:

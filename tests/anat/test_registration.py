@@ -371,6 +371,59 @@ def test_affine_candidates_keep_the_smaller_scaling(small_template, tmp_path, mo
     assert np.median(jac[tmask]) == pytest.approx(1.08 ** 3, rel=0.05)
 
 
+@pytest.mark.parametrize("planted", ["whole", "masked"])
+def test_affine_candidate_that_does_not_fit_is_not_kept(small_template, tmp_path, monkeypatch,
+                                                       planted):
+    """One candidate's result is replaced by a 0.6x scaling (a shrunken template brain, the
+    smaller determinant): its fit with the template brain is far below the other's, so the
+    other is kept and the registration still recovers the planted 1.08 scaling."""
+    import ants
+
+    from ketabids.anat.registration import AFFINE_FIT_MARGIN
+
+    real = ants.registration
+
+    def spy(fixed, moving, type_of_transform="SyN", outprefix="", **kwargs):
+        out = real(fixed, moving, type_of_transform=type_of_transform, outprefix=outprefix,
+                   **kwargs)
+        if type_of_transform == "Affine" and f"affine-{planted}_" in outprefix:
+            shrunk = ants.create_ants_transform(transform_type="AffineTransform",
+                                                dimension=3, matrix=np.eye(3) * 0.6)
+            ants.write_transform(shrunk, out["fwdtransforms"][-1])
+        return out
+
+    monkeypatch.setattr(ants, "registration", spy)
+    subject = _subject()
+    inside = make_image(np.ones(subject.shape, np.uint8), subject.affine)
+    result = register_to_template(subject, small_template, processing=DEFAULT, seed=1,
+                                  affine_moving_mask=inside, out_dir=tmp_path)
+    candidates = result.info["affine_candidates"]
+    other = {"whole": "masked", "masked": "whole"}[planted]
+    assert candidates["determinants"][planted] == pytest.approx(0.6 ** 3, rel=1e-4)
+    assert candidates["determinants"][planted] < candidates["determinants"][other]
+    assert candidates["correlations"][planted] < (candidates["correlations"][other]
+                                                  - AFFINE_FIT_MARGIN)
+    assert candidates["kept"] == other
+    tpl = nib.load(small_template.brain)
+    tmask = np.asarray(nib.load(small_template.mask).dataobj) > 0
+    jac = np.asarray(jacobian_determinant(result, tpl).dataobj)
+    assert np.median(jac[tmask]) == pytest.approx(1.08 ** 3, rel=0.05)
+
+
+@pytest.mark.parametrize(("dets", "fits", "kept"), [
+    ((0.65, 0.64), (0.85, 0.84), 1),     # both fit: the smaller scaling
+    ((0.64, 0.65), (0.84, 0.85), 0),
+    ((0.65, 0.59), (0.84, -0.08), 0),    # the smaller one does not fit
+    ((0.59, 0.65), (-0.08, 0.84), 1),
+    ((0.65, 0.59), (0.84, 0.76), 1),     # within the margin: the smaller scaling
+    ((0.65, 0.59), (0.84, float("nan")), 0),
+])
+def test_pick_affine_candidate(dets, fits, kept):
+    from ketabids.anat.registration import pick_affine_candidate
+
+    assert pick_affine_candidate(dets, fits) == kept
+
+
 @pytest.mark.slow
 def test_masked_registration_runs_on_the_cropped_template_and_covers_the_full_grid(tmp_path):
     """With a metric mask the template is cropped to the mask's box (+ margin); the warp fades
