@@ -310,7 +310,8 @@ def test_tissue_n4_does_not_take_the_gm_wm_composition_for_bias(seed, contrast):
     the GM + WM priors with 4 fitting levels added a field that followed that composition and
     took GM 5.7 % under the truth (``benchmarks/tpm_n4.py``, input "pipeline"). Weighted by the
     deep WM of the prior (:func:`tissue_n4_weight`), 3 levels, the field is fitted to one
-    tissue: GM -2.1 %, GM/WM Dice .913/.920 (input "wm_smooth3_n4")."""
+    tissue: GM -2.1 %, GM/WM Dice .913/.920 (input "wm_smooth3_n4"). The old weighting fails
+    this test (checked when it was written; docs/benchmarks.md has both)."""
     from ketabids.anat.brain import (
         TISSUE_N4_ITERATIONS,
         TISSUE_N4_SPLINE_MM,
@@ -331,9 +332,6 @@ def test_tissue_n4_does_not_take_the_gm_wm_composition_for_bias(seed, contrast):
     # is eroded away
     wm = np.asarray(pri["WM"].dataobj)
     assert core.any() and (wm[core] > 0.9).all() and core.sum() < (wm > 0.9).sum()
-    gm_wm = make_image(np.asarray(pri["GM"].dataobj, np.float32)
-                       + np.asarray(pri["WM"].dataobj, np.float32), head.affine)
-
     def gm_error(w, iterations=TISSUE_N4_ITERATIONS):
         img, _ = n4_bias_correct(head, ph.brain_mask, weight=w,
                                  grid_mm=settings.tissue_n4_grid_mm,
@@ -348,6 +346,3 @@ def test_tissue_n4_does_not_take_the_gm_wm_composition_for_bias(seed, contrast):
     for value in (1, 2):
         a, b = labels == value, truth == value
         assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.90
-    # the old tissue N4 (GM + WM priors as weight, 4 levels), for the record of what the test
-    # guards
-    assert gm_error(gm_wm, (50, 50, 50, 50))[0] < -0.03
