@@ -321,6 +321,25 @@ def test_affine_determinant_reads_the_linear_part(tmp_path):
     assert affine_determinant(path) == pytest.approx(np.linalg.det(matrix), rel=1e-6)
 
 
+def _replace_affine_candidate(monkeypatch, planted: str, scale: float) -> None:
+    """Make the ``planted`` affine candidate ("whole" or "masked") of
+    :func:`register_to_template` a pure ``scale`` x scaling (its stage still runs)."""
+    import ants
+
+    real = ants.registration
+
+    def spy(fixed, moving, type_of_transform="SyN", outprefix="", **kwargs):
+        out = real(fixed, moving, type_of_transform=type_of_transform, outprefix=outprefix,
+                   **kwargs)
+        if type_of_transform == "Affine" and f"affine-{planted}_" in outprefix:
+            scaled = ants.create_ants_transform(transform_type="AffineTransform",
+                                                dimension=3, matrix=np.eye(3) * scale)
+            ants.write_transform(scaled, out["fwdtransforms"][-1])
+        return out
+
+    monkeypatch.setattr(ants, "registration", spy)
+
+
 @pytest.mark.parametrize("planted", ["whole", "masked"])
 def test_affine_candidates_keep_the_smaller_scaling(small_template, tmp_path, monkeypatch,
                                                     planted):
@@ -329,30 +348,18 @@ def test_affine_candidates_keep_the_smaller_scaling(small_template, tmp_path, mo
     One candidate's result is replaced by a 1.5x scaling (a template brain stretched over the
     head): the other is kept, whichever it is, and the registration still recovers the planted
     1.08 scaling."""
-    import ants
 
     from ketabids.anat import registration
     from ketabids.anat.registration import affine_determinant
 
-    real = ants.registration
     seen = {}
-
-    def spy(fixed, moving, type_of_transform="SyN", outprefix="", **kwargs):
-        out = real(fixed, moving, type_of_transform=type_of_transform, outprefix=outprefix,
-                   **kwargs)
-        if type_of_transform == "Affine" and f"affine-{planted}_" in outprefix:
-            stretched = ants.create_ants_transform(transform_type="AffineTransform",
-                                                   dimension=3, matrix=np.eye(3) * 1.5)
-            ants.write_transform(stretched, out["fwdtransforms"][-1])
-        return out
-
+    _replace_affine_candidate(monkeypatch, planted, 1.5)
     real_syn = registration.run_syn
 
     def syn_spy(*args, **kwargs):
         seen["start"] = affine_determinant(kwargs["initial_transform"][-1])
         return real_syn(*args, **kwargs)
 
-    monkeypatch.setattr(ants, "registration", spy)
     monkeypatch.setattr(registration, "run_syn", syn_spy)
     subject = _subject()
     inside = make_image(np.ones(subject.shape, np.uint8), subject.affine)
@@ -377,22 +384,9 @@ def test_affine_candidate_that_does_not_fit_is_not_kept(small_template, tmp_path
     """One candidate's result is replaced by a 0.6x scaling (a shrunken template brain, the
     smaller determinant): its fit with the template brain is far below the other's, so the
     other is kept and the registration still recovers the planted 1.08 scaling."""
-    import ants
-
     from ketabids.anat.registration import AFFINE_FIT_MARGIN
 
-    real = ants.registration
-
-    def spy(fixed, moving, type_of_transform="SyN", outprefix="", **kwargs):
-        out = real(fixed, moving, type_of_transform=type_of_transform, outprefix=outprefix,
-                   **kwargs)
-        if type_of_transform == "Affine" and f"affine-{planted}_" in outprefix:
-            shrunk = ants.create_ants_transform(transform_type="AffineTransform",
-                                                dimension=3, matrix=np.eye(3) * 0.6)
-            ants.write_transform(shrunk, out["fwdtransforms"][-1])
-        return out
-
-    monkeypatch.setattr(ants, "registration", spy)
+    _replace_affine_candidate(monkeypatch, planted, 0.6)
     subject = _subject()
     inside = make_image(np.ones(subject.shape, np.uint8), subject.affine)
     result = register_to_template(subject, small_template, processing=DEFAULT, seed=1,
