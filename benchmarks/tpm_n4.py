@@ -8,22 +8,13 @@ on these inputs (``--inputs``):
 * ``none``: the phantom image itself;
 * ``head``: after the head-wide N4 (:func:`ketabids.anat.brain.n4_bias_correct`, the default
   mode's 8 mm grid, one span per axis);
-* ``pipeline``: after the head-wide N4 and the tissue N4 inside the mask (200 mm x
-  ``len(TISSUE_N4_ITERATIONS)`` levels, weighted by :func:`ketabids.anat.brain
-  .tissue_n4_weight`; ``--tissue-grid-mm`` 4 = default mode, 8 = fast), as the participant
-  workflow feeds the segmentation;
-* ``old_pipeline``: the tissue N4 until issue 27 (200 mm x 4 levels, weighted by the GM + WM
-  priors);
+* ``pipeline``: after the head-wide N4 and the tissue N4 inside the mask (200 mm x 4 levels,
+  weighted by the GM + WM priors; ``--tissue-grid-mm`` 4 = default mode, 8 = fast), as the
+  participant workflow feeds the segmentation;
 * ``mixture_n4``, ``pure_n4``, ``prior_n4``: candidate tissue N4s that see the composition
   (:func:`class_informed_n4`): the same N4 on the head-N4 image divided by the intensity
   predicted from the partial-volume mixture's fractions, from a three-class posterior (no
-  mixture classes), or from the template priors, its field dividing the head-N4 image;
-* ``wm_n4``, ``wm2_n4``, ``wmpost_n4``: the pipeline's tissue N4 weighted by WM only
-  (:func:`tissue_weight`: the WM prior > 0.9 eroded by 2 mm, the WM prior squared, or a first
-  pass's WM fraction > 0.95), so the field is fitted to one tissue; ``smooth3_n4``,
-  ``smooth2_n4``: the GM + WM weight with 3 or 2 fitting levels instead of 4 (final spacing
-  50 or 100 mm instead of 25 mm); ``wm_smooth3_n4``, ``wmpost_smooth3_n4``: both
-  (:func:`weighted_n4`; ``wm_smooth3_n4`` is the pipeline's since issue 27).
+  mixture classes), or from the template priors, its field dividing the head-N4 image.
 
 Prints one JSON row per phantom and input: GM / WM volume error of the fractions against the
 truth (%), GM / WM Dice of the hard labels against the truth's argmax, the SD of the log
@@ -50,7 +41,6 @@ from ketabids.anat.brain import (
     TISSUE_N4_ITERATIONS,
     TISSUE_N4_SPLINE_MM,
     n4_bias_correct,
-    tissue_n4_weight,
 )
 from ketabids.anat.segmentation import (
     CLASSES,
@@ -60,18 +50,9 @@ from ketabids.anat.segmentation import (
 )
 from ketabids.demo.tpm_phantom import tpm_phantom
 
+INPUTS = ("none", "head", "pipeline", "mixture_n4", "pure_n4", "prior_n4")
 #: the candidate tissue N4s -> the ``prediction`` of :func:`class_informed_n4`
 PREDICTIONS = {"mixture_n4": "mixture", "pure_n4": "pure", "prior_n4": "priors"}
-#: the candidate tissue N4s -> (weight of :func:`tissue_weight`, number of fitting levels)
-WEIGHTED = {
-    "wm_n4": ("wm_core", 4), "wm2_n4": ("wm_squared", 4), "wmpost_n4": ("wm_posterior", 4),
-    "smooth3_n4": ("gm_wm", 3), "smooth2_n4": ("gm_wm", 2),
-    "wm_smooth3_n4": ("wm_core", 3), "wmpost_smooth3_n4": ("wm_posterior", 3),
-    "old_pipeline": ("gm_wm", 4),
-}
-INPUTS = ("none", "head", "pipeline", *PREDICTIONS, *WEIGHTED)
-#: the levels of the tissue N4 until issue 27, with which :func:`class_informed_n4` was measured
-OLD_TISSUE_N4_ITERATIONS = (50, 50, 50, 50)
 
 
 def _arr(img):
@@ -80,6 +61,10 @@ def _arr(img):
 
 def _dice(a, b) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def _priors_gm_wm(priors, affine):
+    return make_image((_arr(priors["GM"]) + _arr(priors["WM"])).astype(np.float32), affine)
 
 
 def class_informed_n4(head, mask, priors, *, prediction: str, grid_mm: float):
@@ -101,51 +86,11 @@ def class_informed_n4(head, mask, priors, *, prediction: str, grid_mm: float):
     w[m] = fractions[1] + fractions[2]
     _, field = n4_bias_correct(make_image(ratio, head.affine), mask,
                                weight=make_image(w, head.affine), grid_mm=grid_mm,
-                               spline_mm=TISSUE_N4_SPLINE_MM, iterations=OLD_TISSUE_N4_ITERATIONS)
+                               spline_mm=TISSUE_N4_SPLINE_MM, iterations=TISSUE_N4_ITERATIONS)
     b = _arr(field)
     b = np.where(m, b / np.median(b[m]), 1.0)
     return make_image(np.where(m & (b > 0), _arr(head) / np.where(b > 0, b, 1.0), _arr(head))
                       .astype(np.float32), head.affine)
-
-
-def tissue_weight(head, mask, priors, kind: str) -> np.ndarray:
-    """N4's confidence image for a candidate tissue N4 (``--inputs``):
-
-    * ``gm_wm``: the GM + WM priors (the pipeline's weight);
-    * ``wm_core``: the WM prior > 0.9, eroded by 2 mm (deep WM only: the field is fitted to
-      one tissue and cannot absorb the GM/WM composition; the B-spline extrapolates it);
-    * ``wm_squared``: the WM prior squared (a soft version of the same);
-    * ``wm_posterior``: WM fraction > 0.95 from a first pass of the partial-volume mixture on
-      ``head`` (the anatomy's WM, not the template's).
-    """
-    m = _arr(mask) > 0
-    wm = np.clip(_arr(priors["WM"]), 0, 1)
-    if kind == "gm_wm":
-        w = np.clip(_arr(priors["GM"]), 0, 1) + wm
-    elif kind == "wm_squared":
-        w = wm ** 2
-    elif kind == "wm_core":  # the pipeline's weight
-        w = _arr(tissue_n4_weight(priors["WM"]))
-    elif kind == "wm_posterior":
-        pri = np.stack([np.clip(_arr(priors[k])[m], 0, 1) for k in CLASSES])
-        pri[0] += np.clip(1.0 - pri.sum(0), 0.0, 1.0)  # as segment_tissues
-        fractions, _ = fit_tissue_mixture(_arr(head)[m], pri)
-        w = np.zeros(m.shape)
-        w[m] = fractions[CLASSES.index("WM")] > 0.95
-    else:
-        raise ValueError(f"unknown weight {kind!r}")
-    return (w * m).astype(np.float32)
-
-
-def weighted_n4(head, mask, priors, *, weight: str, levels: int, grid_mm: float):
-    """The pipeline's tissue N4 (:data:`TISSUE_N4_SPLINE_MM`, 50 iterations per level) with
-    the confidence image :func:`tissue_weight` ``weight`` and ``levels`` fitting levels (the
-    final control-point spacing ``TISSUE_N4_SPLINE_MM / 2 ** (levels - 1)``)."""
-    w = tissue_weight(head, mask, priors, weight)
-    img, _ = n4_bias_correct(head, mask, weight=make_image(w, head.affine), grid_mm=grid_mm,
-                             spline_mm=TISSUE_N4_SPLINE_MM,
-                             iterations=(TISSUE_N4_ITERATIONS[0],) * levels)
-    return img
 
 
 def corrections(head, mask, priors, tissue_grid_mm: float, names) -> dict:
@@ -156,13 +101,9 @@ def corrections(head, mask, priors, tissue_grid_mm: float, names) -> dict:
         if name == "head":
             img = head
         elif name == "pipeline":
-            img, _ = n4_bias_correct(head, mask, weight=tissue_n4_weight(priors["WM"]),
+            img, _ = n4_bias_correct(head, mask, weight=_priors_gm_wm(priors, head.affine),
                                      grid_mm=tissue_grid_mm, spline_mm=TISSUE_N4_SPLINE_MM,
                                      iterations=TISSUE_N4_ITERATIONS)
-        elif name in WEIGHTED:
-            kind, levels = WEIGHTED[name]
-            img = weighted_n4(head, mask, priors, weight=kind, levels=levels,
-                              grid_mm=tissue_grid_mm)
         else:
             img = class_informed_n4(head, mask, priors, prediction=PREDICTIONS[name],
                                     grid_mm=tissue_grid_mm)

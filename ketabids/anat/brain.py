@@ -44,17 +44,11 @@ STRIPPED_MAX_ML = 2300.0
 #: the first level, refined over ``len(N4_ITERATIONS)`` levels
 N4_SPLINE_MM = None
 N4_ITERATIONS = (50, 50, 30)
-#: the second N4, inside the brain mask and weighted by the deep WM (:func:`tissue_n4_weight`;
-#: the input of the segmentation): 200 mm B-spline distance refined over 3 levels (50 mm
-#: knots at the end; fMRIPrep's/ANTs' brain-extraction N4 refines over 4, which with this
-#: weight fitted the tissue-map phantoms' composition: docs/benchmarks.md, issue 27)
+#: the second N4, inside the brain mask and weighted by the GM + WM priors (the input of the
+#: segmentation): 200 mm B-spline distance refined over 4 levels (25 mm knots at the end), as
+#: fMRIPrep's/ANTs' brain-extraction N4 (see :func:`n4_bias_correct` for the measurements)
 TISSUE_N4_SPLINE_MM = 200.0
-TISSUE_N4_ITERATIONS = (50, 50, 50)
-#: the tissue N4's weight (:func:`tissue_n4_weight`): the registered WM prior above this,
-#: eroded by :data:`TISSUE_N4_ERODE_MM` (deep WM: one tissue, so the field cannot follow the
-#: GM/WM composition; docs/benchmarks.md, issue 27)
-TISSUE_N4_WM_THRESHOLD = 0.9
-TISSUE_N4_ERODE_MM = 2.0
+TISSUE_N4_ITERATIONS = (50, 50, 50, 50)
 #: the brain extraction's second affine stage sees the head deeper than this below its surface
 #: on the subject side (see :func:`head_interior`, :func:`extract_brain`)
 HEAD_INTERIOR_MM = 5.0
@@ -103,28 +97,6 @@ def head_foreground(img: nib.Nifti1Image, fraction: float = 0.1) -> np.ndarray:
     return out
 
 
-def tissue_n4_weight(wm_prior: nib.Nifti1Image) -> nib.Nifti1Image:
-    """The tissue N4's confidence image: 1 where the registered WM prior exceeds
-    :data:`TISSUE_N4_WM_THRESHOLD`, eroded by :data:`TISSUE_N4_ERODE_MM` (at least one voxel),
-    0 elsewhere (float32, ``wm_prior``'s grid); the WM prior itself if no voxel is left.
-
-    N4 fits its field, and sharpens its histogram, on the non-zero weights only: with deep WM
-    alone the field is fitted to one tissue and the B-spline carries it into the cortex, so it
-    cannot take the large-scale GM/WM composition for bias (what FreeSurfer's WM normalisation
-    relies on). The GM + WM priors as weight did: on the template-tissue-map phantoms
-    (:func:`ketabids.demo.tpm_phantom.tpm_phantom`, bias-free) that field lowered GM by 3.4-6.1
-    points; AOMIC sub-0001's Dice with FAST is kept (docs/benchmarks.md, issue 27).
-    """
-    zoom = float(min(np.sqrt((wm_prior.affine[:3, :3] ** 2).sum(0))))
-    wm = np.asarray(wm_prior.dataobj, np.float32)
-    core = ndimage.binary_erosion(wm > TISSUE_N4_WM_THRESHOLD,
-                                  iterations=max(1, int(round(TISSUE_N4_ERODE_MM / zoom))))
-    # no deep WM at all (a prior that never exceeds the threshold): the WM prior itself, so
-    # N4 still has voxels to fit
-    return make_image(core.astype(np.float32) if core.any() else np.clip(wm, 0, 1),
-                      wm_prior.affine)
-
-
 def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *,
                     weight: nib.Nifti1Image | None = None, shrink: int | None = None,
                     grid_mm: float = ProcessingSettings.for_mode("default").n4_grid_mm,
@@ -148,12 +120,10 @@ def n4_bias_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *
     on real scans: AOMIC sub-0001's WM (fMRIPrep/FAST's labels) has a median of 275 in the top
     sixth of the brain against ~325 mid-brain, GM 178 against ~205. The segmentation's input is
     therefore corrected again inside the brain mask with :data:`TISSUE_N4_SPLINE_MM` /
-    :data:`TISSUE_N4_ITERATIONS` and the deep WM of the registered prior as ``weight``
-    (:func:`tissue_n4_weight`; issue 27, docs/benchmarks.md: with the GM + WM priors the field
-    followed the GM/WM composition of the tissue-map phantoms). Earlier measurements (the
-    partial-volume mixture of :mod:`ketabids.anat.segmentation` with its boundary prior of
-    then), GM/WM Dice against FAST and GM/WM volume error (AOMIC) | the demo's head-model
-    phantom GM/WM Dice and GM error (1 mm, truth known):
+    :data:`TISSUE_N4_ITERATIONS` and the GM + WM priors as ``weight`` (with the WM prior alone
+    as weight the field in the top sixth was 0.88 of its mean). Measured with the same
+    segmentation (partial-volume mixture, :mod:`ketabids.anat.segmentation`), GM/WM Dice against
+    FAST and GM/WM volume error (AOMIC) | phantom GM/WM Dice and GM error (1 mm, truth known):
 
     * one-span field inside the mask: .832/.893, GM -5.5 %, WM -6.0 % | .925/.924, GM -1.4 %;
     * 200 mm x 4 levels weighted by the GM + WM priors: .851/.906, -5.2 %, -1.6 % |

@@ -198,11 +198,8 @@ class _N4InputSpec(BaseInterfaceInputSpec):
                            desc="shrink factor (default: automatic, from grid_mm)")
     grid_mm = traits.Float(ProcessingSettings.for_mode("default").n4_grid_mm, usedefault=True,
                            desc="spacing of the fitting grid (mm)")
-    in_weights = InputMultiObject(File(exists=True), xor=["wm_prior"],
+    in_weights = InputMultiObject(File(exists=True),
                                   desc="images summed into N4's weight (e.g. GM and WM priors)")
-    wm_prior = File(exists=True, xor=["in_weights"],
-                    desc="registered WM prior: N4's weight is its deep core "
-                         "(ketabids.anat.brain.tissue_n4_weight)")
     spline_mm = traits.Either(None, traits.Float, default=None, usedefault=True,
                               desc="B-spline distance of the first level (None: one span)")
     iterations = traits.List(traits.Int, [50, 50, 30], usedefault=True,
@@ -222,7 +219,7 @@ class N4BiasCorrect(SimpleInterface):
     output_spec = _N4OutputSpec
 
     def _run_interface(self, runtime):
-        from ketabids.anat.brain import n4_bias_correct, tissue_n4_weight
+        from ketabids.anat.brain import n4_bias_correct
 
         img = _load_float(self.inputs.in_file)
         mask = nib.load(self.inputs.in_mask) if isdefined(self.inputs.in_mask) else None
@@ -231,8 +228,6 @@ class N4BiasCorrect(SimpleInterface):
             total = sum(np.asarray(nib.load(f).dataobj, np.float32)
                         for f in self.inputs.in_weights)
             weight = nib.Nifti1Image(total, img.affine)
-        if isdefined(self.inputs.wm_prior):
-            weight = tissue_n4_weight(nib.load(self.inputs.wm_prior))
         corrected, bias = n4_bias_correct(img, mask, weight=weight, shrink=self.inputs.shrink,
                                           grid_mm=self.inputs.grid_mm,
                                           spline_mm=self.inputs.spline_mm,

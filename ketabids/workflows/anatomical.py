@@ -3,7 +3,7 @@
     conform (RAS+, sub-mm voxels to 1 mm) -> prepare (intensities truncated, a long inferior
     field of view cropped) -> N4 (head) -> brain extraction (affine + SyN to the template, kept
     as the normalisation) -> template priors to T1w space -> N4 again inside the brain mask,
-    weighted by the deep WM of the WM prior -> partial-volume mixture segmentation (GM/WM/CSF) ->
+    weighted by the GM + WM priors -> partial-volume mixture segmentation (GM/WM/CSF) ->
     volumes; GM/WM to the template with Jacobian modulation
     [-> regional GM volumes with an atlas]
     -> native results back on the conformed grid (restore_grid: only when the field of view
@@ -18,13 +18,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketabids.anat.atlas import Atlas
-from ketabids.anat.brain import (
-    HEAD_INTERIOR_MM,
-    TISSUE_N4_ERODE_MM,
-    TISSUE_N4_ITERATIONS,
-    TISSUE_N4_SPLINE_MM,
-    TISSUE_N4_WM_THRESHOLD,
-)
+from ketabids.anat.brain import HEAD_INTERIOR_MM, TISSUE_N4_ITERATIONS, TISSUE_N4_SPLINE_MM
 from ketabids.anat.conform import FINEST_MM, SUBMM_THRESHOLD_MM
 from ketabids.anat.prepare import FOV_KEEP_MM, FOV_MIN_CUT_MM, TRUNCATE_PERCENTILES
 from ketabids.anat.registration import PAD_MM
@@ -158,10 +152,8 @@ def init_anat_wf(*, template=DEFAULT_TEMPLATE, processing: ProcessingSettings | 
         "spatial normalisation: "
         "the forward and inverse transforms were kept. The template's grey-matter (GM), "
         "white-matter (WM) and cerebrospinal-fluid (CSF) probability maps were warped into the "
-        "T1w space. The T1w was corrected again with N4 inside the brain mask, fitted on the deep "
-        f"white matter (WM prior above {TISSUE_N4_WM_THRESHOLD:g}, eroded by "
-        f"{TISSUE_N4_ERODE_MM:g} mm; B-spline distance {TISSUE_N4_SPLINE_MM:g} mm, "
-        f"{len(TISSUE_N4_ITERATIONS)} fitting levels), and segmented by a "
+        "T1w space. The T1w was corrected again with N4 inside the brain mask, weighted by the "
+        "GM and WM priors (B-spline distance 200 mm, four fitting levels), and segmented by a "
         "Gaussian mixture of GM, WM and CSF with one shared variance, two partial-volume "
         "classes (CSF/GM and GM/WM) and the template priors as spatial "
         "priors, fitted by expectation-maximisation as in FSL FAST (Zhang et al., 2001); the "
@@ -194,9 +186,9 @@ def init_anat_wf(*, template=DEFAULT_TEMPLATE, processing: ProcessingSettings | 
                                n_procs=omp_nthreads, mem_gb=_MEM_GB["brain_extraction"])
     warp_priors = pe.Node(WarpPriors(**tpl), name="warp_priors",
                           n_procs=omp_nthreads, mem_gb=_MEM_GB["warp_priors"])
-    # N4 again, inside the brain mask and weighted by the deep WM of the registered prior, with
-    # a finer field: the input of the segmentation (ketabids.anat.brain.tissue_n4_weight and
-    # n4_bias_correct for what it measured); desc-preproc_T1w stays the head-wide N4 output
+    # N4 again, inside the brain mask and weighted by the GM + WM priors, with a finer field:
+    # the input of the segmentation (see ketabids.anat.brain.n4_bias_correct for what it
+    # measured); desc-preproc_T1w stays the head-wide N4 output
     brain_n4 = pe.Node(N4BiasCorrect(grid_mm=settings.tissue_n4_grid_mm,
                                      spline_mm=TISSUE_N4_SPLINE_MM,
                                      iterations=list(TISSUE_N4_ITERATIONS),
@@ -223,7 +215,7 @@ def init_anat_wf(*, template=DEFAULT_TEMPLATE, processing: ProcessingSettings | 
         (brain_extraction, warp_priors, [("out_mask", "in_mask")]),
         (n4, brain_n4, [("out_file", "in_file")]),
         (brain_extraction, brain_n4, [("out_mask", "in_mask")]),
-        (warp_priors, brain_n4, [(("priors", _wm), "wm_prior")]),
+        (warp_priors, brain_n4, [(("priors", _gm_wm), "in_weights")]),
         (brain_n4, segmentation, [("out_file", "in_file")]),
         (brain_extraction, segmentation, [("out_mask", "in_mask")]),
         (warp_priors, segmentation, [("priors", "priors")]),
@@ -260,11 +252,6 @@ def init_anat_wf(*, template=DEFAULT_TEMPLATE, processing: ProcessingSettings | 
 
 def _first(values):
     return values[0]
-
-
-def _wm(probsegs):
-    """WM of the (GM, WM, CSF) maps."""
-    return probsegs[1]
 
 
 def _gm_wm(probsegs):

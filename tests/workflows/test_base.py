@@ -90,7 +90,7 @@ def test_participant_wf_builds(tmp_path, fast, atlas, sessions, template):
 
 def test_anat_wf_step_order():
     """The one step order: head N4 -> brain extraction (whose registration is reused by every
-    warp) -> priors -> N4 inside the mask weighted by the deep WM prior -> segmentation."""
+    warp) -> priors -> N4 inside the mask weighted by the GM + WM priors -> segmentation."""
     wf = init_anat_wf(processing=ProcessingSettings.for_fast(True), seed=5, omp_nthreads=1)
 
     def sources(node_name, field):
@@ -102,7 +102,7 @@ def test_anat_wf_step_order():
     assert sources("brain_extraction", "in_file") == {("n4", "out_file")}
     assert sources("brain_n4", "in_file") == {("n4", "out_file")}
     assert sources("brain_n4", "in_mask") == {("brain_extraction", "out_mask")}
-    assert sources("brain_n4", "wm_prior") == {("warp_priors", "priors")}
+    assert sources("brain_n4", "in_weights") == {("warp_priors", "priors")}
     assert sources("segmentation", "in_file") == {("brain_n4", "out_file")}
     assert sources("segmentation", "priors") == {("warp_priors", "priors")}
     # truncation and the field-of-view crop come before N4; every native step works on the
@@ -121,7 +121,7 @@ def test_anat_wf_step_order():
     assert wf.get_node("n4").inputs.grid_mm == 8.0  # the default mode's head-wide N4
     assert wf.get_node("brain_n4").inputs.grid_mm == 8.0
     assert wf.get_node("brain_n4").inputs.spline_mm == 200.0
-    assert wf.get_node("brain_n4").inputs.iterations == [50, 50, 50]
+    assert wf.get_node("brain_n4").inputs.iterations == [50, 50, 50, 50]
     assert wf.get_node("n4").inputs.spline_mm is None
     for name in ("warp_priors", "std_t1w", "modulate", "segmentation"):
         assert not {"mode", "seed"} & set(wf.get_node(name).inputs.copyable_trait_names())
